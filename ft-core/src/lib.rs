@@ -1,0 +1,25 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+pub mod channel;
+pub mod clock;
+pub mod detector;
+pub mod error;
+pub mod failure;
+pub mod frame;
+pub mod id;
+pub mod protocol;
+pub mod storage;
+pub mod wire;
+
+pub use channel::{Channel, ChannelError};
+pub use clock::Clock;
+pub use detector::{FailureDetector, Suspicion};
+pub use error::PeerError;
+pub use failure::{FailureModel, FailureSemantics, Omission, Response};
+pub use frame::FrameCodec;
+pub use id::{Incarnation, NodeId};
+pub use protocol::{Counters, Output, PersistToken, Protocol, Recover, RecoveryContext};
+pub use storage::{Lsn, StableLog, StableStore, StorageError};
+pub use wire::{DecodeError, Wire};

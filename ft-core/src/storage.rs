@@ -1,0 +1,76 @@
+//! The stable-storage edge traits: [`StableLog`] and [`StableStore`].
+//!
+//! "Stable" means durable when the call returns: a record acknowledged by
+//! `append` or a value acknowledged by `put` survives a crash of the process
+//! and of the machine. Implementations live in `ft-storage`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// The position of a record in a [`StableLog`]: the first record appended is
+/// LSN 0, and LSNs grow by one per record, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O error from the operating system.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored data fails its checksum or does not parse, at a place before
+    /// the end (so it is not a torn tail a crash could leave).
+    #[error("corruption in {location} at offset {offset}: {reason}")]
+    Corrupt {
+        /// Which file or copy.
+        location: String,
+        /// Byte offset of the bad record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An earlier sync failed: the handle no longer knows what is durable and
+    /// refuses further writes rather than pretend.
+    #[error("storage handle poisoned by an earlier failed sync")]
+    Poisoned,
+    /// The handle was closed.
+    #[error("storage closed")]
+    Closed,
+    /// The request itself is invalid (a record too large, an LSN out of range).
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// An append-only log on stable storage.
+#[async_trait]
+pub trait StableLog: Send + Sync {
+    /// Appends `records` in order; returns the LSN of the first one once all
+    /// of them are durable.
+    async fn append(&self, records: &[Bytes]) -> Result<Lsn, StorageError>;
+
+    /// Every durable record with LSN at or after `from`, in LSN order.
+    async fn read_from(&self, from: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError>;
+
+    /// Discards every record before `upto` (they are no longer needed, for
+    /// example because a checkpoint covers them).
+    async fn truncate_prefix(&self, upto: Lsn) -> Result<(), StorageError>;
+
+    /// The LSN the next appended record will get.
+    async fn next_lsn(&self) -> Result<Lsn, StorageError>;
+}
+
+/// A key-value store on stable storage; each `put` is atomic.
+#[async_trait]
+pub trait StableStore: Send + Sync {
+    /// Stores `value` under `key`, replacing any earlier value; durable on return.
+    async fn put(&self, key: &[u8], value: Bytes) -> Result<(), StorageError>;
+
+    /// The value under `key`, if any.
+    async fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError>;
+
+    /// Removes `key`; durable on return. Removing a missing key is not an error.
+    async fn delete(&self, key: &[u8]) -> Result<(), StorageError>;
+
+    /// Every key, in ascending byte order.
+    async fn keys(&self) -> Result<Vec<Bytes>, StorageError>;
+}
