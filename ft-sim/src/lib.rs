@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+pub mod adversary;
+pub mod heartbeat;
+pub mod plan;
+pub mod rng;
+pub mod sim;
+pub mod stats;
+pub mod trace;
+
+pub use adversary::{Adversary, AdversaryCtx, Forged};
+pub use plan::{
+    Byzantine, Delay, FaultEvent, FaultPlan, LinkFaults, NetworkFaults, NodeFaults, OmissionWindow,
+    RandomCrashes,
+};
+pub use rng::SimRng;
+pub use sim::{Failure, Observed, RunReport, SelfCheckError, Sim, SimConfig, World, self_check};
+pub use stats::Stats;

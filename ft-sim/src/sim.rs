@@ -1,0 +1,1042 @@
+//! The simulator: N nodes of one [`Protocol`], one event queue, virtual time.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ft_core::frame::{HEADER_LEN, TRAILER_LEN};
+use ft_core::{
+    FrameCodec, Incarnation, NodeId, Omission, Output, PersistToken, Protocol,
+    Recover, RecoveryContext, Wire,
+};
+
+use crate::adversary::{Adversary, AdversaryCtx, BuiltIn, Forged};
+use crate::plan::{Delay, FaultEvent, FaultPlan, NodeFaults};
+use crate::rng::SimRng;
+use crate::stats::Stats;
+use crate::trace::{Trace, TraceEntry, TraceKind};
+
+/// How a run is set up (apart from its faults).
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed: the whole run follows from it and the plan.
+    pub seed: u64,
+    /// Number of nodes; they are `NodeId(0)..NodeId(nodes)`.
+    pub nodes: usize,
+    /// Time from a persist request until the record is durable.
+    pub disk_latency: Delay,
+    /// Steps kept in full for failure reports.
+    pub trace_tail: usize,
+    /// Keep every step in full (for demos and debugging; costs memory).
+    pub record_trace: bool,
+    /// Keep every event the cores emit in [`World::events`].
+    pub record_events: bool,
+    /// The largest frame payload.
+    pub max_payload: usize,
+}
+
+impl SimConfig {
+    /// `nodes` nodes, the given seed, 1 ms disk, a 32-step trace tail,
+    /// events recorded.
+    pub fn new(seed: u64, nodes: usize) -> Self {
+        SimConfig {
+            seed,
+            nodes,
+            disk_latency: Delay::Fixed(Duration::from_millis(1)),
+            trace_tail: 32,
+            record_trace: false,
+            record_events: true,
+            max_payload: ft_core::frame::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+/// An event a core emitted, with when and where.
+#[derive(Clone, Debug)]
+pub struct Observed<E> {
+    /// Virtual time since the start of the run.
+    pub at: Duration,
+    /// The node whose core emitted it.
+    pub node: NodeId,
+    /// The node's incarnation at the time.
+    pub incarnation: Incarnation,
+    /// The event.
+    pub event: E,
+}
+
+struct Node<P: Protocol> {
+    core: Option<P>,
+    incarnation: Incarnation,
+    /// What stable storage holds: only records whose persist completed.
+    durable: Vec<Bytes>,
+    timers: BTreeMap<P::Timer, u64>,
+    last_persist_at: Duration,
+    faults: NodeFaults,
+    adversary: Option<Box<dyn Adversary<P::Message>>>,
+}
+
+/// Everything invariants may look at: the nodes, their storage, the events
+/// emitted so far, the counters.
+pub struct World<P: Protocol> {
+    base: Instant,
+    now: Duration,
+    ids: Vec<NodeId>,
+    nodes: Vec<Node<P>>,
+    events: Vec<Observed<P::Event>>,
+    stats: Stats,
+}
+
+impl<P: Protocol> World<P> {
+    /// Virtual time since the start of the run.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// The `Instant` the cores were last handed.
+    pub fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    /// Every node of the run.
+    pub fn node_ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    /// The core of `node`, or `None` while it is down.
+    pub fn core(&self, node: NodeId) -> Option<&P> {
+        self.nodes.get(node.0 as usize)?.core.as_ref()
+    }
+
+    /// The cores of every node that is up.
+    pub fn cores(&self) -> impl Iterator<Item = (NodeId, &P)> {
+        self.ids
+            .iter()
+            .zip(&self.nodes)
+            .filter_map(|(id, n)| n.core.as_ref().map(|c| (*id, c)))
+    }
+
+    /// Whether `node` is up.
+    pub fn is_up(&self, node: NodeId) -> bool {
+        self.core(node).is_some()
+    }
+
+    /// The current incarnation of `node`.
+    pub fn incarnation(&self, node: NodeId) -> Incarnation {
+        self.nodes
+            .get(node.0 as usize)
+            .map_or(Incarnation::FIRST, |n| n.incarnation)
+    }
+
+    /// The records `node`'s stable storage holds (what a restart recovers from).
+    pub fn durable_records(&self, node: NodeId) -> &[Bytes] {
+        self.nodes
+            .get(node.0 as usize)
+            .map_or(&[], |n| n.durable.as_slice())
+    }
+
+    /// Every event emitted so far (if [`SimConfig::record_events`]).
+    pub fn events(&self) -> &[Observed<P::Event>] {
+        &self.events
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+type Check<P> = Box<dyn FnMut(&World<P>) -> Result<(), String>>;
+
+struct Invariant<P: Protocol> {
+    name: String,
+    check: Check<P>,
+}
+
+enum Ev<P: Protocol> {
+    Deliver {
+        from: usize,
+        to: usize,
+        frame: Bytes,
+        link_seq: u64,
+    },
+    Timer {
+        node: usize,
+        timer: P::Timer,
+        generation: u64,
+    },
+    Persisted {
+        node: usize,
+        incarnation: Incarnation,
+        token: PersistToken,
+        record: Bytes,
+    },
+    Input {
+        node: usize,
+        input: P::Input,
+    },
+    Fault(FaultEvent),
+    RandomCrash,
+    AdversaryTick,
+}
+
+struct Scheduled<P: Protocol> {
+    at: Duration,
+    seq: u64,
+    ev: Ev<P>,
+}
+
+// Min-heap on (at, seq): equal times resolve in scheduling order, which is
+// itself deterministic, so the whole run is.
+impl<P: Protocol> PartialEq for Scheduled<P> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl<P: Protocol> Eq for Scheduled<P> {}
+impl<P: Protocol> PartialOrd for Scheduled<P> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<P: Protocol> Ord for Scheduled<P> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// The outcome of a run that kept every invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// Virtual time reached.
+    pub now: Duration,
+    /// What happened.
+    pub stats: Stats,
+    /// Digest of the whole trace: equal runs have equal digests.
+    pub digest: u64,
+}
+
+/// A run that broke an invariant: everything needed to understand and
+/// reproduce it.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The seed of the run; re-running it with the same plan reproduces the
+    /// failure exactly.
+    pub seed: u64,
+    /// The invariant that failed.
+    pub invariant: String,
+    /// What the invariant said.
+    pub message: String,
+    /// When.
+    pub at: Duration,
+    /// After how many steps.
+    pub step: u64,
+    /// The fault plan, printed.
+    pub plan: String,
+    /// The last steps before the failure, readable.
+    pub trace: Vec<String>,
+    /// The trace digest up to the failure.
+    pub digest: u64,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invariant `{}` violated at {:?} (step {}) with seed {}:",
+            self.invariant, self.at, self.step, self.seed
+        )?;
+        writeln!(f, "  {}", self.message)?;
+        writeln!(f, "last {} steps:", self.trace.len())?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        writeln!(f, "plan: {}", self.plan)?;
+        write!(f, "reproduce: run the same scenario with seed {}", self.seed)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Runs N nodes of a [`Protocol`] deterministically under a [`FaultPlan`].
+///
+/// Virtual time jumps from event to event; equal times are resolved in the
+/// order events were scheduled. All randomness (the network's, the faults',
+/// and each core's seed) comes from one [`SimRng`] seeded from
+/// [`SimConfig::seed`], so a seed and a plan determine the run.
+///
+/// After every step each registered [invariant](Sim::invariant) is checked;
+/// the first violation stops the run with a [`Failure`] naming the seed.
+pub struct Sim<P: Recover> {
+    config: SimConfig,
+    proto: P::Config,
+    plan: FaultPlan,
+    codec: FrameCodec,
+    rng: SimRng,
+    world: World<P>,
+    queue: BinaryHeap<Scheduled<P>>,
+    seq: u64,
+    timer_generation: u64,
+    partition: Option<Vec<Option<usize>>>,
+    link_sent: Vec<u64>,
+    link_delivered: Vec<u64>,
+    invariants: Vec<Invariant<P>>,
+    trace: Trace<P::Timer>,
+    forged: Vec<(NodeId, Forged<P::Message>)>,
+}
+
+impl<P> Sim<P>
+where
+    P: Recover + 'static,
+{
+    /// Sets up a run and starts every node at time zero with
+    /// [`Incarnation::FIRST`] and empty storage.
+    pub fn new(config: SimConfig, proto: P::Config, plan: FaultPlan) -> Self {
+        let n = config.nodes;
+        let ids: Vec<NodeId> = (0..n as u64).map(NodeId).collect();
+        let nodes = ids
+            .iter()
+            .map(|id| {
+                let faults = plan.nodes.get(id).cloned().unwrap_or_default();
+                let adversary = faults
+                    .byzantine
+                    .map(|b| Box::new(BuiltIn(b)) as Box<dyn Adversary<P::Message>>);
+                Node {
+                    core: None,
+                    incarnation: Incarnation::FIRST,
+                    durable: Vec::new(),
+                    timers: BTreeMap::new(),
+                    last_persist_at: Duration::ZERO,
+                    faults,
+                    adversary,
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            codec: FrameCodec::new(config.max_payload),
+            rng: SimRng::new(config.seed),
+            world: World {
+                base: Instant::now(),
+                now: Duration::ZERO,
+                ids,
+                nodes,
+                events: Vec::new(),
+                stats: Stats::default(),
+            },
+            queue: BinaryHeap::new(),
+            seq: 0,
+            timer_generation: 0,
+            partition: None,
+            link_sent: vec![0; n * n],
+            link_delivered: vec![0; n * n],
+            invariants: Vec::new(),
+            trace: Trace::new(config.trace_tail, config.record_trace),
+            forged: Vec::new(),
+            config,
+            proto,
+            plan,
+        };
+        for (at, ev) in sim.plan.events.clone() {
+            sim.schedule(at, Ev::Fault(ev));
+        }
+        if let Some(rc) = sim.plan.random_crashes.clone() {
+            let at = Delay::Exponential {
+                min: Duration::ZERO,
+                mean: rc.mean_interval,
+            }
+            .sample(&mut sim.rng);
+            sim.schedule(at, Ev::RandomCrash);
+        }
+        if let Some(t) = sim.plan.adversary_tick {
+            sim.schedule(t, Ev::AdversaryTick);
+        }
+        for i in 0..n {
+            sim.start(i);
+        }
+        sim
+    }
+
+    /// Adds an invariant, checked after every step from now on.
+    pub fn invariant(
+        &mut self,
+        name: impl Into<String>,
+        check: impl FnMut(&World<P>) -> Result<(), String> + 'static,
+    ) -> &mut Self {
+        self.invariants.push(Invariant {
+            name: name.into(),
+            check: Box::new(check),
+        });
+        self
+    }
+
+    /// Makes `node` Byzantine with a strategy of the caller's.
+    pub fn set_adversary(&mut self, node: NodeId, adversary: impl Adversary<P::Message> + 'static) {
+        if let Some(n) = self.world.nodes.get_mut(node.0 as usize) {
+            n.adversary = Some(Box::new(adversary));
+        }
+    }
+
+    /// Hands `input` to `node`'s core at virtual time `at` (dropped, and
+    /// counted, if the node is down then).
+    pub fn input(&mut self, at: Duration, node: NodeId, input: P::Input) {
+        if (node.0 as usize) < self.world.nodes.len() {
+            self.schedule(at.max(self.world.now), Ev::Input { node: node.0 as usize, input });
+        }
+    }
+
+    /// The state of the run.
+    pub fn world(&self) -> &World<P> {
+        &self.world
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.world.stats
+    }
+
+    /// Virtual time since the start of the run.
+    pub fn now(&self) -> Duration {
+        self.world.now
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.config.seed
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &FaultPlan {
+        &self.plan
+    }
+
+    /// The digest of the trace so far.
+    pub fn digest(&self) -> u64 {
+        self.trace.digest()
+    }
+
+    /// Every step so far, readable (only with [`SimConfig::record_trace`]).
+    pub fn trace(&self) -> Option<Vec<String>> {
+        self.trace.full().map(|t| t.iter().map(|e| self.describe(e)).collect())
+    }
+
+    /// Runs every event up to and including virtual time `until`, then sets
+    /// the clock to `until`.
+    pub fn run_until(&mut self, until: Duration) -> Result<RunReport, Box<Failure>> {
+        while self.queue.peek().is_some_and(|s| s.at <= until) {
+            self.step()?;
+        }
+        self.world.now = self.world.now.max(until);
+        Ok(self.report())
+    }
+
+    /// Runs for `d` more virtual time.
+    pub fn run_for(&mut self, d: Duration) -> Result<RunReport, Box<Failure>> {
+        self.run_until(self.world.now + d)
+    }
+
+    /// Takes one event off the queue and checks every invariant; returns
+    /// `Ok(false)` when nothing is left to do.
+    pub fn step(&mut self) -> Result<bool, Box<Failure>> {
+        let Some(Scheduled { at, ev, .. }) = self.queue.pop() else {
+            return Ok(false);
+        };
+        self.world.now = at;
+        self.world.stats.steps += 1;
+        self.dispatch(ev);
+        self.check()?;
+        Ok(true)
+    }
+
+    /// What the run looks like now.
+    pub fn report(&self) -> RunReport {
+        RunReport {
+            seed: self.config.seed,
+            now: self.world.now,
+            stats: self.world.stats,
+            digest: self.trace.digest(),
+        }
+    }
+
+    fn check(&mut self) -> Result<(), Box<Failure>> {
+        for inv in &mut self.invariants {
+            self.world.stats.invariant_checks += 1;
+            if let Err(message) = (inv.check)(&self.world) {
+                let name = inv.name.clone();
+                return Err(Box::new(self.failure(name, message)));
+            }
+        }
+        Ok(())
+    }
+
+    fn failure(&self, invariant: String, message: String) -> Failure {
+        Failure {
+            seed: self.config.seed,
+            invariant,
+            message,
+            at: self.world.now,
+            step: self.world.stats.steps,
+            plan: format!("{:?}", self.plan),
+            trace: self.trace.tail().map(|e| self.describe(e)).collect(),
+            digest: self.trace.digest(),
+        }
+    }
+
+    fn describe(&self, e: &TraceEntry<P::Timer>) -> String {
+        let msg = |frame: &Bytes| match self
+            .codec
+            .decode_payload(frame.clone())
+            .and_then(P::Message::from_bytes)
+        {
+            Ok(m) => format!("{m:?}"),
+            Err(err) => format!("<undecodable: {err}>"),
+        };
+        let what = match &e.kind {
+            TraceKind::Send { from, to, frame } => format!("{from} -> {to} send {}", msg(frame)),
+            TraceKind::Deliver { from, to, frame } => {
+                format!("{from} -> {to} deliver {}", msg(frame))
+            }
+            TraceKind::Drop { from, to, why } => format!("{from} -> {to} dropped ({why})"),
+            TraceKind::Timer { node, timer } => format!("{node} timer {timer:?}"),
+            TraceKind::Persisted { node } => format!("{node} persisted"),
+            TraceKind::Input { node } => format!("{node} input"),
+            TraceKind::Event { node, index } => match index.and_then(|i| self.world.events.get(i)) {
+                Some(o) => format!("{node} event {:?}", o.event),
+                None => format!("{node} event"),
+            },
+            TraceKind::Crash(n) => format!("{n} CRASH"),
+            TraceKind::Restart(n, i) => format!("{n} RESTART as incarnation {i}"),
+            TraceKind::Partition => "PARTITION".to_string(),
+            TraceKind::Heal => "HEAL".to_string(),
+        };
+        format!("{:>12?}  {what}", e.at)
+    }
+
+    fn schedule(&mut self, at: Duration, ev: Ev<P>) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            at,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn record(&mut self, kind: TraceKind<P::Timer>) {
+        self.trace.record(self.world.now, kind);
+    }
+
+    fn start(&mut self, i: usize) {
+        let node = &mut self.world.nodes[i];
+        let ctx = RecoveryContext {
+            node: self.world.ids[i],
+            incarnation: node.incarnation,
+            records: node.durable.clone(),
+            seed: self.rng.next_u64(),
+            now: self.world.base + self.world.now,
+        };
+        node.core = Some(P::recover(&self.proto, ctx));
+        self.drain(i);
+    }
+
+    fn dispatch(&mut self, ev: Ev<P>) {
+        match ev {
+            Ev::Deliver {
+                from,
+                to,
+                frame,
+                link_seq,
+            } => self.deliver(from, to, frame, link_seq),
+            Ev::Timer {
+                node,
+                timer,
+                generation,
+            } => {
+                let n = &mut self.world.nodes[node];
+                if n.core.is_none() || n.timers.get(&timer) != Some(&generation) {
+                    return; // cancelled, reset, or lost in a crash
+                }
+                n.timers.remove(&timer);
+                self.world.stats.timers_fired += 1;
+                let now = self.world.base + self.world.now;
+                self.record(TraceKind::Timer {
+                    node: self.world.ids[node],
+                    timer: timer.clone(),
+                });
+                if let Some(core) = self.world.nodes[node].core.as_mut() {
+                    core.handle_timer(now, timer);
+                }
+                self.drain(node);
+            }
+            Ev::Persisted {
+                node,
+                incarnation,
+                token,
+                record,
+            } => {
+                let n = &mut self.world.nodes[node];
+                if n.core.is_none() || n.incarnation != incarnation {
+                    // The crash came first: the write never reached the disk.
+                    self.world.stats.persists_lost += 1;
+                    return;
+                }
+                n.durable.push(record);
+                self.world.stats.persisted += 1;
+                self.record(TraceKind::Persisted {
+                    node: self.world.ids[node],
+                });
+                let now = self.world.base + self.world.now;
+                if let Some(core) = self.world.nodes[node].core.as_mut() {
+                    core.handle_persisted(now, token);
+                }
+                self.drain(node);
+            }
+            Ev::Input { node, input } => {
+                let now = self.world.base + self.world.now;
+                match self.world.nodes[node].core.as_mut() {
+                    Some(core) => {
+                        self.world.stats.inputs += 1;
+                        core.handle_input(now, input);
+                        self.record(TraceKind::Input {
+                            node: self.world.ids[node],
+                        });
+                        self.drain(node);
+                    }
+                    None => self.world.stats.inputs_to_down_node += 1,
+                }
+            }
+            Ev::Fault(f) => self.fault(f),
+            Ev::RandomCrash => self.random_crash(),
+            Ev::AdversaryTick => {
+                for i in 0..self.world.nodes.len() {
+                    if self.world.nodes[i].core.is_some() && self.world.nodes[i].adversary.is_some() {
+                        self.adversary_turn(i, None);
+                    }
+                }
+                if let Some(t) = self.plan.adversary_tick {
+                    let at = self.world.now + t.max(Duration::from_nanos(1));
+                    self.schedule(at, Ev::AdversaryTick);
+                }
+            }
+        }
+    }
+
+    fn fault(&mut self, f: FaultEvent) {
+        match f {
+            FaultEvent::Crash(id) => self.crash(id.0 as usize),
+            FaultEvent::Restart(id) => {
+                let i = id.0 as usize;
+                if i < self.world.nodes.len() && self.world.nodes[i].core.is_none() {
+                    let n = &mut self.world.nodes[i];
+                    n.incarnation = n.incarnation.next();
+                    let inc = n.incarnation;
+                    self.world.stats.restarts += 1;
+                    self.record(TraceKind::Restart(id, inc));
+                    self.start(i);
+                }
+            }
+            FaultEvent::Partition(groups) => {
+                let mut group_of = vec![None; self.world.nodes.len()];
+                for (g, members) in groups.iter().enumerate() {
+                    for m in members {
+                        if let Some(slot) = group_of.get_mut(m.0 as usize) {
+                            *slot = Some(g);
+                        }
+                    }
+                }
+                self.partition = Some(group_of);
+                self.world.stats.partitions += 1;
+                self.record(TraceKind::Partition);
+            }
+            FaultEvent::Heal => {
+                if self.partition.take().is_some() {
+                    self.world.stats.heals += 1;
+                    self.record(TraceKind::Heal);
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        let Some(n) = self.world.nodes.get_mut(i) else {
+            return;
+        };
+        if n.core.take().is_some() {
+            // Volatile state goes with the core; timers with it. Pending
+            // persists are dropped when their completion finds the node down.
+            n.timers.clear();
+            self.world.stats.crashes += 1;
+            self.record(TraceKind::Crash(self.world.ids[i]));
+        }
+    }
+
+    fn random_crash(&mut self) {
+        let Some(rc) = self.plan.random_crashes.clone() else {
+            return;
+        };
+        let down = self.world.nodes.iter().filter(|n| n.core.is_none()).count();
+        let candidates: Vec<usize> = (0..self.world.nodes.len())
+            .filter(|&i| self.world.nodes[i].core.is_some() && !rc.spare.contains(&self.world.ids[i]))
+            .collect();
+        if down < rc.max_down && !candidates.is_empty() {
+            let i = candidates[self.rng.below(candidates.len() as u64) as usize];
+            self.crash(i);
+            if let Some(d) = rc.downtime {
+                let at = self.world.now + d.sample(&mut self.rng);
+                self.schedule(at, Ev::Fault(FaultEvent::Restart(self.world.ids[i])));
+            }
+        }
+        let next = Delay::Exponential {
+            min: Duration::from_nanos(1),
+            mean: rc.mean_interval,
+        }
+        .sample(&mut self.rng);
+        self.schedule(self.world.now + next, Ev::RandomCrash);
+    }
+
+    /// Carries out everything node `i`'s core wants done, in order.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let Some(out) = self.world.nodes[i].core.as_mut().and_then(|c| c.poll_output()) else {
+                return;
+            };
+            match out {
+                Output::Send { to, msg } => {
+                    if self.world.nodes[i].adversary.is_some() {
+                        self.adversary_turn(i, Some((to, msg)));
+                    } else {
+                        self.send_message(i, to, &msg);
+                    }
+                }
+                Output::SetTimer { timer, at } => {
+                    let at = at.saturating_duration_since(self.world.base).max(self.world.now);
+                    self.timer_generation += 1;
+                    let generation = self.timer_generation;
+                    self.world.nodes[i].timers.insert(timer.clone(), generation);
+                    self.schedule(
+                        at,
+                        Ev::Timer {
+                            node: i,
+                            timer,
+                            generation,
+                        },
+                    );
+                }
+                Output::CancelTimer { timer } => {
+                    self.world.nodes[i].timers.remove(&timer);
+                }
+                Output::Persist { record, token } => {
+                    let latency = self.config.disk_latency.sample(&mut self.rng);
+                    let n = &mut self.world.nodes[i];
+                    // Persists complete in the order they were asked for.
+                    let at = (self.world.now + latency).max(n.last_persist_at);
+                    n.last_persist_at = at;
+                    let incarnation = n.incarnation;
+                    self.schedule(
+                        at,
+                        Ev::Persisted {
+                            node: i,
+                            incarnation,
+                            token,
+                            record,
+                        },
+                    );
+                }
+                Output::Event(event) => {
+                    self.world.stats.events += 1;
+                    let node = self.world.ids[i];
+                    let index = if self.config.record_events {
+                        self.world.events.push(Observed {
+                            at: self.world.now,
+                            node,
+                            incarnation: self.world.nodes[i].incarnation,
+                            event,
+                        });
+                        Some(self.world.events.len() - 1)
+                    } else {
+                        None
+                    };
+                    self.record(TraceKind::Event { node, index });
+                }
+            }
+        }
+    }
+
+    /// A Byzantine node's strategy acts, on a send of its core or unprompted.
+    fn adversary_turn(&mut self, i: usize, send: Option<(NodeId, P::Message)>) {
+        let Some(mut adversary) = self.world.nodes[i].adversary.take() else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.forged);
+        let mut ctx = AdversaryCtx {
+            now: self.world.now,
+            me: self.world.ids[i],
+            nodes: &self.world.ids,
+            rng: &mut self.rng,
+            out: &mut out,
+        };
+        match send {
+            Some((to, msg)) => {
+                self.world.stats.suppressed_by_adversary += 1;
+                adversary.on_send(&mut ctx, to, msg);
+            }
+            None => adversary.on_tick(&mut ctx),
+        }
+        self.world.nodes[i].adversary = Some(adversary);
+        for (to, forged) in out.drain(..) {
+            self.world.stats.forged += 1;
+            let mut buf = BytesMut::new();
+            let framed = match &forged {
+                Forged::Message(m) => self.codec.encode(m, &mut buf),
+                Forged::Raw(payload) => self.codec.encode_payload(payload, &mut buf),
+            };
+            if framed.is_ok() {
+                self.transmit(i, to, buf.freeze());
+            }
+        }
+        self.forged = out;
+    }
+
+    fn send_message(&mut self, i: usize, to: NodeId, msg: &P::Message) {
+        let mut buf = BytesMut::with_capacity(64);
+        if let Err(e) = self.codec.encode(msg, &mut buf) {
+            // A core asked to send more than a frame holds: that is the
+            // core's bug, and the simulator says so rather than hide it.
+            panic!("{} sent a message the frame codec refuses: {e}", self.world.ids[i]);
+        }
+        if self.rng.chance(self.world.nodes[i].faults.value_corruption) {
+            self.world.stats.value_corruptions += 1;
+            corrupt_payload(&mut buf, &mut self.rng);
+        }
+        self.transmit(i, to, buf.freeze());
+    }
+
+    fn in_window(&self, i: usize, side: Omission) -> bool {
+        let now = self.world.now;
+        self.world.nodes[i].faults.omission_windows.iter().any(|w| {
+            (w.kind == side || w.kind == Omission::Both) && w.from <= now && now < w.until
+        })
+    }
+
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        match &self.partition {
+            None => true,
+            Some(g) => a == b || (g[a].is_some() && g[a] == g[b]),
+        }
+    }
+
+    fn drop_msg(&mut self, from: usize, to: NodeId, why: &'static str) {
+        self.record(TraceKind::Drop {
+            from: self.world.ids[from],
+            to,
+            why,
+        });
+    }
+
+    /// The network: omission, partitions, loss, duplication, delay,
+    /// reordering and corruption, in that order.
+    fn transmit(&mut self, i: usize, to: NodeId, frame: Bytes) {
+        self.world.stats.sent += 1;
+        self.record(TraceKind::Send {
+            from: self.world.ids[i],
+            to,
+            frame: frame.clone(),
+        });
+        let n = self.world.nodes.len();
+        if self.rng.chance(self.world.nodes[i].faults.send_omission) || self.in_window(i, Omission::Send) {
+            self.world.stats.send_omissions += 1;
+            return self.drop_msg(i, to, "send omission");
+        }
+        let j = to.0 as usize;
+        if j >= n {
+            self.world.stats.to_down_node += 1;
+            return self.drop_msg(i, to, "no such node");
+        }
+        if !self.reachable(i, j) {
+            self.world.stats.partitioned += 1;
+            return self.drop_msg(i, to, "partition");
+        }
+        let link_loss = self
+            .plan
+            .links
+            .get(&(self.world.ids[i], to))
+            .map_or(0.0, |l| l.loss);
+        if self.rng.chance(self.plan.network.loss) || self.rng.chance(link_loss) {
+            self.world.stats.lost += 1;
+            return self.drop_msg(i, to, "loss");
+        }
+        let copies = if self.rng.chance(self.plan.network.duplicate) {
+            self.world.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = self.plan.network.delay.sample(&mut self.rng);
+            let mut slowed = false;
+            for k in [i, j] {
+                if let Some(slow) = self.world.nodes[k].faults.slow {
+                    delay += slow.sample(&mut self.rng);
+                    slowed = true;
+                }
+            }
+            if let Some(extra) = self
+                .plan
+                .links
+                .get(&(self.world.ids[i], to))
+                .and_then(|l| l.extra_delay)
+            {
+                delay += extra.sample(&mut self.rng);
+                slowed = true;
+            }
+            if slowed {
+                self.world.stats.slowed += 1;
+            }
+            if self.rng.chance(self.plan.network.reorder) {
+                self.world.stats.reordered += 1;
+                delay += Delay::Uniform {
+                    min: Duration::ZERO,
+                    max: self.plan.network.reorder_window,
+                }
+                .sample(&mut self.rng);
+            }
+            let mut frame = frame.clone();
+            if self.rng.chance(self.plan.network.corrupt) && !frame.is_empty() {
+                self.world.stats.corrupted_in_transit += 1;
+                let mut v = frame.to_vec();
+                let bit = self.rng.below(v.len() as u64 * 8) as usize;
+                v[bit / 8] ^= 1 << (bit % 8);
+                frame = Bytes::from(v);
+            }
+            let link = i * n + j;
+            self.link_sent[link] += 1;
+            let link_seq = self.link_sent[link];
+            let at = self.world.now + delay;
+            self.schedule(
+                at,
+                Ev::Deliver {
+                    from: i,
+                    to: j,
+                    frame,
+                    link_seq,
+                },
+            );
+        }
+    }
+
+    fn deliver(&mut self, i: usize, j: usize, frame: Bytes, link_seq: u64) {
+        let (from, to) = (self.world.ids[i], self.world.ids[j]);
+        if self.world.nodes[j].core.is_none() {
+            self.world.stats.to_down_node += 1;
+            return self.drop_msg(i, to, "receiver down");
+        }
+        if self.rng.chance(self.world.nodes[j].faults.receive_omission) || self.in_window(j, Omission::Receive) {
+            self.world.stats.receive_omissions += 1;
+            return self.drop_msg(i, to, "receive omission");
+        }
+        if !self.reachable(i, j) {
+            self.world.stats.partitioned += 1;
+            return self.drop_msg(i, to, "partition");
+        }
+        let link = i * self.world.nodes.len() + j;
+        if link_seq < self.link_delivered[link] {
+            self.world.stats.overtaken += 1;
+        } else {
+            self.link_delivered[link] = link_seq;
+        }
+        let msg = match self.codec.decode_payload(frame.clone()) {
+            Err(_) => {
+                self.world.stats.crc_dropped += 1;
+                return self.drop_msg(i, to, "frame check failed");
+            }
+            Ok(payload) => match P::Message::from_bytes(payload) {
+                Ok(m) => m,
+                Err(_) => {
+                    self.world.stats.decode_errors += 1;
+                    return self.drop_msg(i, to, "undecodable payload");
+                }
+            },
+        };
+        self.record(TraceKind::Deliver { from, to, frame });
+        let faults = &self.world.nodes[j].faults;
+        let (skip, repeat) = (faults.skip_transition, faults.repeat_transition);
+        if self.rng.chance(skip) {
+            self.world.stats.skipped_transitions += 1;
+            return;
+        }
+        let twice = self.rng.chance(repeat);
+        let now = self.world.base + self.world.now;
+        self.world.stats.delivered += 1;
+        if let Some(core) = self.world.nodes[j].core.as_mut() {
+            if twice {
+                core.handle_message(now, from, msg.clone());
+            }
+            core.handle_message(now, from, msg);
+        }
+        if twice {
+            self.world.stats.repeated_transitions += 1;
+        }
+        self.drain(j);
+    }
+}
+
+/// Flips one bit of a frame's payload and fixes the CRC, so the frame is
+/// valid and only the value is wrong (a value failure of the sender).
+fn corrupt_payload(buf: &mut BytesMut, rng: &mut SimRng) {
+    let payload_len = buf.len() - HEADER_LEN - TRAILER_LEN;
+    if payload_len == 0 {
+        return;
+    }
+    let bit = rng.below(payload_len as u64 * 8) as usize;
+    buf[HEADER_LEN + bit / 8] ^= 1 << (bit % 8);
+    let body = buf.len() - TRAILER_LEN;
+    let crc = crc32fast::hash(&buf[..body]);
+    buf[body..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Why a determinism self-check failed.
+#[derive(Debug)]
+pub enum SelfCheckError {
+    /// The run broke an invariant (the first of the two runs).
+    Failure(Box<Failure>),
+    /// The two runs of the same seed differed: something in the protocol or
+    /// the setup is not deterministic (a `HashMap` iteration order, a read of
+    /// the system clock, global randomness).
+    Diverged {
+        /// The first run.
+        first: RunReport,
+        /// The second run.
+        second: RunReport,
+    },
+}
+
+impl fmt::Display for SelfCheckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SelfCheckError::Failure(fail) => fail.fmt(f),
+            SelfCheckError::Diverged { first, second } => write!(
+                f,
+                "seed {} is not deterministic: digest {:#x} then {:#x}\nfirst: {:?}\nsecond: {:?}",
+                first.seed, first.digest, second.digest, first.stats, second.stats
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SelfCheckError {}
+
+/// Builds a run twice with `make`, runs both until `until`, and checks that
+/// they took exactly the same steps (equal trace digests and counters).
+pub fn self_check<P, F>(make: F, until: Duration) -> Result<RunReport, SelfCheckError>
+where
+    P: Recover + 'static,
+    F: Fn() -> Sim<P>,
+{
+    let first = make().run_until(until).map_err(SelfCheckError::Failure)?;
+    let second = make().run_until(until).map_err(SelfCheckError::Failure)?;
+    if first != second {
+        return Err(SelfCheckError::Diverged { first, second });
+    }
+    Ok(first)
+}
