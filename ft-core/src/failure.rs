@@ -71,13 +71,13 @@ impl FailureModel {
         if self == other {
             return true;
         }
-        match (self, other) {
-            (Arbitrary, _) => true,
-            (Timing, Crash | Omission(_)) => true,
-            (Omission(self::Omission::Both), Crash | Omission(_)) => true,
-            (Omission(_), Crash) => true,
-            _ => false,
-        }
+        matches!(
+            (self, other),
+            (Arbitrary, _)
+                | (Timing, Crash | Omission(_))
+                | (Omission(self::Omission::Both), Crash | Omission(_))
+                | (Omission(_), Crash)
+        )
     }
 
     /// Whether the failure is *benign*: it never makes a component emit a

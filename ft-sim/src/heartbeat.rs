@@ -28,7 +28,10 @@ use ft_core::{
     Recover, RecoveryContext, Suspicion, Wire, wire,
 };
 
+use crate::plan::FaultPlan;
 use crate::rng::SimRng;
+use crate::sim::{Sim, SimConfig};
+use crate::world::World;
 
 /// Configuration, the same for every node and every life.
 #[derive(Clone, Debug)]
@@ -305,7 +308,8 @@ impl Heartbeat {
     fn heard_from(&mut self, from: NodeId, now: Instant) {
         self.detector.heartbeat(from, now);
         if self.suspected.remove(&from) {
-            self.out.push_back(Output::Event(HeartbeatEvent::Trusted(from)));
+            self.out
+                .push_back(Output::Event(HeartbeatEvent::Trusted(from)));
         }
     }
 
@@ -353,7 +357,13 @@ impl Heartbeat {
             }
         }
         let me = self.incarnation;
-        self.send(from, Beat::Ack { incarnation: me, seq });
+        self.send(
+            from,
+            Beat::Ack {
+                incarnation: me,
+                seq,
+            },
+        );
     }
 
     fn tick(&mut self, now: Instant) {
@@ -362,7 +372,13 @@ impl Heartbeat {
             if self.next_seq < self.reserved {
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let peers: Vec<NodeId> = self.config.peers.iter().copied().filter(|&p| p != self.me).collect();
+                let peers: Vec<NodeId> = self
+                    .config
+                    .peers
+                    .iter()
+                    .copied()
+                    .filter(|&p| p != self.me)
+                    .collect();
                 for p in peers {
                     self.send(
                         p,
@@ -379,7 +395,8 @@ impl Heartbeat {
                 && self.detector.suspicion(p, now) == Suspicion::Suspected
                 && self.suspected.insert(p)
             {
-                self.out.push_back(Output::Event(HeartbeatEvent::Suspected(p)));
+                self.out
+                    .push_back(Output::Event(HeartbeatEvent::Suspected(p)));
             }
         }
         self.out.push_back(Output::SetTimer {
@@ -418,11 +435,11 @@ impl Protocol for Heartbeat {
     }
 
     fn handle_persisted(&mut self, _now: Instant, token: PersistToken) {
-        if let Some((t, upto)) = self.reserving {
-            if t == token {
-                self.reserved = self.reserved.max(upto);
-                self.reserving = None;
-            }
+        if let Some((t, upto)) = self.reserving
+            && t == token
+        {
+            self.reserved = self.reserved.max(upto);
+            self.reserving = None;
         }
     }
 
@@ -444,7 +461,10 @@ impl Recover for Heartbeat {
         let reserved = ctx
             .records
             .iter()
-            .filter_map(|r| r.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))))
+            .filter_map(|r| {
+                r.get(..8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            })
             .max()
             .unwrap_or(0);
         let now = ctx.now;
@@ -487,6 +507,50 @@ impl Recover for Heartbeat {
     }
 }
 
+/// The senders whose sequence numbers must never be reused: every node of
+/// the run except those the plan gives value or arbitrary failures (a wrong
+/// value is exactly what those may produce).
+pub fn honest_senders(plan: &FaultPlan, nodes: usize) -> Vec<NodeId> {
+    (0..nodes as u64)
+        .map(NodeId)
+        .filter(|n| {
+            plan.nodes
+                .get(n)
+                .is_none_or(|f| f.value_corruption == 0.0 && f.byzantine.is_none())
+        })
+        .collect()
+}
+
+/// The protocol's safety invariant, for [`Sim::invariant`](crate::Sim::invariant):
+/// no node has received a ping from one of `senders` whose sequence number an
+/// earlier life of that sender had used.
+pub fn no_reuse(senders: Vec<NodeId>) -> impl FnMut(&World<Heartbeat>) -> Result<(), String> {
+    move |w| {
+        for (id, core) in w.cores() {
+            for &from in &senders {
+                let n = core.reuse_violations_from(from);
+                if n > 0 {
+                    return Err(format!(
+                        "{id} received {n} pings from {from} whose sequence number an earlier life of {from} had used"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The name [`no_reuse`] is registered under by [`sim`].
+pub const NO_REUSE: &str = "sequence numbers are never reused across crashes";
+
+/// A heartbeat run with its safety invariant installed.
+pub fn sim(config: SimConfig, heartbeat: HeartbeatConfig, plan: FaultPlan) -> Sim<Heartbeat> {
+    let honest = honest_senders(&plan, config.nodes);
+    let mut s = Sim::new(config, heartbeat, plan);
+    s.invariant(NO_REUSE, no_reuse(honest));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,14 +589,24 @@ mod tests {
         };
         hb.handle_timer(now, Tick);
         assert!(
-            !drain(&mut hb).iter().any(|o| matches!(o, Output::Send { .. })),
+            !drain(&mut hb)
+                .iter()
+                .any(|o| matches!(o, Output::Send { .. })),
             "pinged with an undurable reservation"
         );
         hb.handle_persisted(now, token);
         hb.handle_timer(now, Tick);
         let sends = drain(&mut hb)
             .into_iter()
-            .filter(|o| matches!(o, Output::Send { msg: Beat::Ping { seq: 0, .. }, .. }))
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Send {
+                        msg: Beat::Ping { seq: 0, .. },
+                        ..
+                    }
+                )
+            })
             .count();
         assert_eq!(sends, 2, "one ping to each of the two peers");
     }
@@ -566,11 +640,18 @@ mod tests {
         hb.handle_message(now, p, ping(1, 6));
         assert_eq!(hb.reuse_violations(), 0);
         hb.handle_message(now, p, ping(2, 4));
-        assert_eq!(hb.reuse_violations(), 1, "incarnation 2 reused a number of 0");
+        assert_eq!(
+            hb.reuse_violations(),
+            1,
+            "incarnation 2 reused a number of 0"
+        );
         let events = drain(&mut hb);
         assert!(events.iter().any(|o| matches!(
             o,
-            Output::Event(HeartbeatEvent::Restarted { node: NodeId(1), incarnation: Incarnation(2) })
+            Output::Event(HeartbeatEvent::Restarted {
+                node: NodeId(1),
+                incarnation: Incarnation(2)
+            })
         )));
     }
 
@@ -581,13 +662,24 @@ mod tests {
         drain(&mut hb);
         let later = now + config.timeout + Duration::from_millis(1);
         hb.handle_timer(later, Tick);
-        assert!(drain(&mut hb)
-            .iter()
-            .any(|o| matches!(o, Output::Event(HeartbeatEvent::Suspected(NodeId(1))))));
-        hb.handle_message(later, NodeId(1), Beat::Ack { incarnation: Incarnation(0), seq: 0 });
-        assert!(drain(&mut hb)
-            .iter()
-            .any(|o| matches!(o, Output::Event(HeartbeatEvent::Trusted(NodeId(1))))));
+        assert!(
+            drain(&mut hb)
+                .iter()
+                .any(|o| matches!(o, Output::Event(HeartbeatEvent::Suspected(NodeId(1)))))
+        );
+        hb.handle_message(
+            later,
+            NodeId(1),
+            Beat::Ack {
+                incarnation: Incarnation(0),
+                seq: 0,
+            },
+        );
+        assert!(
+            drain(&mut hb)
+                .iter()
+                .any(|o| matches!(o, Output::Event(HeartbeatEvent::Trusted(NodeId(1)))))
+        );
         assert!(hb.suspects().is_empty());
     }
 
@@ -597,7 +689,10 @@ mod tests {
         let t = Instant::now();
         assert_eq!(d.suspicion(NodeId(1), t), Suspicion::Unknown);
         d.heartbeat(NodeId(1), t);
-        assert_eq!(d.suspicion(NodeId(1), t + Duration::from_millis(10)), Suspicion::Alive);
+        assert_eq!(
+            d.suspicion(NodeId(1), t + Duration::from_millis(10)),
+            Suspicion::Alive
+        );
         assert!(d.is_suspected(NodeId(1), t + Duration::from_millis(11)));
         d.remove(NodeId(1));
         assert_eq!(d.suspicion(NodeId(1), t), Suspicion::Unknown);

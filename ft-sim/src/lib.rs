@@ -5,16 +5,20 @@
 pub mod adversary;
 pub mod heartbeat;
 pub mod plan;
+pub mod report;
 pub mod rng;
 pub mod sim;
 pub mod stats;
 pub mod trace;
+pub mod world;
 
 pub use adversary::{Adversary, AdversaryCtx, Forged};
 pub use plan::{
     Byzantine, Delay, FaultEvent, FaultPlan, LinkFaults, NetworkFaults, NodeFaults, OmissionWindow,
     RandomCrashes,
 };
+pub use report::{Failure, RunReport, SelfCheckError, self_check};
 pub use rng::SimRng;
-pub use sim::{Failure, Observed, RunReport, SelfCheckError, Sim, SimConfig, World, self_check};
+pub use sim::{Sim, SimConfig};
 pub use stats::Stats;
+pub use world::{Observed, World};

@@ -242,7 +242,12 @@ impl FaultPlan {
     }
 
     /// Partitions the network into `groups` from `at` until `heal`.
-    pub fn partition(&mut self, groups: Vec<Vec<NodeId>>, at: Duration, heal: Duration) -> &mut Self {
+    pub fn partition(
+        &mut self,
+        groups: Vec<Vec<NodeId>>,
+        at: Duration,
+        heal: Duration,
+    ) -> &mut Self {
         self.events.push((at, FaultEvent::Partition(groups)));
         self.events.push((heal, FaultEvent::Heal));
         self
@@ -254,15 +259,25 @@ impl FaultPlan {
     pub fn failure_models(&self) -> Vec<FailureModel> {
         let mut found = Vec::new();
         let crash = self.random_crashes.is_some()
-            || self.events.iter().any(|(_, e)| matches!(e, FaultEvent::Crash(_)));
+            || self
+                .events
+                .iter()
+                .any(|(_, e)| matches!(e, FaultEvent::Crash(_)));
         let n = |f: &dyn Fn(&NodeFaults) -> bool| self.nodes.values().any(f);
         let window = |k: Omission| {
-            n(&|f: &NodeFaults| f.omission_windows.iter().any(|w| w.kind == k || w.kind == Omission::Both))
+            n(&|f: &NodeFaults| {
+                f.omission_windows
+                    .iter()
+                    .any(|w| w.kind == k || w.kind == Omission::Both)
+            })
         };
         let net_omission = self.network.loss > 0.0
             || self.network.corrupt > 0.0
             || self.links.values().any(|l| l.loss > 0.0)
-            || self.events.iter().any(|(_, e)| matches!(e, FaultEvent::Partition(_)));
+            || self
+                .events
+                .iter()
+                .any(|(_, e)| matches!(e, FaultEvent::Partition(_)));
         let send = net_omission || n(&|f| f.send_omission > 0.0) || window(Omission::Send);
         let recv = net_omission || n(&|f| f.receive_omission > 0.0) || window(Omission::Receive);
         let timing = self.network.delay.is_unbounded()

@@ -165,7 +165,13 @@ fn frame_check(frame: &Bytes) -> u64 {
     let n = frame.len();
     let mut h = n as u64;
     if n >= 4 {
-        h = (h << 32) | u64::from(u32::from_le_bytes([frame[n - 4], frame[n - 3], frame[n - 2], frame[n - 1]]));
+        h = (h << 32)
+            | u64::from(u32::from_le_bytes([
+                frame[n - 4],
+                frame[n - 3],
+                frame[n - 2],
+                frame[n - 1],
+            ]));
     }
     h
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use ft_core::NodeId;
-use ft_sim::heartbeat::HeartbeatConfig;
+use ft_sim::heartbeat::{self, HeartbeatConfig};
 use ft_sim::{Delay, FaultPlan, RandomCrashes, SelfCheckError, SimConfig, self_check};
 
 const HORIZON: Duration = Duration::from_millis(2000);
@@ -25,8 +25,15 @@ fn every_seed_of_the_mixed_plan_is_deterministic_and_keeps_its_invariants() {
         crashes += r.stats.crashes;
         digests.insert(r.digest);
     }
-    assert!(crashes > 40, "random crashes too rare to mean anything: {crashes}");
-    assert_eq!(digests.len(), 40, "different seeds must give different runs");
+    assert!(
+        crashes > 40,
+        "random crashes too rare to mean anything: {crashes}"
+    );
+    assert_eq!(
+        digests.len(),
+        40,
+        "different seeds must give different runs"
+    );
 }
 
 #[test]
@@ -53,7 +60,10 @@ fn the_self_check_catches_a_nondeterministic_setup() {
 /// durable) under crashes with a slow disk.
 fn broken(seed: u64) -> ft_sim::Sim<ft_sim::heartbeat::Heartbeat> {
     let mut config = SimConfig::new(seed, 4);
-    config.disk_latency = Delay::Uniform { min: ms(2), max: ms(30) };
+    config.disk_latency = Delay::Uniform {
+        min: ms(2),
+        max: ms(30),
+    };
     config.trace_tail = 5000;
     let mut hb = HeartbeatConfig::new(4);
     hb.persist_before_send = false;
@@ -73,27 +83,50 @@ fn crashes_expose_a_protocol_that_speaks_before_it_persists_and_the_seed_reprodu
     let failure = (0..200)
         .find_map(|seed| broken(seed).run_until(HORIZON).err())
         .expect("no seed exposed the broken protocol: crashes are not losing unsynced writes");
-    assert_eq!(failure.invariant, "sequence numbers are never reused across crashes");
+    assert_eq!(failure.invariant, heartbeat::NO_REUSE);
     let text = failure.to_string();
     assert!(text.contains(&format!("seed {}", failure.seed)), "{text}");
-    assert!(text.contains("random_crashes"), "the plan is printed: {text}");
-    assert!(text.contains("CRASH") && text.contains("RESTART"), "the trace shows the crash: {text}");
+    assert!(
+        text.contains("random_crashes"),
+        "the plan is printed: {text}"
+    );
+    assert!(
+        text.contains("CRASH") && text.contains("RESTART"),
+        "the trace shows the crash: {text}"
+    );
     assert!(!failure.trace.is_empty());
 
     // The same seed fails the same way, at the same step, with the same trace.
     let again = broken(failure.seed).run_until(HORIZON).unwrap_err();
     assert_eq!(
-        (again.step, again.at, again.digest, &again.message, &again.trace),
-        (failure.step, failure.at, failure.digest, &failure.message, &failure.trace)
+        (
+            again.step,
+            again.at,
+            again.digest,
+            &again.message,
+            &again.trace
+        ),
+        (
+            failure.step,
+            failure.at,
+            failure.digest,
+            &failure.message,
+            &failure.trace
+        )
     );
 
     // And the correct protocol survives the very same seed and plan.
     let mut config = SimConfig::new(failure.seed, 4);
-    config.disk_latency = Delay::Uniform { min: ms(2), max: ms(30) };
+    config.disk_latency = Delay::Uniform {
+        min: ms(2),
+        max: ms(30),
+    };
     let mut hb = HeartbeatConfig::new(4);
     hb.block = 4;
     let plan = broken(failure.seed).plan().clone();
-    sim_with(config, hb, plan).run_until(HORIZON).unwrap_or_else(|e| panic!("{e}"));
+    sim_with(config, hb, plan)
+        .run_until(HORIZON)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -111,10 +144,20 @@ fn full_trace_is_readable_and_matches_the_digest() {
     let (trace, digest) = run(config.clone());
     let trace = trace.expect("trace was recorded");
     assert!(trace.iter().any(|l| l.contains("n2 CRASH")));
-    assert!(trace.iter().any(|l| l.contains("RESTART as incarnation #1")));
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.contains("RESTART as incarnation #1"))
+    );
     assert!(trace.iter().any(|l| l.contains("dropped (loss)")));
     assert!(trace.iter().any(|l| l.contains("deliver Ping")));
-    let (quiet, quiet_digest) = run(SimConfig { record_trace: false, ..config });
+    let (quiet, quiet_digest) = run(SimConfig {
+        record_trace: false,
+        ..config
+    });
     assert!(quiet.is_none());
-    assert_eq!(digest, quiet_digest, "recording the trace must not change the run");
+    assert_eq!(
+        digest, quiet_digest,
+        "recording the trace must not change the run"
+    );
 }

@@ -4,14 +4,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use ft_core::{Incarnation, NodeId, Omission};
 use ft_sim::heartbeat::{Beat, HeartbeatConfig, HeartbeatEvent};
-use ft_sim::{
-    AdversaryCtx, Byzantine, Delay, FaultPlan, OmissionWindow, RandomCrashes, SimConfig,
-};
+use ft_sim::{AdversaryCtx, Byzantine, Delay, FaultPlan, OmissionWindow, RandomCrashes, SimConfig};
 
 #[test]
 fn fault_free_run_loses_nothing_and_suspects_no_one() {
@@ -20,7 +16,11 @@ fn fault_free_run_loses_nothing_and_suspects_no_one() {
     assert!(r.stats.sent > 1000, "{:?}", r.stats);
     let st = r.stats;
     let dropped = st.lost + st.crc_dropped + st.decode_errors + st.partitioned + st.to_down_node;
-    assert_eq!(dropped + st.send_omissions + st.receive_omissions, 0, "{st:?}");
+    assert_eq!(
+        dropped + st.send_omissions + st.receive_omissions,
+        0,
+        "{st:?}"
+    );
     // Only what was sent within the last 1 ms network delay is still in
     // flight: at most one round of pings and acks (4 nodes x 3 peers x 2).
     assert!(st.sent - st.delivered <= 24, "{st:?}");
@@ -37,12 +37,24 @@ fn crash_halts_the_node_and_every_correct_node_suspects_it() {
     let w = s.world();
     assert_eq!(w.stats().crashes, 1);
     assert!(!w.is_up(NodeId(3)));
-    assert!(w.stats().to_down_node > 0, "messages to the crashed node were not dropped");
+    assert!(
+        w.stats().to_down_node > 0,
+        "messages to the crashed node were not dropped"
+    );
     for o in 0..3 {
-        assert!(suspects_now(w, o, 3), "n{o} does not suspect the crashed n3");
-        assert!(!suspected_between(w, o, 3, ms(0), ms(500)), "suspected before the crash");
+        assert!(
+            suspects_now(w, o, 3),
+            "n{o} does not suspect the crashed n3"
+        );
+        assert!(
+            !suspected_between(w, o, 3, ms(0), ms(500)),
+            "suspected before the crash"
+        );
         for t in 0..3 {
-            assert!(!suspected(w, o, t), "n{o} wrongly suspects the correct n{t}");
+            assert!(
+                !suspected(w, o, t),
+                "n{o} wrongly suspects the correct n{t}"
+            );
         }
     }
 }
@@ -60,8 +72,15 @@ fn restart_comes_back_with_a_new_incarnation_and_fresh_sequence_numbers() {
     assert_eq!(core.incarnation(), Incarnation(1));
     for o in 0..3 {
         assert!(w.events().iter().any(|e| e.node == NodeId(o)
-            && e.event == HeartbeatEvent::Restarted { node: NodeId(3), incarnation: Incarnation(1) }));
-        assert!(!suspects_now(w, o, 3), "n{o} still suspects the restarted n3");
+            && e.event
+                == HeartbeatEvent::Restarted {
+                    node: NodeId(3),
+                    incarnation: Incarnation(1)
+                }));
+        assert!(
+            !suspects_now(w, o, 3),
+            "n{o} still suspects the restarted n3"
+        );
     }
     // Recovery read the durable reservations back (invariant no_reuse held
     // throughout, or run_until would have failed).
@@ -76,7 +95,11 @@ fn crash_loses_writes_that_were_not_yet_durable() {
     plan.crash(NodeId(2), ms(10), Some(ms(100)));
     let mut s = sim_with(config, HeartbeatConfig::new(3), plan);
     s.run_until(ms(60)).unwrap();
-    assert_eq!(s.stats().persists_lost, 1, "the reservation in flight at the crash");
+    assert_eq!(
+        s.stats().persists_lost,
+        1,
+        "the reservation in flight at the crash"
+    );
     assert!(s.world().durable_records(NodeId(2)).is_empty());
     assert_eq!(s.world().durable_records(NodeId(0)).len(), 1);
     s.run_until(ms(200)).unwrap();
@@ -101,10 +124,16 @@ fn send_omission_makes_peers_suspect_a_node_that_still_hears_them() {
     let w = s.world();
     assert!(w.stats().send_omissions > 0);
     for o in [0, 1, 3] {
-        assert!(suspected_between(w, o, 2, ms(500), ms(1000)), "n{o} never suspected n2");
+        assert!(
+            suspected_between(w, o, 2, ms(500), ms(1000)),
+            "n{o} never suspected n2"
+        );
         assert!(!suspects_now(w, o, 2), "n{o} did not trust n2 again");
     }
-    assert!(!(0..4).any(|t| suspected(w, 2, t)), "n2 still received, so it suspects no one");
+    assert!(
+        !(0..4).any(|t| suspected(w, 2, t)),
+        "n2 still received, so it suspects no one"
+    );
 }
 
 #[test]
@@ -121,10 +150,16 @@ fn receive_omission_makes_a_node_suspect_peers_that_still_hear_it() {
     let w = s.world();
     assert!(w.stats().receive_omissions > 0);
     for t in [0, 1, 3] {
-        assert!(suspected_between(w, 2, t, ms(500), ms(1000)), "n2 never suspected n{t}");
+        assert!(
+            suspected_between(w, 2, t, ms(500), ms(1000)),
+            "n2 never suspected n{t}"
+        );
     }
     for o in [0, 1, 3] {
-        assert!(!suspected(w, o, 2), "n{o} suspected n2, whose sends all went out");
+        assert!(
+            !suspected(w, o, 2),
+            "n{o} suspected n2, whose sends all went out"
+        );
     }
 }
 
@@ -140,7 +175,10 @@ fn a_slow_node_is_suspected_although_it_never_crashed() {
     assert_eq!(w.stats().crashes, 0);
     assert!(w.is_up(NodeId(2)));
     assert!(suspected(w, 0, 2) && suspected(w, 1, 2));
-    assert!(!suspected(w, 0, 1), "the link between the fast nodes is fine");
+    assert!(
+        !suspected(w, 0, 1),
+        "the link between the fast nodes is fine"
+    );
 
     let mut link_plan = FaultPlan::none();
     link_plan.link(NodeId(0), NodeId(1)).extra_delay = Some(Delay::Fixed(ms(100)));
@@ -158,19 +196,34 @@ fn network_delay_distributions_bounded_and_unbounded() {
     slow_net.network.delay = Delay::Fixed(ms(200));
     let mut s = sim(8, 3, slow_net);
     s.run_until(ms(1000)).unwrap();
-    assert!(suspected(s.world(), 0, 1), "a 200 ms network must exceed the 50 ms timeout");
+    assert!(
+        suspected(s.world(), 0, 1),
+        "a 200 ms network must exceed the 50 ms timeout"
+    );
 
     let mut bounded = FaultPlan::none();
-    bounded.network.delay = Delay::Uniform { min: ms(1), max: ms(20) };
+    bounded.network.delay = Delay::Uniform {
+        min: ms(1),
+        max: ms(20),
+    };
     let mut s = sim(8, 3, bounded);
     s.run_until(ms(2000)).unwrap();
-    assert!(!any_suspicion(s.world()), "bounded delay below the timeout: no suspicion");
+    assert!(
+        !any_suspicion(s.world()),
+        "bounded delay below the timeout: no suspicion"
+    );
 
     let mut unbounded = FaultPlan::none();
-    unbounded.network.delay = Delay::Exponential { min: ms(1), mean: ms(60) };
+    unbounded.network.delay = Delay::Exponential {
+        min: ms(1),
+        mean: ms(60),
+    };
     let mut s = sim(8, 3, unbounded);
     s.run_until(ms(5000)).unwrap();
-    assert!(any_suspicion(s.world()), "an unbounded tail eventually beats any timeout");
+    assert!(
+        any_suspicion(s.world()),
+        "an unbounded tail eventually beats any timeout"
+    );
     assert!(s.stats().overtaken > 0, "random delays reorder messages");
 }
 
@@ -182,15 +235,29 @@ fn value_failures_pass_the_crc_and_reach_receivers_as_wrong_values() {
     s.run_until(ms(3000)).unwrap();
     let st = *s.stats();
     assert!(st.value_corruptions > 0);
-    assert_eq!(st.crc_dropped, 0, "the frames were valid; only the values were wrong");
+    assert_eq!(
+        st.crc_dropped, 0,
+        "the frames were valid; only the values were wrong"
+    );
     let w = s.world();
     let bogus_restarts = w
         .events()
         .iter()
-        .filter(|e| matches!(e.event, HeartbeatEvent::Restarted { node: NodeId(3), .. }))
+        .filter(|e| {
+            matches!(
+                e.event,
+                HeartbeatEvent::Restarted {
+                    node: NodeId(3),
+                    ..
+                }
+            )
+        })
         .count();
     let violations = sum(w, |c| c.reuse_violations());
-    assert!(st.decode_errors > 0, "flipped tags must be refused by the decoder");
+    assert!(
+        st.decode_errors > 0,
+        "flipped tags must be refused by the decoder"
+    );
     assert!(
         bogus_restarts + violations as usize > 0,
         "wrong values must reach the cores: n3 never restarted, yet peers saw {bogus_restarts} restarts and {violations} reuses"
@@ -206,7 +273,10 @@ fn state_transition_failures_repeat_and_skip_handling() {
     let w = s.world();
     assert!(w.stats().repeated_transitions > 0);
     assert_eq!(w.stats().duplicated, 0, "the network duplicated nothing");
-    assert!(w.core(NodeId(1)).unwrap().duplicates() > 0, "n1 handled pings twice");
+    assert!(
+        w.core(NodeId(1)).unwrap().duplicates() > 0,
+        "n1 handled pings twice"
+    );
     assert_eq!(w.core(NodeId(0)).unwrap().duplicates(), 0);
 
     let mut plan = FaultPlan::none();
@@ -215,7 +285,10 @@ fn state_transition_failures_repeat_and_skip_handling() {
     s.run_until(ms(500)).unwrap();
     let w = s.world();
     assert!(w.stats().skipped_transitions > 0);
-    assert!(suspected(w, 1, 0) && suspected(w, 1, 2), "n1 took in messages but never acted");
+    assert!(
+        suspected(w, 1, 0) && suspected(w, 1, 2),
+        "n1 took in messages but never acted"
+    );
     assert!(!suspected(w, 0, 1), "n1's own pings still went out");
 }
 
@@ -231,7 +304,10 @@ fn byzantine_random_payloads_are_refused_by_honest_decoders() {
     assert!(st.decode_errors > 0, "{st:?}");
     assert_eq!(st.crc_dropped, 0, "forged frames are well framed");
     for o in 0..3 {
-        assert!(suspected(s.world(), o, 3), "n{o} took n3's garbage for signs of life");
+        assert!(
+            suspected(s.world(), o, 3),
+            "n{o} took n3's garbage for signs of life"
+        );
     }
 
     let mut plan = FaultPlan::none();
@@ -245,19 +321,29 @@ fn byzantine_random_payloads_are_refused_by_honest_decoders() {
 #[test]
 fn user_supplied_adversary_lies_about_its_incarnation() {
     let mut s = sim(12, 3, FaultPlan::none());
-    s.set_adversary(NodeId(2), |ctx: &mut AdversaryCtx<'_, Beat>, to: NodeId, msg: Beat| {
-        let lie = match msg {
-            Beat::Ping { seq, .. } => Beat::Ping { incarnation: Incarnation(99), seq },
-            other => other,
-        };
-        ctx.send(to, lie);
-    });
+    s.set_adversary(
+        NodeId(2),
+        |ctx: &mut AdversaryCtx<'_, Beat>, to: NodeId, msg: Beat| {
+            let lie = match msg {
+                Beat::Ping { seq, .. } => Beat::Ping {
+                    incarnation: Incarnation(99),
+                    seq,
+                },
+                other => other,
+            };
+            ctx.send(to, lie);
+        },
+    );
     s.run_until(ms(300)).unwrap();
     let w = s.world();
     assert!(w.stats().forged > 0);
     for o in 0..2 {
         assert!(w.events().iter().any(|e| e.node == NodeId(o)
-            && e.event == HeartbeatEvent::Restarted { node: NodeId(2), incarnation: Incarnation(99) }));
+            && e.event
+                == HeartbeatEvent::Restarted {
+                    node: NodeId(2),
+                    incarnation: Incarnation(99)
+                }));
     }
 }
 
@@ -273,7 +359,10 @@ fn loss_drops_messages_and_the_protocol_sees_fewer() {
     let (clean, clean_pings) = run(0.0);
     let (lossy, lossy_pings) = run(0.3);
     assert!(lossy.lost > 0 && clean.lost == 0);
-    assert!(lossy_pings < clean_pings * 8 / 10, "{lossy_pings} vs {clean_pings}");
+    assert!(
+        lossy_pings < clean_pings * 8 / 10,
+        "{lossy_pings} vs {clean_pings}"
+    );
     let rate = lossy.lost as f64 / lossy.sent as f64;
     assert!((0.25..0.35).contains(&rate), "observed loss rate {rate}");
 
@@ -292,7 +381,10 @@ fn duplication_reaches_the_protocol_as_duplicates() {
     let mut s = sim(14, 3, plan);
     s.run_until(ms(1000)).unwrap();
     assert!(s.stats().duplicated > 0);
-    assert!(s.stats().delivered > s.stats().sent, "copies arrive as extra deliveries");
+    assert!(
+        s.stats().delivered > s.stats().sent,
+        "copies arrive as extra deliveries"
+    );
     assert!(sum(s.world(), |c| c.duplicates()) > 0);
 }
 
@@ -317,7 +409,10 @@ fn bit_flips_in_transit_are_all_caught_by_the_frame_crc() {
     s.run_until(ms(2100)).unwrap();
     let st = *s.stats();
     assert!(st.corrupted_in_transit > 0);
-    assert_eq!(st.crc_dropped, st.corrupted_in_transit, "every flipped frame refused, none delivered");
+    assert_eq!(
+        st.crc_dropped, st.corrupted_in_transit,
+        "every flipped frame refused, none delivered"
+    );
     assert_eq!(st.decode_errors, 0);
     assert_eq!(sum(s.world(), |c| c.reuse_violations()), 0);
 }
@@ -325,15 +420,25 @@ fn bit_flips_in_transit_are_all_caught_by_the_frame_crc() {
 #[test]
 fn partition_separates_groups_until_it_heals() {
     let mut plan = FaultPlan::none();
-    plan.partition(vec![vec![NodeId(0), NodeId(1)], vec![NodeId(2), NodeId(3)]], ms(500), ms(1000));
+    plan.partition(
+        vec![vec![NodeId(0), NodeId(1)], vec![NodeId(2), NodeId(3)]],
+        ms(500),
+        ms(1000),
+    );
     let mut s = sim(17, 4, plan);
     s.run_until(ms(1500)).unwrap();
     let w = s.world();
     assert_eq!((w.stats().partitions, w.stats().heals), (1, 1));
     assert!(w.stats().partitioned > 0);
     for (a, b) in [(0, 2), (0, 3), (1, 2), (3, 0), (2, 1)] {
-        assert!(suspected_between(w, a, b, ms(500), ms(1000)), "n{a} never suspected n{b}");
-        assert!(!suspects_now(w, a, b), "n{a} did not trust n{b} after the heal");
+        assert!(
+            suspected_between(w, a, b, ms(500), ms(1000)),
+            "n{a} never suspected n{b}"
+        );
+        assert!(
+            !suspects_now(w, a, b),
+            "n{a} did not trust n{b} after the heal"
+        );
     }
     for (a, b) in [(0, 1), (1, 0), (2, 3), (3, 2)] {
         assert!(!suspected(w, a, b), "n{a} suspected n{b} on its own side");
@@ -345,20 +450,35 @@ fn random_crashes_respect_the_bound_on_concurrent_failures() {
     let mut plan = FaultPlan::none();
     plan.random_crashes = Some(RandomCrashes {
         mean_interval: ms(100),
-        downtime: Some(Delay::Uniform { min: ms(50), max: ms(400) }),
+        downtime: Some(Delay::Uniform {
+            min: ms(50),
+            max: ms(400),
+        }),
         max_down: 2,
         spare: vec![NodeId(0)],
     });
     let mut s = sim(18, 5, plan);
     s.invariant("at most 2 nodes down at once", |w| {
         let down = w.node_ids().iter().filter(|&&n| !w.is_up(n)).count();
-        if down > 2 { Err(format!("{down} nodes down")) } else { Ok(()) }
+        if down > 2 {
+            Err(format!("{down} nodes down"))
+        } else {
+            Ok(())
+        }
     });
     s.invariant("the spare node never crashes", |w| {
-        if w.is_up(NodeId(0)) { Ok(()) } else { Err("n0 is down".into()) }
+        if w.is_up(NodeId(0)) {
+            Ok(())
+        } else {
+            Err("n0 is down".into())
+        }
     });
     let r = s.run_until(ms(5000)).unwrap();
-    assert!(r.stats.crashes >= 10 && r.stats.restarts >= 8, "{:?}", r.stats);
+    assert!(
+        r.stats.crashes >= 10 && r.stats.restarts >= 8,
+        "{:?}",
+        r.stats
+    );
     assert!((1..5).any(|i| s.world().incarnation(NodeId(i)) > Incarnation(1)));
     assert_eq!(r.stats.invariant_checks, r.stats.steps * 3);
 }
@@ -381,5 +501,8 @@ fn inputs_reach_cores_and_inputs_to_down_nodes_are_counted() {
     let (_, running_pings) = run(false);
     assert_eq!((paused.inputs, paused.inputs_to_down_node), (1, 1));
     // n2 is down from 100 ms, so n0 counts about 10 pings of n2, then 20 (paused at 200 ms) or 60 of n1.
-    assert!(paused_pings <= 32 && running_pings >= 65, "{paused_pings} vs {running_pings}");
+    assert!(
+        paused_pings <= 32 && running_pings >= 65,
+        "{paused_pings} vs {running_pings}"
+    );
 }

@@ -1,22 +1,25 @@
 //! The simulator: N nodes of one [`Protocol`], one event queue, virtual time.
 
+mod network;
+
+use network::corrupt_payload;
+
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ft_core::frame::{HEADER_LEN, TRAILER_LEN};
 use ft_core::{
-    FrameCodec, Incarnation, NodeId, Omission, Output, PersistToken, Protocol,
-    Recover, RecoveryContext, Wire,
+    FrameCodec, Incarnation, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext, Wire,
 };
 
 use crate::adversary::{Adversary, AdversaryCtx, BuiltIn, Forged};
-use crate::plan::{Delay, FaultEvent, FaultPlan, NodeFaults};
+use crate::plan::{Delay, FaultEvent, FaultPlan};
+use crate::report::{Failure, RunReport};
 use crate::rng::SimRng;
 use crate::stats::Stats;
 use crate::trace::{Trace, TraceEntry, TraceKind};
+use crate::world::{Node, Observed, World};
 
 /// How a run is set up (apart from its faults).
 #[derive(Clone, Debug)]
@@ -50,100 +53,6 @@ impl SimConfig {
             record_events: true,
             max_payload: ft_core::frame::DEFAULT_MAX_PAYLOAD,
         }
-    }
-}
-
-/// An event a core emitted, with when and where.
-#[derive(Clone, Debug)]
-pub struct Observed<E> {
-    /// Virtual time since the start of the run.
-    pub at: Duration,
-    /// The node whose core emitted it.
-    pub node: NodeId,
-    /// The node's incarnation at the time.
-    pub incarnation: Incarnation,
-    /// The event.
-    pub event: E,
-}
-
-struct Node<P: Protocol> {
-    core: Option<P>,
-    incarnation: Incarnation,
-    /// What stable storage holds: only records whose persist completed.
-    durable: Vec<Bytes>,
-    timers: BTreeMap<P::Timer, u64>,
-    last_persist_at: Duration,
-    faults: NodeFaults,
-    adversary: Option<Box<dyn Adversary<P::Message>>>,
-}
-
-/// Everything invariants may look at: the nodes, their storage, the events
-/// emitted so far, the counters.
-pub struct World<P: Protocol> {
-    base: Instant,
-    now: Duration,
-    ids: Vec<NodeId>,
-    nodes: Vec<Node<P>>,
-    events: Vec<Observed<P::Event>>,
-    stats: Stats,
-}
-
-impl<P: Protocol> World<P> {
-    /// Virtual time since the start of the run.
-    pub fn now(&self) -> Duration {
-        self.now
-    }
-
-    /// The `Instant` the cores were last handed.
-    pub fn instant(&self) -> Instant {
-        self.base + self.now
-    }
-
-    /// Every node of the run.
-    pub fn node_ids(&self) -> &[NodeId] {
-        &self.ids
-    }
-
-    /// The core of `node`, or `None` while it is down.
-    pub fn core(&self, node: NodeId) -> Option<&P> {
-        self.nodes.get(node.0 as usize)?.core.as_ref()
-    }
-
-    /// The cores of every node that is up.
-    pub fn cores(&self) -> impl Iterator<Item = (NodeId, &P)> {
-        self.ids
-            .iter()
-            .zip(&self.nodes)
-            .filter_map(|(id, n)| n.core.as_ref().map(|c| (*id, c)))
-    }
-
-    /// Whether `node` is up.
-    pub fn is_up(&self, node: NodeId) -> bool {
-        self.core(node).is_some()
-    }
-
-    /// The current incarnation of `node`.
-    pub fn incarnation(&self, node: NodeId) -> Incarnation {
-        self.nodes
-            .get(node.0 as usize)
-            .map_or(Incarnation::FIRST, |n| n.incarnation)
-    }
-
-    /// The records `node`'s stable storage holds (what a restart recovers from).
-    pub fn durable_records(&self, node: NodeId) -> &[Bytes] {
-        self.nodes
-            .get(node.0 as usize)
-            .map_or(&[], |n| n.durable.as_slice())
-    }
-
-    /// Every event emitted so far (if [`SimConfig::record_events`]).
-    pub fn events(&self) -> &[Observed<P::Event>] {
-        &self.events
-    }
-
-    /// The counters so far.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
     }
 }
 
@@ -205,61 +114,6 @@ impl<P: Protocol> Ord for Scheduled<P> {
         (other.at, other.seq).cmp(&(self.at, self.seq))
     }
 }
-
-/// The outcome of a run that kept every invariant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunReport {
-    /// The seed.
-    pub seed: u64,
-    /// Virtual time reached.
-    pub now: Duration,
-    /// What happened.
-    pub stats: Stats,
-    /// Digest of the whole trace: equal runs have equal digests.
-    pub digest: u64,
-}
-
-/// A run that broke an invariant: everything needed to understand and
-/// reproduce it.
-#[derive(Clone, Debug)]
-pub struct Failure {
-    /// The seed of the run; re-running it with the same plan reproduces the
-    /// failure exactly.
-    pub seed: u64,
-    /// The invariant that failed.
-    pub invariant: String,
-    /// What the invariant said.
-    pub message: String,
-    /// When.
-    pub at: Duration,
-    /// After how many steps.
-    pub step: u64,
-    /// The fault plan, printed.
-    pub plan: String,
-    /// The last steps before the failure, readable.
-    pub trace: Vec<String>,
-    /// The trace digest up to the failure.
-    pub digest: u64,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "invariant `{}` violated at {:?} (step {}) with seed {}:",
-            self.invariant, self.at, self.step, self.seed
-        )?;
-        writeln!(f, "  {}", self.message)?;
-        writeln!(f, "last {} steps:", self.trace.len())?;
-        for line in &self.trace {
-            writeln!(f, "  {line}")?;
-        }
-        writeln!(f, "plan: {}", self.plan)?;
-        write!(f, "reproduce: run the same scenario with seed {}", self.seed)
-    }
-}
-
-impl std::error::Error for Failure {}
 
 /// Runs N nodes of a [`Protocol`] deterministically under a [`FaultPlan`].
 ///
@@ -383,7 +237,13 @@ where
     /// counted, if the node is down then).
     pub fn input(&mut self, at: Duration, node: NodeId, input: P::Input) {
         if (node.0 as usize) < self.world.nodes.len() {
-            self.schedule(at.max(self.world.now), Ev::Input { node: node.0 as usize, input });
+            self.schedule(
+                at.max(self.world.now),
+                Ev::Input {
+                    node: node.0 as usize,
+                    input,
+                },
+            );
         }
     }
 
@@ -419,7 +279,9 @@ where
 
     /// Every step so far, readable (only with [`SimConfig::record_trace`]).
     pub fn trace(&self) -> Option<Vec<String>> {
-        self.trace.full().map(|t| t.iter().map(|e| self.describe(e)).collect())
+        self.trace
+            .full()
+            .map(|t| t.iter().map(|e| self.describe(e)).collect())
     }
 
     /// Runs every event up to and including virtual time `until`, then sets
@@ -502,10 +364,12 @@ where
             TraceKind::Timer { node, timer } => format!("{node} timer {timer:?}"),
             TraceKind::Persisted { node } => format!("{node} persisted"),
             TraceKind::Input { node } => format!("{node} input"),
-            TraceKind::Event { node, index } => match index.and_then(|i| self.world.events.get(i)) {
-                Some(o) => format!("{node} event {:?}", o.event),
-                None => format!("{node} event"),
-            },
+            TraceKind::Event { node, index } => {
+                match index.and_then(|i| self.world.events.get(i)) {
+                    Some(o) => format!("{node} event {:?}", o.event),
+                    None => format!("{node} event"),
+                }
+            }
             TraceKind::Crash(n) => format!("{n} CRASH"),
             TraceKind::Restart(n, i) => format!("{n} RESTART as incarnation {i}"),
             TraceKind::Partition => "PARTITION".to_string(),
@@ -610,7 +474,8 @@ where
             Ev::RandomCrash => self.random_crash(),
             Ev::AdversaryTick => {
                 for i in 0..self.world.nodes.len() {
-                    if self.world.nodes[i].core.is_some() && self.world.nodes[i].adversary.is_some() {
+                    if self.world.nodes[i].core.is_some() && self.world.nodes[i].adversary.is_some()
+                    {
                         self.adversary_turn(i, None);
                     }
                 }
@@ -677,7 +542,9 @@ where
         };
         let down = self.world.nodes.iter().filter(|n| n.core.is_none()).count();
         let candidates: Vec<usize> = (0..self.world.nodes.len())
-            .filter(|&i| self.world.nodes[i].core.is_some() && !rc.spare.contains(&self.world.ids[i]))
+            .filter(|&i| {
+                self.world.nodes[i].core.is_some() && !rc.spare.contains(&self.world.ids[i])
+            })
             .collect();
         if down < rc.max_down && !candidates.is_empty() {
             let i = candidates[self.rng.below(candidates.len() as u64) as usize];
@@ -698,7 +565,11 @@ where
     /// Carries out everything node `i`'s core wants done, in order.
     fn drain(&mut self, i: usize) {
         loop {
-            let Some(out) = self.world.nodes[i].core.as_mut().and_then(|c| c.poll_output()) else {
+            let Some(out) = self.world.nodes[i]
+                .core
+                .as_mut()
+                .and_then(|c| c.poll_output())
+            else {
                 return;
             };
             match out {
@@ -710,7 +581,9 @@ where
                     }
                 }
                 Output::SetTimer { timer, at } => {
-                    let at = at.saturating_duration_since(self.world.base).max(self.world.now);
+                    let at = at
+                        .saturating_duration_since(self.world.base)
+                        .max(self.world.now);
                     self.timer_generation += 1;
                     let generation = self.timer_generation;
                     self.world.nodes[i].timers.insert(timer.clone(), generation);
@@ -803,7 +676,10 @@ where
         if let Err(e) = self.codec.encode(msg, &mut buf) {
             // A core asked to send more than a frame holds: that is the
             // core's bug, and the simulator says so rather than hide it.
-            panic!("{} sent a message the frame codec refuses: {e}", self.world.ids[i]);
+            panic!(
+                "{} sent a message the frame codec refuses: {e}",
+                self.world.ids[i]
+            );
         }
         if self.rng.chance(self.world.nodes[i].faults.value_corruption) {
             self.world.stats.value_corruptions += 1;
@@ -811,232 +687,4 @@ where
         }
         self.transmit(i, to, buf.freeze());
     }
-
-    fn in_window(&self, i: usize, side: Omission) -> bool {
-        let now = self.world.now;
-        self.world.nodes[i].faults.omission_windows.iter().any(|w| {
-            (w.kind == side || w.kind == Omission::Both) && w.from <= now && now < w.until
-        })
-    }
-
-    fn reachable(&self, a: usize, b: usize) -> bool {
-        match &self.partition {
-            None => true,
-            Some(g) => a == b || (g[a].is_some() && g[a] == g[b]),
-        }
-    }
-
-    fn drop_msg(&mut self, from: usize, to: NodeId, why: &'static str) {
-        self.record(TraceKind::Drop {
-            from: self.world.ids[from],
-            to,
-            why,
-        });
-    }
-
-    /// The network: omission, partitions, loss, duplication, delay,
-    /// reordering and corruption, in that order.
-    fn transmit(&mut self, i: usize, to: NodeId, frame: Bytes) {
-        self.world.stats.sent += 1;
-        self.record(TraceKind::Send {
-            from: self.world.ids[i],
-            to,
-            frame: frame.clone(),
-        });
-        let n = self.world.nodes.len();
-        if self.rng.chance(self.world.nodes[i].faults.send_omission) || self.in_window(i, Omission::Send) {
-            self.world.stats.send_omissions += 1;
-            return self.drop_msg(i, to, "send omission");
-        }
-        let j = to.0 as usize;
-        if j >= n {
-            self.world.stats.to_down_node += 1;
-            return self.drop_msg(i, to, "no such node");
-        }
-        if !self.reachable(i, j) {
-            self.world.stats.partitioned += 1;
-            return self.drop_msg(i, to, "partition");
-        }
-        let link_loss = self
-            .plan
-            .links
-            .get(&(self.world.ids[i], to))
-            .map_or(0.0, |l| l.loss);
-        if self.rng.chance(self.plan.network.loss) || self.rng.chance(link_loss) {
-            self.world.stats.lost += 1;
-            return self.drop_msg(i, to, "loss");
-        }
-        let copies = if self.rng.chance(self.plan.network.duplicate) {
-            self.world.stats.duplicated += 1;
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut delay = self.plan.network.delay.sample(&mut self.rng);
-            let mut slowed = false;
-            for k in [i, j] {
-                if let Some(slow) = self.world.nodes[k].faults.slow {
-                    delay += slow.sample(&mut self.rng);
-                    slowed = true;
-                }
-            }
-            if let Some(extra) = self
-                .plan
-                .links
-                .get(&(self.world.ids[i], to))
-                .and_then(|l| l.extra_delay)
-            {
-                delay += extra.sample(&mut self.rng);
-                slowed = true;
-            }
-            if slowed {
-                self.world.stats.slowed += 1;
-            }
-            if self.rng.chance(self.plan.network.reorder) {
-                self.world.stats.reordered += 1;
-                delay += Delay::Uniform {
-                    min: Duration::ZERO,
-                    max: self.plan.network.reorder_window,
-                }
-                .sample(&mut self.rng);
-            }
-            let mut frame = frame.clone();
-            if self.rng.chance(self.plan.network.corrupt) && !frame.is_empty() {
-                self.world.stats.corrupted_in_transit += 1;
-                let mut v = frame.to_vec();
-                let bit = self.rng.below(v.len() as u64 * 8) as usize;
-                v[bit / 8] ^= 1 << (bit % 8);
-                frame = Bytes::from(v);
-            }
-            let link = i * n + j;
-            self.link_sent[link] += 1;
-            let link_seq = self.link_sent[link];
-            let at = self.world.now + delay;
-            self.schedule(
-                at,
-                Ev::Deliver {
-                    from: i,
-                    to: j,
-                    frame,
-                    link_seq,
-                },
-            );
-        }
-    }
-
-    fn deliver(&mut self, i: usize, j: usize, frame: Bytes, link_seq: u64) {
-        let (from, to) = (self.world.ids[i], self.world.ids[j]);
-        if self.world.nodes[j].core.is_none() {
-            self.world.stats.to_down_node += 1;
-            return self.drop_msg(i, to, "receiver down");
-        }
-        if self.rng.chance(self.world.nodes[j].faults.receive_omission) || self.in_window(j, Omission::Receive) {
-            self.world.stats.receive_omissions += 1;
-            return self.drop_msg(i, to, "receive omission");
-        }
-        if !self.reachable(i, j) {
-            self.world.stats.partitioned += 1;
-            return self.drop_msg(i, to, "partition");
-        }
-        let link = i * self.world.nodes.len() + j;
-        if link_seq < self.link_delivered[link] {
-            self.world.stats.overtaken += 1;
-        } else {
-            self.link_delivered[link] = link_seq;
-        }
-        let msg = match self.codec.decode_payload(frame.clone()) {
-            Err(_) => {
-                self.world.stats.crc_dropped += 1;
-                return self.drop_msg(i, to, "frame check failed");
-            }
-            Ok(payload) => match P::Message::from_bytes(payload) {
-                Ok(m) => m,
-                Err(_) => {
-                    self.world.stats.decode_errors += 1;
-                    return self.drop_msg(i, to, "undecodable payload");
-                }
-            },
-        };
-        self.record(TraceKind::Deliver { from, to, frame });
-        let faults = &self.world.nodes[j].faults;
-        let (skip, repeat) = (faults.skip_transition, faults.repeat_transition);
-        if self.rng.chance(skip) {
-            self.world.stats.skipped_transitions += 1;
-            return;
-        }
-        let twice = self.rng.chance(repeat);
-        let now = self.world.base + self.world.now;
-        self.world.stats.delivered += 1;
-        if let Some(core) = self.world.nodes[j].core.as_mut() {
-            if twice {
-                core.handle_message(now, from, msg.clone());
-            }
-            core.handle_message(now, from, msg);
-        }
-        if twice {
-            self.world.stats.repeated_transitions += 1;
-        }
-        self.drain(j);
-    }
-}
-
-/// Flips one bit of a frame's payload and fixes the CRC, so the frame is
-/// valid and only the value is wrong (a value failure of the sender).
-fn corrupt_payload(buf: &mut BytesMut, rng: &mut SimRng) {
-    let payload_len = buf.len() - HEADER_LEN - TRAILER_LEN;
-    if payload_len == 0 {
-        return;
-    }
-    let bit = rng.below(payload_len as u64 * 8) as usize;
-    buf[HEADER_LEN + bit / 8] ^= 1 << (bit % 8);
-    let body = buf.len() - TRAILER_LEN;
-    let crc = crc32fast::hash(&buf[..body]);
-    buf[body..].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Why a determinism self-check failed.
-#[derive(Debug)]
-pub enum SelfCheckError {
-    /// The run broke an invariant (the first of the two runs).
-    Failure(Box<Failure>),
-    /// The two runs of the same seed differed: something in the protocol or
-    /// the setup is not deterministic (a `HashMap` iteration order, a read of
-    /// the system clock, global randomness).
-    Diverged {
-        /// The first run.
-        first: RunReport,
-        /// The second run.
-        second: RunReport,
-    },
-}
-
-impl fmt::Display for SelfCheckError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SelfCheckError::Failure(fail) => fail.fmt(f),
-            SelfCheckError::Diverged { first, second } => write!(
-                f,
-                "seed {} is not deterministic: digest {:#x} then {:#x}\nfirst: {:?}\nsecond: {:?}",
-                first.seed, first.digest, second.digest, first.stats, second.stats
-            ),
-        }
-    }
-}
-
-impl std::error::Error for SelfCheckError {}
-
-/// Builds a run twice with `make`, runs both until `until`, and checks that
-/// they took exactly the same steps (equal trace digests and counters).
-pub fn self_check<P, F>(make: F, until: Duration) -> Result<RunReport, SelfCheckError>
-where
-    P: Recover + 'static,
-    F: Fn() -> Sim<P>,
-{
-    let first = make().run_until(until).map_err(SelfCheckError::Failure)?;
-    let second = make().run_until(until).map_err(SelfCheckError::Failure)?;
-    if first != second {
-        return Err(SelfCheckError::Diverged { first, second });
-    }
-    Ok(first)
 }
