@@ -1,6 +1,6 @@
-//! `ft`: run ft's fault-tolerance protocols in the simulator and see what
-//! happened.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod demo;
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, Protocol};
 
 use crate::adversary::Adversary;
+use crate::disk::SimDisk;
 use crate::plan::NodeFaults;
 use crate::stats::Stats;
 
@@ -27,7 +28,7 @@ pub(crate) struct Node<P: Protocol> {
     pub(crate) core: Option<P>,
     pub(crate) incarnation: Incarnation,
     /// What stable storage holds: only records whose persist completed.
-    pub(crate) durable: Vec<Bytes>,
+    pub(crate) disk: SimDisk,
     pub(crate) timers: BTreeMap<P::Timer, u64>,
     pub(crate) last_persist_at: Duration,
     pub(crate) faults: NodeFaults,
@@ -90,7 +91,7 @@ impl<P: Protocol> World<P> {
     pub fn durable_records(&self, node: NodeId) -> &[Bytes] {
         self.nodes
             .get(node.0 as usize)
-            .map_or(&[], |n| n.durable.as_slice())
+            .map_or(&[], |n| n.disk.durable())
     }
 
     /// Every event emitted so far (if [`SimConfig::record_events`]).

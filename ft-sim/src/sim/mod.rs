@@ -14,6 +14,7 @@ use ft_core::{
 };
 
 use crate::adversary::{Adversary, AdversaryCtx, BuiltIn, Forged};
+use crate::disk::SimDisk;
 use crate::plan::{Delay, FaultEvent, FaultPlan};
 use crate::report::{Failure, RunReport};
 use crate::rng::SimRng;
@@ -79,7 +80,7 @@ enum Ev<P: Protocol> {
         node: usize,
         incarnation: Incarnation,
         token: PersistToken,
-        record: Bytes,
+        position: usize,
     },
     Input {
         node: usize,
@@ -161,7 +162,7 @@ where
                 Node {
                     core: None,
                     incarnation: Incarnation::FIRST,
-                    durable: Vec::new(),
+                    disk: SimDisk::new(),
                     timers: BTreeMap::new(),
                     last_persist_at: Duration::ZERO,
                     faults,
@@ -396,7 +397,7 @@ where
         let ctx = RecoveryContext {
             node: self.world.ids[i],
             incarnation: node.incarnation,
-            records: node.durable.clone(),
+            records: node.disk.durable().to_vec(),
             seed: self.rng.next_u64(),
             now: self.world.base + self.world.now,
         };
@@ -437,15 +438,15 @@ where
                 node,
                 incarnation,
                 token,
-                record,
+                position,
             } => {
                 let n = &mut self.world.nodes[node];
                 if n.core.is_none() || n.incarnation != incarnation {
-                    // The crash came first: the write never reached the disk.
-                    self.world.stats.persists_lost += 1;
+                    // The crash came first: the write was lost with it (and
+                    // counted then); its position may belong to a newer write.
                     return;
                 }
-                n.durable.push(record);
+                n.disk.sync_through(position);
                 self.world.stats.persisted += 1;
                 self.record(TraceKind::Persisted {
                     node: self.world.ids[node],
@@ -528,9 +529,10 @@ where
             return;
         };
         if n.core.take().is_some() {
-            // Volatile state goes with the core; timers with it. Pending
-            // persists are dropped when their completion finds the node down.
+            // Volatile state goes with the core, timers with it, and the
+            // disk keeps only what was synced.
             n.timers.clear();
+            self.world.stats.persists_lost += n.disk.crash() as u64;
             self.world.stats.crashes += 1;
             self.record(TraceKind::Crash(self.world.ids[i]));
         }
@@ -606,13 +608,14 @@ where
                     let at = (self.world.now + latency).max(n.last_persist_at);
                     n.last_persist_at = at;
                     let incarnation = n.incarnation;
+                    let position = n.disk.write(record);
                     self.schedule(
                         at,
                         Ev::Persisted {
                             node: i,
                             incarnation,
                             token,
-                            record,
+                            position,
                         },
                     );
                 }
