@@ -5,21 +5,28 @@
 pub mod channel;
 pub mod clock;
 pub mod detector;
+pub mod driver;
 pub mod error;
 pub mod failure;
 pub mod frame;
 pub mod id;
+pub mod mem;
 pub mod protocol;
 pub mod storage;
+mod sync;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod wire;
 
 pub use channel::{Channel, ChannelError};
 pub use clock::Clock;
 pub use detector::{FailureDetector, Suspicion};
+pub use driver::{DriverConfig, DriverError, DriverStats, Handle, InputSender};
 pub use error::PeerError;
 pub use failure::{FailureModel, FailureSemantics, Omission, Response};
 pub use frame::FrameCodec;
 pub use id::{Incarnation, NodeId};
+pub use mem::{MemChannel, MemNetwork, MemStats};
 pub use protocol::{Counters, Output, PersistToken, Protocol, Recover, RecoveryContext};
 pub use storage::{Lsn, StableLog, StableStore, StorageError};
 pub use wire::{DecodeError, Wire};

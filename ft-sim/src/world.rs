@@ -94,7 +94,7 @@ impl<P: Protocol> World<P> {
             .map_or(&[], |n| n.disk.durable())
     }
 
-    /// Every event emitted so far (if [`SimConfig::record_events`]).
+    /// Every event emitted so far (if [`SimConfig::record_events`](crate::SimConfig::record_events)).
     pub fn events(&self) -> &[Observed<P::Event>] {
         &self.events
     }
