@@ -187,7 +187,12 @@ mod tests {
     fn only_fail_stop_is_detectable_and_fail_safe_is_benign() {
         assert!(FailureSemantics::FailStop.is_detectable());
         assert!(!FailureSemantics::FailSilent.is_detectable());
-        assert!(FailureSemantics::FailSafe.models().iter().all(|m| m.is_benign()));
+        assert!(
+            FailureSemantics::FailSafe
+                .models()
+                .iter()
+                .all(|m| m.is_benign())
+        );
         assert_eq!(FailureSemantics::FailStop.models(), &[FailureModel::Crash]);
     }
 }

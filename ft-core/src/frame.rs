@@ -131,7 +131,8 @@ impl FrameCodec {
             return Err(DecodeError::TrailingBytes(frame.len() - total));
         }
         let actual = crc32fast::hash(&frame[..HEADER_LEN + len]);
-        let expected = u32::from_le_bytes(frame[HEADER_LEN + len..total].try_into().unwrap_or([0; 4]));
+        let expected =
+            u32::from_le_bytes(frame[HEADER_LEN + len..total].try_into().unwrap_or([0; 4]));
         if actual != expected {
             return Err(DecodeError::Checksum { expected, actual });
         }
@@ -209,7 +210,9 @@ mod tests {
 
     fn frame_of(payload: &[u8]) -> Bytes {
         let mut b = BytesMut::new();
-        FrameCodec::default().encode_payload(payload, &mut b).unwrap();
+        FrameCodec::default()
+            .encode_payload(payload, &mut b)
+            .unwrap();
         b.freeze()
     }
 
@@ -231,7 +234,10 @@ mod tests {
         let mut payload = BytesMut::new();
         Bytes::from_static(b"abc").encode(&mut payload);
         assert_eq!(via_msg, frame_of(&payload));
-        assert_eq!(codec.decode::<Bytes>(via_msg).unwrap(), Bytes::from_static(b"abc"));
+        assert_eq!(
+            codec.decode::<Bytes>(via_msg).unwrap(),
+            Bytes::from_static(b"abc")
+        );
     }
 
     #[test]
@@ -260,19 +266,31 @@ mod tests {
         let good = frame_of(b"payload");
         let mut bad_magic = good.to_vec();
         bad_magic[0] ^= 0xff;
-        assert!(matches!(codec.decode_payload(bad_magic.into()), Err(DecodeError::BadMagic { .. })));
+        assert!(matches!(
+            codec.decode_payload(bad_magic.into()),
+            Err(DecodeError::BadMagic { .. })
+        ));
         let mut bad_version = good.to_vec();
         bad_version[2] = 9;
         assert_eq!(
             codec.decode_payload(bad_version.into()),
-            Err(DecodeError::UnsupportedVersion { found: 9, supported: VERSION })
+            Err(DecodeError::UnsupportedVersion {
+                found: 9,
+                supported: VERSION
+            })
         );
         let mut flipped = good.to_vec();
         flipped[8] ^= 0x01;
-        assert!(matches!(codec.decode_payload(flipped.into()), Err(DecodeError::Checksum { .. })));
+        assert!(matches!(
+            codec.decode_payload(flipped.into()),
+            Err(DecodeError::Checksum { .. })
+        ));
         let mut long = good.to_vec();
         long.push(0);
-        assert_eq!(codec.decode_payload(long.into()), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            codec.decode_payload(long.into()),
+            Err(DecodeError::TrailingBytes(1))
+        );
         assert!(matches!(
             codec.decode_payload(good.slice(..good.len() - 1)),
             Err(DecodeError::Truncated { needed: 1, .. })
@@ -287,14 +305,27 @@ mod tests {
         stream.extend_from_slice(&frame_of(b"two"));
         let second_len = frame_of(b"two").len();
         let mut partial = stream.split_off(stream.len() - 3);
-        assert_eq!(codec.decode_stream(&mut stream).unwrap().unwrap(), Bytes::from_static(b"one"));
+        assert_eq!(
+            codec.decode_stream(&mut stream).unwrap().unwrap(),
+            Bytes::from_static(b"one")
+        );
         assert_eq!(codec.decode_stream(&mut stream).unwrap(), None);
-        assert_eq!(stream.len(), second_len - 3, "an incomplete frame is left untouched");
+        assert_eq!(
+            stream.len(),
+            second_len - 3,
+            "an incomplete frame is left untouched"
+        );
         stream.unsplit(partial.split());
-        assert_eq!(codec.decode_stream(&mut stream).unwrap().unwrap(), Bytes::from_static(b"two"));
+        assert_eq!(
+            codec.decode_stream(&mut stream).unwrap().unwrap(),
+            Bytes::from_static(b"two")
+        );
         assert!(stream.is_empty());
         let mut garbage = BytesMut::from(&b"xx"[..]);
-        assert!(matches!(codec.decode_stream(&mut garbage), Err(DecodeError::BadMagic { .. })));
+        assert!(matches!(
+            codec.decode_stream(&mut garbage),
+            Err(DecodeError::BadMagic { .. })
+        ));
     }
 
     proptest! {

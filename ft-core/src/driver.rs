@@ -1,0 +1,785 @@
+//! The runtime-agnostic driver: one future that runs one [`Protocol`] against
+//! the edge traits.
+//!
+//! [`driver`] takes a core and its environment (a [`Channel`], a [`Clock`], a
+//! [`StableLog`]) and returns a [`Handle`] for the application and a future
+//! that does all the work. The caller chooses the executor: `tokio::spawn`
+//! it, `block_on` it, or poll it from a hand-written event loop; the driver
+//! itself uses nothing but `futures` and the edge traits.
+//!
+//! # What the future does
+//!
+//! It owns the core and everything the core asked for, and waits on four
+//! sources at once, serving them in turn so a flood on one cannot starve the
+//! others:
+//!
+//! - **persists**: records from [`Output::Persist`] are appended to the log
+//!   in the order they were asked for. One append is in flight at a time;
+//!   records asked for meanwhile are batched into the next `append` call,
+//!   which keeps them in order in the log. When an append returns (the
+//!   records are durable), [`Protocol::handle_persisted`] is called for each
+//!   token, in order. Messages keep flowing while an append is in flight;
+//!   a core that must *persist before it speaks* simply waits for the token,
+//!   and the driver never calls `handle_persisted` before the log returned;
+//! - **timers**: named timers from [`Output::SetTimer`], kept by deadline
+//!   with one [`Clock::sleep_until`] for the earliest. Setting a timer again
+//!   replaces it; [`Output::CancelTimer`] removes it, and a removed timer
+//!   never fires;
+//! - **inputs** from the [`Handle`] (and its [`InputSender`] clones);
+//! - **datagrams**: one `recv` future stays alive across iterations (a
+//!   [`Channel`]'s `recv` is cancel safe, but re-creating it for every
+//!   wake-up would waste work). Each datagram is a frame checked by the
+//!   [`FrameCodec`]; one that fails the CRC or does not decode as the core's
+//!   message is dropped and counted in [`DriverStats::decode_failures`],
+//!   never delivered.
+//!
+//! After every `handle_*` call (and once at start, for what the core queued
+//! when it was built) the driver drains [`Protocol::poll_output`] until it
+//! returns `None`, carrying out each output in the order returned, before it
+//! feeds the core anything else: the poll order of [`Protocol`].
+//!
+//! # When it stops
+//!
+//! | cause | the future returns |
+//! |---|---|
+//! | [`Handle::shutdown`] | `Ok(())`, once the inputs sent before it were handled |
+//! | the log fails an append | `Err(DriverError::Storage)`: fatal, since *persist before you speak* can no longer be honoured |
+//! | the channel is closed (`recv` or `send` says [`ChannelError::Closed`]) | `Err(DriverError::Channel(ChannelError::Closed))` |
+//!
+//! Anything else a channel reports is counted and logged, and the driver
+//! goes on, because a datagram channel is allowed to lose datagrams anyway:
+//! a `send` refused as [`ChannelError::Unreachable`] or
+//! [`ChannelError::TooLarge`] (or a message too large for the codec) is
+//! counted in [`DriverStats::send_failures`]; a [`ChannelError::Transport`]
+//! error from `recv` is counted in [`DriverStats::recv_failures`] and the
+//! driver receives again (a transport whose `recv` fails forever should
+//! close instead, or the driver will keep retrying it).
+//!
+//! Stopping is a crash as far as the core is concerned: persists still in
+//! flight are abandoned, and the core is rebuilt from what the log holds
+//! ([`Recover`](crate::Recover)).
+//!
+//! # Example
+//!
+//! ```
+//! # use std::time::Instant;
+//! # use async_trait::async_trait;
+//! # use bytes::Bytes;
+//! # use ft_core::{Clock, Counters, Lsn, NodeId, Output, PersistToken, Protocol, StableLog, StorageError};
+//! use ft_core::driver::{driver, DriverConfig};
+//! use ft_core::MemNetwork;
+//!
+//! /// Tells the application about every input, and nothing else.
+//! struct Echo(Vec<u64>);
+//! impl Protocol for Echo {
+//!     type Message = u64;
+//!     type Input = u64;
+//!     type Event = u64;
+//!     type Timer = ();
+//!     fn handle_message(&mut self, _: Instant, _: NodeId, _: u64) {}
+//!     fn handle_input(&mut self, _: Instant, n: u64) { self.0.push(n) }
+//!     fn handle_timer(&mut self, _: Instant, _: ()) {}
+//!     fn handle_persisted(&mut self, _: Instant, _: PersistToken) {}
+//!     fn poll_output(&mut self) -> Option<Output<Self>> { self.0.pop().map(Output::Event) }
+//!     fn counters(&self) -> Counters { Counters::default() }
+//! }
+//! # struct SystemClock;
+//! # #[async_trait]
+//! # impl Clock for SystemClock {
+//! #     fn now(&self) -> Instant { Instant::now() }
+//! #     async fn sleep_until(&self, _: Instant) { futures::future::pending::<()>().await }
+//! # }
+//! # struct NoLog;
+//! # #[async_trait]
+//! # impl StableLog for NoLog {
+//! #     async fn append(&self, _: &[Bytes]) -> Result<Lsn, StorageError> { Ok(Lsn(0)) }
+//! #     async fn read_from(&self, _: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError> { Ok(vec![]) }
+//! #     async fn truncate_prefix(&self, _: Lsn) -> Result<(), StorageError> { Ok(()) }
+//! #     async fn next_lsn(&self) -> Result<Lsn, StorageError> { Ok(Lsn(0)) }
+//! # }
+//!
+//! let net = MemNetwork::new(64);
+//! let (mut handle, run) = driver(
+//!     Echo(Vec::new()),
+//!     net.join(NodeId(1)),
+//!     SystemClock,
+//!     NoLog,
+//!     DriverConfig::default(),
+//! );
+//! futures::executor::block_on(async {
+//!     let app = async {
+//!         handle.input(7).unwrap();
+//!         assert_eq!(handle.next_event().await, Some(7));
+//!         assert_eq!(handle.stats().inputs, 1);
+//!         handle.shutdown();
+//!     };
+//!     let (result, ()) = futures::join!(run, app);
+//!     result.unwrap();
+//! });
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::mpsc;
+use futures::future::{BoxFuture, poll_fn};
+use futures::{FutureExt, SinkExt, StreamExt};
+use tracing::{Instrument, debug, trace, warn};
+
+use crate::channel::{Channel, ChannelError};
+use crate::clock::Clock;
+use crate::frame::FrameCodec;
+use crate::id::NodeId;
+use crate::protocol::{Output, PersistToken, Protocol};
+use crate::storage::{Lsn, StableLog, StorageError};
+use crate::sync::{Arc, AtomicU64, Ordering};
+
+/// How a driver is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverConfig {
+    /// Frames outgoing messages and checks incoming ones. Its payload limit
+    /// should leave the frame within the channel's
+    /// [`max_datagram`](Channel::max_datagram).
+    pub codec: FrameCodec,
+    /// How many events may wait for [`Handle::next_event`] before the driver
+    /// waits for the application (see [`Handle`] on back-pressure).
+    pub event_capacity: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            codec: FrameCodec::default(),
+            event_capacity: 64,
+        }
+    }
+}
+
+impl DriverConfig {
+    /// The same configuration with `codec`.
+    #[must_use]
+    pub fn with_codec(mut self, codec: FrameCodec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The same configuration with room for `capacity` waiting events.
+    #[must_use]
+    pub fn with_event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+}
+
+/// Why a driver stopped, or why a [`Handle`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The channel failed in a way the driver cannot go on from: it was
+    /// closed.
+    #[error("channel: {0}")]
+    Channel(#[from] ChannelError),
+    /// An append to the stable log failed. Fatal: the driver can no longer
+    /// tell the core its records are durable, so it stops rather than let
+    /// the core speak on records that may be lost.
+    #[error("stable storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The driver is no longer running (returned by [`Handle::input`] and
+    /// [`InputSender::input`]).
+    #[error("the driver has stopped")]
+    Closed,
+}
+
+/// What a driver has done so far, read with [`Handle::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverStats {
+    /// Inputs handed to the core.
+    pub inputs: u64,
+    /// Events the core emitted.
+    pub events: u64,
+    /// Datagrams received, good or bad.
+    pub datagrams_in: u64,
+    /// Datagrams the channel accepted for sending.
+    pub datagrams_out: u64,
+    /// Received datagrams dropped because they failed the frame check or did
+    /// not decode as a message.
+    pub decode_failures: u64,
+    /// Messages not sent: too large to frame, or refused by the channel.
+    pub send_failures: u64,
+    /// Transport errors from `recv`, after each of which the driver received
+    /// again.
+    pub recv_failures: u64,
+    /// Records the log made durable (and reported to the core).
+    pub persists: u64,
+    /// Timers that fired.
+    pub timers_fired: u64,
+}
+
+/// The counters behind [`DriverStats`], shared by the driver future (which
+/// writes) and every [`Handle`] (which reads).
+#[derive(Default)]
+struct StatCells {
+    inputs: AtomicU64,
+    events: AtomicU64,
+    datagrams_in: AtomicU64,
+    datagrams_out: AtomicU64,
+    decode_failures: AtomicU64,
+    send_failures: AtomicU64,
+    recv_failures: AtomicU64,
+    persists: AtomicU64,
+    timers_fired: AtomicU64,
+}
+
+impl StatCells {
+    /// Counts one. Relaxed: each counter is read on its own, and nothing else
+    /// is synchronized through them.
+    fn bump(cell: &AtomicU64) {
+        cell.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> DriverStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DriverStats {
+            inputs: get(&self.inputs),
+            events: get(&self.events),
+            datagrams_in: get(&self.datagrams_in),
+            datagrams_out: get(&self.datagrams_out),
+            decode_failures: get(&self.decode_failures),
+            send_failures: get(&self.send_failures),
+            recv_failures: get(&self.recv_failures),
+            persists: get(&self.persists),
+            timers_fired: get(&self.timers_fired),
+        }
+    }
+}
+
+/// What the application sends the driver. Shutdown travels in the same
+/// queue as inputs so that it is handled after every input sent before it.
+enum Command<P: Protocol> {
+    Input(P::Input),
+    Shutdown,
+}
+
+/// A cloneable sender of inputs to one driver.
+///
+/// The queue is unbounded, so `input` never waits: an application that can
+/// produce inputs faster than the core handles them should bound itself,
+/// for example by waiting for the events its inputs lead to.
+pub struct InputSender<P: Protocol> {
+    tx: mpsc::UnboundedSender<Command<P>>,
+}
+
+impl<P: Protocol> Clone for InputSender<P> {
+    fn clone(&self) -> Self {
+        InputSender {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<P: Protocol> InputSender<P> {
+    /// Queues `input` for the core.
+    ///
+    /// # Errors
+    /// [`DriverError::Closed`] if the driver has stopped.
+    pub fn input(&self, input: P::Input) -> Result<(), DriverError> {
+        self.tx
+            .unbounded_send(Command::Input(input))
+            .map_err(|_| DriverError::Closed)
+    }
+
+    /// Whether the driver has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+impl<P: Protocol> fmt::Debug for InputSender<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InputSender")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The application's side of a driver: inputs in, events out, counters.
+///
+/// # Back-pressure
+///
+/// Events wait in a queue of [`DriverConfig::event_capacity`]. When it is
+/// full the driver waits for the application to take one with
+/// [`next_event`](Handle::next_event), and meanwhile handles nothing else:
+/// no inputs, timers or datagrams (datagrams that arrive meanwhile queue in,
+/// and may be dropped by, the channel, as on any overloaded host). So memory
+/// stays bounded, and an application that stops reading events stops its
+/// node. Dropping the `Handle` discards further events instead.
+pub struct Handle<P: Protocol> {
+    inputs: InputSender<P>,
+    events: mpsc::Receiver<P::Event>,
+    stats: Arc<StatCells>,
+}
+
+impl<P: Protocol> Handle<P> {
+    /// Queues `input` for the core; see [`InputSender`].
+    ///
+    /// # Errors
+    /// [`DriverError::Closed`] if the driver has stopped.
+    pub fn input(&self, input: P::Input) -> Result<(), DriverError> {
+        self.inputs.input(input)
+    }
+
+    /// A cloneable sender of inputs, for other tasks.
+    pub fn input_sender(&self) -> InputSender<P> {
+        self.inputs.clone()
+    }
+
+    /// The next event from the core, waiting for one; `None` once the driver
+    /// has stopped and every event it emitted has been taken.
+    pub async fn next_event(&mut self) -> Option<P::Event> {
+        self.events.next().await
+    }
+
+    /// The next event if one is waiting, without waiting.
+    pub fn try_next_event(&mut self) -> Option<P::Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Asks the driver to stop once it has handled the inputs sent before
+    /// this call; its future then returns `Ok(())`. Does nothing if it has
+    /// already stopped.
+    pub fn shutdown(&self) {
+        // An error only means the driver is gone already, which is the goal.
+        let _ = self.inputs.tx.unbounded_send(Command::Shutdown);
+    }
+
+    /// The driver's counters so far (they stay readable after it stops).
+    pub fn stats(&self) -> DriverStats {
+        self.stats.snapshot()
+    }
+}
+
+impl<P: Protocol> fmt::Debug for Handle<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("closed", &self.inputs.is_closed())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Runs `protocol` over `channel`, `clock` and `log`.
+///
+/// Returns the application's [`Handle`] and the future that does the work;
+/// nothing happens until that future is polled. The future is `Send` when
+/// the core and its associated types are, so it can be spawned on a
+/// multi-threaded executor. See the [module docs](self) for what it does and
+/// when it stops.
+///
+/// The edge values are taken by value and shared internally. `Box<dyn
+/// Channel>` and `Arc<impl Channel>` are channels; a log or clock that other
+/// code must also use is passed as a handle type that shares it.
+pub fn driver<P, C, K, L>(
+    protocol: P,
+    channel: C,
+    clock: K,
+    log: L,
+    config: DriverConfig,
+) -> (Handle<P>, impl Future<Output = Result<(), DriverError>>)
+where
+    P: Protocol,
+    C: Channel + 'static,
+    K: Clock + 'static,
+    L: StableLog + 'static,
+{
+    let (input_tx, input_rx) = mpsc::unbounded();
+    let (event_tx, event_rx) = mpsc::channel(config.event_capacity);
+    let stats = Arc::new(StatCells::default());
+    let span = tracing::debug_span!("ft_driver", node = %channel.local());
+    // `std`'s Arc, not the loom shim's: these are shared only so that the
+    // boxed `'static` futures below can hold them, not to synchronize state.
+    let channel = std::sync::Arc::new(channel);
+    let clock = std::sync::Arc::new(clock);
+    let last_now = clock.now();
+    let state = Driver {
+        protocol,
+        recv: recv_future(&channel),
+        channel,
+        clock,
+        log: std::sync::Arc::new(log),
+        codec: config.codec,
+        stats: Arc::clone(&stats),
+        commands: input_rx,
+        commands_open: true,
+        events: event_tx,
+        timers: Timers::new(),
+        sleep: None,
+        persist_records: Vec::new(),
+        persist_tokens: Vec::new(),
+        persisting: None,
+        last_now,
+        turn: 0,
+        frame_buf: BytesMut::new(),
+    };
+    let handle = Handle {
+        inputs: InputSender { tx: input_tx },
+        events: event_rx,
+        stats,
+    };
+    (handle, state.run().instrument(span))
+}
+
+type RecvFuture = BoxFuture<'static, Result<(NodeId, Bytes), ChannelError>>;
+type AppendFuture = BoxFuture<'static, (Result<Lsn, StorageError>, Vec<PersistToken>)>;
+
+fn recv_future<C: Channel + 'static>(channel: &std::sync::Arc<C>) -> RecvFuture {
+    let channel = std::sync::Arc::clone(channel);
+    async move { channel.recv().await }.boxed()
+}
+
+/// Named timers, indexed both ways: by name to replace or cancel, by
+/// deadline to find the next one due.
+struct Timers<T> {
+    by_timer: BTreeMap<T, Instant>,
+    by_deadline: BTreeSet<(Instant, T)>,
+}
+
+impl<T: Ord + Clone> Timers<T> {
+    fn new() -> Self {
+        Timers {
+            by_timer: BTreeMap::new(),
+            by_deadline: BTreeSet::new(),
+        }
+    }
+
+    fn set(&mut self, timer: T, at: Instant) {
+        if let Some(old) = self.by_timer.insert(timer.clone(), at) {
+            self.by_deadline.remove(&(old, timer.clone()));
+        }
+        self.by_deadline.insert((at, timer));
+    }
+
+    fn cancel(&mut self, timer: &T) {
+        if let Some(at) = self.by_timer.remove(timer) {
+            self.by_deadline.remove(&(at, timer.clone()));
+        }
+    }
+
+    fn earliest(&self) -> Option<Instant> {
+        self.by_deadline.first().map(|(at, _)| *at)
+    }
+
+    /// The timers due at `now`, earliest first.
+    fn due(&self, now: Instant) -> Vec<(Instant, T)> {
+        self.by_deadline
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .cloned()
+            .collect()
+    }
+
+    /// Removes `timer` if it is still set for `at`, and says whether it was.
+    /// A timer that an earlier firing's outputs cancelled or moved must not
+    /// fire from a stale list of due timers.
+    fn take(&mut self, at: Instant, timer: &T) -> bool {
+        if self.by_timer.get(timer) != Some(&at) {
+            return false;
+        }
+        self.by_timer.remove(timer);
+        self.by_deadline.remove(&(at, timer.clone()));
+        true
+    }
+}
+
+/// What woke the driver.
+enum Wake<P: Protocol> {
+    Persisted(Result<Lsn, StorageError>, Vec<PersistToken>),
+    Timer(Instant),
+    Command(Option<Command<P>>),
+    Datagram(Result<(NodeId, Bytes), ChannelError>),
+}
+
+/// How many sources [`Driver::poll_wake`] serves in turn.
+const SOURCES: usize = 4;
+
+/// The state the driver future owns.
+struct Driver<P: Protocol, C, K, L> {
+    protocol: P,
+    channel: std::sync::Arc<C>,
+    clock: std::sync::Arc<K>,
+    log: std::sync::Arc<L>,
+    codec: FrameCodec,
+    stats: Arc<StatCells>,
+    commands: mpsc::UnboundedReceiver<Command<P>>,
+    /// False once every input sender is gone: a finished stream must not be
+    /// polled again (it would be ready with `None` forever).
+    commands_open: bool,
+    events: mpsc::Sender<P::Event>,
+    /// The one pending `recv`, kept across iterations.
+    recv: RecvFuture,
+    timers: Timers<P::Timer>,
+    /// The sleep for the earliest deadline, and that deadline.
+    sleep: Option<(Instant, BoxFuture<'static, ()>)>,
+    /// Records asked for but not yet handed to the log, in order.
+    persist_records: Vec<Bytes>,
+    persist_tokens: Vec<PersistToken>,
+    /// The append in flight, with the tokens of its records.
+    persisting: Option<AppendFuture>,
+    /// The latest `now` handed to the core, so it never goes backwards.
+    last_now: Instant,
+    /// Which source `poll_wake` looks at first.
+    turn: usize,
+    /// Reused for encoding frames.
+    frame_buf: BytesMut,
+}
+
+impl<P, C, K, L> Driver<P, C, K, L>
+where
+    P: Protocol,
+    C: Channel + 'static,
+    K: Clock + 'static,
+    L: StableLog + 'static,
+{
+    async fn run(mut self) -> Result<(), DriverError> {
+        debug!("driver started");
+        let result = self.serve().await;
+        match &result {
+            Ok(()) => debug!("driver stopped: shutdown"),
+            Err(e) => warn!(error = %e, "driver stopped"),
+        }
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), DriverError> {
+        // The core may have queued outputs when it was built (timers to set,
+        // a first record to persist).
+        self.drain().await?;
+        loop {
+            self.prepare();
+            match poll_fn(|cx| self.poll_wake(cx)).await {
+                Wake::Persisted(Ok(_), tokens) => {
+                    for token in tokens {
+                        StatCells::bump(&self.stats.persists);
+                        debug!(?token, "persist durable");
+                        let now = self.now();
+                        self.protocol.handle_persisted(now, token);
+                        self.drain().await?;
+                    }
+                }
+                Wake::Persisted(Err(e), tokens) => {
+                    warn!(error = %e, records = tokens.len(), "append to the stable log failed");
+                    return Err(DriverError::Storage(e));
+                }
+                Wake::Timer(deadline) => self.fire_timers(deadline).await?,
+                Wake::Command(Some(Command::Input(input))) => {
+                    StatCells::bump(&self.stats.inputs);
+                    debug!(?input, "input");
+                    let now = self.now();
+                    self.protocol.handle_input(now, input);
+                    self.drain().await?;
+                }
+                Wake::Command(Some(Command::Shutdown)) => return Ok(()),
+                Wake::Command(None) => {
+                    debug!("every input sender is gone; serving the network only");
+                    self.commands_open = false;
+                }
+                Wake::Datagram(Ok((from, datagram))) => self.on_datagram(from, datagram).await?,
+                Wake::Datagram(Err(ChannelError::Closed)) => {
+                    return Err(DriverError::Channel(ChannelError::Closed));
+                }
+                Wake::Datagram(Err(e)) => {
+                    StatCells::bump(&self.stats.recv_failures);
+                    warn!(error = %e, "recv failed; receiving again");
+                }
+            }
+        }
+    }
+
+    /// Starts what the last outputs asked for: the next batch of records, if
+    /// no append is in flight, and a sleep for the earliest deadline, if it
+    /// changed.
+    fn prepare(&mut self) {
+        if self.persisting.is_none() && !self.persist_records.is_empty() {
+            let records = std::mem::take(&mut self.persist_records);
+            let tokens = std::mem::take(&mut self.persist_tokens);
+            trace!(records = records.len(), "appending to the stable log");
+            let log = std::sync::Arc::clone(&self.log);
+            self.persisting = Some(
+                async move {
+                    let result = log.append(&records).await;
+                    (result, tokens)
+                }
+                .boxed(),
+            );
+        }
+        let earliest = self.timers.earliest();
+        if self.sleep.as_ref().map(|(at, _)| *at) != earliest {
+            self.sleep = earliest.map(|at| {
+                let clock = std::sync::Arc::clone(&self.clock);
+                (at, async move { clock.sleep_until(at).await }.boxed())
+            });
+        }
+    }
+
+    /// Polls the sources, starting after the one served last, and returns
+    /// the first that is ready. Each source not ready has registered its
+    /// waker, so the driver is woken when any of them is.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake<P>> {
+        for i in 0..SOURCES {
+            let source = (self.turn + i) % SOURCES;
+            let ready = match source {
+                0 => self.poll_persisted(cx),
+                1 => self.poll_timer(cx),
+                2 => self.poll_command(cx),
+                _ => self.poll_datagram(cx),
+            };
+            if ready.is_ready() {
+                self.turn = (source + 1) % SOURCES;
+                return ready;
+            }
+        }
+        Poll::Pending
+    }
+
+    fn poll_persisted(&mut self, cx: &mut Context<'_>) -> Poll<Wake<P>> {
+        let Some(append) = &mut self.persisting else {
+            return Poll::Pending;
+        };
+        let (result, tokens) = std::task::ready!(append.poll_unpin(cx));
+        self.persisting = None;
+        Poll::Ready(Wake::Persisted(result, tokens))
+    }
+
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Wake<P>> {
+        let Some((at, sleep)) = &mut self.sleep else {
+            return Poll::Pending;
+        };
+        std::task::ready!(sleep.poll_unpin(cx));
+        let at = *at;
+        self.sleep = None;
+        Poll::Ready(Wake::Timer(at))
+    }
+
+    fn poll_command(&mut self, cx: &mut Context<'_>) -> Poll<Wake<P>> {
+        if !self.commands_open {
+            return Poll::Pending;
+        }
+        self.commands.poll_next_unpin(cx).map(Wake::Command)
+    }
+
+    fn poll_datagram(&mut self, cx: &mut Context<'_>) -> Poll<Wake<P>> {
+        let result = std::task::ready!(self.recv.poll_unpin(cx));
+        // The next receive starts now but is first polled on the next turn.
+        self.recv = recv_future(&self.channel);
+        Poll::Ready(Wake::Datagram(result))
+    }
+
+    /// The time to hand the core: the clock's, but never earlier than what
+    /// the core was told before.
+    fn now(&mut self) -> Instant {
+        let now = self.clock.now().max(self.last_now);
+        self.last_now = now;
+        now
+    }
+
+    /// Fires every timer due now that the sleep for `deadline` completed.
+    async fn fire_timers(&mut self, deadline: Instant) -> Result<(), DriverError> {
+        // The clock completed the sleep, so `deadline` has been reached even
+        // if `now()` is coarser than the deadline: a core is never told a
+        // timer fired at a time before the one it was set for.
+        self.last_now = self.last_now.max(deadline);
+        let now = self.now();
+        for (at, timer) in self.timers.due(now) {
+            if !self.timers.take(at, &timer) {
+                continue;
+            }
+            StatCells::bump(&self.stats.timers_fired);
+            trace!(?timer, "timer fired");
+            let now = self.now();
+            self.protocol.handle_timer(now, timer);
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    async fn on_datagram(&mut self, from: NodeId, datagram: Bytes) -> Result<(), DriverError> {
+        StatCells::bump(&self.stats.datagrams_in);
+        let len = datagram.len();
+        match self.codec.decode::<P::Message>(datagram) {
+            Ok(msg) => {
+                trace!(%from, ?msg, "message in");
+                let now = self.now();
+                self.protocol.handle_message(now, from, msg);
+                self.drain().await
+            }
+            Err(error) => {
+                StatCells::bump(&self.stats.decode_failures);
+                debug!(%from, len, %error, "dropped a datagram that is not a valid frame");
+                Ok(())
+            }
+        }
+    }
+
+    /// Carries out the core's outputs until it has none, in order.
+    async fn drain(&mut self) -> Result<(), DriverError> {
+        while let Some(output) = self.protocol.poll_output() {
+            match output {
+                Output::Send { to, msg } => self.send(to, msg).await?,
+                Output::SetTimer { timer, at } => {
+                    trace!(?timer, "timer set");
+                    self.timers.set(timer, at);
+                }
+                Output::CancelTimer { timer } => {
+                    trace!(?timer, "timer cancelled");
+                    self.timers.cancel(&timer);
+                }
+                Output::Persist { record, token } => {
+                    trace!(?token, len = record.len(), "persist asked");
+                    self.persist_records.push(record);
+                    self.persist_tokens.push(token);
+                }
+                Output::Event(event) => {
+                    StatCells::bump(&self.stats.events);
+                    debug!(?event, "event");
+                    // Waits while the queue is full: back-pressure. An error
+                    // only means the handle is gone, and nobody is listening.
+                    let _ = self.events.send(event).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, to: NodeId, msg: P::Message) -> Result<(), DriverError> {
+        trace!(%to, ?msg, "message out");
+        if let Err(error) = self.codec.encode(&msg, &mut self.frame_buf) {
+            StatCells::bump(&self.stats.send_failures);
+            warn!(%to, %error, "message too large to frame; not sent");
+            return Ok(());
+        }
+        let frame = self.frame_buf.split().freeze();
+        match self.channel.send(to, frame).await {
+            Ok(()) => {
+                StatCells::bump(&self.stats.datagrams_out);
+                Ok(())
+            }
+            Err(ChannelError::Closed) => Err(DriverError::Channel(ChannelError::Closed)),
+            Err(error @ ChannelError::Unreachable(_)) => {
+                // An unknown or departed peer is an everyday event for a
+                // fault-tolerant protocol: the core's timeouts deal with it.
+                StatCells::bump(&self.stats.send_failures);
+                debug!(%to, %error, "send refused; message lost");
+                Ok(())
+            }
+            Err(error) => {
+                StatCells::bump(&self.stats.send_failures);
+                warn!(%to, %error, "send failed; message lost");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! The driver against a small probe protocol, over `MemNetwork`, on tokio's
+//! paused clock so that every timing is exact and every run the same.
+// Under `--cfg ft_loom` the crate runs on loom primitives, usable only
+// inside `loom::model`: only tests/loom_mem.rs runs then.
+#![cfg(not(ft_loom))]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use ft_core::driver::driver;
+use ft_core::{
+    Channel, ChannelError, Clock, Counters, DecodeError, DriverConfig, DriverError, FrameCodec,
+    Handle, Lsn, MemChannel, MemNetwork, NodeId, Output, PersistToken, Protocol, StableLog,
+    StorageError, Wire, wire,
+};
+
+/// Tokio's clock as the driver's, so paused time drives the timers.
+struct TokioClock;
+
+#[async_trait]
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+    async fn sleep_until(&self, deadline: Instant) {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// A log in memory whose appends take `delay` and may be made to fail.
+#[derive(Clone, Default)]
+struct MemLog {
+    records: Arc<Mutex<Vec<Bytes>>>,
+    delay: Duration,
+    fail: bool,
+}
+
+impl MemLog {
+    fn slow(delay: Duration) -> Self {
+        MemLog {
+            delay,
+            ..MemLog::default()
+        }
+    }
+    fn failing() -> Self {
+        MemLog {
+            fail: true,
+            ..MemLog::default()
+        }
+    }
+    fn records(&self) -> Vec<Bytes> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl StableLog for MemLog {
+    async fn append(&self, records: &[Bytes]) -> Result<Lsn, StorageError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if self.fail {
+            return Err(StorageError::Io(std::io::Error::other("disk on fire")));
+        }
+        let mut log = self.records.lock().unwrap();
+        let first = log.len() as u64;
+        log.extend_from_slice(records);
+        Ok(Lsn(first))
+    }
+    async fn read_from(&self, from: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError> {
+        let log = self.records.lock().unwrap();
+        Ok((from.0..log.len() as u64)
+            .map(|i| (Lsn(i), log[i as usize].clone()))
+            .collect())
+    }
+    async fn truncate_prefix(&self, _upto: Lsn) -> Result<(), StorageError> {
+        Ok(())
+    }
+    async fn next_lsn(&self) -> Result<Lsn, StorageError> {
+        Ok(Lsn(self.records.lock().unwrap().len() as u64))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Msg {
+    Ping(u64),
+    Pong(u64),
+    /// Sent right after asking for a persist: does not depend on it.
+    Intent(u64),
+    /// Sent only once the record of `n` is durable.
+    Commit(u64),
+}
+
+impl Wire for Msg {
+    fn encode(&self, buf: &mut BytesMut) {
+        let (tag, n) = match *self {
+            Msg::Ping(n) => (0, n),
+            Msg::Pong(n) => (1, n),
+            Msg::Intent(n) => (2, n),
+            Msg::Commit(n) => (3, n),
+        };
+        buf.put_u8(tag);
+        buf.put_u64_le(n);
+    }
+    fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        let tag = wire::get_u8(buf)?;
+        let n = wire::get_u64(buf)?;
+        match tag {
+            0 => Ok(Msg::Ping(n)),
+            1 => Ok(Msg::Pong(n)),
+            2 => Ok(Msg::Intent(n)),
+            3 => Ok(Msg::Commit(n)),
+            tag => Err(DecodeError::UnknownTag { what: "Msg", tag }),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum In {
+    Ping {
+        to: NodeId,
+        n: u64,
+    },
+    SetTimer {
+        id: u32,
+        after: Duration,
+    },
+    CancelTimer(u32),
+    /// Persist `n`, say `Intent(n)` at once and `Commit(n)` once durable.
+    Commit {
+        to: NodeId,
+        n: u64,
+    },
+    /// Emit `n` events at once.
+    Burst(u64),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Ev {
+    Got {
+        from: NodeId,
+        msg: Msg,
+    },
+    /// A timer fired; `on_time` says `now` was at or after its deadline.
+    Fired {
+        id: u32,
+        on_time: bool,
+    },
+    Durable(u64),
+    Burst(u64),
+}
+
+/// A protocol that does what its inputs say, to exercise each kind of output.
+#[derive(Default)]
+struct Probe {
+    out: VecDeque<Output<Probe>>,
+    deadlines: BTreeMap<u32, Instant>,
+    /// Commits waiting for their record: token → (to, n).
+    waiting: BTreeMap<u64, (NodeId, u64)>,
+    next_token: u64,
+}
+
+impl Protocol for Probe {
+    type Message = Msg;
+    type Input = In;
+    type Event = Ev;
+    type Timer = u32;
+
+    fn handle_message(&mut self, _now: Instant, from: NodeId, msg: Msg) {
+        if let Msg::Ping(n) = msg {
+            self.out.push_back(Output::Send {
+                to: from,
+                msg: Msg::Pong(n),
+            });
+        }
+        self.out.push_back(Output::Event(Ev::Got { from, msg }));
+    }
+
+    fn handle_input(&mut self, now: Instant, input: In) {
+        match input {
+            In::Ping { to, n } => self.out.push_back(Output::Send {
+                to,
+                msg: Msg::Ping(n),
+            }),
+            In::SetTimer { id, after } => {
+                self.deadlines.insert(id, now + after);
+                self.out.push_back(Output::SetTimer {
+                    timer: id,
+                    at: now + after,
+                });
+            }
+            In::CancelTimer(id) => self.out.push_back(Output::CancelTimer { timer: id }),
+            In::Commit { to, n } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.waiting.insert(token, (to, n));
+                self.out.push_back(Output::Persist {
+                    record: Bytes::from(n.to_le_bytes().to_vec()),
+                    token: PersistToken(token),
+                });
+                self.out.push_back(Output::Send {
+                    to,
+                    msg: Msg::Intent(n),
+                });
+            }
+            In::Burst(n) => {
+                for i in 0..n {
+                    self.out.push_back(Output::Event(Ev::Burst(i)));
+                }
+            }
+        }
+    }
+
+    fn handle_timer(&mut self, now: Instant, id: u32) {
+        let on_time = self.deadlines.get(&id).is_some_and(|&at| now >= at);
+        self.out.push_back(Output::Event(Ev::Fired { id, on_time }));
+    }
+
+    fn handle_persisted(&mut self, _now: Instant, token: PersistToken) {
+        let (to, n) = self.waiting.remove(&token.0).expect("unknown token");
+        self.out.push_back(Output::Send {
+            to,
+            msg: Msg::Commit(n),
+        });
+        self.out.push_back(Output::Event(Ev::Durable(n)));
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Self>> {
+        self.out.pop_front()
+    }
+
+    fn counters(&self) -> Counters {
+        Counters::default()
+    }
+}
+
+type Running = tokio::task::JoinHandle<Result<(), DriverError>>;
+
+/// Spawns a probe driver on `channel` (any channel, boxed or not).
+fn spawn<C: Channel + 'static>(
+    channel: C,
+    log: MemLog,
+    config: DriverConfig,
+) -> (Handle<Probe>, Running) {
+    let (handle, run) = driver(Probe::default(), channel, TokioClock, log, config);
+    (handle, tokio::spawn(run))
+}
+
+/// Waits for a spawned driver to stop.
+async fn stopped(run: Running) -> Result<(), DriverError> {
+    run.await.expect("the driver task panicked")
+}
+
+/// Runs a test body under a deadline. With paused time, a test that would
+/// wait forever (an event that never comes, a driver that never stops) lets
+/// the clock jump straight to the deadline, so a bug fails the test at once
+/// instead of hanging it.
+async fn bounded(body: impl Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(24 * 3600), body)
+        .await
+        .expect("the test waited for something that never happened");
+}
+
+/// Receives one datagram on a raw channel and decodes it as a probe frame.
+async fn recv_msg(ch: &MemChannel) -> (NodeId, Msg) {
+    let (from, frame) = ch.recv().await.expect("recv");
+    (
+        from,
+        FrameCodec::default().decode(frame).expect("a valid frame"),
+    )
+}
+
+async fn send_msg(ch: &MemChannel, to: NodeId, msg: &Msg) {
+    let frame = FrameCodec::default().encode_to_bytes(msg).unwrap();
+    ch.send(to, frame).await.expect("send");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_drivers_exchange_messages_and_events_reach_the_handles() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let (mut a, run_a) = spawn(
+            net.join(NodeId(1)),
+            MemLog::default(),
+            DriverConfig::default(),
+        );
+        // The other end is a trait object, as a service with a runtime-chosen
+        // transport would pass it.
+        let boxed: Box<dyn Channel> = Box::new(net.join(NodeId(2)));
+        let (mut b, run_b) = spawn(boxed, MemLog::default(), DriverConfig::default());
+
+        a.input(In::Ping {
+            to: NodeId(2),
+            n: 7,
+        })
+        .unwrap();
+        assert_eq!(
+            b.next_event().await,
+            Some(Ev::Got {
+                from: NodeId(1),
+                msg: Msg::Ping(7)
+            })
+        );
+        assert_eq!(
+            a.next_event().await,
+            Some(Ev::Got {
+                from: NodeId(2),
+                msg: Msg::Pong(7)
+            })
+        );
+
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!(
+            (sa.inputs, sa.datagrams_out, sa.datagrams_in, sa.events),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(
+            (sb.inputs, sb.datagrams_out, sb.datagrams_in, sb.events),
+            (0, 1, 1, 1)
+        );
+        assert_eq!(net.delivered(), 2);
+
+        a.shutdown();
+        b.shutdown();
+        stopped(run_a).await.unwrap();
+        stopped(run_b).await.unwrap();
+        assert_eq!(
+            a.next_event().await,
+            None,
+            "no events after the driver stopped"
+        );
+        assert!(matches!(a.input(In::Burst(1)), Err(DriverError::Closed)));
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn timers_fire_on_time_and_cancelled_ones_never_fire() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let (mut h, run) = spawn(
+            net.join(NodeId(1)),
+            MemLog::default(),
+            DriverConfig::default(),
+        );
+        let start = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+
+        h.input(In::SetTimer {
+            id: 1,
+            after: ms(100),
+        })
+        .unwrap();
+        h.input(In::SetTimer {
+            id: 2,
+            after: ms(200),
+        })
+        .unwrap();
+        h.input(In::SetTimer {
+            id: 3,
+            after: ms(300),
+        })
+        .unwrap();
+        // 1 is cancelled while it is the earliest (the armed sleep is for it);
+        // 3 is moved ahead of everything.
+        h.input(In::CancelTimer(1)).unwrap();
+        h.input(In::SetTimer {
+            id: 3,
+            after: ms(50),
+        })
+        .unwrap();
+
+        assert_eq!(
+            h.next_event().await,
+            Some(Ev::Fired {
+                id: 3,
+                on_time: true
+            })
+        );
+        assert_eq!(start.elapsed(), ms(50));
+        assert_eq!(
+            h.next_event().await,
+            Some(Ev::Fired {
+                id: 2,
+                on_time: true
+            })
+        );
+        assert_eq!(start.elapsed(), ms(200));
+
+        // A timer cancelled after some time has passed, but before its deadline.
+        h.input(In::SetTimer {
+            id: 4,
+            after: ms(100),
+        })
+        .unwrap();
+        tokio::time::sleep(ms(60)).await;
+        h.input(In::CancelTimer(4)).unwrap();
+
+        // Nothing else ever fires: not 1, not 3's old deadline, not 4.
+        let rest = tokio::time::timeout(Duration::from_secs(10), h.next_event()).await;
+        assert!(rest.is_err(), "unexpected event {rest:?}");
+        assert_eq!(h.stats().timers_fired, 2);
+
+        h.shutdown();
+        stopped(run).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn persist_before_speak_holds_and_the_loop_runs_while_persisting() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let log = MemLog::slow(Duration::from_millis(50));
+        let (mut h, run) = spawn(net.join(NodeId(1)), log.clone(), DriverConfig::default());
+        let peer = net.join(NodeId(9));
+        let start = tokio::time::Instant::now();
+
+        h.input(In::Commit {
+            to: NodeId(9),
+            n: 1,
+        })
+        .unwrap();
+        // The intent does not depend on the record, so it comes at once.
+        assert_eq!(recv_msg(&peer).await, (NodeId(1), Msg::Intent(1)));
+        assert!(log.records().is_empty());
+
+        // While the append is in flight the driver still answers messages.
+        send_msg(&peer, NodeId(1), &Msg::Ping(99)).await;
+        assert_eq!(recv_msg(&peer).await, (NodeId(1), Msg::Pong(99)));
+        assert!(start.elapsed() < Duration::from_millis(50));
+
+        // The commit is seen only once the log holds the record.
+        assert_eq!(recv_msg(&peer).await, (NodeId(1), Msg::Commit(1)));
+        assert_eq!(
+            log.records(),
+            vec![Bytes::from(1u64.to_le_bytes().to_vec())]
+        );
+        assert!(start.elapsed() >= Duration::from_millis(50));
+
+        // Several commits asked for back to back reach the log, and become
+        // durable, in the order asked for.
+        for n in 2..=5 {
+            h.input(In::Commit { to: NodeId(9), n }).unwrap();
+        }
+        let mut durable = Vec::new();
+        while durable.len() < 5 {
+            match h.next_event().await.unwrap() {
+                Ev::Durable(n) => durable.push(n),
+                Ev::Got { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(durable, vec![1, 2, 3, 4, 5]);
+        let logged: Vec<u64> = log
+            .records()
+            .iter()
+            .map(|r| u64::from_le_bytes(r[..].try_into().unwrap()))
+            .collect();
+        assert_eq!(logged, vec![1, 2, 3, 4, 5]);
+        assert_eq!(h.stats().persists, 5);
+        // Every commit the peer saw was durable when it was sent.
+        let mut commits = 0;
+        while let Ok(Some((_, frame))) = peer.try_recv() {
+            if let Msg::Commit(n) = FrameCodec::default().decode::<Msg>(frame).unwrap() {
+                assert!(logged.contains(&n));
+                commits += 1;
+            }
+        }
+        assert_eq!(commits, 4);
+
+        h.shutdown();
+        stopped(run).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn corrupt_datagrams_are_dropped_and_counted_never_delivered() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let (mut h, run) = spawn(
+            net.join(NodeId(1)),
+            MemLog::default(),
+            DriverConfig::default(),
+        );
+        let attacker = net.join(NodeId(9));
+        let codec = FrameCodec::default();
+
+        let mut flipped = codec.encode_to_bytes(&Msg::Ping(1)).unwrap().to_vec();
+        flipped[8] ^= 0x10;
+        // A frame with a good CRC whose payload is not a `Msg`.
+        let mut not_a_msg = BytesMut::new();
+        codec.encode_payload(&[7, 1, 2, 3], &mut not_a_msg).unwrap();
+        for bad in [
+            Bytes::from_static(b"garbage"),
+            flipped.into(),
+            not_a_msg.freeze(),
+        ] {
+            attacker.send(NodeId(1), bad).await.unwrap();
+        }
+        send_msg(&attacker, NodeId(1), &Msg::Ping(5)).await;
+
+        // The first (and only) message the core saw is the good one.
+        assert_eq!(
+            h.next_event().await,
+            Some(Ev::Got {
+                from: NodeId(9),
+                msg: Msg::Ping(5)
+            })
+        );
+        assert_eq!(recv_msg(&attacker).await, (NodeId(1), Msg::Pong(5)));
+        let stats = h.stats();
+        assert_eq!(stats.datagrams_in, 4);
+        assert_eq!(stats.decode_failures, 3);
+        assert_eq!(h.try_next_event(), None);
+
+        h.shutdown();
+        stopped(run).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_log_stops_the_driver_before_it_speaks() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let (mut h, run) = spawn(
+            net.join(NodeId(1)),
+            MemLog::failing(),
+            DriverConfig::default(),
+        );
+        let peer = net.join(NodeId(9));
+
+        h.input(In::Commit {
+            to: NodeId(9),
+            n: 1,
+        })
+        .unwrap();
+        let result = stopped(run).await;
+        assert!(
+            matches!(result, Err(DriverError::Storage(StorageError::Io(_)))),
+            "{result:?}"
+        );
+
+        // The intent went out; the commit, which needed the record, never did.
+        assert_eq!(recv_msg(&peer).await, (NodeId(1), Msg::Intent(1)));
+        assert_eq!(peer.try_recv(), Ok(None));
+        assert_eq!(h.next_event().await, None, "no Durable event");
+        assert!(matches!(h.input(In::Burst(1)), Err(DriverError::Closed)));
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_channel_ends_the_driver_and_unreachable_peers_do_not() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let (h, run) = spawn(
+            net.join(NodeId(1)),
+            MemLog::default(),
+            DriverConfig::default(),
+        );
+
+        // Nobody is node 5: the send is refused, counted, and the driver goes on.
+        h.input(In::Ping {
+            to: NodeId(5),
+            n: 1,
+        })
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(h.stats().send_failures, 1);
+        assert!(!run.is_finished());
+
+        // Node 1 restarts elsewhere: the driver's channel is closed under it.
+        let _new_life = net.join(NodeId(1));
+        let result = stopped(run).await;
+        assert!(
+            matches!(result, Err(DriverError::Channel(ChannelError::Closed))),
+            "{result:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_event_queue_holds_the_driver_back_without_losing_events() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let config = DriverConfig::default().with_event_capacity(2);
+        let (mut h, run) = spawn(net.join(NodeId(1)), MemLog::default(), config);
+
+        h.input(In::Burst(100)).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let emitted = h.stats().events;
+        assert!(
+            emitted < 10,
+            "the driver ran ahead of the application: {emitted} events emitted"
+        );
+
+        for i in 0..100 {
+            assert_eq!(h.next_event().await, Some(Ev::Burst(i)));
+        }
+        assert_eq!(h.stats().events, 100);
+
+        // Shutdown comes after the inputs sent before it.
+        h.input(In::Burst(2)).unwrap();
+        h.shutdown();
+        stopped(run).await.unwrap();
+        let rest: Vec<_> = std::iter::from_fn(|| h.try_next_event()).collect();
+        assert_eq!(rest, vec![Ev::Burst(0), Ev::Burst(1)]);
+    })
+    .await;
+}
