@@ -3,7 +3,6 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod adversary;
-pub mod disk;
 pub mod heartbeat;
 pub mod plan;
 pub mod report;
@@ -14,7 +13,6 @@ pub mod trace;
 pub mod world;
 
 pub use adversary::{Adversary, AdversaryCtx, Forged};
-pub use disk::SimDisk;
 pub use plan::{
     Byzantine, Delay, FaultEvent, FaultPlan, LinkFaults, NetworkFaults, NodeFaults, OmissionWindow,
     RandomCrashes,

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, Protocol};
+use ft_storage::MemLog;
 
 use crate::adversary::Adversary;
-use crate::disk::SimDisk;
+
 use crate::plan::NodeFaults;
 use crate::stats::Stats;
 
@@ -28,7 +29,9 @@ pub(crate) struct Node<P: Protocol> {
     pub(crate) core: Option<P>,
     pub(crate) incarnation: Incarnation,
     /// What stable storage holds: only records whose persist completed.
-    pub(crate) disk: SimDisk,
+    /// The node's stable storage: written records become durable when
+    /// their sync completes; a crash keeps only those.
+    pub(crate) disk: MemLog,
     pub(crate) timers: BTreeMap<P::Timer, u64>,
     pub(crate) last_persist_at: Duration,
     pub(crate) faults: NodeFaults,
@@ -88,10 +91,10 @@ impl<P: Protocol> World<P> {
     }
 
     /// The records `node`'s stable storage holds (what a restart recovers from).
-    pub fn durable_records(&self, node: NodeId) -> &[Bytes] {
+    pub fn durable_records(&self, node: NodeId) -> Vec<Bytes> {
         self.nodes
             .get(node.0 as usize)
-            .map_or(&[], |n| n.disk.durable())
+            .map_or(Vec::new(), |n| n.disk.durable())
     }
 
     /// Every event emitted so far (if [`SimConfig::record_events`](crate::SimConfig::record_events)).

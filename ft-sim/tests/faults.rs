@@ -106,7 +106,7 @@ fn crash_loses_writes_that_were_not_yet_durable() {
     let fresh = [bytes::Bytes::copy_from_slice(&16u64.to_le_bytes())];
     assert_eq!(
         s.world().durable_records(NodeId(2)),
-        &fresh,
+        fresh,
         "the restarted node reserved from zero: nothing of its first life survived"
     );
 }

@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(payload) = codec.decode_payload(Bytes::copy_from_slice(data)) {
         assert!(payload.len() <= max);
         let mut again = BytesMut::new();
-        codec.encode_payload(&payload, &mut again).expect("accepted payload re-encodes");
+        codec
+            .encode_payload(&payload, &mut again)
+            .expect("accepted payload re-encodes");
         assert_eq!(&again[..], data, "a valid frame has one encoding");
     }
     let mut stream = BytesMut::from(data);

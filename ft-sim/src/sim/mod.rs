@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ft_core::{
-    FrameCodec, Incarnation, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext, Wire,
+    FrameCodec, Incarnation, Lsn, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext,
+    Wire,
 };
+use ft_storage::MemLog;
 
 use crate::adversary::{Adversary, AdversaryCtx, BuiltIn, Forged};
-use crate::disk::SimDisk;
 use crate::plan::{Delay, FaultEvent, FaultPlan};
 use crate::report::{Failure, RunReport};
 use crate::rng::SimRng;
@@ -80,7 +81,7 @@ enum Ev<P: Protocol> {
         node: usize,
         incarnation: Incarnation,
         token: PersistToken,
-        position: usize,
+        lsn: Lsn,
     },
     Input {
         node: usize,
@@ -162,7 +163,7 @@ where
                 Node {
                     core: None,
                     incarnation: Incarnation::FIRST,
-                    disk: SimDisk::new(),
+                    disk: MemLog::new(),
                     timers: BTreeMap::new(),
                     last_persist_at: Duration::ZERO,
                     faults,
@@ -397,7 +398,7 @@ where
         let ctx = RecoveryContext {
             node: self.world.ids[i],
             incarnation: node.incarnation,
-            records: node.disk.durable().to_vec(),
+            records: node.disk.durable(),
             seed: self.rng.next_u64(),
             now: self.world.base + self.world.now,
         };
@@ -438,7 +439,7 @@ where
                 node,
                 incarnation,
                 token,
-                position,
+                lsn,
             } => {
                 let n = &mut self.world.nodes[node];
                 if n.core.is_none() || n.incarnation != incarnation {
@@ -446,7 +447,7 @@ where
                     // counted then); its position may belong to a newer write.
                     return;
                 }
-                n.disk.sync_through(position);
+                n.disk.sync_through(lsn);
                 self.world.stats.persisted += 1;
                 self.record(TraceKind::Persisted {
                     node: self.world.ids[node],
@@ -608,14 +609,14 @@ where
                     let at = (self.world.now + latency).max(n.last_persist_at);
                     n.last_persist_at = at;
                     let incarnation = n.incarnation;
-                    let position = n.disk.write(record);
+                    let lsn = n.disk.write(record);
                     self.schedule(
                         at,
                         Ev::Persisted {
                             node: i,
                             incarnation,
                             token,
-                            position,
+                            lsn,
                         },
                     );
                 }

@@ -1,0 +1,255 @@
+//! FileLog behaviour: appends, group commit, segments, truncation, reopen,
+//! failed syncs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use ft_core::{Lsn, StableLog, StorageError};
+use ft_storage::testdir::TestDir;
+use ft_storage::{FileLog, FileLogOptions};
+use futures::executor::block_on;
+
+fn rec(i: u64) -> Bytes {
+    Bytes::from(format!("record-{i}-{}", "x".repeat((i % 37) as usize)))
+}
+
+fn small() -> FileLogOptions {
+    FileLogOptions {
+        segment_size: 4096,
+        ..FileLogOptions::default()
+    }
+}
+
+fn all(log: &FileLog) -> Vec<(Lsn, Bytes)> {
+    log.iter_from(Lsn(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn appends_are_read_back_in_order_and_survive_reopen() {
+    let dir = TestDir::new("basic");
+    let log = FileLog::open(dir.path(), small()).unwrap();
+    for i in 0..300 {
+        assert_eq!(log.append_blocking(&[rec(i)]).unwrap(), Lsn(i));
+    }
+    assert_eq!(
+        log.append_blocking(&[rec(300), rec(301)]).unwrap(),
+        Lsn(300)
+    );
+    let want: Vec<_> = (0..302).map(|i| (Lsn(i), rec(i))).collect();
+    assert_eq!(all(&log), want);
+    let segments = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count();
+    assert!(segments > 3, "4 KiB segments must roll: {segments}");
+    drop(log);
+    let log = FileLog::open(dir.path(), small()).unwrap();
+    assert_eq!(all(&log), want);
+    assert_eq!(log.append_blocking(&[rec(302)]).unwrap(), Lsn(302));
+    assert_eq!(all(&log).len(), 303);
+    assert_eq!(log.iter_from(Lsn(290)).unwrap().count(), 13);
+}
+
+#[test]
+fn concurrent_appenders_share_syncs_and_get_distinct_contiguous_lsns() {
+    let dir = TestDir::new("group");
+    let syncs = Arc::new(AtomicU64::new(0));
+    let counter = syncs.clone();
+    let log = FileLog::open(
+        dir.path(),
+        FileLogOptions {
+            sync_hook: Some(Arc::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })),
+            ..small()
+        },
+    )
+    .unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                (0..100)
+                    .map(|i| {
+                        let body = Bytes::from(format!("t{t}-{i}"));
+                        (
+                            log.append_blocking(std::slice::from_ref(&body)).unwrap(),
+                            body,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut acked: Vec<(Lsn, Bytes)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    acked.sort();
+    assert_eq!(
+        acked.iter().map(|a| a.0).collect::<Vec<_>>(),
+        (0..800).map(Lsn).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        all(&log),
+        acked,
+        "every acknowledged record reads back under its LSN"
+    );
+    let syncs = syncs.load(Ordering::Relaxed);
+    assert!(syncs < 800, "800 appends must share syncs, took {syncs}");
+}
+
+#[test]
+fn truncate_prefix_deletes_whole_segments_and_survives_reopen() {
+    let dir = TestDir::new("truncate");
+    let log = FileLog::open(dir.path(), small()).unwrap();
+    for i in 0..200 {
+        log.append_blocking(&[rec(i)]).unwrap();
+    }
+    let count = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".log")
+            })
+            .count()
+    };
+    let before = count();
+    block_on(log.truncate_prefix(Lsn(150))).unwrap();
+    assert!(count() < before, "whole segments below 150 deleted");
+    let left = all(&log);
+    assert_eq!(left.first().map(|r| r.0), Some(Lsn(150)));
+    assert_eq!(left.len(), 50);
+    drop(log);
+    let log = FileLog::open(dir.path(), small()).unwrap();
+    assert_eq!(
+        all(&log).first().map(|r| r.0),
+        Some(Lsn(150)),
+        "the start is durable"
+    );
+    assert_eq!(block_on(log.next_lsn()).unwrap(), Lsn(200));
+}
+
+#[test]
+fn a_failed_sync_poisons_the_log_and_nothing_is_retried() {
+    let dir = TestDir::new("poison");
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let log = FileLog::open(
+        dir.path(),
+        FileLogOptions {
+            sync_hook: Some(Arc::new(move || {
+                if c.fetch_add(1, Ordering::Relaxed) >= 3 {
+                    Err(std::io::Error::other("injected EIO"))
+                } else {
+                    Ok(())
+                }
+            })),
+            ..small()
+        },
+    )
+    .unwrap();
+    for i in 0..3 {
+        log.append_blocking(&[rec(i)]).unwrap();
+    }
+    match log.append_blocking(&[rec(3)]) {
+        Err(StorageError::Io(e)) => assert!(e.to_string().contains("injected EIO")),
+        other => panic!("expected the sync error, got {other:?}"),
+    }
+    assert!(matches!(
+        log.append_blocking(&[rec(4)]),
+        Err(StorageError::Poisoned)
+    ));
+    assert!(matches!(log.iter_from(Lsn(0)), Err(StorageError::Poisoned)));
+    assert!(matches!(
+        block_on(log.next_lsn()),
+        Err(StorageError::Poisoned)
+    ));
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        4,
+        "the failed sync was not retried"
+    );
+    drop(log);
+    // What was acknowledged is there after reopening.
+    let log = FileLog::open(dir.path(), small()).unwrap();
+    let got = all(&log);
+    assert_eq!(
+        &got[..3],
+        &[(Lsn(0), rec(0)), (Lsn(1), rec(1)), (Lsn(2), rec(2))]
+    );
+}
+
+#[test]
+fn oversized_records_are_rejected_and_empty_appends_change_nothing() {
+    let dir = TestDir::new("limits");
+    let log = FileLog::open(dir.path(), small()).unwrap();
+    let big = Bytes::from(vec![0u8; 5000]);
+    assert!(matches!(
+        log.append_blocking(&[big]),
+        Err(StorageError::Rejected(_))
+    ));
+    assert_eq!(log.append_blocking(&[]).unwrap(), Lsn(0));
+    assert_eq!(log.append_blocking(&[rec(0)]).unwrap(), Lsn(0));
+    assert!(matches!(
+        FileLog::open(
+            dir.path().join("x"),
+            FileLogOptions {
+                segment_size: 10,
+                ..FileLogOptions::default()
+            }
+        ),
+        Err(StorageError::Rejected(_))
+    ));
+}
+
+#[test]
+fn close_completes_every_queued_append_and_refuses_later_ones() {
+    let dir = TestDir::new("close");
+    let log = FileLog::open(dir.path(), small()).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                for i in 0..200 {
+                    match log.append_blocking(&[rec(t * 1000 + i)]) {
+                        Ok(_) => ok += 1,
+                        Err(StorageError::Closed) => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    log.close();
+    let acked: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(matches!(
+        log.append_blocking(&[rec(0)]),
+        Err(StorageError::Closed)
+    ));
+    drop(log);
+    let log = FileLog::open(dir.path(), small()).unwrap();
+    assert_eq!(
+        all(&log).len() as u64,
+        acked,
+        "exactly the acknowledged appends are in the log"
+    );
+}

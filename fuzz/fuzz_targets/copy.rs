@@ -1,0 +1,12 @@
+//! The stores' checksummed value copies on hostile bytes: never panics, and
+//! what decodes re-encodes to the same bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let key = data.get(..data.len().min(3)).unwrap_or_default();
+    if let Ok(value) = ft_storage::copy::decode(data, key) {
+        assert_eq!(ft_storage::copy::encode(key, &value), data);
+    }
+});
