@@ -184,17 +184,18 @@ fn garbage_or_zeros_after_the_last_record_are_a_torn_tail() {
     assert_eq!(contents(dir.path()), first(N));
 }
 
-#[test]
-fn damage_in_an_earlier_segment_is_an_error_even_at_its_end() {
-    let dir = TestDir::new("segments");
-    let log = FileLog::open(
-        dir.path(),
-        FileLogOptions {
-            segment_size: 512,
-            ..opts()
-        },
-    )
-    .unwrap();
+fn tiny() -> FileLogOptions {
+    FileLogOptions {
+        segment_size: 512,
+        ..opts()
+    }
+}
+
+/// A log of 60 records over several 512-byte segments; returns the segment
+/// paths in order.
+fn multi_segment(tag: &str) -> (TestDir, Vec<PathBuf>) {
+    let dir = TestDir::new(tag);
+    let log = FileLog::open(dir.path(), tiny()).unwrap();
     for i in 0..60 {
         log.append_blocking(&[rec(i)]).unwrap();
     }
@@ -206,6 +207,12 @@ fn damage_in_an_earlier_segment_is_an_error_even_at_its_end() {
         .collect();
     segs.sort();
     assert!(segs.len() >= 3);
+    (dir, segs)
+}
+
+#[test]
+fn damage_in_an_earlier_segment_is_an_error_even_at_its_end() {
+    let (dir, segs) = multi_segment("segments");
     // The last record of the first segment: damage there is not a tail,
     // since the next segment holds later records.
     let data = fs::read(&segs[0]).unwrap();
@@ -216,13 +223,7 @@ fn damage_in_an_earlier_segment_is_an_error_even_at_its_end() {
         off += 24 + u32::from_le_bytes(data[off + 4..off + 8].try_into().unwrap()) as usize;
     }
     flip(&segs[0], last as u64 + 30);
-    match FileLog::open(
-        dir.path(),
-        FileLogOptions {
-            segment_size: 512,
-            ..opts()
-        },
-    ) {
+    match FileLog::open(dir.path(), tiny()) {
         Err(StorageError::Corrupt {
             location, offset, ..
         }) => {
@@ -231,35 +232,14 @@ fn damage_in_an_earlier_segment_is_an_error_even_at_its_end() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    // A missing middle segment is an error too, never a silent gap.
-    let dir2 = TestDir::new("gap");
-    let log = FileLog::open(
-        dir2.path(),
-        FileLogOptions {
-            segment_size: 512,
-            ..opts()
-        },
-    )
-    .unwrap();
-    for i in 0..60 {
-        log.append_blocking(&[rec(i)]).unwrap();
-    }
-    drop(log);
-    let mut segs: Vec<PathBuf> = fs::read_dir(dir2.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    segs.sort();
+}
+
+#[test]
+fn a_missing_middle_segment_is_an_error_never_a_silent_gap() {
+    let (dir, segs) = multi_segment("gap");
     fs::remove_file(&segs[1]).unwrap();
     assert!(matches!(
-        FileLog::open(
-            dir2.path(),
-            FileLogOptions {
-                segment_size: 512,
-                ..opts()
-            }
-        ),
+        FileLog::open(dir.path(), tiny()),
         Err(StorageError::Corrupt { .. })
     ));
 }
