@@ -45,6 +45,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -317,6 +318,9 @@ struct Writer {
 }
 
 const PAGE: usize = 4096;
+/// Bounds on how long the syncer waits to gather appenders into one batch.
+const MIN_GATHER: Duration = Duration::from_micros(20);
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 impl Writer {
     fn begin(&mut self) {
@@ -359,11 +363,20 @@ impl Writer {
         self.file = OpenOptions::new().write(true).open(&path)?;
         self.offset = 0;
         lock(&self.view).segments.insert(first, path);
-        self.prepare_next();
+        self.prepare_next(true);
         Ok(())
     }
 
-    fn prepare_next(&mut self) {
+    /// Zero-fills the next segment on a thread of its own, so that rolling
+    /// over costs a rename rather than a write of a whole segment while
+    /// appenders wait. At most one spare exists (a second preparation would
+    /// truncate and rewrite the file the first one may already have handed
+    /// over). Right after a roll it starts at once; after an open, only once
+    /// the segment is half full, so opening a small log writes nothing.
+    fn prepare_next(&mut self, now: bool) {
+        if self.spare.is_some() || !(now || self.offset >= self.segment_size / 2) {
+            return;
+        }
         let (dir, size) = (self.dir.clone(), self.segment_size);
         self.spare = Some(std::thread::spawn(move || {
             segment::prepare_spare(&dir, size)
@@ -391,14 +404,23 @@ impl Writer {
             }
         }
         self.flush()?;
-        self.prepare_next();
+        self.prepare_next(false);
         Ok(())
     }
 
     fn run(mut self, queue: Arc<Queue>) {
-        while let Some(batch) = queue.take() {
+        // How many appenders to wait for, and how long: as many as recent
+        // batches carried (decaying slowly when fewer come back), for at most
+        // half a sync. One appender alone is never kept waiting.
+        let mut want = 1usize;
+        let mut max_wait = Duration::ZERO;
+        while let Some(batch) = queue.take_gathering(want, max_wait) {
             let last = batch.last().map_or(0, |p| p.first + p.records.len() as u64);
-            match self.write(&batch) {
+            want = batch.len().max(want.saturating_sub(1)).max(1);
+            let started = Instant::now();
+            let written = self.write(&batch);
+            max_wait = (started.elapsed() / 2).clamp(MIN_GATHER, MAX_GATHER);
+            match written {
                 Ok(()) => {
                     // Visible to readers before anyone is told it is durable.
                     lock(&self.view).durable_end = last;

@@ -15,10 +15,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::sync::{Arc, Condvar, Mutex, lock, wait};
+use crate::sync::{Arc, Condvar, Mutex, lock, wait, wait_timeout};
 
 /// Why a ticket failed; cloneable, unlike `StorageError`, because one failure
 /// completes a whole batch.
@@ -171,20 +172,43 @@ impl Queue {
         Ok((first, ticket))
     }
 
-    /// The syncer's call: waits until something is pending, then takes all
-    /// of it. Returns `None` once the queue is closed (or poisoned) and
-    /// drained: what was submitted before the close is still handed out.
+    /// Waits until something is pending, then takes all of it. Returns
+    /// `None` once the queue is closed (or poisoned) and drained: what was
+    /// submitted before the close is still handed out.
+    #[cfg(test)]
     pub(crate) fn take(&self) -> Option<Vec<Pending>> {
+        self.take_gathering(1, Duration::ZERO)
+    }
+
+    /// The syncer's call: waits until something is pending; then waits up
+    /// to `max_wait` for `want` submissions in all, and takes everything.
+    /// Returns `None` once the queue is closed (or poisoned) and drained:
+    /// what was submitted before the close is still handed out.
+    ///
+    /// After a sync completes, all its appenders wake at once and come back;
+    /// taking only the first to arrive would split them into two groups that
+    /// alternate forever, each sync carrying half of them. Waiting briefly
+    /// for as many as the last batch had keeps them together.
+    pub(crate) fn take_gathering(&self, want: usize, max_wait: Duration) -> Option<Vec<Pending>> {
         let mut s = lock(&self.state);
         loop {
             if !s.pending.is_empty() {
-                return Some(std::mem::take(&mut s.pending));
+                break;
             }
             if s.closed || s.poisoned {
                 return None;
             }
             s = wait(&self.work, s);
         }
+        let deadline = Instant::now() + max_wait;
+        while s.pending.len() < want && !s.closed && !s.poisoned {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            s = wait_timeout(&self.work, s, deadline - now);
+        }
+        Some(std::mem::take(&mut s.pending))
     }
 
     /// Stops accepting work; the syncer drains what is pending and stops.
@@ -324,6 +348,39 @@ mod loom_models {
             assert_eq!(order, vec![0, 1], "completion order is LSN order");
             got.sort();
             assert_eq!(got, vec![0, 1], "distinct LSNs, each completed once");
+        });
+    }
+
+    #[test]
+    fn loom_gathering_takes_everyone_and_loses_no_one() {
+        model(|| {
+            let q = Arc::new(Queue::new(0));
+            let s = {
+                let q = q.clone();
+                thread::spawn(move || {
+                    let mut done = 0;
+                    while done < 2 {
+                        let batch = q
+                            .take_gathering(2, std::time::Duration::from_millis(1))
+                            .unwrap();
+                        for p in batch {
+                            done += 1;
+                            p.ticket.complete(Ok(p.first));
+                        }
+                    }
+                })
+            };
+            let a = {
+                let q = q.clone();
+                thread::spawn(move || {
+                    let (first, t) = q.submit(one()).unwrap();
+                    assert_eq!(t.wait(), Ok(first));
+                })
+            };
+            let (first, t) = q.submit(one()).unwrap();
+            assert_eq!(t.wait(), Ok(first));
+            a.join().unwrap();
+            s.join().unwrap();
         });
     }
 

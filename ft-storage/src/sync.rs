@@ -25,3 +25,16 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<
     cv.wait(guard)
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Waits on `cv` for at most `dur`, ignoring poisoning like [`lock`].
+/// (Under loom the wait never times out; the models never rely on it.)
+pub(crate) fn wait_timeout<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    dur: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    match cv.wait_timeout(guard, dur) {
+        Ok((g, _)) => g,
+        Err(e) => e.into_inner().0,
+    }
+}
