@@ -121,6 +121,10 @@ pub(crate) struct Pending {
 
 struct State {
     pending: Vec<Pending>,
+    /// How many submissions the syncer is gathering for: a submission wakes
+    /// it only on the first arrival or when this many are in, so eight
+    /// returning appenders cost it one wake-up, not eight.
+    want: usize,
     next_lsn: u64,
     closed: bool,
     poisoned: bool,
@@ -139,6 +143,7 @@ impl Queue {
         Queue {
             state: Mutex::new(State {
                 pending: Vec::new(),
+                want: 1,
                 next_lsn,
                 closed: false,
                 poisoned: false,
@@ -151,7 +156,7 @@ impl Queue {
     /// the first LSN once they are durable.
     pub(crate) fn submit(&self, records: Vec<Bytes>) -> Result<(u64, Arc<Ticket>), Failed> {
         let ticket = Ticket::new();
-        let first = {
+        let (first, wake) = {
             let mut s = lock(&self.state);
             if s.poisoned {
                 return Err(Failed::Poisoned);
@@ -166,9 +171,12 @@ impl Queue {
                 records,
                 ticket: ticket.clone(),
             });
-            first
+            let n = s.pending.len();
+            (first, n == 1 || n >= s.want)
         };
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
         Ok((first, ticket))
     }
 
@@ -191,6 +199,7 @@ impl Queue {
     /// for as many as the last batch had keeps them together.
     pub(crate) fn take_gathering(&self, want: usize, max_wait: Duration) -> Option<Vec<Pending>> {
         let mut s = lock(&self.state);
+        s.want = want.max(1);
         loop {
             if !s.pending.is_empty() {
                 break;
