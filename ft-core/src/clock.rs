@@ -17,3 +17,23 @@ pub trait Clock: Send + Sync {
     /// Completes at or after `deadline`.
     async fn sleep_until(&self, deadline: Instant);
 }
+
+#[async_trait]
+impl<C: Clock + ?Sized> Clock for Box<C> {
+    fn now(&self) -> Instant {
+        (**self).now()
+    }
+    async fn sleep_until(&self, deadline: Instant) {
+        (**self).sleep_until(deadline).await
+    }
+}
+
+#[async_trait]
+impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
+    fn now(&self) -> Instant {
+        (**self).now()
+    }
+    async fn sleep_until(&self, deadline: Instant) {
+        (**self).sleep_until(deadline).await
+    }
+}

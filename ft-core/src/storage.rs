@@ -4,6 +4,8 @@
 //! `append` or a value acknowledged by `put` survives a crash of the process
 //! and of the machine. Implementations live in `ft-storage`.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -74,3 +76,43 @@ pub trait StableStore: Send + Sync {
     /// Every key, in ascending byte order.
     async fn keys(&self) -> Result<Vec<Bytes>, StorageError>;
 }
+
+// Shared and boxed handles are logs and stores too, so one log can serve a
+// driver and the application, and `Box<dyn StableLog>` works.
+macro_rules! forward_storage {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<L: StableLog + ?Sized> StableLog for $ptr<L> {
+            async fn append(&self, records: &[Bytes]) -> Result<Lsn, StorageError> {
+                (**self).append(records).await
+            }
+            async fn read_from(&self, from: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError> {
+                (**self).read_from(from).await
+            }
+            async fn truncate_prefix(&self, upto: Lsn) -> Result<(), StorageError> {
+                (**self).truncate_prefix(upto).await
+            }
+            async fn next_lsn(&self) -> Result<Lsn, StorageError> {
+                (**self).next_lsn().await
+            }
+        }
+
+        #[async_trait]
+        impl<S: StableStore + ?Sized> StableStore for $ptr<S> {
+            async fn put(&self, key: &[u8], value: Bytes) -> Result<(), StorageError> {
+                (**self).put(key, value).await
+            }
+            async fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+                (**self).get(key).await
+            }
+            async fn delete(&self, key: &[u8]) -> Result<(), StorageError> {
+                (**self).delete(key).await
+            }
+            async fn keys(&self) -> Result<Vec<Bytes>, StorageError> {
+                (**self).keys().await
+            }
+        }
+    )*};
+}
+
+forward_storage!(Box, Arc);

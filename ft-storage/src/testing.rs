@@ -411,6 +411,29 @@ mod tests {
         block_on(store_conformance(Mirrored::default()));
     }
 
+    /// Boxed and shared handles forward to the log they hold.
+    #[test]
+    fn boxed_and_shared_logs_conform() {
+        #[derive(Default)]
+        struct Boxed(Option<MemLog>);
+        #[async_trait]
+        impl LogFactory for Boxed {
+            type Log = Box<dyn StableLog>;
+            async fn create(&mut self) -> Box<dyn StableLog> {
+                let log = MemLog::new();
+                self.0 = Some(log.clone());
+                Box::new(std::sync::Arc::new(log))
+            }
+            async fn restart(&mut self, log: Box<dyn StableLog>) -> Box<dyn StableLog> {
+                if let Some(inner) = &self.0 {
+                    inner.crash();
+                }
+                log
+            }
+        }
+        block_on(log_conformance(Boxed::default()));
+    }
+
     /// The suite is not a rubber stamp: a log that forgets on restart fails.
     #[test]
     #[should_panic(expected = "acknowledged_records_survive_restart")]
