@@ -380,9 +380,9 @@ impl<P: Protocol> fmt::Debug for Handle<P> {
 /// multi-threaded executor. See the [module docs](self) for what it does and
 /// when it stops.
 ///
-/// The edge values are taken by value and shared internally. `Box<dyn
-/// Channel>` and `Arc<impl Channel>` are channels; a log or clock that other
-/// code must also use is passed as a handle type that shares it.
+/// The edge values are taken by value and shared internally. A `Box` or an
+/// `Arc` of a channel, clock or log is one too, so `Box<dyn Channel>` works
+/// and a log the application also uses is passed as an `Arc` of it.
 pub fn driver<P, C, K, L>(
     protocol: P,
     channel: C,
