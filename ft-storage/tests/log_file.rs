@@ -21,6 +21,24 @@ fn small() -> FileLogOptions {
     }
 }
 
+/// Small segments with a sync hook that counts the syncs and, from the
+/// `fail_from`-th on (counting from 0), fails them like an EIO would.
+fn counting_syncs(fail_from: Option<u64>) -> (FileLogOptions, Arc<AtomicU64>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let opts = FileLogOptions {
+        sync_hook: Some(Arc::new(move || {
+            let n = c.fetch_add(1, Ordering::Relaxed);
+            match fail_from {
+                Some(f) if n >= f => Err(std::io::Error::other("injected EIO")),
+                _ => Ok(()),
+            }
+        })),
+        ..small()
+    };
+    (opts, calls)
+}
+
 fn all(log: &FileLog) -> Vec<(Lsn, Bytes)> {
     log.iter_from(Lsn(0))
         .unwrap()
@@ -63,19 +81,8 @@ fn appends_are_read_back_in_order_and_survive_reopen() {
 #[test]
 fn concurrent_appenders_share_syncs_and_get_distinct_contiguous_lsns() {
     let dir = TestDir::new("group");
-    let syncs = Arc::new(AtomicU64::new(0));
-    let counter = syncs.clone();
-    let log = FileLog::open(
-        dir.path(),
-        FileLogOptions {
-            sync_hook: Some(Arc::new(move || {
-                counter.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })),
-            ..small()
-        },
-    )
-    .unwrap();
+    let (opts, syncs) = counting_syncs(None);
+    let log = FileLog::open(dir.path(), opts).unwrap();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let log = log.clone();
@@ -148,22 +155,8 @@ fn truncate_prefix_deletes_whole_segments_and_survives_reopen() {
 #[test]
 fn a_failed_sync_poisons_the_log_and_nothing_is_retried() {
     let dir = TestDir::new("poison");
-    let calls = Arc::new(AtomicU64::new(0));
-    let c = calls.clone();
-    let log = FileLog::open(
-        dir.path(),
-        FileLogOptions {
-            sync_hook: Some(Arc::new(move || {
-                if c.fetch_add(1, Ordering::Relaxed) >= 3 {
-                    Err(std::io::Error::other("injected EIO"))
-                } else {
-                    Ok(())
-                }
-            })),
-            ..small()
-        },
-    )
-    .unwrap();
+    let (opts, calls) = counting_syncs(Some(3));
+    let log = FileLog::open(dir.path(), opts).unwrap();
     for i in 0..3 {
         log.append_blocking(&[rec(i)]).unwrap();
     }
