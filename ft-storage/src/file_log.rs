@@ -301,6 +301,17 @@ fn remove_tail(segs: &[(u64, PathBuf)]) -> io::Result<()> {
     Ok(())
 }
 
+/// Renames a prepared spare into place as the segment starting at `first`,
+/// makes the name durable, and opens it for writing.
+fn install(dir: &Path, spare: &Path, first: u64, view: &Mutex<View>) -> io::Result<File> {
+    let path = dir.join(segment::name(first));
+    fs::rename(spare, &path)?;
+    fsutil::sync_dir(dir)?;
+    let file = OpenOptions::new().write(true).open(&path)?;
+    lock(view).segments.insert(first, path);
+    Ok(file)
+}
+
 /// The syncer's side: the segment being written and the write buffer.
 struct Writer {
     dir: PathBuf,
@@ -357,12 +368,8 @@ impl Writer {
                 .unwrap_or_else(|_| Err(io::Error::other("segment preparation panicked")))?,
             None => segment::prepare_spare(&self.dir, self.segment_size)?,
         };
-        let path = self.dir.join(segment::name(first));
-        fs::rename(&spare, &path)?;
-        fsutil::sync_dir(&self.dir)?;
-        self.file = OpenOptions::new().write(true).open(&path)?;
+        self.file = install(&self.dir, &spare, first, &self.view)?;
         self.offset = 0;
-        lock(&self.view).segments.insert(first, path);
         self.prepare_next(true);
         Ok(())
     }
@@ -472,26 +479,29 @@ impl FileLog {
             segments: rec.segments,
             poisoned: false,
         }));
-        let mut writer = Writer {
+        let (file, offset) = match rec.current {
+            Some((first, offset)) => (
+                OpenOptions::new()
+                    .write(true)
+                    .open(dir.join(segment::name(first)))?,
+                offset as u64,
+            ),
+            None => {
+                let spare = segment::prepare_spare(&dir, options.segment_size)?;
+                (install(&dir, &spare, rec.next_lsn, &view)?, 0)
+            }
+        };
+        let writer = Writer {
             dir: dir.clone(),
             segment_size: options.segment_size,
             sync_hook: options.sync_hook.clone(),
-            file: File::open(&dir)?, // replaced just below
-            offset: 0,
+            file,
+            offset,
             buf: Vec::with_capacity(1 << 20),
             skip: 0,
             spare: None,
             view: view.clone(),
         };
-        match rec.current {
-            Some((first, offset)) => {
-                writer.file = OpenOptions::new()
-                    .write(true)
-                    .open(dir.join(segment::name(first)))?;
-                writer.offset = offset as u64;
-            }
-            None => writer.roll(rec.next_lsn)?,
-        }
         let queue = Arc::new(Queue::new(rec.next_lsn));
         let q = queue.clone();
         let syncer = std::thread::Builder::new()
