@@ -208,8 +208,11 @@ struct Recovered {
 }
 
 fn recover(dir: &Path, max: usize) -> Result<Recovered, StorageError> {
-    for leftover in [segment::SPARE.to_string(), format!("{START}.tmp")] {
-        fsutil::remove_durably(&dir.join(leftover))?;
+    for leftover in [
+        dir.join(segment::SPARE),
+        fsutil::temporary_of(&dir.join(START))?,
+    ] {
+        fsutil::remove_durably(&leftover)?;
     }
     let start = read_start(dir)?;
     let mut segs = segment::list(dir)?;

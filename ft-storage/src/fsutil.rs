@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Makes the directory entries of `dir` durable: after creating, renaming or
 /// removing a file, the file's own sync does not cover its name.
@@ -19,12 +19,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
+    let tmp = temporary_of(path)?;
     {
         let mut f = OpenOptions::new()
             .write(true)
@@ -37,6 +32,19 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)?;
     sync_dir(dir)
 }
+
+/// The temporary file [`write_atomic`] writes before renaming it to `path`
+/// (what a crash in the middle of it can leave behind).
+pub fn temporary_of(path: &Path) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(TEMPORARY_SUFFIX);
+    Ok(path.with_file_name(tmp_name))
+}
+
+const TEMPORARY_SUFFIX: &str = ".tmp";
 
 /// Removes `path` durably; a missing file is not an error.
 pub fn remove_durably(path: &Path) -> io::Result<()> {
@@ -53,7 +61,7 @@ pub fn remove_durably(path: &Path) -> io::Result<()> {
 
 /// Whether a file name is a leftover temporary of [`write_atomic`].
 pub fn is_temporary(name: &str) -> bool {
-    name.ends_with(".tmp")
+    name.ends_with(TEMPORARY_SUFFIX)
 }
 
 #[cfg(test)]

@@ -39,6 +39,20 @@ fn counting_syncs(fail_from: Option<u64>) -> (FileLogOptions, Arc<AtomicU64>) {
     (opts, calls)
 }
 
+/// Segment files in `dir`.
+fn segment_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count()
+}
+
 fn all(log: &FileLog) -> Vec<(Lsn, Bytes)> {
     log.iter_from(Lsn(0))
         .unwrap()
@@ -59,16 +73,7 @@ fn appends_are_read_back_in_order_and_survive_reopen() {
     );
     let want: Vec<_> = (0..302).map(|i| (Lsn(i), rec(i))).collect();
     assert_eq!(all(&log), want);
-    let segments = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".log")
-        })
-        .count();
+    let segments = segment_count(dir.path());
     assert!(segments > 3, "4 KiB segments must roll: {segments}");
     drop(log);
     let log = FileLog::open(dir.path(), small()).unwrap();
@@ -124,18 +129,7 @@ fn truncate_prefix_deletes_whole_segments_and_survives_reopen() {
     for i in 0..200 {
         log.append_blocking(&[rec(i)]).unwrap();
     }
-    let count = || {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".log")
-            })
-            .count()
-    };
+    let count = || segment_count(dir.path());
     let before = count();
     block_on(log.truncate_prefix(Lsn(150))).unwrap();
     assert!(count() < before, "whole segments below 150 deleted");
