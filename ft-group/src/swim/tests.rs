@@ -1,0 +1,314 @@
+//! Transition tests of one SWIM core, fed by hand.
+
+use super::*;
+
+fn core(n: usize, me: u64, records: Vec<Bytes>, incarnation: u64) -> (Swim, Instant) {
+    let now = Instant::now();
+    let swim = Swim::recover(
+        &SwimConfig::with_size(n),
+        RecoveryContext {
+            node: NodeId(me),
+            incarnation: Incarnation(incarnation),
+            records,
+            seed: 7,
+            now,
+        },
+    );
+    (swim, now)
+}
+
+fn drain(s: &mut Swim) -> Vec<Output<Swim>> {
+    std::iter::from_fn(|| s.poll_output()).collect()
+}
+
+fn sends(out: &[Output<Swim>]) -> Vec<(NodeId, SwimMessage)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, msg } => Some((*to, msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn persist_token(out: &[Output<Swim>]) -> Option<(PersistToken, u64)> {
+    out.iter().find_map(|o| match o {
+        Output::Persist { record, token } => {
+            Some((*token, u64::from_le_bytes(record[..8].try_into().unwrap())))
+        }
+        _ => None,
+    })
+}
+
+fn announces_alive(out: &[Output<Swim>], me: NodeId, inc: u64) -> bool {
+    sends(out).iter().any(|(_, m)| {
+        m.rumors().contains(&Rumor::Alive {
+            node: me,
+            incarnation: Incarnation(inc),
+        })
+    })
+}
+
+fn ping_with(rumor: Rumor, target: NodeId) -> SwimMessage {
+    SwimMessage::Ping {
+        seq: 1,
+        target,
+        rumors: vec![rumor],
+    }
+}
+
+#[test]
+fn a_suspicion_is_refuted_only_once_the_new_incarnation_is_durable() {
+    let (mut s, now) = core(4, 0, vec![], 0);
+    drain(&mut s);
+    let suspect = Rumor::Suspect {
+        node: NodeId(0),
+        incarnation: Incarnation(0),
+        from: NodeId(2),
+    };
+    s.handle_message(now, NodeId(1), ping_with(suspect, NodeId(0)));
+    let out = drain(&mut s);
+    let (token, inc) = persist_token(&out).expect("the refutation is persisted");
+    assert_eq!(inc, 1);
+    // The ack goes out at once, but carries no announcement yet.
+    assert_eq!(sends(&out).len(), 1);
+    assert!(!announces_alive(&out, NodeId(0), 1));
+    assert_eq!(s.incarnation(), Incarnation(0));
+
+    s.handle_persisted(now, token);
+    let out = drain(&mut s);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(SwimEvent::Refuted {
+            incarnation: Incarnation(1)
+        })
+    )));
+    assert_eq!(s.incarnation(), Incarnation(1));
+    assert_eq!(s.stats().refutations, 1);
+    // Lifeguard: having to refute worsens local health.
+    assert_eq!(s.local_health(), 1);
+    // The next message carries the announcement.
+    s.handle_message(
+        now,
+        NodeId(1),
+        SwimMessage::Ping {
+            seq: 2,
+            target: NodeId(0),
+            rumors: vec![],
+        },
+    );
+    assert!(announces_alive(&drain(&mut s), NodeId(0), 1));
+}
+
+#[test]
+fn declared_failed_means_fail_stop_then_rejoin_with_a_new_incarnation() {
+    let (mut s, now) = core(4, 0, vec![], 0);
+    drain(&mut s);
+    let failed = Rumor::Failed {
+        node: NodeId(0),
+        incarnation: Incarnation(0),
+    };
+    s.handle_message(now, NodeId(1), ping_with(failed, NodeId(0)));
+    let out = drain(&mut s);
+    assert!(s.is_halted());
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Event(SwimEvent::DeclaredFailed { .. })))
+    );
+    assert_eq!(s.membership().state(NodeId(0)), Some(MemberState::Failed));
+    // Acting as failed: no answer to pings, probing stopped.
+    let before = s.counters().messages_sent;
+    s.handle_message(
+        now,
+        NodeId(2),
+        SwimMessage::Ping {
+            seq: 9,
+            target: NodeId(0),
+            rumors: vec![],
+        },
+    );
+    s.handle_timer(now, SwimTimer::Probe);
+    assert!(sends(&drain(&mut s)).is_empty());
+    assert_eq!(s.counters().messages_sent, before);
+
+    let later = now + Duration::from_secs(1);
+    s.handle_timer(later, SwimTimer::Rejoin);
+    let out = drain(&mut s);
+    let (token, inc) = persist_token(&out).expect("the new incarnation is persisted");
+    assert_eq!(inc, 1);
+    assert!(sends(&out).is_empty(), "nothing said before it is durable");
+    s.handle_persisted(later, token);
+    let out = drain(&mut s);
+    assert!(!s.is_halted());
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(SwimEvent::Rejoined {
+            incarnation: Incarnation(1)
+        })
+    )));
+    assert!(announces_alive(&out, NodeId(0), 1));
+    assert_eq!(s.membership().state(NodeId(0)), Some(MemberState::Alive));
+}
+
+#[test]
+fn refute_mode_refutes_a_failure_instead_of_halting() {
+    let now = Instant::now();
+    let mut config = SwimConfig::with_size(3);
+    config.on_declared_failed = OnDeclaredFailed::Refute;
+    let mut s = Swim::recover(
+        &config,
+        RecoveryContext {
+            node: NodeId(0),
+            incarnation: Incarnation::FIRST,
+            records: vec![],
+            seed: 1,
+            now,
+        },
+    );
+    drain(&mut s);
+    let failed = Rumor::Failed {
+        node: NodeId(0),
+        incarnation: Incarnation(0),
+    };
+    s.handle_message(now, NodeId(1), ping_with(failed, NodeId(0)));
+    let out = drain(&mut s);
+    assert!(!s.is_halted());
+    assert_eq!(persist_token(&out).map(|p| p.1), Some(1));
+}
+
+#[test]
+fn a_restart_starts_above_every_announced_incarnation_and_waits_for_disk() {
+    let records = vec![
+        Bytes::copy_from_slice(&3u64.to_le_bytes()),
+        Bytes::copy_from_slice(&5u64.to_le_bytes()),
+    ];
+    let (mut s, now) = core(4, 2, records, 2);
+    let out = drain(&mut s);
+    let (token, inc) = persist_token(&out).unwrap();
+    assert_eq!(inc, 6);
+    assert!(sends(&out).is_empty());
+    // Messages before the incarnation is durable are dropped.
+    s.handle_message(
+        now,
+        NodeId(1),
+        SwimMessage::Ping {
+            seq: 1,
+            target: NodeId(2),
+            rumors: vec![],
+        },
+    );
+    assert!(sends(&drain(&mut s)).is_empty());
+    assert_eq!(s.counters().messages_dropped, 1);
+    s.handle_persisted(now, token);
+    let out = drain(&mut s);
+    assert!(announces_alive(&out, NodeId(2), 6));
+    assert_eq!(s.incarnation(), Incarnation(6));
+}
+
+#[test]
+fn an_unanswered_probe_asks_k_others_then_suspects() {
+    let (mut s, now) = core(6, 0, vec![], 0);
+    drain(&mut s);
+    s.handle_timer(now, SwimTimer::Probe);
+    let out = drain(&mut s);
+    let (target, _) = sends(&out)[0].clone();
+    s.handle_timer(now + Duration::from_millis(500), SwimTimer::ProbeTimeout);
+    let reqs: Vec<_> = sends(&drain(&mut s))
+        .into_iter()
+        .filter(|(to, m)| {
+            matches!(m, SwimMessage::PingReq { target: t, .. } if *t == target) && *to != target
+        })
+        .collect();
+    assert_eq!(reqs.len(), 3);
+    // One nack of three arrives: two missing nacks count against us.
+    let seq = match &reqs[0].1 {
+        SwimMessage::PingReq { seq, .. } => *seq,
+        _ => unreachable!(),
+    };
+    s.handle_message(now, reqs[0].0, SwimMessage::Nack { seq });
+    s.handle_timer(now + Duration::from_secs(1), SwimTimer::Probe);
+    let out = drain(&mut s);
+    assert_eq!(s.membership().state(target), Some(MemberState::Suspect));
+    assert_eq!(s.stats().nacks_missed, 2);
+    assert_eq!(s.local_health(), 2);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::SetTimer { timer: SwimTimer::Suspicion(n), .. } if *n == target
+    )));
+}
+
+#[test]
+fn confirmations_shorten_the_suspicion_timeout() {
+    let (s, _) = core(10, 0, vec![], 0);
+    let t0 = s.suspicion_timeout(0);
+    let t1 = s.suspicion_timeout(1);
+    let t2 = s.suspicion_timeout(2);
+    assert_eq!(t0, s.config().max_suspicion_timeout(10));
+    assert!(t0 > t1 && t1 > t2);
+    assert_eq!(t2, s.config().min_suspicion_timeout(10));
+    assert_eq!(s.suspicion_timeout(50), t2);
+}
+
+#[test]
+fn pings_for_someone_else_and_strangers_are_dropped() {
+    let (mut s, now) = core(3, 0, vec![], 0);
+    drain(&mut s);
+    s.handle_message(
+        now,
+        NodeId(1),
+        SwimMessage::Ping {
+            seq: 1,
+            target: NodeId(2),
+            rumors: vec![],
+        },
+    );
+    s.handle_message(
+        now,
+        NodeId(77),
+        SwimMessage::Ping {
+            seq: 1,
+            target: NodeId(0),
+            rumors: vec![],
+        },
+    );
+    assert!(sends(&drain(&mut s)).is_empty());
+    assert_eq!(s.counters().messages_dropped, 2);
+}
+
+#[test]
+fn a_flood_of_indirect_requests_is_bounded() {
+    let (mut s, now) = core(3, 0, vec![], 0);
+    drain(&mut s);
+    for seq in 0..1000 {
+        s.handle_message(
+            now,
+            NodeId(1),
+            SwimMessage::PingReq {
+                seq,
+                target: NodeId(2),
+                rumors: vec![],
+            },
+        );
+    }
+    let max = s.config().max_forwarded as u64;
+    assert_eq!(s.stats().ping_reqs_served, max);
+    assert_eq!(s.stats().ping_reqs_refused, 1000 - max);
+    assert_eq!(sends(&drain(&mut s)).len() as u64, max);
+}
+
+#[test]
+fn a_flood_of_rumors_keeps_memory_bounded_by_the_group() {
+    let (mut s, now) = core(5, 0, vec![], 0);
+    drain(&mut s);
+    for i in 0..10_000u64 {
+        let rumors = (0..MAX_RUMORS as u64)
+            .map(|k| Rumor::Alive {
+                node: NodeId((i * 64 + k) % 50),
+                incarnation: Incarnation(i),
+            })
+            .collect();
+        s.handle_message(now, NodeId(1), SwimMessage::Ack { seq: i, rumors });
+    }
+    // Strangers (n5..n49) are ignored; members' news replaces older news.
+    assert!(s.pending_rumors() <= 4, "{}", s.pending_rumors());
+    assert_eq!(s.membership().len(), 5);
+}
