@@ -112,6 +112,12 @@ pub(crate) fn run(args: &DemoArgs) -> ExitCode {
         "reproduce any run: ft demo --seed <seed> --nodes {nodes} --millis {}",
         args.millis
     );
+    println!();
+    if let Err(e) = crate::group::demo(args.seed) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    println!("more: ft sim group --help");
     ExitCode::SUCCESS
 }
 

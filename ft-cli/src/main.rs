@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 mod demo;
+mod group;
 
 use clap::{Parser, Subcommand};
 
@@ -24,11 +25,28 @@ enum Command {
     /// and print a summary; then sweep many seeds with the invariants checked
     /// after every step.
     Demo(demo::DemoArgs),
+    /// Run one scenario in the simulator with the parameters you choose.
+    Sim {
+        #[command(subcommand)]
+        scenario: SimScenario,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SimScenario {
+    /// A group of N members under loss, crashes and a slow member: the
+    /// fixed-timeout, phi-accrual and SWIM detectors side by side (SWIM
+    /// alone above 100 members), with detection times, false positives and
+    /// load per member.
+    Group(group::SimGroupArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Sim {
+            scenario: SimScenario::Group(args),
+        } => group::sim_group(&args),
     }
 }

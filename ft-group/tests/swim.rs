@@ -307,3 +307,30 @@ fn views_converge_after_crashes_restarts_and_a_partition() {
         }
     }
 }
+
+/// The long sweep CI runs in release mode: `cargo test --release -p
+/// ft-group --test swim -- --ignored`.
+#[test]
+#[ignore]
+fn sweep_of_the_mixed_plan() {
+    let horizon = 30 * SECOND;
+    let started = std::time::Instant::now();
+    let (mut crashes, mut checks, mut refutations, mut halts) = (0, 0, 0, 0);
+    for seed in 0..2000 {
+        let n = 4 + (seed % 5) as usize;
+        let mut s = sim(seed, n, FaultPlan::mixed(n, horizon));
+        let report = s.run_until(horizon).unwrap_or_else(|f| panic!("{f}"));
+        crashes += report.stats.crashes;
+        checks += report.stats.invariant_checks;
+        for (_, c) in s.world().cores() {
+            refutations += c.stats().refutations;
+            halts += c.stats().declared_failed;
+        }
+    }
+    println!(
+        "swim sweep: 2000 seeds, 4-8 members, 30 s each: {crashes} crashes, {refutations} refutations, \
+         {halts} fail-stops, {checks} invariant checks, {:.1?}",
+        started.elapsed()
+    );
+    assert!(crashes > 0 && refutations > 0);
+}
