@@ -102,18 +102,20 @@ impl SwimConfig {
     /// The shortest suspicion timeout for a group of `n`.
     pub fn min_suspicion_timeout(&self, n: usize) -> Duration {
         let scale = (n.max(1) as f64).log10().max(1.0);
-        self.protocol_period
-            .mul_f64(f64::from(self.suspicion_mult) * scale)
+        let secs = self.protocol_period.as_secs_f64() * f64::from(self.suspicion_mult) * scale;
+        // Saturates: an absurd configuration must not panic a member.
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
     }
 
     /// The longest suspicion timeout for a group of `n`.
     pub fn max_suspicion_timeout(&self, n: usize) -> Duration {
-        self.min_suspicion_timeout(n) * self.suspicion_max_timeout_mult.max(1)
+        self.min_suspicion_timeout(n)
+            .saturating_mul(self.suspicion_max_timeout_mult.max(1))
     }
 
     /// How many times each rumor is piggybacked in a group of `n`.
     pub fn retransmit_limit(&self, n: usize) -> u32 {
         let scale = ((n as f64) + 1.0).log10().ceil().max(1.0) as u32;
-        self.retransmit_mult.max(1) * scale
+        self.retransmit_mult.max(1).saturating_mul(scale)
     }
 }

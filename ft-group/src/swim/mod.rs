@@ -35,7 +35,8 @@
 //! incarnation (an 8-byte record) and announces it only once it is durable,
 //! and a restarted member starts above every incarnation it ever announced,
 //! so a rumor about an earlier life can never be mistaken for the current
-//! one.
+//! one. Incarnations saturate at `u64::MAX`: a member pushed there (only a
+//! forged rumor can do it) can no longer outbid news about itself.
 //!
 //! # Methods
 //!
@@ -272,13 +273,22 @@ impl Swim {
         }
         let frac = ((confirmations as f64) + 1.0).ln() / ((k as f64) + 1.0).ln();
         let t = max.as_secs_f64() - (max - min).as_secs_f64() * frac;
-        Duration::from_secs_f64(t.max(min.as_secs_f64()))
+        Duration::try_from_secs_f64(t.max(min.as_secs_f64())).unwrap_or(max)
     }
 
     // ---- internals ----
 
+    /// Sets `timer` to fire `after` from `now`. A deadline beyond what an
+    /// `Instant` can hold (an absurd configuration) is never reached, so
+    /// the timer is simply not set rather than panicking.
+    fn set_timer(&mut self, timer: SwimTimer, now: Instant, after: Duration) {
+        if let Some(at) = now.checked_add(after) {
+            self.out.push_back(Output::SetTimer { timer, at });
+        }
+    }
+
     fn scale(&self, d: Duration) -> Duration {
-        d * (self.awareness + 1)
+        d.saturating_mul(self.awareness + 1)
     }
 
     fn adjust_awareness(&mut self, delta: i64) {
@@ -382,10 +392,7 @@ impl Swim {
     }
 
     fn start_probing(&mut self, now: Instant, first_in: Duration) {
-        self.out.push_back(Output::SetTimer {
-            timer: SwimTimer::Probe,
-            at: now + first_in,
-        });
+        self.set_timer(SwimTimer::Probe, now, first_in);
     }
 
     fn on_probe_timer(&mut self, now: Instant) {
@@ -423,10 +430,7 @@ impl Swim {
         }
         self.start_probe(now);
         let period = self.scale(self.config.protocol_period);
-        self.out.push_back(Output::SetTimer {
-            timer: SwimTimer::Probe,
-            at: now + period,
-        });
+        self.set_timer(SwimTimer::Probe, now, period);
     }
 
     fn next_target(&mut self, now: Instant) -> Option<NodeId> {
@@ -503,10 +507,7 @@ impl Swim {
             },
         );
         let timeout = self.scale(self.config.probe_timeout);
-        self.out.push_back(Output::SetTimer {
-            timer: SwimTimer::ProbeTimeout,
-            at: now + timeout,
-        });
+        self.set_timer(SwimTimer::ProbeTimeout, now, timeout);
     }
 
     fn on_probe_timeout(&mut self) {
@@ -587,10 +588,7 @@ impl Swim {
             },
         );
         let timeout = self.scale(self.config.probe_timeout);
-        self.out.push_back(Output::SetTimer {
-            timer: SwimTimer::Forward(mine),
-            at: now + timeout,
-        });
+        self.set_timer(SwimTimer::Forward(mine), now, timeout);
         true
     }
 
@@ -680,11 +678,16 @@ impl Swim {
             return;
         };
         let confirmations = s.confirmers.len().saturating_sub(1);
-        let at = (s.started + self.suspicion_timeout(confirmations)).max(now);
-        self.out.push_back(Output::SetTimer {
-            timer: SwimTimer::Suspicion(node),
-            at,
-        });
+        let at = s
+            .started
+            .checked_add(self.suspicion_timeout(confirmations))
+            .map(|at| at.max(now));
+        if let Some(at) = at {
+            self.out.push_back(Output::SetTimer {
+                timer: SwimTimer::Suspicion(node),
+                at,
+            });
+        }
     }
 
     fn on_suspicion_timeout(&mut self, now: Instant, node: NodeId) {
@@ -784,10 +787,7 @@ impl Swim {
             rejoin_after: Some(after),
         } = self.config.on_declared_failed
         {
-            self.out.push_back(Output::SetTimer {
-                timer: SwimTimer::Rejoin,
-                at: now + after,
-            });
+            self.set_timer(SwimTimer::Rejoin, now, after);
         }
     }
 

@@ -312,3 +312,47 @@ fn a_flood_of_rumors_keeps_memory_bounded_by_the_group() {
     assert!(s.pending_rumors() <= 4, "{}", s.pending_rumors());
     assert_eq!(s.membership().len(), 5);
 }
+
+#[test]
+fn an_absurd_configuration_does_not_panic() {
+    let now = Instant::now();
+    let mut config = SwimConfig::with_size(4);
+    config.protocol_period = Duration::MAX;
+    config.probe_timeout = Duration::MAX;
+    config.suspicion_mult = u32::MAX;
+    config.suspicion_max_timeout_mult = u32::MAX;
+    config.retransmit_mult = u32::MAX;
+    config.awareness_max_multiplier = u32::MAX;
+    config.on_declared_failed = OnDeclaredFailed::FailStop {
+        rejoin_after: Some(Duration::MAX),
+    };
+    let mut s = Swim::recover(
+        &config,
+        RecoveryContext {
+            node: NodeId(0),
+            incarnation: Incarnation::FIRST,
+            records: vec![],
+            seed: 1,
+            now,
+        },
+    );
+    drain(&mut s);
+    for t in [SwimTimer::Probe, SwimTimer::ProbeTimeout, SwimTimer::Probe] {
+        s.handle_timer(now, t);
+        drain(&mut s);
+    }
+    let suspect = Rumor::Suspect {
+        node: NodeId(1),
+        incarnation: Incarnation(0),
+        from: NodeId(2),
+    };
+    s.handle_message(now, NodeId(2), ping_with(suspect, NodeId(0)));
+    let failed = Rumor::Failed {
+        node: NodeId(0),
+        incarnation: Incarnation(u64::MAX),
+    };
+    s.handle_message(now, NodeId(2), ping_with(failed, NodeId(0)));
+    drain(&mut s);
+    assert!(s.is_halted());
+    assert!(s.suspicion_timeout(0) >= s.suspicion_timeout(5));
+}
