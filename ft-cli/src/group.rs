@@ -322,6 +322,13 @@ struct Tally {
     sent: u64,
 }
 
+fn print_network(s: &ft_sim::Stats) {
+    println!(
+        "  network: {} messages sent, {} lost, {} slowed; {} crashes",
+        s.sent, s.lost, s.slowed, s.crashes
+    );
+}
+
 fn median_max(v: &mut [f64]) -> String {
     if v.is_empty() {
         return "-".to_string();
@@ -380,10 +387,7 @@ fn compare(
         }
     }
     let observers = w.cores().count();
-    println!(
-        "  network: {} messages sent, {} lost, {} slowed; {} crashes",
-        report.stats.sent, report.stats.lost, report.stats.slowed, report.stats.crashes
-    );
+    print_network(&report.stats);
     println!(
         "  | detector | detection median / max | undetected | false positives | msgs per member per s |"
     );
@@ -434,10 +438,7 @@ fn swim_only(
         t.false_positives += core.stats().declared_failed;
         t.sent += core.counters().messages_sent;
     }
-    println!(
-        "  network: {} messages sent, {} lost, {} slowed; {} crashes",
-        report.stats.sent, report.stats.lost, report.stats.slowed, report.stats.crashes
-    );
+    print_network(&report.stats);
     println!(
         "  SWIM: detection median / max {}, undetected {undetected}, members that learnt they were falsely declared failed {}, {:.2} msgs per member per s",
         median_max(&mut t.detections),

@@ -1,16 +1,8 @@
 //! `ft demo` end to end: it runs, reports every fault kind, and reproduces.
 
-use std::process::Command;
+mod common;
 
-fn ft(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ft"))
-        .args(args)
-        .output()
-        .expect("ft runs");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
+use common::ft;
 
 fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
     text.lines()

@@ -3,9 +3,18 @@
 use super::*;
 
 fn core(n: usize, me: u64, records: Vec<Bytes>, incarnation: u64) -> (Swim, Instant) {
+    core_with(&SwimConfig::with_size(n), me, records, incarnation)
+}
+
+fn core_with(
+    config: &SwimConfig,
+    me: u64,
+    records: Vec<Bytes>,
+    incarnation: u64,
+) -> (Swim, Instant) {
     let now = Instant::now();
     let swim = Swim::recover(
-        &SwimConfig::with_size(n),
+        config,
         RecoveryContext {
             node: NodeId(me),
             incarnation: Incarnation(incarnation),
@@ -151,19 +160,9 @@ fn declared_failed_means_fail_stop_then_rejoin_with_a_new_incarnation() {
 
 #[test]
 fn refute_mode_refutes_a_failure_instead_of_halting() {
-    let now = Instant::now();
     let mut config = SwimConfig::with_size(3);
     config.on_declared_failed = OnDeclaredFailed::Refute;
-    let mut s = Swim::recover(
-        &config,
-        RecoveryContext {
-            node: NodeId(0),
-            incarnation: Incarnation::FIRST,
-            records: vec![],
-            seed: 1,
-            now,
-        },
-    );
+    let (mut s, now) = core_with(&config, 0, vec![], 0);
     drain(&mut s);
     let failed = Rumor::Failed {
         node: NodeId(0),
@@ -315,7 +314,6 @@ fn a_flood_of_rumors_keeps_memory_bounded_by_the_group() {
 
 #[test]
 fn an_absurd_configuration_does_not_panic() {
-    let now = Instant::now();
     let mut config = SwimConfig::with_size(4);
     config.protocol_period = Duration::MAX;
     config.probe_timeout = Duration::MAX;
@@ -326,16 +324,7 @@ fn an_absurd_configuration_does_not_panic() {
     config.on_declared_failed = OnDeclaredFailed::FailStop {
         rejoin_after: Some(Duration::MAX),
     };
-    let mut s = Swim::recover(
-        &config,
-        RecoveryContext {
-            node: NodeId(0),
-            incarnation: Incarnation::FIRST,
-            records: vec![],
-            seed: 1,
-            now,
-        },
-    );
+    let (mut s, now) = core_with(&config, 0, vec![], 0);
     drain(&mut s);
     for t in [SwimTimer::Probe, SwimTimer::ProbeTimeout, SwimTimer::Probe] {
         s.handle_timer(now, t);
