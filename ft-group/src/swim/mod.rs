@@ -324,20 +324,8 @@ impl Swim {
         for _ in 0..self.view.len() {
             let m = self.view.next_after(self.sync_cursor)?;
             self.sync_cursor = m.node;
-            match m.state {
-                MemberState::Alive => {
-                    return Some(Rumor::Alive {
-                        node: m.node,
-                        incarnation: m.incarnation,
-                    });
-                }
-                MemberState::Failed => {
-                    return Some(Rumor::Failed {
-                        node: m.node,
-                        incarnation: m.incarnation,
-                    });
-                }
-                MemberState::Suspect => {}
+            if let Some(r) = settled(m) {
+                return Some(r);
             }
         }
         None
@@ -654,19 +642,8 @@ impl Swim {
     /// the answer about to go to that sender carries it. Suspicions are not
     /// repeated this way: they must come from a suspecter.
     fn correct_if_stale(&mut self, rumor: Rumor) {
-        let Some(m) = self.view.get(rumor.node()) else {
+        let Some(newer) = self.view.get(rumor.node()).and_then(settled) else {
             return;
-        };
-        let newer = match m.state {
-            MemberState::Alive => Rumor::Alive {
-                node: m.node,
-                incarnation: m.incarnation,
-            },
-            MemberState::Failed => Rumor::Failed {
-                node: m.node,
-                incarnation: m.incarnation,
-            },
-            MemberState::Suspect => return,
         };
         if newer != rumor && newer.overrides_rumor(&rumor) {
             self.broadcasts.push(newer);
@@ -878,6 +855,22 @@ impl Swim {
         // Jittered so that members do not probe in lockstep.
         let period = self.config.protocol_period.as_nanos().max(1);
         Duration::from_nanos(self.rng.below(period.min(u128::from(u64::MAX)) as u64))
+    }
+}
+
+/// A view entry as a rumor anyone may repeat: alive or failed. A suspicion
+/// is not repeated on someone else's behalf (it names its suspecter).
+fn settled(m: &crate::membership::Member) -> Option<Rumor> {
+    match m.state {
+        MemberState::Alive => Some(Rumor::Alive {
+            node: m.node,
+            incarnation: m.incarnation,
+        }),
+        MemberState::Failed => Some(Rumor::Failed {
+            node: m.node,
+            incarnation: m.incarnation,
+        }),
+        MemberState::Suspect => None,
     }
 }
 

@@ -57,6 +57,14 @@ fn announces_alive(out: &[Output<Swim>], me: NodeId, inc: u64) -> bool {
     })
 }
 
+fn ping(seq: u64, target: NodeId) -> SwimMessage {
+    SwimMessage::Ping {
+        seq,
+        target,
+        rumors: vec![],
+    }
+}
+
 fn ping_with(rumor: Rumor, target: NodeId) -> SwimMessage {
     SwimMessage::Ping {
         seq: 1,
@@ -96,15 +104,7 @@ fn a_suspicion_is_refuted_only_once_the_new_incarnation_is_durable() {
     // Lifeguard: having to refute worsens local health.
     assert_eq!(s.local_health(), 1);
     // The next message carries the announcement.
-    s.handle_message(
-        now,
-        NodeId(1),
-        SwimMessage::Ping {
-            seq: 2,
-            target: NodeId(0),
-            rumors: vec![],
-        },
-    );
+    s.handle_message(now, NodeId(1), ping(2, NodeId(0)));
     assert!(announces_alive(&drain(&mut s), NodeId(0), 1));
 }
 
@@ -126,15 +126,7 @@ fn declared_failed_means_fail_stop_then_rejoin_with_a_new_incarnation() {
     assert_eq!(s.membership().state(NodeId(0)), Some(MemberState::Failed));
     // Acting as failed: no answer to pings, probing stopped.
     let before = s.counters().messages_sent;
-    s.handle_message(
-        now,
-        NodeId(2),
-        SwimMessage::Ping {
-            seq: 9,
-            target: NodeId(0),
-            rumors: vec![],
-        },
-    );
+    s.handle_message(now, NodeId(2), ping(9, NodeId(0)));
     s.handle_timer(now, SwimTimer::Probe);
     assert!(sends(&drain(&mut s)).is_empty());
     assert_eq!(s.counters().messages_sent, before);
@@ -186,15 +178,7 @@ fn a_restart_starts_above_every_announced_incarnation_and_waits_for_disk() {
     assert_eq!(inc, 6);
     assert!(sends(&out).is_empty());
     // Messages before the incarnation is durable are dropped.
-    s.handle_message(
-        now,
-        NodeId(1),
-        SwimMessage::Ping {
-            seq: 1,
-            target: NodeId(2),
-            rumors: vec![],
-        },
-    );
+    s.handle_message(now, NodeId(1), ping(1, NodeId(2)));
     assert!(sends(&drain(&mut s)).is_empty());
     assert_eq!(s.counters().messages_dropped, 1);
     s.handle_persisted(now, token);
@@ -251,24 +235,8 @@ fn confirmations_shorten_the_suspicion_timeout() {
 fn pings_for_someone_else_and_strangers_are_dropped() {
     let (mut s, now) = core(3, 0, vec![], 0);
     drain(&mut s);
-    s.handle_message(
-        now,
-        NodeId(1),
-        SwimMessage::Ping {
-            seq: 1,
-            target: NodeId(2),
-            rumors: vec![],
-        },
-    );
-    s.handle_message(
-        now,
-        NodeId(77),
-        SwimMessage::Ping {
-            seq: 1,
-            target: NodeId(0),
-            rumors: vec![],
-        },
-    );
+    s.handle_message(now, NodeId(1), ping(1, NodeId(2)));
+    s.handle_message(now, NodeId(77), ping(1, NodeId(0)));
     assert!(sends(&drain(&mut s)).is_empty());
     assert_eq!(s.counters().messages_dropped, 2);
 }
