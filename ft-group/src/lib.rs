@@ -12,7 +12,6 @@ pub mod sizing;
 pub mod swim;
 pub mod voting;
 
-mod rng;
 
 pub use agreement::{OmConfig, OmEvent, OmGeneral, OmInput, OmMessage};
 pub use detector::{FixedTimeout, PhiAccrual, PhiConfig};

@@ -64,7 +64,7 @@ use ft_core::{
 };
 
 use crate::membership::{Change, MemberState, Membership, Rumor};
-use crate::rng::Rng;
+use ft_core::rng::Rng;
 use broadcast::Broadcasts;
 
 /// What a member asks of its SWIM core.
