@@ -14,6 +14,7 @@ use ft_rpc::rpc::{
     CallId, CancelReason, OrphanConfig, Reincarnation, RpcConfig, RpcError, RpcEvent, Semantics,
     durable_completions,
 };
+use ft_core::Protocol;
 use ft_sim::{FaultPlan, Sim, SimConfig, World};
 
 const MS: Duration = Duration::from_millis(1);
@@ -420,4 +421,119 @@ fn runs_are_deterministic() {
         sim
     };
     ft_sim::self_check(make, 4000 * MS).unwrap();
+}
+
+/// A Byzantine node that floods the server with forged, replayed and
+/// malformed messages at every adversary tick.
+struct Forger {
+    n: u64,
+}
+
+impl ft_sim::Adversary<ft_rpc::rpc::RpcMessage> for Forger {
+    fn on_send(
+        &mut self,
+        ctx: &mut ft_sim::AdversaryCtx<'_, ft_rpc::rpc::RpcMessage>,
+        to: NodeId,
+        msg: ft_rpc::rpc::RpcMessage,
+    ) {
+        ctx.send(to, msg);
+    }
+
+    fn on_tick(&mut self, ctx: &mut ft_sim::AdversaryCtx<'_, ft_rpc::rpc::RpcMessage>) {
+        use ft_rpc::rpc::RpcMessage;
+        self.n += 1;
+        let me = ctx.me;
+        let body = Bytes::copy_from_slice(&(9_000_000 + self.n).to_le_bytes());
+        let call = |client: NodeId, client_inc: u64, server_inc: u64, seq: u64| RpcMessage::Call {
+            id: CallId {
+                client,
+                client_incarnation: Incarnation(client_inc),
+                seq,
+            },
+            server_incarnation: Incarnation(server_inc),
+            semantics: Semantics::AtMostOnce,
+            first_incomplete: 0,
+            budget_ms: 1000,
+            body: body.clone(),
+        };
+        // In an honest client's name (the channel says who sent it).
+        ctx.send(SERVER, call(NodeId(1), 0, 0, self.n));
+        // For a life of the server that has not happened.
+        ctx.send(SERVER, call(me, 0, 99, self.n));
+        // Sequence number zero, and a replay from an older life of its own
+        // once it has "restarted" (claims life 5, then life 4).
+        ctx.send(SERVER, call(me, 5, 0, 0));
+        ctx.send(SERVER, call(me, 5, 0, self.n));
+        ctx.send(SERVER, call(me, 4, 0, self.n));
+        // Kill and renew requests for someone else's calls go nowhere: the
+        // server reads the client from the channel.
+        ctx.send(
+            SERVER,
+            RpcMessage::Exterminate {
+                client_incarnation: Incarnation(0),
+                seqs: (0..10).collect(),
+            },
+        );
+        // Garbage, correctly framed.
+        let raw = ctx.random_payload(80);
+        ctx.send_raw(SERVER, raw);
+    }
+}
+
+#[test]
+fn forged_replayed_and_malformed_messages_are_dropped_or_rejected_and_counted() {
+    for seed in 0..10 {
+        let mut plan = FaultPlan::none();
+        plan.network.loss = 0.05;
+        plan.adversary_tick = Some(5 * MS);
+        let mut sim = Sim::new(SimConfig::new(seed, 4), config(4, OrphanConfig::default()), plan);
+        sim.set_adversary(NodeId(3), Forger { n: 0 });
+        sim.invariant(AT_MOST_ONCE, at_most_once());
+        // Only the honest clients call.
+        for c in 1..3u64 {
+            for j in 0..20u64 {
+                let token = c * 1_000_000 + j;
+                sim.input(
+                    40 * MS * j as u32,
+                    NodeId(c),
+                    EchoInput::Call {
+                        token,
+                        server: SERVER,
+                        request: Bytes::copy_from_slice(&token.to_le_bytes()),
+                        semantics: Semantics::AtMostOnce,
+                        timeout: 3000 * MS,
+                    },
+                );
+            }
+        }
+        sim.run_until(3000 * MS).unwrap_or_else(|f| panic!("{f}"));
+        let w = sim.world();
+        assert!(w.stats().forged > 0 && w.stats().decode_errors > 0);
+        let server = w.core(SERVER).unwrap().rpc();
+        assert!(server.counters().messages_dropped > 0, "forged calls dropped");
+        assert!(server.server_stats().stale_rejected > 0, "replays rejected");
+        let l = final_ledger(&sim);
+        // Every honest call answered; only the forger's life-5 calls ran.
+        let honest: BTreeSet<u64> = l.answered.iter().copied().filter(|t| *t < 9_000_000).collect();
+        assert_eq!(honest.len(), 40, "seed {seed}");
+        // What executed: never a call forged in n1's name, never one for a
+        // future life of the server, never a replay from an older life.
+        let executed: Vec<CallId> = w
+            .events()
+            .iter()
+            .filter_map(|e| match &e.event {
+                EchoEvent::Rpc(RpcEvent::Execute { id, request, .. })
+                    if token_of(request) >= 9_000_000 =>
+                {
+                    Some(*id)
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!executed.is_empty(), "seed {seed}: the forger's own calls run");
+        for id in executed {
+            assert_eq!(id.client, NodeId(3), "seed {seed}: forged in another's name");
+            assert_eq!(id.client_incarnation, Incarnation(5), "seed {seed}: {id:?}");
+        }
+    }
 }

@@ -49,7 +49,11 @@ pub(crate) struct Call {
     server: NodeId,
     request: Bytes,
     options: CallOptions,
+    /// Times the request itself was sent.
     attempts: u32,
+    /// Times anything was sent for it (binding included): the back-off
+    /// exponent.
+    tries: u32,
     /// The server life the request was last sent to.
     sent_to: Option<Incarnation>,
     /// The server said it was running the call.
@@ -152,6 +156,7 @@ impl Rpc {
                 request,
                 options,
                 attempts: 0,
+                tries: 0,
                 sent_to: None,
                 in_progress_seen: false,
                 logging,
@@ -194,7 +199,8 @@ impl Rpc {
             return;
         };
         let server = call.server;
-        let attempt = call.attempts;
+        let attempt = call.tries;
+        call.tries += 1;
         match self.client.bound.get(&server).copied() {
             Some(inc) => {
                 call.attempts += 1;
@@ -214,10 +220,7 @@ impl Rpc {
                 };
                 self.send(server, msg);
             }
-            None => {
-                call.attempts += 1;
-                self.locate(server);
-            }
+            None => self.locate(server),
         }
         let wait = self.config.backoff.wait(attempt, &mut self.rng);
         self.set_timer(RpcTimer::Retry(seq), after(now, wait));
@@ -241,7 +244,7 @@ impl Rpc {
         } else {
             // Throttled: keep waiting for a reply, try again later.
             self.client.stats.throttled += 1;
-            let attempt = self.client.calls.get(&seq).map_or(0, |c| c.attempts);
+            let attempt = self.client.calls.get(&seq).map_or(0, |c| c.tries);
             let wait = self.config.backoff.wait(attempt, &mut self.rng);
             self.set_timer(RpcTimer::Retry(seq), after(now, wait));
         }
