@@ -5,22 +5,27 @@ use std::time::Duration;
 
 use ft_core::rng::Rng;
 
-/// Exponential back-off with full jitter: the `n`-th wait is drawn
-/// uniformly from `[0, min(max, initial × 2ⁿ)]` (the "full jitter" of
+/// Exponential back-off with full jitter: the `n`-th wait is `min` plus a
+/// draw uniform in `[0, min(max, initial × 2ⁿ)]` (the "full jitter" of
 /// AWS's back-off analysis), so clients that lost messages at the same
-/// moment do not retransmit in lockstep.
+/// moment do not retransmit in lockstep. The floor `min` keeps a
+/// retransmission from overtaking a reply that is merely on its way: set it
+/// to about a round trip plus the handler's usual time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
-    /// The cap of the first wait.
+    /// No retransmission sooner than this.
+    pub min: Duration,
+    /// The cap of the first jitter.
     pub initial: Duration,
     /// The largest cap.
     pub max: Duration,
 }
 
 impl Default for Backoff {
-    /// 20 ms doubling to 1 s.
+    /// At least 20 ms, plus a jitter capped at 20 ms doubling to 1 s.
     fn default() -> Self {
         Backoff {
+            min: Duration::from_millis(20),
             initial: Duration::from_millis(20),
             max: Duration::from_secs(1),
         }
@@ -34,11 +39,13 @@ impl Backoff {
         self.initial.saturating_mul(factor).min(self.max)
     }
 
-    /// The `attempt`-th wait, drawn with full jitter; never zero, so a
-    /// retransmission never fires in the same instant.
+    /// The `attempt`-th wait: `min` plus a full-jitter draw; never zero, so
+    /// a retransmission never fires in the same instant.
     pub fn wait(&self, attempt: u32, rng: &mut Rng) -> Duration {
         let cap = self.cap(attempt).as_nanos().min(u128::from(u64::MAX)) as u64;
-        Duration::from_nanos(rng.below(cap.max(1)).max(1_000))
+        self.min
+            .saturating_add(Duration::from_nanos(rng.below(cap.max(1))))
+            .max(Duration::from_micros(1))
     }
 }
 
@@ -102,10 +109,16 @@ impl Bucket {
         }
     }
 
-    /// A retransmission is due: may it go?
+    /// A retransmission is due: may it go? One that goes takes a token; one
+    /// that is held back takes none (it is the same unanswered attempt, not
+    /// a new failure, so waiting must not drain the bucket further).
     pub(crate) fn try_retry(&mut self) -> bool {
-        self.tokens = (self.tokens - 1.0).max(0.0);
-        self.tokens > self.budget.max_tokens / 2.0
+        if self.tokens - 1.0 > self.budget.max_tokens / 2.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// A reply arrived.
@@ -142,13 +155,12 @@ mod tests {
             token_ratio: 0.1,
         });
         let allowed = (0..20).filter(|_| bucket.try_retry()).count();
-        // Retries while more than 5 tokens are left.
+        // Retries while more than 5 tokens would be left.
         assert_eq!(allowed, 4);
         assert!(!bucket.try_retry());
-        // 70 successes give back 7 tokens: retries resume (7 - 1 > 5).
-        for _ in 0..70 {
-            bucket.on_success();
-        }
+        assert_eq!(bucket.tokens(), 6.0, "held-back retries cost nothing");
+        // One success gives back 0.1: 6.1 - 1 > 5, retries resume.
+        bucket.on_success();
         assert!(bucket.try_retry());
         // The default tolerates a lossy network: one failure in five.
         let mut bucket = Bucket::new(RetryBudget::default());
@@ -168,8 +180,8 @@ mod tests {
             let b = Backoff::default();
             let mut rng = ft_core::rng::Rng::new(seed);
             let w = b.wait(attempt, &mut rng);
-            prop_assert!(w <= b.cap(attempt).max(Duration::from_micros(1)));
-            prop_assert!(w > Duration::ZERO);
+            prop_assert!(w <= b.min + b.cap(attempt));
+            prop_assert!(w >= b.min && w > Duration::ZERO);
         }
 
         #[test]

@@ -242,9 +242,13 @@ impl Rpc {
             self.counters.retransmissions += 1;
             self.transmit(now, seq);
         } else {
-            // Throttled: keep waiting for a reply, try again later.
+            // Throttled: keep waiting for a reply, try again later (backing
+            // off as if it had been sent).
             self.client.stats.throttled += 1;
-            let attempt = self.client.calls.get(&seq).map_or(0, |c| c.tries);
+            let attempt = self.client.calls.get_mut(&seq).map_or(0, |c| {
+                c.tries += 1;
+                c.tries - 1
+            });
             let wait = self.config.backoff.wait(attempt, &mut self.rng);
             self.set_timer(RpcTimer::Retry(seq), after(now, wait));
         }

@@ -227,8 +227,8 @@ pub struct RpcConfig {
 }
 
 impl RpcConfig {
-    /// `peers` with the defaults: back-off 20 ms doubling to 1 s (full
-    /// jitter), a retry budget of 100 tokens (one back per reply, see
+    /// `peers` with the defaults: back-off of at least 20 ms plus a full
+    /// jitter capped at 20 ms doubling to 1 s, a retry budget of 100 tokens (one back per reply, see
     /// [`RetryBudget`]), 1024 records per client, 1024 running, 1024 pending, a
     /// 60 s lease, reincarnation.
     pub fn new(peers: Vec<NodeId>) -> Self {
