@@ -108,6 +108,7 @@ fn run(args: &SimRpcArgs, semantics: Semantics) -> Result<Summary, String> {
             ..rpc
         },
         service_time: 15 * MS,
+        forward: None,
     };
     let mut sim: Sim<Echo> = Sim::new(SimConfig::new(args.seed, n), config, plan);
     for c in 1..n as u64 {

@@ -26,6 +26,21 @@ pub struct EchoConfig {
     pub rpc: RpcConfig,
     /// How long the echo handler takes per call.
     pub service_time: Duration,
+    /// Relay instead of echoing: each call is answered with the reply of a
+    /// nested call to this node, made with the *caller's* deadline (the
+    /// deadline propagates). The node named echoes.
+    pub forward: Option<NodeId>,
+}
+
+impl EchoConfig {
+    /// An echo node among `peers` answering after `service_time`.
+    pub fn new(peers: Vec<NodeId>, service_time: Duration) -> Self {
+        EchoConfig {
+            rpc: RpcConfig::new(peers),
+            service_time,
+            forward: None,
+        }
+    }
 }
 
 /// What the test or demo asks of an echo node.
@@ -72,6 +87,10 @@ pub enum EchoTimer {
 pub struct Echo {
     rpc: Rpc,
     service_time: Duration,
+    forward: Option<NodeId>,
+    /// Nested calls in flight: their token → the computation they serve.
+    nested: BTreeMap<u64, CallId>,
+    next_token: u64,
     /// Computations being "worked on": id → request.
     working: BTreeMap<CallId, Bytes>,
     out: std::collections::VecDeque<Output<Echo>>,
@@ -84,6 +103,21 @@ impl Echo {
     }
 
     fn pump(&mut self, now: Instant) {
+        // Inputs the application feeds back (nested calls, relayed replies)
+        // wait until the core's current outputs are drained.
+        let mut nested = Vec::new();
+        loop {
+            self.drain(now, &mut nested);
+            if nested.is_empty() {
+                return;
+            }
+            for input in std::mem::take(&mut nested) {
+                self.rpc.handle_input(now, input);
+            }
+        }
+    }
+
+    fn drain(&mut self, now: Instant, nested: &mut Vec<RpcInput>) {
         while let Some(o) = self.rpc.poll_output() {
             let o = match o {
                 Output::Send { to, msg } => Output::Send { to, msg },
@@ -97,12 +131,34 @@ impl Echo {
                 Output::Persist { record, token } => Output::Persist { record, token },
                 Output::Event(e) => {
                     match &e {
-                        RpcEvent::Execute { id, request, .. } => {
+                        RpcEvent::Execute {
+                            id,
+                            request,
+                            deadline,
+                            semantics,
+                        } => {
                             self.working.insert(*id, request.clone());
-                            self.out.push_back(Output::SetTimer {
-                                timer: EchoTimer::Finish(*id),
-                                at: after(now, self.service_time),
-                            });
+                            if let Some(next) = self.forward {
+                                // A nested call inherits the caller's
+                                // deadline: no work past it anywhere.
+                                self.next_token += 1;
+                                let token = (1 << 63) | self.next_token;
+                                self.nested.insert(token, *id);
+                                nested.push(RpcInput::Call {
+                                    token,
+                                    server: next,
+                                    request: request.clone(),
+                                    options: CallOptions {
+                                        semantics: *semantics,
+                                        deadline: *deadline,
+                                    },
+                                });
+                            } else {
+                                self.out.push_back(Output::SetTimer {
+                                    timer: EchoTimer::Finish(*id),
+                                    at: after(now, self.service_time),
+                                });
+                            }
                         }
                         RpcEvent::Cancel { id, .. } => {
                             // The application stops the computation.
@@ -112,7 +168,17 @@ impl Echo {
                                 });
                             }
                         }
-                        RpcEvent::Returned { .. } => {}
+                        RpcEvent::Returned { token, result } => {
+                            if let Some(id) = self.nested.remove(token)
+                                && self.working.remove(&id).is_some()
+                            {
+                                let reply = match result {
+                                    Ok(body) => body.clone(),
+                                    Err(e) => Bytes::from(format!("nested call failed: {e}")),
+                                };
+                                nested.push(RpcInput::Complete { exec: id, reply });
+                            }
+                        }
                     }
                     Output::Event(EchoEvent::Rpc(e))
                 }
@@ -193,9 +259,14 @@ impl Recover for Echo {
 
     fn recover(config: &EchoConfig, ctx: RecoveryContext) -> Self {
         let now = ctx.now;
+        let forward = config.forward.filter(|&f| f != ctx.node);
         let mut e = Echo {
             rpc: Rpc::recover(&config.rpc, ctx),
             service_time: config.service_time,
+            // The node named is the end of the chain: it echoes.
+            forward,
+            nested: BTreeMap::new(),
+            next_token: 0,
             working: BTreeMap::new(),
             out: std::collections::VecDeque::new(),
         };

@@ -26,6 +26,7 @@ fn config(n: usize, orphans: OrphanConfig) -> EchoConfig {
     EchoConfig {
         rpc,
         service_time: 30 * MS,
+        forward: None,
     }
 }
 
@@ -535,5 +536,58 @@ fn forged_replayed_and_malformed_messages_are_dropped_or_rejected_and_counted() 
             assert_eq!(id.client, NodeId(3), "seed {seed}: forged in another's name");
             assert_eq!(id.client_incarnation, Incarnation(5), "seed {seed}: {id:?}");
         }
+    }
+}
+
+#[test]
+fn a_deadline_propagates_through_a_nested_call() {
+    // n1 calls relay n2 with a 300 ms deadline; n2 makes a nested call to
+    // n0, whose handler takes 2 s. The nested call carries the caller's
+    // deadline: n0 kills its computation when the deadline passes, the
+    // nested call times out then, and nothing runs past it.
+    let mut relay = config(3, OrphanConfig::default());
+    relay.service_time = 2000 * MS;
+    // Every node but n0 relays to n0; n0 echoes, slowly.
+    relay.forward = Some(SERVER);
+    let mut sim: Sim<Echo> = Sim::new(SimConfig::new(3, 3), relay, FaultPlan::none());
+    sim.input(
+        Duration::ZERO,
+        NodeId(1),
+        EchoInput::Call {
+            token: 1,
+            server: NodeId(2),
+            request: Bytes::from_static(b"nested"),
+            semantics: Semantics::AtMostOnce,
+            timeout: 300 * MS,
+        },
+    );
+    sim.run_until(3000 * MS).unwrap();
+    let w = sim.world();
+    let mut outer = None;
+    let mut killed_at = None;
+    for e in w.events() {
+        match &e.event {
+            EchoEvent::Rpc(RpcEvent::Returned { token: 1, result }) if e.node == NodeId(1) => {
+                outer = Some((e.at, result.clone()));
+            }
+            EchoEvent::Rpc(RpcEvent::Cancel {
+                reason: CancelReason::DeadlineExceeded,
+                ..
+            }) if e.node == SERVER => killed_at = Some(e.at),
+            _ => {}
+        }
+    }
+    let killed_at = killed_at.expect("n0 killed the nested computation at the deadline");
+    // A budget is measured when the call is sent, so each hop adds its
+    // one-way delay (1 ms here, two hops) — not the 2 s the handler wanted.
+    assert!(killed_at <= 302 * MS, "{killed_at:?}");
+    let (at, result) = outer.expect("the caller got an answer");
+    // The caller's own deadline ended it (the relay's answer, a nested
+    // timeout, cannot arrive before the deadline either).
+    assert!(at <= 301 * MS, "{at:?}");
+    assert!(matches!(result, Err(RpcError::TimedOut { .. })), "{result:?}");
+    // Nothing is left running anywhere.
+    for (_, core) in w.cores() {
+        assert_eq!(core.rpc().running(), 0);
     }
 }
