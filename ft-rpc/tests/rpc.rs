@@ -591,3 +591,55 @@ fn a_deadline_propagates_through_a_nested_call() {
         assert_eq!(core.rpc().running(), 0);
     }
 }
+
+/// The long sweep CI runs in release mode: `cargo test --release -p ft-rpc
+/// --test rpc -- --ignored`. Every semantics under loss, duplication,
+/// reordering, a partition, server crashes and a client crash, each with
+/// its invariant (and the orphan bound) after every step.
+#[test]
+#[ignore]
+fn sweep() {
+    let started = std::time::Instant::now();
+    let mut totals = (0u64, 0u64, 0u64, 0u64);
+    for seed in 0..3000 {
+        let semantics = [
+            Semantics::AtLeastOnce,
+            Semantics::AtMostOnce,
+            Semantics::ExactlyOnce,
+        ][(seed % 3) as usize];
+        let mut plan = lossy_plan();
+        plan.crash(SERVER, 250 * MS, Some(150 * MS));
+        plan.crash(SERVER, 700 * MS, Some(100 * MS));
+        plan.crash(NodeId(2), 400 * MS, Some(200 * MS));
+        plan.partition(
+            vec![vec![SERVER, NodeId(1)], vec![NodeId(2), NodeId(3)]],
+            900 * MS,
+            1100 * MS,
+        );
+        let mut sim = Sim::new(SimConfig::new(seed, 4), config(4, OrphanConfig::default()), plan);
+        match semantics {
+            Semantics::AtLeastOnce => sim.invariant(AT_LEAST_ONCE, at_least_once()),
+            Semantics::AtMostOnce => sim.invariant(AT_MOST_ONCE, at_most_once()),
+            Semantics::ExactlyOnce => sim.invariant(EXACTLY_ONCE, exactly_once()),
+        };
+        sim.invariant(
+            "no orphan outlives its detection bound",
+            no_orphan_outlives(3500 * MS),
+        );
+        schedule(&mut sim, 4, 30, semantics, 4000 * MS);
+        let report = sim.run_until(6000 * MS).unwrap_or_else(|f| panic!("{f}"));
+        let l = final_ledger(&sim);
+        totals.0 += l.answered.len() as u64;
+        totals.1 += l.failed.len() as u64;
+        totals.2 += report.stats.crashes;
+        totals.3 += report.stats.invariant_checks;
+    }
+    println!(
+        "rpc sweep: 3000 seeds (1000 per semantics): {} calls answered, {} failed (reported), {} crashes, {} invariant checks, {:.1?}",
+        totals.0,
+        totals.1,
+        totals.2,
+        totals.3,
+        started.elapsed()
+    );
+}
