@@ -4,5 +4,7 @@
 
 pub mod channel;
 pub mod echo;
+pub mod handle;
 pub mod rpc;
 pub mod rtt;
+mod sync;

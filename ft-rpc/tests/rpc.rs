@@ -292,10 +292,22 @@ fn no_orphan_outlives(bound: Duration) -> impl FnMut(&World<Echo>) -> Result<(),
 }
 
 fn orphan_run(orphans: OrphanConfig, bound: Duration, seed: u64) -> (Sim<Echo>, Ledger) {
+    orphan_run_with(orphans, bound, seed, &[])
+}
+
+fn orphan_run_with(
+    orphans: OrphanConfig,
+    bound: Duration,
+    seed: u64,
+    more_client_crashes: &[Duration],
+) -> (Sim<Echo>, Ledger) {
     let mut plan = FaultPlan::none();
     plan.network.loss = 0.05;
     // The client crashes while its (long) calls run, and comes back.
     plan.crash(NodeId(1), 200 * MS, Some(300 * MS));
+    for &at in more_client_crashes {
+        plan.crash(NodeId(1), at, Some(300 * MS));
+    }
     let mut cfg = config(3, orphans);
     cfg.service_time = 10_000 * MS;
     let mut sim = Sim::new(SimConfig::new(seed, 3), cfg, plan);
@@ -368,6 +380,20 @@ fn gentle_reincarnation_spares_the_calls_the_new_life_claims() {
         .running_calls()
         .any(|id: CallId| id.client == NodeId(1) && id.client_incarnation == Incarnation::FIRST));
     assert_eq!(cancels(&sim, CancelReason::Reincarnation), 0);
+    assert_eq!(cancels(&sim, CancelReason::GentleReincarnation), 0);
+
+    // The client restarts twice: its second life claims its own unfinished
+    // calls (none), so the first life's computations have no owner left
+    // and are killed.
+    let (sim, _) = orphan_run_with(orphans, Duration::from_secs(3600), 1, &[1000 * MS]);
+    assert!(cancels(&sim, CancelReason::GentleReincarnation) > 0);
+    assert!(!sim
+        .world()
+        .core(SERVER)
+        .unwrap()
+        .rpc()
+        .running_calls()
+        .any(|id: CallId| id.client == NodeId(1)));
 }
 
 #[test]

@@ -234,7 +234,9 @@ impl Rpc {
             return true;
         }
         if id.client_incarnation > known {
-            self.client_restarted(from, id.client_incarnation, &[]);
+            // The new life's first call may overtake its announcement: the
+            // claims gentle reincarnation needs are not known yet.
+            self.client_restarted(from, id.client_incarnation, None);
         }
         let Some(state) = self.server.clients.get_mut(&from) else {
             return false;
@@ -412,14 +414,21 @@ impl Rpc {
             .keys()
             .any(|id| id.client == from && id.client_incarnation < incarnation);
         if newer || running_older {
-            self.client_restarted(from, incarnation, adopted);
+            self.client_restarted(from, incarnation, Some(adopted));
         }
         true
     }
 
     /// `client` is now in life `incarnation`: its earlier lives' records go,
-    /// and their running computations are orphans.
-    fn client_restarted(&mut self, client: NodeId, incarnation: Incarnation, adopted: &[u64]) {
+    /// and their running computations are orphans. `adopted` lists the calls
+    /// of the previous life the new one claims, when its announcement says
+    /// so; gentle reincarnation waits for that list.
+    fn client_restarted(
+        &mut self,
+        client: NodeId,
+        incarnation: Incarnation,
+        adopted: Option<&[u64]>,
+    ) {
         if let Some(state) = self.server.clients.get_mut(&client)
             && incarnation > state.incarnation
         {
@@ -441,6 +450,7 @@ impl Rpc {
                 Reincarnation::Off => {}
                 Reincarnation::Kill => self.kill(id, CancelReason::Reincarnation),
                 Reincarnation::Gentle => {
+                    let Some(adopted) = adopted else { continue };
                     let owned = id.client_incarnation.0 + 1 == incarnation.0
                         && adopted.contains(&id.seq);
                     if !owned {
