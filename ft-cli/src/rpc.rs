@@ -127,9 +127,7 @@ fn run(args: &SimRpcArgs, semantics: Semantics) -> Result<Summary, String> {
             );
         }
     }
-    let report = sim
-        .run_until(span + 6000 * MS)
-        .map_err(|f| f.to_string())?;
+    let report = sim.run_until(span + 6000 * MS).map_err(|f| f.to_string())?;
     let w = sim.world();
     let mut s = Summary {
         semantics,
@@ -150,11 +148,13 @@ fn run(args: &SimRpcArgs, semantics: Semantics) -> Result<Summary, String> {
     for e in w.events() {
         let EchoEvent::Rpc(ev) = &e.event;
         match ev {
-            RpcEvent::Execute { request, .. } => *executions.entry(request.clone()).or_default() += 1,
-            RpcEvent::Returned { result: Ok(_), .. } => s.answered += 1,
-            RpcEvent::Returned { result: Err(err), .. } => {
-                *s.errors.entry(class(err)).or_default() += 1
+            RpcEvent::Execute { request, .. } => {
+                *executions.entry(request.clone()).or_default() += 1
             }
+            RpcEvent::Returned { result: Ok(_), .. } => s.answered += 1,
+            RpcEvent::Returned {
+                result: Err(err), ..
+            } => *s.errors.entry(class(err)).or_default() += 1,
             RpcEvent::Cancel { reason, .. } if *reason == CancelReason::Reincarnation => {
                 s.orphans_killed += 1
             }
@@ -242,7 +242,11 @@ pub(crate) fn sim_rpc(args: &SimRpcArgs) -> ExitCode {
         args.loss * 100.0,
         args.duplicate * 100.0,
         args.server_crashes,
-        if args.client_crash { ", a client crash" } else { "" },
+        if args.client_crash {
+            ", a client crash"
+        } else {
+            ""
+        },
         args.seed
     );
     let which: Vec<Semantics> = match args.semantics {

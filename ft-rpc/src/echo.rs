@@ -15,8 +15,7 @@ use bytes::Bytes;
 use ft_core::{Counters, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext};
 
 use crate::rpc::{
-    CallId, CallOptions, Rpc, RpcConfig, RpcEvent, RpcInput, RpcMessage, RpcTimer, Semantics,
-    after,
+    CallId, CallOptions, Rpc, RpcConfig, RpcEvent, RpcInput, RpcMessage, RpcTimer, Semantics, after,
 };
 
 /// Configuration of an [`Echo`] node.

@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ft_core::Protocol;
 use ft_core::{Incarnation, NodeId};
 use ft_rpc::echo::{Echo, EchoConfig, EchoEvent, EchoInput};
 use ft_rpc::rpc::{
     CallId, CancelReason, OrphanConfig, Reincarnation, RpcConfig, RpcError, RpcEvent, Semantics,
     durable_completions,
 };
-use ft_core::Protocol;
 use ft_sim::{FaultPlan, Sim, SimConfig, World};
 
 const MS: Duration = Duration::from_millis(1);
@@ -115,7 +115,9 @@ fn exactly_once() -> impl FnMut(&World<Echo>) -> Result<(), String> {
             return Err(format!("call {t} has {n} durable completions"));
         }
         if let Some(t) = ledger.answered.iter().find(|t| !durable.contains_key(t)) {
-            return Err(format!("call {t} was answered but has no durable completion"));
+            return Err(format!(
+                "call {t} was answered but has no durable completion"
+            ));
         }
         Ok(())
     }
@@ -157,7 +159,11 @@ fn at_most_once_never_executes_twice_under_loss_duplication_and_server_crashes()
     for seed in 0..40 {
         let mut plan = lossy_plan();
         plan.crash(SERVER, 300 * MS, Some(200 * MS));
-        let mut sim = Sim::new(SimConfig::new(seed, 4), config(4, OrphanConfig::default()), plan);
+        let mut sim = Sim::new(
+            SimConfig::new(seed, 4),
+            config(4, OrphanConfig::default()),
+            plan,
+        );
         sim.invariant(AT_MOST_ONCE, at_most_once());
         sim.invariant(AT_LEAST_ONCE, at_least_once());
         schedule(&mut sim, 4, 20, Semantics::AtMostOnce, 3000 * MS);
@@ -190,7 +196,11 @@ fn exactly_once_answers_across_server_crashes_from_durable_records() {
         let mut plan = lossy_plan();
         plan.crash(SERVER, 300 * MS, Some(200 * MS));
         plan.crash(SERVER, 900 * MS, Some(100 * MS));
-        let mut sim = Sim::new(SimConfig::new(seed, 4), config(4, OrphanConfig::default()), plan);
+        let mut sim = Sim::new(
+            SimConfig::new(seed, 4),
+            config(4, OrphanConfig::default()),
+            plan,
+        );
         sim.invariant(EXACTLY_ONCE, exactly_once());
         sim.invariant(AT_LEAST_ONCE, at_least_once());
         schedule(&mut sim, 4, 20, Semantics::ExactlyOnce, 5000 * MS);
@@ -201,9 +211,17 @@ fn exactly_once_answers_across_server_crashes_from_durable_records() {
         assert_eq!(l.failed, BTreeMap::new(), "seed {seed}");
         assert_eq!(l.answered.len(), 60, "seed {seed}");
         answered += l.answered.len();
-        restored += sim.world().core(SERVER).unwrap().rpc().server_stats().records_restored;
+        restored += sim
+            .world()
+            .core(SERVER)
+            .unwrap()
+            .rpc()
+            .server_stats()
+            .records_restored;
     }
-    println!("exactly-once, 40 seeds, 2 server crashes each: {answered} answered, all exactly once; {restored} records restored");
+    println!(
+        "exactly-once, 40 seeds, 2 server crashes each: {answered} answered, all exactly once; {restored} records restored"
+    );
     assert!(restored > 0);
 }
 
@@ -211,7 +229,11 @@ fn exactly_once_answers_across_server_crashes_from_durable_records() {
 fn at_least_once_answers_everything_and_executes_some_calls_twice() {
     let mut twice = 0;
     for seed in 0..20 {
-        let mut sim = Sim::new(SimConfig::new(seed, 4), config(4, OrphanConfig::default()), lossy_plan());
+        let mut sim = Sim::new(
+            SimConfig::new(seed, 4),
+            config(4, OrphanConfig::default()),
+            lossy_plan(),
+        );
         sim.invariant(AT_LEAST_ONCE, at_least_once());
         schedule(&mut sim, 4, 20, Semantics::AtLeastOnce, 3000 * MS);
         sim.run_until(4000 * MS).unwrap_or_else(|f| panic!("{f}"));
@@ -226,7 +248,11 @@ fn at_least_once_answers_everything_and_executes_some_calls_twice() {
 #[test]
 fn at_least_once_breaks_the_at_most_once_invariant_under_the_same_faults() {
     let broke = (0..20).any(|seed| {
-        let mut sim = Sim::new(SimConfig::new(seed, 4), config(4, OrphanConfig::default()), lossy_plan());
+        let mut sim = Sim::new(
+            SimConfig::new(seed, 4),
+            config(4, OrphanConfig::default()),
+            lossy_plan(),
+        );
         sim.invariant(AT_MOST_ONCE, at_most_once());
         schedule(&mut sim, 4, 20, Semantics::AtLeastOnce, 3000 * MS);
         matches!(sim.run_until(4000 * MS), Err(f) if f.invariant == AT_MOST_ONCE)
@@ -243,7 +269,11 @@ fn at_most_once_breaks_the_exactly_once_guarantee_under_the_same_faults() {
         let mut plan = lossy_plan();
         plan.crash(SERVER, 300 * MS, Some(200 * MS));
         plan.crash(SERVER, 900 * MS, Some(100 * MS));
-        let mut sim = Sim::new(SimConfig::new(seed, 4), config(4, OrphanConfig::default()), plan);
+        let mut sim = Sim::new(
+            SimConfig::new(seed, 4),
+            config(4, OrphanConfig::default()),
+            plan,
+        );
         sim.invariant(EXACTLY_ONCE, exactly_once());
         schedule(&mut sim, 4, 20, Semantics::AtMostOnce, 5000 * MS);
         if let Err(f) = sim.run_until(6000 * MS) {
@@ -261,7 +291,9 @@ fn no_orphan_outlives(bound: Duration) -> impl FnMut(&World<Echo>) -> Result<(),
     let mut ended: BTreeMap<NodeId, (Incarnation, bool, Duration)> = BTreeMap::new();
     move |w| {
         for &n in w.node_ids() {
-            let e = ended.entry(n).or_insert((w.incarnation(n), true, Duration::ZERO));
+            let e = ended
+                .entry(n)
+                .or_insert((w.incarnation(n), true, Duration::ZERO));
             let up = w.is_up(n);
             if e.1 && !up {
                 // It crashed now: its life ended.
@@ -311,7 +343,10 @@ fn orphan_run_with(
     let mut cfg = config(3, orphans);
     cfg.service_time = 10_000 * MS;
     let mut sim = Sim::new(SimConfig::new(seed, 3), cfg, plan);
-    sim.invariant("no orphan outlives its detection bound", no_orphan_outlives(bound));
+    sim.invariant(
+        "no orphan outlives its detection bound",
+        no_orphan_outlives(bound),
+    );
     schedule(&mut sim, 3, 4, Semantics::AtMostOnce, 20_000 * MS);
     sim.run_until(3000 * MS).unwrap_or_else(|f| panic!("{f}"));
     let l = final_ledger(&sim);
@@ -331,7 +366,10 @@ fn reincarnation_kills_the_orphans_of_a_restarted_client() {
     for seed in 0..10 {
         // Downtime 300 ms plus three announcements a second apart.
         let (sim, _) = orphan_run(OrphanConfig::default(), 3500 * MS, seed);
-        assert!(cancels(&sim, CancelReason::Reincarnation) > 0, "seed {seed}");
+        assert!(
+            cancels(&sim, CancelReason::Reincarnation) > 0,
+            "seed {seed}"
+        );
     }
 }
 
@@ -346,7 +384,14 @@ fn expiration_kills_orphans_whose_quantum_is_not_renewed() {
         let (sim, _) = orphan_run(orphans, 500 * MS, seed);
         assert!(cancels(&sim, CancelReason::Expired) > 0, "seed {seed}");
         // The computations of n2, whose client is alive, were renewed.
-        assert!(sim.world().core(SERVER).unwrap().rpc().running_calls().any(|id| id.client == NodeId(2)));
+        assert!(
+            sim.world()
+                .core(SERVER)
+                .unwrap()
+                .rpc()
+                .running_calls()
+                .any(|id| id.client == NodeId(2))
+        );
     }
 }
 
@@ -360,7 +405,15 @@ fn extermination_kills_the_calls_the_restarted_client_logged() {
         };
         let (sim, _) = orphan_run(orphans, 3500 * MS, seed);
         assert!(cancels(&sim, CancelReason::Exterminated) > 0, "seed {seed}");
-        assert!(sim.world().core(NodeId(1)).unwrap().rpc().client_stats().exterminations_requested > 0);
+        assert!(
+            sim.world()
+                .core(NodeId(1))
+                .unwrap()
+                .rpc()
+                .client_stats()
+                .exterminations_requested
+                > 0
+        );
     }
 }
 
@@ -387,20 +440,25 @@ fn gentle_reincarnation_spares_the_calls_the_new_life_claims() {
     // and are killed.
     let (sim, _) = orphan_run_with(orphans, Duration::from_secs(3600), 1, &[1000 * MS]);
     assert!(cancels(&sim, CancelReason::GentleReincarnation) > 0);
-    assert!(!sim
-        .world()
-        .core(SERVER)
-        .unwrap()
-        .rpc()
-        .running_calls()
-        .any(|id: CallId| id.client == NodeId(1)));
+    assert!(
+        !sim.world()
+            .core(SERVER)
+            .unwrap()
+            .rpc()
+            .running_calls()
+            .any(|id: CallId| id.client == NodeId(1))
+    );
 }
 
 #[test]
 fn a_server_that_is_down_cannot_be_located_and_a_silent_one_times_out() {
     let mut plan = FaultPlan::none();
     plan.crash(SERVER, Duration::ZERO, None);
-    let mut sim = Sim::new(SimConfig::new(1, 2), config(2, OrphanConfig::default()), plan);
+    let mut sim = Sim::new(
+        SimConfig::new(1, 2),
+        config(2, OrphanConfig::default()),
+        plan,
+    );
     schedule(&mut sim, 2, 1, Semantics::AtMostOnce, 500 * MS);
     sim.run_until(1000 * MS).unwrap();
     let l = final_ledger(&sim);
@@ -413,7 +471,11 @@ fn a_server_that_is_down_cannot_be_located_and_a_silent_one_times_out() {
     // retransmitted until the deadline.
     let mut plan = FaultPlan::none();
     plan.crash(SERVER, 100 * MS, None);
-    let mut sim = Sim::new(SimConfig::new(1, 2), config(2, OrphanConfig::default()), plan);
+    let mut sim = Sim::new(
+        SimConfig::new(1, 2),
+        config(2, OrphanConfig::default()),
+        plan,
+    );
     let mut cfg_calls = 0;
     for j in 0..3u64 {
         cfg_calls += 1;
@@ -432,10 +494,11 @@ fn a_server_that_is_down_cannot_be_located_and_a_silent_one_times_out() {
     sim.run_until(2000 * MS).unwrap();
     let l = final_ledger(&sim);
     assert_eq!(l.answered.len() + l.failed.len(), cfg_calls);
-    assert!(l
-        .failed
-        .values()
-        .any(|e| matches!(e, RpcError::TimedOut { attempts } if *attempts > 1)));
+    assert!(
+        l.failed
+            .values()
+            .any(|e| matches!(e, RpcError::TimedOut { attempts } if *attempts > 1))
+    );
 }
 
 #[test]
@@ -443,7 +506,11 @@ fn runs_are_deterministic() {
     let make = || {
         let mut plan = lossy_plan();
         plan.crash(SERVER, 300 * MS, Some(200 * MS));
-        let mut sim = Sim::new(SimConfig::new(5, 4), config(4, OrphanConfig::default()), plan);
+        let mut sim = Sim::new(
+            SimConfig::new(5, 4),
+            config(4, OrphanConfig::default()),
+            plan,
+        );
         schedule(&mut sim, 4, 10, Semantics::ExactlyOnce, 3000 * MS);
         sim
     };
@@ -513,7 +580,11 @@ fn forged_replayed_and_malformed_messages_are_dropped_or_rejected_and_counted() 
         let mut plan = FaultPlan::none();
         plan.network.loss = 0.05;
         plan.adversary_tick = Some(5 * MS);
-        let mut sim = Sim::new(SimConfig::new(seed, 4), config(4, OrphanConfig::default()), plan);
+        let mut sim = Sim::new(
+            SimConfig::new(seed, 4),
+            config(4, OrphanConfig::default()),
+            plan,
+        );
         sim.set_adversary(NodeId(3), Forger { n: 0 });
         sim.invariant(AT_MOST_ONCE, at_most_once());
         // Only the honest clients call.
@@ -537,11 +608,19 @@ fn forged_replayed_and_malformed_messages_are_dropped_or_rejected_and_counted() 
         let w = sim.world();
         assert!(w.stats().forged > 0 && w.stats().decode_errors > 0);
         let server = w.core(SERVER).unwrap().rpc();
-        assert!(server.counters().messages_dropped > 0, "forged calls dropped");
+        assert!(
+            server.counters().messages_dropped > 0,
+            "forged calls dropped"
+        );
         assert!(server.server_stats().stale_rejected > 0, "replays rejected");
         let l = final_ledger(&sim);
         // Every honest call answered; only the forger's life-5 calls ran.
-        let honest: BTreeSet<u64> = l.answered.iter().copied().filter(|t| *t < 9_000_000).collect();
+        let honest: BTreeSet<u64> = l
+            .answered
+            .iter()
+            .copied()
+            .filter(|t| *t < 9_000_000)
+            .collect();
         assert_eq!(honest.len(), 40, "seed {seed}");
         // What executed: never a call forged in n1's name, never one for a
         // future life of the server, never a replay from an older life.
@@ -557,9 +636,16 @@ fn forged_replayed_and_malformed_messages_are_dropped_or_rejected_and_counted() 
                 _ => None,
             })
             .collect();
-        assert!(!executed.is_empty(), "seed {seed}: the forger's own calls run");
+        assert!(
+            !executed.is_empty(),
+            "seed {seed}: the forger's own calls run"
+        );
         for id in executed {
-            assert_eq!(id.client, NodeId(3), "seed {seed}: forged in another's name");
+            assert_eq!(
+                id.client,
+                NodeId(3),
+                "seed {seed}: forged in another's name"
+            );
             assert_eq!(id.client_incarnation, Incarnation(5), "seed {seed}: {id:?}");
         }
     }
@@ -611,7 +697,10 @@ fn a_deadline_propagates_through_a_nested_call() {
     // The caller's own deadline ended it (the relay's answer, a nested
     // timeout, cannot arrive before the deadline either).
     assert!(at <= 301 * MS, "{at:?}");
-    assert!(matches!(result, Err(RpcError::TimedOut { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(RpcError::TimedOut { .. })),
+        "{result:?}"
+    );
     // Nothing is left running anywhere.
     for (_, core) in w.cores() {
         assert_eq!(core.rpc().running(), 0);
@@ -642,7 +731,11 @@ fn sweep() {
             900 * MS,
             1100 * MS,
         );
-        let mut sim = Sim::new(SimConfig::new(seed, 4), config(4, OrphanConfig::default()), plan);
+        let mut sim = Sim::new(
+            SimConfig::new(seed, 4),
+            config(4, OrphanConfig::default()),
+            plan,
+        );
         match semantics {
             Semantics::AtLeastOnce => sim.invariant(AT_LEAST_ONCE, at_least_once()),
             Semantics::AtMostOnce => sim.invariant(AT_MOST_ONCE, at_most_once()),

@@ -88,7 +88,9 @@ impl Rpc {
 
     fn bucket(&mut self) -> &mut Bucket {
         let budget = self.config.budget;
-        self.client.bucket.get_or_insert_with(|| Bucket::new(budget))
+        self.client
+            .bucket
+            .get_or_insert_with(|| Bucket::new(budget))
     }
 
     fn finish(&mut self, seq: u64, result: Result<Bytes, RpcError>) {

@@ -359,16 +359,22 @@ mod tests {
                 nonce,
                 server_incarnation: Incarnation(s)
             }),
-            (id(), any::<u64>(), 0u8..3, any::<u64>(), any::<u32>(), body()).prop_map(
-                |(id, s, m, f, b, body)| RpcMessage::Call {
+            (
+                id(),
+                any::<u64>(),
+                0u8..3,
+                any::<u64>(),
+                any::<u32>(),
+                body()
+            )
+                .prop_map(|(id, s, m, f, b, body)| RpcMessage::Call {
                     id,
                     server_incarnation: Incarnation(s),
                     semantics: Semantics::from_code(m).unwrap(),
                     first_incomplete: f,
                     budget_ms: b,
                     body
-                }
-            ),
+                }),
             (id(), any::<u64>(), 0u8..4, body()).prop_map(|(id, s, k, body)| {
                 RpcMessage::Reply {
                     id,

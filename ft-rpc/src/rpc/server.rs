@@ -451,8 +451,8 @@ impl Rpc {
                 Reincarnation::Kill => self.kill(id, CancelReason::Reincarnation),
                 Reincarnation::Gentle => {
                     let Some(adopted) = adopted else { continue };
-                    let owned = id.client_incarnation.0 + 1 == incarnation.0
-                        && adopted.contains(&id.seq);
+                    let owned =
+                        id.client_incarnation.0 + 1 == incarnation.0 && adopted.contains(&id.seq);
                     if !owned {
                         self.kill(id, CancelReason::GentleReincarnation);
                     }
@@ -517,14 +517,16 @@ impl Rpc {
     pub(crate) fn on_leases(&mut self, now: Instant) {
         let lease = self.config.lease;
         for state in self.server.clients.values_mut() {
-            if now.saturating_duration_since(state.last_heard) >= lease
-                && !state.records.is_empty()
+            if now.saturating_duration_since(state.last_heard) >= lease && !state.records.is_empty()
             {
                 self.server.stats.records_forgotten += state.records.len() as u64;
                 state.records.clear();
                 state.first_incomplete = state.first_incomplete.max(state.highest_seen + 1);
             }
         }
-        self.set_timer(RpcTimer::Leases, after(now, lease.max(Duration::from_millis(1))));
+        self.set_timer(
+            RpcTimer::Leases,
+            after(now, lease.max(Duration::from_millis(1))),
+        );
     }
 }

@@ -131,7 +131,10 @@ fn the_server_executes_once_answers_duplicates_and_rejects_the_stale() {
     assert!(events(&out).is_empty());
     assert!(matches!(
         &sent(&out)[0].1,
-        RpcMessage::Reply { outcome: Outcome::InProgress, .. }
+        RpcMessage::Reply {
+            outcome: Outcome::InProgress,
+            ..
+        }
     ));
     s.handle_input(
         now,
@@ -153,7 +156,12 @@ fn the_server_executes_once_answers_duplicates_and_rejects_the_stale() {
     assert_eq!(s.server_stats().replies_from_records, 1);
     // The client restarts (life 1): its old call is now stale.
     let RpcMessage::Call {
-        id, server_incarnation, semantics, first_incomplete, budget_ms, body,
+        id,
+        server_incarnation,
+        semantics,
+        first_incomplete,
+        budget_ms,
+        body,
     } = msg
     else {
         unreachable!()
@@ -186,7 +194,10 @@ fn the_server_executes_once_answers_duplicates_and_rejects_the_stale() {
     let out = drain(&mut s);
     assert!(matches!(
         &sent(&out)[0].1,
-        RpcMessage::Reply { outcome: Outcome::Stale, .. }
+        RpcMessage::Reply {
+            outcome: Outcome::Stale,
+            ..
+        }
     ));
     assert_eq!(s.server_stats().stale_rejected, 1);
 }
@@ -209,7 +220,10 @@ fn exactly_once_persists_the_record_before_replying_and_a_restart_answers_from_i
         },
     );
     let out = drain(&mut s);
-    assert!(sent(&out).is_empty(), "no reply before the record is durable");
+    assert!(
+        sent(&out).is_empty(),
+        "no reply before the record is durable"
+    );
     let (record, token) = out
         .iter()
         .find_map(|o| match o {
@@ -229,7 +243,11 @@ fn exactly_once_persists_the_record_before_replying_and_a_restart_answers_from_i
     assert!(events(&out).is_empty(), "never re-executed");
     assert!(matches!(
         &sent(&out)[0].1,
-        RpcMessage::Reply { outcome: Outcome::Done(_), server_incarnation: Incarnation(1), .. }
+        RpcMessage::Reply {
+            outcome: Outcome::Done(_),
+            server_incarnation: Incarnation(1),
+            ..
+        }
     ));
 }
 
@@ -290,7 +308,10 @@ fn cancelling_a_call_tells_the_server_which_stops_the_computation() {
     let ev = events(&drain(&mut s));
     assert!(matches!(
         ev[0],
-        RpcEvent::Cancel { reason: CancelReason::CallerCancelled, .. }
+        RpcEvent::Cancel {
+            reason: CancelReason::CallerCancelled,
+            ..
+        }
     ));
     assert_eq!(s.running(), 0);
 }
@@ -305,7 +326,10 @@ fn retransmissions_stop_when_the_budget_runs_out() {
         drain(&mut c);
     }
     let st = c.client_stats();
-    assert_eq!(st.retransmissions, 49, "100 tokens, retries while more than 50");
+    assert_eq!(
+        st.retransmissions, 49,
+        "100 tokens, retries while more than 50"
+    );
     assert_eq!(st.throttled, 151);
 }
 
@@ -340,11 +364,17 @@ fn bad_calls_are_refused_up_front() {
     let ev = events(&drain(&mut c));
     assert!(matches!(
         ev[0],
-        RpcEvent::Returned { token: 1, result: Err(RpcError::CannotLocateServer { .. }) }
+        RpcEvent::Returned {
+            token: 1,
+            result: Err(RpcError::CannotLocateServer { .. })
+        }
     ));
     assert!(matches!(
         ev[1],
-        RpcEvent::Returned { token: 2, result: Err(RpcError::Refused(_)) }
+        RpcEvent::Returned {
+            token: 2,
+            result: Err(RpcError::Refused(_))
+        }
     ));
     assert_eq!(c.pending(), 0);
 }
