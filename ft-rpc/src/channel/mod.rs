@@ -357,6 +357,29 @@ struct Io<'a> {
     config: &'a ReliableConfig,
 }
 
+impl Reliable {
+    /// The peers, the strangers counter and the output side, borrowed
+    /// apart so a peer's state and the outputs can be used together.
+    fn split(&mut self) -> (&mut BTreeMap<NodeId, Peer>, &mut u64, Io<'_>) {
+        let Reliable {
+            config,
+            incarnation,
+            peers,
+            out,
+            counters,
+            strangers,
+            ..
+        } = self;
+        let io = Io {
+            out,
+            counters,
+            me: *incarnation,
+            config,
+        };
+        (peers, strangers, io)
+    }
+}
+
 impl Io<'_> {
     fn send(&mut self, to: NodeId, msg: ReliableMessage) {
         self.counters.messages_sent += 1;
@@ -482,20 +505,7 @@ impl Reliable {
     /// [`SendRejected`](ReliableEvent::SendRejected) and nothing else
     /// changes.
     pub fn send(&mut self, now: Instant, to: NodeId, payload: Bytes) {
-        let Reliable {
-            config,
-            incarnation,
-            peers,
-            out,
-            counters,
-            ..
-        } = self;
-        let mut io = Io {
-            out,
-            counters,
-            me: *incarnation,
-            config,
-        };
+        let (peers, _, mut io) = self.split();
         if payload.len() > io.config.max_payload {
             io.event(ReliableEvent::SendRejected {
                 to,
@@ -889,21 +899,7 @@ impl Protocol for Reliable {
 
     fn handle_message(&mut self, now: Instant, from: NodeId, msg: ReliableMessage) {
         self.counters.messages_received += 1;
-        let Reliable {
-            config,
-            incarnation,
-            peers,
-            out,
-            counters,
-            strangers,
-            ..
-        } = self;
-        let mut io = Io {
-            out,
-            counters,
-            me: *incarnation,
-            config,
-        };
+        let (peers, strangers, mut io) = self.split();
         let Some(peer) = peers.get_mut(&from) else {
             io.drop_message(strangers);
             return;
@@ -958,20 +954,7 @@ impl Protocol for Reliable {
 
     fn handle_timer(&mut self, now: Instant, timer: ReliableTimer) {
         self.counters.timers_fired += 1;
-        let Reliable {
-            config,
-            incarnation,
-            peers,
-            out,
-            counters,
-            ..
-        } = self;
-        let mut io = Io {
-            out,
-            counters,
-            me: *incarnation,
-            config,
-        };
+        let (peers, _, mut io) = self.split();
         match timer {
             ReliableTimer::Retransmit(p) => {
                 if let Some(peer) = peers.get_mut(&p) {
