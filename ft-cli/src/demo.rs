@@ -117,7 +117,11 @@ pub(crate) fn run(args: &DemoArgs) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
-    println!("more: ft sim group --help");
+    if let Err(e) = crate::rpc::demo(args.seed) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    println!("more: ft sim group --help, ft sim rpc --help");
     ExitCode::SUCCESS
 }
 

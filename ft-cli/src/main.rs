@@ -4,6 +4,7 @@
 
 mod demo;
 mod group;
+mod rpc;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,11 @@ enum SimScenario {
     /// alone above 100 members), with detection times, false positives and
     /// load per member.
     Group(group::SimGroupArgs),
+    /// Clients calling an echo server under loss, duplication, server
+    /// crashes and a client crash, with at-least-once, at-most-once and
+    /// exactly-once semantics side by side: what was answered, what failed
+    /// and why, what executed twice.
+    Rpc(rpc::SimRpcArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,5 +54,8 @@ fn main() -> std::process::ExitCode {
         Command::Sim {
             scenario: SimScenario::Group(args),
         } => group::sim_group(&args),
+        Command::Sim {
+            scenario: SimScenario::Rpc(args),
+        } => rpc::sim_rpc(&args),
     }
 }

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod id;
 pub mod mem;
 pub mod protocol;
+pub mod rng;
 pub mod storage;
 mod sync;
 #[cfg(any(test, feature = "testing"))]

@@ -26,7 +26,7 @@ use ft_core::{
     Recover, RecoveryContext, Suspicion, Wire, wire,
 };
 
-use crate::rng::Rng;
+use ft_core::rng::Rng;
 
 /// Configuration of a heartbeating group, the same for every member and
 /// every life.

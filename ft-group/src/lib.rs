@@ -12,8 +12,6 @@ pub mod sizing;
 pub mod swim;
 pub mod voting;
 
-mod rng;
-
 pub use agreement::{OmConfig, OmEvent, OmGeneral, OmInput, OmMessage};
 pub use detector::{FixedTimeout, PhiAccrual, PhiConfig};
 pub use group::{Group, GroupConfig, GroupEvent, Structure};

@@ -463,7 +463,7 @@ mod tests {
                 a.apply(r, now);
             }
             let mut shuffled = rumors.clone();
-            crate::rng::Rng::new(seed).shuffle(&mut shuffled);
+            ft_core::rng::Rng::new(seed).shuffle(&mut shuffled);
             for r in &shuffled {
                 b.apply(r, now);
             }

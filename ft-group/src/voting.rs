@@ -301,7 +301,7 @@ mod tests {
                     _ => reports.push((id, correct)),
                 }
             }
-            let mut rng = crate::rng::Rng::new(seed);
+            let mut rng = ft_core::rng::Rng::new(seed);
             rng.shuffle(&mut reports);
             let m = majority(size, reports);
             prop_assert!(m.is_ok());

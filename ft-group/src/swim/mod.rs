@@ -64,8 +64,8 @@ use ft_core::{
 };
 
 use crate::membership::{Change, MemberState, Membership, Rumor};
-use crate::rng::Rng;
 use broadcast::Broadcasts;
+use ft_core::rng::Rng;
 
 /// What a member asks of its SWIM core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,17 +1,19 @@
 //! The cores' own random numbers: seeded, so runs are reproducible.
 
-/// A small seeded generator (SplitMix64). Cores take their seed from
-/// [`RecoveryContext::seed`](ft_core::RecoveryContext::seed); nothing here
-/// reads global randomness.
+/// A small seeded generator (SplitMix64) for cores. Cores take their seed
+/// from [`RecoveryContext::seed`](crate::RecoveryContext::seed); nothing
+/// here reads global randomness. Not for cryptography.
 #[derive(Clone, Debug)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// A generator whose whole stream follows from `seed`.
+    pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -21,15 +23,15 @@ impl Rng {
 
     /// Uniform in `0..n` (0 when `n` is 0), without modulo bias worth
     /// caring about for the small `n` used here (shuffles, jitter).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             return 0;
         }
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
-    /// Fisher–Yates.
-    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
+    /// Shuffles `items` in place (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             let j = self.below(i as u64 + 1) as usize;
             items.swap(i, j);

@@ -1,0 +1,275 @@
+//! An echo service around an [`Rpc`] node: the application side made
+//! deterministic, for the simulator, the demo and the benchmarks.
+//!
+//! [`Echo`] answers every call with its request after a configurable
+//! service time (a named timer, so a computation can be caught running by a
+//! crash, a cancellation or an orphan kill), and turns [`EchoInput::Call`]
+//! into an RPC call with a relative deadline. Everything the [`Rpc`] core
+//! says comes out as [`EchoEvent::Rpc`], so tests see executions,
+//! cancellations and results.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ft_core::{Counters, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext};
+
+use crate::rpc::{
+    CallId, CallOptions, Rpc, RpcConfig, RpcEvent, RpcInput, RpcMessage, RpcTimer, Semantics, after,
+};
+
+/// Configuration of an [`Echo`] node.
+#[derive(Clone, Debug)]
+pub struct EchoConfig {
+    /// The RPC node underneath.
+    pub rpc: RpcConfig,
+    /// How long the echo handler takes per call.
+    pub service_time: Duration,
+    /// Relay instead of echoing: each call is answered with the reply of a
+    /// nested call to this node, made with the *caller's* deadline (the
+    /// deadline propagates). The node named echoes.
+    pub forward: Option<NodeId>,
+}
+
+impl EchoConfig {
+    /// An echo node among `peers` answering after `service_time`.
+    pub fn new(peers: Vec<NodeId>, service_time: Duration) -> Self {
+        EchoConfig {
+            rpc: RpcConfig::new(peers),
+            service_time,
+            forward: None,
+        }
+    }
+}
+
+/// What the test or demo asks of an echo node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EchoInput {
+    /// Call `server` with `request`, giving up after `timeout`.
+    Call {
+        /// The caller's name for the call.
+        token: u64,
+        /// Whom to call.
+        server: NodeId,
+        /// The request (echoed back).
+        request: Bytes,
+        /// How often it may execute.
+        semantics: Semantics,
+        /// How long until the deadline.
+        timeout: Duration,
+    },
+    /// Give up on the call `token`.
+    Cancel {
+        /// The call.
+        token: u64,
+    },
+}
+
+/// What an echo node reports: everything its RPC node says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EchoEvent {
+    /// An event of the RPC node.
+    Rpc(RpcEvent),
+}
+
+/// The timers of an echo node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EchoTimer {
+    /// A timer of the RPC node.
+    Rpc(RpcTimer),
+    /// The handler finishes computation `id`.
+    Finish(CallId),
+}
+
+/// An echo service and client. See the [module docs](self).
+#[derive(Debug)]
+pub struct Echo {
+    rpc: Rpc,
+    service_time: Duration,
+    forward: Option<NodeId>,
+    /// Nested calls in flight: their token → the computation they serve.
+    nested: BTreeMap<u64, CallId>,
+    next_token: u64,
+    /// Computations being "worked on": id → request.
+    working: BTreeMap<CallId, Bytes>,
+    out: std::collections::VecDeque<Output<Echo>>,
+}
+
+impl Echo {
+    /// The RPC node.
+    pub fn rpc(&self) -> &Rpc {
+        &self.rpc
+    }
+
+    fn pump(&mut self, now: Instant) {
+        // Inputs the application feeds back (nested calls, relayed replies)
+        // wait until the core's current outputs are drained.
+        let mut nested = Vec::new();
+        loop {
+            self.drain(now, &mut nested);
+            if nested.is_empty() {
+                return;
+            }
+            for input in std::mem::take(&mut nested) {
+                self.rpc.handle_input(now, input);
+            }
+        }
+    }
+
+    fn drain(&mut self, now: Instant, nested: &mut Vec<RpcInput>) {
+        while let Some(o) = self.rpc.poll_output() {
+            let o = match o {
+                Output::Send { to, msg } => Output::Send { to, msg },
+                Output::SetTimer { timer, at } => Output::SetTimer {
+                    timer: EchoTimer::Rpc(timer),
+                    at,
+                },
+                Output::CancelTimer { timer } => Output::CancelTimer {
+                    timer: EchoTimer::Rpc(timer),
+                },
+                Output::Persist { record, token } => Output::Persist { record, token },
+                Output::Event(e) => {
+                    match &e {
+                        RpcEvent::Execute {
+                            id,
+                            request,
+                            deadline,
+                            semantics,
+                        } => {
+                            self.working.insert(*id, request.clone());
+                            if let Some(next) = self.forward {
+                                // A nested call inherits the caller's
+                                // deadline: no work past it anywhere.
+                                self.next_token += 1;
+                                let token = (1 << 63) | self.next_token;
+                                self.nested.insert(token, *id);
+                                nested.push(RpcInput::Call {
+                                    token,
+                                    server: next,
+                                    request: request.clone(),
+                                    options: CallOptions {
+                                        semantics: *semantics,
+                                        deadline: *deadline,
+                                    },
+                                });
+                            } else {
+                                self.out.push_back(Output::SetTimer {
+                                    timer: EchoTimer::Finish(*id),
+                                    at: after(now, self.service_time),
+                                });
+                            }
+                        }
+                        RpcEvent::Cancel { id, .. } => {
+                            // The application stops the computation.
+                            if self.working.remove(id).is_some() {
+                                self.out.push_back(Output::CancelTimer {
+                                    timer: EchoTimer::Finish(*id),
+                                });
+                            }
+                        }
+                        RpcEvent::Returned { token, result } => {
+                            if let Some(id) = self.nested.remove(token)
+                                && self.working.remove(&id).is_some()
+                            {
+                                let reply = match result {
+                                    Ok(body) => body.clone(),
+                                    Err(e) => Bytes::from(format!("nested call failed: {e}")),
+                                };
+                                nested.push(RpcInput::Complete { exec: id, reply });
+                            }
+                        }
+                    }
+                    Output::Event(EchoEvent::Rpc(e))
+                }
+            };
+            self.out.push_back(o);
+        }
+    }
+}
+
+impl Protocol for Echo {
+    type Message = RpcMessage;
+    type Input = EchoInput;
+    type Event = EchoEvent;
+    type Timer = EchoTimer;
+
+    fn handle_message(&mut self, now: Instant, from: NodeId, msg: RpcMessage) {
+        self.rpc.handle_message(now, from, msg);
+        self.pump(now);
+    }
+
+    fn handle_input(&mut self, now: Instant, input: EchoInput) {
+        let input = match input {
+            EchoInput::Call {
+                token,
+                server,
+                request,
+                semantics,
+                timeout,
+            } => RpcInput::Call {
+                token,
+                server,
+                request,
+                options: CallOptions {
+                    semantics,
+                    deadline: after(now, timeout),
+                },
+            },
+            EchoInput::Cancel { token } => RpcInput::Cancel { token },
+        };
+        self.rpc.handle_input(now, input);
+        self.pump(now);
+    }
+
+    fn handle_timer(&mut self, now: Instant, timer: EchoTimer) {
+        match timer {
+            EchoTimer::Rpc(t) => self.rpc.handle_timer(now, t),
+            EchoTimer::Finish(id) => {
+                if let Some(request) = self.working.remove(&id) {
+                    self.rpc.handle_input(
+                        now,
+                        RpcInput::Complete {
+                            exec: id,
+                            reply: request,
+                        },
+                    );
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
+        self.rpc.handle_persisted(now, token);
+        self.pump(now);
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Self>> {
+        self.out.pop_front()
+    }
+
+    fn counters(&self) -> Counters {
+        self.rpc.counters()
+    }
+}
+
+impl Recover for Echo {
+    type Config = EchoConfig;
+
+    fn recover(config: &EchoConfig, ctx: RecoveryContext) -> Self {
+        let now = ctx.now;
+        let forward = config.forward.filter(|&f| f != ctx.node);
+        let mut e = Echo {
+            rpc: Rpc::recover(&config.rpc, ctx),
+            service_time: config.service_time,
+            // The node named is the end of the chain: it echoes.
+            forward,
+            nested: BTreeMap::new(),
+            next_token: 0,
+            working: BTreeMap::new(),
+            out: std::collections::VecDeque::new(),
+        };
+        e.pump(now);
+        e
+    }
+}

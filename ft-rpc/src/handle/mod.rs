@@ -1,0 +1,406 @@
+//! An async handle on an [`Rpc`] node: many tasks call through a cloneable
+//! [`RpcClient`], and a dispatcher runs the node's server side with an async
+//! handler.
+//!
+//! The [`Rpc`] core is sans-IO; the [driver](ft_core::driver) runs it and
+//! speaks in [`RpcInput`]s and [`RpcEvent`]s. This module turns those into
+//! ordinary async calls, with nothing but `futures`, so it runs on any
+//! executor:
+//!
+//! - [`RpcClient::call`] names the call with a fresh token, sends
+//!   [`RpcInput::Call`], and waits for the [`RpcEvent::Returned`] with that
+//!   token. **Dropping the call's future cancels the call**: the handle sends
+//!   [`RpcInput::Cancel`], the core tells the server, and the server's
+//!   handler for it is dropped. A result that arrives after the caller gave
+//!   up is discarded.
+//! - [`serve`], the dispatcher, takes the driver's events: it completes the
+//!   waiting calls, runs the handler for every [`RpcEvent::Execute`]
+//!   (concurrently with the others, inside the dispatcher's own future) and
+//!   answers with [`RpcInput::Complete`], and drops the handler's future on
+//!   [`RpcEvent::Cancel`].
+//! - [`rpc_node`] wires a driver, a client and a dispatcher into one future
+//!   for the caller to spawn.
+//!
+//! A node is both server and client, so a handler may call other nodes (or
+//! its own node's peers) through an [`RpcClient`] clone, passing on its
+//! `deadline` in [`CallOptions::deadline`].
+//!
+//! # Handlers and cancellation
+//!
+//! A handler is `Fn(CallId, Bytes, Instant) -> impl Future<Output = Bytes>`:
+//! the computation's id, the request and the caller's deadline. Its future
+//! is polled by the dispatcher, concurrently with the other handlers and
+//! with the node's event loop (a `FuturesUnordered`), so it should not block
+//! the thread; CPU-heavy work belongs on the executor's blocking pool.
+//!
+//! **A handler sees cancellation as being dropped.** When the server core
+//! cancels a computation (its caller gave up or crashed, its deadline or
+//! quantum passed: [`RpcEvent::Cancel`]), the dispatcher drops that
+//! handler's future at its next `.await`: code after that point never runs,
+//! and clean-up belongs in `Drop` implementations. A handler that spawns
+//! work elsewhere must cancel it from such a guard itself.
+//!
+//! # Stopping
+//!
+//! [`RpcClient::shutdown`] asks the driver to stop once it has handled the
+//! inputs sent before. When the driver stops (shut down, or failed), or the
+//! dispatcher's future is dropped, every call still waiting ends with
+//! [`CallError::Closed`], and so does every later call: no caller hangs.
+//!
+//! # Example
+//!
+//! ```
+//! # use std::time::{Duration, Instant};
+//! # use async_trait::async_trait;
+//! # use bytes::Bytes;
+//! # use ft_core::Clock;
+//! use ft_core::{DriverConfig, Incarnation, MemNetwork, NodeId, Recover, RecoveryContext};
+//! use ft_rpc::handle::rpc_node;
+//! use ft_rpc::rpc::{CallOptions, Rpc, RpcConfig, Semantics};
+//! use ft_storage::MemLog;
+//! # /// A clock whose sleeps never end: a lossless network needs no retries.
+//! # struct NoTimers;
+//! # #[async_trait]
+//! # impl Clock for NoTimers {
+//! #     fn now(&self) -> Instant { Instant::now() }
+//! #     async fn sleep_until(&self, _: Instant) { futures::future::pending::<()>().await }
+//! # }
+//!
+//! let net = MemNetwork::new(64);
+//! let node = |id: u64| {
+//!     let ctx = RecoveryContext {
+//!         node: NodeId(id),
+//!         incarnation: Incarnation::FIRST,
+//!         records: Vec::new(),
+//!         seed: id,
+//!         now: Instant::now(),
+//!     };
+//!     Rpc::recover(&RpcConfig::new(vec![NodeId(0), NodeId(1)]), ctx)
+//! };
+//! let echo = |_id, request: Bytes, _deadline| async move { request };
+//! let (server, run_server) =
+//!     rpc_node(node(0), net.join(NodeId(0)), NoTimers, MemLog::new(), DriverConfig::default(), echo);
+//! let (client, run_client) =
+//!     rpc_node(node(1), net.join(NodeId(1)), NoTimers, MemLog::new(), DriverConfig::default(), echo);
+//!
+//! futures::executor::block_on(async {
+//!     let app = async {
+//!         let options = CallOptions {
+//!             semantics: Semantics::AtMostOnce,
+//!             deadline: Instant::now() + Duration::from_secs(10),
+//!         };
+//!         let reply = client.call(NodeId(0), Bytes::from_static(b"hi"), options).await;
+//!         assert_eq!(reply, Ok(Bytes::from_static(b"hi")));
+//!         client.shutdown();
+//!         server.shutdown();
+//!     };
+//!     let (a, b, ()) = futures::join!(run_server, run_client, app);
+//!     a.unwrap();
+//!     b.unwrap();
+//! });
+//! ```
+
+mod pending;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::future::{AbortHandle, Aborted, abortable};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+
+use ft_core::driver::driver;
+use ft_core::{Channel, Clock, DriverConfig, DriverError, Handle, InputSender, NodeId, StableLog};
+
+use crate::rpc::{CallId, CallOptions, Rpc, RpcError, RpcEvent, RpcInput};
+use pending::PendingCalls;
+
+/// Why an [`RpcClient::call`] failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The RPC core ended the call with one of its failure classes.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// The node has stopped (its driver shut down or failed, or its
+    /// dispatcher is gone): the call's outcome will never be known here.
+    #[error("the RPC node has stopped")]
+    Closed,
+}
+
+/// A cloneable handle for calling other nodes through one [`Rpc`] node.
+///
+/// Clones share the node; any number of tasks may call at once. Built by
+/// [`rpc_node`], or by [`RpcClient::new`] for a driver set up by hand.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: std::sync::Arc<ClientInner>,
+}
+
+struct ClientInner {
+    inputs: InputSender<Rpc>,
+    calls: PendingCalls,
+    stop: mpsc::UnboundedSender<()>,
+}
+
+/// The dispatcher's end of an [`RpcClient`]: where [`serve`] delivers the
+/// results of its calls and hears its [`shutdown`](RpcClient::shutdown).
+pub struct Dispatch {
+    calls: PendingCalls,
+    stop: mpsc::UnboundedReceiver<()>,
+}
+
+impl fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatch")
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RpcClient {
+    /// A client sending its calls to the driver behind `inputs`, and the
+    /// [`Dispatch`] to hand to [`serve`] together with that driver's
+    /// [`Handle`].
+    ///
+    /// The client owns the node's call tokens: nothing else should send
+    /// [`RpcInput::Call`] or [`RpcInput::Cancel`] to the same driver.
+    pub fn new(inputs: InputSender<Rpc>) -> (RpcClient, Dispatch) {
+        let cancel = inputs.clone();
+        let calls = PendingCalls::new(move |token| {
+            // An error means the driver has stopped, and the call with it.
+            let _ = cancel.input(RpcInput::Cancel { token });
+        });
+        let (stop_tx, stop_rx) = mpsc::unbounded();
+        let client = RpcClient {
+            inner: std::sync::Arc::new(ClientInner {
+                inputs,
+                calls: calls.clone(),
+                stop: stop_tx,
+            }),
+        };
+        let dispatch = Dispatch {
+            calls,
+            stop: stop_rx,
+        };
+        (client, dispatch)
+    }
+
+    /// Calls `server` with `request`, and waits for its reply.
+    ///
+    /// Dropping the returned future before it completes cancels the call:
+    /// the core is sent [`RpcInput::Cancel`], which tells the server to stop
+    /// the computation, and a reply that comes later is discarded.
+    ///
+    /// # Errors
+    /// [`CallError::Rpc`] with the core's failure class (cannot locate the
+    /// server, timed out at `options.deadline`, server crashed, refused);
+    /// [`CallError::Closed`] if the node stops before the call ends.
+    pub async fn call(
+        &self,
+        server: NodeId,
+        request: Bytes,
+        options: CallOptions,
+    ) -> Result<Bytes, CallError> {
+        let (token, completion) = self.inner.calls.register();
+        let call = RpcInput::Call {
+            token,
+            server,
+            request,
+            options,
+        };
+        if self.inner.inputs.input(call).is_err() {
+            // Never reached the core: nothing there to cancel.
+            completion.forget();
+            return Err(CallError::Closed);
+        }
+        completion.await
+    }
+
+    /// How many calls are waiting for their results.
+    pub fn pending(&self) -> usize {
+        self.inner.calls.len()
+    }
+
+    /// Whether the node has stopped: every call now ends with
+    /// [`CallError::Closed`].
+    pub fn is_closed(&self) -> bool {
+        self.inner.calls.is_closed() || self.inner.inputs.is_closed()
+    }
+
+    /// Asks the node to stop once its driver has handled the inputs sent
+    /// before this call (the same as [`Handle::shutdown`]); calls still
+    /// waiting then end with [`CallError::Closed`]. Does nothing if the node
+    /// has stopped already.
+    pub fn shutdown(&self) {
+        // An error means the dispatcher is gone, and the node with it.
+        let _ = self.inner.stop.unbounded_send(());
+    }
+}
+
+impl fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("pending", &self.pending())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Closes the table when the dispatcher ends, however it ends (returned, or
+/// its future dropped), so that no caller waits for a result that can no
+/// longer come.
+struct CloseOnDrop(PendingCalls);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// What woke the dispatcher.
+enum Wake {
+    Event(Option<RpcEvent>),
+    Handled(CallId, u64, Result<Bytes, Aborted>),
+    Stop,
+}
+
+/// Runs the node's application side: delivers the results of `dispatch`'s
+/// client calls, serves [`RpcEvent::Execute`] with `handler`, and drops the
+/// handlers of cancelled computations. See the [module docs](self).
+///
+/// Returns when the driver behind `handle` has stopped and every event it
+/// emitted was taken; the client's waiting calls then end with
+/// [`CallError::Closed`]. Dropping the future early does the same, and drops
+/// every running handler.
+///
+/// Handlers run concurrently inside this future (a `FuturesUnordered`), so
+/// it is `Send` when `handler` and its futures are.
+pub async fn serve<H, F>(mut handle: Handle<Rpc>, dispatch: Dispatch, handler: H)
+where
+    H: Fn(CallId, Bytes, Instant) -> F,
+    F: Future<Output = Bytes>,
+{
+    let Dispatch { calls, mut stop } = dispatch;
+    let _close = CloseOnDrop(calls.clone());
+    let mut stop_open = true;
+    // The running handlers, by computation, with the generation that tells a
+    // handler from a later one for the same id (at-least-once re-executes).
+    let mut running: HashMap<CallId, (u64, AbortHandle)> = HashMap::new();
+    let mut handlers = FuturesUnordered::new();
+    let mut generation: u64 = 0;
+    let mut events_first = false;
+    loop {
+        events_first = !events_first;
+        let wake = {
+            // A `next_event` future holds nothing: the receiver keeps the
+            // waker, so a fresh one each turn loses no event.
+            let mut event = pin!(handle.next_event());
+            poll_fn(|cx| {
+                if stop_open {
+                    match stop.poll_next_unpin(cx) {
+                        Poll::Ready(Some(())) => return Poll::Ready(Wake::Stop),
+                        // Every client is gone; only the driver stops us now.
+                        Poll::Ready(None) => stop_open = false,
+                        Poll::Pending => {}
+                    }
+                }
+                // Take turns, so neither a flood of events nor a stream of
+                // finishing handlers starves the other.
+                for turn in 0..2 {
+                    if (turn == 0) == events_first {
+                        if let Poll::Ready(e) = event.as_mut().poll(cx) {
+                            return Poll::Ready(Wake::Event(e));
+                        }
+                    } else if let Poll::Ready(Some((id, generation, reply))) =
+                        handlers.poll_next_unpin(cx)
+                    {
+                        return Poll::Ready(Wake::Handled(id, generation, reply));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match wake {
+            Wake::Event(None) => break,
+            Wake::Event(Some(RpcEvent::Returned { token, result })) => {
+                // `false`: the caller gave up; the result is discarded.
+                calls.complete(token, result);
+            }
+            Wake::Event(Some(RpcEvent::Execute {
+                id,
+                request,
+                deadline,
+                ..
+            })) => {
+                generation = generation.wrapping_add(1);
+                let (work, abort) = abortable(handler(id, request, deadline));
+                if let Some((_, older)) = running.insert(id, (generation, abort)) {
+                    // The core runs one computation per id at a time; an
+                    // older one still here has been superseded.
+                    older.abort();
+                }
+                let this = generation;
+                handlers.push(work.map(move |reply| (id, this, reply)));
+            }
+            Wake::Event(Some(RpcEvent::Cancel { id, .. })) => {
+                if let Some((_, abort)) = running.remove(&id) {
+                    // The handler's future is dropped when `handlers` next
+                    // polls it, which the abort's wake-up brings about.
+                    abort.abort();
+                }
+            }
+            Wake::Handled(id, this, Ok(reply)) => {
+                if running.get(&id).is_some_and(|(g, _)| *g == this) {
+                    running.remove(&id);
+                    // An error means the driver has stopped; the loop ends
+                    // when its events run out.
+                    let _ = handle.input(RpcInput::Complete { exec: id, reply });
+                }
+            }
+            Wake::Handled(_, _, Err(Aborted)) => {}
+            Wake::Stop => handle.shutdown(),
+        }
+    }
+}
+
+/// Runs `rpc` over `channel`, `clock` and `log` with `handler` serving its
+/// calls: the [`driver`] and [`serve`] in one future.
+///
+/// Returns the node's [`RpcClient`] and the future that does all the work;
+/// nothing happens until it is polled, on any executor (ft-tokio has a
+/// spawn helper). The future returns what the driver returns, once the
+/// driver has stopped and the dispatcher has delivered its last events; it
+/// is `Send` when the edges, `handler` and its futures are.
+///
+/// A node that only calls still needs a handler, for calls that reach it
+/// anyway: one that answers with an empty reply will do.
+pub fn rpc_node<C, K, L, H, F>(
+    rpc: Rpc,
+    channel: C,
+    clock: K,
+    log: L,
+    config: DriverConfig,
+    handler: H,
+) -> (RpcClient, impl Future<Output = Result<(), DriverError>>)
+where
+    C: Channel + 'static,
+    K: Clock + 'static,
+    L: StableLog + 'static,
+    H: Fn(CallId, Bytes, Instant) -> F,
+    F: Future<Output = Bytes>,
+{
+    let (handle, run) = driver(rpc, channel, clock, log, config);
+    let (client, dispatch) = RpcClient::new(handle.input_sender());
+    let node = async move {
+        let (result, ()) = futures::join!(run, serve(handle, dispatch, handler));
+        result
+    };
+    (client, node)
+}

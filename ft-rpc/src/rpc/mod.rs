@@ -1,0 +1,582 @@
+//! Reliable RPC as a sans-IO core: at-least-once, at-most-once and
+//! exactly-once semantics, the subject's five failure classes, orphans,
+//! deadlines, back-off and a retry budget.
+//!
+//! An [`Rpc`] core is both a client and a server: any node may call any
+//! other. It runs over unreliable datagrams — not over the
+//! [reliable channel](crate::channel) — on purpose: RPC's own
+//! retransmissions and duplicate detection are what *define* its semantics
+//! (Birrell and Nelson's design). Under a reliable channel a request could
+//! never be seen twice and at-least-once would mean nothing.
+//!
+//! # Semantics
+//!
+//! | semantics | client | server | survives |
+//! |---|---|---|---|
+//! | [at-least-once](Semantics::AtLeastOnce) | retransmits until a reply or the deadline | executes every copy it receives | request and reply loss; may execute more than once |
+//! | [at-most-once](Semantics::AtMostOnce) | retransmits; calls carry (client, client incarnation, sequence number) and the server life they are bound to | keeps completion records (cached replies) in memory and answers duplicates from them; a duplicate of a running call gets `InProgress`; a stale duplicate is rejected | loss and duplication; a server crash is reported, never hidden by a second execution |
+//! | [exactly-once](Semantics::ExactlyOnce) | as at-most-once | makes the completion record durable (`Persist`) *before* the reply is sent, and rebuilds the records on restart | also server crashes: a completed call is answered from the record, never re-executed |
+//!
+//! Completion records are forgotten when the client's piggybacked
+//! `first_incomplete` says it has the reply, and when a client's lease runs
+//! out (a tombstone keeps later duplicates from executing again).
+//!
+//! # The five failure classes
+//!
+//! | subject's class | here |
+//! |---|---|
+//! | the client cannot locate the server | [`RpcError::CannotLocateServer`]: binding (`Locate`) got no answer before the deadline |
+//! | the request is lost | retransmitted transparently with exponential back-off and full jitter until the deadline, then [`RpcError::TimedOut`] |
+//! | the server crashes | detected by a changed server incarnation: [`RpcError::ServerCrashed`] with whether the call may have executed ([`Executed`]); exactly-once calls are answered from the new life's durable record instead |
+//! | the reply is lost | the retransmitted request is answered from the completion record ([`ServerStats::replies_from_records`]) |
+//! | the client crashes | orphans: see below |
+//!
+//! # Orphans
+//!
+//! A computation whose caller crashed is an orphan. The server handles them
+//! as configured ([`OrphanConfig`]), and tells the application to stop each
+//! one ([`RpcEvent::Cancel`] with the [`CancelReason`]):
+//!
+//! - **reincarnation**: a restarted client announces its new incarnation;
+//!   the server kills every computation of its older lives;
+//! - **gentle reincarnation**: the same, but computations the new life
+//!   still owns (it lists them, from its call log) are spared;
+//! - **expiration**: each computation gets a quantum `T` that the client
+//!   must renew; one not renewed in time is killed;
+//! - **extermination**: the client logs every outgoing call on stable
+//!   storage before sending it; on restart it asks the servers to kill the
+//!   calls its log shows unfinished.
+//!
+//! # Deadlines, cancellation, retries
+//!
+//! A call carries the time left to its deadline; the server's
+//! [`RpcEvent::Execute`] hands the absolute deadline to the handler, which
+//! passes it on to nested calls ([`CallOptions::deadline`]), and the server
+//! cancels a computation whose deadline passes. [`RpcInput::Cancel`] (what
+//! an async handle sends when its caller drops the call) ends the call with
+//! [`RpcError::Cancelled`] and tells the server. Retransmissions back off
+//! exponentially with full jitter, and a token bucket in the manner of
+//! gRPC's retry throttling stops them altogether while most calls are
+//! timing out, so retries cannot amplify an overload.
+//!
+//! # Methods
+//!
+//! getters ([`Rpc::client_stats`], [`Rpc::server_stats`], [`Rpc::pending`],
+//! [`Rpc::running`], [`Rpc::incarnation`]); the [`Protocol`] `handle_*`
+//! methods; mutators through [`RpcInput`]; `poll_output` after every
+//! `handle_*` call.
+
+mod budget;
+mod client;
+mod message;
+mod server;
+
+pub use budget::{Backoff, RetryBudget};
+pub use client::ClientStats;
+pub use message::{CallId, MAX_BODY, MAX_LISTED, Outcome, RPC_VERSION, RpcMessage};
+pub use server::{MAX_CLIENTS, ServerStats};
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ft_core::wire::DecodeError;
+use ft_core::{
+    Counters, Incarnation, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext,
+};
+
+use ft_core::rng::Rng;
+
+/// How often a call may be executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Semantics {
+    /// At least once: possibly more (every retransmission may execute).
+    AtLeastOnce,
+    /// At most once: never twice, even across server crashes (a crash is
+    /// reported instead).
+    AtMostOnce,
+    /// Exactly once for every call that is answered, across server crashes.
+    ExactlyOnce,
+}
+
+impl Semantics {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Semantics::AtLeastOnce => 0,
+            Semantics::AtMostOnce => 1,
+            Semantics::ExactlyOnce => 2,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Result<Self, DecodeError> {
+        match c {
+            0 => Ok(Semantics::AtLeastOnce),
+            1 => Ok(Semantics::AtMostOnce),
+            2 => Ok(Semantics::ExactlyOnce),
+            tag => Err(DecodeError::UnknownTag {
+                what: "Semantics",
+                tag,
+            }),
+        }
+    }
+}
+
+/// Whether a call caught in a server crash may have executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Executed {
+    /// It did not: the crashed life never received it.
+    No,
+    /// It may have: it was sent, and no answer came before the crash.
+    Unknown,
+    /// It did: the crashed life said it was running it.
+    Yes,
+}
+
+/// Why a call failed: the subject's failure classes, plus what a caller
+/// must handle differently.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// No life of the server answered `Locate` before the deadline.
+    #[error("cannot locate server {server}")]
+    CannotLocateServer {
+        /// The server.
+        server: NodeId,
+    },
+    /// The request (or every reply) was lost until the deadline.
+    #[error("no reply before the deadline after {attempts} transmissions")]
+    TimedOut {
+        /// How many times the request was sent.
+        attempts: u32,
+    },
+    /// The server restarted while the call was outstanding.
+    #[error("the server crashed (restarted as {incarnation}); executed: {executed:?}")]
+    ServerCrashed {
+        /// The server's new life.
+        incarnation: Incarnation,
+        /// Whether the call may have executed.
+        executed: Executed,
+    },
+    /// The caller cancelled the call.
+    #[error("cancelled by the caller")]
+    Cancelled,
+    /// The server refused the call (too many clients or calls, body too
+    /// large, deadline already past), or the call was malformed.
+    #[error("refused: {0}")]
+    Refused(&'static str),
+}
+
+/// How a server treats orphans. Expiration and extermination work alongside
+/// either reincarnation policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reincarnation {
+    /// Leave orphans of a restarted client alone (only expiration or
+    /// extermination, if on, end them).
+    Off,
+    /// Kill every computation of a restarted client's earlier lives.
+    Kill,
+    /// Kill those the restarted client does not claim as its own.
+    Gentle,
+}
+
+/// Orphan handling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrphanConfig {
+    /// What the server does when a client announces a new life.
+    pub reincarnation: Reincarnation,
+    /// Expiration: every computation must be renewed by its client within
+    /// this quantum `T` (the client renews every `T / 2`); `None` disables.
+    pub quantum: Option<Duration>,
+    /// Extermination: the client logs outgoing calls on stable storage and
+    /// on restart asks servers to kill the unfinished ones.
+    pub extermination: bool,
+}
+
+impl Default for OrphanConfig {
+    /// Reincarnation (kill), no expiration, no extermination.
+    fn default() -> Self {
+        OrphanConfig {
+            reincarnation: Reincarnation::Kill,
+            quantum: None,
+            extermination: false,
+        }
+    }
+}
+
+/// Configuration of an [`Rpc`] node, the same in every life.
+#[derive(Clone, Debug)]
+pub struct RpcConfig {
+    /// The nodes this node may call or be called by; messages from others
+    /// are dropped (and their memory never allocated).
+    pub peers: Vec<NodeId>,
+    /// Orphan handling (both as a client and as a server).
+    pub orphans: OrphanConfig,
+    /// Back-off between retransmissions of a call or a `Locate`.
+    pub backoff: Backoff,
+    /// Retry throttling.
+    pub budget: RetryBudget,
+    /// Completion records kept per client (older ones are forgotten and
+    /// their duplicates answered `Stale`).
+    pub records_per_client: usize,
+    /// Computations running at once; calls beyond are refused.
+    pub max_running: usize,
+    /// Calls outstanding at once at the client; calls beyond are refused.
+    pub max_pending: usize,
+    /// A server forgets a client not heard from for this long (keeping a
+    /// tombstone so its old calls are not executed again).
+    pub lease: Duration,
+}
+
+impl RpcConfig {
+    /// `peers` with the defaults: back-off of at least 20 ms plus a full
+    /// jitter capped at 20 ms doubling to 1 s, a retry budget of 100 tokens (one back per reply, see
+    /// [`RetryBudget`]), 1024 records per client, 1024 running, 1024 pending, a
+    /// 60 s lease, reincarnation.
+    pub fn new(peers: Vec<NodeId>) -> Self {
+        RpcConfig {
+            peers,
+            orphans: OrphanConfig::default(),
+            backoff: Backoff::default(),
+            budget: RetryBudget::default(),
+            records_per_client: 1024,
+            max_running: 1024,
+            max_pending: 1024,
+            lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How one call is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallOptions {
+    /// How often it may execute.
+    pub semantics: Semantics,
+    /// When to give up. A nested call passes on its parent's deadline (the
+    /// `deadline` of [`RpcEvent::Execute`]).
+    pub deadline: Instant,
+}
+
+/// What the application asks of its RPC node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RpcInput {
+    /// Call `server` with `request`; the answer comes as
+    /// [`RpcEvent::Returned`] with the same `token`.
+    Call {
+        /// The caller's name for the call.
+        token: u64,
+        /// Whom to call.
+        server: NodeId,
+        /// The request body.
+        request: Bytes,
+        /// How.
+        options: CallOptions,
+    },
+    /// The caller gave up on the call named `token`.
+    Cancel {
+        /// The call.
+        token: u64,
+    },
+    /// The application finished executing `exec` with `reply`.
+    Complete {
+        /// The computation ([`RpcEvent::Execute`]).
+        exec: CallId,
+        /// The reply.
+        reply: Bytes,
+    },
+}
+
+/// Why a computation must stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// Its client restarted (reincarnation).
+    Reincarnation,
+    /// Its client restarted and does not claim it (gentle reincarnation).
+    GentleReincarnation,
+    /// Its client did not renew its quantum (expiration).
+    Expired,
+    /// Its restarted client asked for it to be killed (extermination).
+    Exterminated,
+    /// Its deadline passed.
+    DeadlineExceeded,
+    /// The caller cancelled it.
+    CallerCancelled,
+}
+
+/// What an RPC node tells its application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RpcEvent {
+    /// The call named `token` ended.
+    Returned {
+        /// The caller's name for the call.
+        token: u64,
+        /// Its outcome.
+        result: Result<Bytes, RpcError>,
+    },
+    /// Run `request` for `id` and answer with [`RpcInput::Complete`].
+    Execute {
+        /// The computation.
+        id: CallId,
+        /// The request.
+        request: Bytes,
+        /// When the caller gives up: pass it on to nested calls.
+        deadline: Instant,
+        /// The semantics the caller asked for.
+        semantics: Semantics,
+    },
+    /// Stop the computation `id`; its result, if any, will not be used.
+    Cancel {
+        /// The computation.
+        id: CallId,
+        /// Why.
+        reason: CancelReason,
+    },
+}
+
+/// The named timers of an RPC node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RpcTimer {
+    /// Retransmit call `seq` (or its `Locate`).
+    Retry(u64),
+    /// Call `seq` reached its deadline.
+    Deadline(u64),
+    /// Computation `id` reached its deadline or its quantum.
+    Running(CallId),
+    /// Renew the quanta of outstanding calls (expiration).
+    Renew,
+    /// Retransmit the restart announcement / extermination requests.
+    Recovery,
+    /// Forget clients whose lease ran out.
+    Leases,
+}
+
+/// An RPC node: client and server. See the [module docs](self).
+#[derive(Debug)]
+pub struct Rpc {
+    config: RpcConfig,
+    me: NodeId,
+    incarnation: Incarnation,
+    rng: Rng,
+    client: client::Client,
+    server: server::Server,
+    next_token: u64,
+    out: VecDeque<Output<Rpc>>,
+    counters: Counters,
+}
+
+impl Rpc {
+    /// This node.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// This node's life.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    /// Calls outstanding at this node as a client.
+    pub fn pending(&self) -> usize {
+        self.client.calls.len()
+    }
+
+    /// Computations running at this node as a server.
+    pub fn running(&self) -> usize {
+        self.server.running_count()
+    }
+
+    /// The computations running at this node as a server.
+    pub fn running_calls(&self) -> impl Iterator<Item = CallId> + '_ {
+        self.server.running_ids()
+    }
+
+    /// What the client side did in this life.
+    pub fn client_stats(&self) -> ClientStats {
+        self.client.stats
+    }
+
+    /// What the server side did in this life.
+    pub fn server_stats(&self) -> ServerStats {
+        self.server.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RpcConfig {
+        &self.config
+    }
+
+    fn send(&mut self, to: NodeId, msg: RpcMessage) {
+        self.counters.messages_sent += 1;
+        self.out.push_back(Output::Send { to, msg });
+    }
+
+    fn event(&mut self, e: RpcEvent) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn set_timer(&mut self, timer: RpcTimer, at: Instant) {
+        self.out.push_back(Output::SetTimer { timer, at });
+    }
+
+    fn cancel_timer(&mut self, timer: RpcTimer) {
+        self.out.push_back(Output::CancelTimer { timer });
+    }
+
+    fn persist(&mut self, record: Bytes) -> PersistToken {
+        self.next_token += 1;
+        self.counters.persists += 1;
+        let token = PersistToken(self.next_token);
+        self.out.push_back(Output::Persist { record, token });
+        token
+    }
+}
+
+/// The completion records (exactly-once) among an RPC node's durable
+/// records: what a restarted server will answer from. For tests and tools.
+pub fn durable_completions(records: &[Bytes]) -> Vec<(CallId, Bytes)> {
+    server::Records::parse(records).completions
+}
+
+/// A deadline `d` from `now`, saturating instead of panicking on absurd
+/// durations.
+pub fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+impl Protocol for Rpc {
+    type Message = RpcMessage;
+    type Input = RpcInput;
+    type Event = RpcEvent;
+    type Timer = RpcTimer;
+
+    fn handle_message(&mut self, now: Instant, from: NodeId, msg: RpcMessage) {
+        self.counters.messages_received += 1;
+        if from == self.me || !self.config.peers.contains(&from) {
+            self.counters.messages_dropped += 1;
+            return;
+        }
+        let used = match msg {
+            RpcMessage::Locate { nonce } => {
+                let server_incarnation = self.incarnation;
+                self.send(
+                    from,
+                    RpcMessage::Located {
+                        nonce,
+                        server_incarnation,
+                    },
+                );
+                true
+            }
+            RpcMessage::Located {
+                nonce,
+                server_incarnation,
+            } => self.on_located(now, from, nonce, server_incarnation),
+            RpcMessage::Reply {
+                id,
+                server_incarnation,
+                outcome,
+            } => self.on_reply(now, from, id, server_incarnation, outcome),
+            RpcMessage::Exterminated {
+                client_incarnation,
+                seqs,
+            } => self.on_exterminated(from, client_incarnation, &seqs),
+            RpcMessage::Call {
+                id,
+                server_incarnation,
+                semantics,
+                first_incomplete,
+                budget_ms,
+                body,
+            } => self.on_call(
+                now,
+                from,
+                id,
+                server_incarnation,
+                semantics,
+                first_incomplete,
+                budget_ms,
+                body,
+            ),
+            RpcMessage::Cancel { id } => self.on_cancel_call(from, id),
+            RpcMessage::Announce {
+                client_incarnation,
+                adopted,
+            } => self.on_announce(now, from, client_incarnation, &adopted),
+            RpcMessage::Exterminate {
+                client_incarnation,
+                seqs,
+            } => self.on_exterminate(from, client_incarnation, seqs),
+            RpcMessage::Renew {
+                client_incarnation,
+                seqs,
+            } => self.on_renew(now, from, client_incarnation, &seqs),
+        };
+        if !used {
+            self.counters.messages_dropped += 1;
+        }
+    }
+
+    fn handle_input(&mut self, now: Instant, input: RpcInput) {
+        match input {
+            RpcInput::Call {
+                token,
+                server,
+                request,
+                options,
+            } => self.call(now, token, server, request, options),
+            RpcInput::Cancel { token } => self.cancel(token),
+            RpcInput::Complete { exec, reply } => self.complete(now, exec, reply),
+        }
+    }
+
+    fn handle_timer(&mut self, now: Instant, timer: RpcTimer) {
+        self.counters.timers_fired += 1;
+        match timer {
+            RpcTimer::Retry(seq) => self.on_retry(now, seq),
+            RpcTimer::Deadline(seq) => self.on_deadline(seq),
+            RpcTimer::Running(id) => self.on_running_timer(now, id),
+            RpcTimer::Renew => self.on_renew_timer(now),
+            RpcTimer::Recovery => self.on_recovery_timer(now),
+            RpcTimer::Leases => self.on_leases(now),
+        }
+    }
+
+    fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
+        if !self.server_persisted(token) {
+            self.client_persisted(now, token);
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Self>> {
+        self.out.pop_front()
+    }
+
+    fn counters(&self) -> Counters {
+        self.counters
+    }
+}
+
+impl Recover for Rpc {
+    type Config = RpcConfig;
+
+    fn recover(config: &RpcConfig, ctx: RecoveryContext) -> Self {
+        let records = server::Records::parse(&ctx.records);
+        let mut rpc = Rpc {
+            config: config.clone(),
+            me: ctx.node,
+            incarnation: ctx.incarnation,
+            rng: Rng::new(ctx.seed),
+            client: client::Client::default(),
+            server: server::Server::default(),
+            next_token: 0,
+            out: VecDeque::new(),
+            counters: Counters::default(),
+        };
+        rpc.server.restore(&records.completions, ctx.now);
+        rpc.start_client(ctx.now, &records);
+        rpc.set_timer(RpcTimer::Leases, after(ctx.now, config.lease));
+        rpc
+    }
+}
+
+#[cfg(test)]
+mod tests;

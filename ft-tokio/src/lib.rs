@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+mod book;
+pub mod clock;
+pub mod durable;
+mod spawn;
+pub mod tcp;
+pub mod udp;
+
+pub use clock::TokioClock;
+pub use durable::Opened;
+pub use spawn::{NoLog, spawn, spawn_volatile};
+pub use tcp::{TCP_DEFAULT_MAX_DATAGRAM, TcpChannel, TcpConfig, TcpStats};
+pub use udp::{UDP_HEADER_LEN, UDP_MAX_DATAGRAM, UdpChannel, UdpStats};
