@@ -30,6 +30,16 @@ fn config(n: usize, orphans: OrphanConfig) -> EchoConfig {
     }
 }
 
+/// Four echo nodes (n0 serves, n1–n3 call) with the default orphan
+/// handling, under `plan`.
+fn echo_sim(seed: u64, plan: FaultPlan) -> Sim<Echo> {
+    Sim::new(
+        SimConfig::new(seed, 4),
+        config(4, OrphanConfig::default()),
+        plan,
+    )
+}
+
 fn token_of(request: &Bytes) -> u64 {
     u64::from_le_bytes(request[..8].try_into().unwrap())
 }
@@ -159,11 +169,7 @@ fn at_most_once_never_executes_twice_under_loss_duplication_and_server_crashes()
     for seed in 0..40 {
         let mut plan = lossy_plan();
         plan.crash(SERVER, 300 * MS, Some(200 * MS));
-        let mut sim = Sim::new(
-            SimConfig::new(seed, 4),
-            config(4, OrphanConfig::default()),
-            plan,
-        );
+        let mut sim = echo_sim(seed, plan);
         sim.invariant(AT_MOST_ONCE, at_most_once());
         sim.invariant(AT_LEAST_ONCE, at_least_once());
         schedule(&mut sim, 4, 20, Semantics::AtMostOnce, 3000 * MS);
@@ -196,11 +202,7 @@ fn exactly_once_answers_across_server_crashes_from_durable_records() {
         let mut plan = lossy_plan();
         plan.crash(SERVER, 300 * MS, Some(200 * MS));
         plan.crash(SERVER, 900 * MS, Some(100 * MS));
-        let mut sim = Sim::new(
-            SimConfig::new(seed, 4),
-            config(4, OrphanConfig::default()),
-            plan,
-        );
+        let mut sim = echo_sim(seed, plan);
         sim.invariant(EXACTLY_ONCE, exactly_once());
         sim.invariant(AT_LEAST_ONCE, at_least_once());
         schedule(&mut sim, 4, 20, Semantics::ExactlyOnce, 5000 * MS);
@@ -229,11 +231,7 @@ fn exactly_once_answers_across_server_crashes_from_durable_records() {
 fn at_least_once_answers_everything_and_executes_some_calls_twice() {
     let mut twice = 0;
     for seed in 0..20 {
-        let mut sim = Sim::new(
-            SimConfig::new(seed, 4),
-            config(4, OrphanConfig::default()),
-            lossy_plan(),
-        );
+        let mut sim = echo_sim(seed, lossy_plan());
         sim.invariant(AT_LEAST_ONCE, at_least_once());
         schedule(&mut sim, 4, 20, Semantics::AtLeastOnce, 3000 * MS);
         sim.run_until(4000 * MS).unwrap_or_else(|f| panic!("{f}"));
@@ -248,11 +246,7 @@ fn at_least_once_answers_everything_and_executes_some_calls_twice() {
 #[test]
 fn at_least_once_breaks_the_at_most_once_invariant_under_the_same_faults() {
     let broke = (0..20).any(|seed| {
-        let mut sim = Sim::new(
-            SimConfig::new(seed, 4),
-            config(4, OrphanConfig::default()),
-            lossy_plan(),
-        );
+        let mut sim = echo_sim(seed, lossy_plan());
         sim.invariant(AT_MOST_ONCE, at_most_once());
         schedule(&mut sim, 4, 20, Semantics::AtLeastOnce, 3000 * MS);
         matches!(sim.run_until(4000 * MS), Err(f) if f.invariant == AT_MOST_ONCE)
@@ -269,11 +263,7 @@ fn at_most_once_breaks_the_exactly_once_guarantee_under_the_same_faults() {
         let mut plan = lossy_plan();
         plan.crash(SERVER, 300 * MS, Some(200 * MS));
         plan.crash(SERVER, 900 * MS, Some(100 * MS));
-        let mut sim = Sim::new(
-            SimConfig::new(seed, 4),
-            config(4, OrphanConfig::default()),
-            plan,
-        );
+        let mut sim = echo_sim(seed, plan);
         sim.invariant(EXACTLY_ONCE, exactly_once());
         schedule(&mut sim, 4, 20, Semantics::AtMostOnce, 5000 * MS);
         if let Err(f) = sim.run_until(6000 * MS) {
@@ -506,11 +496,7 @@ fn runs_are_deterministic() {
     let make = || {
         let mut plan = lossy_plan();
         plan.crash(SERVER, 300 * MS, Some(200 * MS));
-        let mut sim = Sim::new(
-            SimConfig::new(5, 4),
-            config(4, OrphanConfig::default()),
-            plan,
-        );
+        let mut sim = echo_sim(5, plan);
         schedule(&mut sim, 4, 10, Semantics::ExactlyOnce, 3000 * MS);
         sim
     };
@@ -580,11 +566,7 @@ fn forged_replayed_and_malformed_messages_are_dropped_or_rejected_and_counted() 
         let mut plan = FaultPlan::none();
         plan.network.loss = 0.05;
         plan.adversary_tick = Some(5 * MS);
-        let mut sim = Sim::new(
-            SimConfig::new(seed, 4),
-            config(4, OrphanConfig::default()),
-            plan,
-        );
+        let mut sim = echo_sim(seed, plan);
         sim.set_adversary(NodeId(3), Forger { n: 0 });
         sim.invariant(AT_MOST_ONCE, at_most_once());
         // Only the honest clients call.
@@ -731,11 +713,7 @@ fn sweep() {
             900 * MS,
             1100 * MS,
         );
-        let mut sim = Sim::new(
-            SimConfig::new(seed, 4),
-            config(4, OrphanConfig::default()),
-            plan,
-        );
+        let mut sim = echo_sim(seed, plan);
         match semantics {
             Semantics::AtLeastOnce => sim.invariant(AT_LEAST_ONCE, at_least_once()),
             Semantics::AtMostOnce => sim.invariant(AT_MOST_ONCE, at_most_once()),
