@@ -94,7 +94,7 @@
 //! # impl StableLog for NoLog {
 //! #     async fn append(&self, _: &[Bytes]) -> Result<Lsn, StorageError> { Ok(Lsn(0)) }
 //! #     async fn read_from(&self, _: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError> { Ok(vec![]) }
-//! #     async fn truncate_prefix(&self, _: Lsn) -> Result<(), StorageError> { Ok(()) }
+//! #     async fn truncate_prefix(&self, _: Lsn) -> Result<Lsn, StorageError> { Ok(Lsn(0)) }
 //! #     async fn next_lsn(&self) -> Result<Lsn, StorageError> { Ok(Lsn(0)) }
 //! # }
 //!

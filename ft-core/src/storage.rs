@@ -15,7 +15,11 @@ use bytes::Bytes;
 pub struct Lsn(pub u64);
 
 /// Why a storage operation failed.
+///
+/// Non-exhaustive: storage can learn new ways to fail; match the variants
+/// you handle and treat the rest as fatal for the handle.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StorageError {
     /// An I/O error from the operating system.
     #[error("i/o error: {0}")]
@@ -41,6 +45,24 @@ pub enum StorageError {
     /// The request itself is invalid (a record too large, an LSN out of range).
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The storage is held by another handle, in this process or another:
+    /// two writers on one directory would overwrite each other's records.
+    /// Nothing was read or changed.
+    #[error("{location} is in use by another handle (its lock is held)")]
+    Locked {
+        /// The directory (or its lock file).
+        location: String,
+    },
+    /// A file where the storage keeps its own is not one it could have
+    /// written (not a regular file, or larger than its format allows). It is
+    /// refused without being read, and nothing was changed.
+    #[error("{location} is not a file this storage wrote: {reason}")]
+    Foreign {
+        /// The file.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// An append-only log on stable storage.
@@ -54,8 +76,15 @@ pub trait StableLog: Send + Sync {
     async fn read_from(&self, from: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError>;
 
     /// Discards every record before `upto` (they are no longer needed, for
-    /// example because a checkpoint covers them).
-    async fn truncate_prefix(&self, upto: Lsn) -> Result<(), StorageError>;
+    /// example because a checkpoint covers them), durably, and returns the
+    /// log's start afterwards: the first LSN a read can return.
+    ///
+    /// The start never moves back, and never past the durable end: the
+    /// result is `max(old start, min(upto, durable end))`, so it is below
+    /// `upto` when records before `upto` were still in flight. An `upto`
+    /// past [`next_lsn`](StableLog::next_lsn) names records that were never
+    /// appended: it is [`StorageError::Rejected`] and changes nothing.
+    async fn truncate_prefix(&self, upto: Lsn) -> Result<Lsn, StorageError>;
 
     /// The LSN the next appended record will get.
     async fn next_lsn(&self) -> Result<Lsn, StorageError>;
@@ -89,7 +118,7 @@ macro_rules! forward_storage {
             async fn read_from(&self, from: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError> {
                 (**self).read_from(from).await
             }
-            async fn truncate_prefix(&self, upto: Lsn) -> Result<(), StorageError> {
+            async fn truncate_prefix(&self, upto: Lsn) -> Result<Lsn, StorageError> {
                 (**self).truncate_prefix(upto).await
             }
             async fn next_lsn(&self) -> Result<Lsn, StorageError> {

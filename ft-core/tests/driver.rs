@@ -76,8 +76,8 @@ impl StableLog for MemLog {
             .map(|i| (Lsn(i), log[i as usize].clone()))
             .collect())
     }
-    async fn truncate_prefix(&self, _upto: Lsn) -> Result<(), StorageError> {
-        Ok(())
+    async fn truncate_prefix(&self, _upto: Lsn) -> Result<Lsn, StorageError> {
+        Ok(Lsn(0))
     }
     async fn next_lsn(&self) -> Result<Lsn, StorageError> {
         Ok(Lsn(self.records.lock().unwrap().len() as u64))

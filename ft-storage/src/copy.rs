@@ -3,7 +3,7 @@
 //! [`MirroredStore`](crate::MirroredStore).
 //!
 //! ```text
-//! magic (4) | version u8 | key_len u32 | key | value_len u32 | value | crc32 u32
+//! magic (4) | version u8 | generation u64 | key_len u32 | key | value_len u32 | value | crc32 u32
 //! ```
 //!
 //! Integers are little-endian; the CRC-32 covers every byte before it. The
@@ -12,30 +12,41 @@
 //! value of another key. The subject's stable-storage rules ("if one is bad,
 //! but the other is okay (checksums): choose the good one") need exactly this:
 //! a way to tell a good copy from a bad one by looking at it alone.
+//!
+//! The *generation* grows with every put of the key on a
+//! [`MirroredStore`](crate::MirroredStore): of two good copies that
+//! differ, the newer one is the value, so a disk that lost a write (it
+//! holds an older, still valid copy) cannot win against the disk that has
+//! the new one. Version 1 copies (before generations) read as generation 0.
 
 use bytes::Bytes;
 
 /// The first four bytes of every copy ("ft stable value").
 pub const MAGIC: [u8; 4] = *b"FTSV";
 
-/// The format version this code writes and reads.
-pub const VERSION: u8 = 1;
+/// The format version this code writes.
+pub const VERSION: u8 = 2;
+
+/// The version before generations, still read (as generation 0).
+pub const VERSION_1: u8 = 1;
 
 /// The largest key or value length the format can describe.
 pub const MAX_LEN: usize = u32::MAX as usize;
 
-/// Bytes of framing around the key and value: magic, version, the two
-/// lengths and the CRC.
-pub const OVERHEAD: usize = 4 + 1 + 4 + 4 + 4;
+/// Bytes of framing around the key and value: magic, version, generation,
+/// the two lengths and the CRC.
+pub const OVERHEAD: usize = 4 + 1 + 8 + 4 + 4 + 4;
 
 /// Why bytes are not a valid copy of the expected key's value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CopyError {
     /// Fewer bytes than the smallest possible copy (a truncated file).
-    #[error("too short: {len} bytes, a copy has at least {OVERHEAD}")]
+    #[error("too short: {len} bytes, a copy has at least {min}")]
     TooShort {
         /// How many bytes there were.
         len: usize,
+        /// The smallest copy of this version.
+        min: usize,
     },
     /// The first four bytes are not [`MAGIC`]: not a copy at all.
     #[error("bad magic {found:02x?}")]
@@ -71,17 +82,29 @@ pub enum CopyError {
     WrongKey,
 }
 
-/// Encodes `value` stored under `key` as one self-checking copy.
+/// A valid copy, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The stored value.
+    pub value: Bytes,
+    /// Its generation: how many puts of the key made it (0 for copies
+    /// written without one).
+    pub generation: u64,
+}
+
+/// Encodes `value` stored under `key`, put number `generation`, as one
+/// self-checking copy.
 ///
 /// # Panics
 /// If `key` or `value` is longer than [`MAX_LEN`]; the stores reject such
 /// requests before encoding, so this only fires on a caller bug.
-pub fn encode(key: &[u8], value: &[u8]) -> Vec<u8> {
+pub fn encode(key: &[u8], value: &[u8], generation: u64) -> Vec<u8> {
     let key_len = u32::try_from(key.len()).expect("key longer than the copy format allows");
     let value_len = u32::try_from(value.len()).expect("value longer than the copy format allows");
     let mut out = Vec::with_capacity(OVERHEAD + key.len() + value.len());
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
+    out.extend_from_slice(&generation.to_le_bytes());
     out.extend_from_slice(&key_len.to_le_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(&value_len.to_le_bytes());
@@ -98,30 +121,41 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(buf)
 }
 
-/// Decodes a copy written by [`encode`] for `expected_key` and returns its
-/// value.
+/// Decodes a copy written by [`encode`] (or by version 1) for
+/// `expected_key`.
 ///
 /// Every way the bytes can be wrong is an error, never a panic: each length
 /// is checked against the bytes actually present before anything is sliced,
 /// because the bytes come from a disk that may have damaged them.
-pub fn decode(bytes: &[u8], expected_key: &[u8]) -> Result<Bytes, CopyError> {
+pub fn decode(bytes: &[u8], expected_key: &[u8]) -> Result<Decoded, CopyError> {
     let len = bytes.len();
-    if len < OVERHEAD {
-        return Err(CopyError::TooShort { len });
+    if len < 5 {
+        return Err(CopyError::TooShort { len, min: OVERHEAD });
     }
     let mut magic = [0u8; 4];
     magic.copy_from_slice(&bytes[..4]);
     if magic != MAGIC {
         return Err(CopyError::BadMagic { found: magic });
     }
-    if bytes[4] != VERSION {
-        return Err(CopyError::UnsupportedVersion { found: bytes[4] });
+    let (key_start, overhead) = match bytes[4] {
+        VERSION => (4 + 1 + 8 + 4, OVERHEAD),
+        VERSION_1 => (4 + 1 + 4, OVERHEAD - 8),
+        found => return Err(CopyError::UnsupportedVersion { found }),
+    };
+    if len < overhead {
+        return Err(CopyError::TooShort { len, min: overhead });
     }
+    let generation = if bytes[4] == VERSION {
+        let mut g = [0u8; 8];
+        g.copy_from_slice(&bytes[5..13]);
+        u64::from_le_bytes(g)
+    } else {
+        0
+    };
     // From here on the size the header implies is computed with saturating
     // arithmetic: a damaged length near u32::MAX must not overflow on a
     // 32-bit target and wrap into a plausible size.
-    let key_len = u32_at(bytes, 5) as usize;
-    let key_start: usize = 9;
+    let key_len = u32_at(bytes, key_start - 4) as usize;
     let key_end = key_start.saturating_add(key_len);
     // The value length field sits right after the key; it must be present
     // (with the CRC) before it can be read.
@@ -152,7 +186,10 @@ pub fn decode(bytes: &[u8], expected_key: &[u8]) -> Result<Bytes, CopyError> {
     if &bytes[key_start..key_end] != expected_key {
         return Err(CopyError::WrongKey);
     }
-    Ok(Bytes::copy_from_slice(&bytes[value_start..value_end]))
+    Ok(Decoded {
+        value: Bytes::copy_from_slice(&bytes[value_start..value_end]),
+        generation,
+    })
 }
 
 #[cfg(test)]
@@ -162,17 +199,62 @@ mod tests {
 
     #[test]
     fn empty_key_and_value_round_trip() {
-        let enc = encode(b"", b"");
+        let enc = encode(b"", b"", 0);
         assert_eq!(enc.len(), OVERHEAD);
-        assert_eq!(decode(&enc, b"").unwrap(), Bytes::new());
+        assert_eq!(decode(&enc, b"").unwrap().value, Bytes::new());
+    }
+
+    /// A copy as version 1 wrote it: no generation.
+    fn encode_v1(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.push(VERSION_1);
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn version_1_copies_read_as_generation_0() {
+        let d = decode(&encode_v1(b"key", b"old"), b"key").unwrap();
+        assert_eq!((d.value, d.generation), (Bytes::from("old"), 0));
+        assert_eq!(
+            decode(&encode_v1(b"key", b"old"), b"kex"),
+            Err(CopyError::WrongKey)
+        );
+    }
+
+    #[test]
+    fn the_generation_round_trips_and_is_checksummed() {
+        let enc = encode(b"k", b"v", 41);
+        assert_eq!(decode(&enc, b"k").unwrap().generation, 41);
+        let mut bad = enc.clone();
+        bad[6] ^= 1;
+        assert!(matches!(
+            decode(&bad, b"k"),
+            Err(CopyError::ChecksumMismatch { .. })
+        ));
     }
 
     #[test]
     fn each_kind_of_damage_has_its_own_error() {
-        let enc = encode(b"key", b"value");
+        let enc = encode(b"key", b"value", 7);
         assert_eq!(
             decode(&enc[..3], b"key"),
-            Err(CopyError::TooShort { len: 3 })
+            Err(CopyError::TooShort {
+                len: 3,
+                min: OVERHEAD
+            })
+        );
+        assert_eq!(
+            decode(&enc[..10], b"key"),
+            Err(CopyError::TooShort {
+                len: 10,
+                min: OVERHEAD
+            })
         );
         let mut bad = enc.clone();
         bad[0] = b'X';
@@ -205,14 +287,14 @@ mod tests {
 
     #[test]
     fn a_huge_length_field_is_an_error_not_a_panic() {
-        let mut enc = encode(b"k", b"v");
-        enc[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut enc = encode(b"k", b"v", 0);
+        enc[13..17].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             decode(&enc, b"k"),
             Err(CopyError::LengthMismatch { .. })
         ));
-        let mut enc = encode(b"k", b"v");
-        enc[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut enc = encode(b"k", b"v", 0);
+        enc[18..22].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             decode(&enc, b"k"),
             Err(CopyError::LengthMismatch { .. })
@@ -230,14 +312,14 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(k in key(), v in value()) {
-            let enc = encode(&k, &v);
+            let enc = encode(&k, &v, 3);
             prop_assert_eq!(enc.len(), OVERHEAD + k.len() + v.len());
-            prop_assert_eq!(decode(&enc, &k).unwrap(), Bytes::from(v));
+            prop_assert_eq!(decode(&enc, &k).unwrap(), Decoded { value: Bytes::from(v), generation: 3 });
         }
 
         #[test]
         fn every_single_bit_flip_is_detected(k in key(), v in value()) {
-            let enc = encode(&k, &v);
+            let enc = encode(&k, &v, 9);
             for bit in 0..enc.len() * 8 {
                 let mut bad = enc.clone();
                 bad[bit / 8] ^= 1 << (bit % 8);
@@ -247,7 +329,7 @@ mod tests {
 
         #[test]
         fn every_truncation_is_detected(k in key(), v in value()) {
-            let enc = encode(&k, &v);
+            let enc = encode(&k, &v, 9);
             for cut in 0..enc.len() {
                 prop_assert!(decode(&enc[..cut], &k).is_err(), "truncation to {} not detected", cut);
             }
@@ -256,7 +338,7 @@ mod tests {
         #[test]
         fn a_copy_of_another_key_is_rejected(k in key(), other in key(), v in value()) {
             prop_assume!(k != other);
-            prop_assert_eq!(decode(&encode(&k, &v), &other), Err(CopyError::WrongKey));
+            prop_assert_eq!(decode(&encode(&k, &v, 9), &other), Err(CopyError::WrongKey));
         }
 
         #[test]

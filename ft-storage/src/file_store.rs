@@ -6,28 +6,37 @@
 //! replaces the file with [`fsutil::write_atomic`] (temporary file, fsync,
 //! rename, fsync of the directory), so after a crash at any moment the key
 //! holds its old value or its new one, never a mix; an interrupted put leaves
-//! at most a `*.tmp` file, which [`FileStore::open`] removes.
+//! at most a `*.tmp` file, which [`FileStore::open`] removes (and a put that
+//! fails removes its own at once).
 //!
 //! One file per key keeps a put's cost independent of how many keys there
 //! are, and lets the mirrored store repair one key without touching others.
 //! The price is a limit on key length: a file name holds at most 255 bytes,
 //! and hex doubles the key, hence [`MAX_KEY_LEN`].
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use ft_core::{StableStore, StorageError};
 
-use crate::copy::{self, CopyError};
+use crate::copy;
+use crate::fs::{Fs, FsLock, Kind, Mode, OsFs};
 use crate::fsutil;
 
 /// The longest key a [`FileStore`] accepts: its hex name (200 bytes), the
 /// suffix and the temporary suffix must fit in a 255-byte file name.
 pub const MAX_KEY_LEN: usize = 100;
+
+/// The largest value a [`FileStore`] accepts (64 MiB). A file larger than
+/// the largest copy this allows is refused as a bad copy without being
+/// read, so a hostile file cannot make a read allocate without bound.
+pub const MAX_VALUE_LEN: usize = 64 << 20;
+
+/// The largest file a valid copy can be.
+const MAX_COPY: u64 = (copy::OVERHEAD + MAX_KEY_LEN + MAX_VALUE_LEN) as u64;
 
 /// The suffix of every value file; a name without it is a temporary or a
 /// foreign file and is never read as a key.
@@ -45,13 +54,15 @@ fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
 pub(crate) enum CopyState {
     /// No file for the key.
     Missing,
-    /// A file that is not a valid copy of the key's value.
-    Bad(CopyError),
-    /// A valid copy: its value and its exact bytes (to repair the other disk
-    /// with a byte-identical file).
+    /// A file that is not a valid copy of the key's value (why).
+    Bad(String),
+    /// A valid copy: its value, generation and exact bytes (to repair the
+    /// other disk with a byte-identical file).
     Good {
         /// The decoded value.
         value: Bytes,
+        /// Its generation.
+        generation: u64,
         /// The file's contents.
         raw: Vec<u8>,
     },
@@ -59,7 +70,11 @@ pub(crate) enum CopyState {
 
 /// A directory of checksummed value files: a [`StableStore`] on one disk.
 ///
-/// The [`StableStore`] methods do blocking `std::fs` I/O (including fsync)
+/// The directory is locked while the store is open (a second open fails
+/// with [`StorageError::Locked`]): two stores writing one directory could
+/// rename each other's temporaries into place.
+///
+/// The [`StableStore`] methods do blocking file I/O (including fsync)
 /// directly inside their `async fn`s, so they block the calling task's
 /// thread until the data is durable. That is acceptable for the small,
 /// infrequent writes stable state sees (checkpoints, incarnation numbers);
@@ -67,53 +82,51 @@ pub(crate) enum CopyState {
 /// [`put_sync`](FileStore::put_sync) family onto a blocking thread themselves.
 #[derive(Debug)]
 pub struct FileStore {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     /// Serializes writes: [`fsutil::write_atomic`] uses one fixed temporary
     /// name per key, and two concurrent puts of one key writing through the
     /// same temporary file could rename a mix of both values into place.
     writes: Mutex<()>,
+    _lock: FsLock,
 }
 
 impl FileStore {
-    /// Opens the store in `dir`, creating the directory if needed.
+    /// Opens the store in `dir` on the real file system, creating the
+    /// directory if needed: see [`open_in`](Self::open_in).
+    pub fn open(dir: impl AsRef<Path>) -> Result<FileStore, StorageError> {
+        FileStore::open_in(Arc::new(OsFs), dir)
+    }
+
+    /// Opens the store in `dir` on `fs`, creating the directory (durably)
+    /// if needed.
     ///
     /// This is the store's recovery: temporaries (`*.tmp`) left by puts
-    /// interrupted before their rename are removed, and the directory is
-    /// synced so the removal is durable. The value such a put was replacing
-    /// is untouched, because the rename never happened.
-    pub fn open(dir: impl AsRef<Path>) -> Result<FileStore, StorageError> {
+    /// interrupted before their rename are removed. The value such a put
+    /// was replacing is untouched, because the rename never happened.
+    ///
+    /// # Errors
+    /// [`StorageError::Locked`] if another store has `dir` open.
+    pub fn open_in(fs: Arc<dyn Fs>, dir: impl AsRef<Path>) -> Result<FileStore, StorageError> {
         let dir = dir.as_ref().to_path_buf();
-        let existed = dir.is_dir();
-        fs::create_dir_all(&dir)?;
-        if !existed {
-            // A new directory's own entry lives in its parent; without this
-            // sync a crash could lose the directory and every value in it.
-            let parent = match dir.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            fsutil::sync_dir(parent)?;
-        }
+        fsutil::create_dir_durably(&*fs, &dir)?;
+        let dir_lock = crate::file_log::lock_dir(&*fs, &dir)?;
         let mut removed = 0usize;
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if fsutil::is_temporary(name) && entry.file_type()?.is_file() {
-                match fs::remove_file(entry.path()) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
+        for entry in fs.read_dir(&dir)? {
+            if fsutil::is_temporary(&entry.name) && entry.kind == Kind::File {
+                // Not durably: a temporary that comes back after a crash is
+                // removed by the next open.
+                removed += usize::from(fsutil::remove_if_present(&*fs, &dir.join(&entry.name))?);
             }
         }
         if removed > 0 {
-            fsutil::sync_dir(&dir)?;
             tracing::info!(dir = %dir.display(), removed, "removed temporaries of interrupted puts");
         }
         Ok(FileStore {
+            fs,
             dir,
             writes: Mutex::new(()),
+            _lock: dir_lock,
         })
     }
 
@@ -136,18 +149,24 @@ impl FileStore {
     /// Stores `value` under `key`, atomically and durably (the synchronous
     /// form of [`StableStore::put`]).
     pub fn put_sync(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        let path = self.path_of(key)?;
-        if value.len() > copy::MAX_LEN {
+        self.put_generation(key, value, 0)
+    }
+
+    /// A put whose copy carries `generation` (the mirrored store's).
+    pub(crate) fn put_generation(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        generation: u64,
+    ) -> Result<(), StorageError> {
+        check_key(key)?;
+        if value.len() > MAX_VALUE_LEN {
             return Err(StorageError::Rejected(format!(
-                "value of {} bytes exceeds the {}-byte limit",
+                "value of {} bytes exceeds the {MAX_VALUE_LEN}-byte limit",
                 value.len(),
-                copy::MAX_LEN
             )));
         }
-        let encoded = copy::encode(key, value);
-        let _guard = lock(&self.writes);
-        fsutil::write_atomic(&path, &encoded)?;
-        Ok(())
+        self.write_raw(key, &copy::encode(key, value, generation))
     }
 
     /// The value under `key`, if any (the synchronous form of
@@ -161,7 +180,7 @@ impl FileStore {
         match state {
             CopyState::Missing => Ok(None),
             CopyState::Good { value, .. } => Ok(Some(value)),
-            CopyState::Bad(err) => Err(corrupt(&path, &err)),
+            CopyState::Bad(reason) => Err(corrupt(&path, reason)),
         }
     }
 
@@ -170,7 +189,7 @@ impl FileStore {
     pub fn delete_sync(&self, key: &[u8]) -> Result<(), StorageError> {
         let path = self.path_of(key)?;
         let _guard = lock(&self.writes);
-        fsutil::remove_durably(&path)?;
+        fsutil::remove_durably(&*self.fs, &path)?;
         Ok(())
     }
 
@@ -183,17 +202,11 @@ impl FileStore {
     /// are ignored.
     pub fn keys_sync(&self) -> Result<Vec<Bytes>, StorageError> {
         let mut keys = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(key) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(SUFFIX))
-                .and_then(unhex)
-            else {
+        for entry in self.fs.read_dir(&self.dir)? {
+            let Some(key) = entry.name.strip_suffix(SUFFIX).and_then(unhex) else {
                 continue;
             };
-            if key.len() <= MAX_KEY_LEN && entry.file_type()?.is_file() {
+            if key.len() <= MAX_KEY_LEN && entry.kind != Kind::Dir {
                 keys.push(Bytes::from(key));
             }
         }
@@ -203,17 +216,39 @@ impl FileStore {
 
     /// Reads `key`'s file and classifies it; I/O errors other than a missing
     /// file are returned, not classified as a bad copy, because an
-    /// unreadable disk is not evidence about what the file holds.
+    /// unreadable disk is not evidence about what the file holds. A file
+    /// that is not a regular file, or larger than any copy, is a bad copy
+    /// and is not read.
     pub(crate) fn read_copy(&self, key: &[u8]) -> Result<(PathBuf, CopyState), StorageError> {
         let path = self.path_of(key)?;
-        let raw = match fs::read(&path) {
-            Ok(raw) => raw,
+        match self.fs.kind(&path)? {
+            None => return Ok((path, CopyState::Missing)),
+            Some(Kind::File) => {}
+            Some(kind) => {
+                let why = format!("a {kind:?}, not a regular file");
+                return Ok((path, CopyState::Bad(why)));
+            }
+        }
+        let file = match self.fs.open(&path, Mode::Read) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((path, CopyState::Missing)),
             Err(e) => return Err(e.into()),
         };
+        let len = file.len()?;
+        if len > MAX_COPY {
+            let why = format!("{len} bytes, larger than any copy ({MAX_COPY})");
+            return Ok((path, CopyState::Bad(why)));
+        }
+        let mut raw = vec![0; len as usize];
+        let n = crate::fs::read_up_to(&*file, &mut raw, 0)?;
+        raw.truncate(n);
         let state = match copy::decode(&raw, key) {
-            Ok(value) => CopyState::Good { value, raw },
-            Err(err) => CopyState::Bad(err),
+            Ok(d) => CopyState::Good {
+                value: d.value,
+                generation: d.generation,
+                raw,
+            },
+            Err(err) => CopyState::Bad(err.to_string()),
         };
         Ok((path, state))
     }
@@ -224,18 +259,18 @@ impl FileStore {
     pub(crate) fn write_raw(&self, key: &[u8], raw: &[u8]) -> Result<(), StorageError> {
         let path = self.path_of(key)?;
         let _guard = lock(&self.writes);
-        fsutil::write_atomic(&path, raw)?;
+        fsutil::write_atomic(&*self.fs, &path, raw)?;
         Ok(())
     }
 }
 
 /// The error for a file that is not a valid copy. The offset is 0 because a
 /// copy is checked as a whole: its CRC cannot say where the damage is.
-pub(crate) fn corrupt(path: &Path, err: &CopyError) -> StorageError {
+pub(crate) fn corrupt(path: &Path, reason: String) -> StorageError {
     StorageError::Corrupt {
         location: path.display().to_string(),
         offset: 0,
-        reason: err.to_string(),
+        reason,
     }
 }
 

@@ -125,13 +125,22 @@ impl StableLog for MemLog {
             .collect())
     }
 
-    async fn truncate_prefix(&self, upto: Lsn) -> Result<(), StorageError> {
+    /// Only synced records are discarded; an `upto` past every written
+    /// record is rejected.
+    async fn truncate_prefix(&self, upto: Lsn) -> Result<Lsn, StorageError> {
         let mut s = lock(&self.state);
+        if upto > s.next_lsn() {
+            return Err(StorageError::Rejected(format!(
+                "cannot discard records before {}: the log ends at {}",
+                upto.0,
+                s.next_lsn().0
+            )));
+        }
         let drop = (upto.0.saturating_sub(s.start) as usize).min(s.synced);
         s.records.drain(..drop);
         s.synced -= drop;
         s.start += drop as u64;
-        Ok(())
+        Ok(Lsn(s.start))
     }
 
     async fn next_lsn(&self) -> Result<Lsn, StorageError> {

@@ -5,18 +5,24 @@
 //! zeros, before its name appears: later syncs then never change the file's
 //! size, so `fdatasync` has no size change to journal, and a header of zeros
 //! marks where the written part ends.
+//!
+//! The scan reads a segment in chunks of at most [`CHUNK`] bytes, whatever
+//! the file's size: memory at recovery is bounded by the chunk, not by the
+//! segment, and every byte is read and checksummed a bounded number of
+//! times (see [`Work`]).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::record::{self, Parse};
+use crate::fs::{self, Fs, FsFile, Kind, Mode};
+use crate::record::{self, HEADER, HEADER_CHECKED, Parse};
 
 /// Suffix of segment files.
 pub(crate) const SUFFIX: &str = ".log";
 /// The next segment, prepared ahead of need.
 pub(crate) const SPARE: &str = "spare.prealloc";
+/// The most a scan reads at once.
+pub(crate) const CHUNK: usize = 1 << 20;
 
 /// The file name of the segment starting at `first`.
 pub(crate) fn name(first: u64) -> String {
@@ -31,23 +37,23 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
-/// Every segment in `dir`, by first LSN.
-pub(crate) fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut segs = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if let Some(first) = entry.file_name().to_str().and_then(parse_name) {
-            segs.push((first, entry.path()));
-        }
-    }
-    segs.sort();
+/// Every entry of `dir` named like a segment, by first LSN, with its kind
+/// (not followed: a link or a FIFO named like a segment is reported as
+/// such).
+pub(crate) fn list(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<(u64, PathBuf, Kind)>> {
+    let mut segs: Vec<_> = fs
+        .read_dir(dir)?
+        .into_iter()
+        .filter_map(|e| parse_name(&e.name).map(|first| (first, dir.join(&e.name), e.kind)))
+        .collect();
+    segs.sort_by_key(|s| s.0);
     Ok(segs)
 }
 
 static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
 /// Writes zeros over `[from, to)` of `file`.
-pub(crate) fn zero(file: &File, from: u64, to: u64) -> io::Result<()> {
+pub(crate) fn zero(file: &dyn FsFile, from: u64, to: u64) -> io::Result<()> {
     let mut at = from;
     while at < to {
         let n = ((to - at) as usize).min(ZEROS.len());
@@ -58,21 +64,101 @@ pub(crate) fn zero(file: &File, from: u64, to: u64) -> io::Result<()> {
 }
 
 /// Creates the spare segment: `size` bytes of zeros, synced with its size.
-pub(crate) fn prepare_spare(dir: &Path, size: u64) -> io::Result<PathBuf> {
+///
+/// The sync is what lets every later `fdatasync` of the segment carry data
+/// only: its size and blocks are durable before its first record is
+/// written.
+pub(crate) fn prepare_spare(fs: &dyn Fs, dir: &Path, size: u64) -> io::Result<PathBuf> {
     let path = dir.join(SPARE);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
-    let mut left = size;
-    while left > 0 {
-        let n = (left as usize).min(ZEROS.len());
-        f.write_all(&ZEROS[..n])?;
-        left -= n as u64;
-    }
+    let f = fs.open(&path, Mode::Create)?;
+    zero(&*f, 0, size)?;
     f.sync_all()?;
     Ok(path)
+}
+
+/// Work a scan did: bounded by a small multiple of the bytes scanned, which
+/// tests assert.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Work {
+    /// Bytes read from the file.
+    pub(crate) read: u64,
+    /// Bytes fed to CRC-32.
+    pub(crate) checksummed: u64,
+}
+
+/// A window of at most [`CHUNK`] (+ a header) bytes over a file.
+struct Window<'a> {
+    file: &'a dyn FsFile,
+    len: u64,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    at: u64,
+    work: &'a mut Work,
+}
+
+impl<'a> Window<'a> {
+    fn new(file: &'a dyn FsFile, len: u64, work: &'a mut Work) -> Self {
+        Window {
+            file,
+            len,
+            buf: Vec::new(),
+            at: 0,
+            work,
+        }
+    }
+
+    /// The bytes `[off, off + n)` (fewer at the end of the file), for
+    /// `n <= CHUNK + HEADER`.
+    fn get(&mut self, off: u64, n: usize) -> io::Result<&[u8]> {
+        let want_end = (off + n as u64).min(self.len);
+        if off < self.at || want_end > self.at + self.buf.len() as u64 {
+            let size = ((self.len - off.min(self.len)) as usize).min(CHUNK + HEADER);
+            self.buf.resize(size, 0);
+            let got = fs::read_up_to(self.file, &mut self.buf, off)?;
+            self.buf.truncate(got);
+            self.at = off;
+            self.work.read += got as u64;
+        }
+        let from = (off - self.at) as usize;
+        let to = ((want_end - self.at) as usize).min(self.buf.len());
+        Ok(&self.buf[from.min(to)..to])
+    }
+
+    /// Whether `[from, to)` holds only zeros (what the file lacks counts as
+    /// zeros: a short file ends where its zeros would have).
+    fn all_zero(&mut self, from: u64, to: u64) -> io::Result<bool> {
+        let mut at = from;
+        while at < to {
+            let n = ((to - at) as usize).min(CHUNK);
+            let chunk = self.get(at, n)?;
+            if chunk.is_empty() {
+                return Ok(true);
+            }
+            if chunk.iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += chunk.len() as u64;
+        }
+        Ok(true)
+    }
+
+    /// CRC-32 of `[from, from + len)`, read in chunks.
+    fn crc(&mut self, from: u64, len: u64) -> io::Result<Option<u32>> {
+        let mut h = crc32fast::Hasher::new();
+        let mut at = from;
+        let end = from + len;
+        while at < end {
+            let n = ((end - at) as usize).min(CHUNK);
+            let chunk = self.get(at, n)?;
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            h.update(chunk);
+            at += chunk.len() as u64;
+        }
+        self.work.checksummed += len;
+        Ok(Some(h.finalize()))
+    }
 }
 
 /// How a segment's scan ended.
@@ -90,79 +176,195 @@ pub(crate) struct Scan {
     /// LSN after the last valid record.
     pub(crate) next_lsn: u64,
     /// Offset after the last valid record.
-    pub(crate) offset: usize,
+    pub(crate) offset: u64,
     /// Whether the scan met zeros or an invalid record.
     pub(crate) end: End,
 }
 
-/// Reads the records of `data`, a segment whose first record should be
-/// `first`, verifying every CRC and that LSNs follow one another.
-pub(crate) fn scan(data: &[u8], first: u64, max: usize) -> Scan {
-    let mut off = 0;
+/// Reads the records of `file` (`len` bytes), a segment whose first record
+/// should be `first`, verifying every checksum and that LSNs follow one
+/// another. A record may be as long as the segment holds: the limit is the
+/// on-disk format's, never today's write limit, so a reopen with smaller
+/// options cannot mistake a long record for a torn one.
+pub(crate) fn scan(file: &dyn FsFile, len: u64, first: u64, work: &mut Work) -> io::Result<Scan> {
+    let mut w = Window::new(file, len, work);
+    let mut off = 0u64;
     let mut lsn = first;
-    loop {
-        match record::parse(data, off, max) {
-            Parse::Record(f) if f.lsn == lsn => {
-                off = f.end;
-                lsn += 1;
-            }
-            Parse::Record(_) => {
-                return Scan {
-                    next_lsn: lsn,
-                    offset: off,
-                    end: End::Invalid("record out of LSN sequence"),
-                };
-            }
+    let end = loop {
+        if off + HEADER as u64 > len {
+            break if w.all_zero(off, len)? {
+                End::Clean
+            } else {
+                End::Invalid("header cut short")
+            };
+        }
+        let h = w.get(off, HEADER)?;
+        if h.len() < HEADER {
+            // The file shrank under the scan.
+            break End::Invalid("header cut short");
+        }
+        let parsed = record::parse(h);
+        if !matches!(parsed, Parse::Zeros) {
+            w.work.checksummed += HEADER_CHECKED as u64;
+        }
+        match parsed {
             Parse::Zeros => {
                 // A zeroed header only ends the segment if everything after
                 // it is zero too: otherwise records would be skipped.
-                let end = if data[off.min(data.len())..].iter().all(|&b| b == 0) {
+                break if w.all_zero(off + HEADER as u64, len)? {
                     End::Clean
                 } else {
                     End::Invalid("zeroed header before written data")
                 };
-                return Scan {
-                    next_lsn: lsn,
-                    offset: off,
-                    end,
-                };
             }
-            Parse::Invalid(why) => {
-                return Scan {
-                    next_lsn: lsn,
-                    offset: off,
-                    end: End::Invalid(why),
-                };
+            Parse::Invalid(why) => break End::Invalid(why),
+            Parse::Header(hd) => {
+                if hd.lsn != lsn {
+                    break End::Invalid("record out of LSN sequence");
+                }
+                let payload_end = off + HEADER as u64 + u64::from(hd.len);
+                if payload_end > len {
+                    break End::Invalid("record runs past the end of the segment");
+                }
+                if w.crc(off + HEADER as u64, u64::from(hd.len))? != Some(hd.payload_crc) {
+                    break End::Invalid("payload checksum mismatch");
+                }
+                off = payload_end;
+                lsn += 1;
             }
         }
-    }
-}
-
-/// Whether `data` holds, after `from`, a valid record written by a later
-/// write-and-sync cycle than the one that should have written LSN `lsn`.
-///
-/// Cycles are written strictly one after another, each only after the sync
-/// of the one before returned; so such a record proves that the cycle of
-/// `lsn` was durable, and that what is wrong at `from` is corruption, not a
-/// torn write.
-pub(crate) fn later_cycle_after(data: &[u8], from: usize, lsn: u64, max: usize) -> bool {
-    // LSNs further ahead than this cannot follow within one segment.
-    let horizon = lsn.saturating_add(data.len() as u64);
-    (from + 1..data.len().saturating_sub(record::HEADER - 1)).any(|o| {
-        record::lsn_at(data, o).is_some_and(|l| l > lsn && l <= horizon)
-            && matches!(record::parse(data, o, max), Parse::Record(f) if f.batch_first > lsn)
+    };
+    Ok(Scan {
+        next_lsn: lsn,
+        offset: off,
+        end,
     })
 }
 
-/// Whether `data` starts with a valid record.
-pub(crate) fn starts_with_record(data: &[u8], max: usize) -> bool {
-    matches!(record::parse(data, 0, max), Parse::Record(_))
+/// What lies after a bad record: see [`after_bad_record`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct After {
+    /// The offset of a valid header that proves the bad record was durable.
+    pub(crate) evidence: Option<u64>,
+    /// Offset just past the last non-zero byte of the file.
+    pub(crate) written_end: u64,
+}
+
+/// Looks at everything after the bad record at `from`, where LSN `lsn`
+/// should have been, for proof that it was durable: a valid header written
+/// by a *later* write-and-sync cycle (LSN and batch start both above `lsn`),
+/// or one whose LSN is at or above `hidden_from` (records a persisted start
+/// says were durable).
+///
+/// Cycles are written strictly one after another, each only after the sync
+/// of the one before returned; so such a header proves that the cycle of
+/// `lsn` was durable, and that what is wrong at `from` is corruption, not a
+/// torn write. Only headers are checked (28 bytes each, and only at offsets
+/// whose LSN fields are in range), so the work is linear in the bytes after
+/// `from` whatever they hold.
+pub(crate) fn after_bad_record(
+    file: &dyn FsFile,
+    len: u64,
+    from: u64,
+    lsn: u64,
+    hidden_from: u64,
+    work: &mut Work,
+) -> io::Result<After> {
+    let mut w = Window::new(file, len, work);
+    // A record takes at least a header, so no valid LSN after `from` can
+    // lie further ahead than this.
+    let horizon = lsn.saturating_add((len - from.min(len)) / HEADER as u64 + 1);
+    let mut after = After {
+        evidence: None,
+        written_end: from,
+    };
+    let mut at = from;
+    while at < len {
+        let n = ((len - at) as usize).min(CHUNK);
+        let mut checked = 0;
+        let chunk = w.get(at, n + HEADER - 1)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let own = n.min(chunk.len());
+        if let Some(last) = chunk[..own].iter().rposition(|&b| b != 0) {
+            after.written_end = at + last as u64 + 1;
+        }
+        if after.evidence.is_none() {
+            let first = if at == from { 1 } else { 0 };
+            for i in first..own {
+                let Some(h) = chunk.get(i..i + HEADER) else {
+                    break;
+                };
+                let l = record::lsn_of(h);
+                if l <= lsn || l > horizon {
+                    continue;
+                }
+                if record::batch_first_of(h) <= lsn && l < hidden_from {
+                    continue;
+                }
+                checked += HEADER_CHECKED as u64;
+                if matches!(record::parse(h), Parse::Header(_)) {
+                    after.evidence = Some(at + i as u64);
+                    break;
+                }
+            }
+        }
+        w.work.checksummed += checked;
+        at += own as u64;
+    }
+    Ok(after)
+}
+
+/// A segment's bytes in memory, read-only: for scanning bytes that are not
+/// in a file (the fuzz target, unit tests).
+#[derive(Debug)]
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
+
+impl FsFile for Bytes<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = (offset as usize).min(self.0.len());
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+    fn write_all_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(io::Error::other("read-only"))
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::encode;
+
+    fn run(data: &[u8], first: u64) -> Scan {
+        let f = Bytes(data);
+        scan(&f, data.len() as u64, first, &mut Work::default()).unwrap()
+    }
+
+    fn later(data: &[u8], from: u64, lsn: u64) -> Option<u64> {
+        let f = Bytes(data);
+        after_bad_record(
+            &f,
+            data.len() as u64,
+            from,
+            lsn,
+            u64::MAX,
+            &mut Work::default(),
+        )
+        .unwrap()
+        .evidence
+    }
 
     #[test]
     fn names_round_trip_and_foreign_names_are_ignored() {
@@ -187,17 +389,16 @@ mod tests {
     #[test]
     fn scan_stops_cleanly_at_zeros_and_flags_what_follows() {
         let data = segment(&[&[5, 6], &[7]]);
-        let s = scan(&data, 5, 1000);
+        let s = run(&data, 5);
         assert_eq!((s.next_lsn, s.end), (8, End::Clean));
         let mut hidden = data.clone();
-        let at = s.offset + 50;
-        hidden[at] = 1;
+        hidden[s.offset as usize + 50] = 1;
         assert_eq!(
-            scan(&hidden, 5, 1000).end,
+            run(&hidden, 5).end,
             End::Invalid("zeroed header before written data")
         );
         assert!(
-            matches!(scan(&data, 4, 1000).end, End::Invalid(_)),
+            matches!(run(&data, 4).end, End::Invalid(_)),
             "first LSN must match the name"
         );
     }
@@ -205,17 +406,18 @@ mod tests {
     #[test]
     fn a_later_cycle_after_a_bad_record_proves_corruption() {
         let data = segment(&[&[0, 1], &[2, 3]]);
-        let second = match record::parse(&data, 0, 100) {
-            Parse::Record(f) => f.end,
-            other => panic!("{other:?}"),
-        };
+        let rec = |i: u64| (HEADER as u64 + 2) * i;
         // LSN 1 is bad: LSN 2 and 3 come from a later cycle.
-        assert!(later_cycle_after(&data, second, 1, 100));
+        assert_eq!(later(&data, rec(1), 1), Some(rec(2)));
         // LSN 2 is bad: LSN 3 is of the same cycle, nothing later.
-        let third = match record::parse(&data, second, 100) {
-            Parse::Record(f) => f.end,
-            other => panic!("{other:?}"),
-        };
-        assert!(!later_cycle_after(&data, third, 2, 100));
+        assert_eq!(later(&data, rec(2), 2), None);
+    }
+
+    #[test]
+    fn a_record_may_be_as_long_as_its_segment_holds() {
+        let mut data = Vec::new();
+        encode(&mut data, 0, 0, &vec![9; 3 * CHUNK]);
+        let s = run(&data, 0);
+        assert_eq!((s.next_lsn, s.end), (1, End::Clean));
     }
 }

@@ -136,13 +136,18 @@ pub async fn acknowledged_records_survive_restart<F: LogFactory>(f: &mut F) {
     );
 }
 
-/// `truncate_prefix` hides earlier records, keeps LSNs, clamps at the end,
-/// and its effect survives a restart.
+/// `truncate_prefix` hides earlier records, keeps LSNs, says where the log
+/// starts now, never moves back, refuses to go past the end, and its effect
+/// survives a restart.
 pub async fn truncate_prefix_hides_and_survives_restart<F: LogFactory>(f: &mut F) {
     let log = f.create().await;
     let recs: Vec<Bytes> = (0..30).map(|i| rec(i, 40)).collect();
     log.append(&recs).await.unwrap();
-    log.truncate_prefix(Lsn(10)).await.unwrap();
+    assert_eq!(
+        log.truncate_prefix(Lsn(10)).await.unwrap(),
+        Lsn(10),
+        "truncate_prefix: returns the new start"
+    );
     let got = all(&log).await;
     assert_eq!(
         got.first().map(|r| r.0),
@@ -150,7 +155,11 @@ pub async fn truncate_prefix_hides_and_survives_restart<F: LogFactory>(f: &mut F
         "truncate_prefix: start"
     );
     assert_eq!(got.len(), 20, "truncate_prefix: count");
-    log.truncate_prefix(Lsn(5)).await.unwrap();
+    assert_eq!(
+        log.truncate_prefix(Lsn(5)).await.unwrap(),
+        Lsn(10),
+        "truncate_prefix: never moves back, and says so"
+    );
     assert_eq!(
         all(&log).await.len(),
         20,
@@ -158,15 +167,34 @@ pub async fn truncate_prefix_hides_and_survives_restart<F: LogFactory>(f: &mut F
     );
     let log = f.restart(log).await;
     assert_eq!(all(&log).await, got, "truncate_prefix: after restart");
-    log.truncate_prefix(Lsn(1000)).await.unwrap();
+    match log.truncate_prefix(Lsn(1000)).await {
+        Err(ft_core::StorageError::Rejected(_)) => {}
+        other => panic!("truncate_prefix: past the end must be rejected, got {other:?}"),
+    }
+    assert_eq!(
+        all(&log).await,
+        got,
+        "truncate_prefix: a rejected call changes nothing"
+    );
+    assert_eq!(
+        log.truncate_prefix(Lsn(30)).await.unwrap(),
+        Lsn(30),
+        "truncate_prefix: up to the end"
+    );
     assert!(
         all(&log).await.is_empty(),
-        "truncate_prefix: past the end empties"
+        "truncate_prefix: up to the end empties"
     );
     assert_eq!(
         log.append(&[rec(30, 1)]).await.unwrap(),
         Lsn(30),
         "truncate_prefix: LSNs go on"
+    );
+    let log = f.restart(log).await;
+    assert_eq!(
+        all(&log).await,
+        vec![(Lsn(30), rec(30, 1))],
+        "truncate_prefix: an emptied log after restart"
     );
 }
 

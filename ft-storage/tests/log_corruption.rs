@@ -12,7 +12,11 @@ use ft_storage::testdir::TestDir;
 use ft_storage::{FileLog, FileLogOptions};
 
 const N: u64 = 10;
-const HEADER: u64 = 24;
+/// The record header: header CRC, payload CRC, length, reserved, LSN,
+/// batch start.
+const HEADER: u64 = 32;
+/// Where the length field sits in a header.
+const LEN_AT: usize = 8;
 
 fn opts() -> FileLogOptions {
     FileLogOptions {
@@ -39,8 +43,8 @@ fn fresh(tag: &str) -> (TestDir, PathBuf, Vec<(u64, u64)>) {
     let mut offs = Vec::new();
     let mut off = 0u64;
     for _ in 0..N {
-        let len =
-            u32::from_le_bytes(data[off as usize + 4..off as usize + 8].try_into().unwrap()) as u64;
+        let at = off as usize + LEN_AT;
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as u64;
         offs.push((off, HEADER + len));
         off += HEADER + len;
     }
@@ -71,12 +75,14 @@ fn first(n: u64) -> Vec<(Lsn, Bytes)> {
     (0..n).map(|i| (Lsn(i), rec(i))).collect()
 }
 
-/// Header fields (crc, len, lsn, batch start), payload, by offset within a record.
-const PLACES: [(&str, u64); 5] = [
-    ("crc", 1),
-    ("len", 5),
-    ("lsn", 9),
-    ("batch", 17),
+/// Header fields, payload, by offset within a record.
+const PLACES: [(&str, u64); 7] = [
+    ("header crc", 1),
+    ("payload crc", 5),
+    ("len", 9),
+    ("reserved", 13),
+    ("lsn", 17),
+    ("batch", 25),
     ("payload", HEADER + 3),
 ];
 
@@ -180,7 +186,7 @@ fn garbage_or_zeros_after_the_last_record_are_a_torn_tail() {
         "garbage erased"
     );
     // A garbage-looking header with a huge length field, too.
-    f.write_all_at(&[0xff; 24], end).unwrap();
+    f.write_all_at(&[0xff; HEADER as usize], end).unwrap();
     assert_eq!(contents(dir.path()), first(N));
 }
 
@@ -218,9 +224,11 @@ fn damage_in_an_earlier_segment_is_an_error_even_at_its_end() {
     let data = fs::read(&segs[0]).unwrap();
     let mut off = 0usize;
     let mut last = 0usize;
-    while off + 24 <= data.len() && data[off..off + 24].iter().any(|&b| b != 0) {
+    let header = HEADER as usize;
+    while off + header <= data.len() && data[off..off + header].iter().any(|&b| b != 0) {
         last = off;
-        off += 24 + u32::from_le_bytes(data[off + 4..off + 8].try_into().unwrap()) as usize;
+        let at = off + LEN_AT;
+        off += header + u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
     }
     flip(&segs[0], last as u64 + 30);
     match FileLog::open(dir.path(), tiny()) {
@@ -249,7 +257,7 @@ fn a_zeroed_header_cannot_hide_the_records_after_it() {
     let (dir, seg, offs) = fresh("hide");
     let (off, _) = offs[3];
     let f = OpenOptions::new().write(true).open(&seg).unwrap();
-    f.write_all_at(&[0u8; 24], off).unwrap();
+    f.write_all_at(&[0u8; HEADER as usize], off).unwrap();
     assert!(
         matches!(FileLog::open(dir.path(), opts()), Err(StorageError::Corrupt { offset, .. }) if offset == off)
     );

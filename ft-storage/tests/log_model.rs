@@ -2,7 +2,7 @@
 //! readable contents as a simple model, on MemLog and on FileLog.
 
 use bytes::Bytes;
-use ft_core::{Lsn, StableLog};
+use ft_core::{Lsn, StableLog, StorageError};
 use ft_storage::testdir::TestDir;
 use ft_storage::{FileLog, FileLogOptions, MemLog};
 use futures::executor::block_on;
@@ -80,8 +80,17 @@ fn check<L: StableLog>(
             Op::Reopen => log = open(Some(log), false),
             Op::Truncate(n) => {
                 let upto = model.start + n;
-                block_on(log.truncate_prefix(Lsn(upto))).unwrap();
-                model.start = upto.min(model.records.len() as u64).max(model.start);
+                let got = block_on(log.truncate_prefix(Lsn(upto)));
+                if upto > model.records.len() as u64 {
+                    prop_assert!(
+                        matches!(got, Err(StorageError::Rejected(_))),
+                        "past the end: {:?}",
+                        got
+                    );
+                } else {
+                    model.start = upto.max(model.start);
+                    prop_assert_eq!(got.unwrap(), Lsn(model.start));
+                }
             }
         }
         prop_assert_eq!(

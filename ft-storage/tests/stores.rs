@@ -104,8 +104,9 @@ fn file_store_put_get_overwrite_delete_keys() {
     assert_eq!(store.get_sync(b"k").unwrap(), Some(b("v2")));
     store.put_sync(b"j", b"w").unwrap();
     assert_eq!(store.keys_sync().unwrap(), vec![b("j"), b("k")]);
-    // One file per key, named by the key's hex, and no temporaries left.
-    assert_eq!(sorted_names(dir.path()), vec!["6a.v", "6b.v"]);
+    // One file per key, named by the key's hex, and no temporaries left;
+    // LOCK is the open store's lock.
+    assert_eq!(sorted_names(dir.path()), vec!["6a.v", "6b.v", "LOCK"]);
     assert_eq!(store.path_of(b"k").unwrap(), dir.path().join("6b.v"));
     store.delete_sync(b"k").unwrap();
     assert_eq!(store.get_sync(b"k").unwrap(), None);
@@ -161,11 +162,11 @@ fn interrupted_put_leaves_old_value_and_its_temporary_is_removed_on_open() {
     };
     // A crash after writing (part of) the temporary but before the rename:
     // for an existing key, and for a key whose first put never finished.
-    let new_copy = copy::encode(b"k", b"new value");
+    let new_copy = copy::encode(b"k", b"new value", 0);
     let tmp = temporary_of(&k_path);
     fs::write(&tmp, &new_copy[..new_copy.len() / 2]).unwrap();
     let fresh_tmp = temporary_of(&fresh_path);
-    fs::write(&fresh_tmp, copy::encode(b"fresh", b"v")).unwrap();
+    fs::write(&fresh_tmp, copy::encode(b"fresh", b"v", 0)).unwrap();
 
     let store = FileStore::open(dir.path()).unwrap();
     assert!(!tmp.exists(), "temporary of the interrupted put removed");
@@ -270,8 +271,8 @@ fn foreign_files_are_ignored_and_kept() {
     assert_eq!(store.keys_sync().unwrap(), vec![b("k")]);
     assert_eq!(
         sorted_names(dir.path()).len(),
-        7,
-        "open removed only temporaries"
+        8,
+        "open removed only temporaries (and added LOCK)"
     );
 }
 
@@ -360,22 +361,23 @@ fn missing_copies_are_repaired_from_the_other_disk() {
         RepairCounts {
             repaired_from_main: 1,
             repaired_from_mirror: 1,
-            main_won_disagreement: 0,
+            ..RepairCounts::default()
         }
     );
 }
 
 #[test]
-fn good_but_different_copies_resolve_to_main_and_the_mirror_is_repaired() {
+fn good_but_different_copies_of_one_generation_resolve_to_main_and_the_mirror_is_repaired() {
     let dir = TestDir::new("mir-differ");
     let store = mirrored(&dir);
     store.put_sync(b"k", b"main value").unwrap();
-    // Give the mirror a different but perfectly valid copy; even though it
-    // is the later write, the rule is that main wins.
-    FileStore::open(store.mirror_dir())
-        .unwrap()
-        .put_sync(b"k", b"mirror value")
-        .unwrap();
+    // Give the mirror a different but perfectly valid copy of the same
+    // generation (1, the first put's): the subject's rule is that main wins.
+    fs::write(
+        store.mirror_path(b"k").unwrap(),
+        copy::encode(b"k", b"mirror value", 1),
+    )
+    .unwrap();
     assert_eq!(store.get_sync(b"k").unwrap(), Some(b("main value")));
     assert_identical(&store, b"k");
     assert_eq!(
@@ -445,8 +447,8 @@ fn crash_between_main_and_mirror_recovers_to_the_new_value() {
     assert_eq!(
         report,
         ScrubReport {
-            main_won_disagreement: 1,
-            repaired_from_main: 1,
+            repaired_from_main: 2,
+            stale_replaced: 1,
             ..ScrubReport::default()
         }
     );
@@ -472,7 +474,7 @@ fn crash_inside_the_main_write_recovers_to_the_old_value() {
         store.main_path(b"k").unwrap()
     };
     // The main write's temporary was half written when the crash came.
-    let new_copy = copy::encode(b"k", b"new");
+    let new_copy = copy::encode(b"k", b"new", 2);
     let tmp = temporary_of(&main_path);
     fs::write(&tmp, &new_copy[..7]).unwrap();
     let store = mirrored(&dir);
@@ -533,10 +535,18 @@ fn a_put_that_fails_on_the_mirror_has_already_written_main() {
         Err(StorageError::Io(_))
     ));
     fs::remove_dir(&blocker).unwrap();
-    // Main was written first, so the failed put resolves to the new value.
+    // Main was written first, so the failed put resolves to the new value:
+    // its copy is the newer generation, and the mirror's is replaced.
     assert_eq!(store.get_sync(b"k").unwrap(), Some(b("new")));
     assert_identical(&store, b"k");
-    assert_eq!(store.repairs().main_won_disagreement, 1);
+    assert_eq!(
+        store.repairs(),
+        RepairCounts {
+            repaired_from_main: 1,
+            stale_replaced: 1,
+            ..RepairCounts::default()
+        }
+    );
 }
 
 #[test]
@@ -550,7 +560,9 @@ fn a_delete_that_fails_on_the_mirror_has_not_touched_main() {
     fs::create_dir(&mirror).unwrap();
     assert!(matches!(store.delete_sync(b"k"), Err(StorageError::Io(_))));
     assert_eq!(
-        copy::decode(&fs::read(store.main_path(b"k").unwrap()).unwrap(), b"k").unwrap(),
+        copy::decode(&fs::read(store.main_path(b"k").unwrap()).unwrap(), b"k")
+            .unwrap()
+            .value,
         b("old"),
         "the mirror goes first, so main still holds the complete old value"
     );
@@ -571,12 +583,18 @@ fn scrub_counts_each_case_and_leaves_identical_copies() {
         "gone-main",
         "gone-mirror",
         "differ",
+        "same-generation",
         "lost",
     ] {
         store
             .put_sync(k.as_bytes(), format!("value of {k}").as_bytes())
             .unwrap();
     }
+    fs::write(
+        store.mirror_path(b"same-generation").unwrap(),
+        copy::encode(b"same-generation", b"mirror's", 1),
+    )
+    .unwrap();
     flip_bit(&store.main_path(b"bad-main").unwrap(), 100);
     flip_bit(&store.mirror_path(b"bad-mirror").unwrap(), 100);
     fs::remove_file(store.main_path(b"gone-main").unwrap()).unwrap();
@@ -590,19 +608,23 @@ fn scrub_counts_each_case_and_leaves_identical_copies() {
         report,
         ScrubReport {
             ok: 2,
-            repaired_from_main: 2,
+            repaired_from_main: 3,
             repaired_from_mirror: 2,
+            stale_replaced: 1,
             main_won_disagreement: 1,
             both_bad: vec![b("lost")],
+            ..ScrubReport::default()
         }
     );
-    assert_eq!(report.repaired(), 5);
+    assert_eq!(report.repaired(), 6);
     assert_eq!(
         store.repairs(),
         RepairCounts {
-            repaired_from_main: 2,
+            repaired_from_main: 3,
             repaired_from_mirror: 2,
+            stale_replaced: 1,
             main_won_disagreement: 1,
+            ..RepairCounts::default()
         }
     );
     for k in [
@@ -621,6 +643,11 @@ fn scrub_counts_each_case_and_leaves_identical_copies() {
     }
     assert_identical(&store, b"differ");
     assert_eq!(store.get_sync(b"differ").unwrap(), Some(b("newer")));
+    assert_identical(&store, b"same-generation");
+    assert_eq!(
+        store.get_sync(b"same-generation").unwrap(),
+        Some(b("value of same-generation"))
+    );
     assert!(store.get_sync(b"lost").is_err());
 
     // A second scrub finds everything in order except the lost key, which
@@ -628,7 +655,7 @@ fn scrub_counts_each_case_and_leaves_identical_copies() {
     assert_eq!(
         store.scrub().unwrap(),
         ScrubReport {
-            ok: 7,
+            ok: 8,
             both_bad: vec![b("lost")],
             ..ScrubReport::default()
         }
@@ -743,7 +770,10 @@ proptest! {
                         assert_identical(&store, &[*k]);
                     }
                 }
-                Op::Reopen => store = mirrored(&dir),
+                Op::Reopen => {
+                    drop(store);
+                    store = mirrored(&dir);
+                }
             }
             for k in 0u8..4 {
                 prop_assert_eq!(store.get_sync(&[k]).unwrap().map(|v| v.to_vec()), model.get(&k).cloned());

@@ -351,7 +351,8 @@ fn server(o: &ServerOpts) -> Result<(), String> {
             .append(true)
             .open(&path)
             .map_err(|e| format!("opening {}: {e}", path.display()))?;
-        ft_storage::fsutil::sync_dir(&o.dir).map_err(|e| format!("syncing the directory: {e}"))?;
+        ft_storage::Fs::sync_dir(&ft_storage::OsFs, &o.dir)
+            .map_err(|e| format!("syncing the directory: {e}"))?;
         let executions = Arc::new(Mutex::new(executions));
         let handler = move |id: CallId, request: Bytes, _deadline: Instant| {
             let executions = Arc::clone(&executions);

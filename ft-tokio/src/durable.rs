@@ -37,10 +37,14 @@
 //!
 //! # One process per directory
 //!
-//! Nothing here locks the directory: two processes running the same
-//! directory at once would share an incarnation counter and a log, which
-//! neither protocol nor storage is built for. A supervisor that restarts a
-//! process must make sure the previous one is dead (`waitpid`) first.
+//! The log's directory is locked (`flock`) for as long as the returned
+//! [`FileLog`] is open, and the store's while it is read and written: a
+//! second process started on the same directory gets
+//! [`StorageError::Locked`] instead of sharing an incarnation counter and a
+//! log, which neither protocol nor storage is built for. The kernel drops
+//! the lock when its holder dies, so a supervisor restarting a killed
+//! process opens at once; [`records`] and [`incarnation`], which open the
+//! same directories, fail with `Locked` while a process runs on them.
 //!
 //! # Example
 //!
@@ -458,10 +462,36 @@ mod tests {
     }
 
     #[test]
+    fn a_second_life_on_a_running_directory_is_refused() {
+        let dir = TestDir::new("durable-twice");
+        let now = Instant::now();
+        let first = open_blocking::<Diary>(&(), NodeId(1), dir.path(), 0, small(), now).unwrap();
+        let second = open_blocking::<Diary>(&(), NodeId(1), dir.path(), 0, small(), now);
+        assert!(
+            matches!(second, Err(StorageError::Locked { .. })),
+            "{:?}",
+            second.err()
+        );
+        assert!(matches!(
+            records(dir.path()),
+            Err(StorageError::Locked { .. })
+        ));
+        // The refused start took no incarnation: the next life is the second.
+        drop(first);
+        let next = open_blocking::<Diary>(&(), NodeId(1), dir.path(), 0, small(), now).unwrap();
+        assert_eq!(next.incarnation, Incarnation(1));
+    }
+
+    #[test]
     fn a_damaged_incarnation_is_an_error_not_a_guess() {
         let dir = TestDir::new("durable-damaged");
-        let store = FileStore::open(dir.path().join(STORE_DIR)).unwrap();
-        store.put_sync(INCARNATION_KEY, b"\x01\x02\x03").unwrap();
+        let put = |value: &[u8]| {
+            // Opened and dropped each time: the store's directory is locked
+            // while a store has it open, and `open_blocking` opens it too.
+            let store = FileStore::open(dir.path().join(STORE_DIR)).unwrap();
+            store.put_sync(INCARNATION_KEY, value).unwrap();
+        };
+        put(b"\x01\x02\x03");
         let opened = open_blocking::<Diary>(&(), NodeId(1), dir.path(), 0, small(), Instant::now());
         assert!(matches!(opened, Err(StorageError::Corrupt { .. })));
         assert!(matches!(
@@ -469,9 +499,7 @@ mod tests {
             Err(StorageError::Corrupt { .. })
         ));
 
-        store
-            .put_sync(INCARNATION_KEY, &u64::MAX.to_le_bytes())
-            .unwrap();
+        put(&u64::MAX.to_le_bytes());
         let opened = open_blocking::<Diary>(&(), NodeId(1), dir.path(), 0, small(), Instant::now());
         assert!(matches!(opened, Err(StorageError::Rejected(_))));
     }

@@ -109,8 +109,16 @@ impl StableLog for NoLog {
         Ok(Vec::new())
     }
 
-    async fn truncate_prefix(&self, _upto: Lsn) -> Result<(), StorageError> {
-        Ok(())
+    /// Nothing was ever appended: the start stays 0, and any `upto` past
+    /// it names records that do not exist.
+    async fn truncate_prefix(&self, upto: Lsn) -> Result<Lsn, StorageError> {
+        if upto > Lsn(0) {
+            return Err(StorageError::Rejected(format!(
+                "NoLog holds no records, so there is nothing before {} to discard",
+                upto.0
+            )));
+        }
+        Ok(Lsn(0))
     }
 
     async fn next_lsn(&self) -> Result<Lsn, StorageError> {
@@ -140,6 +148,10 @@ mod tests {
         assert_eq!(NoLog.append(&[]).await.unwrap(), Lsn(0));
         assert!(NoLog.read_from(Lsn(0)).await.unwrap().is_empty());
         assert_eq!(NoLog.next_lsn().await.unwrap(), Lsn(0));
-        NoLog.truncate_prefix(Lsn(5)).await.unwrap();
+        assert_eq!(NoLog.truncate_prefix(Lsn(0)).await.unwrap(), Lsn(0));
+        assert!(matches!(
+            NoLog.truncate_prefix(Lsn(5)).await,
+            Err(StorageError::Rejected(_))
+        ));
     }
 }

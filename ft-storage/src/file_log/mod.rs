@@ -1,0 +1,465 @@
+//! [`FileLog`]: a segmented write-ahead log on the file system, with group
+//! commit and torn-tail recovery.
+//!
+//! # Layout
+//!
+//! ```text
+//! dir/
+//!   LOCK                        held (flock) while a handle has the log open
+//!   META                        format version, largest segment size used
+//!   START                       first LSN still in the log (after truncate_prefix)
+//!   00000000000000000000.log    segments, named by the LSN of their first record
+//!   00000000000000004096.log
+//!   spare.prealloc              the next segment, being zero-filled
+//! ```
+//!
+//! # Durability
+//!
+//! An append returns only after its records were written and `fdatasync`ed.
+//! Segments are created at full size (zeros) under a temporary name, synced,
+//! renamed into place and the directory synced, so a segment's name never
+//! appears before its space does, and later syncs change no file size.
+//!
+//! # One handle per directory
+//!
+//! [`FileLog::open`] takes an exclusive lock on `dir/LOCK` (`flock`) and
+//! holds it until the last clone is dropped or [`close`](FileLog::close)d.
+//! A second open of the same directory, from this process or another, fails
+//! with [`StorageError::Locked`] before reading or changing anything: two
+//! writers would write records at the same offsets. The kernel releases the
+//! lock when the holder dies, so a restarted process opens at once.
+//!
+//! # Group commit
+//!
+//! Appenders hand their records to one syncer thread through the
+//! group-commit queue; the syncer takes *everything* pending, writes it
+//! with one `pwrite` per segment, syncs once, and completes every appender
+//! of the batch in LSN order. An appender that arrives while a sync is in
+//! flight rides the next one, so it never waits for more than one sync cycle
+//! after its own is under way.
+//!
+//! # Recovery
+//!
+//! [`FileLog::open`] scans every segment in bounded chunks and verifies
+//! every checksum and that LSNs follow one another; a bad record is
+//! corruption ([`StorageError::Corrupt`], naming segment and offset) when
+//! anything proves it was durable, and otherwise a torn tail, which is
+//! erased before the log is used. [`recovery`] states the rules;
+//! [`FileLog::recovery`] says what the last open found. Nothing is ever
+//! skipped. Records are judged by the on-disk format (`META` and each
+//! segment's size), never by today's [`FileLogOptions`]: a reopen with a
+//! smaller `max_record` or `segment_size` reads every record the log holds.
+//!
+//! # Failure
+//!
+//! A failed write or `fdatasync` *poisons* the log: that append and every
+//! later call fail; nothing is retried (after a failed `fsync` the kernel
+//! may have dropped the dirty pages, so a retry could "succeed" with data
+//! lost).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ft_core::{Lsn, StableLog, StorageError};
+
+use crate::fs::{Fs, FsLock, Mode, OsFs};
+use crate::fsutil;
+use crate::queue::{Failed, Queue, TicketFuture};
+use crate::record::HEADER;
+use crate::segment;
+
+mod iter;
+mod marker;
+pub mod recovery;
+mod writer;
+
+pub use iter::LogIter;
+pub use recovery::{Damage, RecoveryReport, TornTail};
+
+use writer::{Writer, install};
+
+/// Called before every `fdatasync`; an error it returns is treated exactly
+/// as a failed `fdatasync` (for fault-injection tests).
+pub type SyncHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+/// How a [`FileLog`] is laid out.
+#[derive(Clone)]
+pub struct FileLogOptions {
+    /// Bytes per new segment file (default 64 MiB). A record must fit in
+    /// one. Changing it between opens is safe: segments already written keep
+    /// their size and are read by it.
+    pub segment_size: u64,
+    /// Largest payload an append accepts (default 16 MiB, capped by the
+    /// segment size). A limit on writes only: recovery and reads accept any
+    /// record the segment holds, so lowering it never hides a record.
+    pub max_record: usize,
+    /// Fault injection before each `fdatasync` (default none).
+    pub sync_hook: Option<SyncHook>,
+    /// The file system the log lives on (default [`OsFs`]; tests use
+    /// [`PowerLossFs`](crate::power_loss::PowerLossFs)).
+    pub fs: Arc<dyn Fs>,
+}
+
+impl Default for FileLogOptions {
+    fn default() -> Self {
+        FileLogOptions {
+            segment_size: 64 << 20,
+            max_record: 16 << 20,
+            sync_hook: None,
+            fs: Arc::new(OsFs),
+        }
+    }
+}
+
+impl fmt::Debug for FileLogOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLogOptions")
+            .field("segment_size", &self.segment_size)
+            .field("max_record", &self.max_record)
+            .field("sync_hook", &self.sync_hook.is_some())
+            .field("fs", &self.fs)
+            .finish()
+    }
+}
+
+/// What readers see: which segments exist and what is durable.
+#[derive(Debug)]
+pub(crate) struct View {
+    /// Records before this LSN were discarded by `truncate_prefix`.
+    start: u64,
+    /// Records before this LSN are durable.
+    durable_end: u64,
+    segments: BTreeMap<u64, PathBuf>,
+    poisoned: bool,
+}
+
+pub(crate) fn lock_view(m: &Mutex<View>) -> MutexGuard<'_, View> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Inner {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    max_record: usize,
+    queue: Arc<Queue>,
+    view: Arc<Mutex<View>>,
+    syncer: Mutex<Option<JoinHandle<()>>>,
+    /// The directory's lock, released once the syncer has stopped.
+    dir_lock: Mutex<Option<FsLock>>,
+    recovery: RecoveryReport,
+}
+
+impl Inner {
+    fn stop(&self) {
+        self.queue.close();
+        let handle = self
+            .syncer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        // If the syncer died, nobody else will complete these.
+        self.queue.fail_pending(Failed::Closed);
+        // Only now may another handle write here.
+        self.dir_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A segmented, group-committed, crash-recovering write-ahead log.
+///
+/// Cheap to clone: clones share the log. The log stops when the last clone
+/// is dropped or [`close`](FileLog::close) is called; appends still queued
+/// then are written and synced first.
+///
+/// The async methods do their file reads on the calling task (appends wait
+/// for the syncer thread without blocking); call reads from a blocking
+/// context in latency-sensitive executors.
+#[derive(Clone)]
+pub struct FileLog {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for FileLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLog")
+            .field("dir", &self.inner.dir)
+            .field("view", &*lock_view(&self.inner.view))
+            .finish()
+    }
+}
+
+fn failed(f: Failed) -> StorageError {
+    match f {
+        Failed::Io(kind, msg) => StorageError::Io(io::Error::new(kind, msg)),
+        Failed::Poisoned => StorageError::Poisoned,
+        Failed::Closed => StorageError::Closed,
+    }
+}
+
+/// Takes the lock of the storage directory `dir`, or says who holds it.
+pub(crate) fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<FsLock, StorageError> {
+    let path = dir.join(marker::LOCK);
+    match fs.try_lock(&path)? {
+        Some(lock) => Ok(lock),
+        None => Err(StorageError::Locked {
+            location: dir.display().to_string(),
+        }),
+    }
+}
+
+impl FileLog {
+    /// Opens (creating if needed) the log in `dir`, recovering it: see the
+    /// [module docs](self).
+    ///
+    /// # Errors
+    /// * [`StorageError::Locked`] if another handle has `dir` open;
+    /// * [`StorageError::Corrupt`] if a record that was durable is damaged
+    ///   or missing (nothing is changed then);
+    /// * [`StorageError::Foreign`] if a file named like the log's own is not
+    ///   one it could have written (a link, a FIFO, a file larger than any
+    ///   segment), or `dir` holds log files of another format;
+    /// * [`StorageError::Rejected`] for a segment size too small to hold a
+    ///   record.
+    pub fn open(dir: impl AsRef<Path>, options: FileLogOptions) -> Result<FileLog, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        if options.segment_size < (HEADER as u64) * 2 {
+            return Err(StorageError::Rejected(format!(
+                "segment size {} is too small",
+                options.segment_size
+            )));
+        }
+        let fs = options.fs.clone();
+        let max_record = options
+            .max_record
+            .min((options.segment_size as usize).saturating_sub(HEADER));
+        fsutil::create_dir_durably(&*fs, &dir)?;
+        let dir_lock = lock_dir(&*fs, &dir)?;
+        let (rec, report) = recovery::recover(&*fs, &dir, options.segment_size)?;
+        let view = Arc::new(Mutex::new(View {
+            start: rec.start,
+            durable_end: rec.next_lsn,
+            segments: rec.segments,
+            poisoned: false,
+        }));
+        let (file, offset, capacity) = match rec.current {
+            Some((first, offset, len)) => (
+                fs.open(&dir.join(segment::name(first)), Mode::Write)?,
+                offset,
+                len.max(options.segment_size),
+            ),
+            None => {
+                let spare = segment::prepare_spare(&*fs, &dir, options.segment_size)?;
+                let file = install(&*fs, &dir, &spare, rec.next_lsn, &view)?;
+                // The new segment is durable: the old ones hold only
+                // records below the start, and go (a crash before this
+                // leaves them to the next open, which removes them).
+                for old in &rec.obsolete {
+                    fsutil::remove_if_present(&*fs, old)?;
+                }
+                (file, 0, options.segment_size)
+            }
+        };
+        let writer = Writer {
+            fs: fs.clone(),
+            dir: dir.clone(),
+            segment_size: options.segment_size,
+            sync_hook: options.sync_hook.clone(),
+            file,
+            offset,
+            capacity,
+            buf: Vec::with_capacity(1 << 20),
+            skip: 0,
+            spare: None,
+            view: view.clone(),
+        };
+        let queue = Arc::new(Queue::new(rec.next_lsn));
+        let q = queue.clone();
+        let syncer = std::thread::Builder::new()
+            .name("ft-log-syncer".into())
+            .spawn(move || writer.run(q))?;
+        Ok(FileLog {
+            inner: Arc::new(Inner {
+                fs,
+                dir,
+                max_record,
+                queue,
+                view,
+                syncer: Mutex::new(Some(syncer)),
+                dir_lock: Mutex::new(Some(dir_lock)),
+                recovery: report,
+            }),
+        })
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Largest payload an append accepts.
+    pub fn max_record(&self) -> usize {
+        self.inner.max_record
+    }
+
+    /// What recovery found and did when this log was opened: torn tail
+    /// erased, damage in unused space, leftovers removed, work done.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    fn submit(&self, records: &[Bytes]) -> Result<(u64, TicketFuture), StorageError> {
+        if let Some(r) = records.iter().find(|r| r.len() > self.inner.max_record) {
+            return Err(StorageError::Rejected(format!(
+                "record of {} bytes exceeds the limit of {}",
+                r.len(),
+                self.inner.max_record
+            )));
+        }
+        let (first, ticket) = self.inner.queue.submit(records.to_vec()).map_err(failed)?;
+        Ok((first, TicketFuture(ticket)))
+    }
+
+    /// Appends `records` and blocks the calling thread until they are
+    /// durable; returns the LSN of the first.
+    pub fn append_blocking(&self, records: &[Bytes]) -> Result<Lsn, StorageError> {
+        if records.is_empty() {
+            return self.next_lsn_now();
+        }
+        let (_, t) = self.submit(records)?;
+        t.0.wait().map(Lsn).map_err(failed)
+    }
+
+    fn next_lsn_now(&self) -> Result<Lsn, StorageError> {
+        self.check()?;
+        Ok(Lsn(self.inner.queue.next_lsn()))
+    }
+
+    fn check(&self) -> Result<(), StorageError> {
+        if lock_view(&self.inner.view).poisoned || self.inner.queue.is_poisoned() {
+            Err(StorageError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The durable records from `from` on, read one at a time.
+    ///
+    /// # Errors
+    /// [`StorageError::Poisoned`] after a failed sync,
+    /// [`StorageError::Closed`] after [`close`](Self::close).
+    pub fn iter_from(&self, from: Lsn) -> Result<LogIter, StorageError> {
+        self.check()?;
+        drop(self.held()?);
+        let v = lock_view(&self.inner.view);
+        Ok(LogIter::new(
+            self.inner.fs.clone(),
+            v.segments.iter().map(|(f, p)| (*f, p.clone())).collect(),
+            from.0.max(v.start),
+            v.durable_end,
+        ))
+    }
+
+    /// Discards the records before `upto` and returns the log's start
+    /// afterwards; see [`StableLog::truncate_prefix`] for the contract.
+    ///
+    /// The start moves durably (`START` is rewritten atomically) before
+    /// any file goes; then every segment holding only discarded records is
+    /// deleted. Those deletions need no sync: a segment that comes back
+    /// after a crash lies wholly below the start, and the next open removes
+    /// it again.
+    ///
+    /// # Errors
+    /// [`StorageError::Rejected`] if `upto` is past the next LSN to be
+    /// appended; I/O errors of writing `START` (the start is then unchanged
+    /// in this handle, and may or may not have moved on disk).
+    pub fn truncate_prefix_blocking(&self, upto: Lsn) -> Result<Lsn, StorageError> {
+        self.check()?;
+        // Held throughout, so a concurrent `close` cannot hand the directory
+        // to another handle while this one rewrites `START`.
+        let held = self.held()?;
+        let next = self.inner.queue.next_lsn();
+        if upto.0 > next {
+            return Err(StorageError::Rejected(format!(
+                "cannot discard records before {}: the log ends at {next}",
+                upto.0
+            )));
+        }
+        let mut v = lock_view(&self.inner.view);
+        let upto = upto.0.min(v.durable_end);
+        if upto <= v.start {
+            return Ok(Lsn(v.start));
+        }
+        marker::write_start(&*self.inner.fs, &self.inner.dir, upto)?;
+        v.start = upto;
+        let firsts: Vec<u64> = v.segments.keys().copied().collect();
+        for w in firsts.windows(2) {
+            if w[1] <= upto
+                && let Some(p) = v.segments.remove(&w[0])
+            {
+                fsutil::remove_if_present(&*self.inner.fs, &p)?;
+            }
+        }
+        drop(held);
+        Ok(Lsn(upto))
+    }
+
+    /// The directory lock, or [`StorageError::Closed`] once it was released.
+    fn held(&self) -> Result<MutexGuard<'_, Option<FsLock>>, StorageError> {
+        let held = self
+            .inner
+            .dir_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if held.is_none() {
+            return Err(StorageError::Closed);
+        }
+        Ok(held)
+    }
+
+    /// Stops the log: appends already queued are written and synced, later
+    /// calls fail with [`StorageError::Closed`], and the directory's lock is
+    /// released (another handle may open it now).
+    pub fn close(&self) {
+        self.inner.stop();
+    }
+}
+
+#[async_trait]
+impl StableLog for FileLog {
+    async fn append(&self, records: &[Bytes]) -> Result<Lsn, StorageError> {
+        if records.is_empty() {
+            return self.next_lsn_now();
+        }
+        let (_, ticket) = self.submit(records)?;
+        ticket.await.map(Lsn).map_err(failed)
+    }
+
+    async fn read_from(&self, from: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError> {
+        self.iter_from(from)?.collect()
+    }
+
+    async fn truncate_prefix(&self, upto: Lsn) -> Result<Lsn, StorageError> {
+        self.truncate_prefix_blocking(upto)
+    }
+
+    async fn next_lsn(&self) -> Result<Lsn, StorageError> {
+        self.next_lsn_now()
+    }
+}

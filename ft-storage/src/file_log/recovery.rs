@@ -1,0 +1,361 @@
+//! What [`FileLog::open`](super::FileLog::open) does before the log is
+//! used: find the segments, verify every record, and decide what a bad
+//! record is.
+//!
+//! # The rules
+//!
+//! 1. Leftovers of interrupted work are removed: a spare segment being
+//!    prepared, temporaries of the markers.
+//! 2. Every file named like a segment must be a regular file no larger than
+//!    the largest segment the log ever used (from `META`): anything else is
+//!    [`StorageError::Foreign`], refused before a byte of it is read.
+//! 3. The first segment must hold the persisted start: if it begins above
+//!    it, records are missing ([`StorageError::Corrupt`]). Segments holding
+//!    only records before the start are what an interrupted
+//!    `truncate_prefix` left, and are removed.
+//! 4. Segments must continue one another: each begins with the LSN after
+//!    the last valid record of the one before.
+//! 5. A bad record (checksum, LSN out of sequence, zeros before written
+//!    data) is judged by what proves it was durable:
+//!    * in a segment that another segment follows: that segment was only
+//!      created after this one's records were synced. If the next segment
+//!      begins right after the last valid record, the damage is in space
+//!      nothing was ever written to: reported, and the log opens.
+//!      Otherwise it is corruption.
+//!    * in the last segment: a valid header of a *later* write-and-sync
+//!      cycle anywhere after it is proof (cycles are written one after
+//!      another, each after the previous sync returned): corruption. So is
+//!      a valid header at or above the persisted start, when the bad record
+//!      is below it (the start is only ever moved over durable records).
+//!      Without proof, the bad bytes are a torn tail: erased (zeroed and
+//!      synced) before the log is used, so no stale record can ever be read
+//!      as part of the log.
+//! 6. If what survived ends below the persisted start (the damage was all
+//!    in discarded records), the log goes on at the start, in a new
+//!    segment: no LSN is handed out twice.
+//!
+//! The one case that cannot be told apart is damage inside the very last
+//! cycle, all of which may have been unsynced: it is truncated.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ft_core::{Lsn, StorageError};
+
+use super::marker::{self, Meta};
+use crate::fs::{Fs, FsFile, Kind, Mode};
+use crate::fsutil;
+use crate::segment::{self, End, Work};
+
+/// What [`FileLog::open`](super::FileLog::open) found and did; see
+/// [`FileLog::recovery`](super::FileLog::recovery).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// The first LSN in the log.
+    pub start: Lsn,
+    /// The LSN the next append gets.
+    pub next_lsn: Lsn,
+    /// Segment files in use.
+    pub segments: usize,
+    /// The torn tail that was erased, if a crash cut the last cycle.
+    pub torn_tail: Option<TornTail>,
+    /// Damage where nothing was ever written: after the last record of a
+    /// segment that the next segment continues. No record can be hidden
+    /// there, so the log opened; the bytes are left as they were found.
+    pub unused_space_damage: Vec<Damage>,
+    /// Where the surviving records ended, when that was below the persisted
+    /// start (every damaged or missing record had been discarded by
+    /// `truncate_prefix`): the log went on at the start, in a new segment.
+    pub ended_below_start: Option<Lsn>,
+    /// Files removed: leftovers of interrupted work, and segments holding
+    /// only discarded records.
+    pub removed: Vec<String>,
+    /// Bytes the scan read.
+    pub bytes_read: u64,
+    /// Bytes the scan fed to CRC-32: the records' bytes once, plus 28 bytes
+    /// per candidate header looked at after a bad record, so at most a
+    /// small multiple of the segments' size whatever the files hold.
+    pub bytes_checksummed: u64,
+}
+
+/// A torn tail found and erased at recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub segment: String,
+    /// Where the first bad record began.
+    pub offset: u64,
+    /// The LSN it would have had: the log goes on from here.
+    pub lsn: Lsn,
+    /// How many bytes were zeroed.
+    pub erased: u64,
+    /// What was wrong with the record.
+    pub reason: String,
+}
+
+/// Damage found where nothing was written (see
+/// [`RecoveryReport::unused_space_damage`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub segment: String,
+    /// Where the unused space (and the damage after it) begins.
+    pub offset: u64,
+    /// What the scan found there.
+    pub reason: String,
+}
+
+/// Where recovery leaves the writer.
+pub(crate) struct Recovered {
+    pub(crate) start: u64,
+    pub(crate) next_lsn: u64,
+    pub(crate) segments: BTreeMap<u64, PathBuf>,
+    /// The segment to write next: its first LSN, the offset to write at,
+    /// and its length now.
+    pub(crate) current: Option<(u64, u64, u64)>,
+    /// Segments that become garbage once a new segment at `next_lsn` is
+    /// installed (see rule 6).
+    pub(crate) obsolete: Vec<PathBuf>,
+}
+
+struct Seg {
+    first: u64,
+    path: PathBuf,
+    file: Box<dyn FsFile>,
+    len: u64,
+}
+
+fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        location: path.display().to_string(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Recovers the log in `dir`, to be written with segments of
+/// `segment_size` bytes: see the [module docs](self).
+pub(crate) fn recover(
+    fs: &dyn Fs,
+    dir: &Path,
+    segment_size: u64,
+) -> Result<(Recovered, RecoveryReport), StorageError> {
+    let mut report = RecoveryReport::default();
+    let mut work = Work::default();
+
+    // Rule 1. Not removed durably: if one comes back after a crash, the
+    // next open removes it again.
+    for leftover in [
+        dir.join(segment::SPARE),
+        fsutil::temporary_of(&dir.join(marker::START))?,
+        fsutil::temporary_of(&dir.join(marker::META))?,
+    ] {
+        if fsutil::remove_if_present(fs, &leftover)? {
+            report.removed.push(name_of(&leftover));
+        }
+    }
+
+    // Rule 2.
+    let listed = segment::list(fs, dir)?;
+    let start_exists = fs.kind(&dir.join(marker::START))?.is_some();
+    let recorded = match marker::read_meta(fs, dir)? {
+        Some(meta) => meta.max_segment,
+        None if listed.is_empty() && !start_exists => 0,
+        None => {
+            return Err(StorageError::Foreign {
+                location: dir.display().to_string(),
+                reason: "log files but no META: not a log this version of ft-storage wrote".into(),
+            });
+        }
+    };
+    if recorded < segment_size {
+        // Before any segment of the new size exists, so that one can never
+        // be judged against a smaller limit.
+        marker::write_meta(
+            fs,
+            dir,
+            Meta {
+                max_segment: segment_size,
+            },
+        )?;
+    }
+    let limit = recorded.max(segment_size);
+    let mut segs = Vec::with_capacity(listed.len());
+    for (first, path, kind) in listed {
+        if kind != Kind::File {
+            return Err(StorageError::Foreign {
+                location: path.display().to_string(),
+                reason: format!("named like a segment, but a {kind:?}, not a regular file"),
+            });
+        }
+        let file = fs.open(&path, Mode::Read)?;
+        let len = file.len()?;
+        if len > limit {
+            return Err(StorageError::Foreign {
+                location: path.display().to_string(),
+                reason: format!(
+                    "named like a segment, but {len} bytes: this log's segments are at most {limit}"
+                ),
+            });
+        }
+        segs.push(Seg {
+            first,
+            path,
+            file,
+            len,
+        });
+    }
+
+    // Rule 3.
+    let start = marker::read_start(fs, dir)?;
+    if let Some(s) = segs.first()
+        && s.first > start
+    {
+        return Err(corrupt(
+            &s.path,
+            0,
+            format!(
+                "the log starts at LSN {start} but its first segment at {}: records {start}..{} are missing",
+                s.first, s.first
+            ),
+        ));
+    }
+    while segs.len() >= 2 && segs[1].first <= start {
+        let gone = segs.remove(0);
+        fsutil::remove_if_present(fs, &gone.path)?;
+        report.removed.push(name_of(&gone.path));
+    }
+
+    // Rules 4 and 5.
+    let mut next = segs.first().map_or(start, |s| s.first);
+    let mut current = None;
+    let mut segments = BTreeMap::new();
+    for (i, seg) in segs.iter().enumerate() {
+        if seg.first != next {
+            return Err(corrupt(
+                &seg.path,
+                0,
+                format!(
+                    "the segment starts at LSN {}, but LSN {next} is next: the segments do not continue one another",
+                    seg.first
+                ),
+            ));
+        }
+        let scan = segment::scan(&*seg.file, seg.len, seg.first, &mut work)?;
+        segments.insert(seg.first, seg.path.clone());
+        next = scan.next_lsn;
+        current = Some((seg.first, scan.offset, seg.len));
+        let End::Invalid(why) = scan.end else {
+            continue;
+        };
+        if let Some(following) = segs.get(i + 1) {
+            if following.first != scan.next_lsn {
+                return Err(corrupt(
+                    &seg.path,
+                    scan.offset,
+                    format!(
+                        "{why}; the next segment starts at LSN {}, so LSN {} was durable",
+                        following.first, scan.next_lsn
+                    ),
+                ));
+            }
+            tracing::warn!(
+                segment = %seg.path.display(),
+                offset = scan.offset,
+                reason = why,
+                "damage in the unused space of a sealed segment; no record is there"
+            );
+            report.unused_space_damage.push(Damage {
+                segment: seg.path.display().to_string(),
+                offset: scan.offset,
+                reason: why.into(),
+            });
+            continue;
+        }
+        let hidden_from = if scan.next_lsn < start {
+            start
+        } else {
+            u64::MAX
+        };
+        let after = segment::after_bad_record(
+            &*seg.file,
+            seg.len,
+            scan.offset,
+            scan.next_lsn,
+            hidden_from,
+            &mut work,
+        )?;
+        if let Some(at) = after.evidence {
+            return Err(corrupt(
+                &seg.path,
+                scan.offset,
+                format!(
+                    "{why}; a valid record written after it (at offset {at}) proves it was durable"
+                ),
+            ));
+        }
+        if scan.next_lsn >= start {
+            let erased = after.written_end.saturating_sub(scan.offset);
+            if erased > 0 {
+                let w = fs.open(&seg.path, Mode::Write)?;
+                segment::zero(&*w, scan.offset, after.written_end)?;
+                // Durable before anything new is written here: otherwise a
+                // power cut could drop the zeros but keep a later record,
+                // and the stale records of the torn cycle would come back
+                // behind it as part of the log.
+                w.sync_data()?;
+            }
+            tracing::warn!(
+                segment = %seg.path.display(),
+                offset = scan.offset,
+                erased,
+                reason = why,
+                "torn tail truncated"
+            );
+            report.torn_tail = Some(TornTail {
+                segment: seg.path.display().to_string(),
+                offset: scan.offset,
+                lsn: Lsn(scan.next_lsn),
+                erased,
+                reason: why.into(),
+            });
+        }
+    }
+
+    // Rule 6.
+    let mut obsolete = Vec::new();
+    if next < start {
+        tracing::warn!(
+            ended = next,
+            start,
+            "the surviving records end below the log's start; going on at the start"
+        );
+        report.ended_below_start = Some(Lsn(next));
+        obsolete = std::mem::take(&mut segments).into_values().collect();
+        current = None;
+        next = start;
+    }
+
+    report.start = Lsn(start.min(next));
+    report.next_lsn = Lsn(next);
+    report.segments = segments.len();
+    report.bytes_read = work.read;
+    report.bytes_checksummed = work.checksummed;
+    Ok((
+        Recovered {
+            start: start.min(next),
+            next_lsn: next,
+            segments,
+            current,
+            obsolete,
+        },
+        report,
+    ))
+}

@@ -1,0 +1,181 @@
+//! The syncer: the one thread that writes the log, a batch of appends at a
+//! time, and syncs once per batch (group commit).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{SyncHook, View, lock_view};
+use crate::fs::{Fs, FsFile, Mode};
+use crate::queue::{Failed, Pending, Queue};
+use crate::record::{self, HEADER};
+use crate::segment;
+
+/// Renames a prepared spare into place as the segment starting at `first`,
+/// makes the name durable, and opens it for writing.
+pub(super) fn install(
+    fs: &dyn Fs,
+    dir: &Path,
+    spare: &Path,
+    first: u64,
+    view: &Mutex<View>,
+) -> io::Result<Box<dyn FsFile>> {
+    let path = dir.join(segment::name(first));
+    fs.rename(spare, &path)?;
+    // Without this sync the new name may be lost in a power cut, and with
+    // it every record synced into the segment afterwards.
+    fs.sync_dir(dir)?;
+    let file = fs.open(&path, Mode::Write)?;
+    lock_view(view).segments.insert(first, path);
+    Ok(file)
+}
+
+/// The syncer's side: the segment being written and the write buffer.
+pub(super) struct Writer {
+    pub(super) fs: Arc<dyn Fs>,
+    pub(super) dir: PathBuf,
+    pub(super) segment_size: u64,
+    pub(super) sync_hook: Option<SyncHook>,
+    pub(super) file: Box<dyn FsFile>,
+    /// Where the next record goes in `file`.
+    pub(super) offset: u64,
+    /// How many bytes `file` may hold: its own length if it was made with a
+    /// larger segment size (a reopen with smaller options), else the
+    /// configured size.
+    pub(super) capacity: u64,
+    /// Encoded records; the bytes to write start at `skip`, chosen so that
+    /// they sit at the same offset within a memory page as within a file
+    /// page (the kernel copies aligned pages several times faster).
+    pub(super) buf: Vec<u8>,
+    pub(super) skip: usize,
+    pub(super) spare: Option<JoinHandle<io::Result<PathBuf>>>,
+    pub(super) view: Arc<Mutex<View>>,
+}
+
+const PAGE: usize = 4096;
+/// Bounds on how long the syncer waits to gather appenders into one batch.
+const MIN_GATHER: Duration = Duration::from_micros(20);
+const MAX_GATHER: Duration = Duration::from_millis(2);
+
+impl Writer {
+    fn begin(&mut self) {
+        self.buf.clear();
+        let to_page = self.buf.as_ptr().align_offset(PAGE);
+        self.skip = (to_page + self.offset as usize % PAGE) % PAGE;
+        self.buf.resize(self.skip, 0);
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        if let Some(hook) = &self.sync_hook {
+            hook()?;
+        }
+        // What makes an append durable: nothing is acknowledged before it.
+        self.file.sync_data()
+    }
+
+    /// Writes and syncs what is buffered.
+    fn flush(&mut self) -> io::Result<()> {
+        let bytes = &self.buf[self.skip..];
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all_at(bytes, self.offset)?;
+        self.sync()?;
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record is `first`.
+    fn roll(&mut self, first: u64) -> io::Result<()> {
+        let spare = match self.spare.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("segment preparation panicked")))?,
+            None => segment::prepare_spare(&*self.fs, &self.dir, self.segment_size)?,
+        };
+        self.file = install(&*self.fs, &self.dir, &spare, first, &self.view)?;
+        self.offset = 0;
+        self.capacity = self.segment_size;
+        self.prepare_next(true);
+        Ok(())
+    }
+
+    /// Zero-fills the next segment on a thread of its own, so that rolling
+    /// over costs a rename rather than a write of a whole segment while
+    /// appenders wait. At most one spare exists (a second preparation would
+    /// truncate and rewrite the file the first one may already have handed
+    /// over). Right after a roll it starts at once; after an open, only once
+    /// the segment is half full, so opening a small log writes nothing.
+    pub(super) fn prepare_next(&mut self, now: bool) {
+        if self.spare.is_some() || !(now || self.offset >= self.capacity / 2) {
+            return;
+        }
+        let (fs, dir, size) = (self.fs.clone(), self.dir.clone(), self.segment_size);
+        self.spare = Some(std::thread::spawn(move || {
+            segment::prepare_spare(&*fs, &dir, size)
+        }));
+    }
+
+    /// Writes one batch: every record, rolling segments as they fill, and
+    /// one sync per segment touched.
+    fn write(&mut self, batch: &[Pending]) -> io::Result<()> {
+        self.begin();
+        let mut cycle_first = None;
+        for p in batch {
+            for (i, r) in p.records.iter().enumerate() {
+                let lsn = p.first + i as u64;
+                let len = (HEADER + r.len()) as u64;
+                let buffered = (self.buf.len() - self.skip) as u64;
+                if self.offset + buffered + len > self.capacity {
+                    self.flush()?;
+                    self.roll(lsn)?;
+                    self.begin();
+                    cycle_first = None;
+                }
+                let first = *cycle_first.get_or_insert(lsn);
+                record::encode(&mut self.buf, lsn, first, r);
+            }
+        }
+        self.flush()?;
+        self.prepare_next(false);
+        Ok(())
+    }
+
+    pub(super) fn run(mut self, queue: Arc<Queue>) {
+        // How many appenders to wait for, and how long: as many as recent
+        // batches carried (decaying slowly when fewer come back), for at most
+        // half a sync. One appender alone is never kept waiting.
+        let mut want = 1usize;
+        let mut max_wait = Duration::ZERO;
+        while let Some(batch) = queue.take_gathering(want, max_wait) {
+            let last = batch.last().map_or(0, |p| p.first + p.records.len() as u64);
+            want = batch.len().max(want.saturating_sub(1)).max(1);
+            let started = Instant::now();
+            let written = self.write(&batch);
+            max_wait = (started.elapsed() / 2).clamp(MIN_GATHER, MAX_GATHER);
+            match written {
+                Ok(()) => {
+                    // Visible to readers before anyone is told it is durable.
+                    lock_view(&self.view).durable_end = last;
+                    for p in batch {
+                        p.ticket.complete(Ok(p.first));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "log write or sync failed; log poisoned");
+                    lock_view(&self.view).poisoned = true;
+                    for p in batch {
+                        p.ticket.complete(Err(Failed::Io(e.kind(), e.to_string())));
+                    }
+                    queue.poison();
+                    break;
+                }
+            }
+        }
+        if let Some(h) = self.spare.take() {
+            let _ = h.join();
+        }
+    }
+}
