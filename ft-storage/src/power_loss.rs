@@ -503,6 +503,15 @@ impl PowerLossFs {
         out
     }
 
+    /// What a read of the file at `path` would return now, if it exists.
+    pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
+        let s = lock(&self.state);
+        match s.lookup(path) {
+            Ok(Some(Node::File(ino))) => s.inodes.get(&ino).map(|i| i.current.clone()),
+            _ => None,
+        }
+    }
+
     /// Writes every file to the same relative path under `to` on the real
     /// file system (a failing state kept for a post-mortem).
     pub fn dump(&self, to: &Path) -> io::Result<()> {
