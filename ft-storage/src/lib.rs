@@ -50,7 +50,7 @@ pub mod fuzzing {
                 len,
                 scan.offset,
                 scan.next_lsn,
-                first + 3,
+                (first % 2 == 0).then_some(scan.next_lsn + 3),
                 &mut work,
             )
             .expect("in-memory reads");

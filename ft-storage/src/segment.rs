@@ -251,10 +251,14 @@ pub(crate) struct After {
 }
 
 /// Looks at everything after the bad record at `from`, where LSN `lsn`
-/// should have been, for proof that it was durable: a valid header written
-/// by a *later* write-and-sync cycle (LSN and batch start both above `lsn`),
-/// or one whose LSN is at or above `hidden_from` (records a persisted start
-/// says were durable).
+/// should have been, for proof that it hides a record that matters.
+///
+/// Without `below_start`: a valid header written by a *later*
+/// write-and-sync cycle (LSN and batch start both above `lsn`) proves that
+/// the bad record was durable. With `below_start = Some(start)` (the bad
+/// record is below the log's start, so it and every record up to the start
+/// are discarded anyway): only a valid header at or above `start` matters,
+/// one of a kept record the damage would hide.
 ///
 /// Cycles are written strictly one after another, each only after the sync
 /// of the one before returned; so such a header proves that the cycle of
@@ -267,7 +271,7 @@ pub(crate) fn after_bad_record(
     len: u64,
     from: u64,
     lsn: u64,
-    hidden_from: u64,
+    below_start: Option<u64>,
     work: &mut Work,
 ) -> io::Result<After> {
     let mut w = Window::new(file, len, work);
@@ -300,7 +304,11 @@ pub(crate) fn after_bad_record(
                 if l <= lsn || l > horizon {
                     continue;
                 }
-                if record::batch_first_of(h) <= lsn && l < hidden_from {
+                let matters = match below_start {
+                    None => record::batch_first_of(h) > lsn,
+                    Some(start) => l >= start,
+                };
+                if !matters {
                     continue;
                 }
                 checked += HEADER_CHECKED as u64;
@@ -354,16 +362,9 @@ mod tests {
 
     fn later(data: &[u8], from: u64, lsn: u64) -> Option<u64> {
         let f = Bytes(data);
-        after_bad_record(
-            &f,
-            data.len() as u64,
-            from,
-            lsn,
-            u64::MAX,
-            &mut Work::default(),
-        )
-        .unwrap()
-        .evidence
+        after_bad_record(&f, data.len() as u64, from, lsn, None, &mut Work::default())
+            .unwrap()
+            .evidence
     }
 
     #[test]

@@ -235,7 +235,11 @@ fn verify_log(log: &FileLog, known: &Known, round: &Round) -> Result<Known, Stri
         return Err(format!("next LSN {next}, records end at {expect}"));
     }
     let by_lsn: BTreeMap<u64, Bytes> = got.into_iter().map(|(l, p)| (l.0, p)).collect();
-    for (lsn, p) in known.records.range(start..).chain(round.acked.range(start..)) {
+    for (lsn, p) in known
+        .records
+        .range(start..)
+        .chain(round.acked.range(start..))
+    {
         match by_lsn.get(lsn) {
             Some(q) if q == p => {}
             Some(q) => {
@@ -260,7 +264,9 @@ fn verify_log(log: &FileLog, known: &Known, round: &Round) -> Result<Known, Stri
         if let Some(prev) = last_counter.insert(writer, counter)
             && prev >= counter
         {
-            return Err(format!("writer {writer}'s records out of order at LSN {lsn}"));
+            return Err(format!(
+                "writer {writer}'s records out of order at LSN {lsn}"
+            ));
         }
     }
     Ok(Known {
@@ -303,7 +309,12 @@ fn log_cuts(seed: u64, cuts: u32) {
         };
         round = appends(&log, r, 1000, &mut rng);
         if !fs.is_off() {
-            fail(&fs, seed, r, "the appenders stopped with the power on".into());
+            fail(
+                &fs,
+                seed,
+                r,
+                "the appenders stopped with the power on".into(),
+            );
         }
         acked_total += round.acked.len();
         known.truncated = known.truncated.max(round.truncate_acked);
@@ -471,7 +482,12 @@ fn store_cuts<S: Store>(what: &str, seed: u64, cuts: u32) {
                 fs.power_cut(rng.next_u64());
                 continue;
             }
-            Err(e) => fail(&fs, seed, r, format!("{what}: open failed with the power on: {e}")),
+            Err(e) => fail(
+                &fs,
+                seed,
+                r,
+                format!("{what}: open failed with the power on: {e}"),
+            ),
         };
         fs.fail_after(u64::MAX);
         // Every key holds its acknowledged value or the one in flight.
@@ -492,7 +508,9 @@ fn store_cuts<S: Store>(what: &str, seed: u64, cuts: u32) {
                     &fs,
                     seed,
                     r,
-                    format!("{what}: key {k} holds {got:?}, acknowledged {want:?}, in flight {flying:?}"),
+                    format!(
+                        "{what}: key {k} holds {got:?}, acknowledged {want:?}, in flight {flying:?}"
+                    ),
                 );
             }
         }
@@ -503,13 +521,18 @@ fn store_cuts<S: Store>(what: &str, seed: u64, cuts: u32) {
             .collect();
         match store.keys() {
             Ok(got) if got == keys => {}
-            other => fail(&fs, seed, r, format!("{what}: keys {other:?}, expected {keys:?}")),
+            other => fail(
+                &fs,
+                seed,
+                r,
+                format!("{what}: keys {other:?}, expected {keys:?}"),
+            ),
         }
-        in_flight = None;
         if r == cuts {
             break;
         }
-        // Changes until the power fails.
+        // Changes until the power fails (the loop ends only with the change
+        // in flight then, which replaces the one verified above).
         fs.fail_after(rng.below(60));
         loop {
             let k = rng.below(6) as u8;
@@ -595,8 +618,10 @@ fn an_erased_torn_tail_never_comes_back_behind_a_new_record() {
         log.append_blocking(&[rec(b'b'), rec(b'c'), rec(b'd'), rec(b'e'), rec(b'f')])
             .unwrap();
         drop(log);
-        fs.decay(&dir.join("00000000000000000000.log"), |d| d[32 + 132 + 50] ^= 1)
-            .unwrap();
+        fs.decay(&dir.join("00000000000000000000.log"), |d| {
+            d[32 + 132 + 50] ^= 1
+        })
+        .unwrap();
         let log = FileLog::open(dir, opts()).unwrap();
         let torn = log.recovery().torn_tail.clone().expect("a torn tail");
         assert_eq!((torn.lsn, torn.offset), (Lsn(1), 132));

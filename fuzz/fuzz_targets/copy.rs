@@ -6,7 +6,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let key = data.get(..data.len().min(3)).unwrap_or_default();
-    if let Ok(value) = ft_storage::copy::decode(data, key) {
-        assert_eq!(ft_storage::copy::encode(key, &value), data);
+    if let Ok(copy) = ft_storage::copy::decode(data, key)
+        && data[4] == ft_storage::copy::VERSION
+    {
+        assert_eq!(
+            ft_storage::copy::encode(key, &copy.value, copy.generation),
+            data
+        );
     }
 });

@@ -259,10 +259,12 @@ impl FileLog {
             poisoned: false,
         }));
         let (file, offset, capacity) = match rec.current {
+            // A segment keeps the size it was made with, whatever the
+            // options say now: it is never grown.
             Some((first, offset, len)) => (
                 fs.open(&dir.join(segment::name(first)), Mode::Write)?,
                 offset,
-                len.max(options.segment_size),
+                len,
             ),
             None => {
                 let spare = segment::prepare_spare(&*fs, &dir, options.segment_size)?;

@@ -279,17 +279,13 @@ pub(crate) fn recover(
             });
             continue;
         }
-        let hidden_from = if scan.next_lsn < start {
-            start
-        } else {
-            u64::MAX
-        };
+        let below_start = (scan.next_lsn < start).then_some(start);
         let after = segment::after_bad_record(
             &*seg.file,
             seg.len,
             scan.offset,
             scan.next_lsn,
-            hidden_from,
+            below_start,
             &mut work,
         )?;
         if let Some(at) = after.evidence {

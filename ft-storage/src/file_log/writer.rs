@@ -41,9 +41,8 @@ pub(super) struct Writer {
     pub(super) file: Box<dyn FsFile>,
     /// Where the next record goes in `file`.
     pub(super) offset: u64,
-    /// How many bytes `file` may hold: its own length if it was made with a
-    /// larger segment size (a reopen with smaller options), else the
-    /// configured size.
+    /// How many bytes `file` may hold: its length (a segment keeps the size
+    /// it was made with, even when a reopen changed the option).
     pub(super) capacity: u64,
     /// Encoded records; the bytes to write start at `skip`, chosen so that
     /// they sit at the same offset within a memory page as within a file
