@@ -14,7 +14,7 @@
 //!   preallocated (zeros written and synced once) to one FileLog segment's
 //!   size, wrapping to its start when full, so that, like FileLog's, no
 //!   sync changes the file size. Each write is the record plus FileLog's
-//!   24-byte header, from a page-aligned buffer, so both write the same
+//!   32-byte header, from a page-aligned buffer, so both write the same
 //!   bytes. The same loop on a growing file (every sync also commits a
 //!   size change) is shown for comparison;
 //! * FileLog and okaywal, 1 writer, 128 B / 4 KiB / 64 KiB records;
@@ -42,9 +42,10 @@ use ft_storage::{FileLog, FileLogOptions};
 // checkpoint to (okaywal then recycles the segment files).
 use okaywal::LogVoid;
 
-/// FileLog's per-record header (crc, length, LSN, batch start); the raw
-/// loop writes it too so that both put the same bytes on disk.
-const HEADER: usize = 24;
+/// FileLog's per-record header (header CRC, payload CRC, length, reserved,
+/// LSN, batch start); the raw loop writes it too so that both put the same
+/// bytes on disk.
+const HEADER: usize = 32;
 const PAGE: usize = 4096;
 /// FileLog's default segment size, also the raw loop's file size.
 const SEGMENT: u64 = 64 << 20;
@@ -616,7 +617,7 @@ fn main() -> io::Result<()> {
     }
     println!();
     for line in [
-        "raw loop: each write is the record plus FileLog's 24-byte header, from a page-aligned",
+        "raw loop: each write is the record plus FileLog's 32-byte header, from a page-aligned",
         "  buffer, into a file preallocated (zeros written and synced once) and rewritten from",
         "  its start when full, so no fdatasync changes the file size, as none of FileLog's do;",
         "  the growing-file rows show what a size change per sync costs.",

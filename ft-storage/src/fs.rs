@@ -1,7 +1,6 @@
 //! The file system the stores run on: [`Fs`], implemented by [`OsFs`] for
-//! real disks and, under the `testing` feature, by
-//! [`PowerLossFs`](crate::testing::power_loss::PowerLossFs), an in-memory
-//! file system that can lose power.
+//! real disks and by [`PowerLossFs`](crate::PowerLossFs), an in-memory file
+//! system that can lose power.
 //!
 //! Every file operation [`FileLog`](crate::FileLog),
 //! [`FileStore`](crate::FileStore) and [`MirroredStore`](crate::MirroredStore)

@@ -294,31 +294,34 @@ pub(crate) fn after_bad_record(
         if let Some(last) = chunk[..own].iter().rposition(|&b| b != 0) {
             after.written_end = at + last as u64 + 1;
         }
-        if after.evidence.is_none() {
-            let first = if at == from { 1 } else { 0 };
-            for i in first..own {
-                let Some(h) = chunk.get(i..i + HEADER) else {
-                    break;
-                };
-                let l = record::lsn_of(h);
-                if l <= lsn || l > horizon {
-                    continue;
-                }
-                let matters = match below_start {
-                    None => record::batch_first_of(h) > lsn,
-                    Some(start) => l >= start,
-                };
-                if !matters {
-                    continue;
-                }
-                checked += HEADER_CHECKED as u64;
-                if matches!(record::parse(h), Parse::Header(_)) {
-                    after.evidence = Some(at + i as u64);
-                    break;
-                }
+        // The bad record's own offset is not after it.
+        let first = usize::from(at == from);
+        for i in first..own {
+            let Some(h) = chunk.get(i..i + HEADER) else {
+                break;
+            };
+            let l = record::lsn_of(h);
+            if l <= lsn || l > horizon {
+                continue;
+            }
+            let matters = match below_start {
+                None => record::batch_first_of(h) > lsn,
+                Some(start) => l >= start,
+            };
+            if !matters {
+                continue;
+            }
+            checked += HEADER_CHECKED as u64;
+            if matches!(record::parse(h), Parse::Header(_)) {
+                after.evidence = Some(at + i as u64);
+                break;
             }
         }
         w.work.checksummed += checked;
+        if after.evidence.is_some() {
+            // Proof found: where the written bytes end no longer matters.
+            break;
+        }
         at += own as u64;
     }
     Ok(after)

@@ -39,7 +39,7 @@ fn seed() -> u64 {
     std::env::var("FT_POWER_SEED")
         .ok()
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-        .unwrap_or(0x5eed_0f_ca11)
+        .unwrap_or(0x005e_ed0f_ca11)
 }
 
 /// Copies what survived to a real directory for a post-mortem and panics.

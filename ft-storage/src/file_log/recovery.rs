@@ -339,14 +339,17 @@ pub(crate) fn recover(
         next = start;
     }
 
-    report.start = Lsn(start.min(next));
+    // Rule 3 put the start at or after the first segment's first LSN, and
+    // rule 6 the end at or after the start.
+    debug_assert!(start <= next);
+    report.start = Lsn(start);
     report.next_lsn = Lsn(next);
     report.segments = segments.len();
     report.bytes_read = work.read;
     report.bytes_checksummed = work.checksummed;
     Ok((
         Recovered {
-            start: start.min(next),
+            start,
             next_lsn: next,
             segments,
             current,
