@@ -13,8 +13,9 @@
 //!   (512 bytes, aligned to the file), so a multi-sector write can land in
 //!   part, in any pattern;
 //! * each directory operation not covered by a sync of its directory is
-//!   kept or dropped independently of the others (applied in order, a
-//!   rename whose source is gone is skipped);
+//!   kept or dropped independently of the others (applied in order; each
+//!   acts on the file it named when it was made, so a kept rename moves
+//!   that file even if the creation of its old name was dropped);
 //! * a file whose name did not survive is gone with its data.
 //!
 //! This is stricter than a journaling file system, which keeps metadata
@@ -116,11 +117,18 @@ enum Node {
     Dir,
 }
 
+/// A change to a directory, naming the node it acts on: a cut that keeps a
+/// rename but drops an earlier change of the same name moves the node the
+/// rename moved, never whatever else the name held.
 #[derive(Clone, Debug)]
 enum DirOp {
     Link(String, Node),
-    Rename(String, String),
-    Unlink(String),
+    Rename {
+        from: String,
+        to: String,
+        node: Node,
+    },
+    Unlink(String, Node),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -326,13 +334,16 @@ impl State {
                     DirOp::Link(name, node) => {
                         map.insert(name.clone(), *node);
                     }
-                    DirOp::Rename(from, to) => {
-                        if let Some(n) = map.remove(from) {
-                            map.insert(to.clone(), n);
+                    DirOp::Rename { from, to, node } => {
+                        if map.get(from) == Some(node) {
+                            map.remove(from);
                         }
+                        map.insert(to.clone(), *node);
                     }
-                    DirOp::Unlink(name) => {
-                        map.remove(name);
+                    DirOp::Unlink(name, node) => {
+                        if map.get(name) == Some(node) {
+                            map.remove(name);
+                        }
                     }
                 }
             }
@@ -775,7 +786,11 @@ impl Fs for PowerLossFs {
             .remove(&from_name)
             .ok_or_else(|| not_found(from))?;
         d.current.insert(to_name.clone(), node);
-        d.pending.push(DirOp::Rename(from_name, to_name));
+        d.pending.push(DirOp::Rename {
+            from: from_name,
+            to: to_name,
+            node,
+        });
         Ok(())
     }
 
@@ -785,8 +800,8 @@ impl Fs for PowerLossFs {
         s.fault(path, Access::Change)?;
         let (parent, name) = split(path)?;
         let d = s.dir_mut(&parent)?;
-        match d.current.get(&name) {
-            Some(Node::File(_)) => {}
+        let node = match d.current.get(&name) {
+            Some(node @ Node::File(_)) => *node,
             Some(Node::Dir) => {
                 return Err(io::Error::new(
                     io::ErrorKind::IsADirectory,
@@ -794,9 +809,9 @@ impl Fs for PowerLossFs {
                 ));
             }
             None => return Err(not_found(path)),
-        }
+        };
         d.current.remove(&name);
-        d.pending.push(DirOp::Unlink(name));
+        d.pending.push(DirOp::Unlink(name, node));
         Ok(())
     }
 
@@ -906,6 +921,27 @@ mod tests {
             }
         }
         assert!(kept > 0 && lost > 0, "kept {kept}, lost {lost}");
+    }
+
+    /// A rename moves the file it renamed: a cut that drops the creation of
+    /// the source name (or the removal of an older file of that name) must
+    /// not let the rename move the older file instead.
+    #[test]
+    fn a_kept_rename_moves_the_file_it_renamed() {
+        let mut seen = BTreeSet::new();
+        for seed in 0..200 {
+            let fs = PowerLossFs::new();
+            write(&fs, "a.tmp", b"stale", true);
+            fs.sync_dir(Path::new("")).unwrap();
+            fs.remove_file(Path::new("a.tmp")).unwrap();
+            write(&fs, "a.tmp", b"new", true);
+            fs.rename(Path::new("a.tmp"), Path::new("a")).unwrap();
+            fs.power_cut(seed);
+            let a = read(&fs, "a");
+            assert_ne!(a.as_deref(), Some(&b"stale"[..]), "seed {seed}");
+            seen.insert(a);
+        }
+        assert!(seen.contains(&None) && seen.contains(&Some(b"new".to_vec())));
     }
 
     #[test]

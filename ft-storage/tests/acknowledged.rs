@@ -3,9 +3,8 @@
 //! with smaller options, and two handles on one directory. Each test is the
 //! report's reproduction, run through the public API on real files.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -15,26 +14,14 @@ use ft_storage::testdir::TestDir;
 use ft_storage::{FileLog, FileLogOptions, FileStore, MirroredStore};
 use futures::executor::block_on;
 
-const HEADER: u64 = 32;
-
-fn all(log: &FileLog) -> Vec<(Lsn, Bytes)> {
-    log.iter_from(Lsn(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
+mod common;
+use common::all;
 
 fn flip(path: &Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x10;
-    f.write_all_at(&b, at).unwrap();
+    common::flip(path, at, 0x10);
 }
+
+const HEADER: u64 = 32;
 
 fn small(segment_size: u64) -> FileLogOptions {
     FileLogOptions {

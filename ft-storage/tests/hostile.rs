@@ -16,14 +16,10 @@ use ft_storage::power_loss::Fault;
 use ft_storage::testdir::TestDir;
 use ft_storage::{FileLog, FileLogOptions, FileStore, MirroredStore, PowerLossFs};
 
-const HEADER: usize = 32;
+mod common;
+use common::all;
 
-fn all(log: &FileLog) -> Vec<(Lsn, Bytes)> {
-    log.iter_from(Lsn(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
+const HEADER: usize = 32;
 
 fn opts(segment_size: u64) -> FileLogOptions {
     FileLogOptions {
@@ -71,26 +67,30 @@ fn a_huge_file_named_like_a_segment_is_refused_without_reading_it() {
     );
 }
 
-#[test]
-fn a_link_to_dev_zero_named_like_a_segment_is_refused() {
-    let (dir, name) = one_record_log("zero-link");
-    std::os::unix::fs::symlink("/dev/zero", dir.path().join(name)).unwrap();
-    let d = dir.path().to_path_buf();
-    let r = within_20s(move || FileLog::open(d, opts(1 << 20)));
-    assert!(is_foreign(&r, name), "{r:?}");
-}
-
-#[test]
-fn a_fifo_named_like_a_segment_is_refused_without_blocking() {
-    let (dir, name) = one_record_log("fifo");
+/// Makes a FIFO at `path` (with coreutils' mkfifo: no `unsafe` here).
+fn mkfifo(path: &Path) {
     let made = std::process::Command::new("mkfifo")
-        .arg(dir.path().join(name))
+        .arg(path)
         .status()
         .expect("mkfifo (coreutils) runs");
     assert!(made.success());
-    let d = dir.path().to_path_buf();
-    let r = within_20s(move || FileLog::open(d, opts(1 << 20)));
-    assert!(is_foreign(&r, name), "{r:?}");
+}
+
+#[test]
+fn a_link_or_a_fifo_named_like_a_segment_is_refused_without_blocking() {
+    let make: [(&str, fn(&Path)); 2] = [
+        ("zero-link", |p| {
+            std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+        }),
+        ("fifo", mkfifo),
+    ];
+    for (tag, make) in make {
+        let (dir, name) = one_record_log(tag);
+        make(&dir.path().join(name));
+        let d = dir.path().to_path_buf();
+        let r = within_20s(move || FileLog::open(d, opts(1 << 20)));
+        assert!(is_foreign(&r, name), "{tag}: {r:?}");
+    }
 }
 
 #[test]
@@ -369,12 +369,7 @@ fn a_stale_copy_never_wins_on_either_disk() {
 fn a_fifo_or_a_huge_file_named_like_a_key_is_a_bad_copy_never_read() {
     let dir = TestDir::new("store-hostile");
     let store = FileStore::open(dir.path()).unwrap();
-    let fifo = store.path_of(b"fifo").unwrap();
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    mkfifo(&store.path_of(b"fifo").unwrap());
     let huge = store.path_of(b"huge").unwrap();
     fs::File::create(&huge).unwrap().set_len(1 << 30).unwrap();
     let r = within_20s(move || (store.get_sync(b"fifo"), store.get_sync(b"huge"), store));
@@ -395,10 +390,7 @@ fn a_fifo_or_a_huge_file_named_like_a_key_is_a_bad_copy_never_read() {
     pair.put_sync(b"k", b"value").unwrap();
     let path = pair.main_path(b"k").unwrap();
     fs::remove_file(&path).unwrap();
-    std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .unwrap();
+    mkfifo(&path);
     let r = within_20s(move || (pair.get_sync(b"k"), pair));
     assert_eq!(r.0.unwrap(), Some(b("value")));
     assert!(

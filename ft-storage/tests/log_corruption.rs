@@ -11,6 +11,12 @@ use ft_core::{Lsn, StorageError};
 use ft_storage::testdir::TestDir;
 use ft_storage::{FileLog, FileLogOptions};
 
+mod common;
+
+fn flip(path: &Path, at: u64) {
+    common::flip(path, at, 0x04);
+}
+
 const N: u64 = 10;
 /// The record header: header CRC, payload CRC, length, reserved, LSN,
 /// batch start.
@@ -49,18 +55,6 @@ fn fresh(tag: &str) -> (TestDir, PathBuf, Vec<(u64, u64)>) {
         off += HEADER + len;
     }
     (dir, seg, offs)
-}
-
-fn flip(path: &Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x04;
-    f.write_all_at(&b, at).unwrap();
 }
 
 fn contents(dir: &Path) -> Vec<(Lsn, Bytes)> {

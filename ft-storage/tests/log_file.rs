@@ -10,6 +10,9 @@ use ft_storage::testdir::TestDir;
 use ft_storage::{FileLog, FileLogOptions};
 use futures::executor::block_on;
 
+mod common;
+use common::all;
+
 fn rec(i: u64) -> Bytes {
     Bytes::from(format!("record-{i}-{}", "x".repeat((i % 37) as usize)))
 }
@@ -51,13 +54,6 @@ fn segment_count(dir: &std::path::Path) -> usize {
                 .ends_with(".log")
         })
         .count()
-}
-
-fn all(log: &FileLog) -> Vec<(Lsn, Bytes)> {
-    log.iter_from(Lsn(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
 }
 
 #[test]

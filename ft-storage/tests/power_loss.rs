@@ -30,10 +30,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use ft_core::Lsn;
 use ft_core::rng::Rng;
+use ft_core::{Lsn, StableStore};
 use ft_storage::power_loss::PowerLossStats;
 use ft_storage::{FileLog, FileLogOptions, FileStore, MirroredStore, PowerLossFs};
+use futures::executor::block_on;
 
 fn seed() -> u64 {
     std::env::var("FT_POWER_SEED")
@@ -356,94 +357,64 @@ fn log_power_cuts_lose_no_acknowledged_record() {
     log_cuts(seed(), 150);
 }
 
+/// How many seeds the sweeps run (`FT_POWER_SEEDS`, default 10): more for a
+/// soak.
+fn seeds() -> u64 {
+    std::env::var("FT_POWER_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+}
+
 #[test]
 #[ignore = "long: thousands of power cuts, run in release by CI"]
 fn log_power_cuts_sweep() {
-    for s in 0..10 {
-        log_cuts(seed() ^ s, 400);
+    for s in 0..seeds() {
+        log_cuts(seed() ^ s, 1000);
     }
 }
 
 // ---------------------------------------------------------------- the stores
 
-/// A store under test: a `FileStore` or a `MirroredStore` on the same
-/// power-losing file system.
-trait Store {
-    fn open(fs: &PowerLossFs) -> Result<Self, ft_core::StorageError>
-    where
-        Self: Sized;
-    fn put(&self, k: &[u8], v: &[u8]) -> Result<(), ft_core::StorageError>;
-    fn get(&self, k: &[u8]) -> Result<Option<Bytes>, ft_core::StorageError>;
-    fn delete(&self, k: &[u8]) -> Result<(), ft_core::StorageError>;
-    fn keys(&self) -> Result<Vec<Bytes>, ft_core::StorageError>;
-    /// Recovery after the open (the mirrored store's scrub), and a check of
-    /// what it promises.
-    fn recover(&self, fs: &PowerLossFs) -> Result<(), String>;
+/// Opens a store on `fs`, runs what its recovery is, and checks what that
+/// promises.
+type Open = fn(&PowerLossFs) -> Result<Box<dyn StableStore>, String>;
+
+/// A `FileStore`: its open removes the temporaries of interrupted puts.
+fn open_file_store(fs: &PowerLossFs) -> Result<Box<dyn StableStore>, String> {
+    let store =
+        FileStore::open_in(Arc::new(fs.clone()), "/data/store").map_err(|e| e.to_string())?;
+    let leftovers: Vec<_> = fs
+        .files()
+        .into_keys()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    if !leftovers.is_empty() {
+        return Err(format!("temporaries left after open: {leftovers:?}"));
+    }
+    Ok(Box::new(store))
 }
 
-impl Store for FileStore {
-    fn open(fs: &PowerLossFs) -> Result<Self, ft_core::StorageError> {
-        FileStore::open_in(Arc::new(fs.clone()), "/data/store")
+/// A `MirroredStore` on two "disks": its `recover` leaves every key with two
+/// byte-identical copies.
+fn open_mirrored_store(fs: &PowerLossFs) -> Result<Box<dyn StableStore>, String> {
+    let store = MirroredStore::open_in(Arc::new(fs.clone()), "/disk1/stable", "/disk2/stable")
+        .map_err(|e| e.to_string())?;
+    let report = store.recover().map_err(|e| format!("recover: {e}"))?;
+    if !report.both_bad.is_empty()
+        || !report.repair_failed.is_empty()
+        || !report.unreadable.is_empty()
+    {
+        return Err(format!("recovery left bad copies: {report:?}"));
     }
-    fn put(&self, k: &[u8], v: &[u8]) -> Result<(), ft_core::StorageError> {
-        self.put_sync(k, v)
-    }
-    fn get(&self, k: &[u8]) -> Result<Option<Bytes>, ft_core::StorageError> {
-        self.get_sync(k)
-    }
-    fn delete(&self, k: &[u8]) -> Result<(), ft_core::StorageError> {
-        self.delete_sync(k)
-    }
-    fn keys(&self) -> Result<Vec<Bytes>, ft_core::StorageError> {
-        self.keys_sync()
-    }
-    fn recover(&self, fs: &PowerLossFs) -> Result<(), String> {
-        let leftovers: Vec<_> = fs
-            .files()
-            .into_keys()
-            .filter(|p| p.to_string_lossy().ends_with(".tmp"))
-            .collect();
-        if leftovers.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("temporaries left after open: {leftovers:?}"))
+    for key in store.keys_sync().map_err(|e| e.to_string())? {
+        let main = fs.contents(&store.main_path(&key).unwrap());
+        let mirror = fs.contents(&store.mirror_path(&key).unwrap());
+        if main.is_none() || main != mirror {
+            return Err(format!("after recovery, key {key:?}'s copies differ"));
         }
     }
-}
-
-impl Store for MirroredStore {
-    fn open(fs: &PowerLossFs) -> Result<Self, ft_core::StorageError> {
-        MirroredStore::open_in(Arc::new(fs.clone()), "/disk1/stable", "/disk2/stable")
-    }
-    fn put(&self, k: &[u8], v: &[u8]) -> Result<(), ft_core::StorageError> {
-        self.put_sync(k, v)
-    }
-    fn get(&self, k: &[u8]) -> Result<Option<Bytes>, ft_core::StorageError> {
-        self.get_sync(k)
-    }
-    fn delete(&self, k: &[u8]) -> Result<(), ft_core::StorageError> {
-        self.delete_sync(k)
-    }
-    fn keys(&self) -> Result<Vec<Bytes>, ft_core::StorageError> {
-        self.keys_sync()
-    }
-    fn recover(&self, fs: &PowerLossFs) -> Result<(), String> {
-        let report = self.recover().map_err(|e| format!("recover: {e}"))?;
-        if !report.both_bad.is_empty()
-            || !report.repair_failed.is_empty()
-            || !report.unreadable.is_empty()
-        {
-            return Err(format!("recovery left bad copies: {report:?}"));
-        }
-        for key in self.keys_sync().map_err(|e| e.to_string())? {
-            let main = fs.contents(&self.main_path(&key).unwrap());
-            let mirror = fs.contents(&self.mirror_path(&key).unwrap());
-            if main.is_none() || main != mirror {
-                return Err(format!("after recovery, key {key:?}'s copies differ"));
-            }
-        }
-        Ok(())
-    }
+    Ok(Box::new(store))
 }
 
 /// The value of put number `n` of key `k`: distinct for every put, and of
@@ -455,7 +426,7 @@ fn value(k: u8, n: u32) -> Vec<u8> {
     v
 }
 
-fn store_cuts<S: Store>(what: &str, seed: u64, cuts: u32) {
+fn store_cuts(what: &str, open: Open, seed: u64, cuts: u32) {
     let fs = PowerLossFs::new();
     let mut rng = Rng::new(seed);
     // Each key's acknowledged value, and the change in flight when the
@@ -471,10 +442,7 @@ fn store_cuts<S: Store>(what: &str, seed: u64, cuts: u32) {
         } else {
             u64::MAX
         });
-        let store = match S::open(&fs).map_err(|e| e.to_string()).and_then(|s| {
-            s.recover(&fs)?;
-            Ok(s)
-        }) {
+        let store = match open(&fs) {
             Ok(s) => s,
             Err(e) if fs.is_off() => {
                 let _ = e;
@@ -492,7 +460,7 @@ fn store_cuts<S: Store>(what: &str, seed: u64, cuts: u32) {
         fs.fail_after(u64::MAX);
         // Every key holds its acknowledged value or the one in flight.
         for k in 0u8..6 {
-            let got = match store.get(&[k]) {
+            let got = match block_on(store.get(&[k])) {
                 Ok(v) => v.map(|v| v.to_vec()),
                 Err(e) => fail(&fs, seed, r, format!("{what}: get {k}: {e}")),
             };
@@ -519,7 +487,7 @@ fn store_cuts<S: Store>(what: &str, seed: u64, cuts: u32) {
             .filter(|(_, v)| v.is_some())
             .map(|(k, _)| Bytes::copy_from_slice(&[*k]))
             .collect();
-        match store.keys() {
+        match block_on(store.keys()) {
             Ok(got) if got == keys => {}
             other => fail(
                 &fs,
@@ -543,8 +511,8 @@ fn store_cuts<S: Store>(what: &str, seed: u64, cuts: u32) {
                 Some(value(k, n))
             };
             let done = match &change {
-                Some(v) => store.put(&[k], v),
-                None => store.delete(&[k]),
+                Some(v) => block_on(store.put(&[k], Bytes::copy_from_slice(v))),
+                None => block_on(store.delete(&[k])),
             };
             match done {
                 Ok(()) => {
@@ -577,20 +545,20 @@ fn store_cuts<S: Store>(what: &str, seed: u64, cuts: u32) {
 
 #[test]
 fn file_store_power_cuts_lose_no_acknowledged_value() {
-    store_cuts::<FileStore>("file store", seed(), 300);
+    store_cuts("file store", open_file_store, seed(), 300);
 }
 
 #[test]
 fn mirrored_store_power_cuts_lose_no_acknowledged_value() {
-    store_cuts::<MirroredStore>("mirrored store", seed(), 300);
+    store_cuts("mirrored store", open_mirrored_store, seed(), 300);
 }
 
 #[test]
 #[ignore = "long: thousands of power cuts, run in release by CI"]
 fn store_power_cuts_sweep() {
-    for s in 0..4 {
-        store_cuts::<FileStore>("file store", seed() ^ s, 1000);
-        store_cuts::<MirroredStore>("mirrored store", seed() ^ s, 1000);
+    for s in 0..seeds().div_ceil(2) {
+        store_cuts("file store", open_file_store, seed() ^ s, 2000);
+        store_cuts("mirrored store", open_mirrored_store, seed() ^ s, 2000);
     }
 }
 
