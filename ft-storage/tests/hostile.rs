@@ -365,6 +365,22 @@ fn a_stale_copy_never_wins_on_either_disk() {
     }
 }
 
+/// A file named like a key but larger than any copy is refused unread.
+#[test]
+fn a_store_file_larger_than_any_copy_is_not_read() {
+    let fs = PowerLossFs::new();
+    let store = FileStore::open_in(Arc::new(fs.clone()), "/store").unwrap();
+    store.put_sync(b"k", b"v").unwrap();
+    let path = store.path_of(b"k").unwrap();
+    fs.decay(&path, |d| d.resize(65 << 20, 0)).unwrap();
+    let before = fs.stats().max_read;
+    assert!(matches!(
+        store.get_sync(b"k"),
+        Err(StorageError::Corrupt { .. })
+    ));
+    assert_eq!(fs.stats().max_read, before, "the file was read");
+}
+
 #[test]
 fn a_fifo_or_a_huge_file_named_like_a_key_is_a_bad_copy_never_read() {
     let dir = TestDir::new("store-hostile");

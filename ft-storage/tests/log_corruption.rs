@@ -246,6 +246,20 @@ fn a_missing_middle_segment_is_an_error_never_a_silent_gap() {
     ));
 }
 
+/// The first segment gone (and no `START` saying its records were
+/// discarded): the records it held are missing, not skipped.
+#[test]
+fn a_missing_first_segment_is_an_error_never_a_later_start() {
+    let (dir, segs) = multi_segment("gap-first");
+    fs::remove_file(&segs[0]).unwrap();
+    match FileLog::open(dir.path(), tiny()) {
+        Err(StorageError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("missing"), "{reason}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_zeroed_header_cannot_hide_the_records_after_it() {
     let (dir, seg, offs) = fresh("hide");
