@@ -752,7 +752,9 @@ impl Fs for PowerLossFs {
             (None, Mode::Create) => {
                 s.mutate()?;
                 s.dir(&parent)?;
-                s.fault(path, Access::Grow)?;
+                // An empty file takes no data blocks: a full disk refuses
+                // its first write, not its creation (as the kernel's does).
+                s.fault(path, Access::Change)?;
                 let ino = s.new_inode();
                 s.link(&parent, name.clone(), Node::File(ino))?;
                 ino
