@@ -110,7 +110,7 @@ impl FileStore {
     pub fn open_in(fs: Arc<dyn Fs>, dir: impl AsRef<Path>) -> Result<FileStore, StorageError> {
         let dir = dir.as_ref().to_path_buf();
         fsutil::create_dir_durably(&*fs, &dir)?;
-        let dir_lock = crate::file_log::lock_dir(&*fs, &dir)?;
+        let dir_lock = fsutil::lock_dir(&*fs, &dir)?;
         let mut removed = 0usize;
         for entry in fs.read_dir(&dir)? {
             if fsutil::is_temporary(&entry.name) && entry.kind == Kind::File {

@@ -3,7 +3,27 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fs::{Fs, Mode};
+use ft_core::StorageError;
+
+use crate::fs::{Fs, FsLock, Mode};
+
+/// The lock file of a store's directory, held while a handle has it open.
+pub const LOCK: &str = "LOCK";
+
+/// Takes the exclusive lock of the storage directory `dir` (on its
+/// [`LOCK`] file), or says that another handle holds it.
+///
+/// # Errors
+/// [`StorageError::Locked`] if another handle, in this process or another,
+/// holds it; I/O errors of creating or locking the lock file.
+pub fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<FsLock, StorageError> {
+    match fs.try_lock(&dir.join(LOCK))? {
+        Some(lock) => Ok(lock),
+        None => Err(StorageError::Locked {
+            location: dir.display().to_string(),
+        }),
+    }
+}
 
 /// Replaces `path` with `contents` atomically and durably: write a temporary
 /// file beside it, sync it, rename it over `path`, sync the directory.

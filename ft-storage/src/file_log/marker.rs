@@ -20,8 +20,6 @@ use crate::fsutil;
 pub(crate) const META: &str = "META";
 /// File holding the logical start of the log (after `truncate_prefix`).
 pub(crate) const START: &str = "START";
-/// The lock file: held while a handle has the log open.
-pub(crate) const LOCK: &str = "LOCK";
 
 const META_MAGIC: [u8; 4] = *b"FTWL";
 /// The on-disk format this code writes and reads: version 1 is the record

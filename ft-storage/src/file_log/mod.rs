@@ -213,17 +213,6 @@ fn failed(f: Failed) -> StorageError {
     }
 }
 
-/// Takes the lock of the storage directory `dir`, or says who holds it.
-pub(crate) fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<FsLock, StorageError> {
-    let path = dir.join(marker::LOCK);
-    match fs.try_lock(&path)? {
-        Some(lock) => Ok(lock),
-        None => Err(StorageError::Locked {
-            location: dir.display().to_string(),
-        }),
-    }
-}
-
 impl FileLog {
     /// Opens (creating if needed) the log in `dir`, recovering it: see the
     /// [module docs](self).
@@ -250,7 +239,7 @@ impl FileLog {
             .max_record
             .min((options.segment_size as usize).saturating_sub(HEADER));
         fsutil::create_dir_durably(&*fs, &dir)?;
-        let dir_lock = lock_dir(&*fs, &dir)?;
+        let dir_lock = fsutil::lock_dir(&*fs, &dir)?;
         let (rec, report) = recovery::recover(&*fs, &dir, options.segment_size)?;
         let view = Arc::new(Mutex::new(View {
             start: rec.start,
