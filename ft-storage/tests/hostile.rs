@@ -413,3 +413,62 @@ fn a_fifo_or_a_huge_file_named_like_a_key_is_a_bad_copy_never_read() {
         "the FIFO was replaced"
     );
 }
+
+// ------------------------------------------ many segments, few descriptors
+
+const MANY_ENV: &str = "FT_MANY_SEGMENTS_DIR";
+
+/// The child: opens the log in `$FT_MANY_SEGMENTS_DIR` and counts its
+/// records. A no-op in a normal test run.
+#[test]
+#[ignore = "runs only as the child process of the descriptor test"]
+fn many_segments_child_entry() {
+    let Some(dir) = std::env::var_os(MANY_ENV) else {
+        return;
+    };
+    let log = FileLog::open(&dir, opts(4096)).unwrap();
+    println!("FTM records {}", all(&log).len());
+}
+
+/// Recovery opens one segment at a time: a log of 300 segments opens in a
+/// process limited to 64 file descriptors.
+#[test]
+fn a_log_of_many_segments_opens_with_few_file_descriptors() {
+    let dir = TestDir::new("many-segments");
+    let log = FileLog::open(dir.path(), opts(4096)).unwrap();
+    for i in 0..1200u64 {
+        log.append_blocking(&[Bytes::from(vec![i as u8; 900])])
+            .unwrap();
+    }
+    drop(log);
+    let segments = fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count();
+    assert!(segments >= 300, "{segments} segments");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" "$@""#)
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "many_segments_child_entry",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(MANY_ENV, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FTM records 1200"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use ft_core::{Lsn, StorageError};
 
 use super::marker::{self, Meta};
-use crate::fs::{Fs, FsFile, Kind, Mode};
+use crate::fs::{Fs, Kind, Mode};
 use crate::fsutil;
 use crate::segment::{self, End, Work};
 
@@ -122,7 +122,6 @@ pub(crate) struct Recovered {
 struct Seg {
     first: u64,
     path: PathBuf,
-    file: Box<dyn FsFile>,
     len: u64,
 }
 
@@ -195,8 +194,9 @@ pub(crate) fn recover(
                 reason: format!("named like a segment, but a {kind:?}, not a regular file"),
             });
         }
-        let file = fs.open(&path, Mode::Read)?;
-        let len = file.len()?;
+        // Opened for its length only: a log of thousands of segments must
+        // not hold thousands of files open at once.
+        let len = fs.open(&path, Mode::Read)?.len()?;
         if len > limit {
             return Err(StorageError::Foreign {
                 location: path.display().to_string(),
@@ -205,12 +205,7 @@ pub(crate) fn recover(
                 ),
             });
         }
-        segs.push(Seg {
-            first,
-            path,
-            file,
-            len,
-        });
+        segs.push(Seg { first, path, len });
     }
 
     // Rule 3.
@@ -248,7 +243,8 @@ pub(crate) fn recover(
                 ),
             ));
         }
-        let scan = segment::scan(&*seg.file, seg.len, seg.first, &mut work)?;
+        let file = fs.open(&seg.path, Mode::Read)?;
+        let scan = segment::scan(&*file, seg.len, seg.first, &mut work)?;
         segments.insert(seg.first, seg.path.clone());
         next = scan.next_lsn;
         current = Some((seg.first, scan.offset, seg.len));
@@ -281,7 +277,7 @@ pub(crate) fn recover(
         }
         let below_start = (scan.next_lsn < start).then_some(start);
         let after = segment::after_bad_record(
-            &*seg.file,
+            &*file,
             seg.len,
             scan.offset,
             scan.next_lsn,
