@@ -472,12 +472,20 @@ fn store_cuts(what: &str, open: Open, seed: u64, cuts: u32) {
                 // The change in flight took effect: it is the value now.
                 acked.insert(k, got);
             } else {
+                // A value is named by its first bytes ("k3-put58-").
+                let name = |v: &Option<Vec<u8>>| {
+                    v.as_ref()
+                        .map(|v| String::from_utf8_lossy(&v[..v.len().min(10)]).into_owned())
+                };
                 fail(
                     &fs,
                     seed,
                     r,
                     format!(
-                        "{what}: key {k} holds {got:?}, acknowledged {want:?}, in flight {flying:?}"
+                        "{what}: key {k} holds {:?}, acknowledged {:?}, in flight {:?}",
+                        name(&got),
+                        name(&want),
+                        flying.as_ref().map(name)
                     ),
                 );
             }
