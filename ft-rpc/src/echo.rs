@@ -175,7 +175,11 @@ impl Echo {
                                     Ok(body) => body.clone(),
                                     Err(e) => Bytes::from(format!("nested call failed: {e}")),
                                 };
-                                nested.push(RpcInput::Complete { exec: id, reply });
+                                nested.push(RpcInput::Complete {
+                                    exec: id,
+                                    reply,
+                                    effect: None,
+                                });
                             }
                         }
                     }
@@ -226,11 +230,14 @@ impl Protocol for Echo {
             EchoTimer::Rpc(t) => self.rpc.handle_timer(now, t),
             EchoTimer::Finish(id) => {
                 if let Some(request) = self.working.remove(&id) {
+                    // The effect is the request itself: tests read the
+                    // durable effects back to count what ran exactly once.
                     self.rpc.handle_input(
                         now,
                         RpcInput::Complete {
                             exec: id,
-                            reply: request,
+                            reply: request.clone(),
+                            effect: Some(request),
                         },
                     );
                 }

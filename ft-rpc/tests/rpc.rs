@@ -118,8 +118,9 @@ fn exactly_once() -> impl FnMut(&World<Echo>) -> Result<(), String> {
     move |w| {
         ledger.update(w);
         let mut durable: BTreeMap<u64, u32> = BTreeMap::new();
-        for (_, reply) in durable_completions(&w.durable_records(SERVER)) {
-            *durable.entry(token_of(&reply)).or_default() += 1;
+        for c in durable_completions(&w.durable_records(SERVER)) {
+            let reply = c.reply().expect("echo replies");
+            *durable.entry(token_of(reply)).or_default() += 1;
         }
         if let Some((t, n)) = durable.iter().find(|(_, n)| **n > 1) {
             return Err(format!("call {t} has {n} durable completions"));
@@ -487,7 +488,7 @@ fn a_server_that_is_down_cannot_be_located_and_a_silent_one_times_out() {
     assert!(
         l.failed
             .values()
-            .any(|e| matches!(e, RpcError::TimedOut { attempts } if *attempts > 1))
+            .any(|e| matches!(e, RpcError::TimedOut { attempts, .. } if *attempts > 1))
     );
 }
 
@@ -534,7 +535,8 @@ impl ft_sim::Adversary<ft_rpc::rpc::RpcMessage> for Forger {
             semantics: Semantics::AtMostOnce,
             first_incomplete: 0,
             budget_ms: 1000,
-            body: body.clone(),
+            fingerprint: ft_rpc::rpc::fingerprint(Semantics::AtMostOnce, &body),
+            body: ft_rpc::rpc::Chunk::whole(body.clone()),
         };
         // In an honest client's name (the channel says who sent it).
         ctx.send(SERVER, call(NodeId(1), 0, 0, self.n));

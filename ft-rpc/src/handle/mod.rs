@@ -27,11 +27,20 @@
 //!
 //! # Handlers and cancellation
 //!
-//! A handler is `Fn(CallId, Bytes, Instant) -> impl Future<Output = Bytes>`:
-//! the computation's id, the request and the caller's deadline. Its future
-//! is polled by the dispatcher, concurrently with the other handlers and
-//! with the node's event loop (a `FuturesUnordered`), so it should not block
-//! the thread; CPU-heavy work belongs on the executor's blocking pool.
+//! A handler is `Fn(CallId, Bytes, Instant) -> impl Future<Output = R>`
+//! where `R: Into<`[`Reply`]`>` (a plain `Bytes` reply will do): the
+//! computation's id, the request and the caller's deadline. A [`Reply`]
+//! may carry the call's *effect*, which an exactly-once server makes
+//! durable in the same record as the completion (see
+//! [`RpcInput::Complete`]). Its future is polled by the dispatcher,
+//! concurrently with the other handlers and with the node's event loop (a
+//! `FuturesUnordered`), so it should not block the thread; CPU-heavy work
+//! belongs on the executor's blocking pool.
+//!
+//! **A handler that panics fails its call, not the node.** The panic is
+//! caught, logged and counted ([`ServeStats::handler_panics`]); the caller
+//! gets [`RpcError::HandlerFailed`] (the call executed, and failed), and
+//! the node goes on serving.
 //!
 //! **A handler sees cancellation as being dropped.** When the server core
 //! cancels a computation (its caller gave up or crashed, its deadline or
@@ -105,7 +114,10 @@ mod pending;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
 use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -120,6 +132,81 @@ use ft_core::{Channel, Clock, DriverConfig, DriverError, Handle, InputSender, No
 
 use crate::rpc::{CallId, CallOptions, Rpc, RpcError, RpcEvent, RpcInput};
 use pending::PendingCalls;
+
+/// What a handler answers: the reply, and the state change the call made
+/// (its *effect*), which an exactly-once server makes durable together
+/// with the completion record (see [`RpcInput::Complete`]). A `Bytes`
+/// converts into a reply with no effect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// The reply sent to the caller.
+    pub body: Bytes,
+    /// The effect to make durable with the completion (exactly-once).
+    pub effect: Option<Bytes>,
+}
+
+impl Reply {
+    /// A reply with an effect.
+    pub fn with_effect(body: Bytes, effect: Bytes) -> Reply {
+        Reply {
+            body,
+            effect: Some(effect),
+        }
+    }
+}
+
+impl From<Bytes> for Reply {
+    fn from(body: Bytes) -> Reply {
+        Reply { body, effect: None }
+    }
+}
+
+/// What a node's dispatcher ([`serve`]) did, read through
+/// [`RpcClient::serve_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServeStats {
+    /// Computations started (an `Execute` event each).
+    pub executions: u64,
+    /// Computations whose handler returned a reply.
+    pub completed: u64,
+    /// Computations cancelled by the core (caller gone, deadline, orphan).
+    pub cancelled: u64,
+    /// Handlers that panicked (each call failed with
+    /// [`RpcError::HandlerFailed`]; the node went on).
+    pub handler_panics: u64,
+    /// This node's calls that returned a reply.
+    pub calls_answered: u64,
+    /// This node's calls that returned an error.
+    pub calls_failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct ServeCells {
+    executions: AtomicU64,
+    completed: AtomicU64,
+    cancelled: AtomicU64,
+    handler_panics: AtomicU64,
+    calls_answered: AtomicU64,
+    calls_failed: AtomicU64,
+}
+
+impl ServeCells {
+    fn snapshot(&self) -> ServeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ServeStats {
+            executions: get(&self.executions),
+            completed: get(&self.completed),
+            cancelled: get(&self.cancelled),
+            handler_panics: get(&self.handler_panics),
+            calls_answered: get(&self.calls_answered),
+            calls_failed: get(&self.calls_failed),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Why an [`RpcClient::call`] failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +233,7 @@ struct ClientInner {
     inputs: InputSender<Rpc>,
     calls: PendingCalls,
     stop: mpsc::UnboundedSender<()>,
+    stats: Arc<ServeCells>,
 }
 
 /// The dispatcher's end of an [`RpcClient`]: where [`serve`] delivers the
@@ -153,6 +241,7 @@ struct ClientInner {
 pub struct Dispatch {
     calls: PendingCalls,
     stop: mpsc::UnboundedReceiver<()>,
+    stats: Arc<ServeCells>,
 }
 
 impl fmt::Debug for Dispatch {
@@ -177,16 +266,19 @@ impl RpcClient {
             let _ = cancel.input(RpcInput::Cancel { token });
         });
         let (stop_tx, stop_rx) = mpsc::unbounded();
+        let stats = Arc::new(ServeCells::default());
         let client = RpcClient {
-            inner: std::sync::Arc::new(ClientInner {
+            inner: Arc::new(ClientInner {
                 inputs,
                 calls: calls.clone(),
                 stop: stop_tx,
+                stats: stats.clone(),
             }),
         };
         let dispatch = Dispatch {
             calls,
             stop: stop_rx,
+            stats,
         };
         (client, dispatch)
     }
@@ -220,6 +312,12 @@ impl RpcClient {
             return Err(CallError::Closed);
         }
         completion.await
+    }
+
+    /// What the node's dispatcher did so far: computations served, handler
+    /// panics, this node's calls answered and failed.
+    pub fn serve_stats(&self) -> ServeStats {
+        self.inner.stats.snapshot()
     }
 
     /// How many calls are waiting for their results.
@@ -263,10 +361,13 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// How a handler ended: with a reply, or by panicking.
+type Handled = Result<Result<Reply, ()>, Aborted>;
+
 /// What woke the dispatcher.
 enum Wake {
     Event(Option<RpcEvent>),
-    Handled(CallId, u64, Result<Bytes, Aborted>),
+    Handled(CallId, u64, Handled),
     Stop,
 }
 
@@ -281,12 +382,17 @@ enum Wake {
 ///
 /// Handlers run concurrently inside this future (a `FuturesUnordered`), so
 /// it is `Send` when `handler` and its futures are.
-pub async fn serve<H, F>(mut handle: Handle<Rpc>, dispatch: Dispatch, handler: H)
+pub async fn serve<H, F, R>(mut handle: Handle<Rpc>, dispatch: Dispatch, handler: H)
 where
     H: Fn(CallId, Bytes, Instant) -> F,
-    F: Future<Output = Bytes>,
+    F: Future<Output = R>,
+    R: Into<Reply>,
 {
-    let Dispatch { calls, mut stop } = dispatch;
+    let Dispatch {
+        calls,
+        mut stop,
+        stats,
+    } = dispatch;
     let _close = CloseOnDrop(calls.clone());
     let mut stop_open = true;
     // The running handlers, by computation, with the generation that tells a
@@ -330,6 +436,11 @@ where
         match wake {
             Wake::Event(None) => break,
             Wake::Event(Some(RpcEvent::Returned { token, result })) => {
+                bump(if result.is_ok() {
+                    &stats.calls_answered
+                } else {
+                    &stats.calls_failed
+                });
                 // `false`: the caller gave up; the result is discarded.
                 calls.complete(token, result);
             }
@@ -340,7 +451,15 @@ where
                 ..
             })) => {
                 generation = generation.wrapping_add(1);
-                let (work, abort) = abortable(handler(id, request, deadline));
+                bump(&stats.executions);
+                // A panicking handler fails its own call, not the node: the
+                // panic is caught at the future's boundary. (Assuming unwind
+                // safety is sound here: a panicked handler's future is
+                // dropped, never polled again.)
+                let work = AssertUnwindSafe(handler(id, request, deadline))
+                    .catch_unwind()
+                    .map(|r| r.map(Into::into).map_err(|_| ()));
+                let (work, abort) = abortable(work);
                 if let Some((_, older)) = running.insert(id, (generation, abort)) {
                     // The core runs one computation per id at a time; an
                     // older one still here has been superseded.
@@ -351,17 +470,33 @@ where
             }
             Wake::Event(Some(RpcEvent::Cancel { id, .. })) => {
                 if let Some((_, abort)) = running.remove(&id) {
+                    bump(&stats.cancelled);
                     // The handler's future is dropped when `handlers` next
                     // polls it, which the abort's wake-up brings about.
                     abort.abort();
                 }
             }
-            Wake::Handled(id, this, Ok(reply)) => {
+            Wake::Handled(id, this, Ok(outcome)) => {
                 if running.get(&id).is_some_and(|(g, _)| *g == this) {
                     running.remove(&id);
+                    let input = match outcome {
+                        Ok(Reply { body, effect }) => {
+                            bump(&stats.completed);
+                            RpcInput::Complete {
+                                exec: id,
+                                reply: body,
+                                effect,
+                            }
+                        }
+                        Err(()) => {
+                            bump(&stats.handler_panics);
+                            tracing::error!(call = ?id, "an RPC handler panicked; the call fails, the node goes on");
+                            RpcInput::Fail { exec: id }
+                        }
+                    };
                     // An error means the driver has stopped; the loop ends
                     // when its events run out.
-                    let _ = handle.input(RpcInput::Complete { exec: id, reply });
+                    let _ = handle.input(input);
                 }
             }
             Wake::Handled(_, _, Err(Aborted)) => {}
@@ -381,7 +516,7 @@ where
 ///
 /// A node that only calls still needs a handler, for calls that reach it
 /// anyway: one that answers with an empty reply will do.
-pub fn rpc_node<C, K, L, H, F>(
+pub fn rpc_node<C, K, L, H, F, R>(
     rpc: Rpc,
     channel: C,
     clock: K,
@@ -394,7 +529,8 @@ where
     K: Clock + 'static,
     L: StableLog + 'static,
     H: Fn(CallId, Bytes, Instant) -> F,
-    F: Future<Output = Bytes>,
+    F: Future<Output = R>,
+    R: Into<Reply>,
 {
     let (handle, run) = driver(rpc, channel, clock, log, config);
     let (client, dispatch) = RpcClient::new(handle.input_sender());

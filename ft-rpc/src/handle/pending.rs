@@ -279,7 +279,12 @@ mod tests {
                 .is_pending()
         );
         assert!(calls.complete(b, Ok(Bytes::from_static(b"b"))));
-        assert!(calls.complete(a, Err(RpcError::Cancelled)));
+        assert!(calls.complete(
+            a,
+            Err(RpcError::Cancelled {
+                executed: crate::rpc::Executed::No
+            })
+        ));
         assert!(
             !calls.complete(a, Ok(Bytes::new())),
             "a second result is discarded"
@@ -287,7 +292,9 @@ mod tests {
         assert_eq!(cb.now_or_never(), Some(Ok(Bytes::from_static(b"b"))));
         assert_eq!(
             ca.now_or_never(),
-            Some(Err(CallError::Rpc(RpcError::Cancelled)))
+            Some(Err(CallError::Rpc(RpcError::Cancelled {
+                executed: crate::rpc::Executed::No
+            })))
         );
         assert_eq!(calls.len(), 0);
         assert!(cancelled.lock().unwrap().is_empty());

@@ -1,7 +1,7 @@
 //! When to retransmit: exponential back-off with full jitter, and a retry
 //! budget so retransmissions cannot amplify an overload.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ft_core::rng::Rng;
 
@@ -49,25 +49,41 @@ impl Backoff {
     }
 }
 
-/// Retry throttling as in gRPC (proposal A6): a bucket of `max_tokens`;
-/// every retransmission takes one token, every reply gives back
-/// `token_ratio`; retransmissions are allowed only while more than half the
-/// bucket is left. When most attempts go unanswered (the server is
-/// overloaded or gone), retransmissions stop until replies come back, so
-/// retries cannot amplify an overload; first transmissions of new calls are
-/// never throttled, and their replies refill the bucket.
+/// Retry throttling after gRPC (proposal A6), made safe for recovery.
+///
+/// A bucket of `max_tokens`: every retransmission takes one token, every
+/// reply gives back `token_ratio`, and time gives back `refill_per_sec`;
+/// retransmissions are allowed only while more than half the bucket is
+/// left. When most attempts go unanswered (the server is overloaded or
+/// gone), retransmissions stop, so retries cannot amplify an overload.
+/// First transmissions of new calls are never throttled.
+///
+/// Two things keep throttling from stranding a client whose server has come
+/// back (a partition healed, a crash storm ended), which gRPC's bucket —
+/// refilled only by replies — does: the bucket refills with time, and while
+/// it is spent each call may still send one retransmission every
+/// `probe_every`, so every call keeps trying until its deadline at a
+/// bounded rate. A throttled call therefore costs at most one message per
+/// `probe_every`, whatever the bucket says.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryBudget {
     /// The bucket's size.
     pub max_tokens: f64,
     /// What a reply gives back.
     pub token_ratio: f64,
+    /// What each second gives back.
+    pub refill_per_sec: f64,
+    /// A call whose retransmissions are throttled still sends one this
+    /// often (`None`: never; then a spent bucket can strand calls until
+    /// replies to other calls refill it).
+    pub probe_every: Option<Duration>,
 }
 
 impl Default for RetryBudget {
-    /// 100 tokens, one back per reply: retransmissions go on while at least
-    /// about half the attempts are answered, and stop after 50 more
-    /// unanswered attempts than answered ones.
+    /// 100 tokens, one back per reply and ten per second, and a probe per
+    /// call every second: retransmissions go on freely while at least about
+    /// half the attempts are answered; when they are not, a call sends at
+    /// most one message a second.
     ///
     /// gRPC's documented example (10 tokens, 0.1 per success) tolerates
     /// one failed attempt in ten. It throttles *failed RPCs* over TCP; here
@@ -78,6 +94,8 @@ impl Default for RetryBudget {
         RetryBudget {
             max_tokens: 100.0,
             token_ratio: 1.0,
+            refill_per_sec: 10.0,
+            probe_every: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -87,32 +105,43 @@ impl Default for RetryBudget {
 pub(crate) struct Bucket {
     tokens: f64,
     budget: RetryBudget,
+    refilled_at: Option<Instant>,
+}
+
+/// A finite, non-negative value, or 0.
+fn sane(x: f64) -> f64 {
+    if x.is_finite() { x.max(0.0) } else { 0.0 }
 }
 
 impl Bucket {
     pub(crate) fn new(budget: RetryBudget) -> Self {
-        let max = if budget.max_tokens.is_finite() {
-            budget.max_tokens.max(0.0)
-        } else {
-            0.0
-        };
+        let max = sane(budget.max_tokens);
         Bucket {
             tokens: max,
             budget: RetryBudget {
                 max_tokens: max,
-                token_ratio: if budget.token_ratio.is_finite() {
-                    budget.token_ratio.max(0.0)
-                } else {
-                    0.0
-                },
+                token_ratio: sane(budget.token_ratio),
+                refill_per_sec: sane(budget.refill_per_sec),
+                probe_every: budget.probe_every,
             },
+            refilled_at: None,
         }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(then) = self.refilled_at {
+            let secs = now.saturating_duration_since(then).as_secs_f64();
+            self.tokens =
+                (self.tokens + secs * self.budget.refill_per_sec).min(self.budget.max_tokens);
+        }
+        self.refilled_at = Some(now);
     }
 
     /// A retransmission is due: may it go? One that goes takes a token; one
     /// that is held back takes none (it is the same unanswered attempt, not
     /// a new failure, so waiting must not drain the bucket further).
-    pub(crate) fn try_retry(&mut self) -> bool {
+    pub(crate) fn try_retry(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens - 1.0 > self.budget.max_tokens / 2.0 {
             self.tokens -= 1.0;
             true
@@ -149,29 +178,43 @@ mod tests {
 
     #[test]
     fn the_budget_stops_retries_while_most_calls_fail_and_recovers() {
-        // gRPC's example bucket: 10 tokens, 0.1 back per success.
+        // gRPC's example bucket: 10 tokens, 0.1 back per success, no refill
+        // with time.
+        let now = Instant::now();
         let mut bucket = Bucket::new(RetryBudget {
             max_tokens: 10.0,
             token_ratio: 0.1,
+            refill_per_sec: 0.0,
+            probe_every: None,
         });
-        let allowed = (0..20).filter(|_| bucket.try_retry()).count();
+        let allowed = (0..20).filter(|_| bucket.try_retry(now)).count();
         // Retries while more than 5 tokens would be left.
         assert_eq!(allowed, 4);
-        assert!(!bucket.try_retry());
+        assert!(!bucket.try_retry(now + Duration::from_secs(100)));
         assert_eq!(bucket.tokens(), 6.0, "held-back retries cost nothing");
         // One success gives back 0.1: 6.1 - 1 > 5, retries resume.
         bucket.on_success();
-        assert!(bucket.try_retry());
+        assert!(bucket.try_retry(now));
         // The default tolerates a lossy network: one failure in five.
         let mut bucket = Bucket::new(RetryBudget::default());
         for i in 0..10_000 {
             if i % 5 == 0 {
-                assert!(bucket.try_retry());
+                assert!(bucket.try_retry(now));
             } else {
                 bucket.on_success();
             }
         }
         assert!(bucket.tokens() > 50.0);
+    }
+
+    #[test]
+    fn time_refills_a_spent_bucket() {
+        let now = Instant::now();
+        let mut bucket = Bucket::new(RetryBudget::default());
+        while bucket.try_retry(now) {}
+        assert!(!bucket.try_retry(now));
+        // Ten tokens a second: a second later there is room again.
+        assert!(bucket.try_retry(now + Duration::from_secs(1)));
     }
 
     proptest! {
@@ -186,8 +229,10 @@ mod tests {
 
         #[test]
         fn absurd_budgets_do_not_panic(max in any::<f64>(), ratio in any::<f64>()) {
-            let mut b = Bucket::new(RetryBudget { max_tokens: max, token_ratio: ratio });
-            b.try_retry();
+            let mut b = Bucket::new(RetryBudget { max_tokens: max, token_ratio: ratio, refill_per_sec: ratio, probe_every: None });
+            let now = Instant::now();
+            b.try_retry(now);
+            b.try_retry(now + Duration::from_secs(3));
             b.on_success();
             prop_assert!(b.tokens().is_finite());
         }

@@ -8,10 +8,12 @@ use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, PersistToken};
 
 use super::budget::Bucket;
+use super::message::{Chunk, Refusal, fingerprint};
+use super::parts::{Added, Parts};
 use super::server::Records;
 use super::{
-    CallId, CallOptions, Executed, MAX_BODY, Outcome, Reincarnation, Rpc, RpcError, RpcEvent,
-    RpcMessage, RpcTimer, Semantics, after,
+    CallId, CallOptions, Executed, Outcome, Reincarnation, Rpc, RpcError, RpcEvent, RpcMessage,
+    RpcTimer, Semantics, after,
 };
 
 /// How many times a restarted client announces its new life (the
@@ -31,6 +33,12 @@ pub struct ClientStats {
     pub retransmissions: u64,
     /// Retransmissions withheld by the retry budget.
     pub throttled: u64,
+    /// Retransmissions sent although the budget was spent: the one probe a
+    /// call may send every [`RetryBudget::probe_every`](super::RetryBudget),
+    /// so that a call never stops trying before its deadline.
+    pub probes: u64,
+    /// Replies that arrived in parts and were put together.
+    pub replies_reassembled: u64,
     /// `Locate` requests sent (binding).
     pub locates: u64,
     /// Server restarts noticed (a higher server incarnation).
@@ -47,7 +55,9 @@ pub struct ClientStats {
 pub(crate) struct Call {
     token: u64,
     server: NodeId,
-    request: Bytes,
+    /// The request, in the parts it is sent in (one, if it is small).
+    request: Vec<Chunk>,
+    fingerprint: u64,
     options: CallOptions,
     /// Times the request itself was sent.
     attempts: u32,
@@ -60,6 +70,21 @@ pub(crate) struct Call {
     in_progress_seen: bool,
     /// Waiting for the call-log record to become durable.
     logging: bool,
+    /// When anything was last sent for it (for the probe allowance).
+    last_sent: Option<Instant>,
+}
+
+impl Call {
+    /// Whether the call may have executed, from what this client saw.
+    fn executed(&self) -> Executed {
+        if self.in_progress_seen {
+            Executed::Yes
+        } else if self.attempts == 0 {
+            Executed::No
+        } else {
+            Executed::Unknown
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +102,8 @@ pub(crate) struct Client {
     announce_to: BTreeSet<NodeId>,
     adopted: Vec<u64>,
     announces_left: u32,
+    /// Replies arriving in parts.
+    parts: Parts,
     pub(crate) stats: ClientStats,
 }
 
@@ -98,6 +125,12 @@ impl Rpc {
             return;
         };
         self.client.by_token.remove(&call.token);
+        let id = CallId {
+            client: self.me,
+            client_incarnation: self.incarnation,
+            seq,
+        };
+        self.client.parts.remove(call.server, id);
         self.cancel_timer(RpcTimer::Retry(seq));
         self.cancel_timer(RpcTimer::Deadline(seq));
         if result.is_ok() {
@@ -126,16 +159,24 @@ impl Rpc {
         options: CallOptions,
     ) {
         self.client.stats.calls += 1;
+        let limit = self.config.max_body;
         let refuse = if self.client.by_token.contains_key(&token) {
-            Some(RpcError::Refused("token already in use"))
+            Some(RpcError::Refused(Refusal::TokenInUse))
         } else if self.client.calls.len() >= self.config.max_pending {
-            Some(RpcError::Refused("too many calls outstanding"))
-        } else if request.len() > MAX_BODY {
-            Some(RpcError::Refused("request larger than MAX_BODY"))
+            Some(RpcError::Refused(Refusal::TooManyPending))
+        } else if request.len() > limit {
+            // Checked before anything is sent.
+            Some(RpcError::Refused(Refusal::RequestTooLarge {
+                len: request.len() as u64,
+                limit: limit as u64,
+            }))
         } else if server == self.me || !self.config.peers.contains(&server) {
             Some(RpcError::CannotLocateServer { server })
         } else if options.deadline <= now {
-            Some(RpcError::TimedOut { attempts: 0 })
+            Some(RpcError::TimedOut {
+                attempts: 0,
+                executed: Executed::No,
+            })
         } else {
             None
         };
@@ -155,13 +196,15 @@ impl Rpc {
             Call {
                 token,
                 server,
-                request,
+                fingerprint: fingerprint(options.semantics, &request),
+                request: Chunk::split(&request),
                 options,
                 attempts: 0,
                 tries: 0,
                 sent_to: None,
                 in_progress_seen: false,
                 logging,
+                last_sent: None,
             },
         );
         self.client.by_token.insert(token, seq);
@@ -203,24 +246,36 @@ impl Rpc {
         let server = call.server;
         let attempt = call.tries;
         call.tries += 1;
+        call.last_sent = Some(now);
         match self.client.bound.get(&server).copied() {
             Some(inc) => {
                 call.attempts += 1;
                 call.sent_to = Some(inc);
                 let left = call.options.deadline.saturating_duration_since(now);
-                let msg = RpcMessage::Call {
-                    id: CallId {
-                        client: self.me,
-                        client_incarnation: self.incarnation,
-                        seq,
-                    },
-                    server_incarnation: inc,
-                    semantics: call.options.semantics,
-                    first_incomplete,
-                    budget_ms: left.as_millis().min(u128::from(u32::MAX)) as u32,
-                    body: call.request.clone(),
+                let id = CallId {
+                    client: self.me,
+                    client_incarnation: self.incarnation,
+                    seq,
                 };
-                self.send(server, msg);
+                let (semantics, fingerprint) = (call.options.semantics, call.fingerprint);
+                let budget_ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
+                // Every part again: the server keeps the parts it has, so
+                // each retransmission fills what was lost.
+                let parts = call.request.clone();
+                for body in parts {
+                    self.send(
+                        server,
+                        RpcMessage::Call {
+                            id,
+                            server_incarnation: inc,
+                            semantics,
+                            first_incomplete,
+                            budget_ms,
+                            fingerprint,
+                            body,
+                        },
+                    );
+                }
             }
             None => self.locate(server),
         }
@@ -236,10 +291,23 @@ impl Rpc {
     }
 
     pub(crate) fn on_retry(&mut self, now: Instant, seq: u64) {
-        if !self.client.calls.contains_key(&seq) {
+        let Some(last_sent) = self.client.calls.get(&seq).map(|c| c.last_sent) else {
             return;
-        }
-        if self.bucket().try_retry() {
+        };
+        // Past the probe interval, a call sends even with the budget spent:
+        // the budget protects an overloaded server from amplified retries,
+        // and must not strand a call on a server that has come back.
+        let probe_due = self
+            .config
+            .budget
+            .probe_every
+            .is_some_and(|every| last_sent.is_none_or(|t| now >= after(t, every)));
+        if self.bucket().try_retry(now) {
+            self.client.stats.retransmissions += 1;
+            self.counters.retransmissions += 1;
+            self.transmit(now, seq);
+        } else if probe_due {
+            self.client.stats.probes += 1;
             self.client.stats.retransmissions += 1;
             self.counters.retransmissions += 1;
             self.transmit(now, seq);
@@ -267,6 +335,7 @@ impl Rpc {
         } else {
             RpcError::TimedOut {
                 attempts: call.attempts,
+                executed: call.executed(),
             }
         };
         self.tell_server_to_stop(seq);
@@ -275,8 +344,13 @@ impl Rpc {
 
     pub(crate) fn cancel(&mut self, token: u64) {
         if let Some(&seq) = self.client.by_token.get(&token) {
+            let executed = self
+                .client
+                .calls
+                .get(&seq)
+                .map_or(Executed::Unknown, Call::executed);
             self.tell_server_to_stop(seq);
-            self.finish(seq, Err(RpcError::Cancelled));
+            self.finish(seq, Err(RpcError::Cancelled { executed }));
         }
     }
 
@@ -340,14 +414,7 @@ impl Rpc {
                     && c.options.semantics == Semantics::AtMostOnce
                     && c.sent_to.is_some_and(|s| s < incarnation)
             })
-            .map(|(seq, c)| {
-                let executed = if c.in_progress_seen {
-                    Executed::Yes
-                } else {
-                    Executed::Unknown
-                };
-                (*seq, executed)
-            })
+            .map(|(seq, c)| (*seq, c.executed()))
             .collect();
         for (seq, executed) in crashed {
             self.finish(
@@ -390,6 +457,7 @@ impl Rpc {
             // The restart ended it (at-most-once).
             return true;
         };
+        let executed = call.executed();
         match outcome {
             Outcome::Done(body) => {
                 self.bucket().on_success();
@@ -402,29 +470,66 @@ impl Rpc {
             }
             Outcome::Stale => {
                 // Our life is current and the server's too: the call was
-                // answered and forgotten, or refused as a duplicate.
-                if call.options.semantics == Semantics::AtMostOnce
+                // answered and forgotten, or meant for a life of the server
+                // that is over. Either way its outcome is unknown here; it
+                // is never reported as refused.
+                let error = if call.options.semantics == Semantics::AtMostOnce
                     && call.sent_to.is_some_and(|s| s < server_incarnation)
                 {
-                    let executed = if call.in_progress_seen {
-                        Executed::Yes
-                    } else {
-                        Executed::Unknown
-                    };
-                    self.finish(
-                        id.seq,
-                        Err(RpcError::ServerCrashed {
-                            incarnation: server_incarnation,
-                            executed,
-                        }),
-                    );
+                    RpcError::ServerCrashed {
+                        incarnation: server_incarnation,
+                        executed,
+                    }
                 } else {
-                    self.finish(id.seq, Err(RpcError::Refused("stale call")));
-                }
+                    RpcError::Forgotten { executed }
+                };
+                self.finish(id.seq, Err(error));
             }
-            Outcome::Refused => self.finish(id.seq, Err(RpcError::Refused("refused by server"))),
+            Outcome::Refused(why) => self.finish(id.seq, Err(RpcError::Refused(why))),
+            Outcome::Mismatch => self.finish(id.seq, Err(RpcError::Mismatch)),
+            Outcome::Failed => self.finish(id.seq, Err(RpcError::HandlerFailed)),
+            Outcome::ReplyTooLarge { len, limit } => {
+                self.finish(id.seq, Err(RpcError::ReplyTooLarge { len, limit }));
+            }
         }
         true
+    }
+
+    /// A part of a large reply: kept until the whole is there.
+    pub(crate) fn on_reply_part(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        id: CallId,
+        server_incarnation: Incarnation,
+        fingerprint: u64,
+        body: Chunk,
+    ) -> bool {
+        if id.client != self.me
+            || id.client_incarnation != self.incarnation
+            || self
+                .client
+                .calls
+                .get(&id.seq)
+                .is_none_or(|c| c.server != from)
+            || body.total_len as usize > self.config.max_body
+        {
+            return false;
+        }
+        let per_peer = self.config.max_partial_per_peer;
+        let total = self.config.max_partial_total;
+        match self
+            .client
+            .parts
+            .add(from, id, fingerprint, body, per_peer, total)
+        {
+            Added::Whole(reply) => {
+                self.client.stats.replies_reassembled += 1;
+                self.on_reply(now, from, id, server_incarnation, Outcome::Done(reply))
+            }
+            Added::Waiting => true,
+            Added::Dropped => false,
+        }
     }
 
     pub(crate) fn on_exterminated(

@@ -1,4 +1,11 @@
 //! What RPC clients and servers say to each other.
+//!
+//! A body of up to [`MAX_PART`] bytes travels in one message; a larger one
+//! (up to [`RpcConfig::max_body`](super::RpcConfig::max_body)) travels as
+//! parts, each a [`Chunk`] naming its offset in the whole, and each carrying
+//! the call's header so that the receiver can start on any of them. Lost
+//! parts are sent again with the call's (or the reply's) next
+//! retransmission, and the receiver keeps what it has across them.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ft_core::wire::{self, DecodeError, Wire};
@@ -7,9 +14,13 @@ use ft_core::{Incarnation, NodeId};
 use super::Semantics;
 
 /// The wire version of every RPC message.
-pub const RPC_VERSION: u8 = 1;
-/// The largest request or reply body a message may carry.
-pub const MAX_BODY: usize = 60 * 1024;
+pub const RPC_VERSION: u8 = 2;
+/// The most body bytes one message carries (a UDP datagram holds it with
+/// room for the headers); larger bodies travel in parts of this size.
+pub const MAX_PART: usize = 60 * 1024;
+/// The largest body any configuration may allow (64 MiB): the bound a
+/// receiver checks a part's claimed total against before keeping anything.
+pub const MAX_BODY_LIMIT: usize = 64 << 20;
 /// The most sequence numbers one `Exterminate` or `Renew` may list.
 pub const MAX_LISTED: usize = 256;
 
@@ -24,19 +35,134 @@ pub struct CallId {
     pub seq: u64,
 }
 
+/// Why a call was refused. A refused call did **not** execute: every
+/// variant is a refusal before anything ran, and a caller may retry it as it
+/// is (or after fixing what the reason says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// (At the client.) The caller's token names a call already outstanding.
+    #[error("the token names a call already outstanding")]
+    TokenInUse,
+    /// (At the client.) `max_pending` calls are outstanding already.
+    #[error("too many calls outstanding at the client")]
+    TooManyPending,
+    /// The request is larger than the limit of the client (checked before
+    /// sending) or of the server (checked before executing).
+    #[error("request of {len} bytes exceeds the limit of {limit}")]
+    RequestTooLarge {
+        /// The request's size.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// (At the server.) It keeps state for as many clients as it may.
+    #[error("the server serves too many clients")]
+    TooManyClients,
+    /// (At the server.) `max_running` computations are running already.
+    #[error("the server is busy")]
+    ServerBusy,
+    /// (At the server.) The call arrived with no time left to its deadline.
+    #[error("the deadline had passed when the call arrived")]
+    DeadlinePassed,
+}
+
+impl Refusal {
+    fn code(self) -> u8 {
+        match self {
+            Refusal::TokenInUse => 1,
+            Refusal::TooManyPending => 2,
+            Refusal::RequestTooLarge { .. } => 3,
+            Refusal::TooManyClients => 4,
+            Refusal::ServerBusy => 5,
+            Refusal::DeadlinePassed => 6,
+        }
+    }
+}
+
 /// What a server answers about a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The call completed with this reply.
+    /// The call completed with this reply (whole: at most [`MAX_PART`]
+    /// bytes; a larger reply comes as [`RpcMessage::ReplyPart`]s).
     Done(Bytes),
     /// The call is running: a duplicate is not executed again.
     InProgress,
     /// The call is addressed to a life of the server or of the client that
-    /// is over, or duplicates a call already answered and forgotten.
+    /// is over, or duplicates a call answered and forgotten: the server
+    /// does not know its outcome.
     Stale,
-    /// The server refused the call (too many clients, body too large,
-    /// deadline already past).
-    Refused,
+    /// The server refused the call; it did not execute.
+    Refused(Refusal),
+    /// The server holds a *different* request under this call's identity:
+    /// this request did not execute, and the other call's reply is never
+    /// given for it. (A client that reused an identity.)
+    Mismatch,
+    /// The handler failed (it panicked) while executing the call.
+    Failed,
+    /// The call executed, but its reply is larger than the server may send.
+    ReplyTooLarge {
+        /// The reply's size.
+        len: u64,
+        /// The server's limit.
+        limit: u64,
+    },
+}
+
+/// A piece of a body: `bytes` sit at `offset` in a body of `total_len`
+/// bytes. A whole body is the chunk at offset 0 holding all of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// The whole body's length.
+    pub total_len: u32,
+    /// Where this piece starts.
+    pub offset: u32,
+    /// The piece.
+    pub bytes: Bytes,
+}
+
+impl Chunk {
+    /// The whole of a body of at most [`MAX_PART`] bytes.
+    pub fn whole(body: Bytes) -> Chunk {
+        Chunk {
+            total_len: body.len() as u32,
+            offset: 0,
+            bytes: body,
+        }
+    }
+
+    /// Whether this chunk is the whole body.
+    pub fn is_whole(&self) -> bool {
+        self.offset == 0 && self.bytes.len() as u64 == u64::from(self.total_len)
+    }
+
+    /// The chunks of `body`, [`MAX_PART`] bytes each (one, if it fits).
+    pub fn split(body: &Bytes) -> Vec<Chunk> {
+        if body.len() <= MAX_PART {
+            return vec![Chunk::whole(body.clone())];
+        }
+        (0..body.len())
+            .step_by(MAX_PART)
+            .map(|at| Chunk {
+                total_len: body.len() as u32,
+                offset: at as u32,
+                bytes: body.slice(at..(at + MAX_PART).min(body.len())),
+            })
+            .collect()
+    }
+}
+
+/// A 64-bit fingerprint (FNV-1a) of a call's semantics and request: a
+/// server compares a duplicate's fingerprint with the recorded call's, so a
+/// reused call identity never gets another call's reply. Stable across
+/// versions and platforms (it is kept in durable records).
+pub fn fingerprint(semantics: Semantics, body: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in std::iter::once(&semantics.code()).chain(body) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// An RPC message.
@@ -54,7 +180,8 @@ pub enum RpcMessage {
         /// The server's current life.
         server_incarnation: Incarnation,
     },
-    /// A call.
+    /// A call, or one part of a call whose request is larger than
+    /// [`MAX_PART`].
     Call {
         /// Which call.
         id: CallId,
@@ -70,8 +197,10 @@ pub enum RpcMessage {
         /// Time left until the call's deadline when it was sent, in
         /// milliseconds (deadlines propagate: a nested call inherits it).
         budget_ms: u32,
-        /// The request.
-        body: Bytes,
+        /// [`fingerprint`] of the semantics and the whole request.
+        fingerprint: u64,
+        /// The request, or a part of it.
+        body: Chunk,
     },
     /// The answer to a call.
     Reply {
@@ -81,6 +210,19 @@ pub enum RpcMessage {
         server_incarnation: Incarnation,
         /// The answer.
         outcome: Outcome,
+    },
+    /// One part of a reply larger than [`MAX_PART`] (the call completed).
+    ReplyPart {
+        /// Which call.
+        id: CallId,
+        /// The life of the server answering.
+        server_incarnation: Incarnation,
+        /// A [`fingerprint`] of the whole reply: parts of two different
+        /// replies to one call (an at-least-once call executed twice) are
+        /// never put together.
+        fingerprint: u64,
+        /// The part.
+        body: Chunk,
     },
     /// The caller gave up on the call: stop working on it.
     Cancel {
@@ -129,6 +271,98 @@ const ANNOUNCE: u8 = 6;
 const EXTERMINATE: u8 = 7;
 const EXTERMINATED: u8 = 8;
 const RENEW: u8 = 9;
+const REPLY_PART: u8 = 10;
+
+fn put_chunk(buf: &mut BytesMut, c: &Chunk) {
+    buf.put_u32_le(c.total_len);
+    buf.put_u32_le(c.offset);
+    wire::put_bytes(buf, &c.bytes[..c.bytes.len().min(MAX_PART)]);
+}
+
+/// A chunk, checked: it lies inside a body no larger than
+/// [`MAX_BODY_LIMIT`], and holds at most [`MAX_PART`] bytes.
+fn get_chunk(buf: &mut Bytes) -> Result<Chunk, DecodeError> {
+    let total_len = wire::get_u32(buf)?;
+    let offset = wire::get_u32(buf)?;
+    let bytes = wire::get_bytes(buf, MAX_PART)?;
+    if total_len as usize > MAX_BODY_LIMIT {
+        return Err(DecodeError::Oversized {
+            len: total_len as usize,
+            max: MAX_BODY_LIMIT,
+        });
+    }
+    if u64::from(offset) + bytes.len() as u64 > u64::from(total_len) {
+        return Err(DecodeError::Invalid("a chunk lies outside its body"));
+    }
+    Ok(Chunk {
+        total_len,
+        offset,
+        bytes,
+    })
+}
+
+fn put_outcome(buf: &mut BytesMut, outcome: &Outcome) {
+    match outcome {
+        Outcome::Done(body) => {
+            buf.put_u8(1);
+            wire::put_bytes(buf, &body[..body.len().min(MAX_PART)]);
+        }
+        Outcome::InProgress => buf.put_u8(2),
+        Outcome::Stale => buf.put_u8(3),
+        Outcome::Refused(r) => {
+            buf.put_u8(4);
+            buf.put_u8(r.code());
+            if let Refusal::RequestTooLarge { len, limit } = r {
+                buf.put_u64_le(*len);
+                buf.put_u64_le(*limit);
+            }
+        }
+        Outcome::Mismatch => buf.put_u8(5),
+        Outcome::Failed => buf.put_u8(6),
+        Outcome::ReplyTooLarge { len, limit } => {
+            buf.put_u8(7);
+            buf.put_u64_le(*len);
+            buf.put_u64_le(*limit);
+        }
+    }
+}
+
+fn get_outcome(buf: &mut Bytes) -> Result<Outcome, DecodeError> {
+    Ok(match wire::get_u8(buf)? {
+        1 => Outcome::Done(wire::get_bytes(buf, MAX_PART)?),
+        2 => Outcome::InProgress,
+        3 => Outcome::Stale,
+        4 => Outcome::Refused(match wire::get_u8(buf)? {
+            1 => Refusal::TokenInUse,
+            2 => Refusal::TooManyPending,
+            3 => Refusal::RequestTooLarge {
+                len: wire::get_u64(buf)?,
+                limit: wire::get_u64(buf)?,
+            },
+            4 => Refusal::TooManyClients,
+            5 => Refusal::ServerBusy,
+            6 => Refusal::DeadlinePassed,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "Refusal",
+                    tag,
+                });
+            }
+        }),
+        5 => Outcome::Mismatch,
+        6 => Outcome::Failed,
+        7 => Outcome::ReplyTooLarge {
+            len: wire::get_u64(buf)?,
+            limit: wire::get_u64(buf)?,
+        },
+        tag => {
+            return Err(DecodeError::UnknownTag {
+                what: "Outcome",
+                tag,
+            });
+        }
+    })
+}
 
 fn put_id(buf: &mut BytesMut, id: &CallId) {
     buf.put_u64_le(id.client.0);
@@ -185,6 +419,7 @@ impl Wire for RpcMessage {
                 semantics,
                 first_incomplete,
                 budget_ms,
+                fingerprint,
                 body,
             } => {
                 buf.put_u8(CALL);
@@ -193,7 +428,8 @@ impl Wire for RpcMessage {
                 buf.put_u8(semantics.code());
                 buf.put_u64_le(*first_incomplete);
                 buf.put_u32_le(*budget_ms);
-                wire::put_bytes(buf, &body[..body.len().min(MAX_BODY)]);
+                buf.put_u64_le(*fingerprint);
+                put_chunk(buf, body);
             }
             RpcMessage::Reply {
                 id,
@@ -203,15 +439,19 @@ impl Wire for RpcMessage {
                 buf.put_u8(REPLY);
                 put_id(buf, id);
                 buf.put_u64_le(server_incarnation.0);
-                match outcome {
-                    Outcome::Done(body) => {
-                        buf.put_u8(1);
-                        wire::put_bytes(buf, &body[..body.len().min(MAX_BODY)]);
-                    }
-                    Outcome::InProgress => buf.put_u8(2),
-                    Outcome::Stale => buf.put_u8(3),
-                    Outcome::Refused => buf.put_u8(4),
-                }
+                put_outcome(buf, outcome);
+            }
+            RpcMessage::ReplyPart {
+                id,
+                server_incarnation,
+                fingerprint,
+                body,
+            } => {
+                buf.put_u8(REPLY_PART);
+                put_id(buf, id);
+                buf.put_u64_le(server_incarnation.0);
+                buf.put_u64_le(*fingerprint);
+                put_chunk(buf, body);
             }
             RpcMessage::Cancel { id } => {
                 buf.put_u8(CANCEL);
@@ -276,37 +516,29 @@ impl Wire for RpcMessage {
                 let semantics = Semantics::from_code(wire::get_u8(buf)?)?;
                 let first_incomplete = wire::get_u64(buf)?;
                 let budget_ms = wire::get_u32(buf)?;
-                let body = wire::get_bytes(buf, MAX_BODY)?;
+                let fingerprint = wire::get_u64(buf)?;
+                let body = get_chunk(buf)?;
                 RpcMessage::Call {
                     id,
                     server_incarnation,
                     semantics,
                     first_incomplete,
                     budget_ms,
+                    fingerprint,
                     body,
                 }
             }
-            REPLY => {
-                let id = get_id(buf)?;
-                let server_incarnation = inc(buf)?;
-                let outcome = match wire::get_u8(buf)? {
-                    1 => Outcome::Done(wire::get_bytes(buf, MAX_BODY)?),
-                    2 => Outcome::InProgress,
-                    3 => Outcome::Stale,
-                    4 => Outcome::Refused,
-                    tag => {
-                        return Err(DecodeError::UnknownTag {
-                            what: "Outcome",
-                            tag,
-                        });
-                    }
-                };
-                RpcMessage::Reply {
-                    id,
-                    server_incarnation,
-                    outcome,
-                }
-            }
+            REPLY => RpcMessage::Reply {
+                id: get_id(buf)?,
+                server_incarnation: inc(buf)?,
+                outcome: get_outcome(buf)?,
+            },
+            REPLY_PART => RpcMessage::ReplyPart {
+                id: get_id(buf)?,
+                server_incarnation: inc(buf)?,
+                fingerprint: wire::get_u64(buf)?,
+                body: get_chunk(buf)?,
+            },
             CANCEL => RpcMessage::Cancel { id: get_id(buf)? },
             ANNOUNCE => RpcMessage::Announce {
                 client_incarnation: inc(buf)?,
@@ -373,9 +605,10 @@ mod tests {
                     semantics: Semantics::from_code(m).unwrap(),
                     first_incomplete: f,
                     budget_ms: b,
-                    body
+                    fingerprint: s ^ f,
+                    body: Chunk::whole(body)
                 }),
-            (id(), any::<u64>(), 0u8..4, body()).prop_map(|(id, s, k, body)| {
+            (id(), any::<u64>(), 0u8..12, body()).prop_map(|(id, s, k, body)| {
                 RpcMessage::Reply {
                     id,
                     server_incarnation: Incarnation(s),
@@ -383,7 +616,31 @@ mod tests {
                         0 => Outcome::Done(body),
                         1 => Outcome::InProgress,
                         2 => Outcome::Stale,
-                        _ => Outcome::Refused,
+                        3 => Outcome::Mismatch,
+                        4 => Outcome::Failed,
+                        5 => Outcome::ReplyTooLarge {
+                            len: s,
+                            limit: s / 2,
+                        },
+                        6 => Outcome::Refused(Refusal::RequestTooLarge { len: s, limit: 7 }),
+                        7 => Outcome::Refused(Refusal::TooManyClients),
+                        8 => Outcome::Refused(Refusal::ServerBusy),
+                        9 => Outcome::Refused(Refusal::DeadlinePassed),
+                        10 => Outcome::Refused(Refusal::TokenInUse),
+                        _ => Outcome::Refused(Refusal::TooManyPending),
+                    },
+                }
+            }),
+            (id(), any::<u64>(), any::<u64>(), body(), 0u32..4).prop_map(|(id, s, f, bytes, k)| {
+                let total_len = bytes.len() as u32 + 1000 * k;
+                RpcMessage::ReplyPart {
+                    id,
+                    server_incarnation: Incarnation(s),
+                    fingerprint: f,
+                    body: Chunk {
+                        total_len,
+                        offset: 1000 * k,
+                        bytes,
                     },
                 }
             }),

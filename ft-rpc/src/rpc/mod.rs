@@ -69,12 +69,16 @@
 mod budget;
 mod client;
 mod message;
+mod parts;
 mod server;
 
 pub use budget::{Backoff, RetryBudget};
 pub use client::ClientStats;
-pub use message::{CallId, MAX_BODY, MAX_LISTED, Outcome, RPC_VERSION, RpcMessage};
-pub use server::{MAX_CLIENTS, ServerStats};
+pub use message::{
+    CallId, Chunk, MAX_BODY_LIMIT, MAX_LISTED, MAX_PART, Outcome, RPC_VERSION, Refusal, RpcMessage,
+    fingerprint,
+};
+pub use server::{Completion, MAX_CLIENTS, ServerStats};
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -121,32 +125,38 @@ impl Semantics {
     }
 }
 
-/// Whether a call caught in a server crash may have executed.
+/// Whether a failed call may have executed: what a caller needs to decide
+/// whether retrying it could run it twice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Executed {
-    /// It did not: the crashed life never received it.
+    /// It did not.
     No,
-    /// It may have: it was sent, and no answer came before the crash.
+    /// It may have: it was sent, and nothing says whether it ran.
     Unknown,
-    /// It did: the crashed life said it was running it.
+    /// It did (the server said it was running it, or that it ran).
     Yes,
 }
 
 /// Why a call failed: the subject's failure classes, plus what a caller
-/// must handle differently.
+/// must handle differently. Every error says whether the call may have
+/// executed ([`RpcError::executed`]); a *refused* call never did.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RpcError {
-    /// No life of the server answered `Locate` before the deadline.
+    /// No life of the server answered `Locate` before the deadline; the
+    /// call was never sent.
     #[error("cannot locate server {server}")]
     CannotLocateServer {
         /// The server.
         server: NodeId,
     },
     /// The request (or every reply) was lost until the deadline.
-    #[error("no reply before the deadline after {attempts} transmissions")]
+    #[error("no reply before the deadline after {attempts} transmissions; executed: {executed:?}")]
     TimedOut {
         /// How many times the request was sent.
         attempts: u32,
+        /// Whether it may have executed.
+        executed: Executed,
     },
     /// The server restarted while the call was outstanding.
     #[error("the server crashed (restarted as {incarnation}); executed: {executed:?}")]
@@ -157,12 +167,56 @@ pub enum RpcError {
         executed: Executed,
     },
     /// The caller cancelled the call.
-    #[error("cancelled by the caller")]
-    Cancelled,
-    /// The server refused the call (too many clients or calls, body too
-    /// large, deadline already past), or the call was malformed.
+    #[error("cancelled by the caller; executed: {executed:?}")]
+    Cancelled {
+        /// Whether it may have executed before the cancellation.
+        executed: Executed,
+    },
+    /// The call was refused before it executed, by this client or by the
+    /// server: it did not run.
     #[error("refused: {0}")]
-    Refused(&'static str),
+    Refused(Refusal),
+    /// The server no longer knows the call's outcome: its completion record
+    /// was forgotten (acknowledged, over the server's bounds, or its lease
+    /// ran out) before this retransmission arrived. It may have executed.
+    #[error("the server forgot the call's outcome; executed: {executed:?}")]
+    Forgotten {
+        /// Whether it may have executed (`Yes` if the server had said it
+        /// was running it).
+        executed: Executed,
+    },
+    /// The server holds a different request under this call's identity (a
+    /// client life that reused another's identity): this request did not
+    /// run, and the other's reply was not given for it.
+    #[error("the server holds a different call under this identity")]
+    Mismatch,
+    /// The server's handler failed (panicked) while executing the call.
+    #[error("the handler failed; executed: Yes")]
+    HandlerFailed,
+    /// The call executed, but its reply is larger than the server may send.
+    #[error("the call executed, but its reply of {len} bytes exceeds the limit of {limit}")]
+    ReplyTooLarge {
+        /// The reply's size.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl RpcError {
+    /// Whether the call may have executed.
+    pub fn executed(&self) -> Executed {
+        match self {
+            RpcError::CannotLocateServer { .. } | RpcError::Refused(_) | RpcError::Mismatch => {
+                Executed::No
+            }
+            RpcError::TimedOut { executed, .. }
+            | RpcError::ServerCrashed { executed, .. }
+            | RpcError::Cancelled { executed }
+            | RpcError::Forgotten { executed } => *executed,
+            RpcError::HandlerFailed | RpcError::ReplyTooLarge { .. } => Executed::Yes,
+        }
+    }
 }
 
 /// How a server treats orphans. Expiration and extermination work alongside
@@ -215,8 +269,22 @@ pub struct RpcConfig {
     /// Retry throttling.
     pub budget: RetryBudget,
     /// Completion records kept per client (older ones are forgotten and
-    /// their duplicates answered `Stale`).
+    /// their duplicates answered `Stale`, reported as
+    /// [`RpcError::Forgotten`]).
     pub records_per_client: usize,
+    /// Bytes of replies kept in completion records per client; over it the
+    /// oldest records are forgotten, as over `records_per_client`.
+    pub record_bytes_per_client: usize,
+    /// The largest request or reply body (at most [`MAX_BODY_LIMIT`]).
+    /// Bodies larger than [`MAX_PART`] travel in parts. A larger request is
+    /// refused before it is sent (and by the server before it runs); a
+    /// larger reply is reported as [`RpcError::ReplyTooLarge`].
+    pub max_body: usize,
+    /// Bytes of bodies arriving in parts held for one peer; beyond, the
+    /// oldest partial bodies are dropped (their senders send them again).
+    pub max_partial_per_peer: usize,
+    /// Bytes of bodies arriving in parts held for all peers together.
+    pub max_partial_total: usize,
     /// Computations running at once; calls beyond are refused.
     pub max_running: usize,
     /// Calls outstanding at once at the client; calls beyond are refused.
@@ -228,9 +296,10 @@ pub struct RpcConfig {
 
 impl RpcConfig {
     /// `peers` with the defaults: back-off of at least 20 ms plus a full
-    /// jitter capped at 20 ms doubling to 1 s, a retry budget of 100 tokens (one back per reply, see
-    /// [`RetryBudget`]), 1024 records per client, 1024 running, 1024 pending, a
-    /// 60 s lease, reincarnation.
+    /// jitter capped at 20 ms doubling to 1 s, the default
+    /// [`RetryBudget`], 1024 records and 16 MiB of replies per client,
+    /// bodies up to 4 MiB, 8 MiB of partial bodies per peer and 64 MiB in
+    /// all, 1024 running, 1024 pending, a 60 s lease, reincarnation.
     pub fn new(peers: Vec<NodeId>) -> Self {
         RpcConfig {
             peers,
@@ -238,6 +307,10 @@ impl RpcConfig {
             backoff: Backoff::default(),
             budget: RetryBudget::default(),
             records_per_client: 1024,
+            record_bytes_per_client: 16 << 20,
+            max_body: 4 << 20,
+            max_partial_per_peer: 8 << 20,
+            max_partial_total: 64 << 20,
             max_running: 1024,
             max_pending: 1024,
             lease: Duration::from_secs(60),
@@ -276,11 +349,32 @@ pub enum RpcInput {
         token: u64,
     },
     /// The application finished executing `exec` with `reply`.
+    ///
+    /// `effect` is the state change the computation made, as the
+    /// application wants to replay it after a restart. Under exactly-once it
+    /// is made durable **in the same record as the call's completion**, so
+    /// an effect recorded this way is applied exactly once: a restarted
+    /// application rebuilds its state from these effects
+    /// ([`durable_effects`]) and a completed call is answered, never run
+    /// again. Effects the handler makes *outside* this record (its own
+    /// files, other services) have no such promise: a life killed after the
+    /// handler ran but before the record was durable leaves them done, and
+    /// the retransmitted call runs again in the next life. Under the other
+    /// semantics `effect` is ignored.
     Complete {
         /// The computation ([`RpcEvent::Execute`]).
         exec: CallId,
         /// The reply.
         reply: Bytes,
+        /// The state change to make durable with the completion.
+        effect: Option<Bytes>,
+    },
+    /// The computation `exec` failed (its handler panicked): the caller gets
+    /// [`RpcError::HandlerFailed`], recorded like a reply so a duplicate is
+    /// not run again.
+    Fail {
+        /// The computation.
+        exec: CallId,
     },
 }
 
@@ -431,8 +525,19 @@ impl Rpc {
 
 /// The completion records (exactly-once) among an RPC node's durable
 /// records: what a restarted server will answer from. For tests and tools.
-pub fn durable_completions(records: &[Bytes]) -> Vec<(CallId, Bytes)> {
+pub fn durable_completions(records: &[Bytes]) -> Vec<Completion> {
     server::Records::parse(records).completions
+}
+
+/// The effects of the exactly-once calls among an RPC node's durable
+/// records, in the order they were made durable: what a restarted
+/// application replays to rebuild its state (see [`RpcInput::Complete`]).
+pub fn durable_effects(records: &[Bytes]) -> Vec<(CallId, Bytes)> {
+    server::Records::parse(records)
+        .completions
+        .into_iter()
+        .filter_map(|c| c.effect.map(|e| (c.id, e)))
+        .collect()
 }
 
 /// A deadline `d` from `now`, saturating instead of panicking on absurd
@@ -475,6 +580,12 @@ impl Protocol for Rpc {
                 server_incarnation,
                 outcome,
             } => self.on_reply(now, from, id, server_incarnation, outcome),
+            RpcMessage::ReplyPart {
+                id,
+                server_incarnation,
+                fingerprint,
+                body,
+            } => self.on_reply_part(now, from, id, server_incarnation, fingerprint, body),
             RpcMessage::Exterminated {
                 client_incarnation,
                 seqs,
@@ -485,6 +596,7 @@ impl Protocol for Rpc {
                 semantics,
                 first_incomplete,
                 budget_ms,
+                fingerprint,
                 body,
             } => self.on_call(
                 now,
@@ -494,6 +606,7 @@ impl Protocol for Rpc {
                 semantics,
                 first_incomplete,
                 budget_ms,
+                fingerprint,
                 body,
             ),
             RpcMessage::Cancel { id } => self.on_cancel_call(from, id),
@@ -524,7 +637,12 @@ impl Protocol for Rpc {
                 options,
             } => self.call(now, token, server, request, options),
             RpcInput::Cancel { token } => self.cancel(token),
-            RpcInput::Complete { exec, reply } => self.complete(now, exec, reply),
+            RpcInput::Complete {
+                exec,
+                reply,
+                effect,
+            } => self.complete(now, exec, Some(reply), effect),
+            RpcInput::Fail { exec } => self.complete(now, exec, None, None),
         }
     }
 
@@ -560,6 +678,8 @@ impl Recover for Rpc {
 
     fn recover(config: &RpcConfig, ctx: RecoveryContext) -> Self {
         let records = server::Records::parse(&ctx.records);
+        let mut config = config.clone();
+        config.max_body = config.max_body.min(MAX_BODY_LIMIT);
         let mut rpc = Rpc {
             config: config.clone(),
             me: ctx.node,

@@ -4,10 +4,18 @@ use super::*;
 
 const MS: Duration = Duration::from_millis(1);
 
+fn peers() -> RpcConfig {
+    RpcConfig::new(vec![NodeId(0), NodeId(1), NodeId(2)])
+}
+
 fn node(me: u64, incarnation: u64, records: Vec<Bytes>) -> (Rpc, Instant) {
+    node_with(&peers(), me, incarnation, records)
+}
+
+fn node_with(config: &RpcConfig, me: u64, incarnation: u64, records: Vec<Bytes>) -> (Rpc, Instant) {
     let now = Instant::now();
     let rpc = Rpc::recover(
-        &RpcConfig::new(vec![NodeId(0), NodeId(1), NodeId(2)]),
+        config,
         RecoveryContext {
             node: NodeId(me),
             incarnation: Incarnation(incarnation),
@@ -58,7 +66,15 @@ fn call(r: &mut Rpc, now: Instant, token: u64, semantics: Semantics) {
 
 /// Client n1 bound to server n0 (life `server_inc`), with call 1 sent.
 fn bound_call(semantics: Semantics, server_inc: u64) -> (Rpc, Instant, RpcMessage) {
-    let (mut c, now) = node(1, 0, vec![]);
+    bound_call_with(&peers(), semantics, server_inc)
+}
+
+fn bound_call_with(
+    config: &RpcConfig,
+    semantics: Semantics,
+    server_inc: u64,
+) -> (Rpc, Instant, RpcMessage) {
+    let (mut c, now) = node_with(config, 1, 0, vec![]);
     drain(&mut c);
     call(&mut c, now, 7, semantics);
     let out = drain(&mut c);
@@ -92,7 +108,10 @@ fn a_call_binds_then_retransmits_then_times_out() {
         ev,
         vec![RpcEvent::Returned {
             token: 7,
-            result: Err(RpcError::TimedOut { attempts: 2 })
+            result: Err(RpcError::TimedOut {
+                attempts: 2,
+                executed: Executed::Unknown
+            })
         }]
     );
     assert_eq!(c.pending(), 0);
@@ -141,6 +160,7 @@ fn the_server_executes_once_answers_duplicates_and_rejects_the_stale() {
         RpcInput::Complete {
             exec: id,
             reply: Bytes::from_static(b"ok"),
+            effect: None,
         },
     );
     drain(&mut s);
@@ -161,6 +181,7 @@ fn the_server_executes_once_answers_duplicates_and_rejects_the_stale() {
         semantics,
         first_incomplete,
         budget_ms,
+        fingerprint,
         body,
     } = msg
     else {
@@ -175,6 +196,7 @@ fn the_server_executes_once_answers_duplicates_and_rejects_the_stale() {
         semantics,
         first_incomplete,
         budget_ms,
+        fingerprint,
         body: body.clone(),
     };
     s.handle_message(now, NodeId(1), newer);
@@ -188,6 +210,7 @@ fn the_server_executes_once_answers_duplicates_and_rejects_the_stale() {
             semantics,
             first_incomplete,
             budget_ms,
+            fingerprint,
             body,
         },
     );
@@ -217,6 +240,7 @@ fn exactly_once_persists_the_record_before_replying_and_a_restart_answers_from_i
         RpcInput::Complete {
             exec: id,
             reply: Bytes::from_static(b"ok"),
+            effect: None,
         },
     );
     let out = drain(&mut s);
@@ -300,7 +324,9 @@ fn cancelling_a_call_tells_the_server_which_stops_the_computation() {
         events(&out),
         vec![RpcEvent::Returned {
             token: 7,
-            result: Err(RpcError::Cancelled)
+            result: Err(RpcError::Cancelled {
+                executed: Executed::Unknown
+            })
         }]
     );
     let (_, cancel) = sent(&out).pop().unwrap();
@@ -318,7 +344,11 @@ fn cancelling_a_call_tells_the_server_which_stops_the_computation() {
 
 #[test]
 fn retransmissions_stop_when_the_budget_runs_out() {
-    let (mut c, now, _) = bound_call(Semantics::AtLeastOnce, 0);
+    // gRPC's bucket alone: no refill with time, no probes.
+    let mut config = peers();
+    config.budget.refill_per_sec = 0.0;
+    config.budget.probe_every = None;
+    let (mut c, now, _) = bound_call_with(&config, Semantics::AtLeastOnce, 0);
     let mut t = now;
     for _ in 0..200 {
         t += 10 * MS;
@@ -354,7 +384,7 @@ fn bad_calls_are_refused_up_front() {
         RpcInput::Call {
             token: 2,
             server: NodeId(0),
-            request: Bytes::from(vec![0; MAX_BODY + 1]),
+            request: Bytes::from(vec![0; peers().max_body + 1]),
             options: CallOptions {
                 semantics: Semantics::AtMostOnce,
                 deadline: now + MS,
@@ -373,7 +403,7 @@ fn bad_calls_are_refused_up_front() {
         ev[1],
         RpcEvent::Returned {
             token: 2,
-            result: Err(RpcError::Refused(_))
+            result: Err(RpcError::Refused(Refusal::RequestTooLarge { .. }))
         }
     ));
     assert_eq!(c.pending(), 0);
