@@ -29,6 +29,9 @@ pub struct EchoConfig {
     /// nested call to this node, made with the *caller's* deadline (the
     /// deadline propagates). The node named echoes.
     pub forward: Option<NodeId>,
+    /// A service time per request, overriding `service_time` (slow and fast
+    /// calls side by side).
+    pub service_time_of: Option<fn(&Bytes) -> Duration>,
 }
 
 impl EchoConfig {
@@ -38,6 +41,7 @@ impl EchoConfig {
             rpc: RpcConfig::new(peers),
             service_time,
             forward: None,
+            service_time_of: None,
         }
     }
 }
@@ -86,6 +90,7 @@ pub enum EchoTimer {
 pub struct Echo {
     rpc: Rpc,
     service_time: Duration,
+    service_time_of: Option<fn(&Bytes) -> Duration>,
     forward: Option<NodeId>,
     /// Nested calls in flight: their token → the computation they serve.
     nested: BTreeMap<u64, CallId>,
@@ -153,9 +158,12 @@ impl Echo {
                                     },
                                 });
                             } else {
+                                let time = self
+                                    .service_time_of
+                                    .map_or(self.service_time, |f| f(request));
                                 self.out.push_back(Output::SetTimer {
                                     timer: EchoTimer::Finish(*id),
-                                    at: after(now, self.service_time),
+                                    at: after(now, time),
                                 });
                             }
                         }
@@ -269,6 +277,7 @@ impl Recover for Echo {
         let mut e = Echo {
             rpc: Rpc::recover(&config.rpc, ctx),
             service_time: config.service_time,
+            service_time_of: config.service_time_of,
             // The node named is the end of the chain: it echoes.
             forward,
             nested: BTreeMap::new(),

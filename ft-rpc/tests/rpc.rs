@@ -12,8 +12,8 @@ use ft_core::Protocol;
 use ft_core::{Incarnation, NodeId};
 use ft_rpc::echo::{Echo, EchoConfig, EchoEvent, EchoInput};
 use ft_rpc::rpc::{
-    CallId, CancelReason, OrphanConfig, Reincarnation, RpcConfig, RpcError, RpcEvent, Semantics,
-    durable_completions,
+    CallId, CancelReason, Executed, OrphanConfig, Reincarnation, RpcConfig, RpcError, RpcEvent,
+    Semantics, durable_completions, durable_effects,
 };
 use ft_sim::{FaultPlan, Sim, SimConfig, World};
 
@@ -27,6 +27,7 @@ fn config(n: usize, orphans: OrphanConfig) -> EchoConfig {
         rpc,
         service_time: 30 * MS,
         forward: None,
+        service_time_of: None,
     }
 }
 
@@ -129,6 +130,18 @@ fn exactly_once() -> impl FnMut(&World<Echo>) -> Result<(), String> {
             return Err(format!(
                 "call {t} was answered but has no durable completion"
             ));
+        }
+        // The application's effects, made durable with the completions:
+        // each call's applied exactly once.
+        let mut effects: BTreeMap<u64, u32> = BTreeMap::new();
+        for (_, effect) in durable_effects(&w.durable_records(SERVER)) {
+            *effects.entry(token_of(&effect)).or_default() += 1;
+        }
+        if let Some((t, n)) = effects.iter().find(|(_, n)| **n > 1) {
+            return Err(format!("call {t}'s effect is durable {n} times"));
+        }
+        if let Some(t) = ledger.answered.iter().find(|t| !effects.contains_key(t)) {
+            return Err(format!("call {t} was answered but its effect is not durable"));
         }
         Ok(())
     }
@@ -742,3 +755,155 @@ fn sweep() {
         started.elapsed()
     );
 }
+
+/// A client cut off from the server for the first 10 s of 30 s deadlines
+/// gets every call answered after the heal: the retry budget, spent during
+/// the cut, refills with time, and each call keeps probing meanwhile. With
+/// gRPC's bucket alone (refilled only by replies, no probes) every call
+/// fails, though the server is reachable for the last 20 s.
+#[test]
+fn calls_are_answered_after_a_long_cut_off_ends() {
+    let run = |old_budget: bool, semantics: Semantics| {
+        let mut cfg = config(2, OrphanConfig::default());
+        if old_budget {
+            cfg.rpc.budget.refill_per_sec = 0.0;
+            cfg.rpc.budget.probe_every = None;
+        }
+        let mut plan = FaultPlan::none();
+        plan.partition(vec![vec![SERVER], vec![NodeId(1)]], 0 * MS, 10_000 * MS);
+        let mut sim: Sim<Echo> = Sim::new(SimConfig::new(1, 2), cfg, plan);
+        for j in 0..10u64 {
+            sim.input(
+                MS * (1 + j as u32),
+                NodeId(1),
+                EchoInput::Call {
+                    token: j,
+                    server: SERVER,
+                    request: Bytes::copy_from_slice(&j.to_le_bytes()),
+                    semantics,
+                    timeout: 30_000 * MS,
+                },
+            );
+        }
+        sim.run_until(31_000 * MS).unwrap();
+        let stats = sim.world().core(NodeId(1)).unwrap().rpc().client_stats();
+        (final_ledger(&sim), stats, sim.stats().partitions)
+    };
+    for semantics in [
+        Semantics::AtLeastOnce,
+        Semantics::AtMostOnce,
+        Semantics::ExactlyOnce,
+    ] {
+        let (l, stats, partitions) = run(false, semantics);
+        assert_eq!(partitions, 1);
+        assert_eq!(l.answered.len(), 10, "{semantics:?}: {:?}", l.failed);
+        assert!(stats.throttled > 0 && stats.probes > 0, "{stats:?}");
+        let (old, old_stats, _) = run(true, semantics);
+        assert!(
+            old.answered.is_empty(),
+            "{semantics:?}: gRPC's bucket alone strands them: {old_stats:?}"
+        );
+    }
+}
+
+/// With a lease shorter than a partition, an at-most-once call whose reply
+/// was lost in the partition has its record dropped when the lease runs
+/// out; the tombstone keeps its retransmission after the heal from running
+/// it again (reported as an outcome the client cannot know), and an
+/// exactly-once call is still answered from its record.
+#[test]
+fn a_partition_longer_than_the_lease_never_runs_a_call_twice() {
+    let mut tombstoned = 0;
+    for seed in 0..20 {
+        let mut cfg = config(2, OrphanConfig::default());
+        cfg.rpc.lease = 200 * MS;
+        let mut plan = FaultPlan::none();
+        // The calls arrive and run; the partition comes before the replies.
+        plan.partition(vec![vec![SERVER], vec![NodeId(1)]], 10 * MS, 1500 * MS);
+        let mut sim: Sim<Echo> = Sim::new(SimConfig::new(seed, 2), cfg, plan);
+        sim.invariant(AT_MOST_ONCE, at_most_once());
+        for (token, semantics) in [(1u64, Semantics::AtMostOnce), (2, Semantics::ExactlyOnce)] {
+            sim.input(
+                MS,
+                NodeId(1),
+                EchoInput::Call {
+                    token,
+                    server: SERVER,
+                    request: Bytes::copy_from_slice(&token.to_le_bytes()),
+                    semantics,
+                    timeout: 5000 * MS,
+                },
+            );
+        }
+        sim.run_until(6000 * MS).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        let l = final_ledger(&sim);
+        let server = sim.world().core(SERVER).unwrap().rpc().server_stats();
+        assert!(server.leases_expired >= 1, "seed {seed}: {server:?}");
+        assert!(l.answered.contains(&2), "seed {seed}: exactly-once answered");
+        assert_eq!(
+            l.failed.get(&1),
+            Some(&RpcError::Forgotten {
+                executed: Executed::Unknown
+            }),
+            "seed {seed}"
+        );
+        tombstoned += server.stale_rejected;
+    }
+    assert!(tombstoned >= 20);
+}
+
+/// Tight record bounds, slow calls overtaken by many fast ones, and a
+/// network that duplicates and reorders: the records forgotten over the
+/// bound are never run again, and a slow call is never refused or
+/// forgotten while it runs.
+#[test]
+fn small_record_bounds_never_run_a_call_twice_nor_forget_a_running_one() {
+    fn slow_if_first(request: &Bytes) -> Duration {
+        if request[0] == 0 {
+            1500 * MS
+        } else {
+            5 * MS
+        }
+    }
+    let mut evicted = 0;
+    for seed in 0..20 {
+        let mut cfg = config(2, OrphanConfig::default());
+        cfg.rpc.records_per_client = 3;
+        cfg.service_time_of = Some(slow_if_first);
+        let mut plan = FaultPlan::none();
+        plan.network.duplicate = 0.3;
+        plan.network.reorder = 0.3;
+        plan.network.reorder_window = 200 * MS;
+        plan.network.loss = 0.05;
+        let mut sim: Sim<Echo> = Sim::new(SimConfig::new(seed, 2), cfg, plan);
+        sim.invariant(AT_MOST_ONCE, at_most_once());
+        for j in 0..60u64 {
+            // Tokens whose first byte is 0 are slow.
+            let token = j * 256 + u64::from(j % 20 != 0);
+            sim.input(
+                MS * (1 + 10 * j as u32),
+                NodeId(1),
+                EchoInput::Call {
+                    token,
+                    server: SERVER,
+                    request: Bytes::copy_from_slice(&token.to_le_bytes()),
+                    semantics: if j % 2 == 0 {
+                        Semantics::AtMostOnce
+                    } else {
+                        Semantics::ExactlyOnce
+                    },
+                    timeout: 5000 * MS,
+                },
+            );
+        }
+        sim.run_until(6000 * MS).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        let l = final_ledger(&sim);
+        let slow: Vec<u64> = (0..60).filter(|j| j % 20 == 0).map(|j| j * 256).collect();
+        for t in &slow {
+            assert!(l.answered.contains(t), "seed {seed}: slow call {t}: {:?}", l.failed.get(t));
+        }
+        evicted += sim.world().core(SERVER).unwrap().rpc().server_stats().records_evicted;
+    }
+    assert!(evicted > 100, "the bound was exercised: {evicted}");
+}
+

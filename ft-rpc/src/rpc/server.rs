@@ -20,16 +20,17 @@
 //!
 //! Records are forgotten when the client acknowledges them (its
 //! `first_incomplete`), when more than the per-client bounds accumulate
-//! (the oldest go), and when the client's lease runs out (at-most-once
-//! records go; exactly-once ones stay, since they are the durable truth and
-//! a lost reply must still be answered). A forgotten call must never run
-//! again, so below the client's *stale mark* every call is stale, and
-//! above it the *forgotten set* (ranges of sequence numbers) names the
-//! calls whose records went. The mark never moves past a call that is
-//! running or whose record is being persisted, and the forgotten set is
-//! bounded: when it would hold too many ranges the closest two are merged,
-//! which can only make a call that never arrived look forgotten (an
-//! outcome-unknown answer, never a second execution).
+//! (the ones made longest ago go), and when the client's lease runs out
+//! (at-most-once records go; exactly-once ones stay, since they are the
+//! durable truth and a lost reply must still be answered). A forgotten call
+//! must never run again, so below the client's *stale mark* every call is
+//! stale, and above it the *forgotten set* (ranges of sequence numbers)
+//! names the calls whose records went. Only the client's acknowledgements
+//! move the mark, and they never pass a call the client still waits for: a
+//! slow call overtaken by many fast ones is never made stale by them. The
+//! forgotten set is bounded: when it would hold too many ranges the closest
+//! two are merged, which can only make a call that never arrived look
+//! forgotten (an outcome-unknown answer, never a second execution).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -119,6 +120,8 @@ impl Answer {
 struct Recorded {
     fingerprint: u64,
     answer: Answer,
+    /// When it was made, in the client's order of records.
+    made: u64,
     /// Exactly-once: on stable storage, kept when the lease runs out.
     durable: bool,
 }
@@ -191,6 +194,11 @@ struct ClientState {
     /// Calls above the mark whose records were forgotten.
     forgotten: Ranges,
     records: BTreeMap<u64, Recorded>,
+    /// The records in the order they were made: over the bounds, the one
+    /// made longest ago goes (not the lowest call, which may be a slow call
+    /// that just finished and whose reply is still on its way).
+    by_age: BTreeMap<u64, u64>,
+    made: u64,
     record_bytes: usize,
     last_heard: Instant,
 }
@@ -202,6 +210,8 @@ impl ClientState {
             first_incomplete: 0,
             forgotten: Ranges::default(),
             records: BTreeMap::new(),
+            by_age: BTreeMap::new(),
+            made: 0,
             record_bytes: 0,
             last_heard: now,
         }
@@ -213,8 +223,23 @@ impl ClientState {
 
     fn drop_record(&mut self, seq: u64) -> Option<Recorded> {
         let r = self.records.remove(&seq)?;
+        self.by_age.remove(&r.made);
         self.record_bytes -= r.answer.size();
         Some(r)
+    }
+
+    fn put_record(&mut self, seq: u64, mut rec: Recorded) {
+        self.drop_record(seq);
+        self.made += 1;
+        rec.made = self.made;
+        self.by_age.insert(rec.made, seq);
+        self.record_bytes += rec.answer.size();
+        self.records.insert(seq, rec);
+    }
+
+    /// The record made longest ago.
+    fn oldest_record(&self) -> Option<u64> {
+        self.by_age.first_key_value().map(|(_, seq)| *seq)
     }
 
     /// Moves the stale mark up to `mark` (the caller has checked that no
@@ -259,24 +284,6 @@ impl Server {
         self.running.keys().copied()
     }
 
-    /// The lowest call of `client`'s life `incarnation` that is running or
-    /// being persisted: the stale mark must stay at or below it.
-    fn lowest_active(&self, client: NodeId, incarnation: Incarnation) -> Option<u64> {
-        let running = self
-            .running
-            .keys()
-            .filter(|id| id.client == client && id.client_incarnation == incarnation)
-            .map(|id| id.seq)
-            .min();
-        let persisting = self
-            .persisting
-            .values()
-            .filter(|(id, _)| id.client == client && id.client_incarnation == incarnation)
-            .map(|(id, _)| id.seq)
-            .min();
-        running.into_iter().chain(persisting).min()
-    }
-
     /// Rebuilds the completion records of exactly-once calls from stable
     /// storage, keeping for each client only its newest life.
     pub(crate) fn restore(&mut self, completions: &[Completion], now: Instant) {
@@ -292,12 +299,10 @@ impl Server {
                 let rec = Recorded {
                     fingerprint: c.fingerprint,
                     answer: c.answer.clone(),
+                    made: 0,
                     durable: true,
                 };
-                state.record_bytes += rec.answer.size();
-                if let Some(old) = state.records.insert(c.id.seq, rec) {
-                    state.record_bytes -= old.answer.size();
-                }
+                state.put_record(c.id.seq, rec);
                 self.stats.records_restored += 1;
             }
         }
@@ -570,15 +575,14 @@ impl Rpc {
             // claims gentle reincarnation needs are not known yet.
             self.client_restarted(from, id.client_incarnation, None);
         }
-        let lowest_active = self.server.lowest_active(from, id.client_incarnation);
         let Some(state) = self.server.clients.get_mut(&from) else {
             return false;
         };
         state.last_heard = now;
-        // The client has every reply below `first_incomplete`; the mark
-        // still never passes a call running here.
-        let mark = first_incomplete.min(lowest_active.unwrap_or(u64::MAX));
-        self.server.stats.records_forgotten += state.raise_mark(mark);
+        // The client has every reply below `first_incomplete` (it is the
+        // lowest call it still waits for, so the mark never passes a call
+        // the client wants answered).
+        self.server.stats.records_forgotten += state.raise_mark(first_incomplete);
         if semantics != Semantics::AtLeastOnce
             && let Some(rec) = state.records.get(&id.seq)
         {
@@ -749,6 +753,7 @@ impl Rpc {
         let recorded = Recorded {
             fingerprint: r.fingerprint,
             answer,
+            made: 0,
             durable: r.semantics == Semantics::ExactlyOnce,
         };
         match r.semantics {
@@ -777,32 +782,28 @@ impl Rpc {
     fn record(&mut self, id: CallId, rec: Recorded) {
         let count_bound = self.config.records_per_client.max(1);
         let bytes_bound = self.config.record_bytes_per_client;
-        let lowest_active = self.server.lowest_active(id.client, id.client_incarnation);
         let Some(state) = self.server.clients.get_mut(&id.client) else {
             return;
         };
         if state.incarnation != id.client_incarnation || state.is_forgotten(id.seq) {
             return;
         }
-        state.record_bytes += rec.answer.size();
-        if let Some(old) = state.records.insert(id.seq, rec) {
-            state.record_bytes -= old.answer.size();
-        }
+        state.put_record(id.seq, rec);
         let mut evicted = 0;
         while state.records.len() > count_bound
             || (state.record_bytes > bytes_bound && state.records.len() > 1)
         {
             // Over the bounds: forget the oldest; it must never run again,
-            // so it joins the forgotten set, and the mark follows as far as
-            // no running call lies below.
-            let Some((&seq, _)) = state.records.first_key_value() else {
+            // so it joins the forgotten set. The stale mark stays: calls
+            // below the evicted one may not have arrived yet (reordered,
+            // lost, or slow), and only the client knows which it still
+            // waits for (its `first_incomplete` moves the mark).
+            let Some(seq) = state.oldest_record() else {
                 break;
             };
             state.drop_record(seq);
             state.forgotten.insert(seq);
             evicted += 1;
-            let mark = (seq + 1).min(lowest_active.unwrap_or(u64::MAX));
-            state.raise_mark(mark);
         }
         self.server.stats.records_forgotten += evicted;
         self.server.stats.records_evicted += evicted;

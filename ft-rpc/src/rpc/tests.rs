@@ -408,3 +408,406 @@ fn bad_calls_are_refused_up_front() {
     ));
     assert_eq!(c.pending(), 0);
 }
+
+/// A hand-made call from n1's life `life`, call `seq`, with `body`.
+fn raw_call(semantics: Semantics, life: u64, seq: u64, body: &'static [u8]) -> RpcMessage {
+    RpcMessage::Call {
+        id: CallId {
+            client: NodeId(1),
+            client_incarnation: Incarnation(life),
+            seq,
+        },
+        server_incarnation: Incarnation(0),
+        semantics,
+        first_incomplete: 0,
+        budget_ms: 5000,
+        fingerprint: fingerprint(semantics, body),
+        body: Chunk::whole(Bytes::from_static(body)),
+    }
+}
+
+fn outcome(out: &[Output<Rpc>]) -> Outcome {
+    match sent(out).pop() {
+        Some((_, RpcMessage::Reply { outcome, .. })) => outcome,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+fn execute(s: &mut Rpc, now: Instant, msg: RpcMessage) -> CallId {
+    s.handle_message(now, NodeId(1), msg);
+    match events(&drain(s)).pop() {
+        Some(RpcEvent::Execute { id, .. }) => id,
+        other => panic!("expected an execution, got {other:?}"),
+    }
+}
+
+/// A client life that reuses another's identity (same node, same
+/// incarnation, same sequence numbers) never gets the other's replies: the
+/// server compares the request with the recorded call's.
+#[test]
+fn a_different_request_under_a_recorded_identity_is_a_mismatch_never_another_reply() {
+    for semantics in [Semantics::AtMostOnce, Semantics::ExactlyOnce] {
+        let (mut s, now) = node(0, 0, vec![]);
+        drain(&mut s);
+        let id = execute(&mut s, now, raw_call(semantics, 0, 1, b"first life"));
+        // While it runs, and after it completed.
+        s.handle_message(now, NodeId(1), raw_call(semantics, 0, 1, b"second life"));
+        assert_eq!(outcome(&drain(&mut s)), Outcome::Mismatch);
+        s.handle_input(
+            now,
+            RpcInput::Complete {
+                exec: id,
+                reply: Bytes::from_static(b"first life's reply"),
+                effect: None,
+            },
+        );
+        let out = drain(&mut s);
+        let record = out.iter().find_map(|o| match o {
+            Output::Persist { record, token } => Some((record.clone(), *token)),
+            _ => None,
+        });
+        if let Some((_, token)) = &record {
+            s.handle_persisted(now, *token);
+            drain(&mut s);
+        }
+        s.handle_message(now, NodeId(1), raw_call(semantics, 0, 1, b"second life"));
+        assert_eq!(outcome(&drain(&mut s)), Outcome::Mismatch, "{semantics:?}");
+        assert_eq!(s.server_stats().mismatches, 2);
+        assert_eq!(s.server_stats().executions, 1);
+        // The same request is still answered from its record.
+        s.handle_message(now, NodeId(1), raw_call(semantics, 0, 1, b"first life"));
+        assert_eq!(
+            outcome(&drain(&mut s)),
+            Outcome::Done(Bytes::from_static(b"first life's reply"))
+        );
+        // Exactly-once: a restarted server knows the fingerprint from the
+        // durable record.
+        if let Some((record, _)) = record {
+            let (mut s2, _) = node(0, 1, vec![record]);
+            drain(&mut s2);
+            s2.handle_message(now, NodeId(1), raw_call(semantics, 0, 1, b"second life"));
+            assert_eq!(outcome(&drain(&mut s2)), Outcome::Mismatch);
+        }
+    }
+    // The client reports it as a call that did not run.
+    assert_eq!(RpcError::Mismatch.executed(), Executed::No);
+}
+
+/// A reply over the limit is reported as executed, never as a refusal;
+/// a failed handler likewise, and both are recorded (a duplicate does not
+/// run the call again).
+#[test]
+fn a_reply_too_large_and_a_failed_handler_say_the_call_executed() {
+    let mut config = peers();
+    config.max_body = 100;
+    let (mut s, now) = node_with(&config, 0, 0, vec![]);
+    drain(&mut s);
+    let id = execute(&mut s, now, raw_call(Semantics::AtMostOnce, 0, 1, b"a"));
+    s.handle_input(
+        now,
+        RpcInput::Complete {
+            exec: id,
+            reply: Bytes::from(vec![1; 101]),
+            effect: None,
+        },
+    );
+    assert_eq!(
+        outcome(&drain(&mut s)),
+        Outcome::ReplyTooLarge {
+            len: 101,
+            limit: 100
+        }
+    );
+    let id2 = execute(&mut s, now, raw_call(Semantics::AtMostOnce, 0, 2, b"b"));
+    s.handle_input(now, RpcInput::Fail { exec: id2 });
+    assert_eq!(outcome(&drain(&mut s)), Outcome::Failed);
+    // Duplicates: answered from the records, not run again.
+    s.handle_message(now, NodeId(1), raw_call(Semantics::AtMostOnce, 0, 2, b"b"));
+    assert_eq!(outcome(&drain(&mut s)), Outcome::Failed);
+    assert_eq!(s.server_stats().executions, 2);
+    assert_eq!(s.server_stats().handler_failures, 1);
+    assert_eq!(s.server_stats().replies_too_large, 1);
+    // The client's side of both.
+    let (mut c, now, msg) = bound_call(Semantics::AtMostOnce, 0);
+    let RpcMessage::Call { id, .. } = msg else {
+        unreachable!()
+    };
+    c.handle_message(
+        now,
+        NodeId(0),
+        RpcMessage::Reply {
+            id,
+            server_incarnation: Incarnation(0),
+            outcome: Outcome::ReplyTooLarge { len: 9, limit: 8 },
+        },
+    );
+    let ev = events(&drain(&mut c));
+    let RpcEvent::Returned { result: Err(e), .. } = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(e.executed(), Executed::Yes);
+    assert_eq!(RpcError::HandlerFailed.executed(), Executed::Yes);
+}
+
+/// Drives messages between two cores until nothing is sent, dropping the
+/// messages `lose` says to.
+fn exchange(
+    a: &mut Rpc,
+    b: &mut Rpc,
+    now: Instant,
+    mut lose: impl FnMut(&RpcMessage) -> bool,
+) -> Vec<RpcEvent> {
+    let mut seen = Vec::new();
+    let mut pending: Vec<(NodeId, NodeId, RpcMessage)> = Vec::new();
+    for (from, out) in [(a.id(), drain(a)), (b.id(), drain(b))] {
+        seen.extend(events(&out));
+        pending.extend(sent(&out).into_iter().map(|(to, m)| (from, to, m)));
+    }
+    while let Some((from, to, msg)) = pending.pop() {
+        if lose(&msg) {
+            continue;
+        }
+        let target = if to == a.id() { &mut *a } else { &mut *b };
+        target.handle_message(now, from, msg);
+        let out = drain(target);
+        seen.extend(events(&out));
+        pending.extend(sent(&out).into_iter().map(|(t, m)| (to, t, m)));
+    }
+    seen
+}
+
+/// A request and a reply of megabytes travel in parts; parts lost on the
+/// way are sent again with the next retransmission, and the receiver keeps
+/// what it has, so the call completes.
+#[test]
+fn large_requests_and_replies_travel_in_parts_through_loss() {
+    let (mut c, now) = node(1, 0, vec![]);
+    let (mut s, _) = node(0, 0, vec![]);
+    drain(&mut c);
+    drain(&mut s);
+    let request = Bytes::from((0..3_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    c.handle_input(
+        now,
+        RpcInput::Call {
+            token: 1,
+            server: NodeId(0),
+            request: request.clone(),
+            options: CallOptions {
+                semantics: Semantics::ExactlyOnce,
+                deadline: now + 60_000 * MS,
+            },
+        },
+    );
+    // Every third message is lost.
+    let mut n = 0;
+    let mut lossy = |_: &RpcMessage| {
+        n += 1;
+        n % 3 == 0
+    };
+    let mut t = now;
+    let mut executed = None;
+    for _ in 0..20 {
+        for e in exchange(&mut c, &mut s, t, &mut lossy) {
+            if let RpcEvent::Execute { id, request: r, .. } = e {
+                assert_eq!(r, request, "the request arrived whole");
+                executed = Some(id);
+            }
+        }
+        if executed.is_some() {
+            break;
+        }
+        t += 2000 * MS;
+        c.handle_timer(t, RpcTimer::Retry(1));
+    }
+    let id = executed.expect("the request was put together");
+    // A reply of 2 MB.
+    let reply = Bytes::from(vec![7u8; 2_000_000]);
+    s.handle_input(
+        t,
+        RpcInput::Complete {
+            exec: id,
+            reply: reply.clone(),
+            effect: None,
+        },
+    );
+    let token = drain(&mut s)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Persist { token, .. } => Some(token),
+            _ => None,
+        })
+        .unwrap();
+    s.handle_persisted(t, token);
+    let mut answered = None;
+    for _ in 0..20 {
+        for e in exchange(&mut c, &mut s, t, &mut lossy) {
+            if let RpcEvent::Returned { result, .. } = e {
+                answered = Some(result);
+            }
+        }
+        if answered.is_some() {
+            break;
+        }
+        t += 2000 * MS;
+        c.handle_timer(t, RpcTimer::Retry(1));
+    }
+    assert_eq!(answered, Some(Ok(reply)));
+    assert_eq!(s.server_stats().executions, 1);
+    assert!(c.client_stats().replies_reassembled == 1);
+}
+
+/// A slow call overtaken by many fast ones, with a small record bound: the
+/// stale mark never passes the running call, so its retransmission is
+/// answered "in progress" and it completes; and the records forgotten over
+/// the bound are never run again.
+#[test]
+fn the_stale_mark_never_passes_a_running_call() {
+    let mut config = peers();
+    config.records_per_client = 4;
+    let (mut s, now) = node_with(&config, 0, 0, vec![]);
+    drain(&mut s);
+    let slow = execute(&mut s, now, raw_call(Semantics::ExactlyOnce, 0, 1, b"slow"));
+    for seq in 2..40 {
+        let mut msg = raw_call(Semantics::ExactlyOnce, 0, seq, b"fast");
+        if let RpcMessage::Call {
+            first_incomplete, ..
+        } = &mut msg
+        {
+            // The client has the replies of everything but the slow call.
+            *first_incomplete = 1;
+        }
+        let id = execute(&mut s, now, msg);
+        s.handle_input(
+            now,
+            RpcInput::Complete {
+                exec: id,
+                reply: Bytes::from_static(b"done"),
+                effect: None,
+            },
+        );
+        let token = drain(&mut s)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Persist { token, .. } => Some(token),
+                _ => None,
+            })
+            .unwrap();
+        s.handle_persisted(now, token);
+        drain(&mut s);
+    }
+    assert!(s.server_stats().records_evicted > 30);
+    s.handle_message(now, NodeId(1), raw_call(Semantics::ExactlyOnce, 0, 1, b"slow"));
+    assert_eq!(outcome(&drain(&mut s)), Outcome::InProgress);
+    // An evicted call's duplicate is stale (forgotten), never run again.
+    s.handle_message(now, NodeId(1), raw_call(Semantics::ExactlyOnce, 0, 5, b"fast"));
+    assert_eq!(outcome(&drain(&mut s)), Outcome::Stale);
+    assert_eq!(s.server_stats().executions, 39);
+    // The slow call completes and is answered.
+    s.handle_input(
+        now,
+        RpcInput::Complete {
+            exec: slow,
+            reply: Bytes::from_static(b"slow done"),
+            effect: None,
+        },
+    );
+    let token = drain(&mut s)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Persist { token, .. } => Some(token),
+            _ => None,
+        })
+        .unwrap();
+    s.handle_persisted(now, token);
+    assert_eq!(
+        outcome(&drain(&mut s)),
+        Outcome::Done(Bytes::from_static(b"slow done"))
+    );
+}
+
+/// When a client's lease runs out, its at-most-once records go, but their
+/// calls are tombstoned (never run again); exactly-once records stay, so a
+/// lost reply is still answered.
+#[test]
+fn a_lapsed_lease_tombstones_at_most_once_calls_and_keeps_exactly_once_records() {
+    let mut config = peers();
+    config.lease = 100 * MS;
+    let (mut s, now) = node_with(&config, 0, 0, vec![]);
+    drain(&mut s);
+    for (seq, semantics) in [(1, Semantics::AtMostOnce), (2, Semantics::ExactlyOnce)] {
+        let id = execute(&mut s, now, raw_call(semantics, 0, seq, b"x"));
+        s.handle_input(
+            now,
+            RpcInput::Complete {
+                exec: id,
+                reply: Bytes::from_static(b"r"),
+                effect: None,
+            },
+        );
+        for o in drain(&mut s) {
+            if let Output::Persist { token, .. } = o {
+                s.handle_persisted(now, token);
+            }
+        }
+        drain(&mut s);
+    }
+    s.handle_timer(now + 200 * MS, RpcTimer::Leases);
+    drain(&mut s);
+    assert_eq!(s.server_stats().leases_expired, 1);
+    s.handle_message(now, NodeId(1), raw_call(Semantics::AtMostOnce, 0, 1, b"x"));
+    assert_eq!(outcome(&drain(&mut s)), Outcome::Stale, "tombstoned");
+    s.handle_message(now, NodeId(1), raw_call(Semantics::ExactlyOnce, 0, 2, b"x"));
+    assert_eq!(
+        outcome(&drain(&mut s)),
+        Outcome::Done(Bytes::from_static(b"r")),
+        "answered from the record"
+    );
+    assert_eq!(s.server_stats().executions, 2);
+    // And the client says "forgotten", never "refused".
+    let (mut c, now, msg) = bound_call(Semantics::AtMostOnce, 0);
+    let RpcMessage::Call { id, .. } = msg else {
+        unreachable!()
+    };
+    c.handle_message(
+        now,
+        NodeId(0),
+        RpcMessage::Reply {
+            id,
+            server_incarnation: Incarnation(0),
+            outcome: Outcome::Stale,
+        },
+    );
+    assert_eq!(
+        events(&drain(&mut c)),
+        vec![RpcEvent::Returned {
+            token: 7,
+            result: Err(RpcError::Forgotten {
+                executed: Executed::Unknown
+            })
+        }]
+    );
+}
+
+/// A call whose retransmissions are throttled still sends one probe per
+/// `probe_every`, so it goes on trying until its deadline.
+#[test]
+fn a_throttled_call_still_probes_until_its_deadline() {
+    let mut config = peers();
+    config.budget.refill_per_sec = 0.0;
+    let (mut c, now, _) = bound_call_with(&config, Semantics::AtLeastOnce, 0);
+    let mut t = now;
+    let mut sent_at = Vec::new();
+    for _ in 0..1000 {
+        t += 10 * MS;
+        c.handle_timer(t, RpcTimer::Retry(1));
+        if !sent(&drain(&mut c)).is_empty() {
+            sent_at.push(t);
+        }
+    }
+    let st = c.client_stats();
+    assert!(st.throttled > 0);
+    assert!(st.probes >= 8, "{st:?}");
+    // Once throttled, sends are at least a probe interval apart.
+    let late: Vec<_> = sent_at.windows(2).skip(60).map(|w| w[1] - w[0]).collect();
+    assert!(late.iter().all(|d| *d >= Duration::from_secs(1)), "{late:?}");
+}
