@@ -14,8 +14,8 @@ pub mod world;
 
 pub use adversary::{Adversary, AdversaryCtx, Forged};
 pub use plan::{
-    Byzantine, Delay, FaultEvent, FaultPlan, LinkFaults, NetworkFaults, NodeFaults, OmissionWindow,
-    RandomCrashes,
+    Byzantine, ClockFault, Delay, FaultEvent, FaultPlan, LinkFaults, NetworkFaults, NodeFaults,
+    OmissionWindow, RandomCrashes,
 };
 pub use report::{Failure, RunReport, SelfCheckError, self_check};
 pub use rng::SimRng;

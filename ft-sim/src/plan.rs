@@ -140,6 +140,10 @@ pub struct NodeFaults {
     /// Timing failure: extra delay on every message the node sends or
     /// receives (a slow node).
     pub slow: Option<Delay>,
+    /// Timing failure: the node's clock is offset from true time and/or
+    /// drifts (see [`ClockFault`]). Its cores see every `now` on this clock
+    /// and their timers fire when this clock reaches their deadline.
+    pub clock: Option<ClockFault>,
     /// Value failure: probability that a message the node sends has a bit of
     /// its *payload* flipped before framing, so the frame is valid but the
     /// value is wrong.
@@ -153,6 +157,148 @@ pub struct NodeFaults {
     /// Arbitrary failure: the node is Byzantine, with this built-in strategy
     /// unless a custom adversary is set on the simulator.
     pub byzantine: Option<Byzantine>,
+}
+
+const NANOS_PER_SEC: i128 = 1_000_000_000;
+
+/// A node's clock that does not keep true time: a timing failure.
+///
+/// At true time `t` since the start of the run the node's clock reads
+/// `offset + t × (1 + rho)`, where `rho = drift_ppb / 10⁹` (rounded down to
+/// the nanosecond). So an offset shifts every reading by a fixed amount,
+/// and a drift makes the clock gain (`rho > 0`) or lose (`rho < 0`) time at
+/// a constant rate: a local duration `D` lasts `D / (1 + rho)` of true time.
+/// The clock is hardware: it keeps running, unchanged, across crashes and
+/// restarts of the node.
+///
+/// An offset may be any `i64`, behind as well as ahead: since an `Instant`
+/// cannot go below the moment it was taken, the simulator starts true time
+/// as far in the future as the furthest clock reads behind, so every
+/// reading is representable.
+///
+/// All arithmetic is on integer nanoseconds, so runs stay deterministic.
+/// The drift rate is kept within [`MIN_DRIFT_PPB`](Self::MIN_DRIFT_PPB) ..=
+/// [`MAX_DRIFT_PPB`](Self::MAX_DRIFT_PPB): a value outside is clamped to the
+/// nearest bound (by the constructors, and again wherever the clock is read),
+/// because a clock that stops or runs backwards is not a drifting clock and
+/// would make every timer of the node fire never or at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use ft_sim::plan::ClockFault;
+///
+/// // 5 ms behind true time, and gaining 1 ms per 10 ms (rho = +0.1).
+/// let c = ClockFault::behind(Duration::from_millis(5)).with_drift(0.1);
+/// assert_eq!((c.offset_nanos, c.drift_ppb), (-5_000_000, 100_000_000));
+/// // A clock cannot stop: rho = -1 is clamped to the slowest allowed rate.
+/// assert_eq!(ClockFault::drifting(-1.0).drift_ppb, ClockFault::MIN_DRIFT_PPB);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockFault {
+    /// What the clock reads at the start of the run, minus true time, in
+    /// nanoseconds: positive means ahead, negative behind.
+    pub offset_nanos: i64,
+    /// Drift rate in parts per billion: the clock advances
+    /// `1 + drift_ppb / 10⁹` seconds per true second.
+    pub drift_ppb: i64,
+}
+
+impl ClockFault {
+    /// The slowest clock: a thousandth of true speed (`rho = -0.999`).
+    pub const MIN_DRIFT_PPB: i64 = -999_000_000;
+    /// The fastest clock: a thousand times true speed (`rho = +999`).
+    pub const MAX_DRIFT_PPB: i64 = 999_000_000_000;
+
+    /// A clock that reads `by` ahead of true time, and does not drift.
+    pub fn ahead(by: Duration) -> Self {
+        ClockFault {
+            offset_nanos: duration_nanos(by),
+            drift_ppb: 0,
+        }
+    }
+
+    /// A clock that reads `by` behind true time, and does not drift.
+    pub fn behind(by: Duration) -> Self {
+        ClockFault {
+            offset_nanos: -duration_nanos(by),
+            drift_ppb: 0,
+        }
+    }
+
+    /// A clock without offset that drifts at rate `rho` (see
+    /// [`with_drift`](Self::with_drift)).
+    pub fn drifting(rho: f64) -> Self {
+        ClockFault::default().with_drift(rho)
+    }
+
+    /// This clock, drifting at rate `rho`: it advances `1 + rho` seconds per
+    /// true second. `rho` is converted once to whole parts per billion
+    /// (rounded to nearest) and clamped to the allowed range; NaN means no
+    /// drift.
+    pub fn with_drift(self, rho: f64) -> Self {
+        // `as` saturates and maps NaN to 0: one well-defined conversion.
+        let ppb = (rho * 1e9).round() as i64;
+        ClockFault {
+            drift_ppb: ppb.clamp(Self::MIN_DRIFT_PPB, Self::MAX_DRIFT_PPB),
+            ..self
+        }
+    }
+
+    /// The drift rate `rho` (after clamping).
+    pub fn rho(&self) -> f64 {
+        self.clamped_ppb() as f64 / 1e9
+    }
+
+    /// Whether the clock differs from true time at all.
+    pub fn is_skewed(&self) -> bool {
+        self.offset_nanos != 0 || self.clamped_ppb() != 0
+    }
+
+    fn clamped_ppb(&self) -> i64 {
+        self.drift_ppb
+            .clamp(Self::MIN_DRIFT_PPB, Self::MAX_DRIFT_PPB)
+    }
+
+    /// Local nanoseconds per 10⁹ true ones; always positive.
+    fn rate(&self) -> i128 {
+        NANOS_PER_SEC + i128::from(self.clamped_ppb())
+    }
+
+    /// The reading at true time `t` since the start, in nanoseconds from the
+    /// true start (negative while a clock that is behind reads before it).
+    /// Non-decreasing in `t`, because the rate is positive.
+    pub(crate) fn local_nanos(&self, t: Duration) -> i128 {
+        let elapsed = (t.as_nanos() as i128).saturating_mul(self.rate()) / NANOS_PER_SEC;
+        i128::from(self.offset_nanos).saturating_add(elapsed)
+    }
+
+    /// The earliest true time since the start at which the clock reads at
+    /// least `local` (nanoseconds from the true start): the exact inverse of
+    /// [`local_nanos`](Self::local_nanos), rounded up so that a timer never
+    /// fires before its node's clock reaches the deadline.
+    pub(crate) fn true_time(&self, local: i128) -> Duration {
+        let elapsed = local.saturating_sub(i128::from(self.offset_nanos));
+        if elapsed <= 0 {
+            return Duration::ZERO;
+        }
+        let rate = self.rate();
+        let t = elapsed
+            .saturating_mul(NANOS_PER_SEC)
+            .saturating_add(rate - 1)
+            / rate;
+        nanos(t.unsigned_abs())
+    }
+}
+
+/// A duration of `n` nanoseconds, saturating at [`Duration::MAX`].
+pub(crate) fn nanos(n: u128) -> Duration {
+    const PER_SEC: u128 = NANOS_PER_SEC as u128;
+    let secs = u64::try_from(n / PER_SEC).unwrap_or(u64::MAX);
+    Duration::new(secs, (n % PER_SEC) as u32)
+}
+
+fn duration_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Faults of one directed link.
@@ -283,6 +429,7 @@ impl FaultPlan {
         let timing = self.network.delay.is_unbounded()
             || self.network.reorder > 0.0
             || n(&|f| f.slow.is_some())
+            || n(&|f| f.clock.is_some_and(|c| c.is_skewed()))
             || self.links.values().any(|l| l.extra_delay.is_some());
         let checks = [
             (FailureModel::Crash, crash),
@@ -378,6 +525,80 @@ mod tests {
         for m in FailureModel::ALL {
             assert_eq!(models.contains(&m), m != FailureModel::Arbitrary, "{m}");
         }
+    }
+
+    #[test]
+    fn a_skewed_clock_is_a_timing_failure_and_a_true_one_is_none() {
+        let mut plan = FaultPlan::none();
+        plan.node(NodeId(1)).clock = Some(ClockFault::default());
+        assert!(plan.failure_models().is_empty());
+        plan.node(NodeId(1)).clock = Some(ClockFault::behind(Duration::from_nanos(1)));
+        assert_eq!(plan.failure_models(), [FailureModel::Timing]);
+    }
+
+    #[test]
+    fn clock_readings_and_deadlines_are_inverse() {
+        let clocks = [
+            ClockFault::default(),
+            ClockFault::ahead(Duration::from_millis(3)),
+            ClockFault::behind(Duration::from_secs(2)).with_drift(0.5),
+            ClockFault::drifting(-0.25),
+            ClockFault::drifting(-0.999),
+            ClockFault::drifting(1e-6),
+            ClockFault::drifting(999.0),
+        ];
+        let mut rng = SimRng::new(9);
+        for c in clocks {
+            for t in (0..2000).map(|_| rng.below(10_000_000_000)) {
+                let t = Duration::from_nanos(t);
+                let local = c.local_nanos(t);
+                // The deadline `local` is first reached at or before `t`...
+                let due = c.true_time(local);
+                assert!(due <= t && c.local_nanos(due) >= local, "{c:?} {t:?}");
+                // ...and not a nanosecond earlier.
+                if let Some(before) = due.checked_sub(Duration::from_nanos(1)) {
+                    assert!(c.local_nanos(before) < local, "{c:?} {t:?}");
+                }
+            }
+            // Monotonic: later true times never read earlier.
+            let ts = [0u64, 1, 2, 3, 1_000, 1_001, 10_000_000_000];
+            for w in ts.windows(2) {
+                let (a, b) = (Duration::from_nanos(w[0]), Duration::from_nanos(w[1]));
+                assert!(c.local_nanos(a) <= c.local_nanos(b), "{c:?}");
+            }
+            // A deadline before the clock's start is due at once.
+            assert_eq!(
+                c.true_time(c.local_nanos(Duration::ZERO) - 5),
+                Duration::ZERO
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_drifts_are_clamped() {
+        assert_eq!(
+            ClockFault::drifting(-1.0).drift_ppb,
+            ClockFault::MIN_DRIFT_PPB
+        );
+        assert_eq!(
+            ClockFault::drifting(-7.0).drift_ppb,
+            ClockFault::MIN_DRIFT_PPB
+        );
+        assert_eq!(
+            ClockFault::drifting(1e12).drift_ppb,
+            ClockFault::MAX_DRIFT_PPB
+        );
+        assert_eq!(ClockFault::drifting(f64::NAN).drift_ppb, 0);
+        assert_eq!(ClockFault::drifting(0.5).rho(), 0.5);
+        // Set by hand past the bound, the field is still read as the bound.
+        let stopped = ClockFault {
+            offset_nanos: 0,
+            drift_ppb: -2_000_000_000,
+        };
+        assert_eq!(stopped.rho(), -0.999);
+        let s = Duration::from_secs(1);
+        assert_eq!(stopped.local_nanos(s), 1_000_000);
+        assert_eq!(stopped.true_time(1_000_000), s);
     }
 
     #[test]

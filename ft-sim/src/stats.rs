@@ -37,6 +37,12 @@ pub struct Stats {
     pub receive_omissions: u64,
     /// Messages that got extra delay from a slow node or link.
     pub slowed: u64,
+    /// Nodes whose clock is offset from true time or drifts (timing
+    /// failure), counted once when the run is set up.
+    pub skewed_clocks: u64,
+    /// Timers that fired on a skewed clock: at the true time their node's
+    /// clock reached the deadline.
+    pub skewed_timers: u64,
     /// Messages whose payload a value failure changed.
     pub value_corruptions: u64,
     /// Received messages handled twice (state-transition failure).

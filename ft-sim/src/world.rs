@@ -9,13 +9,14 @@ use ft_storage::MemLog;
 
 use crate::adversary::Adversary;
 
-use crate::plan::NodeFaults;
+use crate::plan::{NodeFaults, nanos};
 use crate::stats::Stats;
 
 /// An event a core emitted, with when and where.
 #[derive(Clone, Debug)]
 pub struct Observed<E> {
-    /// Virtual time since the start of the run.
+    /// Virtual (true) time since the start of the run; the emitting node's
+    /// own clock read [`World::local_instant_at`] then.
     pub at: Duration,
     /// The node whose core emitted it.
     pub node: NodeId,
@@ -55,9 +56,57 @@ impl<P: Protocol> World<P> {
         self.now
     }
 
-    /// The `Instant` the cores were last handed.
+    /// True time as an `Instant`: what the cores of every node without a
+    /// [clock fault](crate::plan::ClockFault) are handed now.
     pub fn instant(&self) -> Instant {
         self.base + self.now
+    }
+
+    /// What `node`'s own clock reads now: the `now` its cores are handed.
+    pub fn local_instant(&self, node: NodeId) -> Instant {
+        self.local_instant_at(node, self.now)
+    }
+
+    /// What `node`'s own clock read (or will read) at virtual time `at`
+    /// since the start of the run, e.g. at an [`Observed::at`]. Equal to
+    /// `instant() - now() + at` for a node without a clock fault.
+    pub fn local_instant_at(&self, node: NodeId, at: Duration) -> Instant {
+        self.clock_at(node.0 as usize, at)
+    }
+
+    /// Node `i`'s clock at true time `at` (true time if it has no clock, or
+    /// `i` is out of range).
+    pub(crate) fn clock_at(&self, i: usize, at: Duration) -> Instant {
+        match self.nodes.get(i).and_then(|n| n.faults.clock) {
+            None => self.base + at,
+            Some(clock) => {
+                let local = clock.local_nanos(at);
+                // `base` lies beyond the furthest offset behind (see
+                // `Sim::new`), so a negative reading stays representable.
+                let magnitude = nanos(local.unsigned_abs());
+                if local < 0 {
+                    self.base - magnitude
+                } else {
+                    self.base + magnitude
+                }
+            }
+        }
+    }
+
+    /// The true time at which node `i`'s timer for local instant `at` fires:
+    /// when the node's clock first reads `at`, but never in the past.
+    pub(crate) fn timer_due(&self, i: usize, at: Instant) -> Duration {
+        let due = match self.nodes[i].faults.clock {
+            None => at.saturating_duration_since(self.base),
+            Some(clock) => {
+                let local = match at.checked_duration_since(self.base) {
+                    Some(d) => d.as_nanos() as i128,
+                    None => -((self.base - at).as_nanos() as i128),
+                };
+                clock.true_time(local)
+            }
+        };
+        due.max(self.now)
     }
 
     /// Every node of the run.

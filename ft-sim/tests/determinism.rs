@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use ft_core::NodeId;
 use ft_sim::heartbeat::{self, HeartbeatConfig};
-use ft_sim::{Delay, FaultPlan, RandomCrashes, SelfCheckError, SimConfig, self_check};
+use ft_sim::{ClockFault, Delay, FaultPlan, RandomCrashes, SelfCheckError, SimConfig, self_check};
 
 const HORIZON: Duration = Duration::from_millis(2000);
 
@@ -34,6 +34,31 @@ fn every_seed_of_the_mixed_plan_is_deterministic_and_keeps_its_invariants() {
         40,
         "different seeds must give different runs"
     );
+}
+
+#[test]
+fn clock_faults_are_deterministic_and_change_the_run() {
+    // Offsets either way and drifts either way, on top of every other fault.
+    let plan = || {
+        let mut plan = FaultPlan::mixed(5, HORIZON);
+        plan.node(NodeId(2)).clock = Some(ClockFault::behind(ms(250)).with_drift(0.3));
+        plan.node(NodeId(3)).clock = Some(ClockFault::ahead(ms(40)).with_drift(-0.2));
+        plan.node(NodeId(4)).clock = Some(ClockFault::drifting(1e-4));
+        plan
+    };
+    for seed in 0..10 {
+        let r = self_check(|| sim(seed, 5, plan()), HORIZON).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.stats.skewed_clocks, 3);
+        assert!(r.stats.skewed_timers > 0);
+        let plain = sim(seed, 5, FaultPlan::mixed(5, HORIZON))
+            .run_until(HORIZON)
+            .unwrap();
+        assert_eq!(plain.stats.skewed_clocks, 0);
+        assert_ne!(
+            r.digest, plain.digest,
+            "seed {seed}: the clocks changed nothing"
+        );
+    }
 }
 
 #[test]

@@ -6,8 +6,10 @@ mod common;
 
 use common::*;
 use ft_core::{Incarnation, NodeId, Omission};
-use ft_sim::heartbeat::{Beat, HeartbeatConfig, HeartbeatEvent};
-use ft_sim::{AdversaryCtx, Byzantine, Delay, FaultPlan, OmissionWindow, RandomCrashes, SimConfig};
+use ft_sim::heartbeat::{Beat, HeartbeatConfig, HeartbeatEvent, HeartbeatInput};
+use ft_sim::{
+    AdversaryCtx, Byzantine, ClockFault, Delay, FaultPlan, OmissionWindow, RandomCrashes, SimConfig,
+};
 
 #[test]
 fn fault_free_run_loses_nothing_and_suspects_no_one() {
@@ -188,6 +190,68 @@ fn a_slow_node_is_suspected_although_it_never_crashed() {
     assert!(w.stats().slowed > 0);
     assert!(suspected(w, 1, 0), "n1 hears n0 only over the slow link");
     assert!(!suspected(w, 2, 0) && !suspected(w, 0, 2));
+}
+
+#[test]
+fn a_fast_clock_times_out_early_and_suspects_correct_nodes() {
+    // The 50 ms timeout suits this network: peers ping every 10 ms with
+    // delays of 1..=38 ms, so a ping arrives within 10 + 37 = 47 ms of the
+    // previous one (the first within 11 + 38 ms of the start). On a clock
+    // running 1.5 times too fast, 50 ms of the node's time last 33 ms.
+    let run = |rho: f64| {
+        let mut plan = FaultPlan::none();
+        plan.network.delay = Delay::Uniform {
+            min: ms(1),
+            max: ms(38),
+        };
+        plan.node(NodeId(0)).clock = Some(ClockFault::drifting(rho));
+        let mut s = sim(20, 3, plan);
+        // n0 only listens: were it pinging, the acks to its own pings (sent
+        // 1.5 times as often too) would hide its early timeouts.
+        s.input(ms(0), NodeId(0), HeartbeatInput::Pause);
+        s.run_until(ms(5000)).unwrap();
+        s
+    };
+    let s = run(0.0);
+    assert_eq!(s.stats().skewed_clocks, 0);
+    assert!(!suspected(s.world(), 0, 1) && !suspected(s.world(), 0, 2));
+    let s = run(0.5);
+    let w = s.world();
+    assert_eq!(w.stats().skewed_clocks, 1);
+    assert!(w.stats().skewed_timers > 0);
+    assert_eq!(w.stats().crashes, 0);
+    assert!(
+        suspected(w, 0, 1) && suspected(w, 0, 2),
+        "n0 times out its correct peers"
+    );
+    assert!(!suspected(w, 1, 2) && !suspected(w, 2, 1));
+
+    // A real crash: the fast clock suspects it after 50 ms / 1.5 of silence,
+    // the slow one (rho = -0.5) after 50 ms / 0.5, the others after 50 ms
+    // (each at its next tick, every 10 ms of its own clock).
+    let mut plan = FaultPlan::none();
+    plan.node(NodeId(0)).clock = Some(ClockFault::drifting(0.5));
+    plan.node(NodeId(1)).clock = Some(ClockFault::drifting(-0.5));
+    plan.crash(NodeId(3), ms(500), None);
+    let mut s = sim(21, 4, plan);
+    s.run_until(ms(1000)).unwrap();
+    let w = s.world();
+    assert_eq!(w.stats().skewed_clocks, 2);
+    let noticed = |o: u64| {
+        w.events()
+            .iter()
+            .find(|e| e.node == NodeId(o) && e.event == HeartbeatEvent::Suspected(NodeId(3)))
+            .map(|e| e.at)
+            .unwrap_or_else(|| panic!("n{o} never suspected the crashed n3"))
+    };
+    // Last heard from n3 between 490 and 501 ms (its last ping or ack).
+    let (fast, slow, right) = (noticed(0), noticed(1), noticed(2));
+    assert!(ms(523) < fast && fast < ms(542), "{fast:?}");
+    assert!(ms(540) < right && right < ms(562), "{right:?}");
+    assert!(ms(590) < slow && slow < ms(622), "{slow:?}");
+    for (o, t) in [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)] {
+        assert!(!suspected(w, o, t), "n{o} suspected the correct n{t}");
+    }
 }
 
 #[test]

@@ -1,4 +1,8 @@
 //! The simulator: N nodes of one [`Protocol`], one event queue, virtual time.
+//!
+//! The queue runs on true (virtual) time; each core sees its own node's
+//! clock (see [`ClockFault`](crate::plan::ClockFault)), converted by
+//! [`World`]: readings in `clock_at`, timer deadlines in `timer_due`.
 
 mod network;
 
@@ -153,10 +157,13 @@ where
     pub fn new(config: SimConfig, proto: P::Config, plan: FaultPlan) -> Self {
         let n = config.nodes;
         let ids: Vec<NodeId> = (0..n as u64).map(NodeId).collect();
-        let nodes = ids
+        let nodes: Vec<Node<P>> = ids
             .iter()
             .map(|id| {
-                let faults = plan.nodes.get(id).cloned().unwrap_or_default();
+                let mut faults = plan.nodes.get(id).cloned().unwrap_or_default();
+                // A clock that keeps true time is no fault: such a node takes
+                // the same path as one without a clock, and is not counted.
+                faults.clock = faults.clock.filter(|c| c.is_skewed());
                 let adversary = faults
                     .byzantine
                     .map(|b| Box::new(BuiltIn(b)) as Box<dyn Adversary<P::Message>>);
@@ -171,16 +178,33 @@ where
                 }
             })
             .collect();
+        // `Instant` cannot go below the moment the run is set up, so true
+        // time starts as far after it as the furthest clock reads behind:
+        // every reading of that clock is then representable. Without such a
+        // clock the shift is zero and nothing changes.
+        let behind = nodes
+            .iter()
+            .filter_map(|n| n.faults.clock)
+            .map(|c| c.offset_nanos.min(0).unsigned_abs())
+            .max()
+            .unwrap_or(0);
+        let base = Instant::now()
+            .checked_add(Duration::from_nanos(behind))
+            .expect("a clock offset this far behind does not fit in an Instant");
+        let skewed_clocks = nodes.iter().filter(|n| n.faults.clock.is_some()).count() as u64;
         let mut sim = Sim {
             codec: FrameCodec::new(config.max_payload),
             rng: SimRng::new(config.seed),
             world: World {
-                base: Instant::now(),
+                base,
                 now: Duration::ZERO,
                 ids,
                 nodes,
                 events: Vec::new(),
-                stats: Stats::default(),
+                stats: Stats {
+                    skewed_clocks,
+                    ..Stats::default()
+                },
             },
             queue: BinaryHeap::new(),
             seq: 0,
@@ -394,13 +418,14 @@ where
     }
 
     fn start(&mut self, i: usize) {
+        let now = self.world.clock_at(i, self.world.now);
         let node = &mut self.world.nodes[i];
         let ctx = RecoveryContext {
             node: self.world.ids[i],
             incarnation: node.incarnation,
             records: node.disk.durable(),
             seed: self.rng.next_u64(),
-            now: self.world.base + self.world.now,
+            now,
         };
         node.core = Some(P::recover(&self.proto, ctx));
         self.drain(i);
@@ -425,7 +450,10 @@ where
                 }
                 n.timers.remove(&timer);
                 self.world.stats.timers_fired += 1;
-                let now = self.world.base + self.world.now;
+                if n.faults.clock.is_some() {
+                    self.world.stats.skewed_timers += 1;
+                }
+                let now = self.world.clock_at(node, self.world.now);
                 self.record(TraceKind::Timer {
                     node: self.world.ids[node],
                     timer: timer.clone(),
@@ -452,14 +480,14 @@ where
                 self.record(TraceKind::Persisted {
                     node: self.world.ids[node],
                 });
-                let now = self.world.base + self.world.now;
+                let now = self.world.clock_at(node, self.world.now);
                 if let Some(core) = self.world.nodes[node].core.as_mut() {
                     core.handle_persisted(now, token);
                 }
                 self.drain(node);
             }
             Ev::Input { node, input } => {
-                let now = self.world.base + self.world.now;
+                let now = self.world.clock_at(node, self.world.now);
                 match self.world.nodes[node].core.as_mut() {
                     Some(core) => {
                         self.world.stats.inputs += 1;
@@ -584,9 +612,8 @@ where
                     }
                 }
                 Output::SetTimer { timer, at } => {
-                    let at = at
-                        .saturating_duration_since(self.world.base)
-                        .max(self.world.now);
+                    // `at` is on the node's clock; the queue runs on true time.
+                    let at = self.world.timer_due(i, at);
                     self.timer_generation += 1;
                     let generation = self.timer_generation;
                     self.world.nodes[i].timers.insert(timer.clone(), generation);

@@ -177,7 +177,7 @@ where
             return;
         }
         let twice = self.rng.chance(repeat);
-        let now = self.world.base + self.world.now;
+        let now = self.world.clock_at(j, self.world.now);
         self.world.stats.delivered += 1;
         if let Some(core) = self.world.nodes[j].core.as_mut() {
             if twice {
