@@ -141,7 +141,9 @@ fn exactly_once() -> impl FnMut(&World<Echo>) -> Result<(), String> {
             return Err(format!("call {t}'s effect is durable {n} times"));
         }
         if let Some(t) = ledger.answered.iter().find(|t| !effects.contains_key(t)) {
-            return Err(format!("call {t} was answered but its effect is not durable"));
+            return Err(format!(
+                "call {t} was answered but its effect is not durable"
+            ));
         }
         Ok(())
     }
@@ -707,7 +709,10 @@ fn a_deadline_propagates_through_a_nested_call() {
 /// The long sweep CI runs in release mode: `cargo test --release -p ft-rpc
 /// --test rpc -- --ignored`. Every semantics under loss, duplication,
 /// reordering, a partition, server crashes and a client crash, each with
-/// its invariant (and the orphan bound) after every step.
+/// its invariant (and the orphan bound) after every step, and liveness at
+/// the end: with the server reachable for the last seconds of every
+/// deadline, every exactly-once and at-least-once call is answered, and
+/// every at-most-once call is answered or reports the server's crash.
 #[test]
 #[ignore]
 fn sweep() {
@@ -720,6 +725,8 @@ fn sweep() {
             Semantics::ExactlyOnce,
         ][(seed % 3) as usize];
         let mut plan = lossy_plan();
+        // The faults end at 1.1 s; every deadline is at least 2.9 s later.
+        plan.network.calm_after = Some(1100 * MS);
         plan.crash(SERVER, 250 * MS, Some(150 * MS));
         plan.crash(SERVER, 700 * MS, Some(100 * MS));
         plan.crash(NodeId(2), 400 * MS, Some(200 * MS));
@@ -741,6 +748,28 @@ fn sweep() {
         schedule(&mut sim, 4, 30, semantics, 4000 * MS);
         let report = sim.run_until(6000 * MS).unwrap_or_else(|f| panic!("{f}"));
         let l = final_ledger(&sim);
+        // Liveness: the faults end by 1.1 s and every deadline is at least
+        // 2.9 s later, so every call of a client that stayed up is answered
+        // (at-most-once may instead report the server's crash).
+        for c in 1..4u64 {
+            for j in 0..30u64 {
+                let start = 40 * MS * j as u32 + MS * c as u32;
+                if c == 2 && start < 600 * MS {
+                    // Lost with its client's crash at 400 ms (or never made
+                    // while it was down).
+                    continue;
+                }
+                let token = c * 1_000_000 + j;
+                let ok = l.answered.contains(&token)
+                    || (semantics == Semantics::AtMostOnce
+                        && matches!(l.failed.get(&token), Some(RpcError::ServerCrashed { .. })));
+                assert!(
+                    ok,
+                    "seed {seed} {semantics:?}: call {token} ended {:?}",
+                    l.failed.get(&token)
+                );
+            }
+        }
         totals.0 += l.answered.len() as u64;
         totals.1 += l.failed.len() as u64;
         totals.2 += report.stats.crashes;
@@ -835,11 +864,15 @@ fn a_partition_longer_than_the_lease_never_runs_a_call_twice() {
                 },
             );
         }
-        sim.run_until(6000 * MS).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        sim.run_until(6000 * MS)
+            .unwrap_or_else(|f| panic!("seed {seed}: {f}"));
         let l = final_ledger(&sim);
         let server = sim.world().core(SERVER).unwrap().rpc().server_stats();
         assert!(server.leases_expired >= 1, "seed {seed}: {server:?}");
-        assert!(l.answered.contains(&2), "seed {seed}: exactly-once answered");
+        assert!(
+            l.answered.contains(&2),
+            "seed {seed}: exactly-once answered"
+        );
         assert_eq!(
             l.failed.get(&1),
             Some(&RpcError::Forgotten {
@@ -859,11 +892,7 @@ fn a_partition_longer_than_the_lease_never_runs_a_call_twice() {
 #[test]
 fn small_record_bounds_never_run_a_call_twice_nor_forget_a_running_one() {
     fn slow_if_first(request: &Bytes) -> Duration {
-        if request[0] == 0 {
-            1500 * MS
-        } else {
-            5 * MS
-        }
+        if request[0] == 0 { 1500 * MS } else { 5 * MS }
     }
     let mut evicted = 0;
     for seed in 0..20 {
@@ -896,14 +925,94 @@ fn small_record_bounds_never_run_a_call_twice_nor_forget_a_running_one() {
                 },
             );
         }
-        sim.run_until(6000 * MS).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        sim.run_until(6000 * MS)
+            .unwrap_or_else(|f| panic!("seed {seed}: {f}"));
         let l = final_ledger(&sim);
         let slow: Vec<u64> = (0..60).filter(|j| j % 20 == 0).map(|j| j * 256).collect();
         for t in &slow {
-            assert!(l.answered.contains(t), "seed {seed}: slow call {t}: {:?}", l.failed.get(t));
+            assert!(
+                l.answered.contains(t),
+                "seed {seed}: slow call {t}: {:?}",
+                l.failed.get(t)
+            );
         }
-        evicted += sim.world().core(SERVER).unwrap().rpc().server_stats().records_evicted;
+        evicted += sim
+            .world()
+            .core(SERVER)
+            .unwrap()
+            .rpc()
+            .server_stats()
+            .records_evicted;
     }
     assert!(evicted > 100, "the bound was exercised: {evicted}");
 }
 
+/// Expiration rests on clocks: the client renews every `T/3` of *its*
+/// clock, the server kills after `T` of *its* clock without a renewal. With
+/// the client's clock slow and the server's fast, renewals arrive every
+/// `(T/3)/(1+ρc)` of true time while the server gives up after
+/// `T/(1+ρs)`: expiration survives one lost renewal while
+/// `(1+ρs)/(1+ρc) < 1.5`, and none beyond `3` (less the network delay).
+/// Inside the bound (ρ = 0.3 each way: 1.3/0.7 < 3) no live computation is
+/// killed and orphans die within `T/(1+ρs)` of the crash plus a renewal
+/// interval; outside it (ρ = 0.6: 1.6/0.4 > 3) the server kills
+/// computations whose client is alive and renewing. (No loss here: the
+/// drift alone is at stake.)
+#[test]
+fn expiration_holds_under_drift_inside_its_bound_and_kills_live_calls_outside() {
+    use ft_sim::ClockFault;
+    let quantum = 400 * MS;
+    let run = |rho: f64, loss: f64, seed: u64| {
+        let mut plan = FaultPlan::none();
+        plan.network.loss = loss;
+        plan.network.delay = ft_sim::Delay::Uniform {
+            min: MS,
+            max: 5 * MS,
+        };
+        // The server's clock runs fast, the clients' slow.
+        plan.node(SERVER).clock = Some(ClockFault::drifting(rho));
+        plan.node(NodeId(1)).clock = Some(ClockFault::drifting(-rho));
+        plan.node(NodeId(2)).clock = Some(ClockFault::drifting(-rho));
+        plan.crash(NodeId(1), 200 * MS, Some(300 * MS));
+        let mut cfg = config(
+            3,
+            OrphanConfig {
+                reincarnation: Reincarnation::Off,
+                quantum: Some(quantum),
+                extermination: false,
+            },
+        );
+        cfg.service_time = 10_000 * MS;
+        let mut sim = Sim::new(SimConfig::new(seed, 3), cfg, plan);
+        // Orphans die within T/(1+ρs) of true time, plus the last renewal
+        // interval of the slow client clock, plus delivery.
+        let bound =
+            quantum.mul_f64(1.0 / (1.0 + rho)) + (quantum / 3).mul_f64(1.0 / (1.0 - rho)) + 50 * MS;
+        sim.invariant("no orphan outlives its bound", no_orphan_outlives(bound));
+        schedule(&mut sim, 3, 4, Semantics::AtMostOnce, 20_000 * MS);
+        sim.run_until(3000 * MS)
+            .unwrap_or_else(|f| panic!("rho {rho}: {f}"));
+        assert!(sim.stats().skewed_clocks >= 3);
+        // Live calls killed: n2 never crashed.
+        let live_killed = sim
+            .world()
+            .events()
+            .iter()
+            .filter(|e| {
+                matches!(&e.event, EchoEvent::Rpc(RpcEvent::Cancel { id, reason: CancelReason::Expired })
+                    if id.client == NodeId(2))
+            })
+            .count();
+        (live_killed, cancels(&sim, CancelReason::Expired))
+    };
+    for seed in 0..10 {
+        let (live_killed, expired) = run(0.3, 0.0, seed);
+        assert_eq!(live_killed, 0, "seed {seed}: inside the bound");
+        assert!(
+            expired > 0,
+            "seed {seed}: the crashed client's orphans expire"
+        );
+    }
+    let broken: usize = (0..10).map(|seed| run(0.6, 0.0, seed).0).sum();
+    assert!(broken > 0, "outside the bound, live calls are killed");
+}

@@ -89,6 +89,10 @@ pub struct NetworkFaults {
     /// Probability that one bit of a frame is flipped in transit (the frame
     /// CRC must catch it).
     pub corrupt: f64,
+    /// From this (virtual) time on, the network stops losing, duplicating,
+    /// reordering and corrupting messages (delays stay): the faults end, so
+    /// liveness after them can be asserted. `None`: they never end.
+    pub calm_after: Option<Duration>,
 }
 
 impl Default for NetworkFaults {
@@ -101,6 +105,7 @@ impl Default for NetworkFaults {
             reorder: 0.0,
             reorder_window: Duration::ZERO,
             corrupt: 0.0,
+            calm_after: None,
         }
     }
 }
@@ -473,6 +478,7 @@ impl FaultPlan {
                 reorder: 0.05,
                 reorder_window: Duration::from_millis(10),
                 corrupt: 0.001,
+                calm_after: None,
             },
             ..FaultPlan::default()
         };

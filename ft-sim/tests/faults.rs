@@ -439,6 +439,26 @@ fn loss_drops_messages_and_the_protocol_sees_fewer() {
 }
 
 #[test]
+fn the_network_calms_down_when_its_faults_end() {
+    let mut plan = FaultPlan::none();
+    plan.network.loss = 0.3;
+    plan.network.duplicate = 0.3;
+    plan.network.calm_after = Some(ms(1000));
+    let mut s = sim(13, 3, plan);
+    s.run_until(ms(1000)).unwrap();
+    let during = *s.stats();
+    assert!(during.lost > 0 && during.duplicated > 0);
+    s.run_until(ms(3000)).unwrap();
+    let after = *s.stats();
+    assert!(after.sent > during.sent + 100, "messages went on");
+    assert_eq!(
+        (after.lost, after.duplicated),
+        (during.lost, during.duplicated),
+        "no loss or duplication after the calm"
+    );
+}
+
+#[test]
 fn duplication_reaches_the_protocol_as_duplicates() {
     let mut plan = FaultPlan::none();
     plan.network.duplicate = 0.5;

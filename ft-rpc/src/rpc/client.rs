@@ -20,6 +20,14 @@ use super::{
 /// announcement is not acknowledged; repeats cover a lossy network).
 const ANNOUNCES: u32 = 3;
 
+/// How often a client renews the quantum `q` of its calls (expiration):
+/// three times per quantum, so one lost renewal leaves a gap of `2q/3`,
+/// which a server whose clock does not run much faster than the client's
+/// still accepts (see [`OrphanConfig::quantum`](super::OrphanConfig)).
+pub(crate) fn renew_every(q: Duration) -> Duration {
+    (q / 3).max(Duration::from_millis(1))
+}
+
 /// Counts of what the client side did, for tests and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ClientStats {
@@ -553,7 +561,7 @@ impl Rpc {
     /// adopt) the unfinished calls of earlier lives found in the call log.
     pub(crate) fn start_client(&mut self, now: Instant, records: &Records) {
         if let Some(q) = self.config.orphans.quantum {
-            self.set_timer(RpcTimer::Renew, after(now, q / 2));
+            self.set_timer(RpcTimer::Renew, after(now, renew_every(q)));
         }
         if self.incarnation == Incarnation::FIRST {
             return;
@@ -648,6 +656,6 @@ impl Rpc {
                 );
             }
         }
-        self.set_timer(RpcTimer::Renew, after(now, q / 2));
+        self.set_timer(RpcTimer::Renew, after(now, renew_every(q)));
     }
 }

@@ -238,7 +238,23 @@ pub struct OrphanConfig {
     /// What the server does when a client announces a new life.
     pub reincarnation: Reincarnation,
     /// Expiration: every computation must be renewed by its client within
-    /// this quantum `T` (the client renews every `T / 2`); `None` disables.
+    /// this quantum `T` (the client renews every `T / 3`); `None` disables.
+    ///
+    /// # The clocks it assumes
+    ///
+    /// The client measures `T / 3` on its clock and the server `T` on its
+    /// own. If the client's clock runs slow by `ρc` and the server's fast by
+    /// `ρs` (a clock drifting at rate `ρ` advances `1 + ρ` seconds per true
+    /// second), renewals arrive every `(T/3)/(1+ρc)` of true time and the
+    /// server gives up after `T/(1+ρs)`. So expiration needs
+    /// `(1+ρs)/(1+ρc) < 3` with no renewal lost, and `< 1.5` to survive one
+    /// lost renewal (the gap is then `2T/3`), each less the network delay:
+    /// for clocks drifting apart by the same rate, `ρ < 0.5` and `ρ < 0.2`.
+    /// Outside that bound the server kills computations whose client is
+    /// alive and renewing ([`CancelReason::Expired`]); inside it, orphans of
+    /// a crashed client die within `T/(1+ρs)` plus a renewal interval. The
+    /// simulator's clock faults show both
+    /// (`tests/rpc.rs`, `expiration_holds_under_drift_…`).
     pub quantum: Option<Duration>,
     /// Extermination: the client logs outgoing calls on stable storage and
     /// on restart asks servers to kill the unfinished ones.
@@ -289,8 +305,11 @@ pub struct RpcConfig {
     pub max_running: usize,
     /// Calls outstanding at once at the client; calls beyond are refused.
     pub max_pending: usize,
-    /// A server forgets a client not heard from for this long (keeping a
-    /// tombstone so its old calls are not executed again).
+    /// A server forgets a client's at-most-once records when it has not
+    /// heard from it for this long (keeping a tombstone so its old calls are
+    /// not executed again). Measured on the server's clock only: drift makes
+    /// it end sooner or later, which changes how often a late duplicate is
+    /// answered "forgotten", never whether a call runs twice.
     pub lease: Duration,
 }
 

@@ -585,7 +585,11 @@ fn large_requests_and_replies_travel_in_parts_through_loss() {
     let (mut s, _) = node(0, 0, vec![]);
     drain(&mut c);
     drain(&mut s);
-    let request = Bytes::from((0..3_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let request = Bytes::from(
+        (0..3_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
     c.handle_input(
         now,
         RpcInput::Call {
@@ -696,10 +700,18 @@ fn the_stale_mark_never_passes_a_running_call() {
         drain(&mut s);
     }
     assert!(s.server_stats().records_evicted > 30);
-    s.handle_message(now, NodeId(1), raw_call(Semantics::ExactlyOnce, 0, 1, b"slow"));
+    s.handle_message(
+        now,
+        NodeId(1),
+        raw_call(Semantics::ExactlyOnce, 0, 1, b"slow"),
+    );
     assert_eq!(outcome(&drain(&mut s)), Outcome::InProgress);
     // An evicted call's duplicate is stale (forgotten), never run again.
-    s.handle_message(now, NodeId(1), raw_call(Semantics::ExactlyOnce, 0, 5, b"fast"));
+    s.handle_message(
+        now,
+        NodeId(1),
+        raw_call(Semantics::ExactlyOnce, 0, 5, b"fast"),
+    );
     assert_eq!(outcome(&drain(&mut s)), Outcome::Stale);
     assert_eq!(s.server_stats().executions, 39);
     // The slow call completes and is answered.
@@ -809,5 +821,8 @@ fn a_throttled_call_still_probes_until_its_deadline() {
     assert!(st.probes >= 8, "{st:?}");
     // Once throttled, sends are at least a probe interval apart.
     let late: Vec<_> = sent_at.windows(2).skip(60).map(|w| w[1] - w[0]).collect();
-    assert!(late.iter().all(|d| *d >= Duration::from_secs(1)), "{late:?}");
+    assert!(
+        late.iter().all(|d| *d >= Duration::from_secs(1)),
+        "{late:?}"
+    );
 }

@@ -71,11 +71,19 @@ where
             .links
             .get(&(self.world.ids[i], to))
             .map_or(0.0, |l| l.loss);
-        if self.rng.chance(self.plan.network.loss) || self.rng.chance(link_loss) {
+        // After `calm_after` the network's own faults end (no random draws
+        // either, so a run before it is what it always was).
+        let calm = self
+            .plan
+            .network
+            .calm_after
+            .is_some_and(|t| self.world.now >= t);
+        let net = |p: f64| if calm { 0.0 } else { p };
+        if self.rng.chance(net(self.plan.network.loss)) || self.rng.chance(link_loss) {
             self.world.stats.lost += 1;
             return self.drop_msg(i, to, "loss");
         }
-        let copies = if self.rng.chance(self.plan.network.duplicate) {
+        let copies = if self.rng.chance(net(self.plan.network.duplicate)) {
             self.world.stats.duplicated += 1;
             2
         } else {
@@ -102,7 +110,7 @@ where
             if slowed {
                 self.world.stats.slowed += 1;
             }
-            if self.rng.chance(self.plan.network.reorder) {
+            if self.rng.chance(net(self.plan.network.reorder)) {
                 self.world.stats.reordered += 1;
                 delay += Delay::Uniform {
                     min: Duration::ZERO,
@@ -111,7 +119,7 @@ where
                 .sample(&mut self.rng);
             }
             let mut frame = frame.clone();
-            if self.rng.chance(self.plan.network.corrupt) && !frame.is_empty() {
+            if self.rng.chance(net(self.plan.network.corrupt)) && !frame.is_empty() {
                 self.world.stats.corrupted_in_transit += 1;
                 let mut v = frame.to_vec();
                 let bit = self.rng.below(v.len() as u64 * 8) as usize;
