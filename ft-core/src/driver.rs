@@ -361,6 +361,29 @@ impl<P: Protocol> Handle<P> {
     pub fn stats(&self) -> DriverStats {
         self.stats.snapshot()
     }
+
+    /// A reader of the driver's counters that can be kept and cloned apart
+    /// from the `Handle` (which a dispatcher may own).
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(self.stats.clone())
+    }
+}
+
+/// Reads a driver's counters ([`Handle::stats_reader`]).
+#[derive(Clone)]
+pub struct StatsReader(Arc<StatCells>);
+
+impl StatsReader {
+    /// The driver's counters so far.
+    pub fn stats(&self) -> DriverStats {
+        self.0.snapshot()
+    }
+}
+
+impl fmt::Debug for StatsReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("StatsReader").field(&self.stats()).finish()
+    }
 }
 
 impl<P: Protocol> fmt::Debug for Handle<P> {

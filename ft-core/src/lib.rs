@@ -22,7 +22,7 @@ pub mod wire;
 pub use channel::{Channel, ChannelError};
 pub use clock::Clock;
 pub use detector::{FailureDetector, Suspicion};
-pub use driver::{DriverConfig, DriverError, DriverStats, Handle, InputSender};
+pub use driver::{DriverConfig, DriverError, DriverStats, Handle, InputSender, StatsReader};
 pub use error::PeerError;
 pub use failure::{FailureModel, FailureSemantics, Omission, Response};
 pub use frame::FrameCodec;

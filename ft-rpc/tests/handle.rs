@@ -322,3 +322,48 @@ async fn dropping_the_node_future_ends_waiting_calls_with_closed() {
     );
     stop(&server, server_node).await;
 }
+
+/// A handler that panics fails its own call, with an error saying it ran,
+/// and the node goes on serving the next ones.
+#[tokio::test]
+async fn a_panicking_handler_fails_its_call_and_the_node_serves_on() {
+    let net = MemNetwork::new(64);
+    let (server, server_node) = start(&net, 0, |_, request: Bytes, _| async move {
+        if request.as_ref() == b"boom" {
+            panic!("the handler blew up");
+        }
+        request
+    });
+    let (client, client_node) = start(&net, 1, echo);
+    for semantics in [Semantics::AtMostOnce, Semantics::ExactlyOnce] {
+        let options = CallOptions {
+            semantics,
+            ..within(GUARD)
+        };
+        let failed = guarded(
+            "the panicking call",
+            client.call(NodeId(0), Bytes::from_static(b"boom"), options),
+        )
+        .await;
+        match failed {
+            Err(CallError::Rpc(e)) => {
+                assert_eq!(e, RpcError::HandlerFailed);
+                assert_eq!(e.executed(), ft_rpc::rpc::Executed::Yes);
+            }
+            other => panic!("{semantics:?}: {other:?}"),
+        }
+        let ok = guarded(
+            "the next call",
+            client.call(NodeId(0), Bytes::from_static(b"fine"), options),
+        )
+        .await;
+        assert_eq!(ok, Ok(Bytes::from_static(b"fine")), "{semantics:?}");
+    }
+    let stats = server.serve_stats();
+    assert_eq!(stats.handler_panics, 2);
+    assert_eq!(stats.completed, 2);
+    assert_eq!(client.serve_stats().calls_answered, 2);
+    assert_eq!(client.serve_stats().calls_failed, 2);
+    stop(&client, client_node).await;
+    stop(&server, server_node).await;
+}

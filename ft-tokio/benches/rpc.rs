@@ -719,6 +719,7 @@ fn core_only(calls: u64) -> f64 {
                             RpcInput::Complete {
                                 exec: id,
                                 reply: request,
+                                effect: None,
                             },
                         );
                     }

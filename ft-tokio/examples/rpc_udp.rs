@@ -4,22 +4,29 @@
 //! ```text
 //! cargo run --release -p ft-tokio --example rpc_udp                 # the demo, every semantics
 //! cargo run --release -p ft-tokio --example rpc_udp -- demo --semantics exactly-once --calls 500
-//! rpc_udp server --dir D --port P --peer-port Q
+//! rpc_udp server --dir D --port P --peer-port Q --semantics S
 //! rpc_udp client --port Q --peer-port P --calls N --semantics exactly-once|at-most-once|at-least-once
 //! ```
 //!
-//! The **server** (node 0) rebuilds its [`Rpc`] core from `D` with
-//! [`durable::open`] (a new incarnation, durable before the core exists, and
-//! the completion records of its earlier lives), binds UDP port `P` and
-//! serves an echo whose handler first appends one line per execution to
-//! `D/executions` (flushed and `fdatasync`ed before it returns) and then
+//! The **server** (node 0) is an [`RpcNode`] with its data directory `D`
+//! (a new incarnation, durable before the node exists, and the completion
+//! records of its earlier lives), on UDP port `P`. It serves an echo that
 //! answers `call-i` with `call-i life=L`, `L` being the server life that
-//! executed it. With exactly-once the core makes the completion record
-//! durable in `D/log` before the reply goes out.
+//! executed it, and keeps an *execution log*, one line per execution:
 //!
-//! The **client** (node 1, port `Q`) makes `N` calls, a few in flight,
-//! each with a deadline long enough to ride out the restart, and prints
-//! each result as it comes.
+//! - under exactly-once, the line is the call's **effect**: the handler
+//!   returns it with the reply, and ft makes it durable in the same record
+//!   as the call's completion, before the reply goes out; the execution log
+//!   is read back from `D/log`;
+//! - under the other semantics the handler appends the line to
+//!   `D/executions` itself (`fdatasync`ed before it answers), an effect
+//!   made outside ft's records.
+//!
+//! The **client** (node 1, port `Q`) is a client-only [`RpcNode`] with an
+//! ephemeral identity (a new one at every start, so a restarted client is
+//! never taken for its previous life). It makes `N` calls, a few in
+//! flight, each with a deadline long enough to ride out the restart, and
+//! prints each result as it comes.
 //!
 //! The **demo** (the default) starts a server process and a client process
 //! (this same executable), kills the server with SIGKILL once a third of
@@ -28,11 +35,10 @@
 //! server's execution log and the completion records in its stable log:
 //!
 //! - exactly-once: every answered call has exactly one durable completion
-//!   record, none has two, and no call was executed in a life after the one
-//!   whose completion record is durable. A call *may* show two executions:
-//!   one by a life killed before the call's completion record was durable
-//!   (so no reply was ever sent), and one by the next life. Both numbers
-//!   are printed;
+//!   record and **exactly one execution** (its effect, durable with that
+//!   record), none has two. (A life killed after its handler ran but before
+//!   the record was durable left nothing: its effect died with it, and the
+//!   call ran again in the next life.)
 //! - at-most-once: no call was executed twice (calls caught by the crash
 //!   fail with `ServerCrashed` instead);
 //! - at-least-once: every answered call was executed (perhaps more than
@@ -52,12 +58,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ft_core::frame::OVERHEAD;
-use ft_core::{Clock, DriverConfig, FrameCodec, Incarnation, NodeId, Recover, RecoveryContext};
-use ft_rpc::handle::{CallError, rpc_node};
+use ft_core::{DriverConfig, FrameCodec, Incarnation, NodeId};
+use ft_rpc::handle::{CallError, Reply};
 use ft_rpc::rpc::{
-    CallId, CallOptions, Executed, Rpc, RpcConfig, RpcError, Semantics, durable_completions,
+    CallId, CallOptions, Executed, RpcError, Semantics, durable_completions, durable_effects,
 };
-use ft_tokio::{NoLog, TokioClock, UDP_MAX_DATAGRAM, UdpChannel, durable};
+use ft_tokio::{RpcNode, UDP_MAX_DATAGRAM, durable};
 use futures::StreamExt;
 
 /// The server's node.
@@ -119,6 +125,7 @@ pub(crate) fn run(args: &[String], spawn: Spawner<'_>) -> Result<bool, String> {
                 dir: PathBuf::from(flags.required("dir")?),
                 port: flags.number("port", None)?,
                 peer_port: flags.number("peer-port", None)?,
+                semantics: parse_semantics(flags.required("semantics")?)?,
                 seed: flags.number("seed", Some(1))?,
                 watch_stdin: flags.switch("watch-stdin"),
             };
@@ -261,10 +268,6 @@ pub(crate) fn semantics_name(s: Semantics) -> &'static str {
 // ---------------------------------------------------------------------------
 // What both processes share.
 
-fn rpc_config() -> RpcConfig {
-    RpcConfig::new(vec![SERVER, CLIENT])
-}
-
 /// The default driver configuration with frames that fit a UDP datagram
 /// after the channel's header.
 fn driver_config() -> DriverConfig {
@@ -327,8 +330,21 @@ pub(crate) struct ServerOpts {
     pub(crate) dir: PathBuf,
     pub(crate) port: u16,
     pub(crate) peer_port: u16,
+    pub(crate) semantics: Semantics,
     pub(crate) seed: u64,
     pub(crate) watch_stdin: bool,
+}
+
+/// The line the execution log holds for one execution.
+fn execution_line(life: Incarnation, id: CallId, request: &[u8]) -> String {
+    format!(
+        "{} {} {} {} {}\n",
+        life.0,
+        id.client.0,
+        id.client_incarnation.0,
+        id.seq,
+        String::from_utf8_lossy(request)
+    )
 }
 
 /// Serves until killed (or, with `watch_stdin`, until stdin closes).
@@ -337,14 +353,17 @@ fn server(o: &ServerOpts) -> Result<(), String> {
         exit_when_stdin_closes();
     }
     runtime()?.block_on(async {
-        let opened = durable::open::<Rpc>(&rpc_config(), SERVER, &o.dir, o.seed)
+        let prepared = RpcNode::builder(SERVER)
+            .peer(SERVER, loopback(o.port))
+            .peer(CLIENT, loopback(o.peer_port))
+            .data_dir(&o.dir)
+            .seed(o.seed)
+            .driver_config(driver_config())
+            .open()
             .await
             .map_err(|e| format!("recovering from {}: {e}", o.dir.display()))?;
-        let life = opened.incarnation;
-        let peers = BTreeMap::from([(CLIENT, loopback(o.peer_port))]);
-        let channel = UdpChannel::bind(SERVER, loopback(o.port), peers)
-            .await
-            .map_err(|e| format!("binding UDP port {}: {e}", o.port))?;
+        let life = prepared.incarnation();
+        let effects = prepared.effects().len();
         let path = o.dir.join(EXECUTIONS);
         let executions = OpenOptions::new()
             .create(true)
@@ -354,19 +373,20 @@ fn server(o: &ServerOpts) -> Result<(), String> {
         ft_storage::Fs::sync_dir(&ft_storage::OsFs, &o.dir)
             .map_err(|e| format!("syncing the directory: {e}"))?;
         let executions = Arc::new(Mutex::new(executions));
+        let exactly_once = o.semantics == Semantics::ExactlyOnce;
         let handler = move |id: CallId, request: Bytes, _deadline: Instant| {
             let executions = Arc::clone(&executions);
             async move {
-                let line = format!(
-                    "{} {} {} {} {}\n",
-                    life.0,
-                    id.client.0,
-                    id.client_incarnation.0,
-                    id.seq,
-                    String::from_utf8_lossy(&request)
-                );
-                // The execution is on disk before its result leaves the
-                // handler; `fdatasync` blocks, so off the runtime's workers.
+                let line = execution_line(life, id, &request);
+                let reply = echo_reply(&request, life);
+                if exactly_once {
+                    // The execution is the call's effect: durable with its
+                    // completion record, in one append, or not at all.
+                    return Reply::with_effect(reply, Bytes::from(line));
+                }
+                // An effect made outside ft's records: on disk before the
+                // result leaves the handler; `fdatasync` blocks, so off the
+                // runtime's workers.
                 let logged = tokio::task::spawn_blocking(move || {
                     let mut file = executions.lock().unwrap_or_else(|e| e.into_inner());
                     file.write_all(line.as_bytes())?;
@@ -379,24 +399,16 @@ fn server(o: &ServerOpts) -> Result<(), String> {
                     eprintln!("server: cannot log an execution: {logged:?}");
                     std::process::exit(3);
                 }
-                echo_reply(&request, life)
+                Reply::from(reply)
             }
         };
-        let (_client, node) = rpc_node(
-            opened.core,
-            channel,
-            TokioClock,
-            opened.log,
-            driver_config(),
-            handler,
-        );
-        let node = tokio::spawn(node);
-        say(&format!("ready {} {}", life.0, opened.records));
-        match node.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("the server's driver stopped: {e}")),
-            Err(e) => Err(format!("the server's task failed: {e}")),
-        }
+        let _node = prepared
+            .serve(handler)
+            .await
+            .map_err(|e| format!("starting the server: {e}"))?;
+        say(&format!("ready {} {effects}", life.0));
+        // Serves until killed.
+        std::future::pending::<Result<(), String>>().await
     })
 }
 
@@ -436,8 +448,8 @@ pub(crate) fn class(e: &CallError) -> String {
             };
             format!("server-crashed(executed:{executed})")
         }
-        CallError::Rpc(RpcError::Cancelled) => "cancelled".into(),
-        CallError::Rpc(RpcError::Refused(_)) => "refused".into(),
+        CallError::Rpc(RpcError::Refused(why)) => format!("refused({why})"),
+        CallError::Rpc(e) => format!("{e}").replace(' ', "-"),
         CallError::Closed => "closed".into(),
     }
 }
@@ -448,25 +460,17 @@ fn client(o: &ClientOpts) -> Result<ClientSummary, String> {
         exit_when_stdin_closes();
     }
     runtime()?.block_on(async {
-        let peers = BTreeMap::from([(SERVER, loopback(o.peer_port))]);
-        let channel = UdpChannel::bind(CLIENT, loopback(o.port), peers)
+        // A fresh (ephemeral) identity at every start: a restarted client
+        // is never matched to its previous life's calls.
+        let node = RpcNode::builder(CLIENT)
+            .peer(SERVER, loopback(o.peer_port))
+            .peer(CLIENT, loopback(o.port))
+            .seed(o.seed)
+            .driver_config(driver_config())
+            .client_only()
             .await
-            .map_err(|e| format!("binding UDP port {}: {e}", o.port))?;
-        // The client persists nothing (no extermination), and never
-        // restarts here: a volatile first life.
-        let core = Rpc::recover(
-            &rpc_config(),
-            RecoveryContext {
-                node: CLIENT,
-                incarnation: Incarnation::FIRST,
-                records: Vec::new(),
-                seed: o.seed,
-                now: TokioClock.now(),
-            },
-        );
-        let nothing = |_, _, _| async { Bytes::new() };
-        let (client, node) = rpc_node(core, channel, TokioClock, NoLog, driver_config(), nothing);
-        let node = tokio::spawn(node);
+            .map_err(|e| format!("starting the client: {e}"))?;
+        let client = node.client().clone();
         say("started");
         let (semantics, deadline) = (o.semantics, o.deadline);
         let mut results = futures::stream::iter(0..o.calls)
@@ -504,12 +508,9 @@ fn client(o: &ClientOpts) -> Result<ClientSummary, String> {
                 }
             }
         }
-        client.shutdown();
-        match node.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("the client's driver stopped: {e}")),
-            Err(e) => return Err(format!("the client's task failed: {e}")),
-        }
+        node.shutdown()
+            .await
+            .map_err(|e| format!("the client's driver stopped: {e}"))?;
         say(&format!(
             "done {} {} {}",
             summary.answered, summary.failed, summary.wrong
@@ -679,12 +680,16 @@ impl Report {
             match self.semantics {
                 Semantics::ExactlyOnce => {
                     if let Outcome::Answered(life) = o
-                        && records != [*life]
+                        && (records != [*life] || execs != [*life])
                     {
                         v.push(format!(
                             "call {i}: answered by life {life} with durable completion records \
-                             from lives {records:?} (exactly one, from that life, expected)"
+                             from lives {records:?} and executions by lives {execs:?} (exactly \
+                             one of each, from that life, expected)"
                         ));
+                    }
+                    if execs.len() > 1 {
+                        v.push(format!("call {i}: executed {} times", execs.len()));
                     }
                 }
                 Semantics::AtMostOnce => {
@@ -797,8 +802,8 @@ impl std::fmt::Display for Report {
                 )?;
                 writeln!(
                     f,
-                    "calls executed twice: {twice}{} (a life killed before the call's \
-                     completion record was durable, so before any reply, and the next life)",
+                    "calls executed twice: {twice}{} (each execution's effect is durable with \
+                     its completion record, or died with a killed life)",
                     self.executed_twice_list()
                 )?;
             }
@@ -816,8 +821,8 @@ impl std::fmt::Display for Report {
         if self.violations.is_empty() {
             let verdict = match self.semantics {
                 Semantics::ExactlyOnce => {
-                    "every answered call has exactly one durable completion record, none has \
-                     two, and no call was executed after its completion record was durable"
+                    "every answered call has exactly one durable completion record and exactly \
+                     one execution, and no call has two"
                 }
                 Semantics::AtMostOnce => "no call executed twice",
                 Semantics::AtLeastOnce => "every answered call was executed",
@@ -956,6 +961,8 @@ pub(crate) fn demo(
         &server_port.to_string(),
         "--peer-port",
         &client_port.to_string(),
+        "--semantics",
+        name,
         "--watch-stdin",
     ]
     .map(String::from)
@@ -1097,10 +1104,20 @@ pub(crate) fn demo(
     }
     let elapsed = started.elapsed();
 
-    let (executions, torn_lines) = read_executions(&dir.join(EXECUTIONS))?;
-    let mut records: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let durable = durable::records(&dir).map_err(|e| format!("reading the server's log: {e}"))?;
-    for (id, reply) in durable_completions(&durable) {
+    let (executions, torn_lines) = if semantics == Semantics::ExactlyOnce {
+        // The effects, read back from the stable log.
+        let mut text = String::new();
+        for (_, effect) in durable_effects(&durable) {
+            text.push_str(&String::from_utf8_lossy(&effect));
+        }
+        parse_executions(&text)
+    } else {
+        read_executions(&dir.join(EXECUTIONS))?
+    };
+    let mut records: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for c in durable_completions(&durable) {
+        let (id, reply) = (c.id, c.reply().cloned().unwrap_or_default());
         match parse_reply(&reply) {
             Some((i, life)) => records.entry(i).or_default().push(life),
             None => {
@@ -1177,6 +1194,12 @@ fn read_executions(path: &Path) -> Result<(BTreeMap<u64, Vec<u64>>, usize), Stri
     fs::File::open(path)
         .and_then(|mut f| f.read_to_string(&mut text))
         .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(parse_executions(&text))
+}
+
+/// Each call's executing lives in an execution log's text, and the number
+/// of lines cut short by a kill.
+fn parse_executions(text: &str) -> (BTreeMap<u64, Vec<u64>>, usize) {
     let mut executions: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut torn = 0;
     for line in text.split_inclusive('\n') {
@@ -1191,5 +1214,5 @@ fn read_executions(path: &Path) -> Result<(BTreeMap<u64, Vec<u64>>, usize), Stri
             None => torn += 1,
         }
     }
-    Ok((executions, torn))
+    (executions, torn)
 }

@@ -121,6 +121,10 @@ pub struct Opened<P> {
     pub incarnation: Incarnation,
     /// How many records the core was rebuilt from.
     pub records: usize,
+    /// The records themselves, in order, for an application that rebuilds
+    /// its own state from them too (say, the effects of exactly-once calls:
+    /// `ft_rpc::rpc::durable_effects`).
+    pub recovered: Vec<Bytes>,
 }
 
 /// Rebuilds a `P` for `node` from `dir` (created if needed), as a new life:
@@ -213,6 +217,8 @@ pub fn open_blocking<P: Recover>(
         now,
     };
     let count = ctx.records.len();
+    // Cheap: `Bytes` clones share their buffers.
+    let recovered = ctx.records.clone();
     let core = P::recover(config, ctx);
     tracing::info!(
         %node,
@@ -226,6 +232,7 @@ pub fn open_blocking<P: Recover>(
         log,
         incarnation,
         records: count,
+        recovered,
     })
 }
 

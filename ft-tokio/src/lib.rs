@@ -5,12 +5,14 @@
 mod book;
 pub mod clock;
 pub mod durable;
+pub mod node;
 mod spawn;
 pub mod tcp;
 pub mod udp;
 
 pub use clock::TokioClock;
 pub use durable::Opened;
+pub use node::{NodeError, NodeStats, Prepared, RpcNode, RpcNodeBuilder, Transport};
 pub use spawn::{NoLog, spawn, spawn_volatile};
 pub use tcp::{TCP_DEFAULT_MAX_DATAGRAM, TcpChannel, TcpConfig, TcpStats};
 pub use udp::{UDP_HEADER_LEN, UDP_MAX_DATAGRAM, UdpChannel, UdpStats};

@@ -74,7 +74,7 @@ where
 }
 
 /// `config` with a codec whose frames fit in `max_datagram` bytes.
-fn fit_codec(config: DriverConfig, max_datagram: usize) -> DriverConfig {
+pub(crate) fn fit_codec(config: DriverConfig, max_datagram: usize) -> DriverConfig {
     if config.codec.max_frame() <= max_datagram {
         return config;
     }

@@ -65,6 +65,13 @@ pub enum Refusal {
     /// (At the server.) The call arrived with no time left to its deadline.
     #[error("the deadline had passed when the call arrived")]
     DeadlinePassed,
+    /// (At the server.) The node serves no calls (a client-only node).
+    #[error("the node serves no calls")]
+    NotServing,
+    /// (At the server.) An exactly-once call reached a node without stable
+    /// storage, which could not keep the promise across its restarts.
+    #[error("exactly-once needs stable storage, which the server has not")]
+    NoStableStorage,
 }
 
 impl Refusal {
@@ -76,6 +83,8 @@ impl Refusal {
             Refusal::TooManyClients => 4,
             Refusal::ServerBusy => 5,
             Refusal::DeadlinePassed => 6,
+            Refusal::NotServing => 7,
+            Refusal::NoStableStorage => 8,
         }
     }
 }
@@ -342,6 +351,8 @@ fn get_outcome(buf: &mut Bytes) -> Result<Outcome, DecodeError> {
             4 => Refusal::TooManyClients,
             5 => Refusal::ServerBusy,
             6 => Refusal::DeadlinePassed,
+            7 => Refusal::NotServing,
+            8 => Refusal::NoStableStorage,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "Refusal",
@@ -608,7 +619,7 @@ mod tests {
                     fingerprint: s ^ f,
                     body: Chunk::whole(body)
                 }),
-            (id(), any::<u64>(), 0u8..12, body()).prop_map(|(id, s, k, body)| {
+            (id(), any::<u64>(), 0u8..14, body()).prop_map(|(id, s, k, body)| {
                 RpcMessage::Reply {
                     id,
                     server_incarnation: Incarnation(s),
@@ -627,6 +638,8 @@ mod tests {
                         8 => Outcome::Refused(Refusal::ServerBusy),
                         9 => Outcome::Refused(Refusal::DeadlinePassed),
                         10 => Outcome::Refused(Refusal::TokenInUse),
+                        11 => Outcome::Refused(Refusal::NotServing),
+                        12 => Outcome::Refused(Refusal::NoStableStorage),
                         _ => Outcome::Refused(Refusal::TooManyPending),
                     },
                 }

@@ -305,6 +305,14 @@ pub struct RpcConfig {
     pub max_running: usize,
     /// Calls outstanding at once at the client; calls beyond are refused.
     pub max_pending: usize,
+    /// Whether this node serves calls; a client-only node answers every call
+    /// with [`Refusal::NotServing`].
+    pub serves: bool,
+    /// Whether the node's [`StableLog`](ft_core::StableLog) is stable
+    /// storage. Without it exactly-once calls are refused
+    /// ([`Refusal::NoStableStorage`]) rather than promised and forgotten at
+    /// the next restart.
+    pub stable_storage: bool,
     /// A server forgets a client's at-most-once records when it has not
     /// heard from it for this long (keeping a tombstone so its old calls are
     /// not executed again). Measured on the server's clock only: drift makes
@@ -332,6 +340,8 @@ impl RpcConfig {
             max_partial_total: 64 << 20,
             max_running: 1024,
             max_pending: 1024,
+            serves: true,
+            stable_storage: true,
             lease: Duration::from_secs(60),
         }
     }
@@ -345,6 +355,17 @@ pub struct CallOptions {
     /// When to give up. A nested call passes on its parent's deadline (the
     /// `deadline` of [`RpcEvent::Execute`]).
     pub deadline: Instant,
+}
+
+impl CallOptions {
+    /// `semantics`, with the deadline `timeout` from now (read from the
+    /// system's monotonic clock: for callers outside a simulation).
+    pub fn within(semantics: Semantics, timeout: Duration) -> CallOptions {
+        CallOptions {
+            semantics,
+            deadline: after(Instant::now(), timeout),
+        }
+    }
 }
 
 /// What the application asks of its RPC node.

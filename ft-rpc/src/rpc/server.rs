@@ -554,6 +554,14 @@ impl Rpc {
         if id.client != from || server_incarnation > self.incarnation || id.seq == 0 {
             return false;
         }
+        if !self.config.serves {
+            self.refuse(from, id, Refusal::NotServing);
+            return true;
+        }
+        if semantics == Semantics::ExactlyOnce && !self.config.stable_storage {
+            self.refuse(from, id, Refusal::NoStableStorage);
+            return true;
+        }
         if !self.server.clients.contains_key(&from) {
             if self.server.clients.len() >= MAX_CLIENTS {
                 self.refuse(from, id, Refusal::TooManyClients);
