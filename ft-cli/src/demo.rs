@@ -7,24 +7,66 @@ use clap::Args;
 use ft_sim::heartbeat::{self, Heartbeat, HeartbeatConfig, HeartbeatEvent};
 use ft_sim::{FaultPlan, RunReport, SelfCheckError, Sim, SimConfig, self_check};
 
+use crate::bounds;
+
 /// Options of `ft demo`.
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
-    /// Seed of the featured run (the sweep uses the seeds after it).
+    /// Seed of the featured run (the sweep uses the seeds after it): any
+    /// number from 0 to 18446744073709551615.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Nodes in the simulated cluster (at least 4 to get every fault kind).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=64))]
+    /// Nodes in the simulated cluster: 2 to 16, others are refused (at
+    /// least 4 to get every fault kind).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=MAX_NODES))]
     nodes: u64,
-    /// Virtual duration of each run, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    millis: u64,
-    /// How many seeds the sweep runs.
+    /// Virtual duration of each run, in milliseconds: 1 to 60000 (one
+    /// minute); values outside are clamped, with a note.
+    #[arg(long, alias = "millis", default_value_t = 10_000)]
+    duration_ms: u64,
+    /// How many seeds the sweep runs: 0 to 10000, and at most
+    /// 600000 / (duration in s × nodes²), about two minutes of work; more
+    /// are clamped, with a note.
     #[arg(long, default_value_t = 200)]
     seeds: u64,
-    /// Print every step of the featured run.
+    /// Print every step of the featured run (at 16 nodes for 60 s, about
+    /// 400 MB of text, held in about 1.4 GB of memory).
     #[arg(long)]
     trace: bool,
+}
+
+/// The most nodes `ft demo` runs: every node pings every other and the
+/// invariants are checked after every step, so a run's work grows about as
+/// nodes⁴ (one second of 64 nodes takes several seconds of a release build).
+const MAX_NODES: u64 = 16;
+/// The longest run, in milliseconds.
+const MAX_DURATION_MS: u64 = 60_000;
+/// The most seeds the sweep runs.
+const MAX_SEEDS: u64 = 10_000;
+/// The sweep's budget: seeds × duration (ms) × nodes² stays within it. A
+/// run's work grows about as nodes⁴ × duration; with nodes² here, the worst
+/// case (16 nodes) is about two minutes of a release build, and small
+/// clusters, much cheaper per run, are not held to that cost.
+const SWEEP_BUDGET: u64 = 600_000 * 1000;
+
+/// The most seeds the sweep runs with runs of `duration_ms` over `nodes`.
+fn max_seeds(duration_ms: u64, nodes: u64) -> u64 {
+    let per_seed = duration_ms.max(1).saturating_mul(nodes.max(1).pow(2));
+    (SWEEP_BUDGET / per_seed).min(MAX_SEEDS)
+}
+
+impl DemoArgs {
+    /// Clamps the duration and the seeds into their ranges, with a note.
+    pub(crate) fn clamp(&mut self) {
+        self.duration_ms = bounds::clamp("duration-ms", self.duration_ms, 1..=MAX_DURATION_MS, "");
+        let max = max_seeds(self.duration_ms, self.nodes);
+        let why = if max < MAX_SEEDS {
+            "seeds × duration in s × nodes² is at most 600000"
+        } else {
+            ""
+        };
+        self.seeds = bounds::clamp("seeds", self.seeds, 0..=max, why);
+    }
 }
 
 fn scenario(seed: u64, nodes: usize, horizon: Duration, trace: bool) -> Sim<Heartbeat> {
@@ -39,7 +81,7 @@ fn scenario(seed: u64, nodes: usize, horizon: Duration, trace: bool) -> Sim<Hear
 
 pub(crate) fn run(args: &DemoArgs) -> ExitCode {
     let nodes = args.nodes as usize;
-    let horizon = Duration::from_millis(args.millis.max(1));
+    let horizon = Duration::from_millis(args.duration_ms);
     let plan = FaultPlan::mixed(nodes, horizon);
     println!(
         "ft demo: heartbeat failure detection on {nodes} simulated nodes for {horizon:?} of virtual time"
@@ -87,7 +129,8 @@ pub(crate) fn run(args: &DemoArgs) -> ExitCode {
     // The sweep.
     let started = Instant::now();
     let mut totals = ft_sim::Stats::default();
-    for seed in args.seed + 1..=args.seed + args.seeds {
+    // Seeds wrap around after the largest.
+    for seed in (1..=args.seeds).map(|i| args.seed.wrapping_add(i)) {
         match scenario(seed, nodes, horizon, false).run_until(horizon) {
             Ok(r) => {
                 totals.delivered += r.stats.delivered;
@@ -109,8 +152,8 @@ pub(crate) fn run(args: &DemoArgs) -> ExitCode {
         started.elapsed()
     );
     println!(
-        "reproduce any run: ft demo --seed <seed> --nodes {nodes} --millis {}",
-        args.millis
+        "reproduce any run: ft demo --seed <seed> --nodes {nodes} --duration-ms {}",
+        args.duration_ms
     );
     println!();
     if let Err(e) = crate::group::demo(args.seed) {
@@ -182,4 +225,26 @@ fn print_run(report: &RunReport, sim: &Sim<Heartbeat>) {
         "  invariants: {} checks after {} steps, sequence numbers reused by correct nodes: {honest_reuse}",
         s.invariant_checks, s.steps
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_keeps_to_its_budget() {
+        // The defaults fit at every size.
+        for nodes in 2..=MAX_NODES {
+            assert!(max_seeds(10_000, nodes) >= 200, "{nodes}");
+        }
+        assert_eq!(max_seeds(1, 2), MAX_SEEDS);
+        assert_eq!(max_seeds(MAX_DURATION_MS, 16), 39);
+        assert_eq!(max_seeds(MAX_DURATION_MS, 5), 400);
+        for nodes in 2..=MAX_NODES {
+            for duration_ms in [1, 999, 10_000, MAX_DURATION_MS] {
+                let seeds = max_seeds(duration_ms, nodes);
+                assert!(seeds * duration_ms * nodes * nodes <= SWEEP_BUDGET);
+            }
+        }
+    }
 }

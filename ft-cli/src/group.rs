@@ -15,6 +15,8 @@ use ft_group::{
 };
 use ft_sim::{Delay, FaultPlan, Sim, SimConfig, SimRng};
 
+use crate::bounds;
+
 const SECOND: Duration = Duration::from_secs(1);
 
 /// The group part of `ft demo`: a hierarchical group of five whose
@@ -213,25 +215,63 @@ fn om_run(seed: u64, n: usize) -> Result<(Vec<String>, u64), String> {
 /// Options of `ft sim group`.
 #[derive(Args, Debug)]
 pub(crate) struct SimGroupArgs {
-    /// Members in the group.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(3..=2000))]
-    n: u64,
-    /// Probability that the network loses a message.
-    #[arg(long, default_value_t = 0.05)]
+    /// Members in the group: 3 to 2000, others are refused.
+    #[arg(long, alias = "n", default_value_t = 10, value_parser = clap::value_parser!(u64).range(3..=2000))]
+    nodes: u64,
+    /// Probability that the network loses a message: at least 0 and below
+    /// 1, others are refused.
+    #[arg(long, default_value_t = 0.05, value_parser = bounds::probability)]
     loss: f64,
-    /// Members that crash (for good), one every 5 s from a quarter of the run.
+    /// Members that crash (for good), one every 5 s from a quarter of the
+    /// run: 0 to nodes − 2, more are clamped, with a note; crashes that would
+    /// come after the end of the run do not happen, and a note says so.
     #[arg(long, default_value_t = 1)]
     crashes: u64,
     /// Make one member slow: every message it sends or receives is delayed
-    /// by an exponential with this mean, in milliseconds (0: none).
-    #[arg(long, default_value_t = 0)]
+    /// by an exponential with this mean, in milliseconds: 0 (none) to 60000,
+    /// others are refused.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     slow_ms: u64,
-    /// Virtual duration, in seconds.
-    #[arg(long, default_value_t = 120)]
-    secs: u64,
-    /// Seed of the run.
+    /// Virtual duration, in milliseconds: 10000 (10 s) to 600000 (10 min);
+    /// values outside are clamped, with a note.
+    #[arg(long, default_value_t = 120_000)]
+    duration_ms: u64,
+    /// The virtual duration in seconds: the old spelling of --duration-ms.
+    #[arg(long, hide = true, conflicts_with = "duration_ms")]
+    secs: Option<u64>,
+    /// Seed of the run: any number from 0 to 18446744073709551615.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+/// The shortest run, in milliseconds: the first crash comes at a quarter of
+/// it, and detection takes a few seconds.
+const MIN_DURATION_MS: u64 = 10_000;
+/// The longest run, in milliseconds: 2000 members take about a minute.
+const MAX_DURATION_MS: u64 = 600_000;
+
+impl SimGroupArgs {
+    /// Clamps the duration and the crashes into their ranges, with a note.
+    pub(crate) fn clamp(&mut self) {
+        self.duration_ms = match self.secs.take() {
+            Some(secs) => {
+                let range = MIN_DURATION_MS / 1000..=MAX_DURATION_MS / 1000;
+                bounds::clamp("secs", secs, range, "") * 1000
+            }
+            None => bounds::clamp(
+                "duration-ms",
+                self.duration_ms,
+                MIN_DURATION_MS..=MAX_DURATION_MS,
+                "",
+            ),
+        };
+        self.crashes = bounds::clamp(
+            "crashes",
+            self.crashes,
+            0..=self.nodes - 2,
+            "at most --nodes minus 2",
+        );
+    }
 }
 
 /// Above this many members only SWIM runs: the heartbeat detectors send
@@ -239,14 +279,10 @@ pub(crate) struct SimGroupArgs {
 const COMPARE_UP_TO: u64 = 100;
 
 pub(crate) fn sim_group(args: &SimGroupArgs) -> ExitCode {
-    if !(0.0..1.0).contains(&args.loss) {
-        eprintln!("--loss must be in [0, 1)");
-        return ExitCode::FAILURE;
-    }
-    let n = args.n as usize;
-    let horizon = Duration::from_secs(args.secs.max(10));
+    let n = args.nodes as usize;
+    let horizon = Duration::from_millis(args.duration_ms);
     let mut rng = SimRng::new(args.seed ^ 0x6A09_E667_F3BC_C908);
-    let mut ids: Vec<NodeId> = (0..args.n).map(NodeId).collect();
+    let mut ids: Vec<NodeId> = (0..args.nodes).map(NodeId).collect();
     // A seeded shuffle picks the victims, and the slow member among the rest.
     for i in (1..ids.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;
@@ -259,6 +295,12 @@ pub(crate) fn sim_group(args: &SimGroupArgs) -> ExitCode {
         .map(|(i, &v)| (v, horizon / 4 + 5 * SECOND * i as u32))
         .filter(|(_, at)| *at < horizon)
         .collect();
+    if victims.len() < k {
+        eprintln!(
+            "note: --crashes {k}: {} of them would come after the end of the run and do not happen",
+            k - victims.len()
+        );
+    }
     let slow = (args.slow_ms > 0).then(|| ids[k]);
     let mut plan = FaultPlan::none();
     plan.network.loss = args.loss;
@@ -287,11 +329,11 @@ pub(crate) fn sim_group(args: &SimGroupArgs) -> ExitCode {
             "{s} (mean {} ms)",
             args.slow_ms
         )),
-        horizon.as_secs(),
+        horizon.as_secs_f64(),
         args.seed
     );
     let started = Instant::now();
-    let result = if args.n <= COMPARE_UP_TO {
+    let result = if args.nodes <= COMPARE_UP_TO {
         compare(args.seed, n, plan, horizon, &victims)
     } else {
         println!(
@@ -303,8 +345,8 @@ pub(crate) fn sim_group(args: &SimGroupArgs) -> ExitCode {
         Ok(()) => {
             println!("  wall time {:.2?}", started.elapsed());
             println!(
-                "reproduce: ft sim group --n {} --loss {} --crashes {} --slow-ms {} --secs {} --seed {}",
-                args.n, args.loss, args.crashes, args.slow_ms, args.secs, args.seed
+                "reproduce: ft sim group --nodes {} --loss {} --crashes {} --slow-ms {} --duration-ms {} --seed {}",
+                args.nodes, args.loss, args.crashes, args.slow_ms, args.duration_ms, args.seed
             );
             ExitCode::SUCCESS
         }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod bounds;
 mod demo;
 mod group;
 mod rpc;
@@ -50,12 +51,21 @@ enum SimScenario {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Demo(args) => demo::run(&args),
+        Command::Demo(mut args) => {
+            args.clamp();
+            demo::run(&args)
+        }
         Command::Sim {
-            scenario: SimScenario::Group(args),
-        } => group::sim_group(&args),
+            scenario: SimScenario::Group(mut args),
+        } => {
+            args.clamp();
+            group::sim_group(&args)
+        }
         Command::Sim {
-            scenario: SimScenario::Rpc(args),
-        } => rpc::sim_rpc(&args),
+            scenario: SimScenario::Rpc(mut args),
+        } => {
+            args.clamp();
+            rpc::sim_rpc(&args)
+        }
     }
 }

@@ -33,21 +33,24 @@ pub(crate) enum Which {
 /// Options of `ft sim rpc`.
 #[derive(Args, Debug)]
 pub(crate) struct SimRpcArgs {
-    /// Clients calling the one server.
+    /// Clients calling the one server: 1 to 64, others are refused.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
     clients: u64,
-    /// Calls per client (one every 20 ms).
+    /// Calls per client (one every 20 ms): 0 to 10000; more are clamped,
+    /// with a note.
     #[arg(long, default_value_t = 50)]
     calls: u64,
-    /// Probability that the network loses a message.
-    #[arg(long, default_value_t = 0.1)]
+    /// Probability that the network loses a message: at least 0 and below
+    /// 1, others are refused.
+    #[arg(long, default_value_t = 0.1, value_parser = crate::bounds::probability)]
     loss: f64,
-    /// Probability that the network duplicates a message.
-    #[arg(long, default_value_t = 0.05)]
+    /// Probability that the network duplicates a message: at least 0 and
+    /// below 1, others are refused.
+    #[arg(long, default_value_t = 0.05, value_parser = crate::bounds::probability)]
     duplicate: f64,
     /// Server crashes (each followed by a restart 200 ms later), spread over
-    /// the calls.
-    #[arg(long, default_value_t = 2)]
+    /// the calls: 0 to 1000, others are refused.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1000))]
     server_crashes: u64,
     /// Crash the first client halfway (restart 300 ms later): its running
     /// calls become orphans.
@@ -56,9 +59,17 @@ pub(crate) struct SimRpcArgs {
     /// The semantics.
     #[arg(long, value_enum, default_value_t = Which::All)]
     semantics: Which,
-    /// Seed of the run.
+    /// Seed of the run: any number from 0 to 18446744073709551615.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+impl SimRpcArgs {
+    /// Clamps the calls into their range, with a note: 64 clients × 10000
+    /// calls, under every semantics, take about two minutes.
+    pub(crate) fn clamp(&mut self) {
+        self.calls = crate::bounds::clamp("calls", self.calls, 0..=10_000, "");
+    }
 }
 
 /// What one run did.
@@ -230,10 +241,6 @@ pub(crate) fn demo(seed: u64) -> Result<(), String> {
 }
 
 pub(crate) fn sim_rpc(args: &SimRpcArgs) -> ExitCode {
-    if !(0.0..1.0).contains(&args.loss) || !(0.0..1.0).contains(&args.duplicate) {
-        eprintln!("--loss and --duplicate must be in [0, 1)");
-        return ExitCode::FAILURE;
-    }
     let started = Instant::now();
     println!(
         "ft sim rpc: {} clients × {} calls, {:.1}% loss, {:.1}% duplication, {} server crashes{}, seed {}",
