@@ -7,7 +7,8 @@ mod demo;
 mod group;
 mod rpc;
 
-use clap::{Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// ft runs fault-tolerance protocols under injected failures and reports
 /// what happened. Every run is deterministic: the seed it prints reproduces
@@ -48,8 +49,35 @@ enum SimScenario {
     Rpc(rpc::SimRpcArgs),
 }
 
+/// The usage of the deepest subcommand named by `words`.
+fn usage(cmd: &mut clap::Command, words: &[String]) -> clap::builder::StyledStr {
+    match words.iter().position(|w| cmd.find_subcommand(w).is_some()) {
+        Some(i) => usage(
+            cmd.find_subcommand_mut(&words[i])
+                .expect("the subcommand exists"),
+            &words[i + 1..],
+        ),
+        None => cmd.render_usage(),
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // clap prints the usage with a bad flag but not with a bad value: add it,
+    // the usage of the subcommand the value was given to.
+    let cli = Cli::try_parse().unwrap_or_else(|mut error| {
+        if matches!(
+            error.kind(),
+            ErrorKind::ValueValidation | ErrorKind::InvalidValue
+        ) && error.get(ContextKind::Usage).is_none()
+        {
+            let words: Vec<String> = std::env::args().skip(1).collect();
+            let mut cmd = Cli::command();
+            cmd.build();
+            let usage = usage(&mut cmd, &words);
+            error.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
+        }
+        error.exit()
+    });
     match cli.command {
         Command::Demo(mut args) => {
             args.clamp();

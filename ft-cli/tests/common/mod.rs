@@ -64,13 +64,17 @@ pub(crate) fn ft(args: &[&str]) -> (bool, String) {
     (run.code == Some(0), run.stdout + &run.stderr)
 }
 
-/// Asserts that clap refuses `args`: exit code 2, nothing on stdout, and an
-/// `error:` line that names `flag`.
+/// Asserts that clap refuses `args`: exit code 2, nothing on stdout, an
+/// `error:` line that names `flag`, and the usage of the subcommand.
 pub(crate) fn refused(args: &[&str], flag: &str) {
     let run = ft_within(args, QUICK);
     let error = run.stderr.lines().find(|l| l.starts_with("error:"));
+    let usage = format!("Usage: ft {}", args[0]);
     assert!(
-        run.code == Some(2) && run.stdout.is_empty() && error.is_some_and(|l| l.contains(flag)),
+        run.code == Some(2)
+            && run.stdout.is_empty()
+            && error.is_some_and(|l| l.contains(flag))
+            && run.stderr.contains(&usage),
         "`ft {}` was not refused for {flag}: exit {:?}\n{}{}",
         args.join(" "),
         run.code,
