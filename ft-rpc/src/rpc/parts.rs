@@ -75,10 +75,14 @@ impl Parts {
         let len = chunk.total_len as usize;
         let blocks = len.div_ceil(MAX_PART);
         let offset = chunk.offset as usize;
-        // Senders split at MAX_PART: anything else is not ours.
+        // Senders split at MAX_PART: anything else is not ours. (The decoder
+        // already refuses a part that ends past its body; checked again
+        // because the copy below would panic on one.)
+        let end = offset.saturating_add(chunk.bytes.len());
         let aligned = offset.is_multiple_of(MAX_PART)
             && offset < len
-            && (chunk.bytes.len() == MAX_PART || offset + chunk.bytes.len() == len);
+            && end <= len
+            && (chunk.bytes.len() == MAX_PART || end == len);
         if !aligned || len > per_peer || len > total {
             self.malformed += u64::from(!aligned);
             return Added::Dropped;
@@ -270,5 +274,66 @@ mod tests {
             Added::Dropped
         );
         assert_eq!(parts.malformed, 1);
+        // A whole block where only a short last one fits.
+        let past_the_end = Chunk {
+            total_len: MAX_PART as u32 + 10,
+            offset: MAX_PART as u32,
+            bytes: Bytes::from(vec![0; MAX_PART]),
+        };
+        assert_eq!(
+            parts.add(NodeId(1), id(2), 0, past_the_end, 1 << 20, 1 << 20),
+            Added::Dropped
+        );
+        assert_eq!(parts.malformed, 2);
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        /// Whatever parts arrive, in whatever order, nothing panics, the
+        /// bounds hold after every part, and a body is only ever whole at
+        /// its announced length.
+        #[test]
+        fn hostile_parts_never_panic_nor_exceed_the_bounds(
+            parts_in in proptest::collection::vec(
+                (
+                    0u64..3,
+                    0u64..4,
+                    0u64..3,
+                    // Body lengths near the block boundaries, and any.
+                    proptest::prop_oneof![
+                        (1u32..4, 0u32..3).prop_map(|(b, d)| b * MAX_PART as u32 + d),
+                        0u32..(4 * MAX_PART as u32),
+                    ],
+                    0u32..5,
+                    // Whole blocks, short ones, one byte over.
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(MAX_PART),
+                        proptest::strategy::Just(MAX_PART + 1),
+                        0usize..4,
+                        0usize..(MAX_PART + 2),
+                    ],
+                ),
+                0..60,
+            )
+        ) {
+            let (per_peer, total) = (3 * MAX_PART, 5 * MAX_PART);
+            let mut parts = Parts::default();
+            for (peer, seq, fingerprint, total_len, block, len) in parts_in {
+                let chunk = Chunk {
+                    total_len,
+                    offset: block * MAX_PART as u32,
+                    bytes: Bytes::from(vec![7; len]),
+                };
+                let added = parts.add(NodeId(peer), id(seq), fingerprint, chunk, per_peer, total);
+                if let Added::Whole(body) = added {
+                    proptest::prop_assert_eq!(body.len(), total_len as usize);
+                }
+                proptest::prop_assert!(parts.held() <= total);
+                for p in 0..3 {
+                    proptest::prop_assert!(parts.held_by(NodeId(p)) <= per_peer);
+                }
+            }
+        }
     }
 }
