@@ -47,19 +47,30 @@ fn choices() -> [(&'static str, RetryBudget); 4] {
     ]
 }
 
-/// Runs `clients` clients × `calls` calls (one every 20 ms) with `deadline`
-/// under `plan`; returns (answered, messages the clients sent during
-/// `window`, total calls).
-fn run(
-    budget: RetryBudget,
-    plan: FaultPlan,
+/// What the clients ask: `clients` × `calls` (one every 20 ms), each with
+/// `deadline`.
+struct Load {
     clients: u64,
     calls: u64,
     deadline: Duration,
     semantics: Semantics,
+}
+
+/// Runs `load` under `plan` until `horizon`; returns (answered, messages
+/// the clients sent, total calls).
+fn run(
+    budget: RetryBudget,
+    plan: FaultPlan,
+    load: Load,
     horizon: Duration,
     seed: u64,
 ) -> (usize, u64, u64) {
+    let Load {
+        clients,
+        calls,
+        deadline,
+        semantics,
+    } = load;
     let n = clients as usize + 1;
     let mut rpc = RpcConfig::new((0..n as u64).map(NodeId).collect());
     rpc.budget = budget;
@@ -115,28 +126,36 @@ fn budget_choices() {
     for (name, budget) in choices() {
         // A client cut off for the first 10 s of 30 s deadlines.
         let mut cut = FaultPlan::none();
-        cut.partition(vec![vec![SERVER], vec![NodeId(1)]], 0 * MS, 10_000 * MS);
+        cut.partition(
+            vec![vec![SERVER], vec![NodeId(1)]],
+            Duration::ZERO,
+            10_000 * MS,
+        );
         let (a1, _, n1) = run(
             budget,
             cut,
-            1,
-            10,
-            30_000 * MS,
-            Semantics::ExactlyOnce,
+            Load {
+                clients: 1,
+                calls: 10,
+                deadline: 30_000 * MS,
+                semantics: Semantics::ExactlyOnce,
+            },
             31_000 * MS,
             1,
         );
         // The server down for 20 s while 3 clients × 20 calls wait (30 s
         // deadlines): what the retries cost while nothing can answer.
         let mut down = FaultPlan::none();
-        down.crash(SERVER, 0 * MS, Some(20_000 * MS));
+        down.crash(SERVER, Duration::ZERO, Some(20_000 * MS));
         let (_, m2, n2) = run(
             budget,
             down,
-            3,
-            20,
-            30_000 * MS,
-            Semantics::AtLeastOnce,
+            Load {
+                clients: 3,
+                calls: 20,
+                deadline: 30_000 * MS,
+                semantics: Semantics::AtLeastOnce,
+            },
             19_000 * MS,
             1,
         );
@@ -154,10 +173,12 @@ fn budget_choices() {
             let (a, _, n) = run(
                 budget,
                 plan,
-                3,
-                50,
-                5000 * MS,
-                Semantics::ExactlyOnce,
+                Load {
+                    clients: 3,
+                    calls: 50,
+                    deadline: 5000 * MS,
+                    semantics: Semantics::ExactlyOnce,
+                },
                 8000 * MS,
                 seed,
             );

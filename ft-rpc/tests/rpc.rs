@@ -799,7 +799,11 @@ fn calls_are_answered_after_a_long_cut_off_ends() {
             cfg.rpc.budget.probe_every = None;
         }
         let mut plan = FaultPlan::none();
-        plan.partition(vec![vec![SERVER], vec![NodeId(1)]], 0 * MS, 10_000 * MS);
+        plan.partition(
+            vec![vec![SERVER], vec![NodeId(1)]],
+            Duration::ZERO,
+            10_000 * MS,
+        );
         let mut sim: Sim<Echo> = Sim::new(SimConfig::new(1, 2), cfg, plan);
         for j in 0..10u64 {
             sim.input(

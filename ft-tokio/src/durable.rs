@@ -43,8 +43,10 @@
 //! [`StorageError::Locked`] instead of sharing an incarnation counter and a
 //! log, which neither protocol nor storage is built for. The kernel drops
 //! the lock when its holder dies, so a supervisor restarting a killed
-//! process opens at once; [`records`] and [`incarnation`], which open the
-//! same directories, fail with `Locked` while a process runs on them.
+//! process opens at once. [`records`], which opens the log, fails with
+//! `Locked` while a process runs on the directory; [`incarnation`] reads the
+//! store, locked only while a starting life bumps it, and so returns the
+//! running life's incarnation.
 //!
 //! # Example
 //!
@@ -145,6 +147,35 @@ pub struct Opened<P> {
 /// # Panics
 /// Outside a tokio runtime; and if recovering the core panicked (the panic
 /// is passed on).
+///
+/// # Example
+///
+/// Two lives of an RPC node ([`Rpc`](ft_rpc::rpc::Rpc) implements
+/// [`Recover`]) from one directory:
+///
+/// ```
+/// use ft_core::{Incarnation, NodeId};
+/// use ft_rpc::rpc::{Rpc, RpcConfig};
+/// use ft_storage::testdir::TestDir;
+/// use ft_tokio::durable;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ft_core::StorageError> {
+/// let dir = TestDir::new("durable-open-doc"); // removed when dropped
+/// let config = RpcConfig::new(vec![NodeId(0), NodeId(1)]);
+/// let first = durable::open::<Rpc>(&config, NodeId(0), dir.path(), 42).await?;
+/// assert_eq!(first.incarnation, Incarnation::FIRST);
+/// assert_eq!(first.core.incarnation(), Incarnation::FIRST);
+/// assert_eq!(first.records, 0, "nothing persisted yet");
+/// // Run `first.core` with `first.log` (say, in `ft_rpc::handle::rpc_node`)
+/// // so that what it persists is what the next life recovers.
+/// drop(first); // the process stops, or crashes: the directory is free
+///
+/// let second = durable::open::<Rpc>(&config, NodeId(0), dir.path(), 42).await?;
+/// assert_eq!(second.incarnation, Incarnation(1), "a new life, never a reused one");
+/// # Ok(())
+/// # }
+/// ```
 pub async fn open<P>(
     config: &P::Config,
     node: NodeId,
@@ -483,6 +514,8 @@ mod tests {
             records(dir.path()),
             Err(StorageError::Locked { .. })
         ));
+        // The store is not held: the running life's incarnation reads.
+        assert_eq!(incarnation(dir.path()).unwrap(), Some(first.incarnation));
         // The refused start took no incarnation: the next life is the second.
         drop(first);
         let next = open_blocking::<Diary>(&(), NodeId(1), dir.path(), 0, small(), now).unwrap();

@@ -45,7 +45,7 @@
 //!
 //! * with a [`data_dir`](RpcNodeBuilder::data_dir), the next one of the
 //!   directory's life counter, made durable before the node exists
-//!   ([`durable::open`](crate::durable::open)); the directory also holds the
+//!   ([`durable::open`]); the directory also holds the
 //!   node's exactly-once completion records and their effects;
 //! * without, an *ephemeral* incarnation read from the system clock
 //!   (nanoseconds since 1970): it cannot repeat, and it grows from one
@@ -60,7 +60,7 @@
 //!
 //! # Effects
 //!
-//! A handler may return a [`Reply`](ft_rpc::handle::Reply) carrying the
+//! A handler may return a [`Reply`] carrying the
 //! state change the call made; under exactly-once it is made durable in the
 //! same record as the call's completion. [`RpcNodeBuilder::open`] reads
 //! them back ([`Prepared::effects`]) so the application rebuilds its state
@@ -161,7 +161,7 @@ impl RpcNodeBuilder {
 
     /// Makes the node durable: its life counter, its exactly-once
     /// completion records and their effects live in `dir` (see
-    /// [`durable`](crate::durable)). Without one, the node has an ephemeral
+    /// [`durable`]). Without one, the node has an ephemeral
     /// identity and refuses exactly-once calls.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
@@ -200,6 +200,55 @@ impl RpcNodeBuilder {
     /// [`NodeError::NoAddress`], [`NodeError::Config`], and
     /// [`NodeError::Storage`] if the directory cannot be opened (locked by
     /// another process, damaged).
+    ///
+    /// # Example
+    ///
+    /// A durable server whose state is a running total: each exactly-once
+    /// call's request is the number to add, and also its effect. A restart
+    /// rebuilds the total by replaying the effects.
+    ///
+    /// ```
+    /// # use std::net::UdpSocket;
+    /// # use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use ft_core::NodeId;
+    /// use ft_rpc::handle::Reply;
+    /// use ft_rpc::rpc::{CallOptions, Semantics};
+    /// use ft_storage::testdir::TestDir;
+    /// use ft_tokio::RpcNode;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (s, c) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// # let (server_addr, client_addr) = (s.local_addr()?, c.local_addr()?);
+    /// # drop((s, c));
+    /// # let client = RpcNode::builder(NodeId(1)).peer(NodeId(0), server_addr).peer(NodeId(1), client_addr).client_only().await?;
+    ///
+    /// let dir = TestDir::new("doc-effects"); // removed when dropped
+    /// let server = || {
+    ///     RpcNode::builder(NodeId(0))
+    ///         .peer(NodeId(0), server_addr)
+    ///         .peer(NodeId(1), client_addr)
+    ///         .data_dir(dir.path())
+    /// };
+    /// let first = server().open().await?;
+    /// assert!(first.effects().is_empty(), "a new directory");
+    /// let first = first
+    ///     .serve(|_id, add: Bytes, _deadline| async move { Reply::with_effect(Bytes::new(), add) })
+    ///     .await?;
+    /// for add in [5u8, 7] {
+    ///     let options = CallOptions::within(Semantics::ExactlyOnce, Duration::from_secs(5));
+    ///     client.client().call(NodeId(0), Bytes::from(vec![add]), options).await?;
+    /// }
+    /// first.shutdown().await?;
+    ///
+    /// // The next life replays the effects before it serves.
+    /// let second = server().open().await?;
+    /// let total: u64 = second.effects().iter().map(|(_id, add)| u64::from(add[0])).sum();
+    /// assert_eq!(total, 12);
+    /// # client.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn open(self) -> Result<Prepared, NodeError> {
         let addr = *self
             .peers
@@ -390,6 +439,48 @@ pub struct RpcNode {
 
 impl RpcNode {
     /// A builder for node `me`.
+    ///
+    /// # Example
+    ///
+    /// A server and a client-only node on the loopback interface, over
+    /// UDP. Every node's address is declared up front, so the example
+    /// first asks the system for two free ports.
+    ///
+    /// ```
+    /// use std::net::UdpSocket;
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use ft_core::NodeId;
+    /// use ft_rpc::rpc::{CallOptions, Semantics};
+    /// use ft_tokio::RpcNode;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (s, c) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// let (server_addr, client_addr) = (s.local_addr()?, c.local_addr()?);
+    /// drop((s, c)); // free again, for the nodes to bind
+    ///
+    /// let server = RpcNode::builder(NodeId(0))
+    ///     .peer(NodeId(0), server_addr)
+    ///     .peer(NodeId(1), client_addr)
+    ///     .serve(|_id, request: Bytes, _deadline| async move {
+    ///         Bytes::from([&b"hello, "[..], &request].concat())
+    ///     })
+    ///     .await?;
+    /// let client = RpcNode::builder(NodeId(1))
+    ///     .peer(NodeId(0), server_addr)
+    ///     .peer(NodeId(1), client_addr)
+    ///     .client_only()
+    ///     .await?;
+    ///
+    /// let options = CallOptions::within(Semantics::AtMostOnce, Duration::from_secs(5));
+    /// let reply = client.client().call(NodeId(0), Bytes::from("ft"), options).await?;
+    /// assert_eq!(reply, Bytes::from("hello, ft"));
+    /// client.shutdown().await?;
+    /// server.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder(me: NodeId) -> RpcNodeBuilder {
         RpcNodeBuilder {
             me,
@@ -437,9 +528,13 @@ impl RpcNode {
     }
 }
 
-/// An incarnation that cannot repeat: the system clock in nanoseconds since
-/// 1970 (1 if the clock reads before it). It grows from one start to the
-/// next unless the clock steps back between them.
+/// An incarnation for a node without stable storage: the system clock in
+/// nanoseconds since 1970 (1 if the clock reads before it), so it grows
+/// from one start to the next and never repeats, unless the clock steps
+/// back between them. Then a server takes the new life for an older one and
+/// answers its calls `Forgotten` (executed: unknown) until its lease on the
+/// client runs out or the clock passes the previous start; a node with a
+/// data directory keeps its incarnation there and has no such window.
 pub fn ephemeral_incarnation() -> Incarnation {
     Incarnation(clock_nanos().max(1))
 }

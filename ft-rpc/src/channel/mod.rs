@@ -397,6 +397,44 @@ impl Io<'_> {
 }
 
 /// A reliable channel endpoint. See the [module docs](self).
+///
+/// # Example
+///
+/// Sans-IO: the core only says what to send, and the caller carries it.
+/// Here one message goes from A to B, and B's acknowledgement back to A:
+///
+/// ```
+/// use std::time::Instant;
+/// use bytes::Bytes;
+/// use ft_core::{Incarnation, NodeId, Output, Protocol};
+/// use ft_rpc::channel::{Reliable, ReliableConfig, ReliableEvent};
+///
+/// let config = ReliableConfig::new([NodeId(0), NodeId(1)]);
+/// let mut a = Reliable::new(&config, NodeId(0), Incarnation::FIRST);
+/// let mut b = Reliable::new(&config, NodeId(1), Incarnation::FIRST);
+/// let now = Instant::now();
+///
+/// a.send(now, NodeId(1), Bytes::from_static(b"hello"));
+/// while let Some(out) = a.poll_output() {
+///     if let Output::Send { to, msg } = out {
+///         assert_eq!(to, NodeId(1));
+///         b.handle_message(now, NodeId(0), msg); // the network, by hand
+///     }
+/// }
+/// let mut delivered = Vec::new();
+/// while let Some(out) = b.poll_output() {
+///     match out {
+///         Output::Event(ReliableEvent::Delivered { from, payload }) => delivered.push((from, payload)),
+///         Output::Send { msg, .. } => a.handle_message(now, NodeId(1), msg), // the ack
+///         _ => {}
+///     }
+/// }
+/// assert_eq!(delivered, [(NodeId(0), Bytes::from_static(b"hello"))]);
+/// assert!(a.is_idle(), "everything sent was acknowledged");
+/// // ...so its retransmission timer is cancelled.
+/// let mut rest = std::iter::from_fn(|| a.poll_output());
+/// assert!(rest.any(|o| matches!(o, Output::CancelTimer { .. })));
+/// ```
 #[derive(Debug)]
 pub struct Reliable {
     config: ReliableConfig,

@@ -293,6 +293,64 @@ impl RpcClient {
     /// [`CallError::Rpc`] with the core's failure class (cannot locate the
     /// server, timed out at `options.deadline`, server crashed, refused);
     /// [`CallError::Closed`] if the node stops before the call ends.
+    ///
+    /// # Example
+    ///
+    /// Retrying only what surely did not run ([`RpcError::executed`] is
+    /// [`Executed::No`](crate::rpc::Executed::No)): a call that may have
+    /// executed is not called again, so it cannot run twice. Here server 0
+    /// starts only after the first call failed to locate it.
+    ///
+    /// ```
+    /// # use std::time::{Duration, Instant};
+    /// # use ft_core::{DriverConfig, Incarnation, MemNetwork, Recover, RecoveryContext};
+    /// # use ft_storage::MemLog;
+    /// use bytes::Bytes;
+    /// use ft_core::NodeId;
+    /// use ft_rpc::handle::{CallError, rpc_node};
+    /// use ft_rpc::rpc::{CallOptions, Executed, Rpc, RpcConfig, Semantics};
+    /// # struct TokioClock;
+    /// # #[async_trait::async_trait]
+    /// # impl ft_core::Clock for TokioClock {
+    /// #     fn now(&self) -> Instant { tokio::time::Instant::now().into_std() }
+    /// #     async fn sleep_until(&self, t: Instant) { tokio::time::sleep_until(t.into()).await }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let net = MemNetwork::new(64);
+    /// # let node = |id: u64| {
+    /// #     let config = RpcConfig::new(vec![NodeId(0), NodeId(1)]);
+    /// #     let ctx = RecoveryContext { node: NodeId(id), incarnation: Incarnation::FIRST, records: Vec::new(), seed: id, now: Instant::now() };
+    /// #     let echo = |_id, request: Bytes, _deadline| async move { request };
+    /// #     rpc_node(Rpc::recover(&config, ctx), net.join(NodeId(id)), TokioClock, MemLog::new(), DriverConfig::default(), echo)
+    /// # };
+    /// let (server, run_server) = node(0); // an echo server, not running yet
+    /// let (client, run_client) = node(1);
+    /// let client_task = tokio::spawn(run_client);
+    ///
+    /// let mut run_server = Some(run_server);
+    /// let mut failures = 0;
+    /// let reply = loop {
+    ///     let options = CallOptions::within(Semantics::AtMostOnce, Duration::from_millis(200));
+    ///     match client.call(NodeId(0), Bytes::from_static(b"hi"), options).await {
+    ///         // Never executed (here: no server answered): safe to call again.
+    ///         Err(CallError::Rpc(e)) if e.executed() == Executed::No && failures < 10 => {
+    ///             failures += 1;
+    ///             if let Some(run) = run_server.take() {
+    ///                 tokio::spawn(run); // the server starts
+    ///             }
+    ///         }
+    ///         // A reply, or an error after which the call may have run.
+    ///         other => break other,
+    ///     }
+    /// };
+    /// assert_eq!(reply, Ok(Bytes::from_static(b"hi")));
+    /// assert!(failures >= 1, "the first call found no server");
+    /// # client.shutdown();
+    /// # server.shutdown();
+    /// # client_task.await.unwrap().unwrap();
+    /// # }
+    /// ```
     pub async fn call(
         &self,
         server: NodeId,

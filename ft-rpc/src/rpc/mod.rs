@@ -348,6 +348,26 @@ impl RpcConfig {
 }
 
 /// How one call is made.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use ft_rpc::rpc::{CallOptions, Semantics};
+///
+/// // Exactly once, giving up five seconds from now.
+/// let options = CallOptions::within(Semantics::ExactlyOnce, Duration::from_secs(5));
+/// assert_eq!(options.semantics, Semantics::ExactlyOnce);
+/// assert!(options.deadline <= Instant::now() + Duration::from_secs(5));
+///
+/// // The fields are public: a nested call keeps its parent's deadline
+/// // (the `deadline` its handler was given) and picks its own semantics.
+/// let nested = CallOptions {
+///     semantics: Semantics::AtMostOnce,
+///     ..options
+/// };
+/// assert_eq!(nested.deadline, options.deadline);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallOptions {
     /// How often it may execute.
@@ -360,6 +380,15 @@ pub struct CallOptions {
 impl CallOptions {
     /// `semantics`, with the deadline `timeout` from now (read from the
     /// system's monotonic clock: for callers outside a simulation).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use ft_rpc::rpc::{CallOptions, Semantics};
+    ///
+    /// let before = Instant::now();
+    /// let options = CallOptions::within(Semantics::AtLeastOnce, Duration::from_millis(250));
+    /// assert!(options.deadline >= before + Duration::from_millis(250));
+    /// ```
     pub fn within(semantics: Semantics, timeout: Duration) -> CallOptions {
         CallOptions {
             semantics,

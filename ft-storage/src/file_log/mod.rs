@@ -191,6 +191,28 @@ impl Drop for Inner {
 /// The async methods do their file reads on the calling task (appends wait
 /// for the syncer thread without blocking); call reads from a blocking
 /// context in latency-sensitive executors.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use ft_core::Lsn;
+/// use ft_storage::{FileLog, FileLogOptions, testdir::TestDir};
+///
+/// let dir = TestDir::new("file-log-doc"); // removed when dropped
+/// let log = FileLog::open(dir.path(), FileLogOptions::default())?;
+/// // Durable when it returns: the LSN of the first record appended.
+/// assert_eq!(log.append_blocking(&[Bytes::from("a"), Bytes::from("b")])?, Lsn(0));
+/// assert_eq!(log.append_blocking(&[Bytes::from("c")])?, Lsn(2));
+/// drop(log); // a stop or a crash: the directory is unlocked
+///
+/// // Reopening recovers the log and verifies every record.
+/// let log = FileLog::open(dir.path(), FileLogOptions::default())?;
+/// let tail: Vec<(Lsn, Bytes)> = log.iter_from(Lsn(1))?.collect::<Result<_, _>>()?;
+/// assert_eq!(tail, [(Lsn(1), Bytes::from("b")), (Lsn(2), Bytes::from("c"))]);
+/// assert_eq!(log.append_blocking(&[Bytes::from("d")])?, Lsn(3), "appends go on");
+/// # Ok::<(), ft_core::StorageError>(())
+/// ```
 #[derive(Clone)]
 pub struct FileLog {
     inner: Arc<Inner>,
