@@ -572,8 +572,10 @@ where
 /// driver has stopped and the dispatcher has delivered its last events; it
 /// is `Send` when the edges, `handler` and its futures are.
 ///
-/// A node that only calls still needs a handler, for calls that reach it
-/// anyway: one that answers with an empty reply will do.
+/// A node that only calls sets [`RpcConfig::serves`](crate::rpc::RpcConfig)
+/// to `false`, so that calls reaching it are refused
+/// ([`Refusal::NotServing`](crate::rpc::Refusal), not executed); it still
+/// passes a handler, which is never called.
 pub fn rpc_node<C, K, L, H, F, R>(
     rpc: Rpc,
     channel: C,

@@ -512,6 +512,16 @@ pub enum RpcTimer {
 }
 
 /// An RPC node: client and server. See the [module docs](self).
+///
+/// It is built by [`Recover::recover`], from a [`RecoveryContext`] whose
+/// incarnation must be new in every life of the node: a server answers a
+/// retransmission from its record of `(node, incarnation, sequence
+/// number)`, so a restarted client that reused its incarnation could be
+/// handed its previous life's replies (the server answers
+/// [`RpcError::Mismatch`] when the request differs, but cannot tell an
+/// identical request from the old one). `ft_tokio::RpcNode` does this
+/// right: a durable incarnation from its data directory, or one from the
+/// clock without one.
 #[derive(Debug)]
 pub struct Rpc {
     config: RpcConfig,
