@@ -433,6 +433,27 @@ fn outcome(out: &[Output<Rpc>]) -> Outcome {
     }
 }
 
+/// Completes `exec` with `reply` and makes its record durable; what the
+/// server does then is left in its outbox.
+fn complete_durably(s: &mut Rpc, now: Instant, exec: CallId, reply: Bytes) {
+    s.handle_input(
+        now,
+        RpcInput::Complete {
+            exec,
+            reply,
+            effect: None,
+        },
+    );
+    let token = drain(s)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Persist { token, .. } => Some(token),
+            _ => None,
+        })
+        .expect("the completion record is persisted");
+    s.handle_persisted(now, token);
+}
+
 fn execute(s: &mut Rpc, now: Instant, msg: RpcMessage) -> CallId {
     s.handle_message(now, NodeId(1), msg);
     match events(&drain(s)).pop() {
@@ -626,22 +647,7 @@ fn large_requests_and_replies_travel_in_parts_through_loss() {
     let id = executed.expect("the request was put together");
     // A reply of 2 MB.
     let reply = Bytes::from(vec![7u8; 2_000_000]);
-    s.handle_input(
-        t,
-        RpcInput::Complete {
-            exec: id,
-            reply: reply.clone(),
-            effect: None,
-        },
-    );
-    let token = drain(&mut s)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Persist { token, .. } => Some(token),
-            _ => None,
-        })
-        .unwrap();
-    s.handle_persisted(t, token);
+    complete_durably(&mut s, t, id, reply.clone());
     let mut answered = None;
     for _ in 0..20 {
         for e in exchange(&mut c, &mut s, t, &mut lossy) {
@@ -681,22 +687,7 @@ fn the_stale_mark_never_passes_a_running_call() {
             *first_incomplete = 1;
         }
         let id = execute(&mut s, now, msg);
-        s.handle_input(
-            now,
-            RpcInput::Complete {
-                exec: id,
-                reply: Bytes::from_static(b"done"),
-                effect: None,
-            },
-        );
-        let token = drain(&mut s)
-            .into_iter()
-            .find_map(|o| match o {
-                Output::Persist { token, .. } => Some(token),
-                _ => None,
-            })
-            .unwrap();
-        s.handle_persisted(now, token);
+        complete_durably(&mut s, now, id, Bytes::from_static(b"done"));
         drain(&mut s);
     }
     assert!(s.server_stats().records_evicted > 30);
@@ -715,22 +706,7 @@ fn the_stale_mark_never_passes_a_running_call() {
     assert_eq!(outcome(&drain(&mut s)), Outcome::Stale);
     assert_eq!(s.server_stats().executions, 39);
     // The slow call completes and is answered.
-    s.handle_input(
-        now,
-        RpcInput::Complete {
-            exec: slow,
-            reply: Bytes::from_static(b"slow done"),
-            effect: None,
-        },
-    );
-    let token = drain(&mut s)
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Persist { token, .. } => Some(token),
-            _ => None,
-        })
-        .unwrap();
-    s.handle_persisted(now, token);
+    complete_durably(&mut s, now, slow, Bytes::from_static(b"slow done"));
     assert_eq!(
         outcome(&drain(&mut s)),
         Outcome::Done(Bytes::from_static(b"slow done"))
