@@ -192,7 +192,12 @@ fn print_run(report: &RunReport, sim: &Sim<Heartbeat>) {
         "  crashes: {} crashes, {} restarts, {} writes lost with their node, {} records made durable",
         s.crashes, s.restarts, s.persists_lost, s.persisted
     );
-    println!("  partitions: {} started, {} healed", s.partitions, s.heals);
+    println!(
+        "  partitions: {} started ({} one-way), {} healed",
+        s.partitions + s.one_way_partitions,
+        s.one_way_partitions,
+        s.heals
+    );
     let (mut suspected, mut trusted, mut restarted) = (0, 0, 0);
     for e in w.events() {
         match e.event {

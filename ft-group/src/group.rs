@@ -302,6 +302,7 @@ mod tests {
         let gossip = |r: Rumor| SwimMessage::Ping {
             seq: 1,
             target: NodeId(3),
+            sender_incarnation: Incarnation(0),
             rumors: vec![r],
         };
         g.handle_message(

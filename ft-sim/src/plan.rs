@@ -8,8 +8,9 @@
 //! ([`NodeFaults::value_corruption`], [`NodeFaults::repeat_transition`],
 //! [`NodeFaults::skip_transition`]), arbitrary ([`NodeFaults::byzantine`]),
 //! and the network's own loss, duplication, reordering, corruption, delay
-//! distributions, partitions and heals ([`NetworkFaults`],
-//! [`FaultEvent::Partition`], [`FaultEvent::Heal`]).
+//! distributions, partitions, one-way partitions and heals
+//! ([`NetworkFaults`], [`FaultEvent::Partition`], [`FaultEvent::OneWay`],
+//! [`FaultEvent::Heal`]).
 //!
 //! Plans are plain data: `Clone`, `Debug`, printed in every failure report.
 
@@ -339,7 +340,17 @@ pub enum FaultEvent {
     /// The network splits into the given groups; nodes in different groups
     /// (or in no group) cannot reach each other.
     Partition(Vec<Vec<NodeId>>),
-    /// Every partition heals.
+    /// A one-way partition: every message from a node of `from` to a node
+    /// of `to` is lost, while messages the other way still arrive (`to`
+    /// hears nothing from `from`; `from` still hears `to`). Several may be
+    /// in force at once, together with a [`Partition`](Self::Partition).
+    OneWay {
+        /// The nodes whose messages are lost...
+        from: Vec<NodeId>,
+        /// ...on their way to these nodes.
+        to: Vec<NodeId>,
+    },
+    /// Every partition heals, one-way partitions included.
     Heal,
 }
 
@@ -404,6 +415,21 @@ impl FaultPlan {
         self
     }
 
+    /// A one-way partition from `at` until `heal`: messages from `from` to
+    /// `to` are lost, messages from `to` to `from` still arrive (see
+    /// [`FaultEvent::OneWay`]).
+    pub fn one_way(
+        &mut self,
+        from: Vec<NodeId>,
+        to: Vec<NodeId>,
+        at: Duration,
+        heal: Duration,
+    ) -> &mut Self {
+        self.events.push((at, FaultEvent::OneWay { from, to }));
+        self.events.push((heal, FaultEvent::Heal));
+        self
+    }
+
     /// The failure models this plan injects, in the order of
     /// [`FailureModel::ALL`] (network faults are reported as the omission
     /// and timing failures of the channel they amount to).
@@ -428,7 +454,7 @@ impl FaultPlan {
             || self
                 .events
                 .iter()
-                .any(|(_, e)| matches!(e, FaultEvent::Partition(_)));
+                .any(|(_, e)| matches!(e, FaultEvent::Partition(_) | FaultEvent::OneWay { .. }));
         let send = net_omission || n(&|f| f.send_omission > 0.0) || window(Omission::Send);
         let recv = net_omission || n(&|f| f.receive_omission > 0.0) || window(Omission::Receive);
         let timing = self.network.delay.is_unbounded()

@@ -29,6 +29,9 @@ pub struct Stats {
     pub decode_errors: u64,
     /// Messages dropped because a partition separated the two ends.
     pub partitioned: u64,
+    /// Of those, messages dropped by a one-way partition (the other
+    /// direction of the same link was open).
+    pub one_way_dropped: u64,
     /// Messages dropped because the receiver was down.
     pub to_down_node: u64,
     /// Messages a node omitted to send.
@@ -60,6 +63,8 @@ pub struct Stats {
     pub restarts: u64,
     /// Partitions started.
     pub partitions: u64,
+    /// One-way partitions started.
+    pub one_way_partitions: u64,
     /// Heals.
     pub heals: u64,
     /// Timers that fired.

@@ -81,6 +81,8 @@ pub enum TraceKind<T> {
     Restart(NodeId, Incarnation),
     /// The network partitioned.
     Partition,
+    /// A one-way partition started.
+    OneWay,
     /// The network healed.
     Heal,
 }
@@ -126,6 +128,7 @@ impl<T: Clone> Trace<T> {
             TraceKind::Restart(n, i) => (9, n.0, i.0, 0),
             TraceKind::Partition => (10, 0, 0, 0),
             TraceKind::Heal => (11, 0, 0, 0),
+            TraceKind::OneWay => (12, 0, 0, 0),
         };
         self.mix(at.as_nanos() as u64);
         self.mix(tag);

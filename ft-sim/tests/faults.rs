@@ -530,6 +530,40 @@ fn partition_separates_groups_until_it_heals() {
 }
 
 #[test]
+fn a_one_way_partition_silences_one_direction_only() {
+    let mut plan = FaultPlan::none();
+    // n2 and n3 stop hearing n0 and n1; n0 and n1 still hear n2 and n3.
+    plan.one_way(
+        vec![NodeId(0), NodeId(1)],
+        vec![NodeId(2), NodeId(3)],
+        ms(500),
+        ms(1000),
+    );
+    let mut s = sim(17, 4, plan);
+    s.run_until(ms(1500)).unwrap();
+    let w = s.world();
+    let st = w.stats();
+    assert_eq!((st.one_way_partitions, st.partitions, st.heals), (1, 0, 1));
+    assert!(st.one_way_dropped > 0 && st.partitioned == st.one_way_dropped);
+    for (a, b) in [(2, 0), (2, 1), (3, 0), (3, 1)] {
+        assert!(
+            suspected_between(w, a, b, ms(500), ms(1000)),
+            "n{a} never suspected n{b}, whom it could not hear"
+        );
+        assert!(
+            !suspects_now(w, a, b),
+            "n{a} did not trust n{b} after the heal"
+        );
+    }
+    for (a, b) in [(0, 2), (0, 3), (1, 2), (1, 3), (0, 1), (2, 3)] {
+        assert!(
+            !suspected(w, a, b),
+            "n{a} suspected n{b}, whom it always heard"
+        );
+    }
+}
+
+#[test]
 fn random_crashes_respect_the_bound_on_concurrent_failures() {
     let mut plan = FaultPlan::none();
     plan.random_crashes = Some(RandomCrashes {

@@ -29,10 +29,11 @@ pub enum OnDeclaredFailed {
 /// (the best-known production SWIM, with the Lifeguard extensions): probe
 /// interval 1 s, probe timeout 500 ms, 3 indirect checks, suspicion
 /// multiplier 4, suspicion max-timeout multiplier 6, retransmit multiplier 4,
-/// awareness max multiplier 8, gossip to the dead 30 s. The piggyback bound,
-/// the bound on indirect probes served and the fail-stop option (with a
-/// rejoin after one period) are ours: memberlist fills a UDP packet and
-/// always refutes.
+/// awareness max multiplier 8, gossip to the dead 30 s. The reconnect loop
+/// after that comes from Serf (which runs one every 30 s; ours every 10 s).
+/// The piggyback bound, the bound on indirect probes served, the bound on
+/// hearsay incarnations and the fail-stop option (with a rejoin after one
+/// period) are ours: memberlist fills a UDP packet and always refutes.
 #[derive(Clone, Debug)]
 pub struct SwimConfig {
     /// Every member of the group, this one included. Rumors about anyone
@@ -71,6 +72,37 @@ pub struct SwimConfig {
     /// declared failed and comes back, instead of both sides ignoring each
     /// other for ever (memberlist's "gossip to the dead").
     pub gossip_to_the_dead: Duration,
+    /// Members declared failed longer ago than
+    /// [`gossip_to_the_dead`](Self::gossip_to_the_dead) are still pinged, at
+    /// a low rate, for ever (Serf's reconnect loop): every interval, a
+    /// member pings one of them, chosen at random, with probability
+    /// `failed / live` (capped at 1), so the whole group sends about one
+    /// such ping per failed member per interval whatever its size. The ping
+    /// carries the news that the target was declared failed, so a member
+    /// that was only cut off (a partition of any length) learns it, rejoins,
+    /// and its answers carry the views of its side across: without this a
+    /// partition that outlasts detection plus `gossip_to_the_dead` would
+    /// split the group for ever, each side holding the other failed, since
+    /// nothing else is ever sent to a member held failed. `None` turns it
+    /// off (and with it the healing of long partitions).
+    pub reconnect_interval: Option<Duration>,
+    /// How far a rumor heard second-hand (about a member other than the
+    /// message's sender) may raise a member's incarnation above what this
+    /// member knows of it; a rumor claiming more is dropped and counted
+    /// ([`SwimStats::hearsay_refused`](super::SwimStats::hearsay_refused)).
+    /// The same bound applies to news about this member itself, against the
+    /// incarnation it announced. First-hand word (every message carries its
+    /// sender's incarnation) is not bounded, so a member whose incarnation
+    /// really is far ahead is believed as soon as it speaks to you.
+    ///
+    /// Why: only a member itself raises its incarnation, by one per
+    /// refutation, rejoin or restart, so an honest jump of more than this
+    /// needs that many refutations unseen. Without a bound, one forged
+    /// `Failed { victim, u64::MAX }` (or `Alive { victim, u64::MAX - 1 }`
+    /// and a restart) leaves the victim unable to outbid the news about
+    /// itself: it halts and rejoins for ever. With it, a forger needs
+    /// `2⁶⁴ / max_hearsay_rise` forged rumors to saturate anyone.
+    pub max_hearsay_rise: u64,
 }
 
 impl SwimConfig {
@@ -91,6 +123,8 @@ impl SwimConfig {
                 rejoin_after: Some(Duration::from_secs(1)),
             },
             gossip_to_the_dead: Duration::from_secs(30),
+            reconnect_interval: Some(Duration::from_secs(10)),
+            max_hearsay_rise: 1 << 16,
         }
     }
 

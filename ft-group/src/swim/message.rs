@@ -1,8 +1,8 @@
 //! What SWIM members say to each other.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ft_core::NodeId;
 use ft_core::wire::{self, DecodeError, Wire};
+use ft_core::{Incarnation, NodeId};
 
 use crate::membership::{RUMOR_MIN_LEN, Rumor};
 
@@ -21,6 +21,10 @@ pub enum SwimMessage {
         /// Whom the ping is for: a member answers only pings meant for it,
         /// so a misdelivered ping cannot vouch for the wrong node.
         target: NodeId,
+        /// The sender's own incarnation: first-hand word, which may raise
+        /// the receiver's view of the sender by any amount (hearsay may not,
+        /// see [`SwimConfig::max_hearsay_rise`](super::SwimConfig::max_hearsay_rise)).
+        sender_incarnation: Incarnation,
         /// Piggybacked news.
         rumors: Vec<Rumor>,
     },
@@ -31,6 +35,10 @@ pub enum SwimMessage {
         seq: u64,
         /// The member to probe.
         target: NodeId,
+        /// The sender's own incarnation: first-hand word, which may raise
+        /// the receiver's view of the sender by any amount (hearsay may not,
+        /// see [`SwimConfig::max_hearsay_rise`](super::SwimConfig::max_hearsay_rise)).
+        sender_incarnation: Incarnation,
         /// Piggybacked news.
         rumors: Vec<Rumor>,
     },
@@ -38,6 +46,10 @@ pub enum SwimMessage {
     Ack {
         /// The probe answered.
         seq: u64,
+        /// The sender's own incarnation: first-hand word, which may raise
+        /// the receiver's view of the sender by any amount (hearsay may not,
+        /// see [`SwimConfig::max_hearsay_rise`](super::SwimConfig::max_hearsay_rise)).
+        sender_incarnation: Incarnation,
         /// Piggybacked news.
         rumors: Vec<Rumor>,
     },
@@ -56,6 +68,23 @@ const ACK: u8 = 3;
 const NACK: u8 = 4;
 
 impl SwimMessage {
+    /// The sender's own incarnation, if the message carries it (all but
+    /// `Nack` do).
+    pub fn sender_incarnation(&self) -> Option<Incarnation> {
+        match self {
+            SwimMessage::Ping {
+                sender_incarnation, ..
+            }
+            | SwimMessage::PingReq {
+                sender_incarnation, ..
+            }
+            | SwimMessage::Ack {
+                sender_incarnation, ..
+            } => Some(*sender_incarnation),
+            SwimMessage::Nack { .. } => None,
+        }
+    }
+
     /// The piggybacked rumors.
     pub fn rumors(&self) -> &[Rumor] {
         match self {
@@ -97,26 +126,35 @@ impl Wire for SwimMessage {
             SwimMessage::Ping {
                 seq,
                 target,
+                sender_incarnation,
                 rumors,
             } => {
                 buf.put_u8(PING);
                 buf.put_u64_le(*seq);
                 buf.put_u64_le(target.0);
+                buf.put_u64_le(sender_incarnation.0);
                 put_rumors(buf, rumors);
             }
             SwimMessage::PingReq {
                 seq,
                 target,
+                sender_incarnation,
                 rumors,
             } => {
                 buf.put_u8(PING_REQ);
                 buf.put_u64_le(*seq);
                 buf.put_u64_le(target.0);
+                buf.put_u64_le(sender_incarnation.0);
                 put_rumors(buf, rumors);
             }
-            SwimMessage::Ack { seq, rumors } => {
+            SwimMessage::Ack {
+                seq,
+                sender_incarnation,
+                rumors,
+            } => {
                 buf.put_u8(ACK);
                 buf.put_u64_le(*seq);
+                buf.put_u64_le(sender_incarnation.0);
                 put_rumors(buf, rumors);
             }
             SwimMessage::Nack { seq } => {
@@ -132,23 +170,27 @@ impl Wire for SwimMessage {
         match tag {
             PING | PING_REQ => {
                 let target = NodeId(wire::get_u64(buf)?);
+                let sender_incarnation = Incarnation(wire::get_u64(buf)?);
                 let rumors = get_rumors(buf)?;
                 Ok(if tag == PING {
                     SwimMessage::Ping {
                         seq,
                         target,
+                        sender_incarnation,
                         rumors,
                     }
                 } else {
                     SwimMessage::PingReq {
                         seq,
                         target,
+                        sender_incarnation,
                         rumors,
                     }
                 })
             }
             ACK => Ok(SwimMessage::Ack {
                 seq,
+                sender_incarnation: Incarnation(wire::get_u64(buf)?),
                 rumors: get_rumors(buf)?,
             }),
             NACK => Ok(SwimMessage::Nack { seq }),
@@ -163,7 +205,6 @@ impl Wire for SwimMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ft_core::Incarnation;
     use proptest::prelude::*;
 
     fn rumor() -> impl Strategy<Value = Rumor> {
@@ -186,20 +227,27 @@ mod tests {
             0u8..4,
             any::<u64>(),
             any::<u64>(),
+            any::<u64>(),
             proptest::collection::vec(rumor(), 0..MAX_RUMORS),
         )
-            .prop_map(|(k, seq, t, rumors)| match k {
+            .prop_map(|(k, seq, t, i, rumors)| match k {
                 0 => SwimMessage::Ping {
                     seq,
                     target: NodeId(t),
+                    sender_incarnation: Incarnation(i),
                     rumors,
                 },
                 1 => SwimMessage::PingReq {
                     seq,
                     target: NodeId(t),
+                    sender_incarnation: Incarnation(i),
                     rumors,
                 },
-                2 => SwimMessage::Ack { seq, rumors },
+                2 => SwimMessage::Ack {
+                    seq,
+                    sender_incarnation: Incarnation(i),
+                    rumors,
+                },
                 _ => SwimMessage::Nack { seq },
             })
     }
@@ -229,6 +277,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u8(ACK);
         buf.put_u64_le(1);
+        buf.put_u64_le(0);
         buf.put_u32_le(u32::MAX);
         assert!(matches!(
             SwimMessage::from_bytes(buf.freeze()),
@@ -237,6 +286,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u8(ACK);
         buf.put_u64_le(1);
+        buf.put_u64_le(0);
         buf.put_u32_le(MAX_RUMORS as u32 + 1);
         buf.put_bytes(0xff, (MAX_RUMORS + 1) * 25);
         assert_eq!(

@@ -99,6 +99,10 @@ pub enum SwimEvent {
         /// The new incarnation.
         incarnation: Incarnation,
     },
+    /// This member was declared failed at incarnation `u64::MAX` and cannot
+    /// rejoin under its identity: nothing can outbid that failure. It stays
+    /// halted; only a new [`NodeId`] brings it back.
+    CannotRejoin,
 }
 
 /// SWIM's named timers.
@@ -115,6 +119,8 @@ pub enum SwimTimer {
     Forward(u64),
     /// Time to rejoin after a fail-stop.
     Rejoin,
+    /// Time to ping a member declared failed long ago (the reconnect loop).
+    Reconnect,
 }
 
 /// Counts of what a member did, for tests and benchmarks.
@@ -144,6 +150,16 @@ pub struct SwimStats {
     pub declared_failed: u64,
     /// Rumors piggybacked.
     pub rumors_sent: u64,
+    /// Pings of members declared failed long ago (the reconnect loop).
+    pub reconnect_probes: u64,
+    /// Of those, answered: the member was alive after all.
+    pub reconnects_answered: u64,
+    /// Second-hand rumors dropped for raising an incarnation by more than
+    /// [`SwimConfig::max_hearsay_rise`].
+    pub hearsay_refused: u64,
+    /// Rejoins refused because this member's incarnation is `u64::MAX` and
+    /// cannot rise: it stays halted (a new identity is needed).
+    pub rejoins_refused: u64,
 }
 
 #[derive(Debug)]
@@ -196,6 +212,8 @@ pub struct Swim {
     probe_index: usize,
     probe: Option<Probe>,
     next_seq: u64,
+    /// The sequence number of the last reconnect ping.
+    reconnect_seq: Option<u64>,
     forwarded: BTreeMap<u64, (NodeId, u64)>,
     suspicions: BTreeMap<NodeId, Suspicion>,
     awareness: u32,
@@ -381,6 +399,89 @@ impl Swim {
 
     fn start_probing(&mut self, now: Instant, first_in: Duration) {
         self.set_timer(SwimTimer::Probe, now, first_in);
+        if let Some(every) = self.reconnect_interval() {
+            // A random phase, so that members do not reconnect in lockstep.
+            let phase = Duration::from_nanos(
+                self.rng
+                    .below(every.as_nanos().min(u128::from(u64::MAX)) as u64),
+            );
+            self.set_timer(SwimTimer::Reconnect, now, phase);
+        }
+    }
+
+    fn reconnect_interval(&self) -> Option<Duration> {
+        // A zero interval would fire at the same instant for ever.
+        self.config
+            .reconnect_interval
+            .map(|d| d.max(Duration::from_millis(1)))
+    }
+
+    /// The reconnect loop: a member cut off for longer than detection plus
+    /// gossip to the dead is probed by nobody else, so without this the two
+    /// sides of a long partition would never hear each other again.
+    fn on_reconnect_timer(&mut self, now: Instant) {
+        let Some(every) = self.reconnect_interval() else {
+            return;
+        };
+        self.set_timer(SwimTimer::Reconnect, now, every);
+        let long_failed: Vec<NodeId> = self
+            .view
+            .iter()
+            .filter(|m| {
+                m.node != self.me
+                    && m.state == MemberState::Failed
+                    && now.saturating_duration_since(m.since) >= self.config.gossip_to_the_dead
+            })
+            .map(|m| m.node)
+            .collect();
+        if long_failed.is_empty() {
+            return;
+        }
+        // Serf's scaling: with probability failed / live, so the group as a
+        // whole sends about one ping per failed member per interval.
+        let live = self.view.live().count().max(1) as u64;
+        if self.rng.below(live) >= long_failed.len() as u64 {
+            return;
+        }
+        let target = long_failed[self.rng.below(long_failed.len() as u64) as usize];
+        let seq = self.next_seq();
+        self.reconnect_seq = Some(seq);
+        self.stats.reconnect_probes += 1;
+        let msg = self.ping_with_news(seq, target);
+        self.send(target, msg);
+    }
+
+    /// A ping of `target` carrying our rumors and, if it is bad news, what
+    /// we believe of the target: a suspect can refute at once, and a member
+    /// cut off from the group learns it was declared failed and rejoins
+    /// rather than living on in a split view.
+    fn ping_with_news(&mut self, seq: u64, target: NodeId) -> SwimMessage {
+        let mut rumors = self.rumors();
+        let incarnation = self.view.incarnation(target).unwrap_or_default();
+        let news = match self.view.state(target) {
+            Some(MemberState::Suspect) => Some(Rumor::Suspect {
+                node: target,
+                incarnation,
+                from: self.me,
+            }),
+            Some(MemberState::Failed) => Some(Rumor::Failed {
+                node: target,
+                incarnation,
+            }),
+            _ => None,
+        };
+        if let Some(news) = news
+            && rumors.len() < MAX_RUMORS
+            && !rumors.contains(&news)
+        {
+            rumors.push(news);
+        }
+        SwimMessage::Ping {
+            seq,
+            target,
+            sender_incarnation: self.incarnation,
+            rumors,
+        }
     }
 
     fn on_probe_timer(&mut self, now: Instant) {
@@ -463,37 +564,8 @@ impl Swim {
             expected_nacks: 0,
             nacks: 0,
         });
-        let mut rumors = self.rumors();
-        // Tell the target what we believe of it, if it is bad news: a
-        // suspect can refute at once, and a member cut off from the group
-        // learns it was declared failed and rejoins rather than living on
-        // in a split view.
-        let news = match self.view.state(target) {
-            Some(MemberState::Suspect) => Some(Rumor::Suspect {
-                node: target,
-                incarnation,
-                from: self.me,
-            }),
-            Some(MemberState::Failed) => Some(Rumor::Failed {
-                node: target,
-                incarnation,
-            }),
-            _ => None,
-        };
-        if let Some(news) = news
-            && rumors.len() < MAX_RUMORS
-            && !rumors.contains(&news)
-        {
-            rumors.push(news);
-        }
-        self.send(
-            target,
-            SwimMessage::Ping {
-                seq,
-                target,
-                rumors,
-            },
-        );
+        let msg = self.ping_with_news(seq, target);
+        self.send(target, msg);
         let timeout = self.scale(self.config.probe_timeout);
         self.set_timer(SwimTimer::ProbeTimeout, now, timeout);
     }
@@ -518,6 +590,7 @@ impl Swim {
                 SwimMessage::PingReq {
                     seq,
                     target,
+                    sender_incarnation: self.incarnation,
                     rumors,
                 },
             );
@@ -525,6 +598,11 @@ impl Swim {
     }
 
     fn on_ack(&mut self, seq: u64) -> bool {
+        if self.reconnect_seq == Some(seq) {
+            self.reconnect_seq = None;
+            self.stats.reconnects_answered += 1;
+            return true;
+        }
         if let Some(p) = &mut self.probe
             && p.seq == seq
         {
@@ -547,6 +625,7 @@ impl Swim {
                 requester,
                 SwimMessage::Ack {
                     seq: their_seq,
+                    sender_incarnation: self.incarnation,
                     rumors,
                 },
             );
@@ -572,12 +651,39 @@ impl Swim {
             SwimMessage::Ping {
                 seq: mine,
                 target,
+                sender_incarnation: self.incarnation,
                 rumors,
             },
         );
         let timeout = self.scale(self.config.probe_timeout);
         self.set_timer(SwimTimer::Forward(mine), now, timeout);
         true
+    }
+
+    /// Takes in one rumor that arrived in a message from `from`. A rumor
+    /// about the sender itself is first-hand word and believed at any
+    /// incarnation; any other is hearsay, and may raise the incarnation it
+    /// names at most [`SwimConfig::max_hearsay_rise`] above what this member
+    /// knows (for news about itself: above what it announced). Only a member
+    /// itself raises its incarnation, one step per refutation, rejoin or
+    /// restart, so a bigger jump is a forgery (or a record of long ago, which
+    /// the member's own word will correct).
+    fn hear(&mut self, now: Instant, from: NodeId, rumor: Rumor) {
+        let node = rumor.node();
+        if node != from {
+            let known = if node == self.me {
+                Some(self.persisting.map_or(self.incarnation, |p| p.1))
+            } else {
+                self.view.incarnation(node)
+            };
+            if known.is_some_and(|k| {
+                rumor.incarnation().0 > k.0.saturating_add(self.config.max_hearsay_rise)
+            }) {
+                self.stats.hearsay_refused += 1;
+                return;
+            }
+        }
+        self.learn(now, rumor);
     }
 
     /// Takes in one rumor, heard from another member or raised here.
@@ -746,6 +852,9 @@ impl Swim {
         self.out.push_back(Output::CancelTimer {
             timer: SwimTimer::ProbeTimeout,
         });
+        self.out.push_back(Output::CancelTimer {
+            timer: SwimTimer::Reconnect,
+        });
         for (seq, _) in std::mem::take(&mut self.forwarded) {
             self.out.push_back(Output::CancelTimer {
                 timer: SwimTimer::Forward(seq),
@@ -770,6 +879,14 @@ impl Swim {
 
     fn rejoin(&mut self) {
         if self.mode != Mode::Halted {
+            return;
+        }
+        if self.incarnation == Incarnation(u64::MAX) {
+            // Nothing can outbid the failure of the last incarnation: under
+            // this identity the member stays failed (the hearsay bound makes
+            // reaching here take 2⁶⁴ / max_hearsay_rise forged rumors).
+            self.stats.rejoins_refused += 1;
+            self.event(SwimEvent::CannotRejoin);
             return;
         }
         self.mode = Mode::Joining;
@@ -845,6 +962,7 @@ impl Swim {
                 SwimMessage::Ping {
                     seq,
                     target: c,
+                    sender_incarnation: self.incarnation,
                     rumors,
                 },
             );
@@ -891,8 +1009,22 @@ impl Protocol for Swim {
         // Rumors first, whatever the message (even a stale ack carries
         // news): an answer then carries any correction they call for, and a
         // member that learns it was declared failed does not answer at all.
+        // First-hand word: the sender's own incarnation. It raises our view
+        // of the sender (it rejoined or refuted while we were not hearing),
+        // and when we hold the sender failed at that very incarnation the
+        // answer carries the news, so it learns it and rejoins.
+        if let Some(incarnation) = msg.sender_incarnation() {
+            self.hear(
+                now,
+                from,
+                Rumor::Alive {
+                    node: from,
+                    incarnation,
+                },
+            );
+        }
         for r in msg.rumors() {
-            self.learn(now, *r);
+            self.hear(now, from, *r);
             if self.mode != Mode::Running {
                 return;
             }
@@ -901,7 +1033,14 @@ impl Protocol for Swim {
             SwimMessage::Ping { seq, target, .. } => {
                 if target == self.me {
                     let rumors = self.rumors();
-                    self.send(from, SwimMessage::Ack { seq, rumors });
+                    self.send(
+                        from,
+                        SwimMessage::Ack {
+                            seq,
+                            sender_incarnation: self.incarnation,
+                            rumors,
+                        },
+                    );
                     true
                 } else {
                     false
@@ -936,6 +1075,7 @@ impl Protocol for Swim {
             (Mode::Running, SwimTimer::Probe) => self.on_probe_timer(now),
             (Mode::Running, SwimTimer::ProbeTimeout) => self.on_probe_timeout(),
             (Mode::Running, SwimTimer::Suspicion(node)) => self.on_suspicion_timeout(now, node),
+            (Mode::Running, SwimTimer::Reconnect) => self.on_reconnect_timer(now),
             (Mode::Running, SwimTimer::Forward(seq)) => {
                 if let Some((requester, their_seq)) = self.forwarded.remove(&seq) {
                     self.send(requester, SwimMessage::Nack { seq: their_seq });
@@ -1003,6 +1143,7 @@ impl Recover for Swim {
             next_token: 0,
             probe: None,
             next_seq,
+            reconnect_seq: None,
             forwarded: BTreeMap::new(),
             suspicions: BTreeMap::new(),
             awareness: 0,

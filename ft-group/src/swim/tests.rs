@@ -61,6 +61,7 @@ fn ping(seq: u64, target: NodeId) -> SwimMessage {
     SwimMessage::Ping {
         seq,
         target,
+        sender_incarnation: Incarnation(0),
         rumors: vec![],
     }
 }
@@ -69,6 +70,7 @@ fn ping_with(rumor: Rumor, target: NodeId) -> SwimMessage {
     SwimMessage::Ping {
         seq: 1,
         target,
+        sender_incarnation: Incarnation(0),
         rumors: vec![rumor],
     }
 }
@@ -252,6 +254,7 @@ fn a_flood_of_indirect_requests_is_bounded() {
             SwimMessage::PingReq {
                 seq,
                 target: NodeId(2),
+                sender_incarnation: Incarnation(0),
                 rumors: vec![],
             },
         );
@@ -273,7 +276,15 @@ fn a_flood_of_rumors_keeps_memory_bounded_by_the_group() {
                 incarnation: Incarnation(i),
             })
             .collect();
-        s.handle_message(now, NodeId(1), SwimMessage::Ack { seq: i, rumors });
+        s.handle_message(
+            now,
+            NodeId(1),
+            SwimMessage::Ack {
+                seq: i,
+                sender_incarnation: Incarnation(0),
+                rumors,
+            },
+        );
     }
     // Strangers (n5..n49) are ignored; members' news replaces older news.
     assert!(s.pending_rumors() <= 4, "{}", s.pending_rumors());
@@ -306,10 +317,97 @@ fn an_absurd_configuration_does_not_panic() {
     s.handle_message(now, NodeId(2), ping_with(suspect, NodeId(0)));
     let failed = Rumor::Failed {
         node: NodeId(0),
-        incarnation: Incarnation(u64::MAX),
+        incarnation: Incarnation(0),
     };
     s.handle_message(now, NodeId(2), ping_with(failed, NodeId(0)));
     drain(&mut s);
     assert!(s.is_halted());
     assert!(s.suspicion_timeout(0) >= s.suspicion_timeout(5));
+}
+
+#[test]
+fn hearsay_cannot_push_an_incarnation_far_beyond_what_its_member_said() {
+    let (mut s, now) = core(4, 0, vec![], 0);
+    drain(&mut s);
+    let k = s.config().max_hearsay_rise;
+    // About this member: a failure of an incarnation it never came near.
+    for forged in [
+        Rumor::Failed {
+            node: NodeId(0),
+            incarnation: Incarnation(u64::MAX),
+        },
+        Rumor::Alive {
+            node: NodeId(0),
+            incarnation: Incarnation(u64::MAX - 1),
+        },
+        Rumor::Suspect {
+            node: NodeId(0),
+            incarnation: Incarnation(k + 1),
+            from: NodeId(2),
+        },
+    ] {
+        s.handle_message(now, NodeId(2), ping_with(forged, NodeId(0)));
+        let out = drain(&mut s);
+        assert!(persist_token(&out).is_none(), "{forged:?} made it outbid");
+    }
+    assert!(!s.is_halted());
+    assert_eq!(s.incarnation(), Incarnation(0));
+    // About another member: the view does not move.
+    let forged = Rumor::Failed {
+        node: NodeId(1),
+        incarnation: Incarnation(u64::MAX),
+    };
+    s.handle_message(now, NodeId(2), ping_with(forged, NodeId(0)));
+    assert_eq!(s.membership().state(NodeId(1)), Some(MemberState::Alive));
+    assert_eq!(s.stats().hearsay_refused, 4);
+    // Up to the bound, hearsay is believed (a member really can refute that
+    // often while we were not hearing).
+    let far = Rumor::Alive {
+        node: NodeId(1),
+        incarnation: Incarnation(k),
+    };
+    s.handle_message(now, NodeId(2), ping_with(far, NodeId(0)));
+    assert_eq!(s.membership().incarnation(NodeId(1)), Some(Incarnation(k)));
+    // First-hand word is believed at any height: n3 says it itself.
+    let mut first_hand = ping(9, NodeId(0));
+    if let SwimMessage::Ping {
+        sender_incarnation, ..
+    } = &mut first_hand
+    {
+        *sender_incarnation = Incarnation(u64::MAX - 7);
+    }
+    s.handle_message(now, NodeId(3), first_hand);
+    assert_eq!(
+        s.membership().incarnation(NodeId(3)),
+        Some(Incarnation(u64::MAX - 7))
+    );
+    assert_eq!(s.stats().hearsay_refused, 4);
+}
+
+#[test]
+fn a_member_at_the_last_incarnation_stays_failed_instead_of_flapping() {
+    // A life that starts at u64::MAX (its record says so).
+    let record = Bytes::copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+    let (mut s, now) = core(4, 0, vec![record], 1);
+    let out = drain(&mut s);
+    let (token, inc) = persist_token(&out).unwrap();
+    assert_eq!(inc, u64::MAX);
+    s.handle_persisted(now, token);
+    drain(&mut s);
+    let failed = Rumor::Failed {
+        node: NodeId(0),
+        incarnation: Incarnation(u64::MAX),
+    };
+    s.handle_message(now, NodeId(2), ping_with(failed, NodeId(0)));
+    drain(&mut s);
+    assert!(s.is_halted());
+    s.handle_timer(now, SwimTimer::Rejoin);
+    let out = drain(&mut s);
+    assert!(s.is_halted() && !s.is_joining(), "it rejoined at u64::MAX");
+    assert!(persist_token(&out).is_none());
+    assert_eq!(s.stats().rejoins_refused, 1);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Event(SwimEvent::CannotRejoin)))
+    );
 }

@@ -141,6 +141,9 @@ pub struct Sim<P: Recover> {
     seq: u64,
     timer_generation: u64,
     partition: Option<Vec<Option<usize>>>,
+    /// One-way partitions in force: (senders, receivers) as masks by node
+    /// index; a message from a sender to a receiver is lost.
+    one_way: Vec<(Vec<bool>, Vec<bool>)>,
     link_sent: Vec<u64>,
     link_delivered: Vec<u64>,
     invariants: Vec<Invariant<P>>,
@@ -210,6 +213,7 @@ where
             seq: 0,
             timer_generation: 0,
             partition: None,
+            one_way: Vec::new(),
             link_sent: vec![0; n * n],
             link_delivered: vec![0; n * n],
             invariants: Vec::new(),
@@ -400,6 +404,7 @@ where
             TraceKind::Restart(n, i) => format!("{n} RESTART as incarnation {i}"),
             TraceKind::Partition => "PARTITION".to_string(),
             TraceKind::Heal => "HEAL".to_string(),
+            TraceKind::OneWay => "ONE-WAY PARTITION".to_string(),
         };
         format!("{:>12?}  {what}", e.at)
     }
@@ -544,8 +549,25 @@ where
                 self.world.stats.partitions += 1;
                 self.record(TraceKind::Partition);
             }
+            FaultEvent::OneWay { from, to } => {
+                let n = self.world.nodes.len();
+                let mask = |ids: &[NodeId]| {
+                    let mut m = vec![false; n];
+                    for id in ids {
+                        if let Some(slot) = m.get_mut(id.0 as usize) {
+                            *slot = true;
+                        }
+                    }
+                    m
+                };
+                self.one_way.push((mask(&from), mask(&to)));
+                self.world.stats.one_way_partitions += 1;
+                self.record(TraceKind::OneWay);
+            }
             FaultEvent::Heal => {
-                if self.partition.take().is_some() {
+                let one_way = !self.one_way.is_empty();
+                self.one_way.clear();
+                if self.partition.take().is_some() || one_way {
                     self.world.stats.heals += 1;
                     self.record(TraceKind::Heal);
                 }

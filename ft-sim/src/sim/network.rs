@@ -33,6 +33,32 @@ where
         }
     }
 
+    /// Whether a one-way partition loses messages from `a` to `b`.
+    fn cut_one_way(&self, a: usize, b: usize) -> bool {
+        a != b
+            && self
+                .one_way
+                .iter()
+                .any(|(from, to)| from.get(a) == Some(&true) && to.get(b) == Some(&true))
+    }
+
+    /// Drops a message a partition (two-way or one-way) does not let from
+    /// `i` to `j`; says whether it did.
+    fn partitioned(&mut self, i: usize, j: usize, to: NodeId) -> bool {
+        if !self.reachable(i, j) {
+            self.world.stats.partitioned += 1;
+            self.drop_msg(i, to, "partition");
+            return true;
+        }
+        if self.cut_one_way(i, j) {
+            self.world.stats.partitioned += 1;
+            self.world.stats.one_way_dropped += 1;
+            self.drop_msg(i, to, "one-way partition");
+            return true;
+        }
+        false
+    }
+
     fn drop_msg(&mut self, from: usize, to: NodeId, why: &'static str) {
         self.record(TraceKind::Drop {
             from: self.world.ids[from],
@@ -62,9 +88,8 @@ where
             self.world.stats.to_down_node += 1;
             return self.drop_msg(i, to, "no such node");
         }
-        if !self.reachable(i, j) {
-            self.world.stats.partitioned += 1;
-            return self.drop_msg(i, to, "partition");
+        if self.partitioned(i, j, to) {
+            return;
         }
         let link_loss = self
             .plan
@@ -154,9 +179,8 @@ where
             self.world.stats.receive_omissions += 1;
             return self.drop_msg(i, to, "receive omission");
         }
-        if !self.reachable(i, j) {
-            self.world.stats.partitioned += 1;
-            return self.drop_msg(i, to, "partition");
+        if self.partitioned(i, j, to) {
+            return;
         }
         let link = i * self.world.nodes.len() + j;
         if link_seq < self.link_delivered[link] {
