@@ -76,3 +76,46 @@ fn a_crashed_coordinator_is_replaced_by_the_same_member_everywhere() {
         switch_times[switch_times.len() - 1]
     );
 }
+
+/// A hierarchical group split 6/4 for five minutes runs two coordinators
+/// (one per side), and after the heal every member follows one again.
+#[test]
+fn a_group_split_for_five_minutes_ends_with_one_coordinator() {
+    for seed in 0..3 {
+        let side_a: Vec<NodeId> = (0..6).map(NodeId).collect();
+        let side_b: Vec<NodeId> = (6..10).map(NodeId).collect();
+        let heal = 310 * SECOND;
+        let mut plan = FaultPlan::none();
+        plan.network.loss = 0.01;
+        plan.partition(vec![side_a, side_b], 10 * SECOND, heal);
+        let config = GroupConfig::hierarchical((0..10).map(NodeId).collect());
+        let mut sim: Sim<Group> = Sim::new(SimConfig::new(seed, 10), config, plan);
+        sim.run_until(heal).unwrap();
+        let w = sim.world();
+        let coordinators: std::collections::BTreeSet<_> =
+            w.cores().map(|(_, g)| g.coordinator()).collect();
+        assert_eq!(
+            coordinators,
+            [Some(NodeId(0)), Some(NodeId(6))].into(),
+            "seed {seed}: the split did not happen"
+        );
+        let mut one = None;
+        while sim.now() < heal + 60 * SECOND {
+            sim.run_for(SECOND / 4).unwrap();
+            let w = sim.world();
+            let all_n0 = w.cores().all(|(_, g)| {
+                g.coordinator() == Some(NodeId(0))
+                    && g.membership().iter().all(|m| m.state == MemberState::Alive)
+            });
+            if all_n0 {
+                one = Some(sim.now() - heal);
+                break;
+            }
+        }
+        assert!(
+            one.is_some(),
+            "seed {seed}: still more than one coordinator a minute after the heal"
+        );
+        assert_eq!(sim.world().stats().heals, 1);
+    }
+}

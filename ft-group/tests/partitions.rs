@@ -166,3 +166,74 @@ fn sweep_of_partitions_from_ten_seconds_to_ten_minutes() {
         );
     }
 }
+
+/// The load the reconnect loop adds, for the README: messages sent per
+/// member per second over ten minutes in a group of ten with `crashed`
+/// members down for good, with the loop and without.
+#[test]
+#[ignore]
+fn load_of_the_reconnect_loop() {
+    for crashed in [0u64, 1, 4] {
+        let load = |reconnect: bool| {
+            let mut config = SwimConfig::with_size(N);
+            if !reconnect {
+                config.reconnect_interval = None;
+            }
+            let mut sent = 0;
+            let mut pings = 0;
+            for seed in 0..5 {
+                let mut plan = FaultPlan::none();
+                plan.network.loss = 0.01;
+                for c in 0..crashed {
+                    plan.crash(NodeId(9 - c), 5 * SECOND, None);
+                }
+                let mut s: Sim<Swim> = Sim::new(SimConfig::new(seed, N), config.clone(), plan);
+                s.run_until(600 * SECOND).unwrap();
+                sent += s.world().stats().sent;
+                pings += s
+                    .world()
+                    .cores()
+                    .map(|(_, c)| c.stats().reconnect_probes)
+                    .sum::<u64>();
+            }
+            let live = 5 * (N as u64 - crashed);
+            (sent as f64 / live as f64 / 600.0, pings as f64 / 5.0)
+        };
+        let ((with, pings), (without, _)) = (load(true), load(false));
+        println!(
+            "{crashed} of {N} down for good, 10 min, 5 seeds: {with:.3} messages per member per second \
+             with the reconnect loop ({pings:.1} reconnect pings a run), {without:.3} without: ratio {:.3}",
+            with / without
+        );
+    }
+}
+
+/// Gossip to the dead: members keep probing those they declared failed,
+/// with the news, for 30 s, so a partition that heals within that window
+/// is crossed at once. Without it, the crossing waits for the reconnect
+/// loop (over 30 s after the declaration): measured on these seeds, the
+/// median goes from 14 s to 23 s and the max from 27 s to 35 s.
+#[test]
+fn a_partition_healed_within_gossip_to_the_dead_is_crossed_at_once() {
+    let mut times = Vec::new();
+    let mut split = 0;
+    for seed in 0..20 {
+        let o = run(
+            seed,
+            Shape::Symmetric,
+            30 * SECOND,
+            SwimConfig::with_size(N),
+        );
+        split += usize::from(o.split_at_heal);
+        times.push(o.took.expect("converged"));
+    }
+    times.sort();
+    let (median, max) = (times[times.len() / 2], times[times.len() - 1]);
+    println!("30 s partitions, 20 seeds: converged in median {median:?}, max {max:?}");
+    // Some runs were split for good at the heal: the window mattered.
+    assert!(split > 0);
+    assert!(
+        median <= 18 * SECOND && max <= 30 * SECOND,
+        "median {median:?}, max {max:?}"
+    );
+}

@@ -69,8 +69,9 @@ pub struct SwimConfig {
     /// Members declared failed less than this long ago stay in the probe
     /// rotation, with the news of their failure piggybacked: a member that
     /// was only cut off (a partition, an omission failure) learns it was
-    /// declared failed and comes back, instead of both sides ignoring each
-    /// other for ever (memberlist's "gossip to the dead").
+    /// declared failed soon after the cut ends and comes back (memberlist's
+    /// "gossip to the dead"). After this, only the slower
+    /// [`reconnect_interval`](Self::reconnect_interval) loop reaches them.
     pub gossip_to_the_dead: Duration,
     /// Members declared failed longer ago than
     /// [`gossip_to_the_dead`](Self::gossip_to_the_dead) are still pinged, at

@@ -35,8 +35,50 @@
 //! incarnation (an 8-byte record) and announces it only once it is durable,
 //! and a restarted member starts above every incarnation it ever announced,
 //! so a rumor about an earlier life can never be mistaken for the current
-//! one. Incarnations saturate at `u64::MAX`: a member pushed there (only a
-//! forged rumor can do it) can no longer outbid news about itself.
+//! one.
+//!
+//! # Healing partitions
+//!
+//! A member declared failed is still probed, with the news, for
+//! [`gossip_to_the_dead`](SwimConfig::gossip_to_the_dead), and after that
+//! by a low-rate **reconnect loop** for ever
+//! ([`reconnect_interval`](SwimConfig::reconnect_interval), Serf's): a
+//! member that was only cut off learns it was declared failed, rejoins, and
+//! the two sides' views merge. Every message also carries its sender's own
+//! incarnation, so a member held failed at the incarnation it still runs
+//! under is told so by the first member it speaks to. Without the loop, a
+//! partition that outlasts detection plus gossip to the dead splits the
+//! group for ever: each side holds the other failed and sends it nothing.
+//!
+//! # Trust model
+//!
+//! SWIM trusts its members; this implementation bounds what one can do.
+//!
+//! - **A member** can declare any other member suspect or failed at the
+//!   incarnation it holds: that is the protocol (the victim refutes, or,
+//!   with [`OnDeclaredFailed::FailStop`], halts and rejoins with a new
+//!   incarnation). It can claim any incarnation for *itself* (first-hand
+//!   word is believed). What it cannot do is pin another member down: news
+//!   heard second-hand may raise a member's incarnation at most
+//!   [`max_hearsay_rise`](SwimConfig::max_hearsay_rise) above what the
+//!   receiver knows (for news about the receiver itself, above what it
+//!   announced), so one forged `Failed { victim, u64::MAX }` is dropped
+//!   everywhere, and saturating anyone takes `2⁶⁴ / max_hearsay_rise`
+//!   forged rumors. A member that does reach `u64::MAX` and is declared
+//!   failed there stays halted ([`SwimEvent::CannotRejoin`]) rather than
+//!   flapping. Nor can it grow anyone's memory: views hold only the
+//!   configured members, a message at most [`MAX_RUMORS`] rumors, and a
+//!   member serves at most [`max_forwarded`](SwimConfig::max_forwarded)
+//!   indirect probes at once.
+//! - **A non-member** is ignored: messages whose sender is not in
+//!   [`members`](SwimConfig::members), and rumors about strangers, are
+//!   dropped.
+//! - **What waits for an authenticated transport**: the sender a message is
+//!   attributed to is whatever the transport says. Over plain UDP anyone who
+//!   can send packets can claim to be any member, and then has a member's
+//!   powers above. Keeping outsiders out needs a channel that authenticates
+//!   its peers (TLS, DTLS, or a MAC in a channel wrapper); no channel of
+//!   this workspace does that yet.
 //!
 //! # Methods
 //!

@@ -411,3 +411,100 @@ fn a_member_at_the_last_incarnation_stays_failed_instead_of_flapping() {
             .any(|o| matches!(o, Output::Event(SwimEvent::CannotRejoin)))
     );
 }
+
+/// Holds n1 failed (at incarnation 0) at `now`, as n2 told it.
+fn core_holding_n1_failed() -> (Swim, Instant) {
+    let (mut s, now) = core(4, 0, vec![], 0);
+    drain(&mut s);
+    let failed = Rumor::Failed {
+        node: NodeId(1),
+        incarnation: Incarnation(0),
+    };
+    s.handle_message(now, NodeId(2), ping_with(failed, NodeId(0)));
+    drain(&mut s);
+    assert_eq!(s.membership().state(NodeId(1)), Some(MemberState::Failed));
+    (s, now)
+}
+
+#[test]
+fn the_reconnect_loop_pings_members_failed_long_ago_with_the_news() {
+    let (mut s, now) = core_holding_n1_failed();
+    let failed = Rumor::Failed {
+        node: NodeId(1),
+        incarnation: Incarnation(0),
+    };
+    let to_n1 = |out: &[Output<Swim>]| {
+        sends(out)
+            .into_iter()
+            .filter(|(to, _)| *to == NodeId(1))
+            .map(|(_, m)| m)
+            .collect::<Vec<_>>()
+    };
+    // Within gossip to the dead, the loop leaves n1 to the probe rotation.
+    for _ in 0..30 {
+        s.handle_timer(now, SwimTimer::Reconnect);
+        assert!(to_n1(&drain(&mut s)).is_empty());
+    }
+    // After it, about one tick in three (one failed member, three live)
+    // pings n1, always with the news of its failure.
+    let later = now + s.config().gossip_to_the_dead;
+    let mut pings = Vec::new();
+    for _ in 0..300 {
+        s.handle_timer(later, SwimTimer::Reconnect);
+        let out = drain(&mut s);
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::SetTimer {
+                timer: SwimTimer::Reconnect,
+                ..
+            }
+        )));
+        pings.extend(to_n1(&out));
+    }
+    assert!((60..=140).contains(&pings.len()), "{} pings", pings.len());
+    assert_eq!(s.stats().reconnect_probes, pings.len() as u64);
+    for p in &pings {
+        assert!(p.rumors().contains(&failed), "{p:?}");
+    }
+    // An answer means n1 was alive after all: it rejoined at a new
+    // incarnation, which its own word carries.
+    let SwimMessage::Ping { seq, .. } = pings[pings.len() - 1] else {
+        panic!("not a ping")
+    };
+    s.handle_message(
+        later,
+        NodeId(1),
+        SwimMessage::Ack {
+            seq,
+            sender_incarnation: Incarnation(1),
+            rumors: vec![],
+        },
+    );
+    assert_eq!(s.stats().reconnects_answered, 1);
+    assert_eq!(s.membership().state(NodeId(1)), Some(MemberState::Alive));
+}
+
+#[test]
+fn a_member_held_failed_that_speaks_is_told_so_in_the_answer() {
+    let (mut s, now) = core_holding_n1_failed();
+    // The news of n1's failure has been spread as often as it is spread.
+    for seq in 0..100 {
+        if s.pending_rumors() == 0 {
+            break;
+        }
+        s.handle_message(now, NodeId(2), ping(seq, NodeId(0)));
+        drain(&mut s);
+    }
+    assert_eq!(s.pending_rumors(), 0);
+    // n1, cut off, does not know; it pings us under the incarnation we hold
+    // failed. Our ack tells it.
+    s.handle_message(now, NodeId(1), ping(4, NodeId(0)));
+    let out = sends(&drain(&mut s));
+    let (to, ack) = &out[0];
+    assert_eq!(*to, NodeId(1));
+    assert!(matches!(ack, SwimMessage::Ack { seq: 4, .. }));
+    assert!(ack.rumors().contains(&Rumor::Failed {
+        node: NodeId(1),
+        incarnation: Incarnation(0),
+    }));
+}
