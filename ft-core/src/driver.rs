@@ -134,7 +134,7 @@ use crate::channel::{Channel, ChannelError};
 use crate::clock::Clock;
 use crate::frame::FrameCodec;
 use crate::id::NodeId;
-use crate::protocol::{Output, PersistToken, Protocol};
+use crate::protocol::{Counters, Output, PersistToken, Protocol};
 use crate::storage::{Lsn, StableLog, StorageError};
 use crate::sync::{Arc, AtomicU64, Ordering};
 
@@ -218,6 +218,8 @@ pub struct DriverStats {
     pub persists: u64,
     /// Timers that fired.
     pub timers_fired: u64,
+    /// Log prefixes dropped at the core's request ([`Output::Compact`]).
+    pub compactions: u64,
 }
 
 /// The counters behind [`DriverStats`], shared by the driver future (which
@@ -233,6 +235,9 @@ struct StatCells {
     recv_failures: AtomicU64,
     persists: AtomicU64,
     timers_fired: AtomicU64,
+    compactions: AtomicU64,
+    /// The core's own [`Counters`], copied after every step.
+    core: [AtomicU64; 7],
 }
 
 impl StatCells {
@@ -254,6 +259,37 @@ impl StatCells {
             recv_failures: get(&self.recv_failures),
             persists: get(&self.persists),
             timers_fired: get(&self.timers_fired),
+            compactions: get(&self.compactions),
+        }
+    }
+
+    /// Publishes the core's counters (relaxed: a reader sees each counter
+    /// at some recent value, never a torn one).
+    fn publish(&self, c: Counters) {
+        let values = [
+            c.messages_sent,
+            c.messages_received,
+            c.messages_dropped,
+            c.retransmissions,
+            c.timers_fired,
+            c.persists,
+            c.compactions,
+        ];
+        for (cell, v) in self.core.iter().zip(values) {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn core_counters(&self) -> Counters {
+        let get = |i: usize| self.core[i].load(Ordering::Relaxed);
+        Counters {
+            messages_sent: get(0),
+            messages_received: get(1),
+            messages_dropped: get(2),
+            retransmissions: get(3),
+            timers_fired: get(4),
+            persists: get(5),
+            compactions: get(6),
         }
     }
 }
@@ -362,6 +398,12 @@ impl<P: Protocol> Handle<P> {
         self.stats.snapshot()
     }
 
+    /// The core's own [`Counters`] (messages, retransmissions, persists,
+    /// compactions…), as of its last step: readable while it runs.
+    pub fn counters(&self) -> Counters {
+        self.stats.core_counters()
+    }
+
     /// A reader of the driver's counters that can be kept and cloned apart
     /// from the `Handle` (which a dispatcher may own).
     pub fn stats_reader(&self) -> StatsReader {
@@ -377,6 +419,11 @@ impl StatsReader {
     /// The driver's counters so far.
     pub fn stats(&self) -> DriverStats {
         self.0.snapshot()
+    }
+
+    /// The core's own counters, as of its last step.
+    pub fn counters(&self) -> Counters {
+        self.0.core_counters()
     }
 }
 
@@ -444,6 +491,8 @@ where
         persist_records: Vec::new(),
         persist_tokens: Vec::new(),
         persisting: None,
+        lsns: std::collections::VecDeque::new(),
+        truncate: None,
         last_now,
         turn: 0,
         frame_buf: BytesMut::new(),
@@ -457,7 +506,20 @@ where
 }
 
 type RecvFuture = BoxFuture<'static, Result<(NodeId, Bytes), ChannelError>>;
-type AppendFuture = BoxFuture<'static, (Result<Lsn, StorageError>, Vec<PersistToken>)>;
+type AppendFuture = BoxFuture<'static, LogDone>;
+
+/// What a log operation of the driver's came back with.
+enum LogDone {
+    /// An append of the records of these tokens.
+    Appended(Result<Lsn, StorageError>, Vec<PersistToken>),
+    /// A prefix truncation asked for by the core.
+    Truncated(Result<Lsn, StorageError>),
+}
+
+/// How many durable records' LSNs the driver remembers, to turn a core's
+/// [`Output::Compact`] into a log position. A core compacts right after its
+/// snapshot is durable, so this is plenty; an older token is ignored.
+const REMEMBERED_LSNS: usize = 1 << 16;
 
 fn recv_future<C: Channel + 'static>(channel: &std::sync::Arc<C>) -> RecvFuture {
     let channel = std::sync::Arc::clone(channel);
@@ -520,7 +582,7 @@ impl<T: Ord + Clone> Timers<T> {
 
 /// What woke the driver.
 enum Wake<P: Protocol> {
-    Persisted(Result<Lsn, StorageError>, Vec<PersistToken>),
+    Persisted(LogDone),
     Timer(Instant),
     Command(Option<Command<P>>),
     Datagram(Result<(NodeId, Bytes), ChannelError>),
@@ -552,6 +614,10 @@ struct Driver<P: Protocol, C, K, L> {
     persist_tokens: Vec<PersistToken>,
     /// The append in flight, with the tokens of its records.
     persisting: Option<AppendFuture>,
+    /// Durable records' LSNs, oldest first.
+    lsns: std::collections::VecDeque<(PersistToken, Lsn)>,
+    /// A prefix truncation the core asked for, not yet started.
+    truncate: Option<Lsn>,
     /// The latest `now` handed to the core, so it never goes backwards.
     last_now: Instant,
     /// Which source `poll_wake` looks at first.
@@ -584,7 +650,13 @@ where
         loop {
             self.prepare();
             match poll_fn(|cx| self.poll_wake(cx)).await {
-                Wake::Persisted(Ok(_), tokens) => {
+                Wake::Persisted(LogDone::Appended(Ok(first), tokens)) => {
+                    for (i, &token) in tokens.iter().enumerate() {
+                        if self.lsns.len() >= REMEMBERED_LSNS {
+                            self.lsns.pop_front();
+                        }
+                        self.lsns.push_back((token, Lsn(first.0 + i as u64)));
+                    }
                     for token in tokens {
                         StatCells::bump(&self.stats.persists);
                         debug!(?token, "persist durable");
@@ -593,14 +665,23 @@ where
                         self.drain().await?;
                     }
                 }
-                Wake::Persisted(Err(e), tokens) => {
+                Wake::Persisted(LogDone::Truncated(Ok(start))) => {
+                    StatCells::bump(&self.stats.compactions);
+                    debug!(start = start.0, "log prefix dropped");
+                }
+                Wake::Persisted(LogDone::Truncated(Err(e))) => {
+                    // Nothing is lost: the records stay, and the core
+                    // recovers from them as well as without.
+                    warn!(error = %e, "truncating the log's prefix failed; keeping it");
+                }
+                Wake::Persisted(LogDone::Appended(Err(e), tokens)) => {
                     warn!(error = %e, records = tokens.len(), "append to the stable log failed");
                     return Err(DriverError::Storage(e));
                 }
                 Wake::Timer(deadline) => self.fire_timers(deadline).await?,
                 Wake::Command(Some(Command::Input(input))) => {
                     StatCells::bump(&self.stats.inputs);
-                    debug!(?input, "input");
+                    trace!("input");
                     let now = self.now();
                     self.protocol.handle_input(now, input);
                     self.drain().await?;
@@ -634,10 +715,17 @@ where
             self.persisting = Some(
                 async move {
                     let result = log.append(&records).await;
-                    (result, tokens)
+                    LogDone::Appended(result, tokens)
                 }
                 .boxed(),
             );
+        } else if self.persisting.is_none()
+            && let Some(upto) = self.truncate.take()
+        {
+            trace!(upto = upto.0, "truncating the stable log");
+            let log = std::sync::Arc::clone(&self.log);
+            self.persisting =
+                Some(async move { LogDone::Truncated(log.truncate_prefix(upto).await) }.boxed());
         }
         let earliest = self.timers.earliest();
         if self.sleep.as_ref().map(|(at, _)| *at) != earliest {
@@ -672,9 +760,9 @@ where
         let Some(append) = &mut self.persisting else {
             return Poll::Pending;
         };
-        let (result, tokens) = std::task::ready!(append.poll_unpin(cx));
+        let done = std::task::ready!(append.poll_unpin(cx));
         self.persisting = None;
-        Poll::Ready(Wake::Persisted(result, tokens))
+        Poll::Ready(Wake::Persisted(done))
     }
 
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Wake<P>> {
@@ -749,6 +837,12 @@ where
 
     /// Carries out the core's outputs until it has none, in order.
     async fn drain(&mut self) -> Result<(), DriverError> {
+        self.drain_outputs().await?;
+        self.stats.publish(self.protocol.counters());
+        Ok(())
+    }
+
+    async fn drain_outputs(&mut self) -> Result<(), DriverError> {
         while let Some(output) = self.protocol.poll_output() {
             match output {
                 Output::Send { to, msg } => self.send(to, msg).await?,
@@ -765,9 +859,22 @@ where
                     self.persist_records.push(record);
                     self.persist_tokens.push(token);
                 }
+                Output::Compact { before } => {
+                    match self.lsns.iter().position(|(t, _)| *t == before) {
+                        Some(i) => {
+                            let upto = self.lsns[i].1;
+                            self.lsns.drain(..i);
+                            self.truncate = Some(self.truncate.map_or(upto, |u| u.max(upto)));
+                        }
+                        None => {
+                            debug!(?before, "compaction names a token no longer known; ignored")
+                        }
+                    }
+                }
                 Output::Event(event) => {
                     StatCells::bump(&self.stats.events);
-                    debug!(?event, "event");
+                    // Events may hold the application's payloads: not logged.
+                    trace!("event");
                     // Waits while the queue is full: back-pressure. An error
                     // only means the handle is gone, and nobody is listening.
                     let _ = self.events.send(event).await;
@@ -778,7 +885,8 @@ where
     }
 
     async fn send(&mut self, to: NodeId, msg: P::Message) -> Result<(), DriverError> {
-        trace!(%to, ?msg, "message out");
+        // The message itself may hold the application's payload: not logged.
+        trace!(%to, "message out");
         if let Err(error) = self.codec.encode(&msg, &mut self.frame_buf) {
             StatCells::bump(&self.stats.send_failures);
             warn!(%to, %error, "message too large to frame; not sent");

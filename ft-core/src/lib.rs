@@ -4,14 +4,19 @@
 
 pub mod channel;
 pub mod clock;
+pub mod compose;
 pub mod detector;
 pub mod driver;
 pub mod error;
 pub mod failure;
 pub mod frame;
+#[cfg(any(test, feature = "testing"))]
+pub mod harness;
 pub mod id;
+pub mod life;
 pub mod mem;
 pub mod protocol;
+pub mod record;
 pub mod rng;
 pub mod storage;
 mod sync;
@@ -21,6 +26,7 @@ pub mod wire;
 
 pub use channel::{Channel, ChannelError};
 pub use clock::Clock;
+pub use compose::{Outbox, Persisted};
 pub use detector::{FailureDetector, Suspicion};
 pub use driver::{DriverConfig, DriverError, DriverStats, Handle, InputSender, StatsReader};
 pub use error::PeerError;
@@ -29,5 +35,6 @@ pub use frame::FrameCodec;
 pub use id::{Incarnation, NodeId};
 pub use mem::{MemChannel, MemNetwork, MemStats};
 pub use protocol::{Counters, Output, PersistToken, Protocol, Recover, RecoveryContext};
+pub use record::{Component, Record, RecordError, RecoveryError};
 pub use storage::{Lsn, StableLog, StableStore, StorageError};
 pub use wire::{DecodeError, Wire};

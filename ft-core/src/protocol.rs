@@ -14,6 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::id::{Incarnation, NodeId};
+use crate::record::RecoveryError;
 use crate::wire::Wire;
 
 /// Names a record handed out in [`Output::Persist`]; the environment returns
@@ -62,6 +63,20 @@ pub enum Output<P: Protocol + ?Sized> {
     },
     /// Tell the application something.
     Event(P::Event),
+    /// The records persisted before the one of `before` are no longer
+    /// needed: the core has persisted (and seen durable) everything it still
+    /// needs from them, from `before` on. The environment may drop them from
+    /// stable storage, at once or later, or not at all: a core recovers from
+    /// either. `before` is a token this core persisted and saw durable in
+    /// this life; a token the environment no longer knows is ignored.
+    ///
+    /// This is how logs stay bounded: the driver truncates its log's prefix
+    /// ([`StableLog::truncate_prefix`](crate::StableLog::truncate_prefix)),
+    /// the simulator drops the node's records.
+    Compact {
+        /// The first record still needed.
+        before: PersistToken,
+    },
 }
 
 /// Counters every core keeps, read through [`Protocol::counters`].
@@ -83,6 +98,8 @@ pub struct Counters {
     pub timers_fired: u64,
     /// Records the core asked to persist.
     pub persists: u64,
+    /// Times the core asked for its log to be compacted.
+    pub compactions: u64,
 }
 
 /// A sans-IO protocol state machine.
@@ -142,8 +159,11 @@ pub struct RecoveryContext {
     /// This life of the process: [`Incarnation::FIRST`] on first start, one
     /// more after each restart. The environment keeps it in stable storage.
     pub incarnation: Incarnation,
-    /// Every record the core persisted in earlier lives that became durable,
-    /// in the order they were persisted.
+    /// Every record the core persisted in earlier lives that became durable
+    /// and was not compacted away, in the order they were persisted, as
+    /// stored: read them with [`read`](Self::read) (and hand embedded cores
+    /// their own with [`component`](Self::component)); the format is in
+    /// [`record`](crate::record).
     pub records: Vec<Bytes>,
     /// The seed of the core's own random number generator.
     pub seed: u64,
@@ -158,5 +178,10 @@ pub trait Recover: Protocol + Sized {
     type Config: Clone;
 
     /// Builds the core from its configuration and what survived.
-    fn recover(config: &Self::Config, ctx: RecoveryContext) -> Self;
+    ///
+    /// # Errors
+    /// [`RecoveryError`] when a record does not read or the records
+    /// contradict each other: the core is not built, and the environment
+    /// says why (a record is never skipped silently).
+    fn recover(config: &Self::Config, ctx: RecoveryContext) -> Result<Self, RecoveryError>;
 }

@@ -39,6 +39,17 @@ impl Rng {
     }
 }
 
+/// Mixes `salt` into `seed` (splitmix64's finaliser over both), so that
+/// streams derived from one seed with different salts are unrelated: each
+/// life of a process, each embedded core.
+pub fn mix(seed: u64, salt: u64) -> u64 {
+    let mut x = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -228,6 +228,7 @@ impl Protocol for Group {
             Output::SetTimer { timer, at } => Output::SetTimer { timer, at },
             Output::CancelTimer { timer } => Output::CancelTimer { timer },
             Output::Persist { record, token } => Output::Persist { record, token },
+            Output::Compact { before } => Output::Compact { before },
             Output::Event(e) => {
                 // A membership event may move the coordinator: report the
                 // membership news first, the coordinator change right after.
@@ -245,17 +246,19 @@ impl Protocol for Group {
 impl Recover for Group {
     type Config = GroupConfig;
 
-    fn recover(config: &GroupConfig, ctx: RecoveryContext) -> Self {
-        let swim = Swim::recover(&config.swim, ctx);
-        let mut g = Group {
-            swim,
-            structure: config.structure,
-            coordinator: None,
-            seen_version: u64::MAX,
-            pending: None,
-        };
-        g.refresh();
-        g
+    fn recover(config: &GroupConfig, ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> {
+        Ok({
+            let swim = Swim::recover(&config.swim, ctx)?;
+            let mut g = Group {
+                swim,
+                structure: config.structure,
+                coordinator: None,
+                seen_version: u64::MAX,
+                pending: None,
+            };
+            g.refresh();
+            g
+        })
     }
 }
 
@@ -281,6 +284,7 @@ mod tests {
                 now: Instant::now(),
             },
         )
+        .unwrap()
     }
 
     fn events(g: &mut Group) -> Vec<GroupEvent> {

@@ -368,42 +368,47 @@ impl<D: FailureDetector> Protocol for Heartbeating<D> {
 impl<D: FailureDetector + Clone> Recover for Heartbeating<D> {
     type Config = HeartbeatConfig<D>;
 
-    fn recover(config: &HeartbeatConfig<D>, ctx: RecoveryContext) -> Self {
-        let now = ctx.now;
-        let interval = config.interval.max(MIN_INTERVAL);
-        let check_interval = config.check_interval.max(MIN_INTERVAL);
-        let others: BTreeSet<NodeId> = config
-            .members
-            .iter()
-            .copied()
-            .filter(|&m| m != ctx.node)
-            .collect();
-        let mut detector = config.detector.clone();
-        // Start every member's clock: a member that never speaks is then
-        // suspected after one timeout instead of staying Unknown.
-        for &m in &others {
-            detector.heartbeat(m, now);
-        }
-        let span = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-        let jitter = Duration::from_nanos(Rng::new(ctx.seed).below(span));
-        let mut hb = Heartbeating {
-            me: ctx.node,
-            incarnation: ctx.incarnation,
-            others,
-            interval,
-            check_interval,
-            detector,
-            suspected: BTreeSet::new(),
-            lives: BTreeMap::new(),
-            seq: 0,
-            paused: false,
-            suspicions_raised: 0,
-            out: VecDeque::new(),
-            counters: Counters::default(),
-        };
-        hb.set_timer(HeartbeatTimer::Beat, now, jitter);
-        hb.set_timer(HeartbeatTimer::Check, now, check_interval);
-        hb
+    fn recover(
+        config: &HeartbeatConfig<D>,
+        ctx: RecoveryContext,
+    ) -> Result<Self, ft_core::RecoveryError> {
+        Ok({
+            let now = ctx.now;
+            let interval = config.interval.max(MIN_INTERVAL);
+            let check_interval = config.check_interval.max(MIN_INTERVAL);
+            let others: BTreeSet<NodeId> = config
+                .members
+                .iter()
+                .copied()
+                .filter(|&m| m != ctx.node)
+                .collect();
+            let mut detector = config.detector.clone();
+            // Start every member's clock: a member that never speaks is then
+            // suspected after one timeout instead of staying Unknown.
+            for &m in &others {
+                detector.heartbeat(m, now);
+            }
+            let span = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+            let jitter = Duration::from_nanos(Rng::new(ctx.seed).below(span));
+            let mut hb = Heartbeating {
+                me: ctx.node,
+                incarnation: ctx.incarnation,
+                others,
+                interval,
+                check_interval,
+                detector,
+                suspected: BTreeSet::new(),
+                lives: BTreeMap::new(),
+                seq: 0,
+                paused: false,
+                suspicions_raised: 0,
+                out: VecDeque::new(),
+                counters: Counters::default(),
+            };
+            hb.set_timer(HeartbeatTimer::Beat, now, jitter);
+            hb.set_timer(HeartbeatTimer::Check, now, check_interval);
+            hb
+        })
     }
 }
 
@@ -432,7 +437,8 @@ mod tests {
                 seed: 7,
                 now,
             },
-        );
+        )
+        .unwrap();
         (hb, now)
     }
 

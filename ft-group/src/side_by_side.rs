@@ -198,6 +198,7 @@ impl SideBySide {
                 },
                 // Only SWIM persists, so its tokens pass through unchanged.
                 Output::Persist { record, token } => Output::Persist { record, token },
+                Output::Compact { before } => Output::Compact { before },
                 Output::Event(e) => Output::Event(SideEvent::Swim(e)),
             });
         }
@@ -228,7 +229,7 @@ fn tag<D: ft_core::FailureDetector>(
         },
         Output::CancelTimer { timer: t } => Output::CancelTimer { timer: timer(t) },
         // Heartbeating members keep nothing on stable storage.
-        Output::Persist { .. } => return None,
+        Output::Persist { .. } | Output::Compact { .. } => return None,
         Output::Event(e) => Output::Event(event(e)),
     })
 }
@@ -290,6 +291,7 @@ impl Protocol for SideBySide {
             retransmissions: a.retransmissions + b.retransmissions + c.retransmissions,
             timers_fired: a.timers_fired + b.timers_fired + c.timers_fired,
             persists: a.persists + b.persists + c.persists,
+            compactions: a.compactions + b.compactions + c.compactions,
         }
     }
 }
@@ -297,30 +299,35 @@ impl Protocol for SideBySide {
 impl Recover for SideBySide {
     type Config = SideBySideConfig;
 
-    fn recover(config: &SideBySideConfig, ctx: RecoveryContext) -> Self {
-        // Each member gets its own stream of random numbers.
-        let with_seed = |seed: u64, records: Vec<Bytes>| RecoveryContext {
-            seed,
-            records,
-            ..ctx.clone()
-        };
-        let swim = Swim::recover(&config.swim, with_seed(ctx.seed, ctx.records.clone()));
-        let fixed = Heartbeating::recover(
-            &config.fixed,
-            with_seed(ctx.seed.rotate_left(21) ^ 0x5EED_F1ED, Vec::new()),
-        );
-        let phi = Heartbeating::recover(
-            &config.phi,
-            with_seed(ctx.seed.rotate_left(42) ^ 0x0000_0000_0FEE_D1E5, Vec::new()),
-        );
-        let mut s = SideBySide {
-            swim,
-            fixed,
-            phi,
-            out: VecDeque::new(),
-        };
-        s.collect();
-        s
+    fn recover(
+        config: &SideBySideConfig,
+        ctx: RecoveryContext,
+    ) -> Result<Self, ft_core::RecoveryError> {
+        Ok({
+            // Each member gets its own stream of random numbers.
+            let with_seed = |seed: u64, records: Vec<Bytes>| RecoveryContext {
+                seed,
+                records,
+                ..ctx.clone()
+            };
+            let swim = Swim::recover(&config.swim, with_seed(ctx.seed, ctx.records.clone()))?;
+            let fixed = Heartbeating::recover(
+                &config.fixed,
+                with_seed(ctx.seed.rotate_left(21) ^ 0x5EED_F1ED, Vec::new()),
+            )?;
+            let phi = Heartbeating::recover(
+                &config.phi,
+                with_seed(ctx.seed.rotate_left(42) ^ 0x0000_0000_0FEE_D1E5, Vec::new()),
+            )?;
+            let mut s = SideBySide {
+                swim,
+                fixed,
+                phi,
+                out: VecDeque::new(),
+            };
+            s.collect();
+            s
+        })
     }
 }
 

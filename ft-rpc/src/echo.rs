@@ -133,6 +133,7 @@ impl Echo {
                     timer: EchoTimer::Rpc(timer),
                 },
                 Output::Persist { record, token } => Output::Persist { record, token },
+                Output::Compact { before } => Output::Compact { before },
                 Output::Event(e) => {
                     match &e {
                         RpcEvent::Execute {
@@ -271,21 +272,23 @@ impl Protocol for Echo {
 impl Recover for Echo {
     type Config = EchoConfig;
 
-    fn recover(config: &EchoConfig, ctx: RecoveryContext) -> Self {
-        let now = ctx.now;
-        let forward = config.forward.filter(|&f| f != ctx.node);
-        let mut e = Echo {
-            rpc: Rpc::recover(&config.rpc, ctx),
-            service_time: config.service_time,
-            service_time_of: config.service_time_of,
-            // The node named is the end of the chain: it echoes.
-            forward,
-            nested: BTreeMap::new(),
-            next_token: 0,
-            working: BTreeMap::new(),
-            out: std::collections::VecDeque::new(),
-        };
-        e.pump(now);
-        e
+    fn recover(config: &EchoConfig, ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> {
+        Ok({
+            let now = ctx.now;
+            let forward = config.forward.filter(|&f| f != ctx.node);
+            let mut e = Echo {
+                rpc: Rpc::recover(&config.rpc, ctx)?,
+                service_time: config.service_time,
+                service_time_of: config.service_time_of,
+                // The node named is the end of the chain: it echoes.
+                forward,
+                nested: BTreeMap::new(),
+                next_token: 0,
+                working: BTreeMap::new(),
+                out: std::collections::VecDeque::new(),
+            };
+            e.pump(now);
+            e
+        })
     }
 }

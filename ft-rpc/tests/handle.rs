@@ -49,6 +49,7 @@ fn rpc(id: u64) -> Rpc {
             now: Instant::now(),
         },
     )
+    .unwrap()
 }
 
 /// Starts node `id` on `net` with `handler`, spawned on tokio.

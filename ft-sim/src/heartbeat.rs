@@ -455,55 +455,60 @@ impl Protocol for Heartbeat {
 impl Recover for Heartbeat {
     type Config = HeartbeatConfig;
 
-    fn recover(config: &HeartbeatConfig, ctx: RecoveryContext) -> Self {
-        // Every sequence number below the highest durable reservation may
-        // have been used by an earlier life: resume above it.
-        let reserved = ctx
-            .records
-            .iter()
-            .filter_map(|r| {
-                r.get(..8)
-                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-            })
-            .max()
-            .unwrap_or(0);
-        let now = ctx.now;
-        // Randomness comes from the seed handed in: jitter the first tick so
-        // nodes do not ping in lockstep.
-        let jitter_ns = SimRng::new(ctx.seed).below(config.interval.as_nanos().max(1) as u64);
-        let mut hb = Heartbeat {
-            me: ctx.node,
-            incarnation: ctx.incarnation,
-            detector: TimeoutDetector::new(config.timeout),
-            suspected: BTreeSet::new(),
-            peers: BTreeMap::new(),
-            next_seq: reserved,
-            reserved,
-            reserving: None,
-            next_token: 0,
-            paused: false,
-            out: VecDeque::new(),
-            counters: Counters::default(),
-            duplicates: 0,
-            reordered: 0,
-            reuse_violations: BTreeMap::new(),
-            pings_received: 0,
-            acks_received: 0,
-            config: config.clone(),
-        };
-        // Start every peer's clock now: a peer that never answers is
-        // suspected after one timeout, not left Unknown forever.
-        for &p in &config.peers {
-            if p != ctx.node {
-                hb.detector.heartbeat(p, now);
+    fn recover(
+        config: &HeartbeatConfig,
+        ctx: RecoveryContext,
+    ) -> Result<Self, ft_core::RecoveryError> {
+        Ok({
+            // Every sequence number below the highest durable reservation may
+            // have been used by an earlier life: resume above it.
+            let reserved = ctx
+                .records
+                .iter()
+                .filter_map(|r| {
+                    r.get(..8)
+                        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                })
+                .max()
+                .unwrap_or(0);
+            let now = ctx.now;
+            // Randomness comes from the seed handed in: jitter the first tick so
+            // nodes do not ping in lockstep.
+            let jitter_ns = SimRng::new(ctx.seed).below(config.interval.as_nanos().max(1) as u64);
+            let mut hb = Heartbeat {
+                me: ctx.node,
+                incarnation: ctx.incarnation,
+                detector: TimeoutDetector::new(config.timeout),
+                suspected: BTreeSet::new(),
+                peers: BTreeMap::new(),
+                next_seq: reserved,
+                reserved,
+                reserving: None,
+                next_token: 0,
+                paused: false,
+                out: VecDeque::new(),
+                counters: Counters::default(),
+                duplicates: 0,
+                reordered: 0,
+                reuse_violations: BTreeMap::new(),
+                pings_received: 0,
+                acks_received: 0,
+                config: config.clone(),
+            };
+            // Start every peer's clock now: a peer that never answers is
+            // suspected after one timeout, not left Unknown forever.
+            for &p in &config.peers {
+                if p != ctx.node {
+                    hb.detector.heartbeat(p, now);
+                }
             }
-        }
-        hb.maybe_reserve();
-        hb.out.push_back(Output::SetTimer {
-            timer: Tick,
-            at: now + Duration::from_nanos(jitter_ns),
-        });
-        hb
+            hb.maybe_reserve();
+            hb.out.push_back(Output::SetTimer {
+                timer: Tick,
+                at: now + Duration::from_nanos(jitter_ns),
+            });
+            hb
+        })
     }
 }
 
@@ -567,7 +572,8 @@ mod tests {
                 seed: 1,
                 now,
             },
-        );
+        )
+        .unwrap();
         (hb, now)
     }
 

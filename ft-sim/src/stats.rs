@@ -73,6 +73,10 @@ pub struct Stats {
     pub persisted: u64,
     /// Persists lost because the node crashed before they were durable.
     pub persists_lost: u64,
+    /// Compactions carried out at the cores' request.
+    pub compactions: u64,
+    /// Records dropped by them.
+    pub records_compacted: u64,
     /// Application inputs delivered.
     pub inputs: u64,
     /// Application inputs dropped because the node was down.

@@ -34,6 +34,9 @@ pub(crate) struct Node<P: Protocol> {
     /// their sync completes; a crash keeps only those.
     pub(crate) disk: MemLog,
     pub(crate) timers: BTreeMap<P::Timer, u64>,
+    /// This life's persists and where they went, oldest first, to carry
+    /// out the core's compactions.
+    pub(crate) lsns: std::collections::VecDeque<(ft_core::PersistToken, ft_core::Lsn)>,
     pub(crate) last_persist_at: Duration,
     pub(crate) faults: NodeFaults,
     pub(crate) adversary: Option<Box<dyn Adversary<P::Message>>>,

@@ -91,7 +91,10 @@ impl Protocol for Probe {
 impl Recover for Probe {
     type Config = (u64, Duration);
 
-    fn recover(&(nodes, period): &(u64, Duration), ctx: RecoveryContext) -> Self {
+    fn recover(
+        &(nodes, period): &(u64, Duration),
+        ctx: RecoveryContext,
+    ) -> Result<Self, ft_core::RecoveryError> {
         let mut p = Probe {
             me: ctx.node,
             nodes,
@@ -107,7 +110,7 @@ impl Recover for Probe {
             timer: TICK,
             at: ctx.now + period,
         });
-        p
+        Ok(p)
     }
 }
 

@@ -102,6 +102,27 @@ impl MemLog {
     pub fn next(&self) -> Lsn {
         lock(&self.state).next_lsn()
     }
+
+    /// [`StableLog::truncate_prefix`], without the `async`: discards the
+    /// synced records before `upto` and returns the log's start afterwards.
+    ///
+    /// # Errors
+    /// [`StorageError::Rejected`] if `upto` is past every written record.
+    pub fn drop_before(&self, upto: Lsn) -> Result<Lsn, StorageError> {
+        let mut s = lock(&self.state);
+        if upto > s.next_lsn() {
+            return Err(StorageError::Rejected(format!(
+                "cannot discard records before {}: the log ends at {}",
+                upto.0,
+                s.next_lsn().0
+            )));
+        }
+        let drop = (upto.0.saturating_sub(s.start) as usize).min(s.synced);
+        s.records.drain(..drop);
+        s.synced -= drop;
+        s.start += drop as u64;
+        Ok(Lsn(s.start))
+    }
 }
 
 #[async_trait]
@@ -128,19 +149,7 @@ impl StableLog for MemLog {
     /// Only synced records are discarded; an `upto` past every written
     /// record is rejected.
     async fn truncate_prefix(&self, upto: Lsn) -> Result<Lsn, StorageError> {
-        let mut s = lock(&self.state);
-        if upto > s.next_lsn() {
-            return Err(StorageError::Rejected(format!(
-                "cannot discard records before {}: the log ends at {}",
-                upto.0,
-                s.next_lsn().0
-            )));
-        }
-        let drop = (upto.0.saturating_sub(s.start) as usize).min(s.synced);
-        s.records.drain(..drop);
-        s.synced -= drop;
-        s.start += drop as u64;
-        Ok(Lsn(s.start))
+        self.drop_before(upto)
     }
 
     async fn next_lsn(&self) -> Result<Lsn, StorageError> {

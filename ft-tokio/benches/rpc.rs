@@ -125,7 +125,7 @@ fn rpc(node: NodeId) -> Rpc {
         seed: node.0 + 1,
         now: Instant::now(),
     };
-    Rpc::recover(&RpcConfig::new(vec![SERVER, CLIENT]), ctx)
+    Rpc::recover(&RpcConfig::new(vec![SERVER, CLIENT]), ctx).unwrap()
 }
 
 fn codec_for(max_datagram: usize) -> FrameCodec {

@@ -74,7 +74,7 @@
 //! # }
 //! impl Recover for Life {
 //!     type Config = ();
-//!     fn recover(_: &(), ctx: RecoveryContext) -> Self { Life(ctx) }
+//!     fn recover(_: &(), ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> { Ok(Life(ctx)) }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -97,7 +97,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bytes::Bytes;
-use ft_core::{Clock, Incarnation, Lsn, NodeId, Recover, RecoveryContext, StorageError};
+use ft_core::life::{self, LifeError};
+use ft_core::{Clock, Incarnation, Lsn, NodeId, Recover, StorageError};
 use ft_storage::{FileLog, FileLogOptions, FileStore};
 
 use crate::clock::TokioClock;
@@ -238,19 +239,31 @@ pub fn open_blocking<P: Recover>(
 ) -> Result<Opened<P>, StorageError> {
     let log = FileLog::open(dir.join(LOG_DIR), log_options)?;
     let records = read_all(&log)?;
-    let incarnation = next_life(&dir.join(STORE_DIR))?;
-    // The incarnation is durable: only now may the new life exist.
-    let ctx = RecoveryContext {
-        node,
-        incarnation,
-        records,
-        seed: life_seed(seed, incarnation),
-        now,
-    };
-    let count = ctx.records.len();
+    let store = FileStore::open(dir.join(STORE_DIR))?;
+    let last = read_incarnation(&store)?;
     // Cheap: `Bytes` clones share their buffers.
-    let recovered = ctx.records.clone();
-    let core = P::recover(config, ctx);
+    let recovered = records.clone();
+    // The one life cycle (ft_core::life): the incarnation is durable before
+    // the new life exists.
+    let life = life::begin::<P>(
+        config,
+        node,
+        last,
+        records,
+        now,
+        |incarnation| life_seed(seed, incarnation),
+        |incarnation| store.put_sync(INCARNATION_KEY, &incarnation.0.to_le_bytes()),
+    )
+    .map_err(|e| match e {
+        LifeError::Storage(e) => e,
+        LifeError::Recovery(e) => StorageError::Corrupt {
+            location: dir.join(LOG_DIR).display().to_string(),
+            offset: 0,
+            reason: format!("the core cannot read its records: {e}"),
+        },
+    })?;
+    drop(store);
+    let (core, incarnation, count) = (life.core, life.incarnation, life.records);
     tracing::info!(
         %node,
         %incarnation,
@@ -295,16 +308,7 @@ pub fn incarnation(dir: &Path) -> Result<Option<Incarnation>, StorageError> {
     read_incarnation(&store)
 }
 
-/// The seed of life `incarnation` of a process seeded with `seed`:
-/// splitmix64's finaliser over both, so consecutive lives get unrelated
-/// streams.
-pub fn life_seed(seed: u64, incarnation: Incarnation) -> u64 {
-    let mut x = seed ^ incarnation.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+pub use ft_core::life::life_seed;
 
 fn read_all(log: &FileLog) -> Result<Vec<Bytes>, StorageError> {
     log.iter_from(Lsn(0))?
@@ -334,28 +338,14 @@ fn corrupt(store: &FileStore, value: &[u8]) -> StorageError {
     }
 }
 
-/// Reads the last life's incarnation, and durably stores the next one.
-fn next_life(store_dir: &Path) -> Result<Incarnation, StorageError> {
-    let store = FileStore::open(store_dir)?;
-    let next = match read_incarnation(&store)? {
-        None => Incarnation::FIRST,
-        Some(Incarnation(u64::MAX)) => {
-            return Err(StorageError::Rejected(
-                "the incarnation cannot grow past u64::MAX".into(),
-            ));
-        }
-        Some(last) => last.next(),
-    };
-    store.put_sync(INCARNATION_KEY, &next.0.to_le_bytes())?;
-    Ok(next)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
     use std::time::Duration;
 
-    use ft_core::{Counters, DriverConfig, MemNetwork, Output, PersistToken, Protocol};
+    use ft_core::{
+        Counters, DriverConfig, MemNetwork, Output, PersistToken, Protocol, RecoveryContext,
+    };
     use ft_storage::testdir::TestDir;
 
     use super::*;
@@ -401,13 +391,13 @@ mod tests {
 
     impl Recover for Diary {
         type Config = ();
-        fn recover(_: &(), ctx: RecoveryContext) -> Self {
-            Diary {
+        fn recover(_: &(), ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> {
+            Ok(Diary {
                 ctx,
                 next: 0,
                 written: Vec::new(),
                 out: VecDeque::new(),
-            }
+            })
         }
     }
 

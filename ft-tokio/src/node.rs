@@ -410,7 +410,9 @@ impl Prepared {
             seed: self.seed,
             now: Instant::now(),
         };
-        let core = Rpc::recover(&self.rpc, ctx);
+        // `open` rebuilt a core from these very records already and would
+        // have failed there: recovery is deterministic, so this cannot.
+        let core = Rpc::recover(&self.rpc, ctx).expect("open() recovered from these records");
         let (handle, run) = driver(core, channel, TokioClock, log, config);
         let stats = handle.stats_reader();
         let (client, dispatch) = RpcClient::new(handle.input_sender());

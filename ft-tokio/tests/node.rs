@@ -135,7 +135,7 @@ async fn a_reused_identity_gets_mismatch_never_another_calls_reply() {
         let peers = [(SERVER, addr(sp))].into_iter().collect();
         let channel = UdpChannel::bind(CLIENT, addr(cp), peers).await.unwrap();
         let (c, run) = rpc_node(
-            Rpc::recover(&config, ctx),
+            Rpc::recover(&config, ctx).unwrap(),
             channel,
             ft_tokio::TokioClock,
             ft_tokio::NoLog,

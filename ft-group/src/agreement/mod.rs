@@ -122,7 +122,7 @@
 //! let t0 = Instant::now();
 //! let mut cores: Vec<OmGeneral> = generals.iter().map(|&node| OmGeneral::recover(&config, RecoveryContext {
 //!     node, incarnation: Incarnation::FIRST, records: vec![], seed: 0, now: t0,
-//! })).collect();
+//! }).unwrap()).collect();
 //!
 //! // Everyone starts at the same instant; a perfect network delivers in order.
 //! cores[0].handle_input(t0, OmInput::Propose(Bytes::from_static(b"attack")));
@@ -579,25 +579,27 @@ impl Recover for OmGeneral {
 
     /// A fresh general on first start; an abstaining one after a restart
     /// (see the module docs on crashes). Needs no records and no randomness.
-    fn recover(config: &OmConfig, ctx: RecoveryContext) -> Self {
-        let role = if ctx.incarnation != Incarnation::FIRST || !config.is_general(ctx.node) {
-            Role::Abstaining
-        } else if ctx.node == config.commander() {
-            Role::Commander
-        } else {
-            Role::Lieutenant
-        };
-        OmGeneral {
-            me: ctx.node,
-            config: config.clone(),
-            role,
-            started_at: None,
-            decision: None,
-            values: BTreeMap::new(),
-            out: VecDeque::new(),
-            counters: Counters::default(),
-            drops: BTreeMap::new(),
-        }
+    fn recover(config: &OmConfig, ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> {
+        Ok({
+            let role = if ctx.incarnation != Incarnation::FIRST || !config.is_general(ctx.node) {
+                Role::Abstaining
+            } else if ctx.node == config.commander() {
+                Role::Commander
+            } else {
+                Role::Lieutenant
+            };
+            OmGeneral {
+                me: ctx.node,
+                config: config.clone(),
+                role,
+                started_at: None,
+                decision: None,
+                values: BTreeMap::new(),
+                out: VecDeque::new(),
+                counters: Counters::default(),
+                drops: BTreeMap::new(),
+            }
+        })
     }
 }
 

@@ -25,7 +25,8 @@ fn general(config: &OmConfig, node: u64, incarnation: u64) -> (OmGeneral, Instan
             seed: 0,
             now,
         },
-    );
+    )
+    .unwrap();
     (g, now)
 }
 

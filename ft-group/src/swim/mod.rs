@@ -1148,62 +1148,64 @@ impl Protocol for Swim {
 impl Recover for Swim {
     type Config = SwimConfig;
 
-    fn recover(config: &SwimConfig, ctx: RecoveryContext) -> Self {
-        // Start above every incarnation an earlier life announced (each was
-        // durable before it was announced).
-        let last = ctx
-            .records
-            .iter()
-            .filter_map(|r| r.get(..8).and_then(|b| b.try_into().ok()))
-            .map(u64::from_le_bytes)
-            .max();
-        let incarnation = match last {
-            Some(l) => ctx.incarnation.max(Incarnation(l.saturating_add(1))),
-            None => ctx.incarnation,
-        };
-        let mut view = Membership::new(config.members.iter().copied(), ctx.now);
-        view.add(ctx.node, incarnation, ctx.now);
-        let probe_order: Vec<NodeId> = view
-            .iter()
-            .map(|m| m.node)
-            .filter(|&n| n != ctx.node)
-            .collect();
-        let mut rng = Rng::new(ctx.seed);
-        // Sequence numbers start at a random point so that acks meant for an
-        // earlier life are not taken for answers to this one.
-        let next_seq = rng.next_u64();
-        let mut swim = Swim {
-            probe_index: probe_order.len(),
-            probe_order,
-            config: config.clone(),
-            me: ctx.node,
-            incarnation: Incarnation::FIRST,
-            view,
-            rng,
-            mode: Mode::Joining,
-            persisting: None,
-            next_token: 0,
-            probe: None,
-            next_seq,
-            reconnect_seq: None,
-            forwarded: BTreeMap::new(),
-            suspicions: BTreeMap::new(),
-            awareness: 0,
-            broadcasts: Broadcasts::default(),
-            sync_cursor: NodeId(0),
-            out: VecDeque::new(),
-            counters: Counters::default(),
-            stats: SwimStats::default(),
-        };
-        if incarnation == Incarnation::FIRST {
-            // A first life: everyone already lists us alive at FIRST.
-            swim.mode = Mode::Running;
-            let first = swim.first_probe_delay();
-            swim.start_probing(ctx.now, first);
-        } else {
-            swim.persist_incarnation(incarnation, Why::Join);
-        }
-        swim
+    fn recover(config: &SwimConfig, ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> {
+        Ok({
+            // Start above every incarnation an earlier life announced (each was
+            // durable before it was announced).
+            let last = ctx
+                .records
+                .iter()
+                .filter_map(|r| r.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_le_bytes)
+                .max();
+            let incarnation = match last {
+                Some(l) => ctx.incarnation.max(Incarnation(l.saturating_add(1))),
+                None => ctx.incarnation,
+            };
+            let mut view = Membership::new(config.members.iter().copied(), ctx.now);
+            view.add(ctx.node, incarnation, ctx.now);
+            let probe_order: Vec<NodeId> = view
+                .iter()
+                .map(|m| m.node)
+                .filter(|&n| n != ctx.node)
+                .collect();
+            let mut rng = Rng::new(ctx.seed);
+            // Sequence numbers start at a random point so that acks meant for an
+            // earlier life are not taken for answers to this one.
+            let next_seq = rng.next_u64();
+            let mut swim = Swim {
+                probe_index: probe_order.len(),
+                probe_order,
+                config: config.clone(),
+                me: ctx.node,
+                incarnation: Incarnation::FIRST,
+                view,
+                rng,
+                mode: Mode::Joining,
+                persisting: None,
+                next_token: 0,
+                probe: None,
+                next_seq,
+                reconnect_seq: None,
+                forwarded: BTreeMap::new(),
+                suspicions: BTreeMap::new(),
+                awareness: 0,
+                broadcasts: Broadcasts::default(),
+                sync_cursor: NodeId(0),
+                out: VecDeque::new(),
+                counters: Counters::default(),
+                stats: SwimStats::default(),
+            };
+            if incarnation == Incarnation::FIRST {
+                // A first life: everyone already lists us alive at FIRST.
+                swim.mode = Mode::Running;
+                let first = swim.first_probe_delay();
+                swim.start_probing(ctx.now, first);
+            } else {
+                swim.persist_incarnation(incarnation, Why::Join);
+            }
+            swim
+        })
     }
 }
 

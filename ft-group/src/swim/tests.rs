@@ -22,7 +22,8 @@ fn core_with(
             seed: 7,
             now,
         },
-    );
+    )
+    .unwrap();
     (swim, now)
 }
 

@@ -1029,7 +1029,10 @@ impl Recover for Reliable {
     /// Builds a fresh endpoint in the life `ctx.incarnation`: the channel
     /// keeps nothing on stable storage, so `ctx.records` is empty and
     /// ignored, and it uses no randomness.
-    fn recover(config: &ReliableConfig, ctx: RecoveryContext) -> Self {
-        Reliable::new(config, ctx.node, ctx.incarnation)
+    fn recover(
+        config: &ReliableConfig,
+        ctx: RecoveryContext,
+    ) -> Result<Self, ft_core::RecoveryError> {
+        Ok(Reliable::new(config, ctx.node, ctx.incarnation))
     }
 }

@@ -17,6 +17,7 @@ fn core_with(config: &ReliableConfig, me: NodeId, incarnation: u64) -> Reliable 
             now: Instant::now(),
         },
     )
+    .unwrap()
 }
 
 fn core(me: NodeId, incarnation: u64) -> Reliable {
@@ -670,7 +671,7 @@ fn a_hostile_link_still_delivers_everything_in_order_within_bounds() {
                 Output::SetTimer { at, .. } => timer = Some(at),
                 Output::CancelTimer { .. } => timer = None,
                 Output::Event(e) => panic!("{e:?}"),
-                Output::Persist { .. } => unreachable!(),
+                Output::Persist { .. } | Output::Compact { .. } => unreachable!(),
             }
         }
         for o in drain(&mut b) {

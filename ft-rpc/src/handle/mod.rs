@@ -84,7 +84,7 @@
 //!         seed: id,
 //!         now: Instant::now(),
 //!     };
-//!     Rpc::recover(&RpcConfig::new(vec![NodeId(0), NodeId(1)]), ctx)
+//!     Rpc::recover(&RpcConfig::new(vec![NodeId(0), NodeId(1)]), ctx).unwrap()
 //! };
 //! let echo = |_id, request: Bytes, _deadline| async move { request };
 //! let (server, run_server) =
@@ -322,7 +322,7 @@ impl RpcClient {
     /// #     let config = RpcConfig::new(vec![NodeId(0), NodeId(1)]);
     /// #     let ctx = RecoveryContext { node: NodeId(id), incarnation: Incarnation::FIRST, records: Vec::new(), seed: id, now: Instant::now() };
     /// #     let echo = |_id, request: Bytes, _deadline| async move { request };
-    /// #     rpc_node(Rpc::recover(&config, ctx), net.join(NodeId(id)), TokioClock, MemLog::new(), DriverConfig::default(), echo)
+    /// #     rpc_node(Rpc::recover(&config, ctx).unwrap(), net.join(NodeId(id)), TokioClock, MemLog::new(), DriverConfig::default(), echo)
     /// # };
     /// let (server, run_server) = node(0); // an echo server, not running yet
     /// let (client, run_client) = node(1);

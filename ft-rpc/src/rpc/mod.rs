@@ -755,25 +755,27 @@ impl Protocol for Rpc {
 impl Recover for Rpc {
     type Config = RpcConfig;
 
-    fn recover(config: &RpcConfig, ctx: RecoveryContext) -> Self {
-        let records = server::Records::parse(&ctx.records);
-        let mut config = config.clone();
-        config.max_body = config.max_body.min(MAX_BODY_LIMIT);
-        let mut rpc = Rpc {
-            config: config.clone(),
-            me: ctx.node,
-            incarnation: ctx.incarnation,
-            rng: Rng::new(ctx.seed),
-            client: client::Client::default(),
-            server: server::Server::default(),
-            next_token: 0,
-            out: VecDeque::new(),
-            counters: Counters::default(),
-        };
-        rpc.server.restore(&records.completions, ctx.now);
-        rpc.start_client(ctx.now, &records);
-        rpc.set_timer(RpcTimer::Leases, after(ctx.now, config.lease));
-        rpc
+    fn recover(config: &RpcConfig, ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> {
+        Ok({
+            let records = server::Records::parse(&ctx.records);
+            let mut config = config.clone();
+            config.max_body = config.max_body.min(MAX_BODY_LIMIT);
+            let mut rpc = Rpc {
+                config: config.clone(),
+                me: ctx.node,
+                incarnation: ctx.incarnation,
+                rng: Rng::new(ctx.seed),
+                client: client::Client::default(),
+                server: server::Server::default(),
+                next_token: 0,
+                out: VecDeque::new(),
+                counters: Counters::default(),
+            };
+            rpc.server.restore(&records.completions, ctx.now);
+            rpc.start_client(ctx.now, &records);
+            rpc.set_timer(RpcTimer::Leases, after(ctx.now, config.lease));
+            rpc
+        })
     }
 }
 

@@ -23,7 +23,8 @@ fn node_with(config: &RpcConfig, me: u64, incarnation: u64, records: Vec<Bytes>)
             seed: 3,
             now,
         },
-    );
+    )
+    .unwrap();
     (rpc, now)
 }
 
