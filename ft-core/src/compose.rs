@@ -57,7 +57,7 @@
 //! |---|---|
 //! | `Send`, `SetTimer`, `CancelTimer` | the same, message or timer mapped |
 //! | `Event(e)` | whatever the outer core's closure returns for `e`: an outer event, or nothing (the outer core acted on it) |
-//! | `Persist { record, token }` | a persist of the outer core, under a token of its own, with the record **tagged** with the component (see [`record`](crate::record)); when [`Outbox::persisted`] later names that token, it says which component's token it was, and the outer core hands it down |
+//! | `Persist { record, token }` | a persist of the outer core, under a token of its own, with the record **tagged** with the component (see [`record`] for the format); when [`Outbox::persisted`] later names that token, it says which component's token it was, and the outer core hands it down |
 //! | `Compact { before }` | a note of how far that component's records are needed; the outer core's outbox asks for compaction of the shared log only up to the oldest record *any* component still needs |
 //!
 //! At recovery the outer core hands each inner core its own records with
