@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ft_sim::heartbeat::{self, Heartbeat, HeartbeatConfig, HeartbeatEvent};
+use ft_demo::heartbeat::{self, Heartbeat, HeartbeatConfig, HeartbeatEvent};
 use ft_sim::{FaultPlan, RunReport, SelfCheckError, Sim, SimConfig, self_check};
 
 use crate::bounds;

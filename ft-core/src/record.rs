@@ -129,6 +129,11 @@ pub enum RecordError {
         /// How many.
         extra: usize,
     },
+    /// The record names a component the reading core does not embed: not
+    /// its record at all (a record of another program, or of the old format
+    /// without a header).
+    #[error("the record belongs to {0}, which this core does not embed")]
+    UnknownComponent(Component),
 }
 
 /// Why a core could not be rebuilt from its records.
@@ -212,15 +217,26 @@ pub(crate) fn tag(component: Component, record: &Bytes) -> Bytes {
 }
 
 impl RecoveryContext {
-    /// The records this core wrote itself ([`Component::SELF`]), decoded as
-    /// `R`, in the order they were persisted. Records of embedded cores are
-    /// skipped here: each is read by its own core from
-    /// [`component`](Self::component).
+    /// The records of a core that embeds no other, decoded as `R`, in the
+    /// order they were persisted.
     ///
     /// # Errors
-    /// [`RecoveryError::Record`] for the first record of this core that
-    /// does not read: a core never skips one silently.
+    /// [`RecoveryError::Record`] for the first record that does not read,
+    /// including one that names a component ([`RecordError::UnknownComponent`]):
+    /// a core never skips a record silently.
     pub fn read<R: Record>(&self) -> Result<Vec<R>, RecoveryError> {
+        self.read_beside(&[])
+    }
+
+    /// The records this core wrote itself ([`Component::SELF`]), decoded as
+    /// `R`, in the order they were persisted, for a core that embeds the
+    /// cores numbered `embedded`: their records are left for them (each
+    /// reads its own from [`component`](Self::component)).
+    ///
+    /// # Errors
+    /// [`RecoveryError::Record`] for the first record that does not read, or
+    /// that names a component not in `embedded`.
+    pub fn read_beside<R: Record>(&self, embedded: &[Component]) -> Result<Vec<R>, RecoveryError> {
         let mut out = Vec::new();
         for (index, raw) in self.records.iter().enumerate() {
             let error = |error| RecoveryError::Record {
@@ -231,6 +247,8 @@ impl RecoveryContext {
             let (c, rest) = strip(raw.clone()).map_err(error)?;
             if c == Component::SELF {
                 out.push(decode_payload::<R>(rest).map_err(error)?);
+            } else if !embedded.contains(&c) {
+                return Err(error(RecordError::UnknownComponent(c)));
             }
         }
         Ok(out)
@@ -311,10 +329,22 @@ mod tests {
         let inner = tag(Component(2), &encode(&N(20)));
         let deeper = tag(Component(2), &tag(Component(1), &encode(&N(210))));
         let c = ctx(vec![own.clone(), inner, deeper, encode(&N(3))]);
-        assert_eq!(c.read::<N>().unwrap(), vec![N(1), N(3)]);
+        assert_eq!(
+            c.read_beside::<N>(&[Component(2)]).unwrap(),
+            vec![N(1), N(3)]
+        );
+        // A core that embeds nothing refuses another component's record.
+        assert_eq!(
+            c.read::<N>(),
+            Err(RecoveryError::Record {
+                index: 1,
+                component: Component::SELF,
+                error: RecordError::UnknownComponent(Component(2))
+            })
+        );
         assert_eq!(c.components(), vec![Component::SELF, Component(2)]);
         let two = c.component(Component(2));
-        assert_eq!(two.read::<N>().unwrap(), vec![N(20)]);
+        assert_eq!(two.read_beside::<N>(&[Component(1)]).unwrap(), vec![N(20)]);
         assert_eq!(
             two.component(Component(1)).read::<N>().unwrap(),
             vec![N(210)]

@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ft_sim::heartbeat::{self, Heartbeat, HeartbeatConfig};
+use ft_demo::heartbeat::{self, Heartbeat, HeartbeatConfig};
 use ft_sim::{FaultPlan, Sim, SimConfig};
 
 const NODES: usize = 16;

@@ -3,7 +3,6 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod adversary;
-pub mod heartbeat;
 pub mod plan;
 pub mod report;
 pub mod rng;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use ft_core::NodeId;
-use ft_sim::heartbeat::{self, HeartbeatConfig};
+use ft_demo::heartbeat::{self, HeartbeatConfig};
 use ft_sim::{ClockFault, Delay, FaultPlan, RandomCrashes, SelfCheckError, SimConfig, self_check};
 
 const HORIZON: Duration = Duration::from_millis(2000);
@@ -83,7 +83,7 @@ fn the_self_check_catches_a_nondeterministic_setup() {
 
 /// The deliberately broken heartbeat (uses reservations before they are
 /// durable) under crashes with a slow disk.
-fn broken(seed: u64) -> ft_sim::Sim<ft_sim::heartbeat::Heartbeat> {
+fn broken(seed: u64) -> ft_sim::Sim<ft_demo::heartbeat::Heartbeat> {
     let mut config = SimConfig::new(seed, 4);
     config.disk_latency = Delay::Uniform {
         min: ms(2),

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use ft_core::{Incarnation, NodeId, Omission};
-use ft_sim::heartbeat::{Beat, HeartbeatConfig, HeartbeatEvent, HeartbeatInput};
+use ft_demo::heartbeat::{Beat, HeartbeatConfig, HeartbeatEvent, HeartbeatInput};
 use ft_sim::{
     AdversaryCtx, Byzantine, ClockFault, Delay, FaultPlan, OmissionWindow, RandomCrashes, SimConfig,
 };
@@ -105,7 +105,9 @@ fn crash_loses_writes_that_were_not_yet_durable() {
     assert!(s.world().durable_records(NodeId(2)).is_empty());
     assert_eq!(s.world().durable_records(NodeId(0)).len(), 1);
     s.run_until(ms(200)).unwrap();
-    let fresh = [bytes::Bytes::copy_from_slice(&16u64.to_le_bytes())];
+    let fresh = [ft_core::record::encode(
+        &ft_demo::HeartbeatRecord::Reserved { upto: 16 },
+    )];
     assert_eq!(
         s.world().durable_records(NodeId(2)),
         fresh,
@@ -608,8 +610,16 @@ fn inputs_reach_cores_and_inputs_to_down_nodes_are_counted() {
         plan.crash(NodeId(2), ms(100), None);
         let mut s = sim(19, 3, plan);
         if pause {
-            s.input(ms(200), NodeId(1), ft_sim::heartbeat::HeartbeatInput::Pause);
-            s.input(ms(200), NodeId(2), ft_sim::heartbeat::HeartbeatInput::Pause);
+            s.input(
+                ms(200),
+                NodeId(1),
+                ft_demo::heartbeat::HeartbeatInput::Pause,
+            );
+            s.input(
+                ms(200),
+                NodeId(2),
+                ft_demo::heartbeat::HeartbeatInput::Pause,
+            );
         }
         s.run_until(ms(600)).unwrap();
         let pings = s.world().core(NodeId(0)).unwrap().pings_received();

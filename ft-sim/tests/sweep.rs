@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ft_sim::heartbeat::{self, HeartbeatConfig};
+use ft_demo::heartbeat::{self, HeartbeatConfig};
 use ft_sim::{FaultPlan, SimConfig, self_check};
 
 #[test]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ft_core::NodeId;
-use ft_sim::heartbeat::{self, Heartbeat, HeartbeatConfig, HeartbeatEvent};
+use ft_demo::heartbeat::{self, Heartbeat, HeartbeatConfig, HeartbeatEvent};
 use ft_sim::{FaultPlan, Sim, SimConfig, World};
 
 pub const MS: Duration = Duration::from_millis(1);

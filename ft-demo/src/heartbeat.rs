@@ -19,19 +19,15 @@
 //! messages, timers, persists, recovery from records, events and randomness
 //! passed in (a seeded jitter of the first tick).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ft_core::{
-    Counters, DecodeError, FailureDetector, Incarnation, NodeId, Output, PersistToken, Protocol,
-    Recover, RecoveryContext, Suspicion, Wire, wire,
+    Counters, DecodeError, FailureDetector, Incarnation, NodeId, Outbox, Output, PersistToken,
+    Protocol, Record, Recover, RecoveryContext, RecoveryError, Suspicion, Wire, wire,
 };
-
-use crate::plan::FaultPlan;
-use crate::rng::SimRng;
-use crate::sim::{Sim, SimConfig};
-use crate::world::World;
+use ft_sim::{FaultPlan, Sim, SimConfig, SimRng, World};
 
 /// Configuration, the same for every node and every life.
 #[derive(Clone, Debug)]
@@ -191,6 +187,45 @@ struct PeerView {
     highest: Option<u64>,
 }
 
+/// What a node keeps on stable storage.
+///
+/// On disk (after ft-core's two header bytes, component and version 1,
+/// see [`ft_core::record`]): tag `1`, then `upto` as a little-endian `u64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatRecord {
+    /// Sequence numbers below `upto` are reserved: no later life uses one.
+    Reserved {
+        /// The first number not reserved.
+        upto: u64,
+    },
+}
+
+const RESERVED: u8 = 1;
+
+impl Wire for HeartbeatRecord {
+    fn encode(&self, buf: &mut BytesMut) {
+        let HeartbeatRecord::Reserved { upto } = self;
+        buf.put_u8(RESERVED);
+        buf.put_u64_le(*upto);
+    }
+
+    fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        match wire::get_u8(buf)? {
+            RESERVED => Ok(HeartbeatRecord::Reserved {
+                upto: wire::get_u64(buf)?,
+            }),
+            tag => Err(DecodeError::UnknownTag {
+                what: "HeartbeatRecord",
+                tag,
+            }),
+        }
+    }
+}
+
+impl Record for HeartbeatRecord {
+    const VERSION: u8 = 1;
+}
+
 /// One node of the heartbeat protocol.
 #[derive(Debug)]
 pub struct Heartbeat {
@@ -205,10 +240,8 @@ pub struct Heartbeat {
     reserved: u64,
     /// A reservation on its way to the disk.
     reserving: Option<(PersistToken, u64)>,
-    next_token: u64,
     paused: bool,
-    out: VecDeque<Output<Heartbeat>>,
-    counters: Counters,
+    out: Outbox<Heartbeat>,
     duplicates: u64,
     reordered: u64,
     reuse_violations: BTreeMap<NodeId, u64>,
@@ -274,11 +307,6 @@ impl Heartbeat {
 
     // --- internals ---
 
-    fn token(&mut self) -> PersistToken {
-        self.next_token += 1;
-        PersistToken(self.next_token)
-    }
-
     /// Reserves the next block once half of the current one is used, so
     /// pings rarely wait for the disk.
     fn maybe_reserve(&mut self) {
@@ -286,12 +314,7 @@ impl Heartbeat {
             return;
         }
         let upto = self.reserved.max(self.next_seq) + self.config.block.max(1);
-        let token = self.token();
-        self.counters.persists += 1;
-        self.out.push_back(Output::Persist {
-            record: Bytes::copy_from_slice(&upto.to_le_bytes()),
-            token,
-        });
+        let token = self.out.persist(&HeartbeatRecord::Reserved { upto });
         if self.config.persist_before_send {
             self.reserving = Some((token, upto));
         } else {
@@ -300,16 +323,11 @@ impl Heartbeat {
         }
     }
 
-    fn send(&mut self, to: NodeId, msg: Beat) {
-        self.counters.messages_sent += 1;
-        self.out.push_back(Output::Send { to, msg });
-    }
-
     fn heard_from(&mut self, from: NodeId, now: Instant) {
         self.detector.heartbeat(from, now);
         if self.suspected.remove(&from) {
-            self.out
-                .push_back(Output::Event(HeartbeatEvent::Trusted(from)));
+            self.out.note("trusted again", Some(from), None, None);
+            self.out.event(HeartbeatEvent::Trusted(from));
         }
     }
 
@@ -338,10 +356,12 @@ impl Heartbeat {
             view.seen.clear();
             view.highest = None;
             if incarnation > Incarnation::FIRST {
-                self.out.push_back(Output::Event(HeartbeatEvent::Restarted {
+                self.out
+                    .note("peer restarted", Some(from), Some(incarnation), None);
+                self.out.event(HeartbeatEvent::Restarted {
                     node: from,
                     incarnation,
-                }));
+                });
             }
         }
         if incarnation == view.incarnation {
@@ -357,7 +377,7 @@ impl Heartbeat {
             }
         }
         let me = self.incarnation;
-        self.send(
+        self.out.send(
             from,
             Beat::Ack {
                 incarnation: me,
@@ -380,7 +400,7 @@ impl Heartbeat {
                     .filter(|&p| p != self.me)
                     .collect();
                 for p in peers {
-                    self.send(
+                    self.out.send(
                         p,
                         Beat::Ping {
                             incarnation: self.incarnation,
@@ -395,14 +415,11 @@ impl Heartbeat {
                 && self.detector.suspicion(p, now) == Suspicion::Suspected
                 && self.suspected.insert(p)
             {
-                self.out
-                    .push_back(Output::Event(HeartbeatEvent::Suspected(p)));
+                self.out.note("suspected", Some(p), None, None);
+                self.out.event(HeartbeatEvent::Suspected(p));
             }
         }
-        self.out.push_back(Output::SetTimer {
-            timer: Tick,
-            at: now + self.config.interval,
-        });
+        self.out.set_timer_after(Tick, now, self.config.interval);
     }
 }
 
@@ -413,9 +430,9 @@ impl Protocol for Heartbeat {
     type Timer = Tick;
 
     fn handle_message(&mut self, now: Instant, from: NodeId, msg: Beat) {
-        self.counters.messages_received += 1;
+        self.out.received();
         if from == self.me || !self.config.peers.contains(&from) {
-            self.counters.messages_dropped += 1;
+            self.out.dropped();
             return;
         }
         self.heard_from(from, now);
@@ -430,7 +447,7 @@ impl Protocol for Heartbeat {
     }
 
     fn handle_timer(&mut self, now: Instant, _timer: Tick) {
-        self.counters.timers_fired += 1;
+        self.out.timer_fired();
         self.tick(now);
     }
 
@@ -441,34 +458,31 @@ impl Protocol for Heartbeat {
             self.reserved = self.reserved.max(upto);
             self.reserving = None;
         }
+        // Only the highest reservation matters: every earlier record is
+        // obsolete once a later one is durable, so the log keeps one.
+        self.out.compact(token);
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
-        self.out.pop_front()
+        self.out.pop()
     }
 
     fn counters(&self) -> Counters {
-        self.counters
+        self.out.counters()
     }
 }
 
 impl Recover for Heartbeat {
     type Config = HeartbeatConfig;
 
-    fn recover(
-        config: &HeartbeatConfig,
-        ctx: RecoveryContext,
-    ) -> Result<Self, ft_core::RecoveryError> {
+    fn recover(config: &HeartbeatConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
         Ok({
             // Every sequence number below the highest durable reservation may
             // have been used by an earlier life: resume above it.
             let reserved = ctx
-                .records
-                .iter()
-                .filter_map(|r| {
-                    r.get(..8)
-                        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-                })
+                .read::<HeartbeatRecord>()?
+                .into_iter()
+                .map(|HeartbeatRecord::Reserved { upto }| upto)
                 .max()
                 .unwrap_or(0);
             let now = ctx.now;
@@ -484,10 +498,8 @@ impl Recover for Heartbeat {
                 next_seq: reserved,
                 reserved,
                 reserving: None,
-                next_token: 0,
                 paused: false,
-                out: VecDeque::new(),
-                counters: Counters::default(),
+                out: Outbox::recovered(&ctx),
                 duplicates: 0,
                 reordered: 0,
                 reuse_violations: BTreeMap::new(),
@@ -503,10 +515,8 @@ impl Recover for Heartbeat {
                 }
             }
             hb.maybe_reserve();
-            hb.out.push_back(Output::SetTimer {
-                timer: Tick,
-                at: now + Duration::from_nanos(jitter_ns),
-            });
+            hb.out
+                .set_timer_after(Tick, now, Duration::from_nanos(jitter_ns));
             hb
         })
     }
@@ -526,7 +536,7 @@ pub fn honest_senders(plan: &FaultPlan, nodes: usize) -> Vec<NodeId> {
         .collect()
 }
 
-/// The protocol's safety invariant, for [`Sim::invariant`](crate::Sim::invariant):
+/// The protocol's safety invariant, for [`Sim::invariant`]:
 /// no node has received a ping from one of `senders` whose sequence number an
 /// earlier life of that sender had used.
 pub fn no_reuse(senders: Vec<NodeId>) -> impl FnMut(&World<Heartbeat>) -> Result<(), String> {
@@ -559,134 +569,123 @@ pub fn sim(config: SimConfig, heartbeat: HeartbeatConfig, plan: FaultPlan) -> Si
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ft_core::harness::{Harness, context};
     use proptest::prelude::*;
 
-    fn node(config: &HeartbeatConfig, records: Vec<Bytes>, inc: u64) -> (Heartbeat, Instant) {
-        let now = Instant::now();
-        let hb = Heartbeat::recover(
-            config,
-            RecoveryContext {
-                node: NodeId(0),
-                incarnation: Incarnation(inc),
-                records,
-                seed: 1,
-                now,
-            },
-        )
-        .unwrap();
-        (hb, now)
+    fn node(config: &HeartbeatConfig, records: Vec<Bytes>, inc: u64) -> Harness<Heartbeat> {
+        let mut ctx = context(NodeId(0));
+        ctx.records = records;
+        ctx.incarnation = Incarnation(inc);
+        Harness::recover(config, ctx).unwrap()
     }
 
-    fn drain(hb: &mut Heartbeat) -> Vec<Output<Heartbeat>> {
-        std::iter::from_fn(|| hb.poll_output()).collect()
+    fn reserved(upto: u64) -> Bytes {
+        ft_core::record::encode(&HeartbeatRecord::Reserved { upto })
     }
 
     #[test]
     fn no_ping_before_the_reservation_is_durable() {
         let config = HeartbeatConfig::new(3);
-        let (mut hb, now) = node(&config, vec![], 0);
-        let first = drain(&mut hb);
-        let token = match &first[0] {
-            Output::Persist { token, record } => {
-                assert_eq!(record.as_ref(), &16u64.to_le_bytes());
-                *token
-            }
-            other => panic!("expected a persist first, got {other:?}"),
-        };
-        hb.handle_timer(now, Tick);
+        let mut h = node(&config, vec![], 0);
+        let first = h.drain();
+        assert_eq!(
+            first.records::<HeartbeatRecord>().unwrap(),
+            vec![HeartbeatRecord::Reserved { upto: 16 }]
+        );
+        let token = first.persists[0].0;
         assert!(
-            !drain(&mut hb)
-                .iter()
-                .any(|o| matches!(o, Output::Send { .. })),
+            h.timer(Tick).drain().sends.is_empty(),
             "pinged with an undurable reservation"
         );
-        hb.handle_persisted(now, token);
-        hb.handle_timer(now, Tick);
-        let sends = drain(&mut hb)
-            .into_iter()
-            .filter(|o| {
-                matches!(
-                    o,
-                    Output::Send {
-                        msg: Beat::Ping { seq: 0, .. },
-                        ..
-                    }
-                )
-            })
+        let pings = h.persisted(token).timer(Tick).drain().sends;
+        let seq0 = pings
+            .iter()
+            .filter(|(_, m)| matches!(m, Beat::Ping { seq: 0, .. }))
             .count();
-        assert_eq!(sends, 2, "one ping to each of the two peers");
+        assert_eq!(seq0, 2, "one ping to each of the two peers");
+    }
+
+    #[test]
+    fn a_durable_reservation_makes_every_earlier_record_obsolete() {
+        let config = HeartbeatConfig::new(2);
+        let mut h = node(&config, vec![reserved(16)], 1);
+        let token = h.drain().persists[0].0;
+        // The new reservation is durable: the log keeps only it.
+        assert_eq!(h.persisted(token).drain().compactions, vec![token]);
     }
 
     #[test]
     fn recovery_resumes_above_every_durable_reservation() {
         let config = HeartbeatConfig::new(2);
-        let recs = vec![
-            Bytes::copy_from_slice(&16u64.to_le_bytes()),
-            Bytes::copy_from_slice(&32u64.to_le_bytes()),
-        ];
-        let (hb, _) = node(&config, recs, 2);
-        assert_eq!(hb.reserved(), 32);
-        assert_eq!(hb.next_seq, 32);
-        assert_eq!(hb.incarnation(), Incarnation(2));
+        let h = node(&config, vec![reserved(16), reserved(32)], 2);
+        assert_eq!(h.core.reserved(), 32);
+        assert_eq!(h.core.next_seq, 32);
+        assert_eq!(h.core.incarnation(), Incarnation(2));
+    }
+
+    #[test]
+    fn a_record_that_does_not_read_stops_recovery() {
+        let config = HeartbeatConfig::new(2);
+        let mut ctx = context(NodeId(0));
+        // The old format: eight bare bytes, no header.
+        ctx.records = vec![reserved(16), Bytes::copy_from_slice(&32u64.to_le_bytes())];
+        let err = Harness::<Heartbeat>::recover(&config, ctx).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::Record { index: 1, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn receiver_flags_reuse_duplicates_and_reordering() {
         let config = HeartbeatConfig::new(2);
-        let (mut hb, now) = node(&config, vec![], 0);
+        let mut h = node(&config, vec![], 0);
         let p = NodeId(1);
         let ping = |inc, seq| Beat::Ping {
             incarnation: Incarnation(inc),
             seq,
         };
-        hb.handle_message(now, p, ping(0, 5));
-        hb.handle_message(now, p, ping(0, 3));
-        hb.handle_message(now, p, ping(0, 3));
-        assert_eq!((hb.reordered(), hb.duplicates()), (1, 1));
-        hb.handle_message(now, p, ping(1, 6));
-        assert_eq!(hb.reuse_violations(), 0);
-        hb.handle_message(now, p, ping(2, 4));
+        h.message(p, ping(0, 5))
+            .message(p, ping(0, 3))
+            .message(p, ping(0, 3));
+        assert_eq!((h.core.reordered(), h.core.duplicates()), (1, 1));
+        h.message(p, ping(1, 6));
+        assert_eq!(h.core.reuse_violations(), 0);
+        h.message(p, ping(2, 4));
         assert_eq!(
-            hb.reuse_violations(),
+            h.core.reuse_violations(),
             1,
             "incarnation 2 reused a number of 0"
         );
-        let events = drain(&mut hb);
-        assert!(events.iter().any(|o| matches!(
-            o,
-            Output::Event(HeartbeatEvent::Restarted {
-                node: NodeId(1),
-                incarnation: Incarnation(2)
-            })
-        )));
+        assert!(h.drain().events.contains(&HeartbeatEvent::Restarted {
+            node: NodeId(1),
+            incarnation: Incarnation(2)
+        }));
     }
 
     #[test]
     fn silence_is_suspected_and_speech_restores_trust() {
         let config = HeartbeatConfig::new(2);
-        let (mut hb, now) = node(&config, vec![], 0);
-        drain(&mut hb);
-        let later = now + config.timeout + Duration::from_millis(1);
-        hb.handle_timer(later, Tick);
+        let mut h = node(&config, vec![], 0);
+        h.drain();
+        h.advance(config.timeout + Duration::from_millis(1));
         assert!(
-            drain(&mut hb)
-                .iter()
-                .any(|o| matches!(o, Output::Event(HeartbeatEvent::Suspected(NodeId(1)))))
+            h.timer(Tick)
+                .drain()
+                .events
+                .contains(&HeartbeatEvent::Suspected(NodeId(1)))
         );
-        hb.handle_message(
-            later,
-            NodeId(1),
-            Beat::Ack {
-                incarnation: Incarnation(0),
-                seq: 0,
-            },
-        );
+        let ack = Beat::Ack {
+            incarnation: Incarnation(0),
+            seq: 0,
+        };
         assert!(
-            drain(&mut hb)
-                .iter()
-                .any(|o| matches!(o, Output::Event(HeartbeatEvent::Trusted(NodeId(1)))))
+            h.message(NodeId(1), ack)
+                .drain()
+                .events
+                .contains(&HeartbeatEvent::Trusted(NodeId(1)))
         );
-        assert!(hb.suspects().is_empty());
+        assert!(h.core.suspects().is_empty());
     }
 
     #[test]
