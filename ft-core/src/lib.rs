@@ -7,7 +7,6 @@ pub mod clock;
 pub mod compose;
 pub mod detector;
 pub mod driver;
-pub mod error;
 pub mod failure;
 pub mod frame;
 #[cfg(any(test, feature = "testing"))]
@@ -29,7 +28,6 @@ pub use clock::Clock;
 pub use compose::{Outbox, Persisted};
 pub use detector::{FailureDetector, Suspicion};
 pub use driver::{DriverConfig, DriverError, DriverStats, Handle, InputSender, StatsReader};
-pub use error::PeerError;
 pub use failure::{FailureModel, FailureSemantics, Omission, Response};
 pub use frame::FrameCodec;
 pub use id::{Incarnation, NodeId};

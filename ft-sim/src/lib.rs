@@ -2,14 +2,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
-pub mod adversary;
-pub mod plan;
-pub mod report;
-pub mod rng;
-pub mod sim;
-pub mod stats;
-pub mod trace;
-pub mod world;
+mod adversary;
+mod plan;
+mod report;
+mod rng;
+mod sim;
+mod stats;
+mod trace;
+mod world;
 
 pub use adversary::{Adversary, AdversaryCtx, Forged};
 pub use plan::{

@@ -191,7 +191,7 @@ const NANOS_PER_SEC: i128 = 1_000_000_000;
 ///
 /// ```
 /// use std::time::Duration;
-/// use ft_sim::plan::ClockFault;
+/// use ft_sim::ClockFault;
 ///
 /// // 5 ms behind true time, and gaining 1 ms per 10 ms (rho = +0.1).
 /// let c = ClockFault::behind(Duration::from_millis(5)).with_drift(0.1);

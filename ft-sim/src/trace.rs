@@ -13,7 +13,7 @@ use ft_core::{Incarnation, NodeId};
 
 /// One step of a run, as kept for reports.
 #[derive(Clone, Debug)]
-pub struct TraceEntry<T> {
+pub(crate) struct TraceEntry<T> {
     /// Virtual time of the step.
     pub at: Duration,
     /// What happened.
@@ -22,7 +22,7 @@ pub struct TraceEntry<T> {
 
 /// What happened in a step.
 #[derive(Clone, Debug)]
-pub enum TraceKind<T> {
+pub(crate) enum TraceKind<T> {
     /// A frame was handed to the network.
     Send {
         /// Sender.

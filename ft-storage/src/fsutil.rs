@@ -8,7 +8,7 @@ use ft_core::StorageError;
 use crate::fs::{Fs, FsLock, Mode};
 
 /// The lock file of a store's directory, held while a handle has it open.
-pub const LOCK: &str = "LOCK";
+pub(crate) const LOCK: &str = "LOCK";
 
 /// Takes the exclusive lock of the storage directory `dir` (on its
 /// [`LOCK`] file), or says that another handle holds it.
@@ -16,7 +16,7 @@ pub const LOCK: &str = "LOCK";
 /// # Errors
 /// [`StorageError::Locked`] if another handle, in this process or another,
 /// holds it; I/O errors of creating or locking the lock file.
-pub fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<FsLock, StorageError> {
+pub(crate) fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<FsLock, StorageError> {
     match fs.try_lock(&dir.join(LOCK))? {
         Some(lock) => Ok(lock),
         None => Err(StorageError::Locked {
@@ -32,7 +32,7 @@ pub fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<FsLock, StorageError> {
 /// `contents`, never a mix (rename is atomic on POSIX file systems). If a
 /// step before the rename fails (a full disk, say), the temporary is removed
 /// at once rather than left for the next open.
-pub fn write_atomic(fs: &dyn Fs, path: &Path, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(fs: &dyn Fs, path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = parent_of(path)?;
     let tmp = temporary_of(path)?;
     let written = (|| {
@@ -68,7 +68,7 @@ pub(crate) fn parent_of(path: &Path) -> io::Result<&Path> {
 
 /// The temporary file [`write_atomic`] writes before renaming it to `path`
 /// (what a crash in the middle of it can leave behind).
-pub fn temporary_of(path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn temporary_of(path: &Path) -> io::Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
@@ -80,7 +80,7 @@ pub fn temporary_of(path: &Path) -> io::Result<PathBuf> {
 const TEMPORARY_SUFFIX: &str = ".tmp";
 
 /// Removes `path` durably; a missing file is not an error.
-pub fn remove_durably(fs: &dyn Fs, path: &Path) -> io::Result<()> {
+pub(crate) fn remove_durably(fs: &dyn Fs, path: &Path) -> io::Result<()> {
     if !remove_if_present(fs, path)? {
         return Ok(());
     }
@@ -103,7 +103,7 @@ pub(crate) fn remove_if_present(fs: &dyn Fs, path: &Path) -> io::Result<bool> {
 /// Creates `dir` and its missing parents, durably: each new directory's
 /// entry is synced in its parent, top down, so a power cut cannot lose a
 /// directory (and every file in it) after files in it were made durable.
-pub fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
+pub(crate) fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
     let mut missing = Vec::new();
     let mut at = Some(dir);
     while let Some(d) = at {
@@ -124,7 +124,7 @@ pub fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
 }
 
 /// Whether a file name is a leftover temporary of [`write_atomic`].
-pub fn is_temporary(name: &str) -> bool {
+pub(crate) fn is_temporary(name: &str) -> bool {
     name.ends_with(TEMPORARY_SUFFIX)
 }
 

@@ -4,7 +4,7 @@
 
 pub mod file_log;
 pub mod fs;
-pub mod fsutil;
+mod fsutil;
 pub mod mem;
 pub mod power_loss;
 mod queue;
