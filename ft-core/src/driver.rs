@@ -149,6 +149,10 @@ pub struct DriverConfig {
     /// How many events may wait for [`Handle::next_event`] before the driver
     /// waits for the application (see [`Handle`] on back-pressure).
     pub event_capacity: usize,
+    /// With the `metrics` feature, the name the core's counters are
+    /// exported under after every step (see `ft_core::metrics`); `None`
+    /// (the default) exports nothing. Without the feature it is ignored.
+    pub metrics: Option<&'static str>,
 }
 
 impl Default for DriverConfig {
@@ -156,6 +160,7 @@ impl Default for DriverConfig {
         DriverConfig {
             codec: FrameCodec::default(),
             event_capacity: 64,
+            metrics: None,
         }
     }
 }
@@ -165,6 +170,14 @@ impl DriverConfig {
     #[must_use]
     pub fn with_codec(mut self, codec: FrameCodec) -> Self {
         self.codec = codec;
+        self
+    }
+
+    /// The same configuration, exporting the core's counters under `name`
+    /// (feature `metrics`).
+    #[must_use]
+    pub fn with_metrics(mut self, name: &'static str) -> Self {
+        self.metrics = Some(name);
         self
     }
 
@@ -483,6 +496,7 @@ where
         log: std::sync::Arc::new(log),
         codec: config.codec,
         stats: Arc::clone(&stats),
+        metrics: config.metrics,
         commands: input_rx,
         commands_open: true,
         events: event_tx,
@@ -599,6 +613,8 @@ struct Driver<P: Protocol, C, K, L> {
     log: std::sync::Arc<L>,
     codec: FrameCodec,
     stats: Arc<StatCells>,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    metrics: Option<&'static str>,
     commands: mpsc::UnboundedReceiver<Command<P>>,
     /// False once every input sender is gone: a finished stream must not be
     /// polled again (it would be ready with `None` forever).
@@ -838,7 +854,12 @@ where
     /// Carries out the core's outputs until it has none, in order.
     async fn drain(&mut self) -> Result<(), DriverError> {
         self.drain_outputs().await?;
-        self.stats.publish(self.protocol.counters());
+        let counters = self.protocol.counters();
+        self.stats.publish(counters);
+        #[cfg(feature = "metrics")]
+        if let Some(name) = self.metrics {
+            crate::metrics::export(name, &counters, &self.stats.snapshot());
+        }
         Ok(())
     }
 

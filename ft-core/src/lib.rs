@@ -14,6 +14,8 @@ pub mod harness;
 pub mod id;
 pub mod life;
 pub mod mem;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod protocol;
 pub mod record;
 pub mod rng;
