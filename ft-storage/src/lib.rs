@@ -11,6 +11,7 @@ mod queue;
 mod record;
 mod segment;
 mod sync;
+#[cfg(any(test, feature = "testing"))]
 pub mod testdir;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

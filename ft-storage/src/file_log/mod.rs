@@ -197,20 +197,23 @@ impl Drop for Inner {
 /// ```
 /// use bytes::Bytes;
 /// use ft_core::Lsn;
-/// use ft_storage::{FileLog, FileLogOptions, testdir::TestDir};
+/// use ft_storage::{FileLog, FileLogOptions};
 ///
-/// let dir = TestDir::new("file-log-doc"); // removed when dropped
-/// let log = FileLog::open(dir.path(), FileLogOptions::default())?;
+/// # let dir = std::env::temp_dir().join(format!("ft-file-log-doc-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// let log = FileLog::open(&dir, FileLogOptions::default())?;
 /// // Durable when it returns: the LSN of the first record appended.
 /// assert_eq!(log.append_blocking(&[Bytes::from("a"), Bytes::from("b")])?, Lsn(0));
 /// assert_eq!(log.append_blocking(&[Bytes::from("c")])?, Lsn(2));
 /// drop(log); // a stop or a crash: the directory is unlocked
 ///
 /// // Reopening recovers the log and verifies every record.
-/// let log = FileLog::open(dir.path(), FileLogOptions::default())?;
+/// let log = FileLog::open(&dir, FileLogOptions::default())?;
 /// let tail: Vec<(Lsn, Bytes)> = log.iter_from(Lsn(1))?.collect::<Result<_, _>>()?;
 /// assert_eq!(tail, [(Lsn(1), Bytes::from("b")), (Lsn(2), Bytes::from("c"))]);
 /// assert_eq!(log.append_blocking(&[Bytes::from("d")])?, Lsn(3), "appends go on");
+/// # drop(log);
+/// # let _ = std::fs::remove_dir_all(&dir);
 /// # Ok::<(), ft_core::StorageError>(())
 /// ```
 #[derive(Clone)]
