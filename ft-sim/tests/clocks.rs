@@ -5,12 +5,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::ms;
-use ft_core::{Counters, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext};
+use ft_core::{
+    Counters, DecodeError, NodeId, Outbox, Output, PersistToken, Protocol, Record, Recover,
+    RecoveryContext, RecoveryError, Wire,
+};
 use ft_sim::{ClockFault, FaultPlan, Sim, SimConfig, World};
 
 /// Which handler a probe was in.
@@ -28,6 +31,20 @@ const TICK: u32 = 1;
 /// A timer set in the past (on input).
 const LATE: u32 = 2;
 
+/// The one record a probe persists.
+struct Started;
+
+impl Wire for Started {
+    fn encode(&self, _: &mut BytesMut) {}
+    fn decode(_: &mut Bytes) -> Result<Self, DecodeError> {
+        Ok(Started)
+    }
+}
+
+impl Record for Started {
+    const VERSION: u8 = 1;
+}
+
 /// Every `period` of its own clock a probe says hello to every node; it
 /// persists one record at start, and on input sets a timer 1 ms in its past.
 /// It reports every `now` it is handed.
@@ -35,12 +52,12 @@ struct Probe {
     me: NodeId,
     nodes: u64,
     period: Duration,
-    out: VecDeque<Output<Probe>>,
+    out: Outbox<Probe>,
 }
 
 impl Probe {
     fn saw(&mut self, saw: Saw, now: Instant) {
-        self.out.push_back(Output::Event((saw, now)));
+        self.out.event((saw, now));
     }
 }
 
@@ -56,22 +73,16 @@ impl Protocol for Probe {
 
     fn handle_input(&mut self, now: Instant, _input: ()) {
         self.saw(Saw::Input, now);
-        self.out.push_back(Output::SetTimer {
-            timer: LATE,
-            at: now - ms(1),
-        });
+        self.out.set_timer(LATE, now - ms(1));
     }
 
     fn handle_timer(&mut self, now: Instant, timer: u32) {
         self.saw(Saw::Timer(timer), now);
         if timer == TICK {
             for to in (0..self.nodes).map(NodeId).filter(|&n| n != self.me) {
-                self.out.push_back(Output::Send { to, msg: 0 });
+                self.out.send(to, 0);
             }
-            self.out.push_back(Output::SetTimer {
-                timer: TICK,
-                at: now + self.period,
-            });
+            self.out.set_timer(TICK, now + self.period);
         }
     }
 
@@ -80,11 +91,11 @@ impl Protocol for Probe {
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
-        self.out.pop_front()
+        self.out.pop()
     }
 
     fn counters(&self) -> Counters {
-        Counters::default()
+        self.out.counters()
     }
 }
 
@@ -94,22 +105,17 @@ impl Recover for Probe {
     fn recover(
         &(nodes, period): &(u64, Duration),
         ctx: RecoveryContext,
-    ) -> Result<Self, ft_core::RecoveryError> {
+    ) -> Result<Self, RecoveryError> {
+        ctx.read::<Started>()?;
         let mut p = Probe {
             me: ctx.node,
             nodes,
             period,
-            out: VecDeque::new(),
+            out: Outbox::recovered(&ctx),
         };
         p.saw(Saw::Start, ctx.now);
-        p.out.push_back(Output::Persist {
-            record: Bytes::from_static(b"x"),
-            token: PersistToken(1),
-        });
-        p.out.push_back(Output::SetTimer {
-            timer: TICK,
-            at: ctx.now + period,
-        });
+        p.out.persist(&Started);
+        p.out.set_timer(TICK, ctx.now + period);
         Ok(p)
     }
 }
