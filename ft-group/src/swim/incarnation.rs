@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use ft_core::{Incarnation, Outbox, PersistToken};
 
-use super::{OnDeclaredFailed, Swim, SwimEvent, SwimMessage, SwimRecord, SwimTimer};
+use super::{OnDeclaredFailed, Swim, SwimEvent, SwimRecord, SwimTimer};
 use crate::membership::Rumor;
 
 /// Whether this member takes part.
@@ -322,17 +322,8 @@ impl Swim {
         contacts.truncate(self.config.indirect_checks.max(1));
         for c in contacts {
             let seq = self.next_seq();
-            let rumors = self.rumors();
-            let sender_incarnation = self.life.incarnation();
-            self.out.send(
-                c,
-                SwimMessage::Ping {
-                    seq,
-                    target: c,
-                    sender_incarnation,
-                    rumors,
-                },
-            );
+            let ping = self.ping(seq, c);
+            self.out.send(c, ping);
         }
     }
 }

@@ -339,6 +339,25 @@ impl Swim {
         r
     }
 
+    /// A ping of `target` numbered `seq`, with our rumors.
+    fn ping(&mut self, seq: u64, target: NodeId) -> SwimMessage {
+        SwimMessage::Ping {
+            seq,
+            target,
+            sender_incarnation: self.life.incarnation(),
+            rumors: self.rumors(),
+        }
+    }
+
+    /// An ack numbered `seq`, with our rumors.
+    fn ack(&mut self, seq: u64) -> SwimMessage {
+        SwimMessage::Ack {
+            seq,
+            sender_incarnation: self.life.incarnation(),
+            rumors: self.rumors(),
+        }
+    }
+
     fn next_seq(&mut self) -> u64 {
         self.next_seq = self.next_seq.wrapping_add(1);
         self.next_seq
@@ -463,16 +482,8 @@ impl Protocol for Swim {
         let useful = match msg {
             SwimMessage::Ping { seq, target, .. } => {
                 if target == self.me {
-                    let rumors = self.rumors();
-                    let sender_incarnation = self.life.incarnation();
-                    self.out.send(
-                        from,
-                        SwimMessage::Ack {
-                            seq,
-                            sender_incarnation,
-                            rumors,
-                        },
-                    );
+                    let ack = self.ack(seq);
+                    self.out.send(from, ack);
                     true
                 } else {
                     false

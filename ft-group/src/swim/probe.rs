@@ -420,17 +420,13 @@ impl Swim {
         self.prober.expect_nacks(helpers.len() as u64);
         for h in helpers {
             self.stats.ping_reqs_sent += 1;
-            let rumors = self.rumors();
-            let sender_incarnation = self.life.incarnation();
-            self.out.send(
-                h,
-                SwimMessage::PingReq {
-                    seq,
-                    target,
-                    sender_incarnation,
-                    rumors,
-                },
-            );
+            let req = SwimMessage::PingReq {
+                seq,
+                target,
+                sender_incarnation: self.life.incarnation(),
+                rumors: self.rumors(),
+            };
+            self.out.send(h, req);
         }
     }
 
@@ -454,16 +450,8 @@ impl Swim {
             return false;
         };
         self.out.cancel_timer(SwimTimer::Forward(seq));
-        let rumors = self.rumors();
-        let sender_incarnation = self.life.incarnation();
-        self.out.send(
-            requester,
-            SwimMessage::Ack {
-                seq: their_seq,
-                sender_incarnation,
-                rumors,
-            },
-        );
+        let ack = self.ack(their_seq);
+        self.out.send(requester, ack);
         true
     }
 
@@ -494,17 +482,8 @@ impl Swim {
         self.stats.ping_reqs_served += 1;
         let mine = self.next_seq();
         self.forwards.start(mine, from, seq);
-        let rumors = self.rumors();
-        let sender_incarnation = self.life.incarnation();
-        self.out.send(
-            target,
-            SwimMessage::Ping {
-                seq: mine,
-                target,
-                sender_incarnation,
-                rumors,
-            },
-        );
+        let ping = self.ping(mine, target);
+        self.out.send(target, ping);
         let timeout = self.health.scale(self.config.probe_timeout);
         self.out
             .set_timer_after(SwimTimer::Forward(mine), now, timeout);
