@@ -415,7 +415,7 @@ mod tests {
     }
 
     /// Life `inc` of member `me`.
-    fn start<D: FailureDetector + Clone + std::fmt::Debug>(
+    fn start<D: FailureDetector + Clone>(
         config: &HeartbeatConfig<D>,
         me: u64,
         inc: u64,
