@@ -22,16 +22,38 @@
 //! A group can be checked against the failures it is meant to survive:
 //! [`GroupConfig::tolerating`] refuses a group too small for its `k` (see
 //! [`crate::sizing`]).
+//!
+//! # On-disk format
+//!
+//! A group member persists nothing of its own: its records are those of
+//! the SWIM member it embeds as component 1, each tagged with
+//! that component byte in front of SWIM's own record (see
+//! [`swim`](crate::swim#on-disk-format) and [`ft_core::record`]):
+//!
+//! ```text
+//! +-------------+-----------------------------------------------+
+//! | 1 (SWIM)    | 0 (SELF) | 1 (version) | 1 (tag) | u64 LE   |
+//! +-------------+-----------------------------------------------+
+//!    1 byte                 SWIM's record, 11 bytes
+//! ```
+//!
+//! At recovery the SWIM member reads its own records back; a record of any
+//! other component fails recovery with a [`RecoveryError`], as does a SWIM
+//! record that does not decode.
 
 use std::time::Instant;
 
 use ft_core::{
-    Counters, FailureModel, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext,
+    Component, Counters, FailureModel, NodeId, Outbox, Output, PersistToken, Persisted, Protocol,
+    Recover, RecoveryContext, RecoveryError,
 };
 
 use crate::membership::{MemberState, Membership};
 use crate::sizing::{self, Masking, SizingError};
 use crate::swim::{Swim, SwimConfig, SwimEvent, SwimInput, SwimMessage, SwimTimer};
+
+/// The component the SWIM member persists as (on disk: for ever).
+const SWIM: Component = Component(1);
 
 /// How a group is organised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +151,10 @@ pub struct Group {
     /// The coordinator as last announced, and the view version it was
     /// computed at (recomputed only when the view changed).
     seen_version: u64,
+    /// A coordinator change, reported right after the membership event
+    /// that caused it.
     pending: Option<GroupEvent>,
+    out: Outbox<Group>,
 }
 
 impl Group {
@@ -179,6 +204,19 @@ impl Group {
         }
     }
 
+    /// Moves the SWIM member's outputs into ours.
+    fn lift(&mut self) {
+        self.out.lift(
+            SWIM,
+            &mut self.swim,
+            |m| m,
+            |t| t,
+            |e| Some(GroupEvent::Membership(e)),
+        );
+    }
+
+    /// Elects the coordinator again if the view changed since the last
+    /// election; a change is reported next.
     fn refresh(&mut self) {
         let version = self.swim.membership().version();
         if version == self.seen_version {
@@ -204,61 +242,82 @@ impl Protocol for Group {
 
     fn handle_message(&mut self, now: Instant, from: NodeId, msg: SwimMessage) {
         self.swim.handle_message(now, from, msg);
+        self.lift();
     }
 
     fn handle_input(&mut self, now: Instant, input: SwimInput) {
         self.swim.handle_input(now, input);
+        self.lift();
     }
 
     fn handle_timer(&mut self, now: Instant, timer: SwimTimer) {
         self.swim.handle_timer(now, timer);
+        self.lift();
     }
 
     fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
-        self.swim.handle_persisted(now, token);
+        // A group persists nothing of its own: every token is SWIM's.
+        if let Persisted::Inner {
+            component: SWIM,
+            token,
+        } = self.out.persisted(token)
+        {
+            self.swim.handle_persisted(now, token);
+        }
+        self.lift();
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
         if let Some(e) = self.pending.take() {
             return Some(Output::Event(e));
         }
-        let out = self.swim.poll_output()?;
-        Some(match out {
-            Output::Send { to, msg } => Output::Send { to, msg },
-            Output::SetTimer { timer, at } => Output::SetTimer { timer, at },
-            Output::CancelTimer { timer } => Output::CancelTimer { timer },
-            Output::Persist { record, token } => Output::Persist { record, token },
-            Output::Compact { before } => Output::Compact { before },
-            Output::Event(e) => {
-                // A membership event may move the coordinator: report the
-                // membership news first, the coordinator change right after.
-                self.refresh();
-                Output::Event(GroupEvent::Membership(e))
-            }
-        })
+        let out = self.out.pop()?;
+        if let Output::Event(GroupEvent::Membership(_)) = out {
+            // A membership event may move the coordinator: report the
+            // membership news first, the coordinator change right after.
+            // (At poll time, not in `lift`: electing reads the SWIM
+            // member's view, and one membership event must be followed at
+            // once by the change it caused.)
+            self.refresh();
+        }
+        Some(out)
     }
 
     fn counters(&self) -> Counters {
-        self.swim.counters()
+        let mut c = self.out.counters();
+        c += self.swim.counters();
+        c
     }
 }
 
 impl Recover for Group {
     type Config = GroupConfig;
 
-    fn recover(config: &GroupConfig, ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> {
-        Ok({
-            let swim = Swim::recover(&config.swim, ctx)?;
-            let mut g = Group {
-                swim,
-                structure: config.structure,
-                coordinator: None,
-                seen_version: u64::MAX,
-                pending: None,
-            };
-            g.refresh();
-            g
-        })
+    /// # Errors
+    /// [`RecoveryError`] if a record is not the SWIM member's or does not
+    /// decode (see the [on-disk format](self#on-disk-format)).
+    fn recover(config: &GroupConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
+        crate::recovery::only_components(&ctx, &[SWIM])?;
+        // The SWIM member draws from the group's own seed, as it did before
+        // records were tagged: the same seed gives the same run.
+        let swim = Swim::recover(
+            &config.swim,
+            RecoveryContext {
+                seed: ctx.seed,
+                ..ctx.component(SWIM)
+            },
+        )?;
+        let mut g = Group {
+            swim,
+            structure: config.structure,
+            coordinator: None,
+            seen_version: u64::MAX,
+            pending: None,
+            out: Outbox::recovered(&ctx),
+        };
+        g.refresh();
+        g.lift();
+        Ok(g)
     }
 }
 
@@ -266,73 +325,68 @@ impl Recover for Group {
 mod tests {
     use super::*;
     use crate::membership::Rumor;
-    use ft_core::Incarnation;
+    use crate::swim::SwimRecord;
+    use ft_core::harness::{self, Harness};
+    use ft_core::{Incarnation, record};
 
-    fn member(structure: Structure, me: u64) -> Group {
+    fn config(structure: Structure) -> GroupConfig {
         let members = (0..5).map(NodeId).collect();
-        let config = match structure {
+        match structure {
             Structure::Flat => GroupConfig::flat(members),
             Structure::Hierarchical => GroupConfig::hierarchical(members),
-        };
-        Group::recover(
-            &config,
-            RecoveryContext {
-                node: NodeId(me),
-                incarnation: Incarnation::FIRST,
-                records: vec![],
-                seed: 3,
-                now: Instant::now(),
-            },
-        )
-        .unwrap()
+        }
     }
 
-    fn events(g: &mut Group) -> Vec<GroupEvent> {
-        std::iter::from_fn(|| g.poll_output())
-            .filter_map(|o| match o {
-                Output::Event(e) => Some(e),
-                _ => None,
-            })
-            .collect()
+    fn member(structure: Structure, me: u64) -> Harness<Group> {
+        Harness::new(&config(structure), NodeId(me))
+    }
+
+    /// A ping to `target` carrying `rumor`.
+    fn gossip(target: u64, rumor: Rumor) -> SwimMessage {
+        SwimMessage::Ping {
+            seq: 1,
+            target: NodeId(target),
+            sender_incarnation: Incarnation(0),
+            rumors: vec![rumor],
+        }
     }
 
     #[test]
     fn a_suspected_coordinator_is_replaced_and_comes_back_after_refuting() {
         let mut g = member(Structure::Hierarchical, 3);
-        let _ = events(&mut g);
-        assert_eq!(g.coordinator(), Some(NodeId(0)));
-        assert_eq!(g.workers().count(), 4);
-        let now = Instant::now();
-        let gossip = |r: Rumor| SwimMessage::Ping {
-            seq: 1,
-            target: NodeId(3),
-            sender_incarnation: Incarnation(0),
-            rumors: vec![r],
+        let first = g.drain().events;
+        assert_eq!(
+            first,
+            [GroupEvent::Coordinator {
+                previous: None,
+                current: Some(NodeId(0))
+            }]
+        );
+        assert_eq!(g.core.coordinator(), Some(NodeId(0)));
+        assert_eq!(g.core.workers().count(), 4);
+        let suspect = Rumor::Suspect {
+            node: NodeId(0),
+            incarnation: Incarnation(0),
+            from: NodeId(1),
         };
-        g.handle_message(
-            now,
-            NodeId(1),
-            gossip(Rumor::Suspect {
-                node: NodeId(0),
-                incarnation: Incarnation(0),
-                from: NodeId(1),
-            }),
-        );
-        let ev = events(&mut g);
-        assert!(ev.contains(&GroupEvent::Coordinator {
-            previous: Some(NodeId(0)),
-            current: Some(NodeId(1))
-        }));
-        assert!(!g.is_coordinator());
-        g.handle_message(
-            now,
-            NodeId(1),
-            gossip(Rumor::Alive {
-                node: NodeId(0),
-                incarnation: Incarnation(1),
-            }),
-        );
-        let ev = events(&mut g);
+        let ev = g.message(NodeId(1), gossip(3, suspect)).drain().events;
+        // The membership news first, the coordinator change right after.
+        let at = ev
+            .iter()
+            .position(|e| {
+                *e == GroupEvent::Coordinator {
+                    previous: Some(NodeId(0)),
+                    current: Some(NodeId(1)),
+                }
+            })
+            .expect("the coordinator changed");
+        assert!(matches!(ev[at - 1], GroupEvent::Membership(_)));
+        assert!(!g.core.is_coordinator());
+        let refuted = Rumor::Alive {
+            node: NodeId(0),
+            incarnation: Incarnation(1),
+        };
+        let ev = g.message(NodeId(1), gossip(3, refuted)).drain().events;
         assert!(ev.contains(&GroupEvent::Coordinator {
             previous: Some(NodeId(1)),
             current: Some(NodeId(0))
@@ -342,9 +396,62 @@ mod tests {
     #[test]
     fn a_flat_group_has_no_coordinator() {
         let mut g = member(Structure::Flat, 0);
-        let _ = events(&mut g);
-        assert_eq!(g.coordinator(), None);
-        assert_eq!(g.workers().count(), 5);
+        assert!(g.drain().events.is_empty());
+        assert_eq!(g.core.coordinator(), None);
+        assert_eq!(g.core.workers().count(), 5);
+    }
+
+    #[test]
+    fn swim_records_are_tagged_and_read_back_by_the_next_life() {
+        let mut g = member(Structure::Flat, 3);
+        g.drain();
+        // n3 refutes a suspicion: its SWIM member persists incarnation 1.
+        let suspect = Rumor::Suspect {
+            node: NodeId(3),
+            incarnation: Incarnation(0),
+            from: NodeId(1),
+        };
+        let out = g.message(NodeId(1), gossip(3, suspect)).drain();
+        let [(token, written)] = &out.persists[..] else {
+            panic!("{:?}", out.persists)
+        };
+        assert_eq!(written[0], 1, "tagged as component 1, SWIM");
+        assert_eq!(
+            record::decode::<SwimRecord>(written.slice(1..)),
+            Ok(SwimRecord::Incarnation(Incarnation(1)))
+        );
+        // Durable: the group hands the token down, SWIM refutes.
+        let ev = g.persisted(*token).drain().events;
+        assert!(ev.contains(&GroupEvent::Membership(SwimEvent::Refuted {
+            incarnation: Incarnation(1)
+        })));
+        assert_eq!(g.core.counters().persists, 1);
+        // The next life starts above it.
+        let ctx = RecoveryContext {
+            incarnation: Incarnation(1),
+            records: vec![written.clone()],
+            ..harness::context(NodeId(3))
+        };
+        let mut next = Harness::<Group>::recover(&config(Structure::Flat), ctx).unwrap();
+        let out = next.drain();
+        assert_eq!(out.persists.len(), 1);
+        assert_eq!(
+            record::decode::<SwimRecord>(out.persists[0].1.slice(1..)),
+            Ok(SwimRecord::Incarnation(Incarnation(2)))
+        );
+        // A record of a component the group does not have is refused.
+        let ctx = RecoveryContext {
+            incarnation: Incarnation(1),
+            records: vec![
+                written.clone(),
+                record::encode(&SwimRecord::Incarnation(Incarnation(5))),
+            ],
+            ..harness::context(NodeId(3))
+        };
+        assert!(matches!(
+            Harness::<Group>::recover(&config(Structure::Flat), ctx),
+            Err(RecoveryError::Inconsistent(_))
+        ));
     }
 
     #[test]

@@ -17,13 +17,13 @@
 //! and starts over, which is exactly what the volatile state of a detector
 //! is. Its incarnation (kept by the environment) tells peers it restarted.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ft_core::{
-    Counters, DecodeError, FailureDetector, Incarnation, NodeId, Output, PersistToken, Protocol,
-    Recover, RecoveryContext, Suspicion, Wire, wire,
+    Counters, DecodeError, FailureDetector, Incarnation, NodeId, Outbox, Output, PersistToken,
+    Protocol, Recover, RecoveryContext, RecoveryError, Suspicion, Wire, wire,
 };
 
 use ft_core::rng::Rng;
@@ -217,8 +217,7 @@ pub struct Heartbeating<D: FailureDetector> {
     seq: u64,
     paused: bool,
     suspicions_raised: u64,
-    out: VecDeque<Output<Self>>,
-    counters: Counters,
+    out: Outbox<Self>,
 }
 
 impl<D: FailureDetector> Heartbeating<D> {
@@ -257,24 +256,17 @@ impl<D: FailureDetector> Heartbeating<D> {
 
     // --- internals ---
 
-    fn set_timer(&mut self, timer: HeartbeatTimer, now: Instant, after: Duration) {
-        // An interval so long that the deadline is past what `Instant` can
-        // hold means "never"; not setting the timer says exactly that.
-        if let Some(at) = now.checked_add(after) {
-            self.out.push_back(Output::SetTimer { timer, at });
-        }
-    }
-
     /// Reports a change of the detector's verdict on `node`, if any.
     fn evaluate(&mut self, node: NodeId, now: Instant) {
         let suspected = self.detector.suspicion(node, now) == Suspicion::Suspected;
+        let life = self.lives.get(&node).copied();
         if suspected && self.suspected.insert(node) {
             self.suspicions_raised += 1;
-            self.out
-                .push_back(Output::Event(HeartbeatEvent::Suspected(node)));
+            self.out.note("suspected", Some(node), life, None);
+            self.out.event(HeartbeatEvent::Suspected(node));
         } else if !suspected && self.suspected.remove(&node) {
-            self.out
-                .push_back(Output::Event(HeartbeatEvent::Trusted(node)));
+            self.out.note("trusted again", Some(node), life, None);
+            self.out.event(HeartbeatEvent::Trusted(node));
         }
     }
 
@@ -286,11 +278,13 @@ impl<D: FailureDetector> Heartbeating<D> {
             };
             self.seq = self.seq.saturating_add(1);
             for &to in &self.others {
-                self.counters.messages_sent += 1;
-                self.out.push_back(Output::Send { to, msg });
+                self.out.send(to, msg);
             }
         }
-        self.set_timer(HeartbeatTimer::Beat, now, self.interval);
+        // An interval so long that the deadline is past what `Instant` can
+        // hold means "never": the timer is then not set.
+        self.out
+            .set_timer_after(HeartbeatTimer::Beat, now, self.interval);
     }
 
     fn check(&mut self, now: Instant) {
@@ -298,7 +292,8 @@ impl<D: FailureDetector> Heartbeating<D> {
         for node in others {
             self.evaluate(node, now);
         }
-        self.set_timer(HeartbeatTimer::Check, now, self.check_interval);
+        self.out
+            .set_timer_after(HeartbeatTimer::Check, now, self.check_interval);
     }
 }
 
@@ -309,23 +304,23 @@ impl<D: FailureDetector> Protocol for Heartbeating<D> {
     type Timer = HeartbeatTimer;
 
     fn handle_message(&mut self, now: Instant, from: NodeId, msg: Heartbeat) {
-        self.counters.messages_received += 1;
+        self.out.received();
         if from == self.me || !self.others.contains(&from) {
-            self.counters.messages_dropped += 1;
+            self.out.dropped();
             return;
         }
         let known = self.lives.get(&from).copied();
         if known.is_some_and(|k| msg.incarnation < k) {
             // A heartbeat of a life that has since ended: it says nothing
             // about the process now.
-            self.counters.messages_dropped += 1;
+            self.out.dropped();
             return;
         }
         if msg.incarnation > known.unwrap_or(Incarnation::FIRST) {
-            self.out.push_back(Output::Event(HeartbeatEvent::Restarted {
+            self.out.event(HeartbeatEvent::Restarted {
                 node: from,
                 incarnation: msg.incarnation,
-            }));
+            });
         }
         if known.is_none_or(|k| msg.incarnation > k) {
             // The first heartbeat of a life starts the detector's history
@@ -345,7 +340,7 @@ impl<D: FailureDetector> Protocol for Heartbeating<D> {
     }
 
     fn handle_timer(&mut self, now: Instant, timer: HeartbeatTimer) {
-        self.counters.timers_fired += 1;
+        self.out.timer_fired();
         match timer {
             HeartbeatTimer::Beat => self.beat(now),
             HeartbeatTimer::Check => self.check(now),
@@ -357,58 +352,54 @@ impl<D: FailureDetector> Protocol for Heartbeating<D> {
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
-        self.out.pop_front()
+        self.out.pop()
     }
 
     fn counters(&self) -> Counters {
-        self.counters
+        self.out.counters()
     }
 }
 
 impl<D: FailureDetector + Clone> Recover for Heartbeating<D> {
     type Config = HeartbeatConfig<D>;
 
-    fn recover(
-        config: &HeartbeatConfig<D>,
-        ctx: RecoveryContext,
-    ) -> Result<Self, ft_core::RecoveryError> {
-        Ok({
-            let now = ctx.now;
-            let interval = config.interval.max(MIN_INTERVAL);
-            let check_interval = config.check_interval.max(MIN_INTERVAL);
-            let others: BTreeSet<NodeId> = config
-                .members
-                .iter()
-                .copied()
-                .filter(|&m| m != ctx.node)
-                .collect();
-            let mut detector = config.detector.clone();
-            // Start every member's clock: a member that never speaks is then
-            // suspected after one timeout instead of staying Unknown.
-            for &m in &others {
-                detector.heartbeat(m, now);
-            }
-            let span = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-            let jitter = Duration::from_nanos(Rng::new(ctx.seed).below(span));
-            let mut hb = Heartbeating {
-                me: ctx.node,
-                incarnation: ctx.incarnation,
-                others,
-                interval,
-                check_interval,
-                detector,
-                suspected: BTreeSet::new(),
-                lives: BTreeMap::new(),
-                seq: 0,
-                paused: false,
-                suspicions_raised: 0,
-                out: VecDeque::new(),
-                counters: Counters::default(),
-            };
-            hb.set_timer(HeartbeatTimer::Beat, now, jitter);
-            hb.set_timer(HeartbeatTimer::Check, now, check_interval);
-            hb
-        })
+    /// A fresh member: nothing is persisted, so nothing is read.
+    fn recover(config: &HeartbeatConfig<D>, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
+        let now = ctx.now;
+        let interval = config.interval.max(MIN_INTERVAL);
+        let check_interval = config.check_interval.max(MIN_INTERVAL);
+        let others: BTreeSet<NodeId> = config
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| m != ctx.node)
+            .collect();
+        let mut detector = config.detector.clone();
+        // Start every member's clock: a member that never speaks is then
+        // suspected after one timeout instead of staying Unknown.
+        for &m in &others {
+            detector.heartbeat(m, now);
+        }
+        let span = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        let jitter = Duration::from_nanos(Rng::new(ctx.seed).below(span));
+        let mut hb = Heartbeating {
+            me: ctx.node,
+            incarnation: ctx.incarnation,
+            others,
+            interval,
+            check_interval,
+            detector,
+            suspected: BTreeSet::new(),
+            lives: BTreeMap::new(),
+            seq: 0,
+            paused: false,
+            suspicions_raised: 0,
+            out: Outbox::new(),
+        };
+        hb.out.set_timer_after(HeartbeatTimer::Beat, now, jitter);
+        hb.out
+            .set_timer_after(HeartbeatTimer::Check, now, check_interval);
+        Ok(hb)
     }
 }
 
@@ -416,44 +407,24 @@ impl<D: FailureDetector + Clone> Recover for Heartbeating<D> {
 mod tests {
     use super::*;
     use crate::detector::{FixedTimeout, PhiAccrual};
+    use ft_core::harness::{self, Harness};
     use proptest::prelude::*;
 
     fn members(n: u64) -> Vec<NodeId> {
         (0..n).map(NodeId).collect()
     }
 
+    /// Life `inc` of member `me`.
     fn start<D: FailureDetector + Clone>(
         config: &HeartbeatConfig<D>,
         me: u64,
         inc: u64,
-    ) -> (Heartbeating<D>, Instant) {
-        let now = Instant::now();
-        let hb = Heartbeating::recover(
-            config,
-            RecoveryContext {
-                node: NodeId(me),
-                incarnation: Incarnation(inc),
-                records: Vec::new(),
-                seed: 7,
-                now,
-            },
-        )
-        .unwrap();
-        (hb, now)
-    }
-
-    fn drain<D: FailureDetector>(hb: &mut Heartbeating<D>) -> Vec<Output<Heartbeating<D>>> {
-        std::iter::from_fn(|| hb.poll_output()).collect()
-    }
-
-    fn events<D: FailureDetector>(hb: &mut Heartbeating<D>) -> Vec<HeartbeatEvent> {
-        drain(hb)
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Event(e) => Some(e),
-                _ => None,
-            })
-            .collect()
+    ) -> Harness<Heartbeating<D>> {
+        let ctx = RecoveryContext {
+            incarnation: Incarnation(inc),
+            ..harness::context(NodeId(me))
+        };
+        Harness::recover(config, ctx).unwrap()
     }
 
     fn beat(inc: u64, seq: u64) -> Heartbeat {
@@ -466,8 +437,9 @@ mod tests {
     #[test]
     fn starts_with_jittered_beat_and_a_check() {
         let config = HeartbeatConfig::new(members(3), FixedTimeout::default());
-        let (mut hb, now) = start(&config, 0, 0);
-        let out = drain(&mut hb);
+        let mut h = start(&config, 0, 0);
+        let now = h.now;
+        let out = h.take();
         assert_eq!(out.len(), 2);
         match &out[0] {
             Output::SetTimer {
@@ -482,129 +454,121 @@ mod tests {
         ));
         // Every other member's clock is running, none is Unknown.
         for m in [NodeId(1), NodeId(2)] {
-            assert_eq!(hb.detector().suspicion(m, now), Suspicion::Alive);
+            assert_eq!(h.core.detector().suspicion(m, now), Suspicion::Alive);
         }
-        assert_eq!(hb.detector().tracked(), 2);
+        assert_eq!(h.core.detector().tracked(), 2);
     }
 
     #[test]
     fn beats_every_other_member_once_and_numbers_beats() {
         let mut config = HeartbeatConfig::new(members(4), FixedTimeout::default());
         config.members.push(NodeId(2)); // a duplicate is ignored
-        let (mut hb, now) = start(&config, 1, 3);
-        drain(&mut hb);
+        let mut h = start(&config, 1, 3);
+        h.drain();
         for round in 0..2u64 {
-            hb.handle_timer(now, HeartbeatTimer::Beat);
-            let out = drain(&mut hb);
-            let sends: Vec<(NodeId, Heartbeat)> = out
-                .iter()
-                .filter_map(|o| match o {
-                    Output::Send { to, msg } => Some((*to, *msg)),
-                    _ => None,
-                })
-                .collect();
+            let out = h.timer(HeartbeatTimer::Beat).drain();
             assert_eq!(
-                sends,
+                out.sends,
                 [0, 2, 3].map(|n| (NodeId(n), beat(3, round))).to_vec()
             );
-            assert!(matches!(
-                out.last(),
-                Some(Output::SetTimer { timer: HeartbeatTimer::Beat, at }) if *at == now + config.interval
-            ));
+            assert_eq!(
+                out.timers_set,
+                [(HeartbeatTimer::Beat, h.now + config.interval)]
+            );
         }
-        assert_eq!(hb.counters().messages_sent, 6);
+        assert_eq!(h.core.counters().messages_sent, 6);
     }
 
     #[test]
     fn pause_stops_heartbeats_but_not_the_timer() {
         let config = HeartbeatConfig::new(members(2), FixedTimeout::default());
-        let (mut hb, now) = start(&config, 0, 0);
-        drain(&mut hb);
-        hb.handle_input(now, HeartbeatInput::Pause);
-        assert!(hb.is_paused());
-        hb.handle_timer(now, HeartbeatTimer::Beat);
-        let out = drain(&mut hb);
-        assert!(!out.iter().any(|o| matches!(o, Output::Send { .. })));
-        assert!(out.iter().any(|o| matches!(
-            o,
-            Output::SetTimer {
-                timer: HeartbeatTimer::Beat,
-                ..
-            }
-        )));
-        hb.handle_input(now, HeartbeatInput::Resume);
-        hb.handle_timer(now, HeartbeatTimer::Beat);
+        let mut h = start(&config, 0, 0);
+        h.drain();
+        h.input(HeartbeatInput::Pause);
+        assert!(h.core.is_paused());
+        let out = h.timer(HeartbeatTimer::Beat).drain();
+        assert!(out.sends.is_empty());
         assert!(
-            drain(&mut hb)
+            out.timers_set
                 .iter()
-                .any(|o| matches!(o, Output::Send { to: NodeId(1), .. }))
+                .any(|(t, _)| *t == HeartbeatTimer::Beat)
         );
+        let out = h
+            .input(HeartbeatInput::Resume)
+            .timer(HeartbeatTimer::Beat)
+            .drain();
+        assert!(!out.sent_to(NodeId(1)).is_empty());
     }
 
     #[test]
     fn silence_is_suspected_and_a_heartbeat_restores_trust() {
         let config = HeartbeatConfig::new(members(3), FixedTimeout::default());
-        let (mut hb, now) = start(&config, 0, 0);
-        drain(&mut hb);
-        let late = now + FixedTimeout::DEFAULT_TIMEOUT + Duration::from_millis(1);
-        hb.handle_message(late - Duration::from_millis(2), NodeId(2), beat(0, 4));
-        hb.handle_timer(late, HeartbeatTimer::Check);
-        assert_eq!(events(&mut hb), vec![HeartbeatEvent::Suspected(NodeId(1))]);
+        let mut h = start(&config, 0, 0);
+        h.drain();
+        h.advance(FixedTimeout::DEFAULT_TIMEOUT - Duration::from_millis(1))
+            .message(NodeId(2), beat(0, 4));
+        let out = h
+            .advance(Duration::from_millis(2))
+            .timer(HeartbeatTimer::Check)
+            .drain();
+        assert_eq!(out.events, vec![HeartbeatEvent::Suspected(NodeId(1))]);
         assert_eq!(
-            hb.suspects().iter().copied().collect::<Vec<_>>(),
+            h.core.suspects().iter().copied().collect::<Vec<_>>(),
             [NodeId(1)]
         );
-        assert_eq!(hb.suspicions_raised(), 1);
+        assert_eq!(h.core.suspicions_raised(), 1);
         // Checking again raises nothing new.
-        hb.handle_timer(late, HeartbeatTimer::Check);
-        assert!(events(&mut hb).is_empty());
-        hb.handle_message(late, NodeId(1), beat(0, 5));
-        assert_eq!(events(&mut hb), vec![HeartbeatEvent::Trusted(NodeId(1))]);
-        assert!(hb.suspects().is_empty());
-        assert_eq!(hb.suspicions_raised(), 1);
+        assert!(h.timer(HeartbeatTimer::Check).drain().events.is_empty());
+        let out = h.message(NodeId(1), beat(0, 5)).drain();
+        assert_eq!(out.events, vec![HeartbeatEvent::Trusted(NodeId(1))]);
+        assert!(h.core.suspects().is_empty());
+        assert_eq!(h.core.suspicions_raised(), 1);
     }
 
     #[test]
     fn drops_self_strangers_and_old_lives_and_reports_restarts() {
         let config = HeartbeatConfig::new(members(3), PhiAccrual::default());
-        let (mut hb, now) = start(&config, 0, 0);
-        drain(&mut hb);
-        hb.handle_message(now, NodeId(0), beat(0, 0));
-        hb.handle_message(now, NodeId(9), beat(0, 0));
-        assert_eq!(hb.counters().messages_dropped, 2);
-        assert_eq!(hb.detector().tracked(), 2, "strangers are not tracked");
+        let mut h = start(&config, 0, 0);
+        h.drain();
+        h.message(NodeId(0), beat(0, 0))
+            .message(NodeId(9), beat(0, 0));
+        assert_eq!(h.core.counters().messages_dropped, 2);
+        assert_eq!(h.core.detector().tracked(), 2, "strangers are not tracked");
 
-        let t = now + Duration::from_secs(1);
-        hb.handle_message(t, NodeId(1), beat(0, 0));
-        assert!(events(&mut hb).is_empty(), "incarnation 0 is no restart");
-        hb.handle_message(t, NodeId(1), beat(2, 0));
+        h.advance(Duration::from_secs(1));
+        let out = h.message(NodeId(1), beat(0, 0)).drain();
+        assert!(out.events.is_empty(), "incarnation 0 is no restart");
+        let out = h.message(NodeId(1), beat(2, 0)).drain();
         assert_eq!(
-            events(&mut hb),
+            out.events,
             vec![HeartbeatEvent::Restarted {
                 node: NodeId(1),
                 incarnation: Incarnation(2)
             }]
         );
         // The new life's history starts over from the seeded estimate.
-        assert_eq!(hb.detector().sample_count(NodeId(1)), Some(2));
-        let before = hb.detector().last_heartbeat(NodeId(1));
-        hb.handle_message(t + Duration::from_secs(1), NodeId(1), beat(1, 9));
-        assert_eq!(hb.counters().messages_dropped, 3, "an older life");
-        assert_eq!(hb.detector().last_heartbeat(NodeId(1)), before);
-        assert_eq!(hb.counters().messages_received, 5);
+        assert_eq!(h.core.detector().sample_count(NodeId(1)), Some(2));
+        let before = h.core.detector().last_heartbeat(NodeId(1));
+        h.advance(Duration::from_secs(1))
+            .message(NodeId(1), beat(1, 9));
+        assert_eq!(h.core.counters().messages_dropped, 3, "an older life");
+        assert_eq!(h.core.detector().last_heartbeat(NodeId(1)), before);
+        assert_eq!(h.core.counters().messages_received, 5);
     }
 
     #[test]
     fn a_restart_while_suspected_is_trusted_at_once() {
         let config = HeartbeatConfig::new(members(2), FixedTimeout::default());
-        let (mut hb, now) = start(&config, 0, 0);
-        drain(&mut hb);
-        let late = now + Duration::from_secs(30);
-        hb.handle_timer(late, HeartbeatTimer::Check);
-        assert_eq!(events(&mut hb), vec![HeartbeatEvent::Suspected(NodeId(1))]);
-        hb.handle_message(late, NodeId(1), beat(1, 0));
+        let mut h = start(&config, 0, 0);
+        h.drain();
+        let out = h
+            .advance(Duration::from_secs(30))
+            .timer(HeartbeatTimer::Check)
+            .drain();
+        assert_eq!(out.events, vec![HeartbeatEvent::Suspected(NodeId(1))]);
+        let out = h.message(NodeId(1), beat(1, 0)).drain();
         assert_eq!(
-            events(&mut hb),
+            out.events,
             vec![
                 HeartbeatEvent::Restarted {
                     node: NodeId(1),
@@ -620,17 +584,15 @@ mod tests {
         let mut config = HeartbeatConfig::new(members(2), FixedTimeout::default());
         config.interval = Duration::ZERO;
         config.check_interval = Duration::MAX;
-        let (mut hb, now) = start(&config, 0, 0);
-        let out = drain(&mut hb);
+        let mut h = start(&config, 0, 0);
         // Only the first beat; a check that far away is "never".
-        assert_eq!(out.len(), 1);
-        hb.handle_timer(now, HeartbeatTimer::Beat);
-        assert!(drain(&mut hb).iter().any(|o| matches!(
-            o,
-            Output::SetTimer { timer: HeartbeatTimer::Beat, at } if *at == now + MIN_INTERVAL
-        )));
-        hb.handle_timer(now, HeartbeatTimer::Check);
-        hb.handle_persisted(now, PersistToken(1));
+        assert_eq!(h.take().len(), 1);
+        let out = h.timer(HeartbeatTimer::Beat).drain();
+        assert!(
+            out.timers_set
+                .contains(&(HeartbeatTimer::Beat, h.now + MIN_INTERVAL))
+        );
+        h.timer(HeartbeatTimer::Check).persisted(PersistToken(1));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod detector;
 pub mod group;
 pub mod heartbeat;
 pub mod membership;
+mod recovery;
 pub mod side_by_side;
 pub mod sizing;
 pub mod swim;

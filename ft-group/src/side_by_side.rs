@@ -8,20 +8,47 @@
 //! same lossy network, so their accuracy (false suspicions of members that
 //! are up) and completeness (time to notice a crash) can be compared
 //! honestly, in the same run. `ft sim group` and this crate's accuracy test
-//! use it; it is also a template for composing cores (DESIGN §2).
+//! use it; it is also a template for composing cores (DESIGN §2): each
+//! embedded core is a [`Component`], and one [`Outbox::lift`] per core
+//! moves its outputs into the outer core's outbox.
+//!
+//! # On-disk format
+//!
+//! Of the three, only the SWIM member persists anything: its records (see
+//! [`swim`](crate::swim#on-disk-format)), each tagged with its component
+//! byte in front (see [`ft_core::record`]). The components, fixed for ever
+//! since they are on disk:
+//!
+//! | component | core | persists |
+//! |---|---|---|
+//! | 1 | the SWIM member | its incarnations: `1 | 0 | 1 | 1 | u64 LE` |
+//! | 2 | the fixed-timeout heartbeating member | nothing |
+//! | 3 | the phi-accrual heartbeating member | nothing |
+//!
+//! A record of any component but 1 fails recovery with a
+//! [`RecoveryError`], as does a SWIM record that does not decode.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ft_core::wire::{self, DecodeError, Wire};
-use ft_core::{Counters, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext};
+use ft_core::{
+    Component, Counters, NodeId, Outbox, Output, PersistToken, Persisted, Protocol, Recover,
+    RecoveryContext, RecoveryError,
+};
 
 use crate::detector::{FixedTimeout, PhiAccrual};
 use crate::heartbeat::{
     Heartbeat, HeartbeatConfig, HeartbeatEvent, HeartbeatInput, HeartbeatTimer, Heartbeating,
 };
 use crate::swim::{Swim, SwimConfig, SwimEvent, SwimInput, SwimMessage, SwimTimer};
+
+/// The component of the SWIM member.
+const SWIM: Component = Component(1);
+/// The component of the fixed-timeout member.
+const FIXED: Component = Component(2);
+/// The component of the phi-accrual member.
+const PHI: Component = Component(3);
 
 /// Which of the three detectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -150,7 +177,7 @@ pub struct SideBySide {
     swim: Swim,
     fixed: Heartbeating<FixedTimeout>,
     phi: Heartbeating<PhiAccrual>,
-    out: VecDeque<Output<SideBySide>>,
+    out: Outbox<SideBySide>,
 }
 
 impl SideBySide {
@@ -181,57 +208,27 @@ impl SideBySide {
         }
     }
 
-    /// Moves every pending output of the three into `out`, tagged.
+    /// Moves every pending output of the three into ours, SWIM's first.
     fn collect(&mut self) {
-        while let Some(o) = self.swim.poll_output() {
-            self.out.push_back(match o {
-                Output::Send { to, msg } => Output::Send {
-                    to,
-                    msg: SideMessage::Swim(msg),
-                },
-                Output::SetTimer { timer, at } => Output::SetTimer {
-                    timer: SideTimer::Swim(timer),
-                    at,
-                },
-                Output::CancelTimer { timer } => Output::CancelTimer {
-                    timer: SideTimer::Swim(timer),
-                },
-                // Only SWIM persists, so its tokens pass through unchanged.
-                Output::Persist { record, token } => Output::Persist { record, token },
-                Output::Compact { before } => Output::Compact { before },
-                Output::Event(e) => Output::Event(SideEvent::Swim(e)),
+        self.out.lift(
+            SWIM,
+            &mut self.swim,
+            SideMessage::Swim,
+            SideTimer::Swim,
+            |e| Some(SideEvent::Swim(e)),
+        );
+        self.out.lift(
+            FIXED,
+            &mut self.fixed,
+            SideMessage::Fixed,
+            SideTimer::Fixed,
+            |e| Some(SideEvent::Fixed(e)),
+        );
+        self.out
+            .lift(PHI, &mut self.phi, SideMessage::Phi, SideTimer::Phi, |e| {
+                Some(SideEvent::Phi(e))
             });
-        }
-        while let Some(o) = self.fixed.poll_output() {
-            if let Some(o) = tag(o, SideMessage::Fixed, SideTimer::Fixed, SideEvent::Fixed) {
-                self.out.push_back(o);
-            }
-        }
-        while let Some(o) = self.phi.poll_output() {
-            if let Some(o) = tag(o, SideMessage::Phi, SideTimer::Phi, SideEvent::Phi) {
-                self.out.push_back(o);
-            }
-        }
     }
-}
-
-fn tag<D: ft_core::FailureDetector>(
-    o: Output<Heartbeating<D>>,
-    msg: fn(Heartbeat) -> SideMessage,
-    timer: fn(HeartbeatTimer) -> SideTimer,
-    event: fn(HeartbeatEvent) -> SideEvent,
-) -> Option<Output<SideBySide>> {
-    Some(match o {
-        Output::Send { to, msg: m } => Output::Send { to, msg: msg(m) },
-        Output::SetTimer { timer: t, at } => Output::SetTimer {
-            timer: timer(t),
-            at,
-        },
-        Output::CancelTimer { timer: t } => Output::CancelTimer { timer: timer(t) },
-        // Heartbeating members keep nothing on stable storage.
-        Output::Persist { .. } | Output::Compact { .. } => return None,
-        Output::Event(e) => Output::Event(event(e)),
-    })
 }
 
 impl Protocol for SideBySide {
@@ -270,72 +267,166 @@ impl Protocol for SideBySide {
     }
 
     fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
-        self.swim.handle_persisted(now, token);
+        // Only the SWIM member persists.
+        if let Persisted::Inner {
+            component: SWIM,
+            token,
+        } = self.out.persisted(token)
+        {
+            self.swim.handle_persisted(now, token);
+        }
         self.collect();
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
-        self.out.pop_front()
+        self.out.pop()
     }
 
     fn counters(&self) -> Counters {
-        let (a, b, c) = (
-            self.swim.counters(),
-            self.fixed.counters(),
-            self.phi.counters(),
-        );
-        Counters {
-            messages_sent: a.messages_sent + b.messages_sent + c.messages_sent,
-            messages_received: a.messages_received + b.messages_received + c.messages_received,
-            messages_dropped: a.messages_dropped + b.messages_dropped + c.messages_dropped,
-            retransmissions: a.retransmissions + b.retransmissions + c.retransmissions,
-            timers_fired: a.timers_fired + b.timers_fired + c.timers_fired,
-            persists: a.persists + b.persists + c.persists,
-            compactions: a.compactions + b.compactions + c.compactions,
-        }
+        let mut c = self.out.counters();
+        c += self.swim.counters();
+        c += self.fixed.counters();
+        c += self.phi.counters();
+        c
     }
 }
 
 impl Recover for SideBySide {
     type Config = SideBySideConfig;
 
-    fn recover(
-        config: &SideBySideConfig,
-        ctx: RecoveryContext,
-    ) -> Result<Self, ft_core::RecoveryError> {
-        Ok({
-            // Each member gets its own stream of random numbers.
-            let with_seed = |seed: u64, records: Vec<Bytes>| RecoveryContext {
-                seed,
-                records,
-                ..ctx.clone()
-            };
-            let swim = Swim::recover(&config.swim, with_seed(ctx.seed, ctx.records.clone()))?;
-            let fixed = Heartbeating::recover(
-                &config.fixed,
-                with_seed(ctx.seed.rotate_left(21) ^ 0x5EED_F1ED, Vec::new()),
-            )?;
-            let phi = Heartbeating::recover(
-                &config.phi,
-                with_seed(ctx.seed.rotate_left(42) ^ 0x0000_0000_0FEE_D1E5, Vec::new()),
-            )?;
-            let mut s = SideBySide {
-                swim,
-                fixed,
-                phi,
-                out: VecDeque::new(),
-            };
-            s.collect();
-            s
-        })
+    /// # Errors
+    /// [`RecoveryError`] if a record is not the SWIM member's or does not
+    /// decode (see the [on-disk format](self#on-disk-format)).
+    fn recover(config: &SideBySideConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
+        crate::recovery::only_components(&ctx, &[SWIM])?;
+        // Each member its own records, and its own stream of random numbers:
+        // the seeds it had before records were tagged, so that the same
+        // seed gives the same run.
+        let part = |component, seed| RecoveryContext {
+            seed,
+            ..ctx.component(component)
+        };
+        let swim = Swim::recover(&config.swim, part(SWIM, ctx.seed))?;
+        let fixed = Heartbeating::recover(
+            &config.fixed,
+            part(FIXED, ctx.seed.rotate_left(21) ^ 0x5EED_F1ED),
+        )?;
+        let phi = Heartbeating::recover(
+            &config.phi,
+            part(PHI, ctx.seed.rotate_left(42) ^ 0x0000_0000_0FEE_D1E5),
+        )?;
+        let mut s = SideBySide {
+            swim,
+            fixed,
+            phi,
+            out: Outbox::recovered(&ctx),
+        };
+        s.collect();
+        Ok(s)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ft_core::Incarnation;
+    use crate::membership::Rumor;
+    use crate::swim::SwimRecord;
+    use ft_core::harness::{self, Harness};
+    use ft_core::{Incarnation, record};
     use proptest::prelude::*;
+
+    fn config() -> SideBySideConfig {
+        SideBySideConfig::new((0..4).map(NodeId).collect())
+    }
+
+    #[test]
+    fn the_three_start_side_by_side_swim_first() {
+        let mut h = Harness::<SideBySide>::new(&config(), NodeId(0));
+        let timers: Vec<SideTimer> = h.drain().timers_set.into_iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            timers,
+            [
+                SideTimer::Swim(SwimTimer::Probe),
+                SideTimer::Swim(SwimTimer::Reconnect),
+                SideTimer::Fixed(HeartbeatTimer::Beat),
+                SideTimer::Fixed(HeartbeatTimer::Check),
+                SideTimer::Phi(HeartbeatTimer::Beat),
+                SideTimer::Phi(HeartbeatTimer::Check),
+            ]
+        );
+        // Each heartbeats under its own tag; the counters add up.
+        let out = h
+            .timer(SideTimer::Fixed(HeartbeatTimer::Beat))
+            .timer(SideTimer::Phi(HeartbeatTimer::Beat))
+            .drain();
+        assert_eq!(out.sends.len(), 6);
+        assert!(
+            out.sends[..3]
+                .iter()
+                .all(|(_, m)| matches!(m, SideMessage::Fixed(_)))
+        );
+        assert!(
+            out.sends[3..]
+                .iter()
+                .all(|(_, m)| matches!(m, SideMessage::Phi(_)))
+        );
+        assert_eq!(h.core.counters().messages_sent, 6);
+        assert_eq!(h.core.counters().timers_fired, 2);
+    }
+
+    #[test]
+    fn swim_records_are_tagged_routed_and_read_back_by_the_next_life() {
+        let mut h = Harness::<SideBySide>::new(&config(), NodeId(0));
+        h.drain();
+        let suspect = Rumor::Suspect {
+            node: NodeId(0),
+            incarnation: Incarnation(0),
+            from: NodeId(2),
+        };
+        let ping = SwimMessage::Ping {
+            seq: 1,
+            target: NodeId(0),
+            sender_incarnation: Incarnation(0),
+            rumors: vec![suspect],
+        };
+        let out = h.message(NodeId(1), SideMessage::Swim(ping)).drain();
+        let [(token, written)] = &out.persists[..] else {
+            panic!("{:?}", out.persists)
+        };
+        assert_eq!(written[0], SWIM.0);
+        assert_eq!(
+            record::decode::<SwimRecord>(written.slice(1..)),
+            Ok(SwimRecord::Incarnation(Incarnation(1)))
+        );
+        let ev = h.persisted(*token).drain().events;
+        assert!(ev.contains(&SideEvent::Swim(SwimEvent::Refuted {
+            incarnation: Incarnation(1)
+        })));
+        // The next life: SWIM starts above it.
+        let next = |records| {
+            Harness::<SideBySide>::recover(
+                &config(),
+                RecoveryContext {
+                    incarnation: Incarnation(1),
+                    records,
+                    ..harness::context(NodeId(0))
+                },
+            )
+        };
+        let out = next(vec![written.clone()]).unwrap().drain();
+        assert_eq!(
+            record::decode::<SwimRecord>(out.persists[0].1.slice(1..)),
+            Ok(SwimRecord::Incarnation(Incarnation(2)))
+        );
+        // A record of a heartbeating member (which persists nothing) is
+        // refused, not skipped.
+        let mut stray = written.to_vec();
+        stray[0] = FIXED.0;
+        assert!(matches!(
+            next(vec![written.clone(), Bytes::from(stray)]),
+            Err(RecoveryError::Inconsistent(_))
+        ));
+    }
 
     #[test]
     fn messages_round_trip_and_hostile_bytes_are_errors() {

@@ -149,12 +149,13 @@ mod message;
 pub use config::{MAX_TREE_PATHS, OmConfig, OmConfigError};
 pub use message::{MAX_PATH_LEN, MAX_VALUE_LEN, OM_VERSION, OmMessage};
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::Bytes;
 use ft_core::{
-    Counters, Incarnation, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext,
+    Counters, Incarnation, NodeId, Outbox, Output, PersistToken, Protocol, Recover,
+    RecoveryContext, RecoveryError,
 };
 
 use crate::voting;
@@ -310,8 +311,7 @@ pub struct OmGeneral {
     decision: Option<Bytes>,
     /// The first value received per path.
     values: BTreeMap<Vec<NodeId>, Bytes>,
-    out: VecDeque<Output<OmGeneral>>,
-    counters: Counters,
+    out: Outbox<OmGeneral>,
     drops: BTreeMap<DropReason, u64>,
 }
 
@@ -362,23 +362,21 @@ impl OmGeneral {
     // --- internals ---
 
     fn drop_message(&mut self, reason: DropReason) {
-        self.counters.messages_dropped += 1;
+        self.out.dropped();
         *self.drops.entry(reason).or_default() += 1;
     }
 
     fn reject(&mut self, why: OmInputError) {
-        self.out
-            .push_back(Output::Event(OmEvent::InputRejected(why)));
-    }
-
-    fn send(&mut self, to: NodeId, msg: OmMessage) {
-        self.counters.messages_sent += 1;
-        self.out.push_back(Output::Send { to, msg });
+        self.out.event(OmEvent::InputRejected(why));
     }
 
     fn decide(&mut self, value: Bytes) {
+        // The value is the application's: the note says only that the run
+        // of this commander is decided.
+        self.out
+            .note("decided", Some(self.config.commander()), None, None);
         self.decision = Some(value.clone());
-        self.out.push_back(Output::Event(OmEvent::Decided(value)));
+        self.out.event(OmEvent::Decided(value));
     }
 
     /// Why `msg` from `from` cannot be used, if it cannot.
@@ -479,7 +477,7 @@ impl Protocol for OmGeneral {
     type Timer = OmTimer;
 
     fn handle_message(&mut self, now: Instant, from: NodeId, msg: OmMessage) {
-        self.counters.messages_received += 1;
+        self.out.received();
         if let Some(reason) = self.check(now, from, &msg) {
             self.drop_message(reason);
             return;
@@ -501,7 +499,7 @@ impl Protocol for OmGeneral {
                     path: path.clone(),
                     value: msg.value.clone(),
                 };
-                self.send(g, relayed);
+                self.out.send(g, relayed);
             }
         }
         self.values.insert(msg.path, msg.value);
@@ -529,7 +527,7 @@ impl Protocol for OmGeneral {
                         path: path.clone(),
                         value: value.clone(),
                     };
-                    self.send(g, msg);
+                    self.out.send(g, msg);
                 }
                 self.decide(value);
             }
@@ -537,10 +535,7 @@ impl Protocol for OmGeneral {
                 match now.checked_add(self.config.decide_after()) {
                     Some(at) => {
                         self.started_at = Some(now);
-                        self.out.push_back(Output::SetTimer {
-                            timer: OmTimer::Decide,
-                            at,
-                        });
+                        self.out.set_timer(OmTimer::Decide, at);
                     }
                     None => self.reject(OmInputError::DeadlineOverflow),
                 }
@@ -549,7 +544,7 @@ impl Protocol for OmGeneral {
     }
 
     fn handle_timer(&mut self, _now: Instant, timer: OmTimer) {
-        self.counters.timers_fired += 1;
+        self.out.timer_fired();
         match timer {
             OmTimer::Decide => {
                 if self.role == Role::Lieutenant && self.decision.is_none() {
@@ -566,11 +561,11 @@ impl Protocol for OmGeneral {
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
-        self.out.pop_front()
+        self.out.pop()
     }
 
     fn counters(&self) -> Counters {
-        self.counters
+        self.out.counters()
     }
 }
 
@@ -579,26 +574,23 @@ impl Recover for OmGeneral {
 
     /// A fresh general on first start; an abstaining one after a restart
     /// (see the module docs on crashes). Needs no records and no randomness.
-    fn recover(config: &OmConfig, ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> {
-        Ok({
-            let role = if ctx.incarnation != Incarnation::FIRST || !config.is_general(ctx.node) {
-                Role::Abstaining
-            } else if ctx.node == config.commander() {
-                Role::Commander
-            } else {
-                Role::Lieutenant
-            };
-            OmGeneral {
-                me: ctx.node,
-                config: config.clone(),
-                role,
-                started_at: None,
-                decision: None,
-                values: BTreeMap::new(),
-                out: VecDeque::new(),
-                counters: Counters::default(),
-                drops: BTreeMap::new(),
-            }
+    fn recover(config: &OmConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
+        let role = if ctx.incarnation != Incarnation::FIRST || !config.is_general(ctx.node) {
+            Role::Abstaining
+        } else if ctx.node == config.commander() {
+            Role::Commander
+        } else {
+            Role::Lieutenant
+        };
+        Ok(OmGeneral {
+            me: ctx.node,
+            config: config.clone(),
+            role,
+            started_at: None,
+            decision: None,
+            values: BTreeMap::new(),
+            out: Outbox::new(),
+            drops: BTreeMap::new(),
         })
     }
 }

@@ -1,56 +1,52 @@
 //! Transition tests of one SWIM core, fed by hand.
 
-use super::*;
+use bytes::Bytes;
+use ft_core::harness::{self, Drained, Harness};
+use ft_core::{DecodeError, RecordError, record};
 
-fn core(n: usize, me: u64, records: Vec<Bytes>, incarnation: u64) -> (Swim, Instant) {
-    core_with(&SwimConfig::with_size(n), me, records, incarnation)
+use super::*;
+use crate::membership::MemberState;
+
+/// A first life of `me` in a group of `n`.
+fn member(n: usize, me: u64) -> Harness<Swim> {
+    Harness::new(&SwimConfig::with_size(n), NodeId(me))
 }
 
-fn core_with(
-    config: &SwimConfig,
+/// Life `life` of `me` in a group of `n`, rebuilt from `records`.
+fn recovered(
+    n: usize,
     me: u64,
     records: Vec<Bytes>,
-    incarnation: u64,
-) -> (Swim, Instant) {
-    let now = Instant::now();
-    let swim = Swim::recover(
-        config,
+    life: u64,
+) -> Result<Harness<Swim>, RecoveryError> {
+    Harness::recover(
+        &SwimConfig::with_size(n),
         RecoveryContext {
-            node: NodeId(me),
-            incarnation: Incarnation(incarnation),
+            incarnation: Incarnation(life),
             records,
-            seed: 7,
-            now,
+            ..harness::context(NodeId(me))
         },
     )
-    .unwrap();
-    (swim, now)
 }
 
-fn drain(s: &mut Swim) -> Vec<Output<Swim>> {
-    std::iter::from_fn(|| s.poll_output()).collect()
+/// The bytes SWIM persists for incarnation `i`.
+fn incarnation_record(i: u64) -> Bytes {
+    record::encode(&SwimRecord::Incarnation(Incarnation(i)))
 }
 
-fn sends(out: &[Output<Swim>]) -> Vec<(NodeId, SwimMessage)> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Send { to, msg } => Some((*to, msg.clone())),
-            _ => None,
+/// The incarnations persisted.
+fn incarnations(out: &Drained<Swim>) -> Vec<Incarnation> {
+    out.records::<SwimRecord>()
+        .expect("SWIM writes records it reads")
+        .into_iter()
+        .map(|r| match r {
+            SwimRecord::Incarnation(i) => i,
         })
         .collect()
 }
 
-fn persist_token(out: &[Output<Swim>]) -> Option<(PersistToken, u64)> {
-    out.iter().find_map(|o| match o {
-        Output::Persist { record, token } => {
-            Some((*token, u64::from_le_bytes(record[..8].try_into().unwrap())))
-        }
-        _ => None,
-    })
-}
-
-fn announces_alive(out: &[Output<Swim>], me: NodeId, inc: u64) -> bool {
-    sends(out).iter().any(|(_, m)| {
+fn announces_alive(out: &Drained<Swim>, me: NodeId, inc: u64) -> bool {
+    out.sends.iter().any(|(_, m)| {
         m.rumors().contains(&Rumor::Alive {
             node: me,
             incarnation: Incarnation(inc),
@@ -78,127 +74,211 @@ fn ping_with(rumor: Rumor, target: NodeId) -> SwimMessage {
 
 #[test]
 fn a_suspicion_is_refuted_only_once_the_new_incarnation_is_durable() {
-    let (mut s, now) = core(4, 0, vec![], 0);
-    drain(&mut s);
+    let mut h = member(4, 0);
+    h.drain();
     let suspect = Rumor::Suspect {
         node: NodeId(0),
         incarnation: Incarnation(0),
         from: NodeId(2),
     };
-    s.handle_message(now, NodeId(1), ping_with(suspect, NodeId(0)));
-    let out = drain(&mut s);
-    let (token, inc) = persist_token(&out).expect("the refutation is persisted");
-    assert_eq!(inc, 1);
+    let out = h.message(NodeId(1), ping_with(suspect, NodeId(0))).drain();
+    assert_eq!(
+        incarnations(&out),
+        [Incarnation(1)],
+        "the refutation is persisted"
+    );
     // The ack goes out at once, but carries no announcement yet.
-    assert_eq!(sends(&out).len(), 1);
+    assert_eq!(out.sends.len(), 1);
     assert!(!announces_alive(&out, NodeId(0), 1));
-    assert_eq!(s.incarnation(), Incarnation(0));
+    assert_eq!(h.core.incarnation(), Incarnation(0));
 
-    s.handle_persisted(now, token);
-    let out = drain(&mut s);
-    assert!(out.iter().any(|o| matches!(
-        o,
-        Output::Event(SwimEvent::Refuted {
-            incarnation: Incarnation(1)
-        })
-    )));
-    assert_eq!(s.incarnation(), Incarnation(1));
-    assert_eq!(s.stats().refutations, 1);
+    let out = h.persisted(out.persists[0].0).drain();
+    assert!(out.events.contains(&SwimEvent::Refuted {
+        incarnation: Incarnation(1)
+    }));
+    assert_eq!(h.core.incarnation(), Incarnation(1));
+    assert_eq!(h.core.stats().refutations, 1);
     // Lifeguard: having to refute worsens local health.
-    assert_eq!(s.local_health(), 1);
+    assert_eq!(h.core.local_health(), 1);
     // The next message carries the announcement.
-    s.handle_message(now, NodeId(1), ping(2, NodeId(0)));
-    assert!(announces_alive(&drain(&mut s), NodeId(0), 1));
+    let out = h.message(NodeId(1), ping(2, NodeId(0))).drain();
+    assert!(announces_alive(&out, NodeId(0), 1));
 }
 
 #[test]
 fn declared_failed_means_fail_stop_then_rejoin_with_a_new_incarnation() {
-    let (mut s, now) = core(4, 0, vec![], 0);
-    drain(&mut s);
+    let mut h = member(4, 0);
+    h.drain();
     let failed = Rumor::Failed {
         node: NodeId(0),
         incarnation: Incarnation(0),
     };
-    s.handle_message(now, NodeId(1), ping_with(failed, NodeId(0)));
-    let out = drain(&mut s);
-    assert!(s.is_halted());
+    let out = h.message(NodeId(1), ping_with(failed, NodeId(0))).drain();
+    assert!(h.core.is_halted());
     assert!(
-        out.iter()
-            .any(|o| matches!(o, Output::Event(SwimEvent::DeclaredFailed { .. })))
+        out.events
+            .iter()
+            .any(|e| matches!(e, SwimEvent::DeclaredFailed { .. }))
     );
-    assert_eq!(s.membership().state(NodeId(0)), Some(MemberState::Failed));
+    assert_eq!(
+        h.core.membership().state(NodeId(0)),
+        Some(MemberState::Failed)
+    );
     // Acting as failed: no answer to pings, probing stopped.
-    let before = s.counters().messages_sent;
-    s.handle_message(now, NodeId(2), ping(9, NodeId(0)));
-    s.handle_timer(now, SwimTimer::Probe);
-    assert!(sends(&drain(&mut s)).is_empty());
-    assert_eq!(s.counters().messages_sent, before);
+    let before = h.core.counters().messages_sent;
+    h.message(NodeId(2), ping(9, NodeId(0)))
+        .timer(SwimTimer::Probe);
+    assert!(h.drain().sends.is_empty());
+    assert_eq!(h.core.counters().messages_sent, before);
 
-    let later = now + Duration::from_secs(1);
-    s.handle_timer(later, SwimTimer::Rejoin);
-    let out = drain(&mut s);
-    let (token, inc) = persist_token(&out).expect("the new incarnation is persisted");
-    assert_eq!(inc, 1);
-    assert!(sends(&out).is_empty(), "nothing said before it is durable");
-    s.handle_persisted(later, token);
-    let out = drain(&mut s);
-    assert!(!s.is_halted());
-    assert!(out.iter().any(|o| matches!(
-        o,
-        Output::Event(SwimEvent::Rejoined {
-            incarnation: Incarnation(1)
-        })
-    )));
+    let out = h
+        .advance(Duration::from_secs(1))
+        .timer(SwimTimer::Rejoin)
+        .drain();
+    assert_eq!(
+        incarnations(&out),
+        [Incarnation(1)],
+        "the new incarnation is persisted"
+    );
+    assert!(out.sends.is_empty(), "nothing said before it is durable");
+    let out = h.persisted(out.persists[0].0).drain();
+    assert!(!h.core.is_halted());
+    assert!(out.events.contains(&SwimEvent::Rejoined {
+        incarnation: Incarnation(1)
+    }));
     assert!(announces_alive(&out, NodeId(0), 1));
-    assert_eq!(s.membership().state(NodeId(0)), Some(MemberState::Alive));
+    assert_eq!(
+        h.core.membership().state(NodeId(0)),
+        Some(MemberState::Alive)
+    );
 }
 
 #[test]
 fn refute_mode_refutes_a_failure_instead_of_halting() {
     let mut config = SwimConfig::with_size(3);
     config.on_declared_failed = OnDeclaredFailed::Refute;
-    let (mut s, now) = core_with(&config, 0, vec![], 0);
-    drain(&mut s);
+    let mut h = Harness::<Swim>::new(&config, NodeId(0));
+    h.drain();
     let failed = Rumor::Failed {
         node: NodeId(0),
         incarnation: Incarnation(0),
     };
-    s.handle_message(now, NodeId(1), ping_with(failed, NodeId(0)));
-    let out = drain(&mut s);
-    assert!(!s.is_halted());
-    assert_eq!(persist_token(&out).map(|p| p.1), Some(1));
+    let out = h.message(NodeId(1), ping_with(failed, NodeId(0))).drain();
+    assert!(!h.core.is_halted());
+    assert_eq!(incarnations(&out), [Incarnation(1)]);
 }
 
 #[test]
 fn a_restart_starts_above_every_announced_incarnation_and_waits_for_disk() {
-    let records = vec![
-        Bytes::copy_from_slice(&3u64.to_le_bytes()),
-        Bytes::copy_from_slice(&5u64.to_le_bytes()),
-    ];
-    let (mut s, now) = core(4, 2, records, 2);
-    let out = drain(&mut s);
-    let (token, inc) = persist_token(&out).unwrap();
-    assert_eq!(inc, 6);
-    assert!(sends(&out).is_empty());
+    let records = vec![incarnation_record(3), incarnation_record(5)];
+    let mut h = recovered(4, 2, records, 2).unwrap();
+    let out = h.drain();
+    assert_eq!(incarnations(&out), [Incarnation(6)]);
+    assert!(out.sends.is_empty());
     // Messages before the incarnation is durable are dropped.
-    s.handle_message(now, NodeId(1), ping(1, NodeId(2)));
-    assert!(sends(&drain(&mut s)).is_empty());
-    assert_eq!(s.counters().messages_dropped, 1);
-    s.handle_persisted(now, token);
-    let out = drain(&mut s);
+    assert!(
+        h.message(NodeId(1), ping(1, NodeId(2)))
+            .drain()
+            .sends
+            .is_empty()
+    );
+    assert_eq!(h.core.counters().messages_dropped, 1);
+    let out = h.persisted(out.persists[0].0).drain();
     assert!(announces_alive(&out, NodeId(2), 6));
-    assert_eq!(s.incarnation(), Incarnation(6));
+    assert_eq!(h.core.incarnation(), Incarnation(6));
+}
+
+#[test]
+fn a_record_written_by_the_core_round_trips() {
+    // First life: a refutation persists incarnation 1.
+    let mut h = member(4, 0);
+    let suspect = Rumor::Suspect {
+        node: NodeId(0),
+        incarnation: Incarnation(0),
+        from: NodeId(2),
+    };
+    let out = h.message(NodeId(1), ping_with(suspect, NodeId(0))).drain();
+    let written: Vec<Bytes> = out.persists.iter().map(|(_, r)| r.clone()).collect();
+    // The documented format: component SELF, version 1, tag 1, u64 LE.
+    assert_eq!(&written[0][..], &[0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        out.records::<SwimRecord>().unwrap(),
+        [SwimRecord::Incarnation(Incarnation(1))]
+    );
+    // The next life reads it back and starts above it.
+    let mut h = recovered(4, 0, written, 1).unwrap();
+    assert_eq!(incarnations(&h.drain()), [Incarnation(2)]);
+    assert!(h.core.is_joining());
+}
+
+#[test]
+fn a_record_that_does_not_decode_fails_recovery() {
+    let error = |index, error| RecoveryError::Record {
+        index,
+        component: Component::SELF,
+        error,
+    };
+    let cases = [
+        (
+            Bytes::from_static(&[0, 1, 9, 1, 0, 0, 0, 0, 0, 0, 0]),
+            error(
+                1,
+                RecordError::Decode(DecodeError::UnknownTag {
+                    what: "SwimRecord",
+                    tag: 9,
+                }),
+            ),
+        ),
+        (
+            Bytes::from_static(&[0, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0]),
+            error(
+                1,
+                RecordError::Version {
+                    found: 2,
+                    writes: 1,
+                },
+            ),
+        ),
+        (
+            Bytes::from_static(&[0, 1, 1, 1, 0]),
+            error(
+                1,
+                RecordError::Decode(DecodeError::Truncated {
+                    needed: 6,
+                    available: 2,
+                }),
+            ),
+        ),
+        (
+            Bytes::from_static(&[0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            error(1, RecordError::Trailing { extra: 1 }),
+        ),
+        (Bytes::new(), error(1, RecordError::NoHeader { len: 0 })),
+        // A raw 8-byte incarnation (the format before records had a
+        // header) reads as a record of component 7.
+        (
+            Bytes::copy_from_slice(&7u64.to_le_bytes()),
+            RecoveryError::Inconsistent(
+                "records of component 7, which this core does not have".into(),
+            ),
+        ),
+    ];
+    for (bad, expected) in cases {
+        let records = vec![incarnation_record(3), bad.clone()];
+        assert_eq!(recovered(4, 0, records, 1).err(), Some(expected), "{bad:?}");
+    }
 }
 
 #[test]
 fn an_unanswered_probe_asks_k_others_then_suspects() {
-    let (mut s, now) = core(6, 0, vec![], 0);
-    drain(&mut s);
-    s.handle_timer(now, SwimTimer::Probe);
-    let out = drain(&mut s);
-    let (target, _) = sends(&out)[0].clone();
-    s.handle_timer(now + Duration::from_millis(500), SwimTimer::ProbeTimeout);
-    let reqs: Vec<_> = sends(&drain(&mut s))
+    let mut h = member(6, 0);
+    h.drain();
+    let (target, _) = h.timer(SwimTimer::Probe).drain().sends[0].clone();
+    let reqs: Vec<_> = h
+        .advance(Duration::from_millis(500))
+        .timer(SwimTimer::ProbeTimeout)
+        .drain()
+        .sends
         .into_iter()
         .filter(|(to, m)| {
             matches!(m, SwimMessage::PingReq { target: t, .. } if *t == target) && *to != target
@@ -210,21 +290,27 @@ fn an_unanswered_probe_asks_k_others_then_suspects() {
         SwimMessage::PingReq { seq, .. } => *seq,
         _ => unreachable!(),
     };
-    s.handle_message(now, reqs[0].0, SwimMessage::Nack { seq });
-    s.handle_timer(now + Duration::from_secs(1), SwimTimer::Probe);
-    let out = drain(&mut s);
-    assert_eq!(s.membership().state(target), Some(MemberState::Suspect));
-    assert_eq!(s.stats().nacks_missed, 2);
-    assert_eq!(s.local_health(), 2);
-    assert!(out.iter().any(|o| matches!(
-        o,
-        Output::SetTimer { timer: SwimTimer::Suspicion(n), .. } if *n == target
-    )));
+    let out = h
+        .message(reqs[0].0, SwimMessage::Nack { seq })
+        .advance(Duration::from_millis(500))
+        .timer(SwimTimer::Probe)
+        .drain();
+    assert_eq!(
+        h.core.membership().state(target),
+        Some(MemberState::Suspect)
+    );
+    assert_eq!(h.core.stats().nacks_missed, 2);
+    assert_eq!(h.core.local_health(), 2);
+    assert!(
+        out.timers_set
+            .iter()
+            .any(|(t, _)| *t == SwimTimer::Suspicion(target))
+    );
 }
 
 #[test]
 fn confirmations_shorten_the_suspicion_timeout() {
-    let (s, _) = core(10, 0, vec![], 0);
+    let s = member(10, 0).core;
     let t0 = s.suspicion_timeout(0);
     let t1 = s.suspicion_timeout(1);
     let t2 = s.suspicion_timeout(2);
@@ -236,21 +322,20 @@ fn confirmations_shorten_the_suspicion_timeout() {
 
 #[test]
 fn pings_for_someone_else_and_strangers_are_dropped() {
-    let (mut s, now) = core(3, 0, vec![], 0);
-    drain(&mut s);
-    s.handle_message(now, NodeId(1), ping(1, NodeId(2)));
-    s.handle_message(now, NodeId(77), ping(1, NodeId(0)));
-    assert!(sends(&drain(&mut s)).is_empty());
-    assert_eq!(s.counters().messages_dropped, 2);
+    let mut h = member(3, 0);
+    h.drain();
+    h.message(NodeId(1), ping(1, NodeId(2)))
+        .message(NodeId(77), ping(1, NodeId(0)));
+    assert!(h.drain().sends.is_empty());
+    assert_eq!(h.core.counters().messages_dropped, 2);
 }
 
 #[test]
 fn a_flood_of_indirect_requests_is_bounded() {
-    let (mut s, now) = core(3, 0, vec![], 0);
-    drain(&mut s);
+    let mut h = member(3, 0);
+    h.drain();
     for seq in 0..1000 {
-        s.handle_message(
-            now,
+        h.message(
             NodeId(1),
             SwimMessage::PingReq {
                 seq,
@@ -260,16 +345,16 @@ fn a_flood_of_indirect_requests_is_bounded() {
             },
         );
     }
-    let max = s.config().max_forwarded as u64;
-    assert_eq!(s.stats().ping_reqs_served, max);
-    assert_eq!(s.stats().ping_reqs_refused, 1000 - max);
-    assert_eq!(sends(&drain(&mut s)).len() as u64, max);
+    let max = h.core.config().max_forwarded as u64;
+    assert_eq!(h.core.stats().ping_reqs_served, max);
+    assert_eq!(h.core.stats().ping_reqs_refused, 1000 - max);
+    assert_eq!(h.drain().sends.len() as u64, max);
 }
 
 #[test]
 fn a_flood_of_rumors_keeps_memory_bounded_by_the_group() {
-    let (mut s, now) = core(5, 0, vec![], 0);
-    drain(&mut s);
+    let mut h = member(5, 0);
+    h.drain();
     for i in 0..10_000u64 {
         let rumors = (0..MAX_RUMORS as u64)
             .map(|k| Rumor::Alive {
@@ -277,8 +362,7 @@ fn a_flood_of_rumors_keeps_memory_bounded_by_the_group() {
                 incarnation: Incarnation(i),
             })
             .collect();
-        s.handle_message(
-            now,
+        h.message(
             NodeId(1),
             SwimMessage::Ack {
                 seq: i,
@@ -288,8 +372,8 @@ fn a_flood_of_rumors_keeps_memory_bounded_by_the_group() {
         );
     }
     // Strangers (n5..n49) are ignored; members' news replaces older news.
-    assert!(s.pending_rumors() <= 4, "{}", s.pending_rumors());
-    assert_eq!(s.membership().len(), 5);
+    assert!(h.core.pending_rumors() <= 4, "{}", h.core.pending_rumors());
+    assert_eq!(h.core.membership().len(), 5);
 }
 
 #[test]
@@ -304,33 +388,30 @@ fn an_absurd_configuration_does_not_panic() {
     config.on_declared_failed = OnDeclaredFailed::FailStop {
         rejoin_after: Some(Duration::MAX),
     };
-    let (mut s, now) = core_with(&config, 0, vec![], 0);
-    drain(&mut s);
+    let mut h = Harness::<Swim>::new(&config, NodeId(0));
     for t in [SwimTimer::Probe, SwimTimer::ProbeTimeout, SwimTimer::Probe] {
-        s.handle_timer(now, t);
-        drain(&mut s);
+        h.timer(t);
     }
     let suspect = Rumor::Suspect {
         node: NodeId(1),
         incarnation: Incarnation(0),
         from: NodeId(2),
     };
-    s.handle_message(now, NodeId(2), ping_with(suspect, NodeId(0)));
     let failed = Rumor::Failed {
         node: NodeId(0),
         incarnation: Incarnation(0),
     };
-    s.handle_message(now, NodeId(2), ping_with(failed, NodeId(0)));
-    drain(&mut s);
-    assert!(s.is_halted());
-    assert!(s.suspicion_timeout(0) >= s.suspicion_timeout(5));
+    h.message(NodeId(2), ping_with(suspect, NodeId(0)))
+        .message(NodeId(2), ping_with(failed, NodeId(0)));
+    assert!(h.core.is_halted());
+    assert!(h.core.suspicion_timeout(0) >= h.core.suspicion_timeout(5));
 }
 
 #[test]
 fn hearsay_cannot_push_an_incarnation_far_beyond_what_its_member_said() {
-    let (mut s, now) = core(4, 0, vec![], 0);
-    drain(&mut s);
-    let k = s.config().max_hearsay_rise;
+    let mut h = member(4, 0);
+    h.drain();
+    let k = h.core.config().max_hearsay_rise;
     // About this member: a failure of an incarnation it never came near.
     for forged in [
         Rumor::Failed {
@@ -347,28 +428,33 @@ fn hearsay_cannot_push_an_incarnation_far_beyond_what_its_member_said() {
             from: NodeId(2),
         },
     ] {
-        s.handle_message(now, NodeId(2), ping_with(forged, NodeId(0)));
-        let out = drain(&mut s);
-        assert!(persist_token(&out).is_none(), "{forged:?} made it outbid");
+        let out = h.message(NodeId(2), ping_with(forged, NodeId(0))).drain();
+        assert!(out.persists.is_empty(), "{forged:?} made it outbid");
     }
-    assert!(!s.is_halted());
-    assert_eq!(s.incarnation(), Incarnation(0));
+    assert!(!h.core.is_halted());
+    assert_eq!(h.core.incarnation(), Incarnation(0));
     // About another member: the view does not move.
     let forged = Rumor::Failed {
         node: NodeId(1),
         incarnation: Incarnation(u64::MAX),
     };
-    s.handle_message(now, NodeId(2), ping_with(forged, NodeId(0)));
-    assert_eq!(s.membership().state(NodeId(1)), Some(MemberState::Alive));
-    assert_eq!(s.stats().hearsay_refused, 4);
+    h.message(NodeId(2), ping_with(forged, NodeId(0)));
+    assert_eq!(
+        h.core.membership().state(NodeId(1)),
+        Some(MemberState::Alive)
+    );
+    assert_eq!(h.core.stats().hearsay_refused, 4);
     // Up to the bound, hearsay is believed (a member really can refute that
     // often while we were not hearing).
     let far = Rumor::Alive {
         node: NodeId(1),
         incarnation: Incarnation(k),
     };
-    s.handle_message(now, NodeId(2), ping_with(far, NodeId(0)));
-    assert_eq!(s.membership().incarnation(NodeId(1)), Some(Incarnation(k)));
+    h.message(NodeId(2), ping_with(far, NodeId(0)));
+    assert_eq!(
+        h.core.membership().incarnation(NodeId(1)),
+        Some(Incarnation(k))
+    );
     // First-hand word is believed at any height: n3 says it itself.
     let mut first_hand = ping(9, NodeId(0));
     if let SwimMessage::Ping {
@@ -377,93 +463,81 @@ fn hearsay_cannot_push_an_incarnation_far_beyond_what_its_member_said() {
     {
         *sender_incarnation = Incarnation(u64::MAX - 7);
     }
-    s.handle_message(now, NodeId(3), first_hand);
+    h.message(NodeId(3), first_hand);
     assert_eq!(
-        s.membership().incarnation(NodeId(3)),
+        h.core.membership().incarnation(NodeId(3)),
         Some(Incarnation(u64::MAX - 7))
     );
-    assert_eq!(s.stats().hearsay_refused, 4);
+    assert_eq!(h.core.stats().hearsay_refused, 4);
 }
 
 #[test]
 fn a_member_at_the_last_incarnation_stays_failed_instead_of_flapping() {
     // A life that starts at u64::MAX (its record says so).
-    let record = Bytes::copy_from_slice(&(u64::MAX - 1).to_le_bytes());
-    let (mut s, now) = core(4, 0, vec![record], 1);
-    let out = drain(&mut s);
-    let (token, inc) = persist_token(&out).unwrap();
-    assert_eq!(inc, u64::MAX);
-    s.handle_persisted(now, token);
-    drain(&mut s);
+    let mut h = recovered(4, 0, vec![incarnation_record(u64::MAX - 1)], 1).unwrap();
+    let out = h.drain();
+    assert_eq!(incarnations(&out), [Incarnation(u64::MAX)]);
+    h.persisted(out.persists[0].0);
     let failed = Rumor::Failed {
         node: NodeId(0),
         incarnation: Incarnation(u64::MAX),
     };
-    s.handle_message(now, NodeId(2), ping_with(failed, NodeId(0)));
-    drain(&mut s);
-    assert!(s.is_halted());
-    s.handle_timer(now, SwimTimer::Rejoin);
-    let out = drain(&mut s);
-    assert!(s.is_halted() && !s.is_joining(), "it rejoined at u64::MAX");
-    assert!(persist_token(&out).is_none());
-    assert_eq!(s.stats().rejoins_refused, 1);
+    h.message(NodeId(2), ping_with(failed, NodeId(0)));
+    assert!(h.core.is_halted());
+    h.drain();
+    let out = h.timer(SwimTimer::Rejoin).drain();
     assert!(
-        out.iter()
-            .any(|o| matches!(o, Output::Event(SwimEvent::CannotRejoin)))
+        h.core.is_halted() && !h.core.is_joining(),
+        "it rejoined at u64::MAX"
     );
+    assert!(out.persists.is_empty());
+    assert_eq!(h.core.stats().rejoins_refused, 1);
+    assert!(out.events.contains(&SwimEvent::CannotRejoin));
 }
 
-/// Holds n1 failed (at incarnation 0) at `now`, as n2 told it.
-fn core_holding_n1_failed() -> (Swim, Instant) {
-    let (mut s, now) = core(4, 0, vec![], 0);
-    drain(&mut s);
+/// Holds n1 failed (at incarnation 0), as n2 told it.
+fn member_holding_n1_failed() -> Harness<Swim> {
+    let mut h = member(4, 0);
     let failed = Rumor::Failed {
         node: NodeId(1),
         incarnation: Incarnation(0),
     };
-    s.handle_message(now, NodeId(2), ping_with(failed, NodeId(0)));
-    drain(&mut s);
-    assert_eq!(s.membership().state(NodeId(1)), Some(MemberState::Failed));
-    (s, now)
+    h.message(NodeId(2), ping_with(failed, NodeId(0))).drain();
+    assert_eq!(
+        h.core.membership().state(NodeId(1)),
+        Some(MemberState::Failed)
+    );
+    h
 }
 
 #[test]
 fn the_reconnect_loop_pings_members_failed_long_ago_with_the_news() {
-    let (mut s, now) = core_holding_n1_failed();
+    let mut h = member_holding_n1_failed();
     let failed = Rumor::Failed {
         node: NodeId(1),
         incarnation: Incarnation(0),
     };
-    let to_n1 = |out: &[Output<Swim>]| {
-        sends(out)
-            .into_iter()
-            .filter(|(to, _)| *to == NodeId(1))
-            .map(|(_, m)| m)
-            .collect::<Vec<_>>()
-    };
     // Within gossip to the dead, the loop leaves n1 to the probe rotation.
     for _ in 0..30 {
-        s.handle_timer(now, SwimTimer::Reconnect);
-        assert!(to_n1(&drain(&mut s)).is_empty());
+        let out = h.timer(SwimTimer::Reconnect).drain();
+        assert!(out.sent_to(NodeId(1)).is_empty());
     }
     // After it, about one tick in three (one failed member, three live)
     // pings n1, always with the news of its failure.
-    let later = now + s.config().gossip_to_the_dead;
+    let gossip_to_the_dead = h.core.config().gossip_to_the_dead;
+    h.advance(gossip_to_the_dead);
     let mut pings = Vec::new();
     for _ in 0..300 {
-        s.handle_timer(later, SwimTimer::Reconnect);
-        let out = drain(&mut s);
-        assert!(out.iter().any(|o| matches!(
-            o,
-            Output::SetTimer {
-                timer: SwimTimer::Reconnect,
-                ..
-            }
-        )));
-        pings.extend(to_n1(&out));
+        let out = h.timer(SwimTimer::Reconnect).drain();
+        assert!(
+            out.timers_set
+                .iter()
+                .any(|(t, _)| *t == SwimTimer::Reconnect)
+        );
+        pings.extend(out.sent_to(NodeId(1)).into_iter().cloned());
     }
     assert!((60..=140).contains(&pings.len()), "{} pings", pings.len());
-    assert_eq!(s.stats().reconnect_probes, pings.len() as u64);
+    assert_eq!(h.core.stats().reconnect_probes, pings.len() as u64);
     for p in &pings {
         assert!(p.rumors().contains(&failed), "{p:?}");
     }
@@ -472,8 +546,7 @@ fn the_reconnect_loop_pings_members_failed_long_ago_with_the_news() {
     let SwimMessage::Ping { seq, .. } = pings[pings.len() - 1] else {
         panic!("not a ping")
     };
-    s.handle_message(
-        later,
+    h.message(
         NodeId(1),
         SwimMessage::Ack {
             seq,
@@ -481,29 +554,30 @@ fn the_reconnect_loop_pings_members_failed_long_ago_with_the_news() {
             rumors: vec![],
         },
     );
-    assert_eq!(s.stats().reconnects_answered, 1);
-    assert_eq!(s.membership().state(NodeId(1)), Some(MemberState::Alive));
+    assert_eq!(h.core.stats().reconnects_answered, 1);
+    assert_eq!(
+        h.core.membership().state(NodeId(1)),
+        Some(MemberState::Alive)
+    );
 }
 
 #[test]
 fn a_member_held_failed_that_speaks_is_told_so_in_the_answer() {
-    let (mut s, now) = core_holding_n1_failed();
+    let mut h = member_holding_n1_failed();
     // The news of n1's failure has been spread as often as it is spread.
     for seq in 0..100 {
-        if s.pending_rumors() == 0 {
+        if h.core.pending_rumors() == 0 {
             break;
         }
-        s.handle_message(now, NodeId(2), ping(seq, NodeId(0)));
-        drain(&mut s);
+        h.message(NodeId(2), ping(seq, NodeId(0))).drain();
     }
-    assert_eq!(s.pending_rumors(), 0);
+    assert_eq!(h.core.pending_rumors(), 0);
     // n1, cut off, does not know; it pings us under the incarnation we hold
     // failed. Every ack tells it (not just the one in four the anti-entropy
     // trickle would).
     for seq in 200..204 {
-        s.handle_message(now, NodeId(1), ping(seq, NodeId(0)));
-        let out = sends(&drain(&mut s));
-        let (to, ack) = &out[0];
+        let out = h.message(NodeId(1), ping(seq, NodeId(0))).drain();
+        let (to, ack) = &out.sends[0];
         assert_eq!(*to, NodeId(1));
         assert!(matches!(ack, SwimMessage::Ack { seq: s, .. } if *s == seq));
         assert!(
