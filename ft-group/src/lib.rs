@@ -8,6 +8,7 @@ pub mod group;
 pub mod heartbeat;
 pub mod membership;
 mod recovery;
+#[cfg(feature = "scenarios")]
 pub mod side_by_side;
 pub mod sizing;
 pub mod swim;

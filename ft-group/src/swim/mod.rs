@@ -53,7 +53,7 @@
 //! ```
 //!
 //! A member embedded in another core ([`Group`](crate::group::Group),
-//! [`SideBySide`](crate::side_by_side::SideBySide)) gets that core's
+//! `SideBySide`, feature `scenarios`) gets that core's
 //! component byte in front. At recovery every record is read back with
 //! [`RecoveryContext::read`]; the new life starts above the highest
 //! incarnation found. A record that does not decode (another version, an
