@@ -283,19 +283,26 @@ impl Default for OrphanConfig {
 /// When an RPC node writes a snapshot of what it still needs and compacts
 /// its log to it (see [`records`]): once the records written since the
 /// last snapshot are at least `multiple` times as many as a snapshot now
-/// takes, and at least `min_records`.
+/// takes (the *live set* `L`), and at least `min_records`.
 ///
-/// So the log holds at most the last snapshot, the records written since
-/// (fewer than `max(multiple × S, min_records)` plus those of one step,
-/// where `S` is the largest snapshot), and a snapshot being made durable:
-/// about `(multiple + 2) × S + min_records` records. `S` counts two records
-/// of framing, one per client that made exactly-once calls, one per live
-/// completion record (at most [`RpcConfig::records_per_client`] a client),
-/// one per unfinished logged call, and **one per effect ever made
-/// durable**: effects are the application's state, which only the
-/// application could fold, so a service whose calls return effects keeps
-/// them all. Rewriting the snapshot costs at most `1 / multiple` of a
-/// record per record written.
+/// `L` counts two records of framing, one per client that made
+/// exactly-once calls, one per completion record not yet acknowledged by
+/// its client (at most [`RpcConfig::records_per_client`] a client; after a
+/// restart, every record restored until its client acknowledges it), one
+/// per unfinished logged call, and **one per effect ever made durable**:
+/// effects are the application's state, which only the application could
+/// fold, so a service whose calls return effects keeps them all.
+///
+/// The node checks whether a snapshot is due when `min_records`, the last
+/// check's threshold, or `L` more records have been written, whichever
+/// comes first, and a check costs about what a snapshot does: checks and
+/// snapshots together rewrite at most about `1 + 1 / multiple` records
+/// per record written. So the log holds the last snapshot, the records
+/// written since (fewer than `max(multiple × L, min_records) + L`), and a
+/// snapshot being made durable with what is written meanwhile: with `L`
+/// the largest live set, at most about `(multiple + 3) × L + min_records`
+/// records, each no larger than a completion record (its reply, at most
+/// [`RpcConfig::max_body`], plus 50 bytes). `Rpc::log_stats` shows `L`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compaction {
     /// The records written since the last snapshot, as a multiple of the

@@ -22,6 +22,9 @@ pub struct LogStats {
     pub since_snapshot: u64,
     /// Records of the last snapshot written (its start and end included).
     pub last_snapshot: u64,
+    /// Records a snapshot would have taken at the last check whether one
+    /// was due: the live set (see [`Compaction`](super::Compaction)).
+    pub live: u64,
 }
 
 /// The shared part of an [`Rpc`] node. See the [module docs](self).
@@ -112,17 +115,22 @@ impl Node {
     /// Writes `parts` (what the node still needs) as a snapshot, if the
     /// records written since the last one are at least
     /// [`Compaction::multiple`](super::Compaction) times as many as the
-    /// snapshot takes; otherwise checks again when they would be.
+    /// snapshot takes; otherwise checks again when they would be, or when
+    /// as many records as the snapshot takes were written (the live set
+    /// may shrink meanwhile: a restarted server's restored records go as
+    /// soon as their clients acknowledge them). A check costs as much as
+    /// the snapshot, so checks cost one record's worth per record written.
     pub(crate) fn snapshot(&mut self, parts: Vec<SnapshotPart>) {
         let Some(policy) = self.config.compaction else {
             return;
         };
         let records = parts.len() + 2;
+        self.stats.live = records as u64;
         let threshold = records
             .saturating_mul(policy.multiple)
             .max(policy.min_records);
         if self.written < threshold {
-            self.check_at = threshold;
+            self.check_at = threshold.min(self.written.saturating_add(records));
             return;
         }
         let count = parts.len() as u64;
