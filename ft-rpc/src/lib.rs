@@ -7,4 +7,3 @@ pub mod echo;
 pub mod handle;
 pub mod rpc;
 pub mod rtt;
-mod sync;
