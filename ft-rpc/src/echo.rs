@@ -307,3 +307,117 @@ impl Recover for Echo {
         Ok(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::{Outcome, durable_completions};
+    use ft_core::harness::{self, Harness};
+    use ft_core::{Incarnation, PersistToken};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn config() -> EchoConfig {
+        EchoConfig::new(vec![NodeId(0), NodeId(1)], 10 * MS)
+    }
+
+    fn echo(me: u64) -> Harness<Echo> {
+        let mut h = Harness::new(&config(), NodeId(me));
+        h.drain();
+        h
+    }
+
+    /// Carries every message between the two until none is left; returns
+    /// the events.
+    fn exchange(a: &mut Harness<Echo>, b: &mut Harness<Echo>) -> Vec<EchoEvent> {
+        let mut events = Vec::new();
+        let mut wire: Vec<(NodeId, NodeId, RpcMessage)> = Vec::new();
+        for h in [&mut *a, &mut *b] {
+            let from = h.core.rpc().id();
+            let out = h.drain();
+            events.extend(out.events);
+            wire.extend(out.sends.into_iter().map(|(to, m)| (from, to, m)));
+        }
+        while let Some((from, to, msg)) = wire.pop() {
+            let h = if to == a.core.rpc().id() { &mut *a } else { &mut *b };
+            let out = h.message(from, msg).drain();
+            events.extend(out.events);
+            wire.extend(out.sends.into_iter().map(|(t, m)| (to, t, m)));
+        }
+        events
+    }
+
+    /// The RPC core's outputs come out of the echo node: its timers
+    /// wrapped, its records tagged with its component and their tokens
+    /// routed back to it, its counters the node's; and a restarted echo
+    /// server answers from the tagged record.
+    #[test]
+    fn the_embedded_rpc_core_persists_tagged_records_and_recovers_from_them() {
+        let (mut client, mut server) = (echo(1), echo(0));
+        client.input(EchoInput::Call {
+            token: 9,
+            server: NodeId(0),
+            request: Bytes::from_static(b"hello"),
+            semantics: Semantics::ExactlyOnce,
+            timeout: 5000 * MS,
+        });
+        let events = exchange(&mut client, &mut server);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, EchoEvent::Rpc(RpcEvent::Execute { .. })))
+        );
+        // The handler's timer, then the completion record.
+        let finish = server
+            .core
+            .app
+            .working
+            .keys()
+            .next()
+            .copied()
+            .expect("running");
+        let out = server.advance(10 * MS).timer(EchoTimer::Finish(finish)).drain();
+        let (token, record): (PersistToken, Bytes) = out.persists[0].clone();
+        assert_eq!(&record[..3], &[RPC.0, 0, 1], "tagged, then SELF and version");
+        assert!(out.sends.is_empty(), "persist before you speak");
+        server.persisted(token);
+        let events = exchange(&mut client, &mut server);
+        assert!(events.contains(&EchoEvent::Rpc(RpcEvent::Returned {
+            token: 9,
+            result: Ok(Bytes::from_static(b"hello")),
+        })));
+        assert_eq!(durable_completions(std::slice::from_ref(&record)).len(), 1);
+        assert_eq!(server.core.counters().persists, 1);
+        assert_eq!(
+            server.core.counters().messages_sent,
+            server.core.rpc().counters().messages_sent
+        );
+        // A restarted server answers the retransmission from the record.
+        let ctx = RecoveryContext {
+            incarnation: Incarnation(1),
+            records: vec![record],
+            ..harness::context(NodeId(0))
+        };
+        let mut restarted = Harness::<Echo>::recover(&config(), ctx).unwrap();
+        assert_eq!(restarted.core.rpc().server_stats().records_restored, 1);
+        restarted.drain();
+        let retransmission = RpcMessage::Call {
+            id: finish,
+            server_incarnation: Incarnation(0),
+            semantics: Semantics::ExactlyOnce,
+            first_incomplete: 1,
+            budget_ms: 1000,
+            fingerprint: crate::rpc::fingerprint(Semantics::ExactlyOnce, b"hello"),
+            body: crate::rpc::Chunk::whole(Bytes::from_static(b"hello")),
+        };
+        let out = restarted.message(NodeId(1), retransmission).drain();
+        assert!(out.events.is_empty(), "not executed again");
+        assert!(matches!(
+            &out.sends[0].1,
+            RpcMessage::Reply {
+                outcome: Outcome::Done(_),
+                ..
+            }
+        ));
+    }
+}

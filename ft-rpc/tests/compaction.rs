@@ -223,6 +223,7 @@ fn run_with(
         let mut seen_events = 0;
         let mut answered_at: BTreeMap<u64, usize> = BTreeMap::new();
         let mut executions: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut twice = 0;
         let mut log_version = (u64::MAX, u64::MAX);
         let mut max_snapshot = 0;
         let mut max_live = 0;
@@ -239,7 +240,11 @@ fn run_with(
                                     "call {t}, answered at event {at}, executed again at {i}"
                                 ));
                             }
-                            *executions.entry(t).or_default() += 1;
+                            let n = executions.entry(t).or_insert(0u32);
+                            *n += 1;
+                            if *n == 2 {
+                                twice += 1;
+                            }
                         }
                         RpcEvent::Returned { token, result } => match result {
                             Ok(body) if token_of(body) == *token => {
@@ -275,7 +280,7 @@ fn run_with(
                     r.max_live = max_live;
                 }
                 let mut r = r.borrow_mut();
-                r.reexecuted_before_answer = executions.values().filter(|n| **n > 1).count() as u64;
+                r.reexecuted_before_answer = twice;
                 r.answered = answered_at.len() as u64;
                 Ok(())
             },
