@@ -194,10 +194,16 @@ impl Echo {
         let Echo { rpc, app, out } = self;
         loop {
             let mut acts = Vec::new();
-            out.lift(RPC, rpc, |m| m, EchoTimer::Rpc, |e| {
-                app.on_event(&e, &mut acts);
-                Some(EchoEvent::Rpc(e))
-            });
+            out.lift(
+                RPC,
+                rpc,
+                |m| m,
+                EchoTimer::Rpc,
+                |e| {
+                    app.on_event(&e, &mut acts);
+                    Some(EchoEvent::Rpc(e))
+                },
+            );
             if acts.is_empty() {
                 return;
             }
@@ -327,24 +333,9 @@ mod tests {
         h
     }
 
-    /// Carries every message between the two until none is left; returns
-    /// the events.
     fn exchange(a: &mut Harness<Echo>, b: &mut Harness<Echo>) -> Vec<EchoEvent> {
-        let mut events = Vec::new();
-        let mut wire: Vec<(NodeId, NodeId, RpcMessage)> = Vec::new();
-        for h in [&mut *a, &mut *b] {
-            let from = h.core.rpc().id();
-            let out = h.drain();
-            events.extend(out.events);
-            wire.extend(out.sends.into_iter().map(|(to, m)| (from, to, m)));
-        }
-        while let Some((from, to, msg)) = wire.pop() {
-            let h = if to == a.core.rpc().id() { &mut *a } else { &mut *b };
-            let out = h.message(from, msg).drain();
-            events.extend(out.events);
-            wire.extend(out.sends.into_iter().map(|(t, m)| (to, t, m)));
-        }
-        events
+        let ids = (a.core.rpc().id(), b.core.rpc().id());
+        crate::testing::exchange(a, b, ids, |_| false)
     }
 
     /// The RPC core's outputs come out of the echo node: its timers
@@ -376,9 +367,16 @@ mod tests {
             .next()
             .copied()
             .expect("running");
-        let out = server.advance(10 * MS).timer(EchoTimer::Finish(finish)).drain();
+        let out = server
+            .advance(10 * MS)
+            .timer(EchoTimer::Finish(finish))
+            .drain();
         let (token, record): (PersistToken, Bytes) = out.persists[0].clone();
-        assert_eq!(&record[..3], &[RPC.0, 0, 1], "tagged, then SELF and version");
+        assert_eq!(
+            &record[..3],
+            &[RPC.0, 0, 1],
+            "tagged, then SELF and version"
+        );
         assert!(out.sends.is_empty(), "persist before you speak");
         server.persisted(token);
         let events = exchange(&mut client, &mut server);

@@ -7,3 +7,5 @@ pub mod echo;
 pub mod handle;
 pub mod rpc;
 pub mod rtt;
+#[cfg(test)]
+mod testing;

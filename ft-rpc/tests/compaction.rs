@@ -50,12 +50,18 @@ impl Service {
     fn pump(&mut self, now: Instant) {
         loop {
             let mut done = Vec::new();
-            self.out.lift(RPC, &mut self.rpc, |m| m, |t| t, |e| {
-                if let RpcEvent::Execute { id, request, .. } = &e {
-                    done.push((*id, request.clone()));
-                }
-                Some(e)
-            });
+            self.out.lift(
+                RPC,
+                &mut self.rpc,
+                |m| m,
+                |t| t,
+                |e| {
+                    if let RpcEvent::Execute { id, request, .. } = &e {
+                        done.push((*id, request.clone()));
+                    }
+                    Some(e)
+                },
+            );
             if done.is_empty() {
                 return;
             }

@@ -196,7 +196,11 @@ fn refusals_restarts_and_orphans_are_noted() {
                 deadline,
             },
         };
-        let (_, locate) = c.input(call(1, Semantics::AtMostOnce)).drain().sends.remove(0);
+        let (_, locate) = c
+            .input(call(1, Semantics::AtMostOnce))
+            .drain()
+            .sends
+            .remove(0);
         let (_, located) = s.message(NodeId(1), locate).drain().sends.remove(0);
         let (_, sent) = c.message(NodeId(0), located).drain().sends.remove(0);
         let (_, refused) = s.message(NodeId(1), sent).drain().sends.remove(0);
@@ -210,7 +214,11 @@ fn refusals_restarts_and_orphans_are_noted() {
         };
         let mut s2 = Harness::<Rpc>::recover(&peers(), ctx).unwrap();
         s2.drain();
-        let (_, sent) = c.input(call(2, Semantics::ExactlyOnce)).drain().sends.remove(0);
+        let (_, sent) = c
+            .input(call(2, Semantics::ExactlyOnce))
+            .drain()
+            .sends
+            .remove(0);
         let out = s2.message(NodeId(1), sent.clone()).drain();
         assert!(matches!(out.events[0], RpcEvent::Execute { .. }));
         let (_, in_progress) = s2.message(NodeId(1), sent).drain().sends.remove(0);
@@ -227,7 +235,10 @@ fn refusals_restarts_and_orphans_are_noted() {
     assert!(refused[0].fields.contains("peer=1"), "{refused:?}");
     let restarted = catcher.protocol("server restarted");
     assert_eq!(restarted.len(), 1, "{:?}", catcher.all());
-    assert!(restarted[0].fields.contains("incarnation=1"), "{restarted:?}");
+    assert!(
+        restarted[0].fields.contains("incarnation=1"),
+        "{restarted:?}"
+    );
     let killed = catcher.protocol("orphan killed");
     assert_eq!(killed.len(), 1, "{:?}", catcher.all());
     assert!(killed[0].fields.contains("seq=2"), "{killed:?}");

@@ -75,8 +75,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ft_core::driver::driver;
 use ft_core::{
-    Channel, Counters, DriverConfig, DriverError, DriverStats, Incarnation, NodeId, Recover, RecoveryContext,
-    StableLog, StatsReader, StorageError,
+    Channel, Counters, DriverConfig, DriverError, DriverStats, Incarnation, NodeId, Recover,
+    RecoveryContext, StableLog, StatsReader, StorageError,
 };
 use ft_rpc::handle::{Reply, RpcClient, ServeStats, serve};
 use ft_rpc::rpc::{CallId, DurableRecords, Reincarnation, Rpc, RpcConfig};

@@ -378,9 +378,13 @@ async fn the_bytes_on_disk_stay_bounded_under_exactly_once_load() {
             let n = batch / in_flight + u64::from(t < batch % in_flight);
             tasks.spawn(async move {
                 for _ in 0..n {
-                    c.call(SERVER, Bytes::from_static(b"ping"), within(Semantics::ExactlyOnce))
-                        .await
-                        .unwrap();
+                    c.call(
+                        SERVER,
+                        Bytes::from_static(b"ping"),
+                        within(Semantics::ExactlyOnce),
+                    )
+                    .await
+                    .unwrap();
                 }
             });
         }

@@ -1003,10 +1003,7 @@ impl Recover for Reliable {
     /// Builds a fresh endpoint in the life `ctx.incarnation`: the channel
     /// keeps nothing on stable storage, so `ctx.records` is empty and
     /// ignored, and it uses no randomness.
-    fn recover(
-        config: &ReliableConfig,
-        ctx: RecoveryContext,
-    ) -> Result<Self, RecoveryError> {
+    fn recover(config: &ReliableConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
         Ok(Reliable::new(config, ctx.node, ctx.incarnation))
     }
 }

@@ -308,7 +308,8 @@ fn a_full_queue_rejects_sends() {
         send(&mut a, now, B, p(i));
     }
     let out = a.drain();
-    let rejected: Vec<_> = out.events
+    let rejected: Vec<_> = out
+        .events
         .into_iter()
         .map(|e| match e {
             ReliableEvent::SendRejected {
@@ -331,7 +332,9 @@ fn sends_to_strangers_and_oversized_payloads_are_rejected() {
     send(&mut a, now, NodeId(9), p(0));
     send(&mut a, now, A, p(0));
     send(&mut a, now, B, Bytes::from(vec![0; MAX_PAYLOAD + 1]));
-    let reasons: Vec<_> = a.drain().events
+    let reasons: Vec<_> = a
+        .drain()
+        .events
         .into_iter()
         .map(|e| match e {
             ReliableEvent::SendRejected { reason, .. } => reason,

@@ -204,7 +204,8 @@ impl Client {
                     .collect();
             }
             // Announced now: a later life adopts only this life's calls.
-            self.call_log.retain(|(life, _), _| *life >= node.incarnation);
+            self.call_log
+                .retain(|(life, _), _| *life >= node.incarnation);
         }
         self.announce_to = node.config.peers.iter().copied().collect();
         self.announce_to.remove(&node.me);
@@ -428,7 +429,10 @@ impl Client {
 
     pub(crate) fn cancel(&mut self, node: &mut Node, token: u64) {
         if let Some(&seq) = self.by_token.get(&token) {
-            let executed = self.calls.get(&seq).map_or(Executed::Unknown, Call::executed);
+            let executed = self
+                .calls
+                .get(&seq)
+                .map_or(Executed::Unknown, Call::executed);
             self.tell_server_to_stop(node, seq);
             self.finish(node, seq, Err(RpcError::Cancelled { executed }));
         }
@@ -679,6 +683,7 @@ impl Client {
                 );
             }
         }
-        node.out.set_timer(RpcTimer::Renew, after(now, renew_every(q)));
+        node.out
+            .set_timer(RpcTimer::Renew, after(now, renew_every(q)));
     }
 }

@@ -862,7 +862,9 @@ impl Recover for Rpc {
         rpc.server.restore(replayed.facts.iter(), ctx.now);
         rpc.client.restore(replayed.facts.iter());
         rpc.client.start(&mut rpc.node, ctx.now);
-        rpc.node.out.set_timer(RpcTimer::Leases, after(ctx.now, lease));
+        rpc.node
+            .out
+            .set_timer(RpcTimer::Leases, after(ctx.now, lease));
         Ok(rpc)
     }
 }

@@ -192,7 +192,12 @@ impl Completion {
             ANSWER_REPLY => Answer::Reply(wire::get_bytes(buf, MAX_RECORD_BODY)?),
             ANSWER_FAILED => Answer::Failed,
             ANSWER_TOO_LARGE => Answer::TooLarge(wire::get_u64(buf)?),
-            tag => return Err(DecodeError::UnknownTag { what: "Answer", tag }),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "Answer",
+                    tag,
+                });
+            }
         };
         let effect = get_opt_bytes(buf)?;
         Ok(Completion {
@@ -241,7 +246,9 @@ impl ClientRecord {
         for _ in 0..n {
             let (start, end) = (wire::get_u64(buf)?, wire::get_u64(buf)?);
             if start > end {
-                return Err(DecodeError::Invalid("a forgotten range ends before it starts"));
+                return Err(DecodeError::Invalid(
+                    "a forgotten range ends before it starts",
+                ));
             }
             forgotten.push((start, end));
         }

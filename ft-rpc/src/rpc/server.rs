@@ -434,8 +434,12 @@ impl Server {
 
     fn refuse(&mut self, node: &mut Node, to: NodeId, id: CallId, why: Refusal) {
         self.stats.refused += 1;
-        node.out
-            .note(why.note(), Some(to), Some(id.client_incarnation), Some(id.seq));
+        node.out.note(
+            why.note(),
+            Some(to),
+            Some(id.client_incarnation),
+            Some(id.seq),
+        );
         Server::reply(node, to, id, Outcome::Refused(why));
     }
 

@@ -108,7 +108,11 @@ fn complete_durably(s: &mut H, exec: CallId, reply: Bytes) {
         reply,
         effect: None,
     });
-    assert_eq!(s.complete_persists(), 1, "the completion record is persisted");
+    assert_eq!(
+        s.complete_persists(),
+        1,
+        "the completion record is persisted"
+    );
 }
 
 /// Hands `msg` from n1 to the server, which must execute it.
@@ -285,7 +289,10 @@ fn exactly_once_persists_the_record_before_replying_and_a_restart_answers_from_i
             effect: None,
         })
         .drain();
-    assert!(out.sends.is_empty(), "no reply before the record is durable");
+    assert!(
+        out.sends.is_empty(),
+        "no reply before the record is durable"
+    );
     let (token, record) = out.persists[0].clone();
     assert_eq!(s.persisted(token).drain().sends.len(), 1);
 
@@ -427,7 +434,10 @@ fn a_different_request_under_a_recorded_identity_is_a_mismatch_never_another_rep
         let id = execute(&mut s, raw_call(semantics, 0, 1, b"first life"));
         // While it runs, and after it completed.
         let second = raw_call(semantics, 0, 1, b"second life");
-        assert_eq!(outcome(s.message(NodeId(1), second.clone())), Outcome::Mismatch);
+        assert_eq!(
+            outcome(s.message(NodeId(1), second.clone())),
+            Outcome::Mismatch
+        );
         s.input(RpcInput::Complete {
             exec: id,
             reply: Bytes::from_static(b"first life's reply"),
@@ -479,7 +489,10 @@ fn a_reply_too_large_and_a_failed_handler_say_the_call_executed() {
     };
     assert_eq!(outcome(&mut s), too_large);
     let id2 = execute(&mut s, raw_call(Semantics::AtMostOnce, 0, 2, b"b"));
-    assert_eq!(outcome(s.input(RpcInput::Fail { exec: id2 })), Outcome::Failed);
+    assert_eq!(
+        outcome(s.input(RpcInput::Fail { exec: id2 })),
+        Outcome::Failed
+    );
     // Duplicates: answered from the records, not run again.
     let again = raw_call(Semantics::AtMostOnce, 0, 2, b"b");
     assert_eq!(outcome(s.message(NodeId(1), again)), Outcome::Failed);
@@ -499,25 +512,9 @@ fn a_reply_too_large_and_a_failed_handler_say_the_call_executed() {
 
 /// Drives messages between two cores until nothing is sent, dropping the
 /// messages `lose` says to.
-fn exchange(a: &mut H, b: &mut H, mut lose: impl FnMut(&RpcMessage) -> bool) -> Vec<RpcEvent> {
-    let mut seen = Vec::new();
-    let mut pending: Vec<(NodeId, NodeId, RpcMessage)> = Vec::new();
-    for h in [&mut *a, &mut *b] {
-        let from = h.core.id();
-        let out = h.drain();
-        seen.extend(out.events);
-        pending.extend(out.sends.into_iter().map(|(to, m)| (from, to, m)));
-    }
-    while let Some((from, to, msg)) = pending.pop() {
-        if lose(&msg) {
-            continue;
-        }
-        let target = if to == a.core.id() { &mut *a } else { &mut *b };
-        let out = target.message(from, msg).drain();
-        seen.extend(out.events);
-        pending.extend(out.sends.into_iter().map(|(t, m)| (to, t, m)));
-    }
-    seen
+fn exchange(a: &mut H, b: &mut H, lose: impl FnMut(&RpcMessage) -> bool) -> Vec<RpcEvent> {
+    let ids = (a.core.id(), b.core.id());
+    crate::testing::exchange(a, b, ids, lose)
 }
 
 /// A request and a reply of megabytes travel in parts; parts lost on the
@@ -608,7 +605,10 @@ fn the_stale_mark_never_passes_a_running_call() {
     }
     assert!(s.core.server_stats().records_evicted > 30);
     let slow_again = raw_call(Semantics::ExactlyOnce, 0, 1, b"slow");
-    assert_eq!(outcome(s.message(NodeId(1), slow_again)), Outcome::InProgress);
+    assert_eq!(
+        outcome(s.message(NodeId(1), slow_again)),
+        Outcome::InProgress
+    );
     // An evicted call's duplicate is stale (forgotten), never run again.
     let evicted = raw_call(Semantics::ExactlyOnce, 0, 5, b"fast");
     assert_eq!(outcome(s.message(NodeId(1), evicted)), Outcome::Stale);
@@ -642,7 +642,11 @@ fn a_lapsed_lease_tombstones_at_most_once_calls_and_keeps_exactly_once_records()
     s.advance(200 * MS).timer(RpcTimer::Leases).drain();
     assert_eq!(s.core.server_stats().leases_expired, 1);
     let amo = raw_call(Semantics::AtMostOnce, 0, 1, b"x");
-    assert_eq!(outcome(s.message(NodeId(1), amo)), Outcome::Stale, "tombstoned");
+    assert_eq!(
+        outcome(s.message(NodeId(1), amo)),
+        Outcome::Stale,
+        "tombstoned"
+    );
     let eo = raw_call(Semantics::ExactlyOnce, 0, 2, b"x");
     assert_eq!(
         outcome(s.message(NodeId(1), eo)),
@@ -670,7 +674,13 @@ fn a_throttled_call_still_probes_until_its_deadline() {
     let (mut c, _) = bound_call_with(&config, Semantics::AtLeastOnce, 0);
     let mut sent_at = Vec::new();
     for _ in 0..1000 {
-        if !c.advance(10 * MS).timer(RpcTimer::Retry(1)).drain().sends.is_empty() {
+        if !c
+            .advance(10 * MS)
+            .timer(RpcTimer::Retry(1))
+            .drain()
+            .sends
+            .is_empty()
+        {
             sent_at.push(c.now);
         }
     }
