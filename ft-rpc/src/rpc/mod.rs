@@ -61,10 +61,16 @@
 //!
 //! # Methods
 //!
-//! getters ([`Rpc::client_stats`], [`Rpc::server_stats`], [`Rpc::pending`],
-//! [`Rpc::running`], [`Rpc::incarnation`]); the [`Protocol`] `handle_*`
-//! methods; mutators through [`RpcInput`]; `poll_output` after every
-//! `handle_*` call.
+//! getters ([`Rpc::client_stats`], [`Rpc::server_stats`],
+//! [`Rpc::log_stats`], [`Rpc::pending`], [`Rpc::running`],
+//! [`Rpc::incarnation`]); the [`Protocol`] `handle_*` methods; mutators
+//! through [`RpcInput`]; `poll_output` after every `handle_*` call.
+//!
+//! Inside, the node is a `Client` and a `Server` (private types), each
+//! owning its state and methods, over the part they share (the
+//! configuration, the identity, the random numbers, one `ft_core::Outbox`
+//! and the log's bookkeeping). What it keeps on stable storage, and how it
+//! snapshots and compacts it, is in [`records`].
 
 mod budget;
 mod client;
@@ -289,9 +295,16 @@ impl Default for OrphanConfig {
 /// exactly-once calls, one per completion record not yet acknowledged by
 /// its client (at most [`RpcConfig::records_per_client`] a client; after a
 /// restart, every record restored until its client acknowledges it), one
-/// per unfinished logged call, and **one per effect ever made durable**:
-/// effects are the application's state, which only the application could
-/// fold, so a service whose calls return effects keeps them all.
+/// per unfinished logged call, and **one per 1,024 effects (or 64 KiB of
+/// them) ever made durable**: effects are the application's state, which
+/// only the application could fold, so a service whose calls return
+/// effects keeps them all.
+///
+/// A core embedding the RPC core (as [`Echo`](crate::echo::Echo) does)
+/// compacts through `ft_core`'s `Outbox::lift`, which remembers the last
+/// 4,096 persists of the embedded core: a snapshot of more records than
+/// that (beyond some four million effects) is written but not compacted
+/// behind.
 ///
 /// The node checks whether a snapshot is due when `min_records`, the last
 /// check's threshold, or `L` more records have been written, whichever

@@ -30,6 +30,31 @@ use ft_core::{Incarnation, NodeId};
 
 use super::message::{CallId, get_id, put_id};
 
+/// The most effects one [`SnapshotPart::Effects`] holds.
+pub const EFFECTS_PER_PART: usize = 1024;
+
+/// Bytes of effects after which a [`SnapshotPart::Effects`] is closed.
+const EFFECT_BYTES_PER_PART: usize = 64 << 10;
+
+/// Packs `effects` into snapshot parts.
+pub(crate) fn effect_parts(effects: &[(CallId, Bytes)]) -> Vec<SnapshotPart> {
+    let mut parts = Vec::new();
+    let mut part: Vec<(CallId, Bytes)> = Vec::new();
+    let mut bytes = 0;
+    for (id, effect) in effects {
+        if part.len() == EFFECTS_PER_PART || (bytes >= EFFECT_BYTES_PER_PART && !part.is_empty()) {
+            parts.push(SnapshotPart::Effects(std::mem::take(&mut part)));
+            bytes = 0;
+        }
+        bytes += effect.len();
+        part.push((*id, effect.clone()));
+    }
+    if !part.is_empty() {
+        parts.push(SnapshotPart::Effects(part));
+    }
+    parts
+}
+
 /// The largest body (reply or effect) a record may claim: records come
 /// from this node's own storage, which checks them, but a decoder still
 /// bounds what it believes.
@@ -66,7 +91,7 @@ pub struct Completion {
     /// The state change its handler returned with the reply, made durable
     /// in the same record (see [`RpcInput::Complete`](super::RpcInput)).
     /// In a snapshot the effects are parts of their own
-    /// ([`SnapshotPart::Effect`]) and this is `None`.
+    /// ([`SnapshotPart::Effects`]) and this is `None`.
     pub effect: Option<Bytes>,
 }
 
@@ -115,14 +140,10 @@ pub enum SnapshotPart {
     Start,
     /// A client's state on the server.
     Client(ClientRecord),
-    /// The effect of an exactly-once call, in the order the effects were
-    /// made durable.
-    Effect {
-        /// The call.
-        id: CallId,
-        /// Its effect.
-        effect: Bytes,
-    },
+    /// Effects of exactly-once calls, in the order they were made durable,
+    /// many to a record (at most [`EFFECTS_PER_PART`], or a part of about
+    /// 64 KiB).
+    Effects(Vec<(CallId, Bytes)>),
     /// A completion record still needed (its effect is a part of its own).
     Completion(Completion),
     /// A logged call not yet known to be finished.
@@ -158,7 +179,7 @@ const CALL_DONE: u8 = 3;
 const COMPLETION: u8 = 4;
 const SNAP_START: u8 = 5;
 const SNAP_CLIENT: u8 = 6;
-const SNAP_EFFECT: u8 = 7;
+const SNAP_EFFECTS: u8 = 7;
 const SNAP_COMPLETION: u8 = 8;
 const SNAP_CALL: u8 = 9;
 const SNAP_END: u8 = 10;
@@ -304,10 +325,13 @@ impl Wire for RpcRecord {
                     buf.put_u8(SNAP_CLIENT);
                     c.put(buf);
                 }
-                SnapshotPart::Effect { id, effect } => {
-                    buf.put_u8(SNAP_EFFECT);
-                    put_id(buf, id);
-                    wire::put_bytes(buf, effect);
+                SnapshotPart::Effects(effects) => {
+                    buf.put_u8(SNAP_EFFECTS);
+                    buf.put_u32_le(effects.len() as u32);
+                    for (id, effect) in effects {
+                        put_id(buf, id);
+                        wire::put_bytes(buf, effect);
+                    }
                 }
                 SnapshotPart::Completion(c) => {
                     buf.put_u8(SNAP_COMPLETION);
@@ -336,10 +360,15 @@ impl Wire for RpcRecord {
             },
             SNAP_START => snap(SnapshotPart::Start),
             SNAP_CLIENT => snap(SnapshotPart::Client(ClientRecord::get(buf)?)),
-            SNAP_EFFECT => snap(SnapshotPart::Effect {
-                id: get_id(buf)?,
-                effect: wire::get_bytes(buf, MAX_RECORD_BODY)?,
-            }),
+            SNAP_EFFECTS => {
+                // An effect takes an id (24 bytes) and a length (4) at least.
+                let n = wire::get_len(buf, 28)?;
+                let mut effects = Vec::with_capacity(n);
+                for _ in 0..n {
+                    effects.push((get_id(buf)?, wire::get_bytes(buf, MAX_RECORD_BODY)?));
+                }
+                snap(SnapshotPart::Effects(effects))
+            }
             SNAP_COMPLETION => snap(SnapshotPart::Completion(Completion::get(buf)?)),
             SNAP_CALL => snap(SnapshotPart::CallLogged(LoggedCall::get(buf)?)),
             SNAP_END => snap(SnapshotPart::End {
@@ -364,7 +393,7 @@ impl Record for RpcRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Fact {
     Client(ClientRecord),
-    Effect(CallId, Bytes),
+    Effects(Vec<(CallId, Bytes)>),
     Completion(Completion),
     Logged(LoggedCall),
     Done(Incarnation, u64),
@@ -416,7 +445,7 @@ impl Replayed {
                 RpcRecord::Snapshot(p) => match p {
                     SnapshotPart::Start | SnapshotPart::End { .. } => continue,
                     SnapshotPart::Client(c) => Fact::Client(c),
-                    SnapshotPart::Effect { id, effect } => Fact::Effect(id, effect),
+                    SnapshotPart::Effects(effects) => Fact::Effects(effects),
                     SnapshotPart::Completion(c) => Fact::Completion(c),
                     SnapshotPart::CallLogged(c) => Fact::Logged(c),
                 },
@@ -485,7 +514,7 @@ impl DurableRecords {
         };
         for fact in replayed.facts {
             match fact {
-                Fact::Effect(id, effect) => out.effects.push((id, effect)),
+                Fact::Effects(effects) => out.effects.extend(effects),
                 Fact::Completion(c) => {
                     if let Some(e) = &c.effect {
                         out.effects.push((c.id, e.clone()));
@@ -548,13 +577,14 @@ mod tests {
                 first_incomplete: 9,
                 forgotten: vec![(11, 12), (20, 20)],
             })),
-            RpcRecord::Snapshot(SnapshotPart::Effect {
-                id: id(1),
-                effect: Bytes::from("+1"),
-            }),
+            RpcRecord::Snapshot(SnapshotPart::Effects(vec![
+                (id(1), Bytes::from("+1")),
+                (id(2), Bytes::new()),
+            ])),
+            RpcRecord::Snapshot(SnapshotPart::Effects(vec![])),
             RpcRecord::Snapshot(SnapshotPart::Completion(completion(4, None))),
             RpcRecord::Snapshot(SnapshotPart::CallLogged(call)),
-            RpcRecord::Snapshot(SnapshotPart::End { parts: 4 }),
+            RpcRecord::Snapshot(SnapshotPart::End { parts: 5 }),
         ]
     }
 
@@ -571,6 +601,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn effects_are_packed_many_to_a_part_in_order() {
+        let effects: Vec<(CallId, Bytes)> = (0..2500).map(|s| (id(s), Bytes::from("e"))).collect();
+        let parts = effect_parts(&effects);
+        assert_eq!(parts.len(), 3);
+        let unpacked: Vec<(CallId, Bytes)> = parts
+            .into_iter()
+            .flat_map(|p| match p {
+                SnapshotPart::Effects(e) => e,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(unpacked, effects);
+        let large = vec![(id(1), Bytes::from(vec![0; 100 << 10])); 3];
+        assert_eq!(effect_parts(&large).len(), 3, "one large effect a part");
     }
 
     #[test]
@@ -603,10 +650,7 @@ mod tests {
             v
         };
         let kept = vec![
-            SnapshotPart::Effect {
-                id: id(1),
-                effect: Bytes::from("e"),
-            },
+            SnapshotPart::Effects(vec![(id(1), Bytes::from("e"))]),
             SnapshotPart::Completion(completion(2, None)),
         ];
         let mut log = vec![c(1), c(2)];

@@ -41,7 +41,9 @@ use ft_core::{Incarnation, NodeId, PersistToken};
 use super::message::{Chunk, Refusal, fingerprint};
 use super::node::Node;
 use super::parts::{Added, Parts};
-use super::records::{Answer, ClientRecord, Completion, Fact, RpcRecord, SnapshotPart};
+use super::records::{
+    Answer, ClientRecord, Completion, Fact, RpcRecord, SnapshotPart, effect_parts,
+};
 use super::{
     CallId, CancelReason, MAX_PART, Outcome, Reincarnation, RpcEvent, RpcMessage, RpcTimer,
     Semantics, after,
@@ -315,12 +317,7 @@ impl Server {
                 }));
             }
         }
-        for (id, effect) in &self.effects {
-            parts.push(SnapshotPart::Effect {
-                id: *id,
-                effect: effect.clone(),
-            });
-        }
+        parts.extend(effect_parts(&self.effects));
         let kept = |id: CallId, r: &Recorded| {
             SnapshotPart::Completion(Completion {
                 id,
@@ -360,7 +357,7 @@ impl Server {
                 Fact::Client(r) => {
                     self.clients.insert(r.client, ClientState::restored(r, now));
                 }
-                Fact::Effect(id, effect) => self.effects.push((*id, effect.clone())),
+                Fact::Effects(effects) => self.effects.extend(effects.iter().cloned()),
                 Fact::Completion(c) => self.restore_completion(c, now),
                 Fact::Logged(_) | Fact::Done(..) => {}
             }
