@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod clock;
+pub mod completion;
 pub mod compose;
 pub mod detector;
 pub mod driver;
@@ -27,6 +28,7 @@ pub mod wire;
 
 pub use channel::{Channel, ChannelError};
 pub use clock::Clock;
+pub use completion::{Completion, CompletionTable};
 pub use compose::{Outbox, Persisted};
 pub use detector::{FailureDetector, Suspicion};
 pub use driver::{DriverConfig, DriverError, DriverStats, Handle, InputSender, StatsReader};

@@ -7,4 +7,5 @@ pub mod echo;
 pub mod handle;
 pub mod rpc;
 pub mod rtt;
-mod sync;
+#[cfg(test)]
+mod testing;

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ft_core::{
-    Clock, DriverConfig, DriverError, Incarnation, MemNetwork, NodeId, Recover, RecoveryContext,
-};
+use ft_core::harness;
+use ft_core::{Clock, DriverConfig, DriverError, MemNetwork, NodeId, Recover, RecoveryContext};
 use ft_rpc::handle::{CallError, RpcClient, rpc_node};
 use ft_rpc::rpc::{CallId, CallOptions, Rpc, RpcConfig, RpcError, Semantics};
 use ft_storage::MemLog;
@@ -42,11 +41,8 @@ fn rpc(id: u64) -> Rpc {
     Rpc::recover(
         &RpcConfig::new(vec![NodeId(0), NodeId(1), NodeId(2)]),
         RecoveryContext {
-            node: NodeId(id),
-            incarnation: Incarnation::FIRST,
-            records: Vec::new(),
             seed: id + 1,
-            now: Instant::now(),
+            ..harness::context(NodeId(id))
         },
     )
     .unwrap()
@@ -163,6 +159,14 @@ async fn sixteen_tasks_calling_through_clones_each_get_their_own_reply() {
         guarded("callers", t).await.unwrap();
     }
     assert_eq!(client.pending(), 0, "every slot released");
+    // The core's counters, read while it runs: 128 calls went out and came
+    // back (a lossless network: no retransmission, unless a retry timer
+    // beat a reply).
+    let counters = client.counters().expect("rpc_node knows its driver");
+    assert!(counters.messages_sent >= 128, "{counters:?}");
+    assert!(counters.messages_received >= 128, "{counters:?}");
+    let served = server.counters().unwrap();
+    assert!(served.messages_received >= 128, "{served:?}");
 
     stop(&client, client_node).await;
     stop(&server, server_node).await;

@@ -75,11 +75,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ft_core::driver::driver;
 use ft_core::{
-    Channel, DriverConfig, DriverError, DriverStats, Incarnation, NodeId, Recover, RecoveryContext,
-    StableLog, StatsReader, StorageError,
+    Channel, Counters, DriverConfig, DriverError, DriverStats, Incarnation, NodeId, Recover,
+    RecoveryContext, StableLog, StatsReader, StorageError,
 };
 use ft_rpc::handle::{Reply, RpcClient, ServeStats, serve};
-use ft_rpc::rpc::{CallId, Reincarnation, Rpc, RpcConfig, durable_effects};
+use ft_rpc::rpc::{CallId, DurableRecords, Reincarnation, Rpc, RpcConfig};
 use ft_storage::FileLog;
 use tokio::task::JoinHandle;
 
@@ -143,6 +143,9 @@ pub struct NodeStats {
     pub serve: ServeStats,
     /// Datagrams, decode failures, persists, timers.
     pub driver: DriverStats,
+    /// The RPC core's own counters: messages, retransmissions, persists,
+    /// compactions.
+    pub core: Counters,
 }
 
 impl RpcNodeBuilder {
@@ -277,13 +280,27 @@ impl RpcNodeBuilder {
                 (None, ephemeral_incarnation(), Vec::new())
             }
         };
+        // Typed records: `durable::open` rebuilt the core from these very
+        // records, so they read; a record that did not would fail here too,
+        // never be skipped.
+        let effects = DurableRecords::read(&records)
+            .map_err(|e| StorageError::Corrupt {
+                location: self
+                    .data_dir
+                    .as_deref()
+                    .map(|d| d.join(durable::LOG_DIR).display().to_string())
+                    .unwrap_or_default(),
+                offset: 0,
+                reason: format!("the RPC records do not read: {e}"),
+            })?
+            .effects;
         Ok(Prepared {
             me: self.me,
             addr,
             peers: self.peers,
             transport: self.transport,
             driver: self.driver,
-            effects: durable_effects(&records),
+            effects,
             rpc,
             log,
             incarnation,
@@ -415,7 +432,7 @@ impl Prepared {
         let core = Rpc::recover(&self.rpc, ctx).expect("open() recovered from these records");
         let (handle, run) = driver(core, channel, TokioClock, log, config);
         let stats = handle.stats_reader();
-        let (client, dispatch) = RpcClient::new(handle.input_sender());
+        let (client, dispatch) = RpcClient::for_driver(&handle);
         let task = tokio::spawn(async move {
             let (result, ()) = futures::join!(run, serve(handle, dispatch, handler));
             result
@@ -510,6 +527,7 @@ impl RpcNode {
         NodeStats {
             serve: self.client.serve_stats(),
             driver: self.stats.stats(),
+            core: self.stats.counters(),
         }
     }
 

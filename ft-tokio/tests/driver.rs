@@ -3,12 +3,13 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use ft_core::wire::{DecodeError, Wire};
 use ft_core::{
-    Channel, Clock, Counters, DriverConfig, DriverError, NodeId, Output, PersistToken, Protocol,
+    Channel, Clock, Counters, DriverConfig, DriverError, NodeId, Outbox, Output, PersistToken,
+    Protocol, Record,
 };
 use ft_tokio::{NoLog, TokioClock, spawn, spawn_volatile};
 
@@ -31,18 +32,32 @@ enum Ev {
     Persisted,
 }
 
+/// The one record a probe persists.
+struct Note;
+
+impl Wire for Note {
+    fn encode(&self, _: &mut BytesMut) {}
+    fn decode(_: &mut Bytes) -> Result<Self, DecodeError> {
+        Ok(Note)
+    }
+}
+
+impl Record for Note {
+    const VERSION: u8 = 1;
+}
+
 /// Answers even numbers, reports odd ones, and does timers and persists on
 /// request.
 struct Probe {
     peer: NodeId,
-    out: VecDeque<Output<Probe>>,
+    out: Outbox<Probe>,
 }
 
 impl Probe {
     fn new(peer: NodeId) -> Self {
         Probe {
             peer,
-            out: VecDeque::new(),
+            out: Outbox::new(),
         }
     }
 }
@@ -54,42 +69,34 @@ impl Protocol for Probe {
     type Timer = ();
 
     fn handle_message(&mut self, _: Instant, from: NodeId, n: u64) {
-        self.out.push_back(if n.is_multiple_of(2) {
-            Output::Send {
-                to: from,
-                msg: n + 1,
-            }
+        self.out.received();
+        if n.is_multiple_of(2) {
+            self.out.send(from, n + 1);
         } else {
-            Output::Event(Ev::Pong { from, n })
-        });
+            self.out.event(Ev::Pong { from, n });
+        }
     }
     fn handle_input(&mut self, now: Instant, cmd: Cmd) {
-        self.out.push_back(match cmd {
-            Cmd::Ping(n) => Output::Send {
-                to: self.peer,
-                msg: 2 * n,
-            },
-            Cmd::After(d) => Output::SetTimer {
-                timer: (),
-                at: now + d,
-            },
-            Cmd::Persist => Output::Persist {
-                record: Bytes::from_static(b"record"),
-                token: PersistToken(1),
-            },
-        });
+        match cmd {
+            Cmd::Ping(n) => self.out.send(self.peer, 2 * n),
+            Cmd::After(d) => self.out.set_timer_after((), now, d),
+            Cmd::Persist => {
+                self.out.persist(&Note);
+            }
+        }
     }
     fn handle_timer(&mut self, _: Instant, (): ()) {
-        self.out.push_back(Output::Event(Ev::Fired));
+        self.out.timer_fired();
+        self.out.event(Ev::Fired);
     }
     fn handle_persisted(&mut self, _: Instant, _: PersistToken) {
-        self.out.push_back(Output::Event(Ev::Persisted));
+        self.out.event(Ev::Persisted);
     }
     fn poll_output(&mut self) -> Option<Output<Self>> {
-        self.out.pop_front()
+        self.out.pop()
     }
     fn counters(&self) -> Counters {
-        Counters::default()
+        self.out.counters()
     }
 }
 

@@ -334,3 +334,85 @@ async fn tcp_nodes_call_each_other_with_large_bodies() {
     c.shutdown().await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// The files below `dir`: how many, their lengths, and the bytes the file
+/// system allocated for them (segments are preallocated, perhaps sparse).
+fn bytes_below(dir: &std::path::Path) -> (u64, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = (0, 0, 0);
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        let (files, len, allocated) = if meta.is_dir() {
+            bytes_below(&entry.path())
+        } else {
+            (1, meta.len(), meta.blocks() * 512)
+        };
+        total = (total.0 + files, total.1 + len, total.2 + allocated);
+    }
+    total
+}
+
+/// A real data directory under steady exactly-once load: the server's log
+/// is compacted behind its snapshots, so the bytes on disk stay bounded.
+/// `FT_CALLS` calls (10^5 by default), 16 in flight, over UDP loopback;
+/// prints the log's bytes and records every 10% of the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (the README's figures): cargo test --release -p ft-tokio --test node -- --ignored --nocapture"]
+async fn the_bytes_on_disk_stay_bounded_under_exactly_once_load() {
+    let calls: u64 = std::env::var("FT_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = TestDir::new("node-disk-bound");
+    let (sp, cp) = (free_port(), free_port());
+    let server = echo_server(sp, cp, Some(dir.path())).await;
+    let client = client(cp, sp).await;
+    let started = Instant::now();
+    let in_flight = 16;
+    let (mut max_allocated, mut done) = (0, 0);
+    while done < calls {
+        let batch = (calls - done).min(calls / 10).max(1);
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..in_flight {
+            let c = client.client().clone();
+            let n = batch / in_flight + u64::from(t < batch % in_flight);
+            tasks.spawn(async move {
+                for _ in 0..n {
+                    c.call(
+                        SERVER,
+                        Bytes::from_static(b"ping"),
+                        within(Semantics::ExactlyOnce),
+                    )
+                    .await
+                    .unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        done += batch;
+        let (files, len, allocated) = bytes_below(&dir.path().join(ft_tokio::durable::LOG_DIR));
+        max_allocated = max_allocated.max(allocated);
+        let core = server.stats().core;
+        println!(
+            "{done} calls: log directory {files} files, {len} bytes long, {allocated} bytes \
+             allocated; {} persists, {} compactions; {:.1?}",
+            core.persists,
+            core.compactions,
+            started.elapsed()
+        );
+    }
+    let core = server.stats().core;
+    client.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+    let records = ft_tokio::durable::records(dir.path()).unwrap();
+    println!(
+        "{calls} exactly-once calls: at most {max_allocated} bytes allocated to the log; \
+         {} records ({} bytes of records) at the end; {} compactions",
+        records.len(),
+        records.iter().map(Bytes::len).sum::<usize>(),
+        core.compactions
+    );
+    assert!(core.compactions > 0);
+}

@@ -183,7 +183,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ft_core::{
-    Counters, Incarnation, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext,
+    Counters, Incarnation, NodeId, Outbox, Output, PersistToken, Protocol, Recover,
+    RecoveryContext, RecoveryError,
 };
 
 use crate::rtt::RttEstimator;
@@ -348,11 +349,10 @@ struct Peer {
     stats: PeerStats,
 }
 
-/// What a peer's handlers need besides the peer: where outputs go, the
-/// counters, and the node's own incarnation and configuration.
+/// What a peer's handlers need besides the peer: the outbox, and the
+/// node's own incarnation and configuration.
 struct Io<'a> {
-    out: &'a mut VecDeque<Output<Reliable>>,
-    counters: &'a mut Counters,
+    out: &'a mut Outbox<Reliable>,
     me: Incarnation,
     config: &'a ReliableConfig,
 }
@@ -366,13 +366,11 @@ impl Reliable {
             incarnation,
             peers,
             out,
-            counters,
             strangers,
             ..
         } = self;
         let io = Io {
             out,
-            counters,
             me: *incarnation,
             config,
         };
@@ -381,18 +379,9 @@ impl Reliable {
 }
 
 impl Io<'_> {
-    fn send(&mut self, to: NodeId, msg: ReliableMessage) {
-        self.counters.messages_sent += 1;
-        self.out.push_back(Output::Send { to, msg });
-    }
-
-    fn event(&mut self, e: ReliableEvent) {
-        self.out.push_back(Output::Event(e));
-    }
-
     fn drop_message(&mut self, counter: &mut u64) {
         *counter += 1;
-        self.counters.messages_dropped += 1;
+        self.out.dropped();
     }
 }
 
@@ -441,8 +430,7 @@ pub struct Reliable {
     me: NodeId,
     incarnation: Incarnation,
     peers: BTreeMap<NodeId, Peer>,
-    out: VecDeque<Output<Reliable>>,
-    counters: Counters,
+    out: Outbox<Reliable>,
     strangers: u64,
 }
 
@@ -463,8 +451,7 @@ impl Reliable {
             me: node,
             incarnation,
             peers,
-            out: VecDeque::new(),
-            counters: Counters::default(),
+            out: Outbox::new(),
             strangers: 0,
         }
     }
@@ -545,7 +532,7 @@ impl Reliable {
     pub fn send(&mut self, now: Instant, to: NodeId, payload: Bytes) {
         let (peers, _, mut io) = self.split();
         if payload.len() > io.config.max_payload {
-            io.event(ReliableEvent::SendRejected {
+            io.out.event(ReliableEvent::SendRejected {
                 to,
                 payload,
                 reason: RejectReason::TooLarge,
@@ -553,7 +540,7 @@ impl Reliable {
             return;
         }
         let Some(peer) = peers.get_mut(&to) else {
-            io.event(ReliableEvent::SendRejected {
+            io.out.event(ReliableEvent::SendRejected {
                 to,
                 payload,
                 reason: RejectReason::UnknownPeer,
@@ -562,7 +549,7 @@ impl Reliable {
         };
         if peer.queue.len() >= io.config.send_queue && !peer.window_has_room(io.config) {
             peer.stats.rejected += 1;
-            io.event(ReliableEvent::SendRejected {
+            io.out.event(ReliableEvent::SendRejected {
                 to,
                 payload,
                 reason: RejectReason::QueueFull,
@@ -615,7 +602,7 @@ impl Peer {
             };
             let seq = self.next_seq;
             self.next_seq += 1;
-            io.send(
+            io.out.send(
                 self.id,
                 ReliableMessage::Data {
                     sender_incarnation: io.me,
@@ -644,18 +631,13 @@ impl Peer {
         // never reached: leave the timer off rather than panic.
         self.rto_at = now.checked_add(self.rtt.rto());
         if let Some(at) = self.rto_at {
-            io.out.push_back(Output::SetTimer {
-                timer: ReliableTimer::Retransmit(self.id),
-                at,
-            });
+            io.out.set_timer(ReliableTimer::Retransmit(self.id), at);
         }
     }
 
     fn disarm_rto(&mut self, io: &mut Io<'_>) {
         if self.rto_at.take().is_some() {
-            io.out.push_back(Output::CancelTimer {
-                timer: ReliableTimer::Retransmit(self.id),
-            });
+            io.out.cancel_timer(ReliableTimer::Retransmit(self.id));
         }
     }
 
@@ -672,8 +654,7 @@ impl Peer {
             payload: seg.payload.clone(),
         };
         self.stats.retransmissions += 1;
-        io.counters.retransmissions += 1;
-        io.send(self.id, msg);
+        io.out.retransmit(self.id, seg.seq, msg);
     }
 
     fn on_ack(
@@ -838,10 +819,7 @@ impl Peer {
             match now.checked_add(io.config.ack_delay) {
                 Some(at) => {
                     self.ack_at = Some(at);
-                    io.out.push_back(Output::SetTimer {
-                        timer: ReliableTimer::Ack(self.id),
-                        at,
-                    });
+                    io.out.set_timer(ReliableTimer::Ack(self.id), at);
                 }
                 None => self.send_ack(io),
             }
@@ -851,7 +829,7 @@ impl Peer {
     fn deliver(&mut self, payload: Bytes, io: &mut Io<'_>) {
         self.expected += 1;
         self.stats.delivered += 1;
-        io.event(ReliableEvent::Delivered {
+        io.out.event(ReliableEvent::Delivered {
             from: self.id,
             payload,
         });
@@ -859,9 +837,7 @@ impl Peer {
 
     fn send_ack(&mut self, io: &mut Io<'_>) {
         if self.ack_at.take().is_some() {
-            io.out.push_back(Output::CancelTimer {
-                timer: ReliableTimer::Ack(self.id),
-            });
+            io.out.cancel_timer(ReliableTimer::Ack(self.id));
         }
         self.unacked_in_order = 0;
         let mut selective: Vec<(u64, u64)> = Vec::new();
@@ -879,7 +855,7 @@ impl Peer {
             }
         }
         self.stats.acks_sent += 1;
-        io.send(
+        io.out.send(
             self.id,
             ReliableMessage::Ack {
                 sender_incarnation: io.me,
@@ -909,14 +885,12 @@ impl Peer {
         self.reorder.clear();
         self.unacked_in_order = 0;
         if self.ack_at.take().is_some() {
-            io.out.push_back(Output::CancelTimer {
-                timer: ReliableTimer::Ack(self.id),
-            });
+            io.out.cancel_timer(ReliableTimer::Ack(self.id));
         }
         if report {
             self.stats.restarts_detected += 1;
             self.stats.unacked_reported += unacked.len() as u64;
-            io.event(ReliableEvent::PeerRestarted {
+            io.out.event(ReliableEvent::PeerRestarted {
                 peer: self.id,
                 incarnation,
                 unacked,
@@ -936,7 +910,7 @@ impl Protocol for Reliable {
     type Timer = ReliableTimer;
 
     fn handle_message(&mut self, now: Instant, from: NodeId, msg: ReliableMessage) {
-        self.counters.messages_received += 1;
+        self.out.received();
         let (peers, strangers, mut io) = self.split();
         let Some(peer) = peers.get_mut(&from) else {
             io.drop_message(strangers);
@@ -991,7 +965,7 @@ impl Protocol for Reliable {
     }
 
     fn handle_timer(&mut self, now: Instant, timer: ReliableTimer) {
-        self.counters.timers_fired += 1;
+        self.out.timer_fired();
         let (peers, _, mut io) = self.split();
         match timer {
             ReliableTimer::Retransmit(p) => {
@@ -1015,11 +989,11 @@ impl Protocol for Reliable {
     fn handle_persisted(&mut self, _now: Instant, _token: PersistToken) {}
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
-        self.out.pop_front()
+        self.out.pop()
     }
 
     fn counters(&self) -> Counters {
-        self.counters
+        self.out.counters()
     }
 }
 
@@ -1029,10 +1003,7 @@ impl Recover for Reliable {
     /// Builds a fresh endpoint in the life `ctx.incarnation`: the channel
     /// keeps nothing on stable storage, so `ctx.records` is empty and
     /// ignored, and it uses no randomness.
-    fn recover(
-        config: &ReliableConfig,
-        ctx: RecoveryContext,
-    ) -> Result<Self, ft_core::RecoveryError> {
+    fn recover(config: &ReliableConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
         Ok(Reliable::new(config, ctx.node, ctx.incarnation))
     }
 }

@@ -109,8 +109,6 @@
 //! });
 //! ```
 
-mod pending;
-
 use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -127,11 +125,18 @@ use futures::future::{AbortHandle, Aborted, abortable};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
+use ft_core::completion::{Closed, CompletionTable};
 use ft_core::driver::driver;
-use ft_core::{Channel, Clock, DriverConfig, DriverError, Handle, InputSender, NodeId, StableLog};
+use ft_core::{
+    Channel, Clock, Counters, DriverConfig, DriverError, Handle, InputSender, NodeId, StableLog,
+    StatsReader,
+};
 
 use crate::rpc::{CallId, CallOptions, Rpc, RpcError, RpcEvent, RpcInput};
-use pending::PendingCalls;
+
+/// The calls of one client waiting for their results, by token: the
+/// table is `ft_core`'s, loom-modelled there.
+type PendingCalls = CompletionTable<u64, Result<Bytes, RpcError>>;
 
 /// What a handler answers: the reply, and the state change the call made
 /// (its *effect*), which an exactly-once server makes durable together
@@ -232,8 +237,10 @@ pub struct RpcClient {
 struct ClientInner {
     inputs: InputSender<Rpc>,
     calls: PendingCalls,
+    next_token: AtomicU64,
     stop: mpsc::UnboundedSender<()>,
     stats: Arc<ServeCells>,
+    driver: Option<StatsReader>,
 }
 
 /// The dispatcher's end of an [`RpcClient`]: where [`serve`] delivers the
@@ -259,7 +266,19 @@ impl RpcClient {
     ///
     /// The client owns the node's call tokens: nothing else should send
     /// [`RpcInput::Call`] or [`RpcInput::Cancel`] to the same driver.
+    /// Built this way it cannot read the core's counters
+    /// ([`counters`](Self::counters)); [`for_driver`](Self::for_driver) can.
     pub fn new(inputs: InputSender<Rpc>) -> (RpcClient, Dispatch) {
+        RpcClient::build(inputs, None)
+    }
+
+    /// [`new`](Self::new) for the driver behind `handle`, whose counters
+    /// the client then reads ([`counters`](Self::counters)).
+    pub fn for_driver(handle: &Handle<Rpc>) -> (RpcClient, Dispatch) {
+        RpcClient::build(handle.input_sender(), Some(handle.stats_reader()))
+    }
+
+    fn build(inputs: InputSender<Rpc>, driver: Option<StatsReader>) -> (RpcClient, Dispatch) {
         let cancel = inputs.clone();
         let calls = PendingCalls::new(move |token| {
             // An error means the driver has stopped, and the call with it.
@@ -271,8 +290,10 @@ impl RpcClient {
             inner: Arc::new(ClientInner {
                 inputs,
                 calls: calls.clone(),
+                next_token: AtomicU64::new(0),
                 stop: stop_tx,
                 stats: stats.clone(),
+                driver,
             }),
         };
         let dispatch = Dispatch {
@@ -357,7 +378,15 @@ impl RpcClient {
         request: Bytes,
         options: CallOptions,
     ) -> Result<Bytes, CallError> {
-        let (token, completion) = self.inner.calls.register();
+        let completion = loop {
+            let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+            // A token wraps only after 2^64 calls; one still waiting then is
+            // skipped.
+            if let Ok(c) = self.inner.calls.register(token) {
+                break c;
+            }
+        };
+        let token = *completion.key();
         let call = RpcInput::Call {
             token,
             server,
@@ -369,7 +398,18 @@ impl RpcClient {
             completion.forget();
             return Err(CallError::Closed);
         }
-        completion.await
+        match completion.await {
+            Ok(result) => result.map_err(CallError::Rpc),
+            Err(Closed) => Err(CallError::Closed),
+        }
+    }
+
+    /// The core's counters (messages sent and received, retransmissions,
+    /// persists, compactions…) as of its last step, read while it runs;
+    /// `None` for a client built with [`new`](Self::new), which knows no
+    /// driver.
+    pub fn counters(&self) -> Option<Counters> {
+        self.inner.driver.as_ref().map(StatsReader::counters)
     }
 
     /// What the node's dispatcher did so far: computations served, handler
@@ -500,7 +540,7 @@ where
                     &stats.calls_failed
                 });
                 // `false`: the caller gave up; the result is discarded.
-                calls.complete(token, result);
+                calls.complete(&token, result);
             }
             Wake::Event(Some(RpcEvent::Execute {
                 id,
@@ -593,7 +633,7 @@ where
     R: Into<Reply>,
 {
     let (handle, run) = driver(rpc, channel, clock, log, config);
-    let (client, dispatch) = RpcClient::new(handle.input_sender());
+    let (client, dispatch) = RpcClient::for_driver(&handle);
     let node = async move {
         let (result, ()) = futures::join!(run, serve(handle, dispatch, handler));
         result

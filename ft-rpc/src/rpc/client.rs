@@ -9,10 +9,11 @@ use ft_core::{Incarnation, NodeId, PersistToken};
 
 use super::budget::Bucket;
 use super::message::{Chunk, Refusal, fingerprint};
+use super::node::Node;
 use super::parts::{Added, Parts};
-use super::server::Records;
+use super::records::{Fact, LoggedCall, RpcRecord};
 use super::{
-    CallId, CallOptions, Executed, Outcome, Reincarnation, Rpc, RpcError, RpcEvent, RpcMessage,
+    CallId, CallOptions, Executed, Outcome, Reincarnation, RpcError, RpcEvent, RpcMessage,
     RpcTimer, Semantics, after,
 };
 
@@ -37,7 +38,9 @@ pub struct ClientStats {
     pub succeeded: u64,
     /// Calls that ended in an error, of any class.
     pub failed: u64,
-    /// Requests sent again after a timeout.
+    /// Requests sent again after a timeout (once per call and timeout,
+    /// however many parts or `Locate`s went out: the core's
+    /// [`Counters::retransmissions`](ft_core::Counters) counts messages).
     pub retransmissions: u64,
     /// Retransmissions withheld by the retry budget.
     pub throttled: u64,
@@ -60,7 +63,7 @@ pub struct ClientStats {
 }
 
 #[derive(Debug)]
-pub(crate) struct Call {
+struct Call {
     token: u64,
     server: NodeId,
     /// The request, in the parts it is sent in (one, if it is small).
@@ -95,15 +98,21 @@ impl Call {
     }
 }
 
+/// The client side of an RPC node: its outstanding calls, the servers it
+/// is bound to, its retry budget and its call log.
 #[derive(Debug, Default)]
 pub(crate) struct Client {
-    pub(crate) calls: BTreeMap<u64, Call>,
+    calls: BTreeMap<u64, Call>,
     by_token: BTreeMap<u64, u64>,
     next_seq: u64,
     bound: BTreeMap<NodeId, Incarnation>,
     locating: BTreeMap<NodeId, u64>,
     bucket: Option<Bucket>,
     log_waits: BTreeMap<PersistToken, u64>,
+    /// The call log as stable storage will hold it once every persist asked
+    /// for is durable: calls logged and not yet logged as done, (life, seq)
+    /// → server. What a snapshot keeps of the log.
+    call_log: BTreeMap<(Incarnation, u64), NodeId>,
     /// Extermination requests not yet acknowledged: (server, life) → seqs.
     exterminate: BTreeMap<(NodeId, Incarnation), Vec<u64>>,
     /// Servers that have not yet acknowledged our restart announcement.
@@ -112,65 +121,114 @@ pub(crate) struct Client {
     announces_left: u32,
     /// Replies arriving in parts.
     parts: Parts,
-    pub(crate) stats: ClientStats,
+    stats: ClientStats,
 }
 
-impl Rpc {
-    fn logs_calls(&self) -> bool {
-        self.config.orphans.extermination
-            || self.config.orphans.reincarnation == Reincarnation::Gentle
+impl Client {
+    // ---- getters ----
+
+    /// Calls outstanding.
+    pub(crate) fn pending(&self) -> usize {
+        self.calls.len()
     }
 
-    fn bucket(&mut self) -> &mut Bucket {
-        let budget = self.config.budget;
-        self.client
-            .bucket
-            .get_or_insert_with(|| Bucket::new(budget))
+    pub(crate) fn stats(&self) -> ClientStats {
+        self.stats
     }
 
-    fn finish(&mut self, seq: u64, result: Result<Bytes, RpcError>) {
-        let Some(call) = self.client.calls.remove(&seq) else {
+    /// The call-log entries a snapshot must keep.
+    pub(crate) fn snapshot(&self) -> impl Iterator<Item = LoggedCall> + '_ {
+        self.call_log
+            .iter()
+            .map(|(&(life, seq), &server)| LoggedCall { life, seq, server })
+    }
+
+    fn first_incomplete(&self) -> u64 {
+        self.calls
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_seq + 1)
+    }
+
+    fn bucket(&mut self, node: &Node) -> &mut Bucket {
+        let budget = node.config.budget;
+        self.bucket.get_or_insert_with(|| Bucket::new(budget))
+    }
+
+    // ---- recovery ----
+
+    /// The call log as the durable records have it.
+    pub(crate) fn restore<'a>(&mut self, facts: impl Iterator<Item = &'a Fact>) {
+        for fact in facts {
+            match fact {
+                Fact::Logged(c) => {
+                    self.call_log.insert((c.life, c.seq), c.server);
+                }
+                Fact::Done(life, seq) => {
+                    self.call_log.remove(&(*life, *seq));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// At start: announce a new life to every peer, and exterminate (or
+    /// adopt) the unfinished calls of earlier lives found in the call log.
+    pub(crate) fn start(&mut self, node: &mut Node, now: Instant) {
+        if let Some(q) = node.config.orphans.quantum {
+            node.out
+                .set_timer(RpcTimer::Renew, after(now, renew_every(q)));
+        }
+        if node.incarnation == Incarnation::FIRST {
             return;
-        };
-        self.client.by_token.remove(&call.token);
-        let id = CallId {
-            client: self.me,
-            client_incarnation: self.incarnation,
-            seq,
-        };
-        self.client.parts.remove(call.server, id);
-        self.cancel_timer(RpcTimer::Retry(seq));
-        self.cancel_timer(RpcTimer::Deadline(seq));
-        if result.is_ok() {
-            self.client.stats.succeeded += 1;
+        }
+        let previous = Incarnation(node.incarnation.0.saturating_sub(1));
+        if node.config.orphans.extermination {
+            for (&(life, seq), &server) in &self.call_log {
+                if life < node.incarnation {
+                    self.exterminate
+                        .entry((server, life))
+                        .or_default()
+                        .push(seq);
+                    self.stats.exterminations_requested += 1;
+                }
+            }
         } else {
-            self.client.stats.failed += 1;
+            if node.config.orphans.reincarnation == Reincarnation::Gentle {
+                self.adopted = self
+                    .call_log
+                    .keys()
+                    .filter(|(life, _)| *life == previous)
+                    .map(|(_, seq)| *seq)
+                    .collect();
+            }
+            // Announced now: a later life adopts only this life's calls.
+            self.call_log
+                .retain(|(life, _), _| *life >= node.incarnation);
         }
-        if self.logs_calls() && !call.logging {
-            // No need to wait: a lost "done" only means a later life asks
-            // the server to kill a call that already finished.
-            let record = Records::call_done(self.incarnation, seq);
-            self.persist(record);
-        }
-        self.event(RpcEvent::Returned {
-            token: call.token,
-            result,
-        });
+        self.announce_to = node.config.peers.iter().copied().collect();
+        self.announce_to.remove(&node.me);
+        self.announces_left = ANNOUNCES;
+        self.on_recovery_timer(node, now);
     }
+
+    // ---- calls ----
 
     pub(crate) fn call(
         &mut self,
+        node: &mut Node,
         now: Instant,
         token: u64,
         server: NodeId,
         request: Bytes,
         options: CallOptions,
     ) {
-        self.client.stats.calls += 1;
-        let limit = self.config.max_body;
-        let refuse = if self.client.by_token.contains_key(&token) {
+        self.stats.calls += 1;
+        let limit = node.config.max_body;
+        let refuse = if self.by_token.contains_key(&token) {
             Some(RpcError::Refused(Refusal::TokenInUse))
-        } else if self.client.calls.len() >= self.config.max_pending {
+        } else if self.calls.len() >= node.config.max_pending {
             Some(RpcError::Refused(Refusal::TooManyPending))
         } else if request.len() > limit {
             // Checked before anything is sent.
@@ -178,7 +236,7 @@ impl Rpc {
                 len: request.len() as u64,
                 limit: limit as u64,
             }))
-        } else if server == self.me || !self.config.peers.contains(&server) {
+        } else if server == node.me || !node.config.peers.contains(&server) {
             Some(RpcError::CannotLocateServer { server })
         } else if options.deadline <= now {
             Some(RpcError::TimedOut {
@@ -189,17 +247,20 @@ impl Rpc {
             None
         };
         if let Some(e) = refuse {
-            self.client.stats.failed += 1;
-            self.event(RpcEvent::Returned {
+            if let RpcError::Refused(why) = &e {
+                node.out.note(why.note(), Some(server), None, None);
+            }
+            self.stats.failed += 1;
+            node.out.event(RpcEvent::Returned {
                 token,
                 result: Err(e),
             });
             return;
         }
-        self.client.next_seq += 1;
-        let seq = self.client.next_seq;
-        let logging = self.logs_calls();
-        self.client.calls.insert(
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let logging = node.logs_calls();
+        self.calls.insert(
             seq,
             Call {
                 token,
@@ -215,125 +276,141 @@ impl Rpc {
                 last_sent: None,
             },
         );
-        self.client.by_token.insert(token, seq);
-        self.set_timer(RpcTimer::Deadline(seq), options.deadline);
+        self.by_token.insert(token, seq);
+        node.out
+            .set_timer(RpcTimer::Deadline(seq), options.deadline);
         if logging {
             // Extermination: the call is on stable storage before any server
             // can start on it, so a later life knows what to kill.
-            let t = self.persist(Records::call_logged(self.incarnation, seq, server));
-            self.client.log_waits.insert(t, seq);
+            let entry = LoggedCall {
+                life: node.incarnation,
+                seq,
+                server,
+            };
+            let t = node.persist(&RpcRecord::CallLogged(entry));
+            self.call_log.insert((entry.life, seq), server);
+            self.log_waits.insert(t, seq);
         } else {
-            self.transmit(now, seq);
+            self.transmit(node, now, seq, false);
         }
     }
 
-    pub(crate) fn client_persisted(&mut self, now: Instant, token: PersistToken) {
-        if let Some(seq) = self.client.log_waits.remove(&token)
-            && let Some(call) = self.client.calls.get_mut(&seq)
-        {
+    fn finish(&mut self, node: &mut Node, seq: u64, result: Result<Bytes, RpcError>) {
+        let Some(call) = self.calls.remove(&seq) else {
+            return;
+        };
+        self.by_token.remove(&call.token);
+        self.parts.remove(call.server, node.call_id(seq));
+        node.out.cancel_timer(RpcTimer::Retry(seq));
+        node.out.cancel_timer(RpcTimer::Deadline(seq));
+        if result.is_ok() {
+            self.stats.succeeded += 1;
+        } else {
+            self.stats.failed += 1;
+        }
+        if node.logs_calls() && !call.logging {
+            // No need to wait: a lost "done" only means a later life asks
+            // the server to kill a call that already finished.
+            let life = node.incarnation;
+            node.persist(&RpcRecord::CallDone { life, seq });
+            self.call_log.remove(&(life, seq));
+        }
+        node.out.event(RpcEvent::Returned {
+            token: call.token,
+            result,
+        });
+    }
+
+    /// A record became durable: if it logged a call, the call goes out.
+    /// Returns whether the token was the client's.
+    pub(crate) fn persisted(&mut self, node: &mut Node, now: Instant, token: PersistToken) -> bool {
+        let Some(seq) = self.log_waits.remove(&token) else {
+            return false;
+        };
+        if let Some(call) = self.calls.get_mut(&seq) {
             call.logging = false;
-            self.transmit(now, seq);
+            self.transmit(node, now, seq, false);
         }
+        true
     }
 
-    fn first_incomplete(&self) -> u64 {
-        self.client
-            .calls
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.client.next_seq + 1)
-    }
-
-    /// Sends call `seq` (or locates its server first) and arms its retry.
-    fn transmit(&mut self, now: Instant, seq: u64) {
+    /// Sends call `seq` (or locates its server first) and arms its retry;
+    /// `again` when it is a retransmission.
+    fn transmit(&mut self, node: &mut Node, now: Instant, seq: u64, again: bool) {
         let first_incomplete = self.first_incomplete();
-        let Some(call) = self.client.calls.get_mut(&seq) else {
+        let Some(call) = self.calls.get_mut(&seq) else {
             return;
         };
         let server = call.server;
         let attempt = call.tries;
         call.tries += 1;
         call.last_sent = Some(now);
-        match self.client.bound.get(&server).copied() {
+        match self.bound.get(&server).copied() {
             Some(inc) => {
                 call.attempts += 1;
                 call.sent_to = Some(inc);
                 let left = call.options.deadline.saturating_duration_since(now);
-                let id = CallId {
-                    client: self.me,
-                    client_incarnation: self.incarnation,
-                    seq,
-                };
-                let (semantics, fingerprint) = (call.options.semantics, call.fingerprint);
                 let budget_ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
                 // Every part again: the server keeps the parts it has, so
                 // each retransmission fills what was lost.
-                let parts = call.request.clone();
-                for body in parts {
-                    self.send(
-                        server,
-                        RpcMessage::Call {
-                            id,
-                            server_incarnation: inc,
-                            semantics,
-                            first_incomplete,
-                            budget_ms,
-                            fingerprint,
-                            body,
-                        },
-                    );
+                for body in &call.request {
+                    let msg = RpcMessage::Call {
+                        id: node.call_id(seq),
+                        server_incarnation: inc,
+                        semantics: call.options.semantics,
+                        first_incomplete,
+                        budget_ms,
+                        fingerprint: call.fingerprint,
+                        body: body.clone(),
+                    };
+                    node.send(server, seq, msg, again);
                 }
             }
-            None => self.locate(server),
+            None => {
+                let nonce = node.rng.next_u64();
+                self.locating.insert(server, nonce);
+                self.stats.locates += 1;
+                node.send(server, seq, RpcMessage::Locate { nonce }, again);
+            }
         }
-        let wait = self.config.backoff.wait(attempt, &mut self.rng);
-        self.set_timer(RpcTimer::Retry(seq), after(now, wait));
+        let wait = node.config.backoff.wait(attempt, &mut node.rng);
+        node.out.set_timer(RpcTimer::Retry(seq), after(now, wait));
     }
 
-    fn locate(&mut self, server: NodeId) {
-        let nonce = self.rng.next_u64();
-        self.client.locating.insert(server, nonce);
-        self.client.stats.locates += 1;
-        self.send(server, RpcMessage::Locate { nonce });
-    }
-
-    pub(crate) fn on_retry(&mut self, now: Instant, seq: u64) {
-        let Some(last_sent) = self.client.calls.get(&seq).map(|c| c.last_sent) else {
+    pub(crate) fn on_retry(&mut self, node: &mut Node, now: Instant, seq: u64) {
+        let Some(last_sent) = self.calls.get(&seq).map(|c| c.last_sent) else {
             return;
         };
         // Past the probe interval, a call sends even with the budget spent:
         // the budget protects an overloaded server from amplified retries,
         // and must not strand a call on a server that has come back.
-        let probe_due = self
+        let probe_due = node
             .config
             .budget
             .probe_every
             .is_some_and(|every| last_sent.is_none_or(|t| now >= after(t, every)));
-        if self.bucket().try_retry(now) {
-            self.client.stats.retransmissions += 1;
-            self.counters.retransmissions += 1;
-            self.transmit(now, seq);
+        if self.bucket(node).try_retry(now) {
+            self.stats.retransmissions += 1;
+            self.transmit(node, now, seq, true);
         } else if probe_due {
-            self.client.stats.probes += 1;
-            self.client.stats.retransmissions += 1;
-            self.counters.retransmissions += 1;
-            self.transmit(now, seq);
+            self.stats.probes += 1;
+            self.stats.retransmissions += 1;
+            self.transmit(node, now, seq, true);
         } else {
             // Throttled: keep waiting for a reply, try again later (backing
             // off as if it had been sent).
-            self.client.stats.throttled += 1;
-            let attempt = self.client.calls.get_mut(&seq).map_or(0, |c| {
+            self.stats.throttled += 1;
+            let attempt = self.calls.get_mut(&seq).map_or(0, |c| {
                 c.tries += 1;
                 c.tries - 1
             });
-            let wait = self.config.backoff.wait(attempt, &mut self.rng);
-            self.set_timer(RpcTimer::Retry(seq), after(now, wait));
+            let wait = node.config.backoff.wait(attempt, &mut node.rng);
+            node.out.set_timer(RpcTimer::Retry(seq), after(now, wait));
         }
     }
 
-    pub(crate) fn on_deadline(&mut self, seq: u64) {
-        let Some(call) = self.client.calls.get(&seq) else {
+    pub(crate) fn on_deadline(&mut self, node: &mut Node, seq: u64) {
+        let Some(call) = self.calls.get(&seq) else {
             return;
         };
         let error = if call.sent_to.is_none() {
@@ -346,75 +423,72 @@ impl Rpc {
                 executed: call.executed(),
             }
         };
-        self.tell_server_to_stop(seq);
-        self.finish(seq, Err(error));
+        self.tell_server_to_stop(node, seq);
+        self.finish(node, seq, Err(error));
     }
 
-    pub(crate) fn cancel(&mut self, token: u64) {
-        if let Some(&seq) = self.client.by_token.get(&token) {
+    pub(crate) fn cancel(&mut self, node: &mut Node, token: u64) {
+        if let Some(&seq) = self.by_token.get(&token) {
             let executed = self
-                .client
                 .calls
                 .get(&seq)
                 .map_or(Executed::Unknown, Call::executed);
-            self.tell_server_to_stop(seq);
-            self.finish(seq, Err(RpcError::Cancelled { executed }));
+            self.tell_server_to_stop(node, seq);
+            self.finish(node, seq, Err(RpcError::Cancelled { executed }));
         }
     }
 
-    fn tell_server_to_stop(&mut self, seq: u64) {
-        if let Some(call) = self.client.calls.get(&seq)
+    fn tell_server_to_stop(&mut self, node: &mut Node, seq: u64) {
+        if let Some(call) = self.calls.get(&seq)
             && call.sent_to.is_some()
         {
-            let id = CallId {
-                client: self.me,
-                client_incarnation: self.incarnation,
-                seq,
-            };
-            let server = call.server;
-            self.send(server, RpcMessage::Cancel { id });
+            let id = node.call_id(seq);
+            node.out.send(call.server, RpcMessage::Cancel { id });
         }
     }
+
+    // ---- messages ----
 
     pub(crate) fn on_located(
         &mut self,
+        node: &mut Node,
         now: Instant,
         from: NodeId,
         nonce: u64,
         server_incarnation: Incarnation,
     ) -> bool {
-        if self.client.locating.get(&from) != Some(&nonce) {
+        if self.locating.get(&from) != Some(&nonce) {
             return false;
         }
-        self.client.locating.remove(&from);
-        self.bind(from, server_incarnation);
+        self.locating.remove(&from);
+        self.bind(node, from, server_incarnation);
         let waiting: Vec<u64> = self
-            .client
             .calls
             .iter()
             .filter(|(_, c)| c.server == from && c.sent_to.is_none() && !c.logging)
             .map(|(s, _)| *s)
             .collect();
         for seq in waiting {
-            self.transmit(now, seq);
+            self.transmit(node, now, seq, false);
         }
         true
     }
 
     /// Records `server`'s life; a newer one means it restarted, and the
     /// calls sent to the old life are dealt with by their semantics.
-    fn bind(&mut self, server: NodeId, incarnation: Incarnation) {
-        let old = self.client.bound.get(&server).copied();
+    fn bind(&mut self, node: &mut Node, server: NodeId, incarnation: Incarnation) {
+        let old = self.bound.get(&server).copied();
         if old.is_some_and(|o| o >= incarnation) {
             return;
         }
-        self.client.bound.insert(server, incarnation);
+        self.bound.insert(server, incarnation);
         if old.is_none() {
             return;
         }
-        self.client.stats.server_restarts_seen += 1;
+        self.stats.server_restarts_seen += 1;
+        node.out
+            .note("server restarted", Some(server), Some(incarnation), None);
         let crashed: Vec<(u64, Executed)> = self
-            .client
             .calls
             .iter()
             .filter(|(_, c)| {
@@ -426,6 +500,7 @@ impl Rpc {
             .collect();
         for (seq, executed) in crashed {
             self.finish(
+                node,
                 seq,
                 Err(RpcError::ServerCrashed {
                     incarnation,
@@ -439,101 +514,92 @@ impl Rpc {
 
     pub(crate) fn on_reply(
         &mut self,
-        _now: Instant,
+        node: &mut Node,
         from: NodeId,
         id: CallId,
         server_incarnation: Incarnation,
         outcome: Outcome,
     ) -> bool {
-        if id.client != self.me {
+        if id.client != node.me {
             return false;
         }
-        if id.client_incarnation != self.incarnation {
+        if id.client_incarnation != node.incarnation {
             // Gentle reincarnation: a call of the previous life that this
             // life adopted has its answer.
             return false;
         }
-        let Some(call) = self.client.calls.get(&id.seq) else {
-            self.client.stats.stray_replies += 1;
+        let Some(call) = self.calls.get(&id.seq) else {
+            self.stats.stray_replies += 1;
             return false;
         };
         if call.server != from {
             return false;
         }
-        self.bind(from, server_incarnation);
-        let Some(call) = self.client.calls.get_mut(&id.seq) else {
+        self.bind(node, from, server_incarnation);
+        let Some(call) = self.calls.get_mut(&id.seq) else {
             // The restart ended it (at-most-once).
             return true;
         };
         let executed = call.executed();
-        match outcome {
+        let result = match outcome {
             Outcome::Done(body) => {
-                self.bucket().on_success();
-                self.finish(id.seq, Ok(body));
+                self.bucket(node).on_success();
+                Ok(body)
             }
             Outcome::InProgress => {
                 call.in_progress_seen = true;
-                self.client.stats.in_progress += 1;
-                self.bucket().on_success();
+                self.stats.in_progress += 1;
+                self.bucket(node).on_success();
+                return true;
             }
             Outcome::Stale => {
                 // Our life is current and the server's too: the call was
                 // answered and forgotten, or meant for a life of the server
                 // that is over. Either way its outcome is unknown here; it
                 // is never reported as refused.
-                let error = if call.options.semantics == Semantics::AtMostOnce
+                if call.options.semantics == Semantics::AtMostOnce
                     && call.sent_to.is_some_and(|s| s < server_incarnation)
                 {
-                    RpcError::ServerCrashed {
+                    Err(RpcError::ServerCrashed {
                         incarnation: server_incarnation,
                         executed,
-                    }
+                    })
                 } else {
-                    RpcError::Forgotten { executed }
-                };
-                self.finish(id.seq, Err(error));
+                    Err(RpcError::Forgotten { executed })
+                }
             }
-            Outcome::Refused(why) => self.finish(id.seq, Err(RpcError::Refused(why))),
-            Outcome::Mismatch => self.finish(id.seq, Err(RpcError::Mismatch)),
-            Outcome::Failed => self.finish(id.seq, Err(RpcError::HandlerFailed)),
-            Outcome::ReplyTooLarge { len, limit } => {
-                self.finish(id.seq, Err(RpcError::ReplyTooLarge { len, limit }));
-            }
-        }
+            Outcome::Refused(why) => Err(RpcError::Refused(why)),
+            Outcome::Mismatch => Err(RpcError::Mismatch),
+            Outcome::Failed => Err(RpcError::HandlerFailed),
+            Outcome::ReplyTooLarge { len, limit } => Err(RpcError::ReplyTooLarge { len, limit }),
+        };
+        self.finish(node, id.seq, result);
         true
     }
 
     /// A part of a large reply: kept until the whole is there.
     pub(crate) fn on_reply_part(
         &mut self,
-        now: Instant,
+        node: &mut Node,
         from: NodeId,
         id: CallId,
         server_incarnation: Incarnation,
         fingerprint: u64,
         body: Chunk,
     ) -> bool {
-        if id.client != self.me
-            || id.client_incarnation != self.incarnation
-            || self
-                .client
-                .calls
-                .get(&id.seq)
-                .is_none_or(|c| c.server != from)
-            || body.total_len as usize > self.config.max_body
+        if id.client != node.me
+            || id.client_incarnation != node.incarnation
+            || self.calls.get(&id.seq).is_none_or(|c| c.server != from)
+            || body.total_len as usize > node.config.max_body
         {
             return false;
         }
-        let per_peer = self.config.max_partial_per_peer;
-        let total = self.config.max_partial_total;
-        match self
-            .client
-            .parts
-            .add(from, id, fingerprint, body, per_peer, total)
-        {
+        let per_peer = node.config.max_partial_per_peer;
+        let total = node.config.max_partial_total;
+        match self.parts.add(from, id, fingerprint, body, per_peer, total) {
             Added::Whole(reply) => {
-                self.client.stats.replies_reassembled += 1;
-                self.on_reply(now, from, id, server_incarnation, Outcome::Done(reply))
+                self.stats.replies_reassembled += 1;
+                self.on_reply(node, from, id, server_incarnation, Outcome::Done(reply))
             }
             Added::Waiting => true,
             Added::Dropped => false,
@@ -546,74 +612,36 @@ impl Rpc {
         incarnation: Incarnation,
         seqs: &[u64],
     ) -> bool {
-        let Some(pending) = self.client.exterminate.get_mut(&(from, incarnation)) else {
+        let Some(pending) = self.exterminate.get_mut(&(from, incarnation)) else {
             return false;
         };
         pending.retain(|s| !seqs.contains(s));
-        if pending.is_empty() {
-            self.client.exterminate.remove(&(from, incarnation));
+        for seq in seqs {
+            // Killed: no later life needs to ask again.
+            self.call_log.remove(&(incarnation, *seq));
         }
-        self.client.announce_to.remove(&from);
+        if pending.is_empty() {
+            self.exterminate.remove(&(from, incarnation));
+        }
+        self.announce_to.remove(&from);
         true
     }
 
-    /// At start: announce a new life to every peer, and exterminate (or
-    /// adopt) the unfinished calls of earlier lives found in the call log.
-    pub(crate) fn start_client(&mut self, now: Instant, records: &Records) {
-        if let Some(q) = self.config.orphans.quantum {
-            self.set_timer(RpcTimer::Renew, after(now, renew_every(q)));
-        }
-        if self.incarnation == Incarnation::FIRST {
-            return;
-        }
-        let previous = Incarnation(self.incarnation.0.saturating_sub(1));
-        if self.config.orphans.extermination {
-            for (&(life, seq), &server) in &records.unfinished {
-                if life < self.incarnation {
-                    self.client
-                        .exterminate
-                        .entry((server, life))
-                        .or_default()
-                        .push(seq);
-                    self.client.stats.exterminations_requested += 1;
-                }
-            }
-        } else if self.config.orphans.reincarnation == Reincarnation::Gentle {
-            self.client.adopted = records
-                .unfinished
-                .keys()
-                .filter(|(life, _)| *life == previous)
-                .map(|(_, seq)| *seq)
-                .collect();
-        }
-        self.client.announce_to = self.config.peers.iter().copied().collect();
-        self.client.announce_to.remove(&self.me);
-        self.client.announces_left = ANNOUNCES;
-        self.on_recovery_timer(now);
-    }
+    // ---- timers ----
 
-    pub(crate) fn on_recovery_timer(&mut self, now: Instant) {
-        let incarnation = self.incarnation;
-        let adopted: Vec<u64> = self.client.adopted.clone();
-        let targets: Vec<NodeId> = self.client.announce_to.iter().copied().collect();
-        for to in targets {
-            self.send(
+    pub(crate) fn on_recovery_timer(&mut self, node: &mut Node, now: Instant) {
+        for &to in &self.announce_to {
+            node.out.send(
                 to,
                 RpcMessage::Announce {
-                    client_incarnation: incarnation,
-                    adopted: adopted.clone(),
+                    client_incarnation: node.incarnation,
+                    adopted: self.adopted.clone(),
                 },
             );
         }
-        let requests: Vec<((NodeId, Incarnation), Vec<u64>)> = self
-            .client
-            .exterminate
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        for ((server, life), seqs) in requests {
+        for (&(server, life), seqs) in &self.exterminate {
             for chunk in seqs.chunks(super::MAX_LISTED) {
-                self.send(
+                node.out.send(
                     server,
                     RpcMessage::Exterminate {
                         client_incarnation: life,
@@ -624,38 +652,38 @@ impl Rpc {
         }
         // Announcements are not acknowledged: on a lossy network they are
         // repeated a few times; extermination requests until acknowledged.
-        self.client.announces_left = self.client.announces_left.saturating_sub(1);
-        if self.client.announces_left == 0 {
-            self.client.announce_to.clear();
+        self.announces_left = self.announces_left.saturating_sub(1);
+        if self.announces_left == 0 {
+            self.announce_to.clear();
         }
-        if !self.client.exterminate.is_empty() || !self.client.announce_to.is_empty() {
-            let wait = self.config.backoff.max.max(Duration::from_millis(1));
-            self.set_timer(RpcTimer::Recovery, after(now, wait));
+        if !self.exterminate.is_empty() || !self.announce_to.is_empty() {
+            let wait = node.config.backoff.max.max(Duration::from_millis(1));
+            node.out.set_timer(RpcTimer::Recovery, after(now, wait));
         }
     }
 
-    pub(crate) fn on_renew_timer(&mut self, now: Instant) {
-        let Some(q) = self.config.orphans.quantum else {
+    pub(crate) fn on_renew_timer(&mut self, node: &mut Node, now: Instant) {
+        let Some(q) = node.config.orphans.quantum else {
             return;
         };
         let mut by_server: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
-        for (seq, c) in &self.client.calls {
+        for (seq, c) in &self.calls {
             if c.sent_to.is_some() {
                 by_server.entry(c.server).or_default().push(*seq);
             }
         }
-        let incarnation = self.incarnation;
         for (server, seqs) in by_server {
             for chunk in seqs.chunks(super::MAX_LISTED) {
-                self.send(
+                node.out.send(
                     server,
                     RpcMessage::Renew {
-                        client_incarnation: incarnation,
+                        client_incarnation: node.incarnation,
                         seqs: chunk.to_vec(),
                     },
                 );
             }
         }
-        self.set_timer(RpcTimer::Renew, after(now, renew_every(q)));
+        node.out
+            .set_timer(RpcTimer::Renew, after(now, renew_every(q)));
     }
 }

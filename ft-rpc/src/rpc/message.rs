@@ -75,6 +75,20 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A short name of the reason, for trace events.
+    pub(crate) fn note(self) -> &'static str {
+        match self {
+            Refusal::TokenInUse => "call refused: token in use",
+            Refusal::TooManyPending => "call refused: too many pending",
+            Refusal::RequestTooLarge { .. } => "call refused: request too large",
+            Refusal::TooManyClients => "call refused: too many clients",
+            Refusal::ServerBusy => "call refused: server busy",
+            Refusal::DeadlinePassed => "call refused: deadline passed",
+            Refusal::NotServing => "call refused: not serving",
+            Refusal::NoStableStorage => "call refused: no stable storage",
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             Refusal::TokenInUse => 1,
@@ -375,13 +389,13 @@ fn get_outcome(buf: &mut Bytes) -> Result<Outcome, DecodeError> {
     })
 }
 
-fn put_id(buf: &mut BytesMut, id: &CallId) {
+pub(crate) fn put_id(buf: &mut BytesMut, id: &CallId) {
     buf.put_u64_le(id.client.0);
     buf.put_u64_le(id.client_incarnation.0);
     buf.put_u64_le(id.seq);
 }
 
-fn get_id(buf: &mut Bytes) -> Result<CallId, DecodeError> {
+pub(crate) fn get_id(buf: &mut Bytes) -> Result<CallId, DecodeError> {
     Ok(CallId {
         client: NodeId(wire::get_u64(buf)?),
         client_incarnation: Incarnation(wire::get_u64(buf)?),

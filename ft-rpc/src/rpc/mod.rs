@@ -61,15 +61,23 @@
 //!
 //! # Methods
 //!
-//! getters ([`Rpc::client_stats`], [`Rpc::server_stats`], [`Rpc::pending`],
-//! [`Rpc::running`], [`Rpc::incarnation`]); the [`Protocol`] `handle_*`
-//! methods; mutators through [`RpcInput`]; `poll_output` after every
-//! `handle_*` call.
+//! getters ([`Rpc::client_stats`], [`Rpc::server_stats`],
+//! [`Rpc::log_stats`], [`Rpc::pending`], [`Rpc::running`],
+//! [`Rpc::incarnation`]); the [`Protocol`] `handle_*` methods; mutators
+//! through [`RpcInput`]; `poll_output` after every `handle_*` call.
+//!
+//! Inside, the node is a `Client` and a `Server` (private types), each
+//! owning its state and methods, over the part they share (the
+//! configuration, the identity, the random numbers, one `ft_core::Outbox`
+//! and the log's bookkeeping). What it keeps on stable storage, and how it
+//! snapshots and compacts it, is in [`records`].
 
 mod budget;
 mod client;
 mod message;
+mod node;
 mod parts;
+pub mod records;
 mod server;
 
 pub use budget::{Backoff, RetryBudget};
@@ -78,18 +86,24 @@ pub use message::{
     CallId, Chunk, MAX_BODY_LIMIT, MAX_LISTED, MAX_PART, Outcome, RPC_VERSION, Refusal, RpcMessage,
     fingerprint,
 };
-pub use server::{Completion, MAX_CLIENTS, ServerStats};
+pub use node::LogStats;
+pub use records::{Completion, DurableRecords, RpcRecord};
+pub use server::{MAX_CLIENTS, ServerStats};
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ft_core::rng::Rng;
 use ft_core::wire::DecodeError;
 use ft_core::{
-    Counters, Incarnation, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext,
+    Counters, Incarnation, NodeId, Outbox, Output, PersistToken, Persisted, Protocol, Recover,
+    RecoveryContext, RecoveryError,
 };
 
-use ft_core::rng::Rng;
+use client::Client;
+use node::Node;
+use records::{Replayed, SnapshotPart};
+use server::Server;
 
 /// How often a call may be executed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -272,6 +286,56 @@ impl Default for OrphanConfig {
     }
 }
 
+/// When an RPC node writes a snapshot of what it still needs and compacts
+/// its log to it (see [`records`]): once the records written since the
+/// last snapshot are at least `multiple` times as many as a snapshot now
+/// takes (the *live set* `L`), and at least `min_records`.
+///
+/// `L` counts two records of framing, one per client that made
+/// exactly-once calls, one per completion record not yet acknowledged by
+/// its client (at most [`RpcConfig::records_per_client`] a client; after a
+/// restart, every record restored until its client acknowledges it), one
+/// per unfinished logged call, and **one per 1,024 effects (or 64 KiB of
+/// them) ever made durable**: effects are the application's state, which
+/// only the application could fold, so a service whose calls return
+/// effects keeps them all.
+///
+/// A core embedding the RPC core (as [`Echo`](crate::echo::Echo) does)
+/// compacts through `ft_core`'s `Outbox::lift`, which remembers the last
+/// 4,096 persists of the embedded core: a snapshot of more records than
+/// that (beyond some four million effects) is written but not compacted
+/// behind.
+///
+/// The node checks whether a snapshot is due when `min_records`, the last
+/// check's threshold, or `L` more records have been written, whichever
+/// comes first, and a check costs about what a snapshot does: checks and
+/// snapshots together rewrite at most about `1 + 1 / multiple` records
+/// per record written. So the log holds the last snapshot, the records
+/// written since (fewer than `max(multiple × L, min_records) + L`), and a
+/// snapshot being made durable with what is written meanwhile: with `L`
+/// the largest live set, at most about `(multiple + 3) × L + min_records`
+/// records, each no larger than a completion record (its reply, at most
+/// [`RpcConfig::max_body`], plus 50 bytes). `Rpc::log_stats` shows `L`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// The records written since the last snapshot, as a multiple of the
+    /// snapshot's size, that make the next snapshot due.
+    pub multiple: usize,
+    /// No snapshot before this many records were written since the last.
+    pub min_records: usize,
+}
+
+impl Default for Compaction {
+    /// A snapshot once 4 times its size and at least 256 records were
+    /// written since the last.
+    fn default() -> Self {
+        Compaction {
+            multiple: 4,
+            min_records: 256,
+        }
+    }
+}
+
 /// Configuration of an [`Rpc`] node, the same in every life.
 #[derive(Clone, Debug)]
 pub struct RpcConfig {
@@ -319,6 +383,9 @@ pub struct RpcConfig {
     /// it end sooner or later, which changes how often a late duplicate is
     /// answered "forgotten", never whether a call runs twice.
     pub lease: Duration,
+    /// When the node snapshots what it still needs and compacts its log
+    /// ([`Compaction`]); `None`: never, the log grows with every record.
+    pub compaction: Option<Compaction>,
 }
 
 impl RpcConfig {
@@ -326,7 +393,8 @@ impl RpcConfig {
     /// jitter capped at 20 ms doubling to 1 s, the default
     /// [`RetryBudget`], 1024 records and 16 MiB of replies per client,
     /// bodies up to 4 MiB, 8 MiB of partial bodies per peer and 64 MiB in
-    /// all, 1024 running, 1024 pending, a 60 s lease, reincarnation.
+    /// all, 1024 running, 1024 pending, a 60 s lease, reincarnation, the
+    /// default [`Compaction`].
     pub fn new(peers: Vec<NodeId>) -> Self {
         RpcConfig {
             peers,
@@ -343,6 +411,7 @@ impl RpcConfig {
             serves: true,
             stable_storage: true,
             lease: Duration::from_secs(60),
+            compaction: Some(Compaction::default()),
         }
     }
 }
@@ -464,6 +533,20 @@ pub enum CancelReason {
     CallerCancelled,
 }
 
+impl CancelReason {
+    /// Whether the computation is an orphan (its caller crashed, or gave it
+    /// up by not renewing it).
+    pub fn orphan(self) -> bool {
+        matches!(
+            self,
+            CancelReason::Reincarnation
+                | CancelReason::GentleReincarnation
+                | CancelReason::Expired
+                | CancelReason::Exterminated
+        )
+    }
+}
+
 /// What an RPC node tells its application.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RpcEvent {
@@ -524,31 +607,25 @@ pub enum RpcTimer {
 /// clock without one.
 #[derive(Debug)]
 pub struct Rpc {
-    config: RpcConfig,
-    me: NodeId,
-    incarnation: Incarnation,
-    rng: Rng,
-    client: client::Client,
-    server: server::Server,
-    next_token: u64,
-    out: VecDeque<Output<Rpc>>,
-    counters: Counters,
+    node: Node,
+    client: Client,
+    server: Server,
 }
 
 impl Rpc {
     /// This node.
     pub fn id(&self) -> NodeId {
-        self.me
+        self.node.me
     }
 
     /// This node's life.
     pub fn incarnation(&self) -> Incarnation {
-        self.incarnation
+        self.node.incarnation
     }
 
     /// Calls outstanding at this node as a client.
     pub fn pending(&self) -> usize {
-        self.client.calls.len()
+        self.client.pending()
     }
 
     /// Computations running at this node as a server.
@@ -563,60 +640,61 @@ impl Rpc {
 
     /// What the client side did in this life.
     pub fn client_stats(&self) -> ClientStats {
-        self.client.stats
+        self.client.stats()
     }
 
     /// What the server side did in this life.
     pub fn server_stats(&self) -> ServerStats {
-        self.server.stats
+        self.server.stats()
+    }
+
+    /// What the node did with its log in this life: snapshots and
+    /// compactions.
+    pub fn log_stats(&self) -> LogStats {
+        self.node.log_stats()
     }
 
     /// The configuration.
     pub fn config(&self) -> &RpcConfig {
-        &self.config
+        &self.node.config
     }
 
-    fn send(&mut self, to: NodeId, msg: RpcMessage) {
-        self.counters.messages_sent += 1;
-        self.out.push_back(Output::Send { to, msg });
-    }
-
-    fn event(&mut self, e: RpcEvent) {
-        self.out.push_back(Output::Event(e));
-    }
-
-    fn set_timer(&mut self, timer: RpcTimer, at: Instant) {
-        self.out.push_back(Output::SetTimer { timer, at });
-    }
-
-    fn cancel_timer(&mut self, timer: RpcTimer) {
-        self.out.push_back(Output::CancelTimer { timer });
-    }
-
-    fn persist(&mut self, record: Bytes) -> PersistToken {
-        self.next_token += 1;
-        self.counters.persists += 1;
-        let token = PersistToken(self.next_token);
-        self.out.push_back(Output::Persist { record, token });
-        token
+    /// After every step: a snapshot, if one is due.
+    fn snapshot_if_due(&mut self) {
+        if self.node.snapshot_due() {
+            let mut parts = self.server.snapshot();
+            parts.extend(self.client.snapshot().map(SnapshotPart::CallLogged));
+            self.node.snapshot(parts);
+        }
     }
 }
 
 /// The completion records (exactly-once) among an RPC node's durable
-/// records: what a restarted server will answer from. For tests and tools.
+/// records: what a restarted server will answer from
+/// ([`DurableRecords::completions`]). For tests and tools.
+///
+/// # Panics
+/// If a record does not decode: read them with [`DurableRecords::read`] to
+/// handle that.
 pub fn durable_completions(records: &[Bytes]) -> Vec<Completion> {
-    server::Records::parse(records).completions
+    read_or_panic(records).completions
 }
 
 /// The effects of the exactly-once calls among an RPC node's durable
 /// records, in the order they were made durable: what a restarted
-/// application replays to rebuild its state (see [`RpcInput::Complete`]).
+/// application replays to rebuild its state (see [`RpcInput::Complete`],
+/// [`DurableRecords::effects`]).
+///
+/// # Panics
+/// If a record does not decode: read them with [`DurableRecords::read`] to
+/// handle that.
 pub fn durable_effects(records: &[Bytes]) -> Vec<(CallId, Bytes)> {
-    server::Records::parse(records)
-        .completions
-        .into_iter()
-        .filter_map(|c| c.effect.map(|e| (c.id, e)))
-        .collect()
+    read_or_panic(records).effects
+}
+
+fn read_or_panic(records: &[Bytes]) -> DurableRecords {
+    DurableRecords::read(records)
+        .unwrap_or_else(|e| panic!("the RPC node's records do not read: {e}"))
 }
 
 /// A deadline `d` from `now`, saturating instead of panicking on absurd
@@ -633,42 +711,37 @@ impl Protocol for Rpc {
     type Timer = RpcTimer;
 
     fn handle_message(&mut self, now: Instant, from: NodeId, msg: RpcMessage) {
-        self.counters.messages_received += 1;
-        if from == self.me || !self.config.peers.contains(&from) {
-            self.counters.messages_dropped += 1;
+        let Rpc {
+            node,
+            client,
+            server,
+        } = self;
+        node.out.received();
+        if from == node.me || !node.config.peers.contains(&from) {
+            node.out.dropped();
             return;
         }
         let used = match msg {
-            RpcMessage::Locate { nonce } => {
-                let server_incarnation = self.incarnation;
-                self.send(
-                    from,
-                    RpcMessage::Located {
-                        nonce,
-                        server_incarnation,
-                    },
-                );
-                true
-            }
+            RpcMessage::Locate { nonce } => Server::on_locate(node, from, nonce),
             RpcMessage::Located {
                 nonce,
                 server_incarnation,
-            } => self.on_located(now, from, nonce, server_incarnation),
+            } => client.on_located(node, now, from, nonce, server_incarnation),
             RpcMessage::Reply {
                 id,
                 server_incarnation,
                 outcome,
-            } => self.on_reply(now, from, id, server_incarnation, outcome),
+            } => client.on_reply(node, from, id, server_incarnation, outcome),
             RpcMessage::ReplyPart {
                 id,
                 server_incarnation,
                 fingerprint,
                 body,
-            } => self.on_reply_part(now, from, id, server_incarnation, fingerprint, body),
+            } => client.on_reply_part(node, from, id, server_incarnation, fingerprint, body),
             RpcMessage::Exterminated {
                 client_incarnation,
                 seqs,
-            } => self.on_exterminated(from, client_incarnation, &seqs),
+            } => client.on_exterminated(from, client_incarnation, &seqs),
             RpcMessage::Call {
                 id,
                 server_incarnation,
@@ -677,7 +750,8 @@ impl Protocol for Rpc {
                 budget_ms,
                 fingerprint,
                 body,
-            } => self.on_call(
+            } => server.on_call(
+                node,
                 now,
                 from,
                 id,
@@ -688,94 +762,123 @@ impl Protocol for Rpc {
                 fingerprint,
                 body,
             ),
-            RpcMessage::Cancel { id } => self.on_cancel_call(from, id),
+            RpcMessage::Cancel { id } => server.on_cancel_call(node, from, id),
             RpcMessage::Announce {
                 client_incarnation,
                 adopted,
-            } => self.on_announce(now, from, client_incarnation, &adopted),
+            } => server.on_announce(node, from, client_incarnation, &adopted),
             RpcMessage::Exterminate {
                 client_incarnation,
                 seqs,
-            } => self.on_exterminate(from, client_incarnation, seqs),
+            } => server.on_exterminate(node, from, client_incarnation, seqs),
             RpcMessage::Renew {
                 client_incarnation,
                 seqs,
-            } => self.on_renew(now, from, client_incarnation, &seqs),
+            } => server.on_renew(node, now, from, client_incarnation, &seqs),
         };
         if !used {
-            self.counters.messages_dropped += 1;
+            node.out.dropped();
         }
+        self.snapshot_if_due();
     }
 
     fn handle_input(&mut self, now: Instant, input: RpcInput) {
+        let Rpc {
+            node,
+            client,
+            server,
+        } = self;
         match input {
             RpcInput::Call {
                 token,
                 server,
                 request,
                 options,
-            } => self.call(now, token, server, request, options),
-            RpcInput::Cancel { token } => self.cancel(token),
+            } => client.call(node, now, token, server, request, options),
+            RpcInput::Cancel { token } => client.cancel(node, token),
             RpcInput::Complete {
                 exec,
                 reply,
                 effect,
-            } => self.complete(now, exec, Some(reply), effect),
-            RpcInput::Fail { exec } => self.complete(now, exec, None, None),
+            } => server.complete(node, exec, Some(reply), effect),
+            RpcInput::Fail { exec } => server.complete(node, exec, None, None),
         }
+        self.snapshot_if_due();
     }
 
     fn handle_timer(&mut self, now: Instant, timer: RpcTimer) {
-        self.counters.timers_fired += 1;
+        let Rpc {
+            node,
+            client,
+            server,
+        } = self;
+        node.out.timer_fired();
         match timer {
-            RpcTimer::Retry(seq) => self.on_retry(now, seq),
-            RpcTimer::Deadline(seq) => self.on_deadline(seq),
-            RpcTimer::Running(id) => self.on_running_timer(now, id),
-            RpcTimer::Renew => self.on_renew_timer(now),
-            RpcTimer::Recovery => self.on_recovery_timer(now),
-            RpcTimer::Leases => self.on_leases(now),
+            RpcTimer::Retry(seq) => client.on_retry(node, now, seq),
+            RpcTimer::Deadline(seq) => client.on_deadline(node, seq),
+            RpcTimer::Running(id) => server.on_running_timer(node, now, id),
+            RpcTimer::Renew => client.on_renew_timer(node, now),
+            RpcTimer::Recovery => client.on_recovery_timer(node, now),
+            RpcTimer::Leases => server.on_leases(node, now),
         }
+        self.snapshot_if_due();
     }
 
     fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
-        if !self.server_persisted(token) {
-            self.client_persisted(now, token);
+        let Rpc {
+            node,
+            client,
+            server,
+        } = self;
+        // The core embeds no other core: every token is its own.
+        let (Persisted::Own(token) | Persisted::Inner { token, .. }) = node.out.persisted(token);
+        if !node.snapshot_persisted(token) && !server.persisted(node, token) {
+            client.persisted(node, now, token);
         }
+        self.snapshot_if_due();
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
-        self.out.pop_front()
+        self.node.out.pop()
     }
 
     fn counters(&self) -> Counters {
-        self.counters
+        self.node.out.counters()
     }
 }
 
 impl Recover for Rpc {
     type Config = RpcConfig;
 
-    fn recover(config: &RpcConfig, ctx: RecoveryContext) -> Result<Self, ft_core::RecoveryError> {
-        Ok({
-            let records = server::Records::parse(&ctx.records);
-            let mut config = config.clone();
-            config.max_body = config.max_body.min(MAX_BODY_LIMIT);
-            let mut rpc = Rpc {
-                config: config.clone(),
-                me: ctx.node,
-                incarnation: ctx.incarnation,
-                rng: Rng::new(ctx.seed),
-                client: client::Client::default(),
-                server: server::Server::default(),
-                next_token: 0,
-                out: VecDeque::new(),
-                counters: Counters::default(),
-            };
-            rpc.server.restore(&records.completions, ctx.now);
-            rpc.start_client(ctx.now, &records);
-            rpc.set_timer(RpcTimer::Leases, after(ctx.now, config.lease));
-            rpc
-        })
+    /// Rebuilds the node from its records (see [`records`]).
+    ///
+    /// # Errors
+    /// [`RecoveryError::Record`] if a record does not decode.
+    fn recover(config: &RpcConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
+        let replayed = Replayed::of(ctx.read::<RpcRecord>()?);
+        let mut config = config.clone();
+        config.max_body = config.max_body.min(MAX_BODY_LIMIT);
+        let lease = config.lease;
+        let node = Node::new(
+            config,
+            ctx.node,
+            ctx.incarnation,
+            Rng::new(ctx.seed),
+            Outbox::recovered(&ctx),
+            replayed.since_snapshot,
+        );
+        let mut rpc = Rpc {
+            node,
+            client: Client::default(),
+            server: Server::default(),
+        };
+        rpc.server.restore(replayed.facts.iter(), ctx.now);
+        rpc.client.restore(replayed.facts.iter());
+        rpc.client.start(&mut rpc.node, ctx.now);
+        rpc.node
+            .out
+            .set_timer(RpcTimer::Leases, after(ctx.now, lease));
+        Ok(rpc)
     }
 }
 

@@ -35,13 +35,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, PersistToken};
 
 use super::message::{Chunk, Refusal, fingerprint};
+use super::node::Node;
 use super::parts::{Added, Parts};
+use super::records::{
+    Answer, ClientRecord, Completion, Fact, RpcRecord, SnapshotPart, effect_parts,
+};
 use super::{
-    CallId, CancelReason, MAX_PART, Outcome, Reincarnation, Rpc, RpcEvent, RpcMessage, RpcTimer,
+    CallId, CancelReason, MAX_PART, Outcome, Reincarnation, RpcEvent, RpcMessage, RpcTimer,
     Semantics, after,
 };
 
@@ -93,26 +97,6 @@ pub struct ServerStats {
     pub leases_expired: u64,
     /// Partial requests dropped to bound the memory they hold.
     pub partial_requests_evicted: u64,
-}
-
-/// What a completed call answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Answer {
-    /// The reply.
-    Reply(Bytes),
-    /// The handler failed.
-    Failed,
-    /// The reply was larger than the server may send.
-    TooLarge(u64),
-}
-
-impl Answer {
-    fn size(&self) -> usize {
-        match self {
-            Answer::Reply(b) => b.len(),
-            _ => 0,
-        }
-    }
 }
 
 /// A completion record, in memory.
@@ -173,6 +157,11 @@ impl Ranges {
         self.0.insert(s, e);
     }
 
+    /// The ranges, in order, for a snapshot.
+    fn to_vec(&self) -> Vec<(u64, u64)> {
+        self.0.iter().map(|(&s, &e)| (s, e)).collect()
+    }
+
     /// Forgets everything below `mark` (the stale mark covers it).
     fn trim_below(&mut self, mark: u64) {
         let below: Vec<(u64, u64)> = self.0.range(..mark).map(|(&s, &e)| (s, e)).collect();
@@ -201,6 +190,10 @@ struct ClientState {
     made: u64,
     record_bytes: usize,
     last_heard: Instant,
+    /// The client has made exactly-once calls here: its state goes into
+    /// snapshots (in every later life of the client too), so that none of
+    /// its answered calls runs again after a compaction.
+    durable: bool,
 }
 
 impl ClientState {
@@ -214,7 +207,19 @@ impl ClientState {
             made: 0,
             record_bytes: 0,
             last_heard: now,
+            durable: false,
         }
+    }
+
+    /// The state a snapshot keeps, read back.
+    fn restored(r: &ClientRecord, now: Instant) -> Self {
+        let mut state = ClientState::new(r.incarnation, now);
+        state.first_incomplete = r.first_incomplete;
+        for &(start, end) in &r.forgotten {
+            state.forgotten.0.insert(start, end);
+        }
+        state.durable = true;
+        state
     }
 
     fn is_forgotten(&self, seq: u64) -> bool {
@@ -266,16 +271,28 @@ struct Running {
     fingerprint: u64,
 }
 
+/// The server side of an RPC node: its clients' state and completion
+/// records, the computations running, and the effects made durable.
 #[derive(Debug, Default)]
 pub(crate) struct Server {
     clients: BTreeMap<NodeId, ClientState>,
     running: BTreeMap<CallId, Running>,
     persisting: BTreeMap<PersistToken, (CallId, Recorded)>,
+    /// Every effect made durable (or being made so), in order: the
+    /// application's state is rebuilt from them, so every snapshot keeps
+    /// them all.
+    effects: Vec<(CallId, Bytes)>,
     parts: Parts,
-    pub(crate) stats: ServerStats,
+    stats: ServerStats,
 }
 
 impl Server {
+    // ---- getters ----
+
+    pub(crate) fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
     pub(crate) fn running_count(&self) -> usize {
         self.running.len()
     }
@@ -284,217 +301,98 @@ impl Server {
         self.running.keys().copied()
     }
 
-    /// Rebuilds the completion records of exactly-once calls from stable
-    /// storage, keeping for each client only its newest life.
-    pub(crate) fn restore(&mut self, completions: &[Completion], now: Instant) {
-        for c in completions {
-            let state = self
-                .clients
-                .entry(c.id.client)
-                .or_insert_with(|| ClientState::new(c.id.client_incarnation, now));
-            if c.id.client_incarnation > state.incarnation {
-                *state = ClientState::new(c.id.client_incarnation, now);
+    /// What a snapshot must keep of the server: the state of every client
+    /// that made exactly-once calls, every effect, and every completion
+    /// record that is durable or being made so (a snapshot is durable only
+    /// after every record asked for before it).
+    pub(crate) fn snapshot(&self) -> Vec<SnapshotPart> {
+        let mut parts = Vec::new();
+        for (&client, state) in &self.clients {
+            if state.durable {
+                parts.push(SnapshotPart::Client(ClientRecord {
+                    client,
+                    incarnation: state.incarnation,
+                    first_incomplete: state.first_incomplete,
+                    forgotten: state.forgotten.to_vec(),
+                }));
             }
-            if c.id.client_incarnation == state.incarnation {
-                let rec = Recorded {
-                    fingerprint: c.fingerprint,
-                    answer: c.answer.clone(),
-                    made: 0,
-                    durable: true,
+        }
+        parts.extend(effect_parts(&self.effects));
+        let kept = |id: CallId, r: &Recorded| {
+            SnapshotPart::Completion(Completion {
+                id,
+                fingerprint: r.fingerprint,
+                answer: r.answer.clone(),
+                effect: None,
+            })
+        };
+        for (&client, state) in &self.clients {
+            // Oldest first, so that the bounds evict in the same order
+            // after a restart.
+            for seq in state.by_age.values() {
+                let id = CallId {
+                    client,
+                    client_incarnation: state.incarnation,
+                    seq: *seq,
                 };
-                state.put_record(c.id.seq, rec);
-                self.stats.records_restored += 1;
-            }
-        }
-    }
-}
-
-/// A completion record as it is on stable storage (exactly-once).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// The call.
-    pub id: CallId,
-    /// The fingerprint of its semantics and request.
-    pub fingerprint: u64,
-    pub(crate) answer: Answer,
-    /// The state change its handler returned with the reply, made durable
-    /// in the same record (see [`RpcInput::Complete`](super::RpcInput)).
-    pub effect: Option<Bytes>,
-}
-
-impl Completion {
-    /// The reply, if the call completed with one.
-    pub fn reply(&self) -> Option<&Bytes> {
-        match &self.answer {
-            Answer::Reply(b) => Some(b),
-            _ => None,
-        }
-    }
-}
-
-/// Stable-storage records of an RPC node: completion records (server,
-/// exactly-once) and the call log (client, extermination and gentle
-/// reincarnation).
-#[derive(Debug, Default)]
-pub(crate) struct Records {
-    pub(crate) completions: Vec<Completion>,
-    /// Calls logged as sent and not logged as finished: (life, seq) → server.
-    pub(crate) unfinished: BTreeMap<(Incarnation, u64), NodeId>,
-}
-
-const COMPLETION: u8 = 4;
-const CALL_LOGGED: u8 = 2;
-const CALL_DONE: u8 = 3;
-
-const ANSWER_REPLY: u8 = 0;
-const ANSWER_FAILED: u8 = 1;
-const ANSWER_TOO_LARGE: u8 = 2;
-
-impl Records {
-    /// The durable completion record of `id`: its fingerprint, its answer
-    /// and the effect that goes with it, in one record (one append).
-    pub(crate) fn completion(
-        id: &CallId,
-        fingerprint: u64,
-        answer: &Answer,
-        effect: Option<&Bytes>,
-    ) -> Bytes {
-        let reply: &[u8] = match answer {
-            Answer::Reply(b) => b,
-            _ => &[],
-        };
-        let effect_len = effect.map_or(0, |e| e.len());
-        let mut b = BytesMut::with_capacity(1 + 32 + 1 + 8 + 4 + reply.len() + 5 + effect_len);
-        b.put_u8(COMPLETION);
-        b.put_u64_le(id.client.0);
-        b.put_u64_le(id.client_incarnation.0);
-        b.put_u64_le(id.seq);
-        b.put_u64_le(fingerprint);
-        match answer {
-            Answer::Reply(_) => b.put_u8(ANSWER_REPLY),
-            Answer::Failed => b.put_u8(ANSWER_FAILED),
-            Answer::TooLarge(len) => {
-                b.put_u8(ANSWER_TOO_LARGE);
-                b.put_u64_le(*len);
-            }
-        }
-        b.put_u32_le(reply.len() as u32);
-        b.put_slice(reply);
-        match effect {
-            Some(e) => {
-                b.put_u8(1);
-                b.put_u32_le(e.len() as u32);
-                b.put_slice(e);
-            }
-            None => b.put_u8(0),
-        }
-        b.freeze()
-    }
-
-    pub(crate) fn call_logged(life: Incarnation, seq: u64, server: NodeId) -> Bytes {
-        let mut b = BytesMut::with_capacity(25);
-        b.put_u8(CALL_LOGGED);
-        b.put_u64_le(life.0);
-        b.put_u64_le(seq);
-        b.put_u64_le(server.0);
-        b.freeze()
-    }
-
-    pub(crate) fn call_done(life: Incarnation, seq: u64) -> Bytes {
-        let mut b = BytesMut::with_capacity(17);
-        b.put_u8(CALL_DONE);
-        b.put_u64_le(life.0);
-        b.put_u64_le(seq);
-        b.freeze()
-    }
-
-    fn parse_completion(mut b: Bytes) -> Option<Completion> {
-        if b.remaining() < 33 {
-            return None;
-        }
-        let id = CallId {
-            client: NodeId(b.get_u64_le()),
-            client_incarnation: Incarnation(b.get_u64_le()),
-            seq: b.get_u64_le(),
-        };
-        let fingerprint = b.get_u64_le();
-        let kind = b.get_u8();
-        let too_large = if kind == ANSWER_TOO_LARGE {
-            (b.remaining() >= 8).then(|| b.get_u64_le())?
-        } else {
-            0
-        };
-        if b.remaining() < 4 {
-            return None;
-        }
-        let len = b.get_u32_le() as usize;
-        if b.remaining() < len {
-            return None;
-        }
-        let reply = b.split_to(len);
-        let answer = match kind {
-            ANSWER_REPLY => Answer::Reply(reply),
-            ANSWER_FAILED => Answer::Failed,
-            ANSWER_TOO_LARGE => Answer::TooLarge(too_large),
-            _ => return None,
-        };
-        let effect = match (b.remaining() >= 1).then(|| b.get_u8())? {
-            0 => None,
-            _ => {
-                if b.remaining() < 4 {
-                    return None;
+                if let Some(r) = state.records.get(seq).filter(|r| r.durable) {
+                    parts.push(kept(id, r));
                 }
-                let len = b.get_u32_le() as usize;
-                if b.remaining() < len {
-                    return None;
-                }
-                Some(b.split_to(len))
-            }
-        };
-        Some(Completion {
-            id,
-            fingerprint,
-            answer,
-            effect,
-        })
-    }
-
-    /// Reads every record; one that does not parse (it cannot happen with
-    /// this code's records) is skipped rather than trusted.
-    pub(crate) fn parse(records: &[Bytes]) -> Records {
-        let mut out = Records::default();
-        for r in records {
-            let mut b = r.clone();
-            if b.remaining() < 17 {
-                continue;
-            }
-            match b.get_u8() {
-                COMPLETION => {
-                    if let Some(c) = Records::parse_completion(b) {
-                        out.completions.push(c);
-                    }
-                }
-                CALL_LOGGED if b.remaining() >= 24 => {
-                    let life = Incarnation(b.get_u64_le());
-                    let seq = b.get_u64_le();
-                    out.unfinished.insert((life, seq), NodeId(b.get_u64_le()));
-                }
-                CALL_DONE => {
-                    let life = Incarnation(b.get_u64_le());
-                    let seq = b.get_u64_le();
-                    out.unfinished.remove(&(life, seq));
-                }
-                _ => {}
             }
         }
-        out
+        for (id, r) in self.persisting.values() {
+            parts.push(kept(*id, r));
+        }
+        parts
     }
-}
 
-impl Rpc {
-    fn reply(&mut self, to: NodeId, id: CallId, outcome: Outcome) {
-        let server_incarnation = self.incarnation;
-        self.send(
+    // ---- recovery ----
+
+    /// Rebuilds the clients' state, their exactly-once completion records
+    /// (for each client only its newest life's) and the effects from the
+    /// durable records (see [`Replayed`](super::records::Replayed)).
+    pub(crate) fn restore<'a>(&mut self, facts: impl Iterator<Item = &'a Fact>, now: Instant) {
+        for fact in facts {
+            match fact {
+                Fact::Client(r) => {
+                    self.clients.insert(r.client, ClientState::restored(r, now));
+                }
+                Fact::Effects(effects) => self.effects.extend(effects.iter().cloned()),
+                Fact::Completion(c) => self.restore_completion(c, now),
+                Fact::Logged(_) | Fact::Done(..) => {}
+            }
+        }
+    }
+
+    fn restore_completion(&mut self, c: &Completion, now: Instant) {
+        if let Some(effect) = &c.effect {
+            self.effects.push((c.id, effect.clone()));
+        }
+        let state = self
+            .clients
+            .entry(c.id.client)
+            .or_insert_with(|| ClientState::new(c.id.client_incarnation, now));
+        if c.id.client_incarnation > state.incarnation {
+            *state = ClientState::new(c.id.client_incarnation, now);
+        }
+        state.durable = true;
+        if c.id.client_incarnation == state.incarnation && !state.is_forgotten(c.id.seq) {
+            let rec = Recorded {
+                fingerprint: c.fingerprint,
+                answer: c.answer.clone(),
+                made: 0,
+                durable: true,
+            };
+            state.put_record(c.id.seq, rec);
+            self.stats.records_restored += 1;
+        }
+    }
+
+    // ---- answering ----
+
+    fn reply(node: &mut Node, to: NodeId, id: CallId, outcome: Outcome) {
+        let server_incarnation = node.incarnation;
+        node.out.send(
             to,
             RpcMessage::Reply {
                 id,
@@ -505,13 +403,13 @@ impl Rpc {
     }
 
     /// Sends a completed call's answer: whole, or in parts.
-    fn answer(&mut self, to: NodeId, id: CallId, answer: &Answer) {
+    fn answer(node: &mut Node, to: NodeId, id: CallId, answer: &Answer) {
         match answer {
             Answer::Reply(body) if body.len() > MAX_PART => {
-                let server_incarnation = self.incarnation;
+                let server_incarnation = node.incarnation;
                 let fingerprint = fingerprint(Semantics::AtLeastOnce, body);
                 for chunk in Chunk::split(body) {
-                    self.send(
+                    node.out.send(
                         to,
                         RpcMessage::ReplyPart {
                             id,
@@ -522,23 +420,45 @@ impl Rpc {
                     );
                 }
             }
-            Answer::Reply(body) => self.reply(to, id, Outcome::Done(body.clone())),
-            Answer::Failed => self.reply(to, id, Outcome::Failed),
+            Answer::Reply(body) => Server::reply(node, to, id, Outcome::Done(body.clone())),
+            Answer::Failed => Server::reply(node, to, id, Outcome::Failed),
             Answer::TooLarge(len) => {
-                let limit = self.config.max_body as u64;
-                self.reply(to, id, Outcome::ReplyTooLarge { len: *len, limit });
+                let limit = node.config.max_body as u64;
+                Server::reply(node, to, id, Outcome::ReplyTooLarge { len: *len, limit });
             }
         }
     }
 
-    fn refuse(&mut self, to: NodeId, id: CallId, why: Refusal) {
-        self.server.stats.refused += 1;
-        self.reply(to, id, Outcome::Refused(why));
+    fn refuse(&mut self, node: &mut Node, to: NodeId, id: CallId, why: Refusal) {
+        self.stats.refused += 1;
+        node.out.note(
+            why.note(),
+            Some(to),
+            Some(id.client_incarnation),
+            Some(id.seq),
+        );
+        Server::reply(node, to, id, Outcome::Refused(why));
+    }
+
+    // ---- messages ----
+
+    /// A client locates this node: it answers with its life.
+    pub(crate) fn on_locate(node: &mut Node, from: NodeId, nonce: u64) -> bool {
+        let server_incarnation = node.incarnation;
+        node.out.send(
+            from,
+            RpcMessage::Located {
+                nonce,
+                server_incarnation,
+            },
+        );
+        true
     }
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_call(
         &mut self,
+        node: &mut Node,
         now: Instant,
         from: NodeId,
         id: CallId,
@@ -551,126 +471,113 @@ impl Rpc {
     ) -> bool {
         // A call in someone else's name, or for a life of ours that has not
         // happened yet, is forged: drop it.
-        if id.client != from || server_incarnation > self.incarnation || id.seq == 0 {
+        if id.client != from || server_incarnation > node.incarnation || id.seq == 0 {
             return false;
         }
-        if !self.config.serves {
-            self.refuse(from, id, Refusal::NotServing);
+        if !node.config.serves {
+            self.refuse(node, from, id, Refusal::NotServing);
             return true;
         }
-        if semantics == Semantics::ExactlyOnce && !self.config.stable_storage {
-            self.refuse(from, id, Refusal::NoStableStorage);
+        if semantics == Semantics::ExactlyOnce && !node.config.stable_storage {
+            self.refuse(node, from, id, Refusal::NoStableStorage);
             return true;
         }
-        if !self.server.clients.contains_key(&from) {
-            if self.server.clients.len() >= MAX_CLIENTS {
-                self.refuse(from, id, Refusal::TooManyClients);
+        if !self.clients.contains_key(&from) {
+            if self.clients.len() >= MAX_CLIENTS {
+                self.refuse(node, from, id, Refusal::TooManyClients);
                 return true;
             }
-            self.server
-                .clients
+            self.clients
                 .insert(from, ClientState::new(id.client_incarnation, now));
         }
-        let known = self.server.clients[&from].incarnation;
+        let known = self.clients[&from].incarnation;
         if id.client_incarnation < known {
             // A stale duplicate from an earlier life of the client.
-            self.server.stats.stale_rejected += 1;
-            self.reply(from, id, Outcome::Stale);
+            self.stats.stale_rejected += 1;
+            Server::reply(node, from, id, Outcome::Stale);
             return true;
         }
         if id.client_incarnation > known {
             // The new life's first call may overtake its announcement: the
             // claims gentle reincarnation needs are not known yet.
-            self.client_restarted(from, id.client_incarnation, None);
+            self.client_restarted(node, from, id.client_incarnation, None);
         }
-        let Some(state) = self.server.clients.get_mut(&from) else {
+        let Some(state) = self.clients.get_mut(&from) else {
             return false;
         };
         state.last_heard = now;
         // The client has every reply below `first_incomplete` (it is the
         // lowest call it still waits for, so the mark never passes a call
         // the client wants answered).
-        self.server.stats.records_forgotten += state.raise_mark(first_incomplete);
+        self.stats.records_forgotten += state.raise_mark(first_incomplete);
         if semantics != Semantics::AtLeastOnce
             && let Some(rec) = state.records.get(&id.seq)
         {
             if rec.fingerprint != claimed {
-                self.server.stats.mismatches += 1;
-                self.reply(from, id, Outcome::Mismatch);
+                self.stats.mismatches += 1;
+                Server::reply(node, from, id, Outcome::Mismatch);
                 return true;
             }
             let answer = rec.answer.clone();
-            self.server.stats.replies_from_records += 1;
-            self.answer(from, id, &answer);
+            self.stats.replies_from_records += 1;
+            Server::answer(node, from, id, &answer);
             return true;
         }
-        let active = self
-            .server
-            .running
-            .get(&id)
-            .map(|r| r.fingerprint)
-            .or_else(|| {
-                self.server
-                    .persisting
-                    .values()
-                    .find(|(p, _)| *p == id)
-                    .map(|(_, r)| r.fingerprint)
-            });
+        let active = self.running.get(&id).map(|r| r.fingerprint).or_else(|| {
+            self.persisting
+                .values()
+                .find(|(p, _)| *p == id)
+                .map(|(_, r)| r.fingerprint)
+        });
         if let Some(running_fingerprint) = active {
             if running_fingerprint != claimed {
-                self.server.stats.mismatches += 1;
-                self.reply(from, id, Outcome::Mismatch);
+                self.stats.mismatches += 1;
+                Server::reply(node, from, id, Outcome::Mismatch);
             } else {
-                self.server.stats.in_progress_replies += 1;
-                self.reply(from, id, Outcome::InProgress);
+                self.stats.in_progress_replies += 1;
+                Server::reply(node, from, id, Outcome::InProgress);
             }
             return true;
         }
-        let forgotten = self.server.clients[&from].is_forgotten(id.seq);
+        let forgotten = self.clients[&from].is_forgotten(id.seq);
         if semantics != Semantics::AtLeastOnce && forgotten {
-            self.server.stats.stale_rejected += 1;
-            self.reply(from, id, Outcome::Stale);
+            self.stats.stale_rejected += 1;
+            Server::reply(node, from, id, Outcome::Stale);
             return true;
         }
-        if semantics == Semantics::AtMostOnce && server_incarnation < self.incarnation {
+        if semantics == Semantics::AtMostOnce && server_incarnation < node.incarnation {
             // Meant for an earlier life of ours, which may have executed it
             // before crashing: executing it again could make twice.
-            self.server.stats.stale_rejected += 1;
-            self.reply(from, id, Outcome::Stale);
+            self.stats.stale_rejected += 1;
+            Server::reply(node, from, id, Outcome::Stale);
             return true;
         }
-        let limit = self.config.max_body;
+        let limit = node.config.max_body;
         if body.total_len as usize > limit {
             // Checked before anything is kept or run.
             let len = u64::from(body.total_len);
-            self.refuse(
-                from,
-                id,
-                Refusal::RequestTooLarge {
-                    len,
-                    limit: limit as u64,
-                },
-            );
+            let why = Refusal::RequestTooLarge {
+                len,
+                limit: limit as u64,
+            };
+            self.refuse(node, from, id, why);
             return true;
         }
-        if self.server.running.len() >= self.config.max_running {
-            self.refuse(from, id, Refusal::ServerBusy);
+        if self.running.len() >= node.config.max_running {
+            self.refuse(node, from, id, Refusal::ServerBusy);
             return true;
         }
         if budget_ms == 0 {
-            self.refuse(from, id, Refusal::DeadlinePassed);
+            self.refuse(node, from, id, Refusal::DeadlinePassed);
             return true;
         }
         let request = if body.is_whole() {
             body.bytes
         } else {
-            let per_peer = self.config.max_partial_per_peer;
-            let total = self.config.max_partial_total;
-            let added = self
-                .server
-                .parts
-                .add(from, id, claimed, body, per_peer, total);
-            self.server.stats.partial_requests_evicted = self.server.parts.evicted;
+            let per_peer = node.config.max_partial_per_peer;
+            let total = node.config.max_partial_total;
+            let added = self.parts.add(from, id, claimed, body, per_peer, total);
+            self.stats.partial_requests_evicted = self.parts.evicted;
             match added {
                 Added::Whole(b) => b,
                 Added::Waiting => return true,
@@ -683,8 +590,8 @@ impl Rpc {
             return false;
         }
         let deadline = after(now, Duration::from_millis(u64::from(budget_ms)));
-        let quantum_until = self.config.orphans.quantum.map(|q| after(now, q));
-        self.server.running.insert(
+        let quantum_until = node.config.orphans.quantum.map(|q| after(now, q));
+        self.running.insert(
             id,
             Running {
                 semantics,
@@ -693,9 +600,9 @@ impl Rpc {
                 fingerprint: claimed,
             },
         );
-        self.server.stats.executions += 1;
-        self.arm_running(id);
-        self.event(RpcEvent::Execute {
+        self.stats.executions += 1;
+        self.arm_running(node, id);
+        node.out.event(RpcEvent::Execute {
             id,
             request,
             deadline,
@@ -704,31 +611,39 @@ impl Rpc {
         true
     }
 
-    fn arm_running(&mut self, id: CallId) {
-        if let Some(r) = self.server.running.get(&id) {
+    fn arm_running(&self, node: &mut Node, id: CallId) {
+        if let Some(r) = self.running.get(&id) {
             let at = r.quantum_until.map_or(r.deadline, |q| q.min(r.deadline));
-            self.set_timer(RpcTimer::Running(id), at);
+            node.out.set_timer(RpcTimer::Running(id), at);
         }
     }
 
-    fn kill(&mut self, id: CallId, reason: CancelReason) {
-        if self.server.running.remove(&id).is_some() {
-            self.server.stats.killed += 1;
-            self.cancel_timer(RpcTimer::Running(id));
-            self.event(RpcEvent::Cancel { id, reason });
+    fn kill(&mut self, node: &mut Node, id: CallId, reason: CancelReason) {
+        if self.running.remove(&id).is_some() {
+            self.stats.killed += 1;
+            if reason.orphan() {
+                node.out.note(
+                    "orphan killed",
+                    Some(id.client),
+                    Some(id.client_incarnation),
+                    Some(id.seq),
+                );
+            }
+            node.out.cancel_timer(RpcTimer::Running(id));
+            node.out.event(RpcEvent::Cancel { id, reason });
         }
     }
 
-    pub(crate) fn on_running_timer(&mut self, now: Instant, id: CallId) {
-        let Some(r) = self.server.running.get(&id) else {
+    pub(crate) fn on_running_timer(&mut self, node: &mut Node, now: Instant, id: CallId) {
+        let Some(r) = self.running.get(&id) else {
             return;
         };
         if now >= r.deadline {
-            self.kill(id, CancelReason::DeadlineExceeded);
+            self.kill(node, id, CancelReason::DeadlineExceeded);
         } else if r.quantum_until.is_some_and(|q| now >= q) {
-            self.kill(id, CancelReason::Expired);
+            self.kill(node, id, CancelReason::Expired);
         } else {
-            self.arm_running(id);
+            self.arm_running(node, id);
         }
     }
 
@@ -736,24 +651,24 @@ impl Rpc {
     /// or with a failure (`reply` `None`).
     pub(crate) fn complete(
         &mut self,
-        _now: Instant,
+        node: &mut Node,
         id: CallId,
         reply: Option<Bytes>,
         effect: Option<Bytes>,
     ) {
-        let Some(r) = self.server.running.remove(&id) else {
-            self.server.stats.completions_discarded += 1;
+        let Some(r) = self.running.remove(&id) else {
+            self.stats.completions_discarded += 1;
             return;
         };
-        self.cancel_timer(RpcTimer::Running(id));
+        node.out.cancel_timer(RpcTimer::Running(id));
         let answer = match reply {
             None => {
-                self.server.stats.handler_failures += 1;
+                self.stats.handler_failures += 1;
                 Answer::Failed
             }
-            Some(reply) if reply.len() > self.config.max_body => {
+            Some(reply) if reply.len() > node.config.max_body => {
                 // The call ran: the caller is told so, never a refusal.
-                self.server.stats.replies_too_large += 1;
+                self.stats.replies_too_large += 1;
                 Answer::TooLarge(reply.len() as u64)
             }
             Some(reply) => Answer::Reply(reply),
@@ -765,32 +680,41 @@ impl Rpc {
             durable: r.semantics == Semantics::ExactlyOnce,
         };
         match r.semantics {
-            Semantics::AtLeastOnce => self.answer(id.client, id, &recorded.answer),
+            Semantics::AtLeastOnce => Server::answer(node, id.client, id, &recorded.answer),
             Semantics::AtMostOnce => {
                 let answer = recorded.answer.clone();
-                self.record(id, recorded);
-                self.answer(id.client, id, &answer);
+                self.record(node, id, recorded);
+                Server::answer(node, id.client, id, &answer);
             }
             Semantics::ExactlyOnce => {
                 // Persist before you speak: the answer goes out only once
                 // the record that lets a later life give it — with the
                 // call's effect, in the same append — is durable.
-                let record = Records::completion(
-                    &id,
-                    recorded.fingerprint,
-                    &recorded.answer,
-                    effect.as_ref(),
-                );
-                let token = self.persist(record);
-                self.server.persisting.insert(token, (id, recorded));
+                if let Some(e) = &effect {
+                    self.effects.push((id, e.clone()));
+                }
+                let token = node.persist(&RpcRecord::Completion(Completion {
+                    id,
+                    fingerprint: recorded.fingerprint,
+                    answer: recorded.answer.clone(),
+                    effect,
+                }));
+                self.persisting.insert(token, (id, recorded));
+                self.mark_durable(id.client);
             }
         }
     }
 
-    fn record(&mut self, id: CallId, rec: Recorded) {
-        let count_bound = self.config.records_per_client.max(1);
-        let bytes_bound = self.config.record_bytes_per_client;
-        let Some(state) = self.server.clients.get_mut(&id.client) else {
+    fn mark_durable(&mut self, client: NodeId) {
+        if let Some(state) = self.clients.get_mut(&client) {
+            state.durable = true;
+        }
+    }
+
+    fn record(&mut self, node: &Node, id: CallId, rec: Recorded) {
+        let count_bound = node.config.records_per_client.max(1);
+        let bytes_bound = node.config.record_bytes_per_client;
+        let Some(state) = self.clients.get_mut(&id.client) else {
             return;
         };
         if state.incarnation != id.client_incarnation || state.is_forgotten(id.seq) {
@@ -813,49 +737,48 @@ impl Rpc {
             state.forgotten.insert(seq);
             evicted += 1;
         }
-        self.server.stats.records_forgotten += evicted;
-        self.server.stats.records_evicted += evicted;
+        self.stats.records_forgotten += evicted;
+        self.stats.records_evicted += evicted;
     }
 
-    /// A completion record became durable: answer.
-    pub(crate) fn server_persisted(&mut self, token: PersistToken) -> bool {
-        let Some((id, rec)) = self.server.persisting.remove(&token) else {
+    /// A completion record became durable: answer. Returns whether the
+    /// token was the server's.
+    pub(crate) fn persisted(&mut self, node: &mut Node, token: PersistToken) -> bool {
+        let Some((id, rec)) = self.persisting.remove(&token) else {
             return false;
         };
-        self.server.stats.records_persisted += 1;
+        self.stats.records_persisted += 1;
         let answer = rec.answer.clone();
-        self.record(id, rec);
-        self.answer(id.client, id, &answer);
+        self.record(node, id, rec);
+        Server::answer(node, id.client, id, &answer);
         true
     }
 
-    pub(crate) fn on_cancel_call(&mut self, from: NodeId, id: CallId) -> bool {
-        if id.client != from || !self.server.running.contains_key(&id) {
+    pub(crate) fn on_cancel_call(&mut self, node: &mut Node, from: NodeId, id: CallId) -> bool {
+        if id.client != from || !self.running.contains_key(&id) {
             return false;
         }
-        self.kill(id, CancelReason::CallerCancelled);
+        self.kill(node, id, CancelReason::CallerCancelled);
         true
     }
 
     pub(crate) fn on_announce(
         &mut self,
-        _now: Instant,
+        node: &mut Node,
         from: NodeId,
         incarnation: Incarnation,
         adopted: &[u64],
     ) -> bool {
         let newer = self
-            .server
             .clients
             .get(&from)
             .is_none_or(|s| incarnation > s.incarnation);
         let running_older = self
-            .server
             .running
             .keys()
             .any(|id| id.client == from && id.client_incarnation < incarnation);
         if newer || running_older {
-            self.client_restarted(from, incarnation, Some(adopted));
+            self.client_restarted(node, from, incarnation, Some(adopted));
         }
         true
     }
@@ -866,34 +789,35 @@ impl Rpc {
     /// so; gentle reincarnation waits for that list.
     fn client_restarted(
         &mut self,
+        node: &mut Node,
         client: NodeId,
         incarnation: Incarnation,
         adopted: Option<&[u64]>,
     ) {
-        if let Some(state) = self.server.clients.get_mut(&client)
+        if let Some(state) = self.clients.get_mut(&client)
             && incarnation > state.incarnation
         {
-            self.server.stats.records_forgotten += state.records.len() as u64;
-            let last_heard = state.last_heard;
-            *state = ClientState::new(incarnation, last_heard);
+            self.stats.records_forgotten += state.records.len() as u64;
+            let durable = state.durable;
+            *state = ClientState::new(incarnation, state.last_heard);
+            state.durable = durable;
         }
         let orphans: Vec<CallId> = self
-            .server
             .running
             .keys()
             .filter(|id| id.client == client && id.client_incarnation < incarnation)
             .copied()
             .collect();
         for id in orphans {
-            match self.config.orphans.reincarnation {
+            match node.config.orphans.reincarnation {
                 Reincarnation::Off => {}
-                Reincarnation::Kill => self.kill(id, CancelReason::Reincarnation),
+                Reincarnation::Kill => self.kill(node, id, CancelReason::Reincarnation),
                 Reincarnation::Gentle => {
                     let Some(adopted) = adopted else { continue };
                     let owned =
                         id.client_incarnation.0 + 1 == incarnation.0 && adopted.contains(&id.seq);
                     if !owned {
-                        self.kill(id, CancelReason::GentleReincarnation);
+                        self.kill(node, id, CancelReason::GentleReincarnation);
                     }
                 }
             }
@@ -902,6 +826,7 @@ impl Rpc {
 
     pub(crate) fn on_exterminate(
         &mut self,
+        node: &mut Node,
         from: NodeId,
         incarnation: Incarnation,
         seqs: Vec<u64>,
@@ -912,9 +837,9 @@ impl Rpc {
                 client_incarnation: incarnation,
                 seq,
             };
-            self.kill(id, CancelReason::Exterminated);
+            self.kill(node, id, CancelReason::Exterminated);
         }
-        self.send(
+        node.out.send(
             from,
             RpcMessage::Exterminated {
                 client_incarnation: incarnation,
@@ -926,12 +851,13 @@ impl Rpc {
 
     pub(crate) fn on_renew(
         &mut self,
+        node: &mut Node,
         now: Instant,
         from: NodeId,
         incarnation: Incarnation,
         seqs: &[u64],
     ) -> bool {
-        let Some(quantum) = self.config.orphans.quantum else {
+        let Some(quantum) = node.config.orphans.quantum else {
             return false;
         };
         for &seq in seqs {
@@ -940,12 +866,12 @@ impl Rpc {
                 client_incarnation: incarnation,
                 seq,
             };
-            if let Some(r) = self.server.running.get_mut(&id) {
+            if let Some(r) = self.running.get_mut(&id) {
                 r.quantum_until = Some(after(now, quantum));
-                self.arm_running(id);
+                self.arm_running(node, id);
             }
         }
-        if let Some(s) = self.server.clients.get_mut(&from) {
+        if let Some(s) = self.clients.get_mut(&from) {
             s.last_heard = now;
         }
         true
@@ -956,9 +882,9 @@ impl Rpc {
     /// duplicate is answered stale, never run again. Exactly-once records
     /// stay: they are on stable storage, and a reply lost before the lease
     /// ran out must still be answered from them.
-    pub(crate) fn on_leases(&mut self, now: Instant) {
-        let lease = self.config.lease;
-        for state in self.server.clients.values_mut() {
+    pub(crate) fn on_leases(&mut self, node: &mut Node, now: Instant) {
+        let lease = node.config.lease;
+        for state in self.clients.values_mut() {
             if now.saturating_duration_since(state.last_heard) < lease {
                 continue;
             }
@@ -975,10 +901,10 @@ impl Rpc {
                 state.drop_record(*seq);
                 state.forgotten.insert(*seq);
             }
-            self.server.stats.records_forgotten += volatile.len() as u64;
-            self.server.stats.leases_expired += 1;
+            self.stats.records_forgotten += volatile.len() as u64;
+            self.stats.leases_expired += 1;
         }
-        self.set_timer(
+        node.out.set_timer(
             RpcTimer::Leases,
             after(now, lease.max(Duration::from_millis(1))),
         );
@@ -995,10 +921,7 @@ mod tests {
         for s in [5, 7, 6, 10] {
             r.insert(s);
         }
-        assert_eq!(
-            r.0.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
-            vec![(5, 7), (10, 10)]
-        );
+        assert_eq!(r.to_vec(), vec![(5, 7), (10, 10)]);
         assert!(r.contains(6) && r.contains(10) && !r.contains(8));
         for s in 0..1000u64 {
             r.insert(100 + 3 * s);
@@ -1007,31 +930,5 @@ mod tests {
         assert!(r.contains(100) && r.contains(100 + 3 * 999));
         r.trim_below(7);
         assert!(!r.contains(5) && r.contains(7));
-    }
-
-    #[test]
-    fn completion_records_round_trip_with_their_effect() {
-        let id = CallId {
-            client: NodeId(3),
-            client_incarnation: Incarnation(2),
-            seq: 9,
-        };
-        for (answer, effect) in [
-            (Answer::Reply(Bytes::from("reply")), Some(Bytes::from("+1"))),
-            (Answer::Failed, None),
-            (Answer::TooLarge(1 << 30), Some(Bytes::new())),
-        ] {
-            let rec = Records::completion(&id, 77, &answer, effect.as_ref());
-            let parsed = Records::parse(&[rec]);
-            assert_eq!(
-                parsed.completions,
-                vec![Completion {
-                    id,
-                    fingerprint: 77,
-                    answer,
-                    effect
-                }]
-            );
-        }
     }
 }
