@@ -3,7 +3,7 @@
 //!
 //! Each value lives in its own file, named by the hex of its key plus
 //! [`SUFFIX`], holding one [`copy`] (key, value, CRC-32). A put
-//! replaces the file with [`fsutil::write_atomic`] (temporary file, fsync,
+//! replaces the file with `fsutil::write_atomic` (temporary file, fsync,
 //! rename, fsync of the directory), so after a crash at any moment the key
 //! holds its old value or its new one, never a mix; an interrupted put leaves
 //! at most a `*.tmp` file, which [`FileStore::open`] removes (and a put that
@@ -84,7 +84,7 @@ pub(crate) enum CopyState {
 pub struct FileStore {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
-    /// Serializes writes: [`fsutil::write_atomic`] uses one fixed temporary
+    /// Serializes writes: `fsutil::write_atomic` uses one fixed temporary
     /// name per key, and two concurrent puts of one key writing through the
     /// same temporary file could rename a mix of both values into place.
     writes: Mutex<()>,

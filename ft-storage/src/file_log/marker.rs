@@ -1,5 +1,5 @@
 //! The log's two small files beside its segments, each written with
-//! [`fsutil::write_atomic`] and checksummed:
+//! `fsutil::write_atomic` and checksummed:
 //!
 //! * `META`: what the segments were written with — the format version and
 //!   the largest segment size this log ever used. Recovery judges segment
