@@ -5,11 +5,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use ft_core::{Lsn, StorageError};
 use ft_storage::testdir::TestDir;
 use ft_storage::{FileLog, FileLogOptions, MirroredStore};
+
+/// The tests of this file run one at a time. A `mount` or `umount` one test
+/// spawns is a fork of this process, and until it execs it holds a copy of
+/// every open file description, the other test's directory lock included:
+/// a log dropped and reopened at that moment would find its directory still
+/// locked (by a child that is about to exec).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A tmpfs of `kib` KiB, unmounted on drop.
 struct Tmpfs {
@@ -80,6 +92,7 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
 
 #[test]
 fn a_full_mirror_disk_fails_the_put_keeps_the_value_readable_and_leaves_no_temporary() {
+    let _serial = one_at_a_time();
     let Some(disk) = Tmpfs::mount("full-mirror", 256) else {
         return;
     };
@@ -107,6 +120,7 @@ fn a_full_mirror_disk_fails_the_put_keeps_the_value_readable_and_leaves_no_tempo
 
 #[test]
 fn a_full_disk_poisons_the_log_and_loses_no_acknowledged_record() {
+    let _serial = one_at_a_time();
     let Some(disk) = Tmpfs::mount("full-log", 1024) else {
         return;
     };
