@@ -170,10 +170,14 @@ pub fn encode<R: Record>(record: &R) -> Bytes {
 /// Reads back one record written by [`encode`].
 ///
 /// # Errors
-/// [`RecordError`] if the header is missing, the version unknown, the
-/// payload does not decode or bytes are left over.
+/// [`RecordError`] if the header is missing, names an embedded component
+/// (such a record is read through [`RecoveryContext::component`]), the
+/// version is unknown, the payload does not decode or bytes are left over.
 pub fn decode<R: Record>(bytes: Bytes) -> Result<R, RecordError> {
-    decode_payload::<R>(strip(bytes)?.1)
+    match strip(bytes)? {
+        (Component::SELF, rest) => decode_payload::<R>(rest),
+        (other, _) => Err(RecordError::UnknownComponent(other)),
+    }
 }
 
 /// Splits a record into its component and the rest.
@@ -328,6 +332,10 @@ mod tests {
         let own = encode(&N(1));
         let inner = tag(Component(2), &encode(&N(20)));
         let deeper = tag(Component(2), &tag(Component(1), &encode(&N(210))));
+        assert_eq!(
+            decode::<N>(inner.clone()),
+            Err(RecordError::UnknownComponent(Component(2)))
+        );
         let c = ctx(vec![own.clone(), inner, deeper, encode(&N(3))]);
         assert_eq!(
             c.read_beside::<N>(&[Component(2)]).unwrap(),

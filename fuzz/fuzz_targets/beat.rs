@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use ft_core::Wire;
-use ft_sim::heartbeat::Beat;
+use ft_demo::heartbeat::Beat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
