@@ -3,61 +3,16 @@
 //! the handle while it runs.
 #![cfg(not(ft_loom))]
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Instant;
 
-use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ft_core::driver::driver;
 use ft_core::{
-    Clock, Counters, DecodeError, DriverConfig, Lsn, MemNetwork, NodeId, Outbox, Output,
-    PersistToken, Protocol, Record, StableLog, StorageError, Wire, wire,
+    Counters, DecodeError, DriverConfig, Lsn, MemNetwork, NodeId, Outbox, Output, PersistToken,
+    Protocol, Record, StableLog, Wire, wire,
 };
-
-struct NoTimers;
-#[async_trait]
-impl Clock for NoTimers {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-    async fn sleep_until(&self, _: Instant) {
-        futures::future::pending::<()>().await
-    }
-}
-
-/// A log in memory that keeps its start, as a real one does.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<(u64, Vec<Bytes>)>>);
-
-#[async_trait]
-impl StableLog for Log {
-    async fn append(&self, records: &[Bytes]) -> Result<Lsn, StorageError> {
-        let mut l = self.0.lock().unwrap();
-        let first = l.0 + l.1.len() as u64;
-        l.1.extend_from_slice(records);
-        Ok(Lsn(first))
-    }
-    async fn read_from(&self, from: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError> {
-        let l = self.0.lock().unwrap();
-        Ok(l.1
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (Lsn(l.0 + i as u64), r.clone()))
-            .filter(|(lsn, _)| *lsn >= from)
-            .collect())
-    }
-    async fn truncate_prefix(&self, upto: Lsn) -> Result<Lsn, StorageError> {
-        let mut l = self.0.lock().unwrap();
-        let drop = (upto.0.saturating_sub(l.0) as usize).min(l.1.len());
-        l.1.drain(..drop);
-        l.0 += drop as u64;
-        Ok(Lsn(l.0))
-    }
-    async fn next_lsn(&self) -> Result<Lsn, StorageError> {
-        let l = self.0.lock().unwrap();
-        Ok(Lsn(l.0 + l.1.len() as u64))
-    }
-}
 
 #[derive(Debug, PartialEq)]
 struct Entry(u64);
@@ -116,7 +71,7 @@ impl Protocol for Journal {
 #[tokio::test]
 async fn a_compaction_drops_the_logs_prefix_and_counters_are_readable() {
     let net = MemNetwork::new(8);
-    let log = Log::default();
+    let log = common::Log::default();
     let core = Journal {
         out: Outbox::new(),
         written: Vec::new(),
@@ -125,7 +80,7 @@ async fn a_compaction_drops_the_logs_prefix_and_counters_are_readable() {
     let (mut handle, run) = driver(
         core,
         net.join(NodeId(1)),
-        NoTimers,
+        common::NoTimers,
         log.clone(),
         DriverConfig::default(),
     );

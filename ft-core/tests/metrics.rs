@@ -2,17 +2,15 @@
 //! core's counters to the installed recorder.
 #![cfg(not(ft_loom))]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_trait::async_trait;
 use ft_core::driver::driver;
-use ft_core::{
-    Clock, Counters, DriverConfig, Lsn, MemNetwork, NodeId, Outbox, Output, PersistToken, Protocol,
-    StableLog, StorageError,
-};
+use ft_core::{Counters, DriverConfig, MemNetwork, NodeId, Outbox, Output, PersistToken, Protocol};
 use metrics::{
     Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
@@ -52,34 +50,6 @@ impl Recorder for Seen {
     }
 }
 
-struct NoTimers;
-#[async_trait]
-impl Clock for NoTimers {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-    async fn sleep_until(&self, _: Instant) {
-        futures::future::pending::<()>().await
-    }
-}
-
-struct NoLog;
-#[async_trait]
-impl StableLog for NoLog {
-    async fn append(&self, _: &[bytes::Bytes]) -> Result<Lsn, StorageError> {
-        Ok(Lsn(0))
-    }
-    async fn read_from(&self, _: Lsn) -> Result<Vec<(Lsn, bytes::Bytes)>, StorageError> {
-        Ok(Vec::new())
-    }
-    async fn truncate_prefix(&self, _: Lsn) -> Result<Lsn, StorageError> {
-        Ok(Lsn(0))
-    }
-    async fn next_lsn(&self) -> Result<Lsn, StorageError> {
-        Ok(Lsn(0))
-    }
-}
-
 /// Sends one message to n2 per input, and reports the input.
 struct Sender(Outbox<Sender>);
 impl Protocol for Sender {
@@ -112,8 +82,8 @@ fn a_named_driver_exports_its_cores_counters() {
         let (mut handle, run) = driver(
             Sender(Outbox::new()),
             net.join(NodeId(1)),
-            NoTimers,
-            NoLog,
+            common::NoTimers,
+            common::Log::default(),
             config,
         );
         futures::executor::block_on(async {

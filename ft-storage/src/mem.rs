@@ -103,6 +103,11 @@ impl MemLog {
         lock(&self.state).next_lsn()
     }
 
+    /// The LSN of the first record kept (records before it were dropped).
+    pub fn start(&self) -> Lsn {
+        Lsn(lock(&self.state).start)
+    }
+
     /// [`StableLog::truncate_prefix`], without the `async`: discards the
     /// synced records before `upto` and returns the log's start afterwards.
     ///

@@ -709,11 +709,10 @@ where
                     };
                     let upto = n.lsns[pos].1;
                     n.lsns.drain(..pos);
-                    let kept = n.disk.durable().len();
-                    if n.disk.drop_before(upto).is_ok() {
+                    let before = n.disk.start();
+                    if let Ok(after) = n.disk.drop_before(upto) {
                         self.world.stats.compactions += 1;
-                        self.world.stats.records_compacted +=
-                            kept.saturating_sub(n.disk.durable().len()) as u64;
+                        self.world.stats.records_compacted += after.0 - before.0;
                     }
                 }
                 Output::Event(event) => {
