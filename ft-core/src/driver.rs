@@ -26,6 +26,8 @@
 //!   replaces it; [`Output::CancelTimer`] removes it, and a removed timer
 //!   never fires;
 //! - **inputs** from the [`Handle`] (and its [`InputSender`] clones);
+//! - **sends**: the datagrams of one step go to the channel together, in
+//!   one [`Channel::send_batch`] (see below);
 //! - **datagrams**: one `recv` future stays alive across iterations (a
 //!   [`Channel`]'s `recv` is cancel safe, but re-creating it for every
 //!   wake-up would waste work). Each datagram is a frame checked by the
@@ -38,11 +40,27 @@
 //! returns `None`, carrying out each output in the order returned, before it
 //! feeds the core anything else: the poll order of [`Protocol`].
 //!
+//! # Sending
+//!
+//! Each [`Output::Send`] is framed by the codec (fitted to the channel's
+//! [`max_datagram`](Channel::max_datagram) by [`driver`] itself, so a custom
+//! channel needs no setup) and queued; when the drain ends, the queue goes
+//! to the channel in one [`Channel::send_batch`], in the order the core
+//! asked, so a transport can write each peer's datagrams at once. The
+//! batch is polled at once, so a channel whose sends complete immediately
+//! (as the contract asks) costs no extra wake-up; one that is not done yet
+//! is polled beside the other sources, and the datagrams of later steps
+//! wait for it in a queue bounded by [`DriverConfig::send_queue_bytes`].
+//! When that is full, a new datagram is dropped and counted in
+//! [`DriverStats::datagrams_dropped`], as a full network queue would drop
+//! it: a `send` that never returns (a broken transport) costs datagrams,
+//! never the core's timers, inputs or persists.
+//!
 //! # When it stops
 //!
 //! | cause | the future returns |
 //! |---|---|
-//! | [`Handle::shutdown`] | `Ok(())`, once the inputs sent before it were handled |
+//! | [`Handle::shutdown`] | `Ok(())`, once the inputs sent before it were handled and their datagrams handed to the channel (waiting at most [`SHUTDOWN_GRACE`] of the clock's time for a send still in progress) |
 //! | the log fails an append | `Err(DriverError::Storage)`: fatal, since *persist before you speak* can no longer be honoured |
 //! | the channel is closed (`recv` or `send` says [`ChannelError::Closed`]) | `Err(DriverError::Channel(ChannelError::Closed))` |
 //!
@@ -130,7 +148,7 @@ use futures::future::{BoxFuture, poll_fn};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tracing::{Instrument, debug, trace, warn};
 
-use crate::channel::{Channel, ChannelError};
+use crate::channel::{BatchError, Channel, ChannelError};
 use crate::clock::Clock;
 use crate::frame::FrameCodec;
 use crate::id::NodeId;
@@ -138,13 +156,17 @@ use crate::protocol::{Counters, Output, PersistToken, Protocol};
 use crate::storage::{Lsn, StableLog, StorageError};
 use crate::sync::{Arc, AtomicU64, Ordering};
 
+/// How long a shutdown waits for a send still in progress, on the driver's
+/// clock, before it abandons the datagrams (a crash would lose them too).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How a driver is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DriverConfig {
-    /// Frames outgoing messages and checks incoming ones. Its payload limit
-    /// should leave the frame within the channel's
-    /// [`max_datagram`](Channel::max_datagram).
+    /// Frames outgoing messages and checks incoming ones. [`driver`] lowers
+    /// its payload limit, if need be, so that frames fit the channel's
+    /// [`max_datagram`](Channel::max_datagram) ([`FrameCodec::fitted`]).
     pub codec: FrameCodec,
     /// How many events may wait for [`Handle::next_event`] before the driver
     /// waits for the application (see [`Handle`] on back-pressure).
@@ -153,6 +175,11 @@ pub struct DriverConfig {
     /// exported under after every step (see `ft_core::metrics`); `None`
     /// (the default) exports nothing. Without the feature it is ignored.
     pub metrics: Option<&'static str>,
+    /// How many bytes of datagrams may wait for the channel while a batch
+    /// is still being sent; beyond it new datagrams are dropped and counted
+    /// ([`DriverStats::datagrams_dropped`]). One datagram is always let in,
+    /// whatever its size. 4 MiB by default.
+    pub send_queue_bytes: usize,
 }
 
 impl Default for DriverConfig {
@@ -161,6 +188,7 @@ impl Default for DriverConfig {
             codec: FrameCodec::default(),
             event_capacity: 64,
             metrics: None,
+            send_queue_bytes: 4 << 20,
         }
     }
 }
@@ -178,6 +206,14 @@ impl DriverConfig {
     #[must_use]
     pub fn with_metrics(mut self, name: &'static str) -> Self {
         self.metrics = Some(name);
+        self
+    }
+
+    /// The same configuration with room for `bytes` of datagrams waiting
+    /// for the channel.
+    #[must_use]
+    pub fn with_send_queue_bytes(mut self, bytes: usize) -> Self {
+        self.send_queue_bytes = bytes;
         self
     }
 
@@ -219,6 +255,12 @@ pub struct DriverStats {
     pub datagrams_in: u64,
     /// Datagrams the channel accepted for sending.
     pub datagrams_out: u64,
+    /// Datagrams dropped before reaching the channel: its sends were still
+    /// busy with earlier ones and the send queue was full
+    /// ([`DriverConfig::send_queue_bytes`]).
+    pub datagrams_dropped: u64,
+    /// Batches handed to the channel ([`Channel::send_batch`] calls).
+    pub batches: u64,
     /// Received datagrams dropped because they failed the frame check or did
     /// not decode as a message.
     pub decode_failures: u64,
@@ -243,6 +285,8 @@ struct StatCells {
     events: AtomicU64,
     datagrams_in: AtomicU64,
     datagrams_out: AtomicU64,
+    datagrams_dropped: AtomicU64,
+    batches: AtomicU64,
     decode_failures: AtomicU64,
     send_failures: AtomicU64,
     recv_failures: AtomicU64,
@@ -267,6 +311,8 @@ impl StatCells {
             events: get(&self.events),
             datagrams_in: get(&self.datagrams_in),
             datagrams_out: get(&self.datagrams_out),
+            datagrams_dropped: get(&self.datagrams_dropped),
+            batches: get(&self.batches),
             decode_failures: get(&self.decode_failures),
             send_failures: get(&self.send_failures),
             recv_failures: get(&self.recv_failures),
@@ -483,6 +529,7 @@ where
     let (event_tx, event_rx) = mpsc::channel(config.event_capacity);
     let stats = Arc::new(StatCells::default());
     let span = tracing::debug_span!("ft_driver", node = %channel.local());
+    let codec = config.codec.fitted(channel.max_datagram());
     // `std`'s Arc, not the loom shim's: these are shared only so that the
     // boxed `'static` futures below can hold them, not to synchronize state.
     let channel = std::sync::Arc::new(channel);
@@ -494,7 +541,7 @@ where
         channel,
         clock,
         log: std::sync::Arc::new(log),
-        codec: config.codec,
+        codec,
         stats: Arc::clone(&stats),
         metrics: config.metrics,
         commands: input_rx,
@@ -510,6 +557,11 @@ where
         last_now,
         turn: 0,
         frame_buf: BytesMut::new(),
+        outbox: Vec::new(),
+        outbox_bytes: 0,
+        send_queue_bytes: config.send_queue_bytes,
+        sending: None,
+        spare_batch: Vec::new(),
     };
     let handle = Handle {
         inputs: InputSender { tx: input_tx },
@@ -520,6 +572,9 @@ where
 }
 
 type RecvFuture = BoxFuture<'static, Result<(NodeId, Bytes), ChannelError>>;
+/// A batch being sent: the channel's answer, and the batch back (its
+/// allocation is reused).
+type SendFuture = BoxFuture<'static, (Result<(), BatchError>, Vec<(NodeId, Bytes)>)>;
 type AppendFuture = BoxFuture<'static, LogDone>;
 
 /// What a log operation of the driver's came back with.
@@ -600,6 +655,7 @@ enum Wake<P: Protocol> {
     Timer(Instant),
     Command(Option<Command<P>>),
     Datagram(Result<(NodeId, Bytes), ChannelError>),
+    Sent(Result<(), BatchError>, Vec<(NodeId, Bytes)>),
 }
 
 /// How many sources [`Driver::poll_wake`] serves in turn.
@@ -640,6 +696,15 @@ struct Driver<P: Protocol, C, K, L> {
     turn: usize,
     /// Reused for encoding frames.
     frame_buf: BytesMut,
+    /// Framed datagrams not yet handed to the channel, in the order asked.
+    outbox: Vec<(NodeId, Bytes)>,
+    /// Their total size, held within `send_queue_bytes`.
+    outbox_bytes: usize,
+    send_queue_bytes: usize,
+    /// The batch the channel is sending.
+    sending: Option<SendFuture>,
+    /// The last batch's vector, emptied, for the next one.
+    spare_batch: Vec<(NodeId, Bytes)>,
 }
 
 impl<P, C, K, L> Driver<P, C, K, L>
@@ -702,7 +767,7 @@ where
                     self.protocol.handle_input(now, input);
                     self.drain().await?;
                 }
-                Wake::Command(Some(Command::Shutdown)) => return Ok(()),
+                Wake::Command(Some(Command::Shutdown)) => return self.flush_for_shutdown().await,
                 Wake::Command(None) => {
                     debug!("every input sender is gone; serving the network only");
                     self.commands_open = false;
@@ -714,6 +779,10 @@ where
                 Wake::Datagram(Err(e)) => {
                     StatCells::bump(&self.stats.recv_failures);
                     warn!(error = %e, "recv failed; receiving again");
+                }
+                Wake::Sent(result, batch) => {
+                    self.sent(result, batch)?;
+                    self.flush().await?;
                 }
             }
         }
@@ -756,6 +825,14 @@ where
     /// the first that is ready. Each source not ready has registered its
     /// waker, so the driver is woken when any of them is.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake<P>> {
+        // A batch in progress first: finishing it consumes nothing, and the
+        // datagrams queued behind it go sooner.
+        if let Some(sending) = &mut self.sending
+            && let Poll::Ready((result, batch)) = sending.poll_unpin(cx)
+        {
+            self.sending = None;
+            return Poll::Ready(Wake::Sent(result, batch));
+        }
         for i in 0..SOURCES {
             let source = (self.turn + i) % SOURCES;
             let ready = match source {
@@ -854,6 +931,7 @@ where
     /// Carries out the core's outputs until it has none, in order.
     async fn drain(&mut self) -> Result<(), DriverError> {
         self.drain_outputs().await?;
+        self.flush().await?;
         let counters = self.protocol.counters();
         self.stats.publish(counters);
         #[cfg(feature = "metrics")]
@@ -866,7 +944,7 @@ where
     async fn drain_outputs(&mut self) -> Result<(), DriverError> {
         while let Some(output) = self.protocol.poll_output() {
             match output {
-                Output::Send { to, msg } => self.send(to, msg).await?,
+                Output::Send { to, msg } => self.send(to, msg),
                 Output::SetTimer { timer, at } => {
                     trace!(?timer, "timer set");
                     self.timers.set(timer, at);
@@ -905,32 +983,110 @@ where
         Ok(())
     }
 
-    async fn send(&mut self, to: NodeId, msg: P::Message) -> Result<(), DriverError> {
+    /// Frames `msg` for `to` and queues it for the next batch.
+    fn send(&mut self, to: NodeId, msg: P::Message) {
         // The message itself may hold the application's payload: not logged.
         trace!(%to, "message out");
         if let Err(error) = self.codec.encode(&msg, &mut self.frame_buf) {
             StatCells::bump(&self.stats.send_failures);
             warn!(%to, %error, "message too large to frame; not sent");
-            return Ok(());
+            return;
         }
         let frame = self.frame_buf.split().freeze();
-        match self.channel.send(to, frame).await {
-            Ok(()) => {
-                StatCells::bump(&self.stats.datagrams_out);
+        if !self.outbox.is_empty() && self.outbox_bytes + frame.len() > self.send_queue_bytes {
+            StatCells::bump(&self.stats.datagrams_dropped);
+            debug!(%to, "send queue full (the channel is still sending); datagram dropped");
+            return;
+        }
+        self.outbox_bytes += frame.len();
+        self.outbox.push((to, frame));
+    }
+
+    /// Hands the queued datagrams to the channel in one batch, unless a
+    /// batch is still in progress, and polls it once: a channel that sends
+    /// at once is done before the driver waits again.
+    async fn flush(&mut self) -> Result<(), DriverError> {
+        if self.sending.is_some() || self.outbox.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.outbox, std::mem::take(&mut self.spare_batch));
+        self.outbox_bytes = 0;
+        StatCells::bump(&self.stats.batches);
+        let channel = std::sync::Arc::clone(&self.channel);
+        let mut sending: SendFuture = async move {
+            let result = channel.send_batch(&batch).await;
+            (result, batch)
+        }
+        .boxed();
+        match futures::poll!(&mut sending) {
+            Poll::Ready((result, batch)) => self.sent(result, batch),
+            Poll::Pending => {
+                self.sending = Some(sending);
                 Ok(())
             }
-            Err(ChannelError::Closed) => Err(DriverError::Channel(ChannelError::Closed)),
-            Err(error @ ChannelError::Unreachable(_)) => {
+        }
+    }
+
+    /// Counts what the channel did with `batch`, and keeps its vector.
+    fn sent(
+        &mut self,
+        result: Result<(), BatchError>,
+        mut batch: Vec<(NodeId, Bytes)>,
+    ) -> Result<(), DriverError> {
+        let refused = result.err().map(|e| e.failed).unwrap_or_default();
+        self.stats.datagrams_out.fetch_add(
+            (batch.len() - refused.len().min(batch.len())) as u64,
+            Ordering::Relaxed,
+        );
+        let mut closed = false;
+        for (i, error) in refused {
+            let to = batch.get(i).map(|(to, _)| *to);
+            match error {
+                ChannelError::Closed => closed = true,
                 // An unknown or departed peer is an everyday event for a
                 // fault-tolerant protocol: the core's timeouts deal with it.
-                StatCells::bump(&self.stats.send_failures);
-                debug!(%to, %error, "send refused; message lost");
-                Ok(())
+                ChannelError::Unreachable(_) => {
+                    StatCells::bump(&self.stats.send_failures);
+                    debug!(?to, %error, "send refused; message lost");
+                }
+                error => {
+                    StatCells::bump(&self.stats.send_failures);
+                    warn!(?to, %error, "send failed; message lost");
+                }
             }
-            Err(error) => {
-                StatCells::bump(&self.stats.send_failures);
-                warn!(%to, %error, "send failed; message lost");
-                Ok(())
+        }
+        batch.clear();
+        self.spare_batch = batch;
+        if closed {
+            return Err(DriverError::Channel(ChannelError::Closed));
+        }
+        Ok(())
+    }
+
+    /// Before a shutdown returns: lets the batch in progress and the
+    /// datagrams queued behind it reach the channel, for at most
+    /// [`SHUTDOWN_GRACE`] of the clock's time.
+    async fn flush_for_shutdown(&mut self) -> Result<(), DriverError> {
+        if self.sending.is_none() && self.outbox.is_empty() {
+            return Ok(());
+        }
+        let deadline = self.clock.now() + SHUTDOWN_GRACE;
+        let clock = std::sync::Arc::clone(&self.clock);
+        let mut grace = async move { clock.sleep_until(deadline).await }.boxed();
+        loop {
+            self.flush().await?;
+            let Some(sending) = &mut self.sending else {
+                return Ok(());
+            };
+            match futures::future::select(sending, &mut grace).await {
+                futures::future::Either::Left(((result, batch), _)) => {
+                    self.sending = None;
+                    self.sent(result, batch)?;
+                }
+                futures::future::Either::Right(((), _)) => {
+                    debug!("shutdown: a send still in progress was abandoned");
+                    return Ok(());
+                }
             }
         }
     }

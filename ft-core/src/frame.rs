@@ -64,6 +64,20 @@ impl FrameCodec {
         self.max_payload + OVERHEAD
     }
 
+    /// This codec, its payload limit lowered if need be so that every frame
+    /// fits in `max_datagram` bytes (a channel's
+    /// [`max_datagram`](crate::Channel::max_datagram)). The driver applies it
+    /// to its codec, so a core's messages never make datagrams the channel
+    /// refuses.
+    #[must_use]
+    pub fn fitted(self, max_datagram: usize) -> Self {
+        if self.max_frame() <= max_datagram {
+            self
+        } else {
+            FrameCodec::new(max_datagram.saturating_sub(OVERHEAD))
+        }
+    }
+
     /// Frames `payload`, appending to `out`.
     pub fn encode_payload(&self, payload: &[u8], out: &mut BytesMut) -> Result<(), DecodeError> {
         if payload.len() > self.max_payload {
@@ -214,6 +228,16 @@ mod tests {
             .encode_payload(payload, &mut b)
             .unwrap();
         b.freeze()
+    }
+
+    #[test]
+    fn fitted_lowers_the_limit_only_when_frames_would_not_fit() {
+        let default = FrameCodec::default();
+        assert_eq!(default.fitted(usize::MAX), default);
+        assert_eq!(default.fitted(default.max_frame()), default);
+        let small = default.fitted(1400);
+        assert_eq!(small.max_frame(), 1400);
+        assert_eq!(default.fitted(3).max_payload(), 0);
     }
 
     #[test]

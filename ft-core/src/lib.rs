@@ -26,7 +26,7 @@ mod sync;
 pub mod testing;
 pub mod wire;
 
-pub use channel::{Channel, ChannelError};
+pub use channel::{BatchError, Channel, ChannelError};
 pub use clock::Clock;
 pub use completion::{Completion, CompletionTable};
 pub use compose::{Outbox, Persisted};
