@@ -4,7 +4,7 @@
 //!
 //! Every transport keeps these promises; the exported conformance suite
 //! (`ft_core::testing::channel_conformance`, feature `testing`) checks each
-//! one, and ft-core's "Writing a transport" guide (the `guide` module)
+//! one, and ft-core's "Writing a transport" guide ([`crate::guide`])
 //! builds an adapter that passes it.
 //!
 //! | promise | why the protocols need it |

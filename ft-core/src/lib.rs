@@ -10,6 +10,7 @@ pub mod detector;
 pub mod driver;
 pub mod failure;
 pub mod frame;
+pub mod guide;
 #[cfg(any(test, feature = "testing"))]
 pub mod harness;
 pub mod id;
