@@ -356,8 +356,6 @@ pub struct UdpChannel {
     inbox: Mutex<Inbox>,
     /// Wakes a waiting `recv` when another left datagrams in the queue.
     queued: Notify,
-    /// `recv`s waiting for readiness.
-    waiting: AtomicUsize,
     counters: Counters,
 }
 
@@ -418,7 +416,6 @@ impl UdpChannel {
                 queued_bytes: 0,
             }),
             queued: Notify::new(),
-            waiting: AtomicUsize::new(0),
             counters: Counters::default(),
         })
     }
@@ -661,8 +658,6 @@ impl UdpChannel {
     /// Waits until a socket may be readable or another `recv` left
     /// datagrams in the queue. The only await point of `recv`.
     async fn ready(&self) -> io::Result<()> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.waiting);
         match &self.multicast {
             None => tokio::select! {
                 biased;
@@ -944,15 +939,6 @@ impl UdpChannel {
     }
 }
 
-/// Counts a waiting `recv` out when it stops waiting, completed or dropped.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 fn transport(error: io::Error) -> ChannelError {
     ChannelError::Transport(error.to_string())
 }
@@ -1049,7 +1035,11 @@ impl Channel for UdpChannel {
             {
                 let mut inbox = lock(&self.inbox);
                 if let Some(got) = inbox.pop() {
-                    if !inbox.queue.is_empty() && self.waiting.load(Ordering::SeqCst) > 0 {
+                    if !inbox.queue.is_empty() {
+                        // Another `recv` may be waiting for the sockets,
+                        // which this one emptied: let it take the rest (a
+                        // stored permit if none waits yet, so no wake-up is
+                        // lost between its look at the queue and its wait).
                         self.queued.notify_one();
                     }
                     return Ok(got);
