@@ -686,8 +686,7 @@ impl UdpChannel {
             if node == self.local {
                 continue;
             }
-            if !group.members.contains(&node) || !seen.insert(node) || !self.book.contains(node)
-            {
+            if !group.members.contains(&node) || !seen.insert(node) || !self.book.contains(node) {
                 return false;
             }
         }
@@ -872,7 +871,12 @@ impl UdpChannel {
                     }
                 }
                 bump(&self.counters.gso_fallbacks);
-                debug!(?other, segment, count = run.len(), "GSO write refused; writing without");
+                debug!(
+                    ?other,
+                    segment,
+                    count = run.len(),
+                    "GSO write refused; writing without"
+                );
                 self.write_mmsg(run, refused).await;
             }
         }

@@ -175,12 +175,7 @@ async fn a_group_address_must_be_multicast_and_the_channel_ipv4() {
         ))
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
-    let v6 = UdpChannel::bind(
-        NodeId(1),
-        "[::1]:0".parse().unwrap(),
-        Default::default(),
-    )
-    .await;
+    let v6 = UdpChannel::bind(NodeId(1), "[::1]:0".parse().unwrap(), Default::default()).await;
     if let Ok(v6) = v6 {
         let err = v6
             .with_multicast(MulticastConfig::new(
