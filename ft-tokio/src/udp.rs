@@ -866,9 +866,17 @@ impl UdpChannel {
                     Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
                         self.gso_limit.store(0, Ordering::Relaxed);
                     }
-                    Err(_) => {
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(nix::libc::EINVAL | nix::libc::EMSGSIZE)
+                        ) =>
+                    {
                         self.gso_limit.fetch_min(segment, Ordering::Relaxed);
                     }
+                    // Refused for its destination (EACCES, ENETUNREACH,
+                    // ...): each datagram fails alone below.
+                    Err(_) => {}
                 }
                 bump(&self.counters.gso_fallbacks);
                 debug!(

@@ -450,3 +450,37 @@ async fn concurrent_receivers_each_get_a_datagram_one_of_them_drained() {
         assert_eq!(all, data);
     }
 }
+
+#[tokio::test]
+async fn a_datagram_the_kernel_refuses_fails_alone_in_every_path() {
+    let mut nodes = udp_mesh(&[NodeId(1), NodeId(2)]).await;
+    let b_ = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    // A broadcast address: refused (EACCES) without SO_BROADCAST.
+    a.set_peer(NodeId(9), "255.255.255.255:9".parse().unwrap());
+    for batching in [UdpBatching::Gso, UdpBatching::Mmsg, UdpBatching::Plain] {
+        let a = UdpChannel::bind(NodeId(1), loopback(), a.peers())
+            .await
+            .unwrap()
+            .with_batching(batching);
+        b_.set_peer(NodeId(1), a.local_addr());
+        let batch = vec![
+            (NodeId(2), b("one")),
+            (NodeId(9), b("bcast")),
+            (NodeId(9), b("bcast")),
+            (NodeId(2), b("two")),
+            (NodeId(2), b("three")),
+        ];
+        let err = a.send_batch(&batch).await.unwrap_err();
+        let positions: Vec<_> = err.failed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(positions, vec![1, 2], "{batching:?}: {err:?}");
+        assert!(
+            err.failed
+                .iter()
+                .all(|(_, e)| matches!(e, ChannelError::Transport(_))),
+            "{err:?}"
+        );
+        expect_in_order(&b_, NodeId(1), &[b("one"), b("two"), b("three")]).await;
+        assert_eq!(a.stats().sent, 3, "{batching:?}");
+    }
+}
