@@ -15,4 +15,6 @@ pub use durable::Opened;
 pub use node::{NodeError, NodeStats, Prepared, RpcNode, RpcNodeBuilder, Transport};
 pub use spawn::{NoLog, spawn, spawn_volatile};
 pub use tcp::{TCP_DEFAULT_MAX_DATAGRAM, TcpChannel, TcpConfig, TcpStats};
-pub use udp::{UDP_HEADER_LEN, UDP_MAX_DATAGRAM, UdpChannel, UdpStats};
+pub use udp::{
+    MulticastConfig, UDP_HEADER_LEN, UDP_MAX_DATAGRAM, UdpBatching, UdpChannel, UdpStats,
+};

@@ -1,4 +1,5 @@
-//! [`UdpChannel`]: the [`Channel`] contract over one UDP socket.
+//! [`UdpChannel`]: the [`Channel`] contract over one UDP socket, with
+//! batched sends and IP multicast.
 //!
 //! # Wire format
 //!
@@ -12,19 +13,44 @@
 //! One datagram on the channel is one UDP datagram. The header tells the
 //! receiver which node sent it; the receiver believes it only if the
 //! datagram came from the address its book has for that node (see
-//! [`UdpChannel`] on spoofing).
+//! [`UdpChannel`] on spoofing). Multicast datagrams have the same format
+//! and come from the sender's unicast address, so the same check applies.
+//!
+//! # System calls
+//!
+//! On Linux the channel writes through [nix](https://docs.rs/nix)'s typed
+//! wrappers, so that ft-tokio itself keeps `#![forbid(unsafe_code)]`:
+//!
+//! - every datagram is written as an iovec of the 8-byte header and the
+//!   payload (`sendmsg`): the payload is never copied in user space;
+//! - [`send_batch`](Channel::send_batch) and
+//!   [`send_to_many`](Channel::send_to_many) write a run of datagrams of one
+//!   size to one destination as **one UDP GSO** `sendmsg` (`UDP_SEGMENT`:
+//!   the kernel cuts it into datagrams; the last may be shorter), and the
+//!   other datagrams with **`sendmmsg`**, many destinations per system call;
+//! - a GSO write the kernel refuses (`EIO` where the device cannot segment,
+//!   `EINVAL` for a segment larger than the route's MTU) is written again
+//!   without GSO, and the channel stops trying GSO for that case (for
+//!   segments that large, or at all after `EIO`);
+//! - [`UdpBatching`] chooses the path ([`UdpChannel::with_batching`]), and
+//!   [`UdpStats`] shows which one ran: `gso_sends`, `mmsg_sends`,
+//!   `send_syscalls`, `gso_fallbacks`.
+//!
+//! Elsewhere, every datagram is copied behind its header and written with
+//! one `send_to`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ft_core::{Channel, ChannelError, NodeId};
+use ft_core::{BatchError, Channel, ChannelError, NodeId};
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 use tracing::{debug, trace};
 
 use crate::book::{AddressBook, canonical, lock, reachable};
@@ -48,11 +74,119 @@ pub const UDP_MAX_DATAGRAM: usize = 65_507 - UDP_HEADER_LEN;
 /// truncated.
 const RECV_BUF: usize = 65_536;
 
+/// At most this many received datagrams wait inside the channel, taken from
+/// the socket by one `recv` and handed out by the next ones.
+const RECV_QUEUE: usize = 32;
+
+/// ... and at most this many payload bytes: a drain stops at either bound.
+const RECV_QUEUE_BYTES: usize = 256 * 1024;
+
+/// The kernel's limit on the datagrams of one GSO write (`UDP_MAX_SEGMENTS`).
+#[cfg(target_os = "linux")]
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// The bytes of one GSO write: it is one IP packet before segmentation, so
+/// it must fit an IP length (65 535 bytes with its IP and UDP headers; an
+/// IPv6 header is 40 bytes).
+#[cfg(target_os = "linux")]
+const GSO_MAX_BYTES: usize = 65_535 - 40 - 8;
+
+/// The messages of one `sendmmsg` (the kernel's `UIO_MAXIOV`).
+#[cfg(target_os = "linux")]
+const MMSG_MAX: usize = 1024;
+
+/// How [`send_batch`](Channel::send_batch) and
+/// [`send_to_many`](Channel::send_to_many) write a batch to the socket
+/// (see the [module docs](self)). A single [`send`](Channel::send) is one
+/// `sendmsg` whatever the choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UdpBatching {
+    /// The fewest system calls (Linux): one GSO write for each run of
+    /// equal-size datagrams to one destination, `sendmmsg` for the others,
+    /// each falling back to the next path when the kernel refuses it.
+    #[default]
+    Gso,
+    /// `sendmmsg` for every batch, no GSO (Linux).
+    Mmsg,
+    /// One system call per datagram: the fallback path, and the only one
+    /// off Linux.
+    Plain,
+}
+
+/// Where and how a [`UdpChannel`] sends and receives IP multicast; see
+/// [`UdpChannel::with_multicast`].
+///
+/// Every member must configure the same group and the same member list: a
+/// sender uses the group only for a datagram meant for exactly the other
+/// members, so a node that joins the group without being listed would
+/// receive datagrams not meant for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MulticastConfig {
+    /// The group address and port, for example `239.255.0.1:7400` (an
+    /// administratively scoped group, which routers do not forward beyond
+    /// the organisation).
+    pub group: SocketAddrV4,
+    /// The local interface, by one of its IPv4 addresses, that joins the
+    /// group and sends to it: `127.0.0.1` keeps the group on this host.
+    /// The unspecified address lets the kernel choose by its routes.
+    pub interface: Ipv4Addr,
+    /// How many routers a multicast datagram may cross (`IP_MULTICAST_TTL`):
+    /// 0 keeps it on the host, 1 (the default) on the local network.
+    pub ttl: u32,
+    /// Whether a datagram sent to the group is also delivered to the
+    /// members on the sending host (`IP_MULTICAST_LOOP`, default on): it
+    /// must be on when several members share a host.
+    pub loopback: bool,
+    /// The nodes that join the group, this one included: one multicast
+    /// datagram stands for a [`send_to_many`](Channel::send_to_many) to all
+    /// of them but the sender.
+    pub members: BTreeSet<NodeId>,
+}
+
+impl MulticastConfig {
+    /// A group of `members` at `group`, joined and sent to on the local
+    /// `interface`, with a TTL of 1 and loopback on.
+    pub fn new(
+        group: SocketAddrV4,
+        interface: Ipv4Addr,
+        members: impl IntoIterator<Item = NodeId>,
+    ) -> Self {
+        MulticastConfig {
+            group,
+            interface,
+            ttl: 1,
+            loopback: true,
+            members: members.into_iter().collect(),
+        }
+    }
+
+    /// The same configuration with `ttl`.
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: u32) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The same configuration with loopback on or off.
+    #[must_use]
+    pub fn with_loopback(mut self, loopback: bool) -> Self {
+        self.loopback = loopback;
+        self
+    }
+}
+
+/// A joined group: the socket bound to it and the configuration.
+struct Multicast {
+    socket: UdpSocket,
+    config: MulticastConfig,
+}
+
 /// A snapshot of a [`UdpChannel`]'s counters, all since it was bound.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UdpStats {
-    /// Datagrams handed to the socket.
+    /// Datagrams handed to the socket (a multicast datagram counts once).
     pub sent: u64,
     /// Datagrams returned by `recv`.
     pub received: u64,
@@ -66,6 +200,32 @@ pub struct UdpStats {
     /// Datagrams dropped because they did not come from the address the
     /// book has for the sender they named: spoofed, or a misconfigured peer.
     pub dropped_mismatched_addr: u64,
+    /// System calls that wrote datagrams (`sendmsg`, `sendmmsg`,
+    /// `send_to`), those that failed included.
+    pub send_syscalls: u64,
+    /// Batches ([`send_batch`](Channel::send_batch),
+    /// [`send_to_many`](Channel::send_to_many)) that wrote two datagrams
+    /// or more.
+    pub batches: u64,
+    /// UDP GSO writes: each carried several datagrams in one system call.
+    pub gso_sends: u64,
+    /// GSO writes the kernel refused, whose datagrams were written again
+    /// without GSO.
+    pub gso_fallbacks: u64,
+    /// `sendmmsg` system calls.
+    pub mmsg_sends: u64,
+    /// Receive system calls, those that found nothing included.
+    pub recv_syscalls: u64,
+    /// Times `recv` found its queue empty and drained the socket(s): with
+    /// many datagrams waiting, far fewer than [`received`](Self::received).
+    pub recv_drains: u64,
+    /// Multicast datagrams sent to the group.
+    pub multicast_sent: u64,
+    /// Multicast datagrams received from the group and accepted.
+    pub multicast_received: u64,
+    /// This node's own multicast datagrams, looped back by the kernel and
+    /// dropped (see [`UdpChannel::with_multicast`]).
+    pub dropped_own_multicast: u64,
 }
 
 #[derive(Default)]
@@ -76,11 +236,53 @@ struct Counters {
     dropped_oversize: AtomicU64,
     dropped_unknown_sender: AtomicU64,
     dropped_mismatched_addr: AtomicU64,
+    send_syscalls: AtomicU64,
+    batches: AtomicU64,
+    gso_sends: AtomicU64,
+    gso_fallbacks: AtomicU64,
+    mmsg_sends: AtomicU64,
+    recv_syscalls: AtomicU64,
+    recv_drains: AtomicU64,
+    multicast_sent: AtomicU64,
+    multicast_received: AtomicU64,
+    dropped_own_multicast: AtomicU64,
 }
 
 /// Counts one. Relaxed: each counter is read on its own.
 fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    add(counter, 1);
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The receive side's state: the buffer every read goes into, and the
+/// datagrams already taken from the socket(s) and not yet handed out.
+struct Inbox {
+    buf: Vec<u8>,
+    queue: VecDeque<(NodeId, Bytes)>,
+    queued_bytes: usize,
+}
+
+impl Inbox {
+    fn pop(&mut self) -> Option<(NodeId, Bytes)> {
+        let got = self.queue.pop_front()?;
+        self.queued_bytes -= got.1.len();
+        Some(got)
+    }
+
+    fn full(&self) -> bool {
+        self.queue.len() >= RECV_QUEUE || self.queued_bytes >= RECV_QUEUE_BYTES
+    }
+}
+
+/// One datagram of a batch, checked and located.
+struct Out<'a> {
+    /// Its position in the batch (or in the list of destinations).
+    index: usize,
+    addr: SocketAddr,
+    payload: &'a [u8],
 }
 
 /// A [`Channel`] over one UDP socket, with a book of where each peer is.
@@ -107,30 +309,53 @@ fn bump(counter: &AtomicU64) {
 /// books list for it (a specific IP, not `0.0.0.0`, on a multi-homed host,
 /// where the source address of a reply depends on the route).
 ///
+/// # Sending
+///
+/// `send` writes one datagram with one system call; the batched sends write
+/// a whole batch with as few as the kernel allows (see the
+/// [module docs](self) and [`UdpBatching`]). When the socket's send buffer
+/// is full (`WouldBlock`), a send waits for it to drain: that is the local
+/// host's resource, freed as the kernel hands datagrams to the network, not
+/// a remote peer's (a UDP socket's buffer does not wait for receivers,
+/// which drop what they cannot hold).
+///
 /// # Memory
 ///
 /// Datagrams wait in the kernel's socket receive buffer (`SO_RCVBUF`) until
 /// [`recv`](Channel::recv) takes them; when it is full the kernel drops new
-/// ones, so a flood cannot grow this process's memory. The channel itself
-/// holds one 64 KiB buffer that every `recv` reads into, and copies each
-/// accepted payload out of it into a [`Bytes`] of its exact size. To change
-/// the kernel buffer (the default of a few hundred KiB holds a few dozen
-/// large datagrams), configure a socket yourself and hand it to
+/// ones, so a flood cannot grow this process's memory. A `recv` that finds
+/// nothing waiting in the channel drains what the socket holds, up to 32
+/// datagrams or 256 KiB, into a queue inside the channel, and the next
+/// `recv`s hand them out one at a time, in the order read, without a
+/// system call ([`UdpStats::recv_drains`] counts the drains). The channel
+/// also holds one 64 KiB buffer that every read goes into; each accepted
+/// payload is copied out of it into a [`Bytes`] of its exact size. To
+/// change the kernel buffer (the default of a few hundred KiB holds a few
+/// dozen large datagrams), configure a socket yourself and hand it to
 /// [`from_std`](Self::from_std).
 ///
 /// # Cancel safety
 ///
-/// `recv` waits for the socket to be readable and then takes a datagram
-/// without awaiting, so a `recv` dropped at its only await point loses
-/// nothing. Several tasks may `recv` on one channel at once; each datagram
-/// goes to one of them.
+/// `recv` waits for a socket to be readable (or for datagrams another
+/// `recv` queued) and then takes datagrams without awaiting, straight into
+/// the queue, so a `recv` dropped at its only await point loses nothing.
+/// Several tasks may `recv` on one channel at once; each datagram goes to
+/// one of them.
 pub struct UdpChannel {
     local: NodeId,
     socket: UdpSocket,
     local_addr: SocketAddr,
     book: AddressBook,
     max_datagram: usize,
-    recv_buf: Mutex<Vec<u8>>,
+    batching: UdpBatching,
+    /// GSO writes use segments smaller than this: lowered to a segment size
+    /// the kernel refused, 0 once it refused GSO itself.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    gso_limit: AtomicUsize,
+    multicast: Option<Multicast>,
+    inbox: Mutex<Inbox>,
+    /// Wakes a waiting `recv` when another left datagrams in the queue.
+    queued: Notify,
     counters: Counters,
 }
 
@@ -182,7 +407,15 @@ impl UdpChannel {
             local_addr,
             book: AddressBook::new(peers),
             max_datagram: UDP_MAX_DATAGRAM,
-            recv_buf: Mutex::new(vec![0; RECV_BUF]),
+            batching: UdpBatching::default(),
+            gso_limit: AtomicUsize::new(usize::MAX),
+            multicast: None,
+            inbox: Mutex::new(Inbox {
+                buf: vec![0; RECV_BUF],
+                queue: VecDeque::with_capacity(RECV_QUEUE),
+                queued_bytes: 0,
+            }),
+            queued: Notify::new(),
             counters: Counters::default(),
         })
     }
@@ -195,6 +428,79 @@ impl UdpChannel {
     pub fn with_max_datagram(mut self, max: usize) -> Self {
         self.max_datagram = max.min(UDP_MAX_DATAGRAM);
         self
+    }
+
+    /// The same channel writing batches as `batching` says (default
+    /// [`UdpBatching::Gso`]).
+    #[must_use]
+    pub fn with_batching(mut self, batching: UdpBatching) -> Self {
+        self.batching = batching;
+        self
+    }
+
+    /// The same channel in the IP multicast group `config` describes.
+    ///
+    /// - **Receiving**: a second socket is bound to the group's address and
+    ///   port with `SO_REUSEADDR` (so several channels and processes on one
+    ///   host can join) and joins the group on `config.interface`; `recv`
+    ///   takes datagrams from both sockets. A multicast datagram is checked
+    ///   like any other (its header names its sender, who must be in the
+    ///   book at the datagram's source address).
+    /// - **Sending**: the node's own unicast socket sends to the group
+    ///   (with the configured interface, TTL and loopback), so receivers
+    ///   see the address their books have for it.
+    ///   [`send_to_many`](Channel::send_to_many) sends **one** multicast
+    ///   datagram when its destinations, less this node, are exactly the
+    ///   other members (each once, each in the book); anything else fans
+    ///   out by unicast, so no node outside the destinations receives it.
+    /// - **Itself**: a member's own multicast datagrams come back to its
+    ///   group socket when loopback is on; they are dropped
+    ///   ([`UdpStats::dropped_own_multicast`]), and a `send_to_many` that
+    ///   names this node as well sends it one unicast datagram, as
+    ///   [`send`](Channel::send) does. So this node receives the datagram
+    ///   once if it named itself and never otherwise, loopback on or off.
+    ///
+    /// IPv4 only. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// A channel bound to IPv6, and the errors of binding, joining and
+    /// configuring the sockets.
+    pub fn with_multicast(mut self, config: MulticastConfig) -> io::Result<Self> {
+        if !self.local_addr.is_ipv4() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "multicast needs an IPv4 channel",
+            ));
+        }
+        if !config.group.ip().is_multicast() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a multicast group", config.group.ip()),
+            ));
+        }
+        use socket2::{Domain, Protocol, SockRef, Socket, Type};
+        let unicast = SockRef::from(&self.socket);
+        unicast.set_multicast_if_v4(&config.interface)?;
+        unicast.set_multicast_ttl_v4(config.ttl)?;
+        unicast.set_multicast_loop_v4(config.loopback)?;
+
+        let group = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        group.set_reuse_address(true)?;
+        // Bound to the group's address, not the wildcard: only the group's
+        // datagrams arrive here, never unicast to the same port.
+        group.bind(&SocketAddr::V4(config.group).into())?;
+        group.join_multicast_v4(config.group.ip(), &config.interface)?;
+        group.set_nonblocking(true)?;
+        let socket = UdpSocket::from_std(group.into())?;
+        debug!(node = %self.local, group = %config.group, interface = %config.interface,
+            "udp channel joined a multicast group");
+        self.multicast = Some(Multicast { socket, config });
+        Ok(self)
+    }
+
+    /// The multicast group this channel is in, if any.
+    pub fn multicast(&self) -> Option<&MulticastConfig> {
+        self.multicast.as_ref().map(|m| &m.config)
     }
 
     /// The address the socket is bound to (with the port the system chose,
@@ -239,6 +545,16 @@ impl UdpChannel {
             dropped_oversize: get(&c.dropped_oversize),
             dropped_unknown_sender: get(&c.dropped_unknown_sender),
             dropped_mismatched_addr: get(&c.dropped_mismatched_addr),
+            send_syscalls: get(&c.send_syscalls),
+            batches: get(&c.batches),
+            gso_sends: get(&c.gso_sends),
+            gso_fallbacks: get(&c.gso_fallbacks),
+            mmsg_sends: get(&c.mmsg_sends),
+            recv_syscalls: get(&c.recv_syscalls),
+            recv_drains: get(&c.recv_drains),
+            multicast_sent: get(&c.multicast_sent),
+            multicast_received: get(&c.multicast_received),
+            dropped_own_multicast: get(&c.dropped_own_multicast),
         }
     }
 
@@ -251,15 +567,37 @@ impl UdpChannel {
         }
     }
 
+    /// Checks a datagram before it is sent, and says where it goes.
+    fn check(&self, to: NodeId, len: usize) -> Result<SocketAddr, ChannelError> {
+        if len > self.max_datagram {
+            return Err(ChannelError::TooLarge {
+                len,
+                max: self.max_datagram,
+            });
+        }
+        self.addr_of(to).ok_or(ChannelError::Unreachable(to))
+    }
+
     /// Checks one received datagram and returns its sender and payload, or
-    /// counts why it was dropped.
-    fn accept(&self, datagram: &[u8], source: SocketAddr) -> Option<(NodeId, Bytes)> {
+    /// counts why it was dropped. `multicast`: it came from the group.
+    fn accept(
+        &self,
+        datagram: &[u8],
+        source: SocketAddr,
+        multicast: bool,
+    ) -> Option<(NodeId, Bytes)> {
         let Some((header, payload)) = datagram.split_first_chunk::<UDP_HEADER_LEN>() else {
             bump(&self.counters.dropped_short);
             trace!(%source, len = datagram.len(), "dropped a datagram shorter than the header");
             return None;
         };
         let from = NodeId(u64::from_le_bytes(*header));
+        if multicast && from == self.local {
+            // Our own, looped back: a send_to_many that named this node
+            // sent it a unicast copy as well.
+            bump(&self.counters.dropped_own_multicast);
+            return None;
+        }
         if payload.len() > self.max_datagram {
             bump(&self.counters.dropped_oversize);
             trace!(%source, %from, len = payload.len(), "dropped an oversized datagram");
@@ -278,7 +616,336 @@ impl UdpChannel {
             }
             Some(_) => {
                 bump(&self.counters.received);
+                if multicast {
+                    bump(&self.counters.multicast_received);
+                }
                 Some((from, Bytes::copy_from_slice(payload)))
+            }
+        }
+    }
+
+    /// Reads what `socket` holds into the inbox, until it has nothing more
+    /// (which clears its readiness) or the inbox is full. Never awaits.
+    fn drain(&self, inbox: &mut Inbox, socket: &UdpSocket, multicast: bool) -> io::Result<()> {
+        while !inbox.full() {
+            bump(&self.counters.recv_syscalls);
+            match socket.try_recv_from(&mut inbox.buf) {
+                Ok((len, source)) => {
+                    if let Some(got) = self.accept(&inbox.buf[..len], source, multicast) {
+                        inbox.queued_bytes += got.1.len();
+                        inbox.queue.push_back(got);
+                    }
+                }
+                // Nothing more, or another receiver took it.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // Reports (on some systems) that an earlier send was refused
+                // by its destination: news about a lost datagram, which a
+                // datagram channel does not report, not a receive failure.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    trace!(error = %e, "ignored an error report about an earlier send");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a socket may be readable or another `recv` left
+    /// datagrams in the queue. The only await point of `recv`.
+    async fn ready(&self) -> io::Result<()> {
+        match &self.multicast {
+            None => tokio::select! {
+                biased;
+                r = self.socket.readable() => r,
+                () = self.queued.notified() => Ok(()),
+            },
+            Some(m) => tokio::select! {
+                biased;
+                r = self.socket.readable() => r,
+                r = m.socket.readable() => r,
+                () = self.queued.notified() => Ok(()),
+            },
+        }
+    }
+
+    /// Whether `to` (less this node) is exactly the other members of the
+    /// group, each once and each in the book: then one multicast datagram
+    /// reaches them and no one else.
+    fn multicast_covers(&self, group: &MulticastConfig, to: &[NodeId]) -> bool {
+        let others = group.members.iter().filter(|&&n| n != self.local).count();
+        if others == 0 {
+            return false;
+        }
+        let mut seen = BTreeSet::new();
+        for &node in to {
+            if node == self.local {
+                continue;
+            }
+            if !group.members.contains(&node) || !seen.insert(node) || !self.book.contains(node) {
+                return false;
+            }
+        }
+        seen.len() == others
+    }
+
+    /// Writes the checked datagrams `outs`, adding each that the socket
+    /// refused to `refused`.
+    async fn write_all(&self, outs: &[Out<'_>], refused: &mut Vec<(usize, ChannelError)>) {
+        if outs.len() > 1 {
+            bump(&self.counters.batches);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let mut i = 0;
+            while i < outs.len() {
+                let rest = &outs[i..];
+                if self.batching == UdpBatching::Gso {
+                    let run = self.gso_run(rest);
+                    if run > 1 {
+                        self.write_gso(&rest[..run], refused).await;
+                        i += run;
+                        continue;
+                    }
+                }
+                if self.batching != UdpBatching::Plain {
+                    // Up to the next GSO run, if any.
+                    let mut end = 1;
+                    while end < rest.len()
+                        && end < MMSG_MAX
+                        && !(self.batching == UdpBatching::Gso && self.gso_run(&rest[end..]) > 1)
+                    {
+                        end += 1;
+                    }
+                    if end > 1 {
+                        self.write_mmsg(&rest[..end], refused).await;
+                        i += end;
+                        continue;
+                    }
+                }
+                self.write_plain(&rest[0], refused).await;
+                i += 1;
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        for out in outs {
+            self.write_plain(out, refused).await;
+        }
+    }
+
+    /// Writes one datagram with one system call, noting a refusal.
+    async fn write_plain(&self, out: &Out<'_>, refused: &mut Vec<(usize, ChannelError)>) {
+        if let Err(e) = self.write_one(out.addr, out.payload).await {
+            refused.push((out.index, e));
+        }
+    }
+
+    /// Writes `payload` behind the header to `addr`: one system call.
+    async fn write_one(&self, addr: SocketAddr, payload: &[u8]) -> Result<(), ChannelError> {
+        let header = self.local.get().to_le_bytes();
+        let sent = self.write_one_sys(addr, &header, payload).await;
+        bump(&self.counters.send_syscalls);
+        let sent = sent.map_err(transport)?;
+        let len = UDP_HEADER_LEN + payload.len();
+        if sent != len {
+            return Err(ChannelError::Transport(format!(
+                "sent {sent} of {len} bytes"
+            )));
+        }
+        bump(&self.counters.sent);
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn write_one_sys(
+        &self,
+        addr: SocketAddr,
+        header: &[u8; UDP_HEADER_LEN],
+        payload: &[u8],
+    ) -> io::Result<usize> {
+        use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmsg};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        let iov = [IoSlice::new(header), IoSlice::new(payload)];
+        let dest = SockaddrStorage::from(addr);
+        let fd = self.socket.as_raw_fd();
+        self.socket
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                sendmsg(fd, &iov, &[], MsgFlags::empty(), Some(&dest)).map_err(io::Error::from)
+            })
+            .await
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    async fn write_one_sys(
+        &self,
+        addr: SocketAddr,
+        header: &[u8; UDP_HEADER_LEN],
+        payload: &[u8],
+    ) -> io::Result<usize> {
+        let mut wire = Vec::with_capacity(UDP_HEADER_LEN + payload.len());
+        wire.extend_from_slice(header);
+        wire.extend_from_slice(payload);
+        self.socket.send_to(&wire, addr).await
+    }
+
+    /// How many datagrams from the start of `outs` one GSO write can carry:
+    /// the same destination, the same size (the last may be shorter),
+    /// within the kernel's limits and the sizes it accepted. 0 or 1: none.
+    #[cfg(target_os = "linux")]
+    fn gso_run(&self, outs: &[Out<'_>]) -> usize {
+        let Some(first) = outs.first() else {
+            return 0;
+        };
+        let segment = UDP_HEADER_LEN + first.payload.len();
+        if segment >= self.gso_limit.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let mut total = segment;
+        let mut n = 1;
+        while n < outs.len() && n < GSO_MAX_SEGMENTS {
+            let next = &outs[n];
+            let len = UDP_HEADER_LEN + next.payload.len();
+            if next.addr != first.addr || len > segment || total + len > GSO_MAX_BYTES {
+                break;
+            }
+            total += len;
+            n += 1;
+            if len < segment {
+                break;
+            }
+        }
+        n
+    }
+
+    /// Writes a GSO run (see [`gso_run`](Self::gso_run)) with one system
+    /// call, or without GSO if the kernel refuses it.
+    #[cfg(target_os = "linux")]
+    async fn write_gso(&self, run: &[Out<'_>], refused: &mut Vec<(usize, ChannelError)>) {
+        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        let header = self.local.get().to_le_bytes();
+        let segment = UDP_HEADER_LEN + run[0].payload.len();
+        let Ok(segment_u16) = u16::try_from(segment) else {
+            return self.write_mmsg(run, refused).await;
+        };
+        let mut iov = Vec::with_capacity(2 * run.len());
+        let mut total = 0;
+        for out in run {
+            iov.push(IoSlice::new(&header));
+            iov.push(IoSlice::new(out.payload));
+            total += UDP_HEADER_LEN + out.payload.len();
+        }
+        let dest = SockaddrStorage::from(run[0].addr);
+        let fd = self.socket.as_raw_fd();
+        let result = self
+            .socket
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                let cmsg = [ControlMessage::UdpGsoSegments(&segment_u16)];
+                sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&dest)).map_err(io::Error::from)
+            })
+            .await;
+        bump(&self.counters.send_syscalls);
+        match result {
+            Ok(sent) if sent == total => {
+                bump(&self.counters.gso_sends);
+                add(&self.counters.sent, run.len() as u64);
+            }
+            other => {
+                // EIO: the device cannot segment; EINVAL/EMSGSIZE: the
+                // segment does not fit the route's MTU (or the kernel has no
+                // GSO). Whatever the cause, each datagram is written alone
+                // and fails, if it does, on its own.
+                match &other {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
+                        self.gso_limit.store(0, Ordering::Relaxed);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(nix::libc::EINVAL | nix::libc::EMSGSIZE)
+                        ) =>
+                    {
+                        self.gso_limit.fetch_min(segment, Ordering::Relaxed);
+                    }
+                    // Refused for its destination (EACCES, ENETUNREACH,
+                    // ...): each datagram fails alone below.
+                    Err(_) => {}
+                }
+                bump(&self.counters.gso_fallbacks);
+                debug!(
+                    ?other,
+                    segment,
+                    count = run.len(),
+                    "GSO write refused; writing without"
+                );
+                self.write_mmsg(run, refused).await;
+            }
+        }
+    }
+
+    /// Writes `outs` with `sendmmsg`, as few calls as the kernel takes; a
+    /// datagram it refuses is written alone to learn why.
+    #[cfg(target_os = "linux")]
+    async fn write_mmsg(&self, outs: &[Out<'_>], refused: &mut Vec<(usize, ChannelError)>) {
+        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        if self.batching == UdpBatching::Plain || outs.len() == 1 {
+            for out in outs {
+                self.write_plain(out, refused).await;
+            }
+            return;
+        }
+        let header = self.local.get().to_le_bytes();
+        let slices: Vec<[IoSlice<'_>; 2]> = outs
+            .iter()
+            .map(|out| [IoSlice::new(&header), IoSlice::new(out.payload)])
+            .collect();
+        let addrs: Vec<Option<SockaddrStorage>> = outs
+            .iter()
+            .map(|out| Some(SockaddrStorage::from(out.addr)))
+            .collect();
+        let fd = self.socket.as_raw_fd();
+        let mut start = 0;
+        while start < outs.len() {
+            let result = self
+                .socket
+                .async_io(tokio::io::Interest::WRITABLE, || {
+                    // Built per call: it holds raw pointers, so it cannot
+                    // live across an await in a Send future.
+                    let mut headers =
+                        MultiHeaders::<SockaddrStorage>::preallocate(outs.len() - start, None);
+                    sendmmsg(
+                        fd,
+                        &mut headers,
+                        &slices[start..],
+                        &addrs[start..],
+                        [],
+                        MsgFlags::empty(),
+                    )
+                    .map(Iterator::count)
+                    .map_err(io::Error::from)
+                })
+                .await;
+            bump(&self.counters.send_syscalls);
+            bump(&self.counters.mmsg_sends);
+            match result {
+                Ok(n) if n > 0 => {
+                    add(&self.counters.sent, n as u64);
+                    start += n;
+                }
+                // The first datagram failed (or none went): it alone says why.
+                _ => {
+                    self.write_plain(&outs[start], refused).await;
+                    start += 1;
+                }
             }
         }
     }
@@ -286,6 +953,14 @@ impl UdpChannel {
 
 fn transport(error: io::Error) -> ChannelError {
     ChannelError::Transport(error.to_string())
+}
+
+fn finish(mut refused: Vec<(usize, ChannelError)>) -> Result<(), BatchError> {
+    if refused.is_empty() {
+        return Ok(());
+    }
+    refused.sort_by_key(|(i, _)| *i);
+    Err(BatchError { failed: refused })
 }
 
 #[async_trait]
@@ -301,53 +976,103 @@ impl Channel for UdpChannel {
     }
 
     async fn send(&self, to: NodeId, datagram: Bytes) -> Result<(), ChannelError> {
-        if datagram.len() > self.max_datagram {
-            return Err(ChannelError::TooLarge {
-                len: datagram.len(),
-                max: self.max_datagram,
-            });
+        let addr = self.check(to, datagram.len())?;
+        self.write_one(addr, &datagram).await
+    }
+
+    async fn send_batch(&self, batch: &[(NodeId, Bytes)]) -> Result<(), BatchError> {
+        let mut refused = Vec::new();
+        let mut outs = Vec::with_capacity(batch.len());
+        for (index, (to, datagram)) in batch.iter().enumerate() {
+            match self.check(*to, datagram.len()) {
+                Ok(addr) => outs.push(Out {
+                    index,
+                    addr,
+                    payload: datagram,
+                }),
+                Err(e) => refused.push((index, e)),
+            }
         }
-        let addr = self.addr_of(to).ok_or(ChannelError::Unreachable(to))?;
-        let mut wire = Vec::with_capacity(UDP_HEADER_LEN + datagram.len());
-        wire.extend_from_slice(&self.local.get().to_le_bytes());
-        wire.extend_from_slice(&datagram);
-        let sent = self.socket.send_to(&wire, addr).await.map_err(transport)?;
-        if sent != wire.len() {
-            return Err(ChannelError::Transport(format!(
-                "sent {sent} of {} bytes",
-                wire.len()
-            )));
+        self.write_all(&outs, &mut refused).await;
+        finish(refused)
+    }
+
+    async fn send_to_many(&self, to: &[NodeId], datagram: Bytes) -> Result<(), BatchError> {
+        if let Some(m) = &self.multicast
+            && datagram.len() <= self.max_datagram
+            && self.multicast_covers(&m.config, to)
+        {
+            let mut refused = Vec::new();
+            let group = SocketAddr::V4(m.config.group);
+            match self.write_one(group, &datagram).await {
+                Ok(()) => bump(&self.counters.multicast_sent),
+                // Every destination but this node shares the failure.
+                Err(e) => refused.extend(
+                    to.iter()
+                        .enumerate()
+                        .filter(|&(_, &n)| n != self.local)
+                        .map(|(i, _)| (i, e.clone())),
+                ),
+            }
+            for (index, _) in to.iter().enumerate().filter(|&(_, &n)| n == self.local) {
+                let out = Out {
+                    index,
+                    addr: self
+                        .addr_of(self.local)
+                        .unwrap_or_else(|| reachable(self.local_addr)),
+                    payload: &datagram,
+                };
+                self.write_plain(&out, &mut refused).await;
+            }
+            return finish(refused);
         }
-        bump(&self.counters.sent);
-        Ok(())
+        let mut refused = Vec::new();
+        let mut outs = Vec::with_capacity(to.len());
+        for (index, &node) in to.iter().enumerate() {
+            match self.check(node, datagram.len()) {
+                Ok(addr) => outs.push(Out {
+                    index,
+                    addr,
+                    payload: &datagram,
+                }),
+                Err(e) => refused.push((index, e)),
+            }
+        }
+        self.write_all(&outs, &mut refused).await;
+        finish(refused)
     }
 
     async fn recv(&self) -> Result<(NodeId, Bytes), ChannelError> {
         loop {
-            // The only await point: readiness is cancel safe, and the
-            // datagram is taken below without awaiting.
-            self.socket.readable().await.map_err(transport)?;
-            let mut buf = lock(&self.recv_buf);
-            match self.socket.try_recv_from(&mut buf) {
-                Ok((len, source)) => {
-                    if let Some(got) = self.accept(&buf[..len], source) {
-                        return Ok(got);
+            {
+                let mut inbox = lock(&self.inbox);
+                if let Some(got) = inbox.pop() {
+                    if !inbox.queue.is_empty() {
+                        // Another `recv` may be waiting for the sockets,
+                        // which this one emptied: let it take the rest (a
+                        // stored permit if none waits yet, so no wake-up is
+                        // lost between its look at the queue and its wait).
+                        self.queued.notify_one();
                     }
+                    return Ok(got);
                 }
-                // Another receiver took it, or readiness was spurious.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // Reports (on some systems) that an earlier send was refused
-                // by its destination: news about a lost datagram, which a
-                // datagram channel does not report, not a receive failure.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
-                    ) =>
-                {
-                    trace!(error = %e, "ignored an error report about an earlier send");
-                }
-                Err(e) => return Err(transport(e)),
+            }
+            // The only await point: nothing is taken from a socket before
+            // it, and what is taken after goes into the queue at once.
+            self.ready().await.map_err(transport)?;
+            let mut inbox = lock(&self.inbox);
+            if !inbox.queue.is_empty() {
+                continue;
+            }
+            bump(&self.counters.recv_drains);
+            let unicast = self.drain(&mut inbox, &self.socket, false);
+            let group = match &self.multicast {
+                Some(m) => self.drain(&mut inbox, &m.socket, true),
+                None => Ok(()),
+            };
+            if inbox.queue.is_empty() {
+                unicast.map_err(transport)?;
+                group.map_err(transport)?;
             }
         }
     }
@@ -359,6 +1084,8 @@ impl fmt::Debug for UdpChannel {
             .field("local", &self.local)
             .field("local_addr", &self.local_addr)
             .field("max_datagram", &self.max_datagram)
+            .field("batching", &self.batching)
+            .field("multicast", &self.multicast())
             .field("stats", &self.stats())
             .finish()
     }
