@@ -306,6 +306,9 @@ pub(crate) struct After {
 /// are discarded anyway): only a valid header at or above `start` matters,
 /// one of a kept record the damage would hide.
 ///
+/// It also finds where the log's own records behind `from` end
+/// ([`After::ours_end`]): what erasing a torn tail must cover.
+///
 /// Cycles are written strictly one after another, each only after the sync
 /// of the one before returned; so such a header proves that the cycle of
 /// `lsn` was durable, and that what is wrong at `from` is corruption, not a

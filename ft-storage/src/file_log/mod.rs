@@ -11,6 +11,9 @@
 //!   00000000000000000000.log    segments, named by the LSN of their first record
 //!   00000000000000004096.log
 //!   spare.prealloc              the next segment, being zero-filled
+//!   recycle-00000000000000001024.free
+//!                               a segment freed by truncate_prefix, kept
+//!                               for reuse (named by its old first LSN)
 //! ```
 //!
 //! # Durability
@@ -19,6 +22,45 @@
 //! Segments are created at full size (zeros) under a temporary name, synced,
 //! renamed into place and the directory synced, so a segment's name never
 //! appears before its space does, and later syncs change no file size.
+//!
+//! # Segment reuse
+//!
+//! A segment that `truncate_prefix` frees is renamed
+//! `recycle-<first>.free` (up to [`FileLogOptions::recycle_segments`] of
+//! them, of today's segment size; others are deleted). When the writer
+//! needs a new segment it takes one of these before the zero-filled spare:
+//! renames it into place, syncs the directory (before any record in it is
+//! acknowledged), and overwrites it from the start. It is already at full
+//! size, so no sync changes its size, and steady-state logging writes each
+//! byte once. A spare being zero-filled in the background is left for when
+//! no freed segment is waiting, and only started then.
+//!
+//! Behind the new records, a reused segment still holds valid records of
+//! its previous use. They can never be taken for the log's:
+//!
+//! * every one of them has an LSN below the log's start (the start moved,
+//!   durably, past the whole segment before it was freed), so below any LSN
+//!   the segment can now hold, while the scan wants each record's LSN to be
+//!   exactly the next one: a valid header with a *lower* LSN ends the
+//!   segment's records (see [`recovery`], rule 5);
+//! * the search for proof of durability after a bad record looks only at
+//!   LSNs *above* the bad record's, so old records are never taken as proof
+//!   that a torn tail was durable (never reported as corruption);
+//! * each write into a reused segment ends with an *end marker*, an empty
+//!   record whose LSN is the segment's first minus one (so, like an old
+//!   record, below every LSN the segment holds), which the next write
+//!   overwrites: a clean reopen finds the end there, not in the middle of an
+//!   old record; a sealed segment ends with one too (or zeros, when no
+//!   header fits), so it is not reported as damaged;
+//! * a torn tail in a reused segment is erased up to the last record of
+//!   the log's own behind it (a valid header above the expected LSN), not to
+//!   the end of the old bytes, and an end marker written in its place.
+//!
+//! After a crash a `recycle-*.free` file may survive, or the rename may be
+//! lost and the segment come back under its old name: the next open keeps
+//! the former for reuse (or deletes it, if its size is not today's or the
+//! bound is reached) and removes the latter as a segment wholly below the
+//! start. [`FileLog::stats`] counts segments reused and created.
 //!
 //! # One handle per directory
 //!

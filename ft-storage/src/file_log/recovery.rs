@@ -5,7 +5,9 @@
 //! # The rules
 //!
 //! 1. Leftovers of interrupted work are removed: a spare segment being
-//!    prepared, temporaries of the markers.
+//!    prepared, temporaries of the markers. Freed segments kept for reuse
+//!    (`recycle-*.free`) stay if they have today's segment size, up to the
+//!    configured number, and are removed otherwise.
 //! 2. Every file named like a segment must be a regular file no larger than
 //!    the largest segment the log ever used (from `META`): anything else is
 //!    [`StorageError::Foreign`], refused before a byte of it is read.
@@ -15,8 +17,16 @@
 //!    `truncate_prefix` left, and are removed.
 //! 4. Segments must continue one another: each begins with the LSN after
 //!    the last valid record of the one before.
-//! 5. A bad record (checksum, LSN out of sequence, zeros before written
-//!    data) is judged by what proves it was durable:
+//! 5. A valid header whose LSN is *below* the expected one is left from a
+//!    reused segment's previous use (or is an end marker): the segment's
+//!    records end there, cleanly, and nothing behind it is looked at
+//!    unless the segment is the last, where records of the log's own behind
+//!    it (a torn cycle whose first sector was lost) make it a torn tail as
+//!    below. Such a header is never proof of anything: its LSN is below the
+//!    log's start.
+//!
+//!    A bad record (checksum, LSN above the expected one, zeros before
+//!    written data) is judged by what proves it was durable:
 //!    * in a segment that another segment follows: that segment was only
 //!      created after this one's records were synced. If the next segment
 //!      begins right after the last valid record, the damage is in space
@@ -29,7 +39,9 @@
 //!      is below it (the start is only ever moved over durable records).
 //!      Without proof, the bad bytes are a torn tail: erased (zeroed and
 //!      synced) before the log is used, so no stale record can ever be read
-//!      as part of the log.
+//!      as part of the log. In a reused segment, where a previous use's
+//!      bytes follow, only up to the end of the log's last record behind
+//!      it, and an end marker is written at the tail.
 //! 6. If what survived ends below the persisted start (the damage was all
 //!    in discarded records), the log goes on at the start, in a new
 //!    segment: no LSN is handed out twice.
