@@ -16,7 +16,7 @@ pub mod testdir;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use file_log::{FileLog, FileLogOptions, LogIter, RecoveryReport, SyncHook};
+pub use file_log::{FileLog, FileLogOptions, FileLogStats, LogIter, RecoveryReport, SyncHook};
 pub use fs::{Fs, OsFs};
 pub use mem::{MemLog, MemStore};
 pub use power_loss::PowerLossFs;

@@ -6,6 +6,15 @@
 //! size, so `fdatasync` has no size change to journal, and a header of zeros
 //! marks where the written part ends.
 //!
+//! A segment freed by `truncate_prefix` may be kept, renamed
+//! `recycle-<first>.free`, and later renamed into place as a new segment
+//! and overwritten (see the `file_log` module docs): it then holds, after
+//! what was written since, records of its previous use. Those all have
+//! LSNs below the log's start, so below every LSN the segment can hold now:
+//! a valid header whose LSN is *below* the one expected is the end of the
+//! segment's records ([`End::Stale`]), never one of them and never proof of
+//! anything.
+//!
 //! The scan reads a segment in chunks of at most [`CHUNK`] bytes, whatever
 //! the file's size: memory at recovery is bounded by the chunk, not by the
 //! segment, and every byte is read and checksummed a bounded number of
@@ -21,6 +30,9 @@ use crate::record::{self, HEADER, HEADER_CHECKED, Parse};
 pub(crate) const SUFFIX: &str = ".log";
 /// The next segment, prepared ahead of need.
 pub(crate) const SPARE: &str = "spare.prealloc";
+/// Prefix and suffix of a freed segment kept for reuse.
+pub(crate) const FREE_PREFIX: &str = "recycle-";
+pub(crate) const FREE_SUFFIX: &str = ".free";
 /// The most a scan reads at once.
 pub(crate) const CHUNK: usize = 1 << 20;
 
@@ -35,6 +47,30 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
+}
+
+/// The name a freed segment starting at `first` is kept under for reuse.
+pub(crate) fn free_name(first: u64) -> String {
+    format!("{FREE_PREFIX}{first:020}{FREE_SUFFIX}")
+}
+
+/// Whether `name` is one [`free_name`] makes.
+pub(crate) fn is_free_name(name: &str) -> bool {
+    name.strip_prefix(FREE_PREFIX)
+        .and_then(|n| n.strip_suffix(FREE_SUFFIX))
+        .is_some_and(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Appends the end marker written after the records of a recycled segment
+/// whose first LSN is `first` (at least 1): an empty record with LSN
+/// `first - 1`. Its header is valid, and its LSN below any the segment can
+/// hold, so a scan ends there ([`End::Stale`]), and a search for proof of
+/// durability ([`after_bad_record`]) never counts it: it looks only at LSNs
+/// above the bad record's, which are at least `first`.
+pub(crate) fn encode_end_marker(out: &mut Vec<u8>, first: u64) {
+    debug_assert!(first >= 1, "a recycled segment never starts at LSN 0");
+    let lsn = first.saturating_sub(1);
+    record::encode(out, lsn, lsn, &[]);
 }
 
 /// Every entry of `dir` named like a segment, by first LSN, with its kind
@@ -168,6 +204,10 @@ pub(crate) enum End {
     Clean,
     /// An invalid record at `offset`.
     Invalid(&'static str),
+    /// A valid header at `offset` whose LSN is below the one expected: left
+    /// from a previous use of a recycled segment (or an end marker). The
+    /// segment's records end there; what follows is not the log's.
+    Stale,
 }
 
 /// The result of scanning one segment.
@@ -218,6 +258,7 @@ pub(crate) fn scan(file: &dyn FsFile, len: u64, first: u64, work: &mut Work) -> 
                 };
             }
             Parse::Invalid(why) => break End::Invalid(why),
+            Parse::Header(hd) if hd.lsn < lsn => break End::Stale,
             Parse::Header(hd) => {
                 if hd.lsn != lsn {
                     break End::Invalid("record out of LSN sequence");
@@ -248,6 +289,11 @@ pub(crate) struct After {
     pub(crate) evidence: Option<u64>,
     /// Offset just past the last non-zero byte of the file.
     pub(crate) written_end: u64,
+    /// Offset just past the last record (header and claimed payload, within
+    /// the file) with a valid header and an LSN above the bad record's, or
+    /// `from` if there is none: what a torn cycle left that a later scan
+    /// could take for the log's.
+    pub(crate) ours_end: u64,
 }
 
 /// Looks at everything after the bad record at `from`, where LSN `lsn`
@@ -259,6 +305,9 @@ pub(crate) struct After {
 /// record is below the log's start, so it and every record up to the start
 /// are discarded anyway): only a valid header at or above `start` matters,
 /// one of a kept record the damage would hide.
+///
+/// It also finds where the log's own records behind `from` end
+/// ([`After::ours_end`]): what erasing a torn tail must cover.
 ///
 /// Cycles are written strictly one after another, each only after the sync
 /// of the one before returned; so such a header proves that the cycle of
@@ -281,6 +330,7 @@ pub(crate) fn after_bad_record(
     let mut after = After {
         evidence: None,
         written_end: from,
+        ours_end: from,
     };
     let mut at = from;
     while at < len {
@@ -308,13 +358,15 @@ pub(crate) fn after_bad_record(
                 None => record::batch_first_of(h) > lsn,
                 Some(start) => l >= start,
             };
-            if !matters {
-                continue;
-            }
             checked += HEADER_CHECKED as u64;
-            if matches!(record::parse(h), Parse::Header(_)) {
-                after.evidence = Some(at + i as u64);
-                break;
+            if let Parse::Header(hd) = record::parse(h) {
+                let off = at + i as u64;
+                let end = (off + HEADER as u64 + u64::from(hd.len)).min(len);
+                after.ours_end = after.ours_end.max(end);
+                if matters {
+                    after.evidence = Some(off);
+                    break;
+                }
             }
         }
         w.work.checksummed += checked;
@@ -376,6 +428,10 @@ mod tests {
         assert_eq!(name(42), "00000000000000000042.log");
         assert_eq!(parse_name("42.log"), None);
         assert_eq!(parse_name(SPARE), None);
+        assert_eq!(parse_name(&free_name(42)), None);
+        assert!(is_free_name(&free_name(42)));
+        assert!(!is_free_name("recycle-42.free"));
+        assert!(!is_free_name(&name(42)));
         assert_eq!(parse_name("0000000000000000004x.log"), None);
     }
 

@@ -285,6 +285,9 @@ fn log_cuts(seed: u64, cuts: u32) {
     let mut known = Known::default();
     let mut round = Round::default();
     let (mut torn_tails, mut cut_in_open, mut acked_total) = (0u64, 0u32, 0usize);
+    // Segments freed by the truncations are reused (the default), so cuts
+    // also land in recycled segments full of older records.
+    let mut recycled = 0u64;
     for r in 0..cuts {
         // A small budget cuts the power during recovery itself.
         let budget = if rng.below(5) == 0 {
@@ -318,6 +321,7 @@ fn log_cuts(seed: u64, cuts: u32) {
             );
         }
         acked_total += round.acked.len();
+        recycled += log.stats().segments_recycled;
         known.truncated = known.truncated.max(round.truncate_acked);
         known.truncate_asked = known.truncate_asked.max(round.truncate_asked);
         drop(log);
@@ -336,12 +340,12 @@ fn log_cuts(seed: u64, cuts: u32) {
         cuts,
         &format!(
             "{acked_total} acknowledged records checked, {torn_tails} torn tails erased, \
-             {cut_in_open} cuts during recovery"
+             {cut_in_open} cuts during recovery, {recycled} segments recycled"
         ),
         &stats,
     );
     assert_faults_happened(&stats, cuts);
-    assert!(torn_tails > 0 && cut_in_open > 0);
+    assert!(torn_tails > 0 && cut_in_open > 0 && recycled > 0);
     // Segments are made at full size and synced before they are used, so
     // no sync of a segment ever has a new size to make durable (it writes
     // data only: the point of preallocation).

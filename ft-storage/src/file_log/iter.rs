@@ -3,11 +3,12 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ft_core::{Lsn, StorageError};
 
+use super::{View, lock_view};
 use crate::fs::{self, Fs, FsFile, Mode};
 use crate::record::{self, HEADER, Parse};
 
@@ -112,6 +113,7 @@ impl Open {
 /// log was opened is an error, never a wrong record.
 pub struct LogIter {
     pub(super) fs: Arc<dyn Fs>,
+    view: Arc<Mutex<View>>,
     pub(super) segments: Vec<(u64, PathBuf)>,
     pub(super) next: u64,
     pub(super) end: u64,
@@ -128,9 +130,16 @@ impl fmt::Debug for LogIter {
 }
 
 impl LogIter {
-    pub(super) fn new(fs: Arc<dyn Fs>, segments: Vec<(u64, PathBuf)>, next: u64, end: u64) -> Self {
+    pub(super) fn new(
+        fs: Arc<dyn Fs>,
+        view: Arc<Mutex<View>>,
+        segments: Vec<(u64, PathBuf)>,
+        next: u64,
+        end: u64,
+    ) -> Self {
         LogIter {
             fs,
+            view,
             segments,
             next,
             end,
@@ -203,23 +212,31 @@ impl Iterator for LogIter {
                     .max(self.segments.get(idx + 1).map_or(self.end, |s| s.0));
                 continue;
             }
-            match seg.read_one() {
+            let e = match seg.read_one() {
                 // Before `from`: skipped.
-                Ok((lsn, _)) if lsn < self.next => {}
+                Ok((lsn, _)) if lsn < self.next => continue,
                 Ok((lsn, payload)) if lsn == self.next => {
                     self.next += 1;
                     return Some(Ok((Lsn(lsn), payload)));
                 }
-                Ok(_) => {
-                    let e = corrupt(&seg.path, seg.offset, "record out of LSN sequence");
-                    self.next = self.end;
-                    return Some(Err(e));
-                }
-                Err(e) => {
-                    self.next = self.end;
-                    return Some(Err(e));
-                }
+                Ok(_) => corrupt(&seg.path, seg.offset, "record out of LSN sequence"),
+                Err(e) => e,
+            };
+            // A truncation since this iterator began may have freed this
+            // segment and the log reused it: what it holds now is newer
+            // records (never one with the LSN wanted: theirs are above
+            // every LSN this segment held). Its records are discarded: on
+            // to the next segment, as when a freed segment is deleted.
+            let (idx, bound) = (seg.idx, seg.bound);
+            if lock_view(&self.view).start >= bound {
+                self.seg = None;
+                self.next = self
+                    .next
+                    .max(self.segments.get(idx + 1).map_or(self.end, |s| s.0));
+                continue;
             }
+            self.next = self.end;
+            return Some(Err(e));
         }
         None
     }

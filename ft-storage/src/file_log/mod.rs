@@ -11,6 +11,9 @@
 //!   00000000000000000000.log    segments, named by the LSN of their first record
 //!   00000000000000004096.log
 //!   spare.prealloc              the next segment, being zero-filled
+//!   recycle-00000000000000001024.free
+//!                               a segment freed by truncate_prefix, kept
+//!                               for reuse (named by its old first LSN)
 //! ```
 //!
 //! # Durability
@@ -19,6 +22,45 @@
 //! Segments are created at full size (zeros) under a temporary name, synced,
 //! renamed into place and the directory synced, so a segment's name never
 //! appears before its space does, and later syncs change no file size.
+//!
+//! # Segment reuse
+//!
+//! A segment that `truncate_prefix` frees is renamed
+//! `recycle-<first>.free` (up to [`FileLogOptions::recycle_segments`] of
+//! them, of today's segment size; others are deleted). When the writer
+//! needs a new segment it takes one of these before the zero-filled spare:
+//! renames it into place, syncs the directory (before any record in it is
+//! acknowledged), and overwrites it from the start. It is already at full
+//! size, so no sync changes its size, and steady-state logging writes each
+//! byte once. A spare being zero-filled in the background is left for when
+//! no freed segment is waiting, and only started then.
+//!
+//! Behind the new records, a reused segment still holds valid records of
+//! its previous use. They can never be taken for the log's:
+//!
+//! * every one of them has an LSN below the log's start (the start moved,
+//!   durably, past the whole segment before it was freed), so below any LSN
+//!   the segment can now hold, while the scan wants each record's LSN to be
+//!   exactly the next one: a valid header with a *lower* LSN ends the
+//!   segment's records (see [`recovery`], rule 5);
+//! * the search for proof of durability after a bad record looks only at
+//!   LSNs *above* the bad record's, so old records are never taken as proof
+//!   that a torn tail was durable (never reported as corruption);
+//! * each write into a reused segment ends with an *end marker*, an empty
+//!   record whose LSN is the segment's first minus one (so, like an old
+//!   record, below every LSN the segment holds), which the next write
+//!   overwrites: a clean reopen finds the end there, not in the middle of an
+//!   old record; a sealed segment ends with one too (or zeros, when no
+//!   header fits), so it is not reported as damaged;
+//! * a torn tail in a reused segment is erased up to the last record of
+//!   the log's own behind it (a valid header above the expected LSN), not to
+//!   the end of the old bytes, and an end marker written in its place.
+//!
+//! After a crash a `recycle-*.free` file may survive, or the rename may be
+//! lost and the segment come back under its old name: the next open keeps
+//! the former for reuse (or deletes it, if its size is not today's or the
+//! bound is reached) and removes the latter as a segment wholly below the
+//! start. [`FileLog::stats`] counts segments reused and created.
 //!
 //! # One handle per directory
 //!
@@ -99,6 +141,14 @@ pub struct FileLogOptions {
     /// segment size). A limit on writes only: recovery and reads accept any
     /// record the segment holds, so lowering it never hides a record.
     pub max_record: usize,
+    /// How many freed segments to keep for reuse (default 2; 0 deletes
+    /// them as before). A segment that [`FileLog::truncate_prefix_blocking`]
+    /// frees is then renamed `recycle-<first>.free` instead of deleted, and
+    /// the next segment the log needs is that file renamed into place and
+    /// overwritten: steady-state logging writes each byte once, with no
+    /// zero-filling. Costs up to this many segments of disk space. Only
+    /// segments of today's `segment_size` are kept.
+    pub recycle_segments: usize,
     /// Fault injection before each `fdatasync` (default none).
     pub sync_hook: Option<SyncHook>,
     /// The file system the log lives on (default [`OsFs`]; tests use
@@ -111,6 +161,7 @@ impl Default for FileLogOptions {
         FileLogOptions {
             segment_size: 64 << 20,
             max_record: 16 << 20,
+            recycle_segments: 2,
             sync_hook: None,
             fs: Arc::new(OsFs),
         }
@@ -122,6 +173,7 @@ impl fmt::Debug for FileLogOptions {
         f.debug_struct("FileLogOptions")
             .field("segment_size", &self.segment_size)
             .field("max_record", &self.max_record)
+            .field("recycle_segments", &self.recycle_segments)
             .field("sync_hook", &self.sync_hook.is_some())
             .field("fs", &self.fs)
             .finish()
@@ -137,6 +189,25 @@ pub(crate) struct View {
     durable_end: u64,
     segments: BTreeMap<u64, PathBuf>,
     poisoned: bool,
+    /// Freed segments kept for reuse, of today's segment size.
+    free: Vec<PathBuf>,
+    stats: FileLogStats,
+}
+
+/// What a [`FileLog`] handle did since it was opened: see
+/// [`FileLog::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileLogStats {
+    /// Segments started by reusing a freed one (renamed into place and
+    /// overwritten).
+    pub segments_recycled: u64,
+    /// Segments started from a new zero-filled file.
+    pub segments_created: u64,
+    /// Segments `truncate_prefix` freed and kept for reuse.
+    pub segments_kept: u64,
+    /// Segments `truncate_prefix` freed and deleted.
+    pub segments_deleted: u64,
 }
 
 pub(crate) fn lock_view(m: &Mutex<View>) -> MutexGuard<'_, View> {
@@ -153,6 +224,8 @@ struct Inner {
     /// The directory's lock, released once the syncer has stopped.
     dir_lock: Mutex<Option<FsLock>>,
     recovery: RecoveryReport,
+    segment_size: u64,
+    recycle: usize,
 }
 
 impl Inner {
@@ -265,31 +338,37 @@ impl FileLog {
             .min((options.segment_size as usize).saturating_sub(HEADER));
         fsutil::create_dir_durably(&*fs, &dir)?;
         let dir_lock = fsutil::lock_dir(&*fs, &dir)?;
-        let (rec, report) = recovery::recover(&*fs, &dir, options.segment_size)?;
+        let (rec, report) =
+            recovery::recover(&*fs, &dir, options.segment_size, options.recycle_segments)?;
         let view = Arc::new(Mutex::new(View {
             start: rec.start,
             durable_end: rec.next_lsn,
             segments: rec.segments,
             poisoned: false,
+            free: rec.free,
+            stats: FileLogStats::default(),
         }));
-        let (file, offset, capacity) = match rec.current {
+        let (file, first, offset, capacity, recycled) = match rec.current {
             // A segment keeps the size it was made with, whatever the
             // options say now: it is never grown.
-            Some((first, offset, len)) => (
-                fs.open(&dir.join(segment::name(first)), Mode::Write)?,
-                offset,
-                len,
+            Some(c) => (
+                fs.open(&dir.join(segment::name(c.first)), Mode::Write)?,
+                c.first,
+                c.offset,
+                c.len,
+                c.recycled,
             ),
             None => {
                 let spare = segment::prepare_spare(&*fs, &dir, options.segment_size)?;
                 let file = install(&*fs, &dir, &spare, rec.next_lsn, &view)?;
+                lock_view(&view).stats.segments_created += 1;
                 // The new segment is durable: the old ones hold only
                 // records below the start, and go (a crash before this
                 // leaves them to the next open, which removes them).
                 for old in &rec.obsolete {
                     fsutil::remove_if_present(&*fs, old)?;
                 }
-                (file, 0, options.segment_size)
+                (file, rec.next_lsn, 0, options.segment_size, false)
             }
         };
         let writer = Writer {
@@ -304,6 +383,9 @@ impl FileLog {
             skip: 0,
             spare: None,
             view: view.clone(),
+            first,
+            recycled,
+            recycling: options.recycle_segments > 0,
         };
         let queue = Arc::new(Queue::new(rec.next_lsn));
         let q = queue.clone();
@@ -320,6 +402,8 @@ impl FileLog {
                 syncer: Mutex::new(Some(syncer)),
                 dir_lock: Mutex::new(Some(dir_lock)),
                 recovery: report,
+                segment_size: options.segment_size,
+                recycle: options.recycle_segments,
             }),
         })
     }
@@ -338,6 +422,12 @@ impl FileLog {
     /// erased, damage in unused space, leftovers removed, work done.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.inner.recovery
+    }
+
+    /// What this handle did since it was opened: segments recycled,
+    /// created, kept and deleted.
+    pub fn stats(&self) -> FileLogStats {
+        lock_view(&self.inner.view).stats
     }
 
     fn submit(&self, records: &[Bytes]) -> Result<(u64, TicketFuture), StorageError> {
@@ -386,6 +476,7 @@ impl FileLog {
         let v = lock_view(&self.inner.view);
         Ok(LogIter::new(
             self.inner.fs.clone(),
+            self.inner.view.clone(),
             v.segments.iter().map(|(f, p)| (*f, p.clone())).collect(),
             from.0.max(v.start),
             v.durable_end,
@@ -397,9 +488,12 @@ impl FileLog {
     ///
     /// The start moves durably (`START` is rewritten atomically) before
     /// any file goes; then every segment holding only discarded records is
-    /// deleted. Those deletions need no sync: a segment that comes back
-    /// after a crash lies wholly below the start, and the next open removes
-    /// it again.
+    /// kept for reuse (renamed `recycle-<first>.free`, up to
+    /// [`FileLogOptions::recycle_segments`] of today's segment size) or
+    /// deleted. Neither needs a sync: a segment that comes back under its
+    /// old name after a crash lies wholly below the start, and the next
+    /// open removes it again; a free name that survives is reused or
+    /// removed by the next open.
     ///
     /// # Errors
     /// [`StorageError::Rejected`] if `upto` is past the next LSN to be
@@ -429,11 +523,29 @@ impl FileLog {
             if w[1] <= upto
                 && let Some(p) = v.segments.remove(&w[0])
             {
-                fsutil::remove_if_present(&*self.inner.fs, &p)?;
+                if v.free.len() < self.inner.recycle && self.reusable(&p)? {
+                    let to = self.inner.dir.join(segment::free_name(w[0]));
+                    self.inner.fs.rename(&p, &to)?;
+                    v.free.push(to);
+                    v.stats.segments_kept += 1;
+                } else {
+                    fsutil::remove_if_present(&*self.inner.fs, &p)?;
+                    v.stats.segments_deleted += 1;
+                }
             }
         }
         drop(held);
         Ok(Lsn(upto))
+    }
+
+    /// Whether the segment file at `p` can serve as a new segment: of
+    /// today's size (one made before a reopen with another size is not).
+    fn reusable(&self, p: &Path) -> Result<bool, StorageError> {
+        match self.inner.fs.open(p, Mode::Read) {
+            Ok(f) => Ok(f.len()? == self.inner.segment_size),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The directory lock, or [`StorageError::Closed`] once it was released.

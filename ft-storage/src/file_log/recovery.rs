@@ -5,7 +5,9 @@
 //! # The rules
 //!
 //! 1. Leftovers of interrupted work are removed: a spare segment being
-//!    prepared, temporaries of the markers.
+//!    prepared, temporaries of the markers. Freed segments kept for reuse
+//!    (`recycle-*.free`) stay if they have today's segment size, up to the
+//!    configured number, and are removed otherwise.
 //! 2. Every file named like a segment must be a regular file no larger than
 //!    the largest segment the log ever used (from `META`): anything else is
 //!    [`StorageError::Foreign`], refused before a byte of it is read.
@@ -15,8 +17,16 @@
 //!    `truncate_prefix` left, and are removed.
 //! 4. Segments must continue one another: each begins with the LSN after
 //!    the last valid record of the one before.
-//! 5. A bad record (checksum, LSN out of sequence, zeros before written
-//!    data) is judged by what proves it was durable:
+//! 5. A valid header whose LSN is *below* the expected one is left from a
+//!    reused segment's previous use (or is an end marker): the segment's
+//!    records end there, cleanly, and nothing behind it is looked at
+//!    unless the segment is the last, where records of the log's own behind
+//!    it (a torn cycle whose first sector was lost) make it a torn tail as
+//!    below. Such a header is never proof of anything: its LSN is below the
+//!    log's start.
+//!
+//!    A bad record (checksum, LSN above the expected one, zeros before
+//!    written data) is judged by what proves it was durable:
 //!    * in a segment that another segment follows: that segment was only
 //!      created after this one's records were synced. If the next segment
 //!      begins right after the last valid record, the damage is in space
@@ -29,7 +39,9 @@
 //!      is below it (the start is only ever moved over durable records).
 //!      Without proof, the bad bytes are a torn tail: erased (zeroed and
 //!      synced) before the log is used, so no stale record can ever be read
-//!      as part of the log.
+//!      as part of the log. In a reused segment, where a previous use's
+//!      bytes follow, only up to the end of the log's last record behind
+//!      it, and an end marker is written at the tail.
 //! 6. If what survived ends below the persisted start (the damage was all
 //!    in discarded records), the log goes on at the start, in a new
 //!    segment: no LSN is handed out twice.
@@ -45,6 +57,7 @@ use ft_core::{Lsn, StorageError};
 use super::marker::{self, Meta};
 use crate::fs::{Fs, Kind, Mode};
 use crate::fsutil;
+use crate::record::HEADER;
 use crate::segment::{self, End, Work};
 
 /// What [`FileLog::open`](super::FileLog::open) found and did; see
@@ -68,9 +81,13 @@ pub struct RecoveryReport {
     /// start (every damaged or missing record had been discarded by
     /// `truncate_prefix`): the log went on at the start, in a new segment.
     pub ended_below_start: Option<Lsn>,
-    /// Files removed: leftovers of interrupted work, and segments holding
-    /// only discarded records.
+    /// Files removed: leftovers of interrupted work, segments holding
+    /// only discarded records, and freed segments not kept for reuse (of
+    /// another size than today's, or beyond
+    /// [`recycle_segments`](super::FileLogOptions::recycle_segments)).
     pub removed: Vec<String>,
+    /// Freed segments (`recycle-*.free`) found and kept for reuse.
+    pub recyclable: usize,
     /// Bytes the scan read.
     pub bytes_read: u64,
     /// Bytes the scan fed to CRC-32: the records' bytes once, plus 28 bytes
@@ -108,15 +125,30 @@ pub struct Damage {
 
 /// Where recovery leaves the writer.
 pub(crate) struct Recovered {
+    /// Freed segments kept for reuse (`recycle-*.free`, of today's
+    /// segment size).
+    pub(crate) free: Vec<PathBuf>,
     pub(crate) start: u64,
     pub(crate) next_lsn: u64,
     pub(crate) segments: BTreeMap<u64, PathBuf>,
-    /// The segment to write next: its first LSN, the offset to write at,
-    /// and its length now.
-    pub(crate) current: Option<(u64, u64, u64)>,
+    /// The segment to write next.
+    pub(crate) current: Option<Current>,
     /// Segments that become garbage once a new segment at `next_lsn` is
     /// installed (see rule 6).
     pub(crate) obsolete: Vec<PathBuf>,
+}
+
+/// The segment the writer goes on with.
+pub(crate) struct Current {
+    /// Its first LSN.
+    pub(crate) first: u64,
+    /// Where the next record goes.
+    pub(crate) offset: u64,
+    /// Its length now.
+    pub(crate) len: u64,
+    /// Whether bytes of a previous use follow `offset` (a recycled
+    /// segment): the writer then ends what it writes with an end marker.
+    pub(crate) recycled: bool,
 }
 
 struct Seg {
@@ -140,11 +172,13 @@ fn name_of(path: &Path) -> String {
 }
 
 /// Recovers the log in `dir`, to be written with segments of
-/// `segment_size` bytes: see the [module docs](self).
+/// `segment_size` bytes, keeping up to `keep_free` freed segments for
+/// reuse: see the [module docs](self).
 pub(crate) fn recover(
     fs: &dyn Fs,
     dir: &Path,
     segment_size: u64,
+    keep_free: usize,
 ) -> Result<(Recovered, RecoveryReport), StorageError> {
     let mut report = RecoveryReport::default();
     let mut work = Work::default();
@@ -160,6 +194,34 @@ pub(crate) fn recover(
             report.removed.push(name_of(&leftover));
         }
     }
+
+    // Rule 1, freed segments: kept if they can serve as a segment of
+    // today's size, removed otherwise (not durably: one that comes back is
+    // judged again at the next open).
+    let mut free = Vec::new();
+    let mut names: Vec<_> = fs
+        .read_dir(dir)?
+        .into_iter()
+        .filter(|e| segment::is_free_name(&e.name))
+        .collect();
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in names {
+        let path = dir.join(&e.name);
+        if e.kind != Kind::File {
+            return Err(StorageError::Foreign {
+                location: path.display().to_string(),
+                reason: format!("named like a freed segment, but a {:?}", e.kind),
+            });
+        }
+        let len = fs.open(&path, Mode::Read)?.len()?;
+        if len == segment_size && free.len() < keep_free {
+            free.push(path);
+        } else {
+            fsutil::remove_if_present(fs, &path)?;
+            report.removed.push(e.name);
+        }
+    }
+    report.recyclable = free.len();
 
     // Rule 2.
     let listed = segment::list(fs, dir)?;
@@ -247,11 +309,27 @@ pub(crate) fn recover(
         let scan = segment::scan(&*file, seg.len, seg.first, &mut work)?;
         segments.insert(seg.first, seg.path.clone());
         next = scan.next_lsn;
-        current = Some((seg.first, scan.offset, seg.len));
-        let End::Invalid(why) = scan.end else {
-            continue;
+        let mut cur = Current {
+            first: seg.first,
+            offset: scan.offset,
+            len: seg.len,
+            recycled: false,
         };
-        if let Some(following) = segs.get(i + 1) {
+        let following = segs.get(i + 1);
+        let why = match scan.end {
+            End::Clean => {
+                current = Some(cur);
+                continue;
+            }
+            // What follows is a previous use's: not the log's, and no proof
+            // of anything. A sealed segment ends here (rule 4 checks that
+            // the next one continues it); the last one is checked below for
+            // a torn cycle of the log's own behind it.
+            End::Stale if following.is_some() => continue,
+            End::Stale => "a record of the segment's previous use",
+            End::Invalid(why) => why,
+        };
+        if let Some(following) = following {
             if following.first != scan.next_lsn {
                 return Err(corrupt(
                     &seg.path,
@@ -293,17 +371,38 @@ pub(crate) fn recover(
                 ),
             ));
         }
-        if scan.next_lsn >= start {
-            let erased = after.written_end.saturating_sub(scan.offset);
+        let x = scan.offset;
+        if scan.next_lsn >= start && scan.end == End::Stale && after.ours_end <= x {
+            // A recycled segment's records end at an end marker or a record
+            // of its previous use, and nothing of the log's lies behind:
+            // the clean end of the log.
+            cur.recycled = true;
+        } else if scan.next_lsn >= start {
+            // A torn tail. What must go is every record of the log's behind
+            // it (a valid header above the expected LSN), which a later scan
+            // could otherwise take for the log's. In a fresh segment that is
+            // everything written after it; in a recycled one, where a
+            // previous use's bytes follow, only up to the log's last record
+            // there, and an end marker then keeps the end clean.
+            let ours = after.ours_end.max(x + HEADER as u64).min(seg.len);
+            let marker = after.written_end > ours && seg.first >= 1;
+            let erase_to = if marker { ours } else { after.written_end };
+            let erased = erase_to.saturating_sub(x);
             if erased > 0 {
                 let w = fs.open(&seg.path, Mode::Write)?;
-                segment::zero(&*w, scan.offset, after.written_end)?;
+                segment::zero(&*w, x, erase_to)?;
+                if marker {
+                    let mut m = Vec::with_capacity(HEADER);
+                    segment::encode_end_marker(&mut m, seg.first);
+                    w.write_all_at(&m, x)?;
+                }
                 // Durable before anything new is written here: otherwise a
                 // power cut could drop the zeros but keep a later record,
                 // and the stale records of the torn cycle would come back
                 // behind it as part of the log.
                 w.sync_data()?;
             }
+            cur.recycled = marker;
             tracing::warn!(
                 segment = %seg.path.display(),
                 offset = scan.offset,
@@ -319,6 +418,7 @@ pub(crate) fn recover(
                 reason: why.into(),
             });
         }
+        current = Some(cur);
     }
 
     // Rule 6.
@@ -345,6 +445,7 @@ pub(crate) fn recover(
     report.bytes_checksummed = work.checksummed;
     Ok((
         Recovered {
+            free,
             start,
             next_lsn: next,
             segments,

@@ -13,8 +13,9 @@ use crate::queue::{Failed, Pending, Queue};
 use crate::record::{self, HEADER};
 use crate::segment;
 
-/// Renames a prepared spare into place as the segment starting at `first`,
-/// makes the name durable, and opens it for writing.
+/// Renames a prepared spare, or a freed segment kept for reuse, into place
+/// as the segment starting at `first`, makes the name durable, and opens it
+/// for writing.
 pub(super) fn install(
     fs: &dyn Fs,
     dir: &Path,
@@ -25,7 +26,9 @@ pub(super) fn install(
     let path = dir.join(segment::name(first));
     fs.rename(spare, &path)?;
     // Without this sync the new name may be lost in a power cut, and with
-    // it every record synced into the segment afterwards.
+    // it every record synced into the segment afterwards (a recycled one
+    // would come back under its free name, or its old one, and be
+    // discarded).
     fs.sync_dir(dir)?;
     let file = fs.open(&path, Mode::Write)?;
     lock_view(view).segments.insert(first, path);
@@ -51,6 +54,14 @@ pub(super) struct Writer {
     pub(super) skip: usize,
     pub(super) spare: Option<JoinHandle<io::Result<PathBuf>>>,
     pub(super) view: Arc<Mutex<View>>,
+    /// The first LSN of `file`.
+    pub(super) first: u64,
+    /// Whether `file` holds a previous use's bytes after `offset` (it was
+    /// recycled): each write then ends with an end marker, so that a scan
+    /// finds the records' end there rather than in the old bytes.
+    pub(super) recycled: bool,
+    /// Whether freed segments are reused (`recycle_segments > 0`).
+    pub(super) recycling: bool,
 }
 
 const PAGE: usize = 4096;
@@ -74,30 +85,66 @@ impl Writer {
         self.file.sync_data()
     }
 
-    /// Writes and syncs what is buffered.
+    /// Writes and syncs what is buffered. In a recycled segment the write
+    /// ends with an end marker (or, if no header fits, zeros up to the
+    /// end), which the next write overwrites: the offset moves past the
+    /// records only.
     fn flush(&mut self) -> io::Result<()> {
-        let bytes = &self.buf[self.skip..];
-        if bytes.is_empty() {
+        let records = (self.buf.len() - self.skip) as u64;
+        if records == 0 {
             return Ok(());
         }
-        self.file.write_all_at(bytes, self.offset)?;
+        if self.recycled {
+            let end = self.offset + records;
+            if end + HEADER as u64 <= self.capacity {
+                segment::encode_end_marker(&mut self.buf, self.first);
+            } else {
+                let n = self.buf.len() + (self.capacity - end) as usize;
+                self.buf.resize(n, 0);
+            }
+        }
+        self.file
+            .write_all_at(&self.buf[self.skip..], self.offset)?;
         self.sync()?;
-        self.offset += bytes.len() as u64;
+        self.offset += records;
         Ok(())
     }
 
     /// Starts a new segment whose first record is `first`.
+    ///
+    /// A freed segment kept for reuse is taken first: it is already at full
+    /// size, so rolling writes nothing but the records. Only without one is
+    /// the spare (zero-filled ahead) used, or made now.
     fn roll(&mut self, first: u64) -> io::Result<()> {
-        let spare = match self.spare.take() {
-            Some(h) => h
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("segment preparation panicked")))?,
-            None => segment::prepare_spare(&*self.fs, &self.dir, self.segment_size)?,
+        let free = lock_view(&self.view).free.pop();
+        let (from, recycled) = match free {
+            Some(path) => (path, true),
+            None => {
+                let spare = match self.spare.take() {
+                    Some(h) => h.join().unwrap_or_else(|_| {
+                        Err(io::Error::other("segment preparation panicked"))
+                    })?,
+                    None => segment::prepare_spare(&*self.fs, &self.dir, self.segment_size)?,
+                };
+                (spare, false)
+            }
         };
-        self.file = install(&*self.fs, &self.dir, &spare, first, &self.view)?;
+        self.file = install(&*self.fs, &self.dir, &from, first, &self.view)?;
+        {
+            let mut v = lock_view(&self.view);
+            if recycled {
+                v.stats.segments_recycled += 1;
+            } else {
+                v.stats.segments_created += 1;
+            }
+        }
+        self.first = first;
+        self.recycled = recycled;
         self.offset = 0;
         self.capacity = self.segment_size;
-        self.prepare_next(true);
+        // Without reuse the next spare is started at once; with it, only
+        // if no freed segment is waiting by the time this one is half full.
+        self.prepare_next(!self.recycling);
         Ok(())
     }
 
@@ -109,6 +156,9 @@ impl Writer {
     /// the segment is half full, so opening a small log writes nothing.
     pub(super) fn prepare_next(&mut self, now: bool) {
         if self.spare.is_some() || !(now || self.offset >= self.capacity / 2) {
+            return;
+        }
+        if !lock_view(&self.view).free.is_empty() {
             return;
         }
         let (fs, dir, size) = (self.fs.clone(), self.dir.clone(), self.segment_size);
