@@ -16,6 +16,9 @@
 //! rounds, taking turns; allocations are counted by a counting global
 //! allocator over one whole round.
 //!
+//! `FT_RPC_CORE_PROFILE=N` runs the cores alone for `N` calls, for
+//! `perf record` and friends.
+//!
 //! Without `--bench` (as `cargo test --benches` runs it) it does a tiny
 //! smoke run whose numbers mean nothing.
 
@@ -198,6 +201,15 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (rounds, calls) = if full { (9, 100_000) } else { (1, 1_000) };
     let mut pair = Pair::new();
+    if let Some(n) = std::env::var("FT_RPC_CORE_PROFILE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        // The cores alone for `n` calls, for `perf record`.
+        let r = cores(&mut pair, n);
+        println!("{:.0} ns/call, {:.2} allocations/call", r.ns_per_call, r.allocs_per_call);
+        return;
+    }
     pair.record = true;
     pair.call(&FrameCodec::default(), &mut BytesMut::new(), &payload());
     pair.record = false;

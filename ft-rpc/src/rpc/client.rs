@@ -66,8 +66,9 @@ pub struct ClientStats {
 struct Call {
     token: u64,
     server: NodeId,
-    /// The request, in the parts it is sent in (one, if it is small).
-    request: Vec<Chunk>,
+    /// The request, sent in parts of [`MAX_PART`](super::MAX_PART) (one,
+    /// if it is small: see [`Chunk::parts`]).
+    request: Bytes,
     fingerprint: u64,
     options: CallOptions,
     /// Times the request itself was sent.
@@ -266,7 +267,7 @@ impl Client {
                 token,
                 server,
                 fingerprint: fingerprint(options.semantics, &request),
-                request: Chunk::split(&request),
+                request,
                 options,
                 attempts: 0,
                 tries: 0,
@@ -353,7 +354,7 @@ impl Client {
                 let budget_ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
                 // Every part again: the server keeps the parts it has, so
                 // each retransmission fills what was lost.
-                for body in &call.request {
+                for body in Chunk::parts(&call.request) {
                     let msg = RpcMessage::Call {
                         id: node.call_id(seq),
                         server_incarnation: inc,
@@ -361,7 +362,7 @@ impl Client {
                         first_incomplete,
                         budget_ms,
                         fingerprint: call.fingerprint,
-                        body: body.clone(),
+                        body,
                     };
                     node.send(server, seq, msg, again);
                 }

@@ -164,8 +164,9 @@ impl Ranges {
 
     /// Forgets everything below `mark` (the stale mark covers it).
     fn trim_below(&mut self, mark: u64) {
-        let below: Vec<(u64, u64)> = self.0.range(..mark).map(|(&s, &e)| (s, e)).collect();
-        for (s, e) in below {
+        while let Some((&s, &e)) = self.0.first_key_value()
+            && s < mark
+        {
             self.0.remove(&s);
             if e >= mark {
                 self.0.insert(mark, e);
@@ -253,13 +254,16 @@ impl ClientState {
         if mark <= self.first_incomplete {
             return 0;
         }
-        let below: Vec<u64> = self.records.range(..mark).map(|(s, _)| *s).collect();
-        for seq in &below {
-            self.drop_record(*seq);
+        let mut dropped = 0;
+        while let Some((&seq, _)) = self.records.first_key_value()
+            && seq < mark
+        {
+            self.drop_record(seq);
+            dropped += 1;
         }
         self.first_incomplete = mark;
         self.forgotten.trim_below(mark);
-        below.len() as u64
+        dropped
     }
 }
 
