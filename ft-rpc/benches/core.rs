@@ -207,7 +207,10 @@ fn main() {
     {
         // The cores alone for `n` calls, for `perf record`.
         let r = cores(&mut pair, n);
-        println!("{:.0} ns/call, {:.2} allocations/call", r.ns_per_call, r.allocs_per_call);
+        println!(
+            "{:.0} ns/call, {:.2} allocations/call",
+            r.ns_per_call, r.allocs_per_call
+        );
         return;
     }
     pair.record = true;
@@ -235,7 +238,11 @@ fn main() {
     println!(
         "ft-rpc core bench: {PAYLOAD}-byte at-most-once echo, median of {rounds} rounds \
          of {calls} calls{}",
-        if full { "" } else { " (smoke run: the numbers mean nothing)" }
+        if full {
+            ""
+        } else {
+            " (smoke run: the numbers mean nothing)"
+        }
     );
     println!("| case | ns/call | allocations/call | bytes allocated/call |");
     println!("|---|---:|---:|---:|");

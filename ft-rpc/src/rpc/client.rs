@@ -84,6 +84,11 @@ struct Call {
     logging: bool,
     /// When anything was last sent for it (for the probe allowance).
     last_sent: Option<Instant>,
+    /// When it is to be sent again (none before it was first sent).
+    retry_at: Option<Instant>,
+    /// When it next needs the timer: the earlier of `retry_at` and its
+    /// deadline. Its key in [`Client::due`].
+    wake: Instant,
 }
 
 impl Call {
@@ -104,6 +109,14 @@ impl Call {
 #[derive(Debug, Default)]
 pub(crate) struct Client {
     calls: BTreeMap<u64, Call>,
+    /// Every outstanding call by when it next needs the timer: (`wake`,
+    /// seq). One timer ([`RpcTimer::Calls`]) serves them all, so a call
+    /// that is answered before its retransmission is due sets and cancels
+    /// no timer of its own.
+    due: BTreeSet<(Instant, u64)>,
+    /// When the `Calls` timer is set to fire, if it is. It is never
+    /// cancelled: one that fires with nothing due is set again for what is.
+    armed: Option<Instant>,
     by_token: BTreeMap<u64, u64>,
     next_seq: u64,
     bound: BTreeMap<NodeId, Incarnation>,
@@ -150,6 +163,32 @@ impl Client {
             .next()
             .copied()
             .unwrap_or(self.next_seq + 1)
+    }
+
+    /// Moves call `seq` to its place in `due` after its retransmission
+    /// time changed.
+    fn schedule(&mut self, seq: u64) {
+        let Some(c) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        let deadline = c.options.deadline;
+        let wake = c.retry_at.map_or(deadline, |r| r.min(deadline));
+        if wake != c.wake {
+            self.due.remove(&(c.wake, seq));
+            self.due.insert((wake, seq));
+            c.wake = wake;
+        }
+    }
+
+    /// Sets the `Calls` timer if the earliest call due is earlier than it
+    /// is set for (or it is not set): after every step of the node.
+    pub(crate) fn arm(&mut self, node: &mut Node) {
+        if let Some(&(first, _)) = self.due.first()
+            && self.armed.is_none_or(|at| first < at)
+        {
+            node.out.set_timer(RpcTimer::Calls, first);
+            self.armed = Some(first);
+        }
     }
 
     fn bucket(&mut self, node: &Node) -> &mut Bucket {
@@ -275,11 +314,12 @@ impl Client {
                 in_progress_seen: false,
                 logging,
                 last_sent: None,
+                retry_at: None,
+                wake: options.deadline,
             },
         );
+        self.due.insert((options.deadline, seq));
         self.by_token.insert(token, seq);
-        node.out
-            .set_timer(RpcTimer::Deadline(seq), options.deadline);
         if logging {
             // Extermination: the call is on stable storage before any server
             // can start on it, so a later life knows what to kill.
@@ -301,9 +341,10 @@ impl Client {
             return;
         };
         self.by_token.remove(&call.token);
-        self.parts.remove(call.server, node.call_id(seq));
-        node.out.cancel_timer(RpcTimer::Retry(seq));
-        node.out.cancel_timer(RpcTimer::Deadline(seq));
+        self.due.remove(&(call.wake, seq));
+        if !self.parts.is_empty() {
+            self.parts.remove(call.server, node.call_id(seq));
+        }
         if result.is_ok() {
             self.stats.succeeded += 1;
         } else {
@@ -375,7 +416,30 @@ impl Client {
             }
         }
         let wait = node.config.backoff.wait(attempt, &mut node.rng);
-        node.out.set_timer(RpcTimer::Retry(seq), after(now, wait));
+        call.retry_at = Some(after(now, wait));
+        self.schedule(seq);
+    }
+
+    /// The `Calls` timer fired: every retransmission and deadline due by
+    /// `now`, earliest first (a retransmission before a deadline at the
+    /// same instant).
+    pub(crate) fn on_calls_timer(&mut self, node: &mut Node, now: Instant) {
+        self.armed = None;
+        while let Some(&(at, seq)) = self.due.first()
+            && at <= now
+        {
+            let Some(c) = self.calls.get(&seq) else {
+                self.due.remove(&(at, seq));
+                continue;
+            };
+            // Each turn either ends the call or moves its retransmission
+            // past `now`.
+            if c.retry_at.is_some_and(|r| r <= c.options.deadline) {
+                self.on_retry(node, now, seq);
+            } else {
+                self.on_deadline(node, seq);
+            }
+        }
     }
 
     pub(crate) fn on_retry(&mut self, node: &mut Node, now: Instant, seq: u64) {
@@ -406,7 +470,10 @@ impl Client {
                 c.tries - 1
             });
             let wait = node.config.backoff.wait(attempt, &mut node.rng);
-            node.out.set_timer(RpcTimer::Retry(seq), after(now, wait));
+            if let Some(c) = self.calls.get_mut(&seq) {
+                c.retry_at = Some(after(now, wait));
+            }
+            self.schedule(seq);
         }
     }
 

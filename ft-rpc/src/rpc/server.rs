@@ -32,7 +32,7 @@
 //! two are merged, which can only make a call that never arrived look
 //! forgotten (an outcome-unknown answer, never a second execution).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -273,6 +273,9 @@ struct Running {
     deadline: Instant,
     quantum_until: Option<Instant>,
     fingerprint: u64,
+    /// When it next needs the timer: the earlier of its deadline and its
+    /// quantum's end. Its key in [`Server::due`].
+    wake: Instant,
 }
 
 /// The server side of an RPC node: its clients' state and completion
@@ -281,6 +284,13 @@ struct Running {
 pub(crate) struct Server {
     clients: BTreeMap<NodeId, ClientState>,
     running: BTreeMap<CallId, Running>,
+    /// Every running computation by when it next needs the timer. One
+    /// timer ([`RpcTimer::Computations`]) serves them all, so a computation
+    /// that completes in time sets and cancels no timer of its own.
+    due: BTreeSet<(Instant, CallId)>,
+    /// When the `Computations` timer is set to fire, if it is. It is never
+    /// cancelled: one that fires with nothing due is set again for what is.
+    armed: Option<Instant>,
     persisting: BTreeMap<PersistToken, (CallId, Recorded)>,
     /// Every effect made durable (or being made so), in order: the
     /// application's state is rebuilt from them, so every snapshot keeps
@@ -595,17 +605,22 @@ impl Server {
         }
         let deadline = after(now, Duration::from_millis(u64::from(budget_ms)));
         let quantum_until = node.config.orphans.quantum.map(|q| after(now, q));
-        self.running.insert(
+        let wake = quantum_until.map_or(deadline, |q| q.min(deadline));
+        let older = self.running.insert(
             id,
             Running {
                 semantics,
                 deadline,
                 quantum_until,
                 fingerprint: claimed,
+                wake,
             },
         );
+        if let Some(older) = older {
+            self.due.remove(&(older.wake, id));
+        }
+        self.due.insert((wake, id));
         self.stats.executions += 1;
-        self.arm_running(node, id);
         node.out.event(RpcEvent::Execute {
             id,
             request,
@@ -615,15 +630,56 @@ impl Server {
         true
     }
 
-    fn arm_running(&self, node: &mut Node, id: CallId) {
-        if let Some(r) = self.running.get(&id) {
+    /// Moves computation `id` to its place in `due` after its quantum
+    /// moved.
+    fn arm_running(&mut self, id: CallId) {
+        if let Some(r) = self.running.get_mut(&id) {
             let at = r.quantum_until.map_or(r.deadline, |q| q.min(r.deadline));
-            node.out.set_timer(RpcTimer::Running(id), at);
+            if at != r.wake {
+                self.due.remove(&(r.wake, id));
+                self.due.insert((at, id));
+                r.wake = at;
+            }
         }
     }
 
+    /// Sets the `Computations` timer if the earliest computation due is
+    /// earlier than it is set for (or it is not set): after every step of
+    /// the node.
+    pub(crate) fn arm(&mut self, node: &mut Node) {
+        if let Some(&(first, _)) = self.due.first()
+            && self.armed.is_none_or(|at| first < at)
+        {
+            node.out.set_timer(RpcTimer::Computations, first);
+            self.armed = Some(first);
+        }
+    }
+
+    /// The `Computations` timer fired: every computation whose deadline or
+    /// quantum passed by `now`, earliest first.
+    pub(crate) fn on_computations_timer(&mut self, node: &mut Node, now: Instant) {
+        self.armed = None;
+        while let Some(&(at, id)) = self.due.first()
+            && at <= now
+        {
+            if self.running.contains_key(&id) {
+                // Kills it, or moves its wake past `now`.
+                self.on_running_timer(node, now, id);
+            } else {
+                self.due.remove(&(at, id));
+            }
+        }
+    }
+
+    /// Takes computation `id` off the running ones.
+    fn stop_running(&mut self, id: CallId) -> Option<Running> {
+        let r = self.running.remove(&id)?;
+        self.due.remove(&(r.wake, id));
+        Some(r)
+    }
+
     fn kill(&mut self, node: &mut Node, id: CallId, reason: CancelReason) {
-        if self.running.remove(&id).is_some() {
+        if self.stop_running(id).is_some() {
             self.stats.killed += 1;
             if reason.orphan() {
                 node.out.note(
@@ -633,7 +689,6 @@ impl Server {
                     Some(id.seq),
                 );
             }
-            node.out.cancel_timer(RpcTimer::Running(id));
             node.out.event(RpcEvent::Cancel { id, reason });
         }
     }
@@ -647,7 +702,7 @@ impl Server {
         } else if r.quantum_until.is_some_and(|q| now >= q) {
             self.kill(node, id, CancelReason::Expired);
         } else {
-            self.arm_running(node, id);
+            self.arm_running(id);
         }
     }
 
@@ -660,11 +715,10 @@ impl Server {
         reply: Option<Bytes>,
         effect: Option<Bytes>,
     ) {
-        let Some(r) = self.running.remove(&id) else {
+        let Some(r) = self.stop_running(id) else {
             self.stats.completions_discarded += 1;
             return;
         };
-        node.out.cancel_timer(RpcTimer::Running(id));
         let answer = match reply {
             None => {
                 self.stats.handler_failures += 1;
@@ -872,7 +926,7 @@ impl Server {
             };
             if let Some(r) = self.running.get_mut(&id) {
                 r.quantum_until = Some(after(now, quantum));
-                self.arm_running(node, id);
+                self.arm_running(id);
             }
         }
         if let Some(s) = self.clients.get_mut(&from) {
