@@ -14,7 +14,9 @@
 //! `Call` and the `Reply` of one call) without the cores, so the cores'
 //! own share is the difference. Each figure is the median of several
 //! rounds, taking turns; allocations are counted by a counting global
-//! allocator over one whole round.
+//! allocator over one whole round. Besides the wall clock, each round's
+//! CPU time is shown (where Linux tells it): on a machine shared with
+//! other work it is the steadier figure.
 //!
 //! `FT_RPC_CORE_PROFILE=N` runs the cores alone for `N` calls, for
 //! `perf record` and friends.
@@ -145,25 +147,38 @@ impl Pair {
     }
 }
 
+/// The time this thread has run on a CPU, in nanoseconds, where Linux
+/// tells it (`/proc/thread-self/schedstat`): unlike the wall clock, it
+/// does not count the time the thread waited for a CPU that other work on
+/// the machine held.
+fn cpu_nanos() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
 /// What one round measured.
 #[derive(Clone, Copy)]
 struct Round {
     ns_per_call: f64,
+    cpu_ns_per_call: Option<f64>,
     allocs_per_call: f64,
     bytes_per_call: f64,
 }
 
 fn measure(calls: u64, mut one: impl FnMut()) -> Round {
     let region = Region::new(GLOBAL);
+    let cpu = cpu_nanos();
     let start = Instant::now();
     for _ in 0..calls {
         one();
     }
     let elapsed = start.elapsed();
+    let cpu = cpu.zip(cpu_nanos()).map(|(a, b)| b.saturating_sub(a));
     let stats = region.change();
     let per = |n: usize| n as f64 / calls as f64;
     Round {
         ns_per_call: elapsed.as_nanos() as f64 / calls as f64,
+        cpu_ns_per_call: cpu.map(|c| c as f64 / calls as f64),
         allocs_per_call: per(stats.allocations + stats.reallocations),
         bytes_per_call: per(stats.bytes_allocated),
     }
@@ -192,6 +207,11 @@ fn framing(messages: &[RpcMessage], calls: u64) -> Round {
     })
 }
 
+/// A CPU time per call, or a dash where the system does not tell it.
+fn cpu(ns: Option<f64>) -> String {
+    ns.map_or_else(|| "–".to_string(), |ns| format!("{ns:.0}"))
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -208,8 +228,10 @@ fn main() {
         // The cores alone for `n` calls, for `perf record`.
         let r = cores(&mut pair, n);
         println!(
-            "{:.0} ns/call, {:.2} allocations/call",
-            r.ns_per_call, r.allocs_per_call
+            "{:.0} ns/call ({} CPU ns/call), {:.2} allocations/call",
+            r.ns_per_call,
+            cpu(r.cpu_ns_per_call),
+            r.allocs_per_call
         );
         return;
     }
@@ -227,14 +249,16 @@ fn main() {
         frame_rounds.push(framing(&messages, calls));
     }
     let summary = |rs: &[Round]| {
+        let cpu: Option<Vec<f64>> = rs.iter().map(|r| r.cpu_ns_per_call).collect();
         (
             median(rs.iter().map(|r| r.ns_per_call).collect()),
+            cpu.map(median),
             median(rs.iter().map(|r| r.allocs_per_call).collect()),
             median(rs.iter().map(|r| r.bytes_per_call).collect()),
         )
     };
-    let (core_ns, core_allocs, core_bytes) = summary(&core_rounds);
-    let (frame_ns, frame_allocs, frame_bytes) = summary(&frame_rounds);
+    let (core_ns, core_cpu, core_allocs, core_bytes) = summary(&core_rounds);
+    let (frame_ns, frame_cpu, frame_allocs, frame_bytes) = summary(&frame_rounds);
     println!(
         "ft-rpc core bench: {PAYLOAD}-byte at-most-once echo, median of {rounds} rounds \
          of {calls} calls{}",
@@ -244,19 +268,23 @@ fn main() {
             " (smoke run: the numbers mean nothing)"
         }
     );
-    println!("| case | ns/call | allocations/call | bytes allocated/call |");
-    println!("|---|---:|---:|---:|");
+    println!("| case | ns/call | CPU ns/call | allocations/call | bytes allocated/call |");
+    println!("|---|---:|---:|---:|---:|");
     println!(
-        "| client + server cores, framed | {core_ns:.0} | {core_allocs:.2} | {core_bytes:.0} |"
+        "| client + server cores, framed | {core_ns:.0} | {} | {core_allocs:.2} | \
+         {core_bytes:.0} |",
+        cpu(core_cpu)
     );
     println!(
-        "| framing alone (the same {} messages) | {frame_ns:.0} | {frame_allocs:.2} | \
+        "| framing alone (the same {} messages) | {frame_ns:.0} | {} | {frame_allocs:.2} | \
          {frame_bytes:.0} |",
-        messages.len()
+        messages.len(),
+        cpu(frame_cpu)
     );
     println!(
-        "| the cores' own share | {:.0} | {:.2} | {:.0} |",
+        "| the cores' own share | {:.0} | {} | {:.2} | {:.0} |",
         core_ns - frame_ns,
+        cpu(core_cpu.zip(frame_cpu).map(|(c, f)| c - f)),
         core_allocs - frame_allocs,
         core_bytes - frame_bytes
     );
