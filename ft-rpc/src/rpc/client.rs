@@ -8,6 +8,7 @@ use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, PersistToken};
 
 use super::budget::Bucket;
+use super::due::Due;
 use super::message::{Chunk, Refusal, fingerprint};
 use super::node::Node;
 use super::parts::{Added, Parts};
@@ -87,8 +88,8 @@ struct Call {
     /// When it is to be sent again (none before it was first sent).
     retry_at: Option<Instant>,
     /// When it next needs the timer: the earlier of `retry_at` and its
-    /// deadline. Its key in [`Client::due`].
-    wake: Instant,
+    /// deadline (once it is in [`Client::due`]).
+    wake: Option<Instant>,
 }
 
 impl Call {
@@ -109,14 +110,11 @@ impl Call {
 #[derive(Debug, Default)]
 pub(crate) struct Client {
     calls: BTreeMap<u64, Call>,
-    /// Every outstanding call by when it next needs the timer: (`wake`,
-    /// seq). One timer ([`RpcTimer::Calls`]) serves them all, so a call
-    /// that is answered before its retransmission is due sets and cancels
-    /// no timer of its own.
-    due: BTreeSet<(Instant, u64)>,
-    /// When the `Calls` timer is set to fire, if it is. It is never
-    /// cancelled: one that fires with nothing due is set again for what is.
-    armed: Option<Instant>,
+    /// The outstanding calls by when they next need the timer (`wake`).
+    /// One timer ([`RpcTimer::Calls`]) serves them all, so a call that is
+    /// answered before its retransmission is due sets and cancels no timer
+    /// of its own.
+    due: Due<u64>,
     by_token: BTreeMap<u64, u64>,
     next_seq: u64,
     bound: BTreeMap<NodeId, Incarnation>,
@@ -165,30 +163,36 @@ impl Client {
             .unwrap_or(self.next_seq + 1)
     }
 
-    /// Moves call `seq` to its place in `due` after its retransmission
-    /// time changed.
+    /// Puts call `seq` in `due` for when it next needs the timer, after
+    /// it started or its retransmission time changed.
     fn schedule(&mut self, seq: u64) {
         let Some(c) = self.calls.get_mut(&seq) else {
             return;
         };
         let deadline = c.options.deadline;
         let wake = c.retry_at.map_or(deadline, |r| r.min(deadline));
-        if wake != c.wake {
-            self.due.remove(&(c.wake, seq));
-            self.due.insert((wake, seq));
-            c.wake = wake;
+        if c.wake != Some(wake) {
+            c.wake = Some(wake);
+            let all = self
+                .calls
+                .iter()
+                .filter_map(|(&seq, c)| Some((c.wake?, seq)));
+            self.due.push(wake, seq, self.calls.len(), all);
         }
     }
 
     /// Sets the `Calls` timer if the earliest call due is earlier than it
     /// is set for (or it is not set): after every step of the node.
     pub(crate) fn arm(&mut self, node: &mut Node) {
-        if let Some(&(first, _)) = self.due.first()
-            && self.armed.is_none_or(|at| first < at)
-        {
-            node.out.set_timer(RpcTimer::Calls, first);
-            self.armed = Some(first);
+        let calls = &self.calls;
+        if let Some(at) = self.due.to_arm(|at, seq| Client::wakes(calls, at, seq)) {
+            node.out.set_timer(RpcTimer::Calls, at);
         }
+    }
+
+    /// Whether call `seq` is outstanding and next needs the timer at `at`.
+    fn wakes(calls: &BTreeMap<u64, Call>, at: Instant, seq: u64) -> bool {
+        calls.get(&seq).is_some_and(|c| c.wake == Some(at))
     }
 
     fn bucket(&mut self, node: &Node) -> &mut Bucket {
@@ -315,10 +319,9 @@ impl Client {
                 logging,
                 last_sent: None,
                 retry_at: None,
-                wake: options.deadline,
+                wake: None,
             },
         );
-        self.due.insert((options.deadline, seq));
         self.by_token.insert(token, seq);
         if logging {
             // Extermination: the call is on stable storage before any server
@@ -331,6 +334,7 @@ impl Client {
             let t = node.persist(&RpcRecord::CallLogged(entry));
             self.call_log.insert((entry.life, seq), server);
             self.log_waits.insert(t, seq);
+            self.schedule(seq);
         } else {
             self.transmit(node, now, seq, false);
         }
@@ -341,7 +345,6 @@ impl Client {
             return;
         };
         self.by_token.remove(&call.token);
-        self.due.remove(&(call.wake, seq));
         if !self.parts.is_empty() {
             self.parts.remove(call.server, node.call_id(seq));
         }
@@ -424,13 +427,17 @@ impl Client {
     /// `now`, earliest first (a retransmission before a deadline at the
     /// same instant).
     pub(crate) fn on_calls_timer(&mut self, node: &mut Node, now: Instant) {
-        self.armed = None;
-        while let Some(&(at, seq)) = self.due.first()
-            && at <= now
-        {
+        self.due.fired();
+        loop {
+            let calls = &self.calls;
+            let Some(seq) = self
+                .due
+                .next_due(now, |at, seq| Client::wakes(calls, at, seq))
+            else {
+                break;
+            };
             let Some(c) = self.calls.get(&seq) else {
-                self.due.remove(&(at, seq));
-                continue;
+                break;
             };
             // Each turn either ends the call or moves its retransmission
             // past `now`.

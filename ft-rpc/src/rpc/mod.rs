@@ -74,6 +74,7 @@
 
 mod budget;
 mod client;
+mod due;
 mod message;
 mod node;
 mod parts;

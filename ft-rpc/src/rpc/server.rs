@@ -32,12 +32,13 @@
 //! two are merged, which can only make a call that never arrived look
 //! forgotten (an outcome-unknown answer, never a second execution).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, PersistToken};
 
+use super::due::Due;
 use super::message::{Chunk, Refusal, fingerprint};
 use super::node::Node;
 use super::parts::{Added, Parts};
@@ -274,7 +275,7 @@ struct Running {
     quantum_until: Option<Instant>,
     fingerprint: u64,
     /// When it next needs the timer: the earlier of its deadline and its
-    /// quantum's end. Its key in [`Server::due`].
+    /// quantum's end. Its time in [`Server::due`].
     wake: Instant,
 }
 
@@ -284,13 +285,11 @@ struct Running {
 pub(crate) struct Server {
     clients: BTreeMap<NodeId, ClientState>,
     running: BTreeMap<CallId, Running>,
-    /// Every running computation by when it next needs the timer. One
-    /// timer ([`RpcTimer::Computations`]) serves them all, so a computation
-    /// that completes in time sets and cancels no timer of its own.
-    due: BTreeSet<(Instant, CallId)>,
-    /// When the `Computations` timer is set to fire, if it is. It is never
-    /// cancelled: one that fires with nothing due is set again for what is.
-    armed: Option<Instant>,
+    /// The running computations by when they next need the timer
+    /// (`wake`). One timer ([`RpcTimer::Computations`]) serves them all, so
+    /// a computation that completes in time sets and cancels no timer of
+    /// its own.
+    due: Due<CallId>,
     persisting: BTreeMap<PersistToken, (CallId, Recorded)>,
     /// Every effect made durable (or being made so), in order: the
     /// application's state is rebuilt from them, so every snapshot keeps
@@ -606,7 +605,7 @@ impl Server {
         let deadline = after(now, Duration::from_millis(u64::from(budget_ms)));
         let quantum_until = node.config.orphans.quantum.map(|q| after(now, q));
         let wake = quantum_until.map_or(deadline, |q| q.min(deadline));
-        let older = self.running.insert(
+        self.running.insert(
             id,
             Running {
                 semantics,
@@ -616,10 +615,7 @@ impl Server {
                 wake,
             },
         );
-        if let Some(older) = older {
-            self.due.remove(&(older.wake, id));
-        }
-        self.due.insert((wake, id));
+        self.schedule(wake, id);
         self.stats.executions += 1;
         node.out.event(RpcEvent::Execute {
             id,
@@ -636,46 +632,55 @@ impl Server {
         if let Some(r) = self.running.get_mut(&id) {
             let at = r.quantum_until.map_or(r.deadline, |q| q.min(r.deadline));
             if at != r.wake {
-                self.due.remove(&(r.wake, id));
-                self.due.insert((at, id));
                 r.wake = at;
+                self.schedule(at, id);
             }
         }
+    }
+
+    /// Puts computation `id` in `due` for `at`, the time it now wakes at.
+    fn schedule(&mut self, at: Instant, id: CallId) {
+        let all = self.running.iter().map(|(&id, r)| (r.wake, id));
+        self.due.push(at, id, self.running.len(), all);
+    }
+
+    /// Whether computation `id` is running and next needs the timer at
+    /// `at`.
+    fn wakes(running: &BTreeMap<CallId, Running>, at: Instant, id: CallId) -> bool {
+        running.get(&id).is_some_and(|r| r.wake == at)
     }
 
     /// Sets the `Computations` timer if the earliest computation due is
     /// earlier than it is set for (or it is not set): after every step of
     /// the node.
     pub(crate) fn arm(&mut self, node: &mut Node) {
-        if let Some(&(first, _)) = self.due.first()
-            && self.armed.is_none_or(|at| first < at)
-        {
-            node.out.set_timer(RpcTimer::Computations, first);
-            self.armed = Some(first);
+        let running = &self.running;
+        if let Some(at) = self.due.to_arm(|at, id| Server::wakes(running, at, id)) {
+            node.out.set_timer(RpcTimer::Computations, at);
         }
     }
 
     /// The `Computations` timer fired: every computation whose deadline or
     /// quantum passed by `now`, earliest first.
     pub(crate) fn on_computations_timer(&mut self, node: &mut Node, now: Instant) {
-        self.armed = None;
-        while let Some(&(at, id)) = self.due.first()
-            && at <= now
-        {
-            if self.running.contains_key(&id) {
-                // Kills it, or moves its wake past `now`.
-                self.on_running_timer(node, now, id);
-            } else {
-                self.due.remove(&(at, id));
-            }
+        self.due.fired();
+        loop {
+            let running = &self.running;
+            let Some(id) = self
+                .due
+                .next_due(now, |at, id| Server::wakes(running, at, id))
+            else {
+                break;
+            };
+            // Kills it, or moves its wake past `now`.
+            self.on_running_timer(node, now, id);
         }
     }
 
     /// Takes computation `id` off the running ones.
     fn stop_running(&mut self, id: CallId) -> Option<Running> {
-        let r = self.running.remove(&id)?;
-        self.due.remove(&(r.wake, id));
-        Some(r)
+        // Its entry in `due` goes stale, and is dropped when it comes up.
+        self.running.remove(&id)
     }
 
     fn kill(&mut self, node: &mut Node, id: CallId, reason: CancelReason) {
