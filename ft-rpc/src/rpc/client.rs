@@ -185,7 +185,7 @@ impl Client {
     /// is set for (or it is not set): after every step of the node.
     pub(crate) fn arm(&mut self, node: &mut Node) {
         let calls = &self.calls;
-        if let Some(at) = self.due.to_arm(|at, seq| Client::wakes(calls, at, seq)) {
+        if let Some(at) = self.due.arm_at(|at, seq| Client::wakes(calls, at, seq)) {
             node.out.set_timer(RpcTimer::Calls, at);
         }
     }

@@ -71,7 +71,7 @@ impl<K: Ord + Copy> Due<K> {
 
     /// The time to set the shared timer for, if the earliest live entry is
     /// earlier than the timer is set for (or it is not set).
-    pub(crate) fn to_arm(&mut self, live: impl Fn(Instant, K) -> bool) -> Option<Instant> {
+    pub(crate) fn arm_at(&mut self, live: impl Fn(Instant, K) -> bool) -> Option<Instant> {
         let (at, _) = self.earliest(live)?;
         if self.armed.is_some_and(|armed| armed <= at) {
             return None;
@@ -127,13 +127,13 @@ mod tests {
             assert!(due.len() <= 2 * (live.len() + 1) + SLACK);
         }
         let is_live = |t: Instant, k: u64| live.get(&k) == Some(&t);
-        assert_eq!(due.to_arm(is_live), Some(at(9_990 + 50)));
-        assert_eq!(due.to_arm(is_live), None, "set already, for that time");
+        assert_eq!(due.arm_at(is_live), Some(at(9_990 + 50)));
+        assert_eq!(due.arm_at(is_live), None, "set already, for that time");
         assert_eq!(due.next_due(at(10_000), is_live), None);
         assert_eq!(due.next_due(at(10_040), is_live), Some(9_990));
         due.fired();
         live.remove(&9_990);
         let is_live = |t: Instant, k: u64| live.get(&k) == Some(&t);
-        assert_eq!(due.to_arm(is_live), Some(at(9_991 + 50)));
+        assert_eq!(due.arm_at(is_live), Some(at(9_991 + 50)));
     }
 }

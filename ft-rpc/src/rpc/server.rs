@@ -655,7 +655,7 @@ impl Server {
     /// the node.
     pub(crate) fn arm(&mut self, node: &mut Node) {
         let running = &self.running;
-        if let Some(at) = self.due.to_arm(|at, id| Server::wakes(running, at, id)) {
+        if let Some(at) = self.due.arm_at(|at, id| Server::wakes(running, at, id)) {
             node.out.set_timer(RpcTimer::Computations, at);
         }
     }
