@@ -35,7 +35,8 @@
 //! [`RpcInput::Complete`]). Its future is polled by the dispatcher,
 //! concurrently with the other handlers and with the node's event loop (a
 //! `FuturesUnordered`), so it should not block the thread; CPU-heavy work
-//! belongs on the executor's blocking pool.
+//! belongs on the executor's blocking pool. It is first polled as its call
+//! arrives: a handler ready then is answered at once.
 //!
 //! **A handler that panics fails its call, not the node.** The panic is
 //! caught, logged and counted ([`ServeStats::handler_panics`]); the caller
@@ -550,19 +551,33 @@ where
             })) => {
                 generation = generation.wrapping_add(1);
                 bump(&stats.executions);
+                // The core runs one computation per id at a time; an older
+                // one still here has been superseded.
+                if let Some((_, older)) = running.remove(&id) {
+                    older.abort();
+                }
                 // A panicking handler fails its own call, not the node: the
                 // panic is caught at the future's boundary. (Assuming unwind
                 // safety is sound here: a panicked handler's future is
                 // dropped, never polled again.)
-                let work = AssertUnwindSafe(handler(id, request, deadline))
-                    .catch_unwind()
-                    .map(|r| r.map(Into::into).map_err(|_| ()));
-                let (work, abort) = abortable(work);
-                if let Some((_, older)) = running.insert(id, (generation, abort)) {
-                    // The core runs one computation per id at a time; an
-                    // older one still here has been superseded.
-                    older.abort();
+                let mut work = Box::pin(
+                    AssertUnwindSafe(handler(id, request, deadline))
+                        .catch_unwind()
+                        .map(|r| r.map(Into::into).map_err(|_| ())),
+                );
+                // Polled once here: a handler that is ready at once (an
+                // echo, a lookup) is answered now, with no abort handle,
+                // no place among the running handlers and no turn of this
+                // loop of its own. One that is not goes on among the
+                // others (which poll it again, with their own waker).
+                if let Poll::Ready(outcome) =
+                    poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+                {
+                    handled(&handle, &stats, id, outcome);
+                    continue;
                 }
+                let (work, abort) = abortable(work);
+                running.insert(id, (generation, abort));
                 let this = generation;
                 handlers.push(work.map(move |reply| (id, this, reply)));
             }
@@ -577,30 +592,35 @@ where
             Wake::Handled(id, this, Ok(outcome)) => {
                 if running.get(&id).is_some_and(|(g, _)| *g == this) {
                     running.remove(&id);
-                    let input = match outcome {
-                        Ok(Reply { body, effect }) => {
-                            bump(&stats.completed);
-                            RpcInput::Complete {
-                                exec: id,
-                                reply: body,
-                                effect,
-                            }
-                        }
-                        Err(()) => {
-                            bump(&stats.handler_panics);
-                            tracing::error!(call = ?id, "an RPC handler panicked; the call fails, the node goes on");
-                            RpcInput::Fail { exec: id }
-                        }
-                    };
-                    // An error means the driver has stopped; the loop ends
-                    // when its events run out.
-                    let _ = handle.input(input);
+                    handled(&handle, &stats, id, outcome);
                 }
             }
             Wake::Handled(_, _, Err(Aborted)) => {}
             Wake::Stop => handle.shutdown(),
         }
     }
+}
+
+/// A handler for computation `id` ended with `outcome`: the core is told.
+fn handled(handle: &Handle<Rpc>, stats: &ServeCells, id: CallId, outcome: Result<Reply, ()>) {
+    let input = match outcome {
+        Ok(Reply { body, effect }) => {
+            bump(&stats.completed);
+            RpcInput::Complete {
+                exec: id,
+                reply: body,
+                effect,
+            }
+        }
+        Err(()) => {
+            bump(&stats.handler_panics);
+            tracing::error!(call = ?id, "an RPC handler panicked; the call fails, the node goes on");
+            RpcInput::Fail { exec: id }
+        }
+    };
+    // An error means the driver has stopped; the loop ends when its events
+    // run out.
+    let _ = handle.input(input);
 }
 
 /// Runs `rpc` over `channel`, `clock` and `log` with `handler` serving its

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, PersistToken};
 
 use super::budget::Bucket;
+use super::due::Due;
 use super::message::{Chunk, Refusal, fingerprint};
 use super::node::Node;
 use super::parts::{Added, Parts};
@@ -66,8 +67,9 @@ pub struct ClientStats {
 struct Call {
     token: u64,
     server: NodeId,
-    /// The request, in the parts it is sent in (one, if it is small).
-    request: Vec<Chunk>,
+    /// The request, sent in parts of [`MAX_PART`](super::MAX_PART) (one,
+    /// if it is small: see [`Chunk::parts`]).
+    request: Bytes,
     fingerprint: u64,
     options: CallOptions,
     /// Times the request itself was sent.
@@ -83,6 +85,11 @@ struct Call {
     logging: bool,
     /// When anything was last sent for it (for the probe allowance).
     last_sent: Option<Instant>,
+    /// When it is to be sent again (none before it was first sent).
+    retry_at: Option<Instant>,
+    /// When it next needs the timer: the earlier of `retry_at` and its
+    /// deadline (once it is in [`Client::due`]).
+    wake: Option<Instant>,
 }
 
 impl Call {
@@ -103,6 +110,11 @@ impl Call {
 #[derive(Debug, Default)]
 pub(crate) struct Client {
     calls: BTreeMap<u64, Call>,
+    /// The outstanding calls by when they next need the timer (`wake`).
+    /// One timer ([`RpcTimer::Calls`]) serves them all, so a call that is
+    /// answered before its retransmission is due sets and cancels no timer
+    /// of its own.
+    due: Due<u64>,
     by_token: BTreeMap<u64, u64>,
     next_seq: u64,
     bound: BTreeMap<NodeId, Incarnation>,
@@ -149,6 +161,38 @@ impl Client {
             .next()
             .copied()
             .unwrap_or(self.next_seq + 1)
+    }
+
+    /// Puts call `seq` in `due` for when it next needs the timer, after
+    /// it started or its retransmission time changed.
+    fn schedule(&mut self, seq: u64) {
+        let Some(c) = self.calls.get_mut(&seq) else {
+            return;
+        };
+        let deadline = c.options.deadline;
+        let wake = c.retry_at.map_or(deadline, |r| r.min(deadline));
+        if c.wake != Some(wake) {
+            c.wake = Some(wake);
+            let all = self
+                .calls
+                .iter()
+                .filter_map(|(&seq, c)| Some((c.wake?, seq)));
+            self.due.push(wake, seq, self.calls.len(), all);
+        }
+    }
+
+    /// Sets the `Calls` timer if the earliest call due is earlier than it
+    /// is set for (or it is not set): after every step of the node.
+    pub(crate) fn arm(&mut self, node: &mut Node) {
+        let calls = &self.calls;
+        if let Some(at) = self.due.arm_at(|at, seq| Client::wakes(calls, at, seq)) {
+            node.out.set_timer(RpcTimer::Calls, at);
+        }
+    }
+
+    /// Whether call `seq` is outstanding and next needs the timer at `at`.
+    fn wakes(calls: &BTreeMap<u64, Call>, at: Instant, seq: u64) -> bool {
+        calls.get(&seq).is_some_and(|c| c.wake == Some(at))
     }
 
     fn bucket(&mut self, node: &Node) -> &mut Bucket {
@@ -266,7 +310,7 @@ impl Client {
                 token,
                 server,
                 fingerprint: fingerprint(options.semantics, &request),
-                request: Chunk::split(&request),
+                request,
                 options,
                 attempts: 0,
                 tries: 0,
@@ -274,11 +318,11 @@ impl Client {
                 in_progress_seen: false,
                 logging,
                 last_sent: None,
+                retry_at: None,
+                wake: None,
             },
         );
         self.by_token.insert(token, seq);
-        node.out
-            .set_timer(RpcTimer::Deadline(seq), options.deadline);
         if logging {
             // Extermination: the call is on stable storage before any server
             // can start on it, so a later life knows what to kill.
@@ -290,6 +334,7 @@ impl Client {
             let t = node.persist(&RpcRecord::CallLogged(entry));
             self.call_log.insert((entry.life, seq), server);
             self.log_waits.insert(t, seq);
+            self.schedule(seq);
         } else {
             self.transmit(node, now, seq, false);
         }
@@ -300,9 +345,9 @@ impl Client {
             return;
         };
         self.by_token.remove(&call.token);
-        self.parts.remove(call.server, node.call_id(seq));
-        node.out.cancel_timer(RpcTimer::Retry(seq));
-        node.out.cancel_timer(RpcTimer::Deadline(seq));
+        if !self.parts.is_empty() {
+            self.parts.remove(call.server, node.call_id(seq));
+        }
         if result.is_ok() {
             self.stats.succeeded += 1;
         } else {
@@ -353,7 +398,7 @@ impl Client {
                 let budget_ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
                 // Every part again: the server keeps the parts it has, so
                 // each retransmission fills what was lost.
-                for body in &call.request {
+                for body in Chunk::parts(&call.request) {
                     let msg = RpcMessage::Call {
                         id: node.call_id(seq),
                         server_incarnation: inc,
@@ -361,7 +406,7 @@ impl Client {
                         first_incomplete,
                         budget_ms,
                         fingerprint: call.fingerprint,
-                        body: body.clone(),
+                        body,
                     };
                     node.send(server, seq, msg, again);
                 }
@@ -374,7 +419,34 @@ impl Client {
             }
         }
         let wait = node.config.backoff.wait(attempt, &mut node.rng);
-        node.out.set_timer(RpcTimer::Retry(seq), after(now, wait));
+        call.retry_at = Some(after(now, wait));
+        self.schedule(seq);
+    }
+
+    /// The `Calls` timer fired: every retransmission and deadline due by
+    /// `now`, earliest first (a retransmission before a deadline at the
+    /// same instant).
+    pub(crate) fn on_calls_timer(&mut self, node: &mut Node, now: Instant) {
+        self.due.fired();
+        loop {
+            let calls = &self.calls;
+            let Some(seq) = self
+                .due
+                .next_due(now, |at, seq| Client::wakes(calls, at, seq))
+            else {
+                break;
+            };
+            let Some(c) = self.calls.get(&seq) else {
+                break;
+            };
+            // Each turn either ends the call or moves its retransmission
+            // past `now`.
+            if c.retry_at.is_some_and(|r| r <= c.options.deadline) {
+                self.on_retry(node, now, seq);
+            } else {
+                self.on_deadline(node, seq);
+            }
+        }
     }
 
     pub(crate) fn on_retry(&mut self, node: &mut Node, now: Instant, seq: u64) {
@@ -405,7 +477,10 @@ impl Client {
                 c.tries - 1
             });
             let wait = node.config.backoff.wait(attempt, &mut node.rng);
-            node.out.set_timer(RpcTimer::Retry(seq), after(now, wait));
+            if let Some(c) = self.calls.get_mut(&seq) {
+                c.retry_at = Some(after(now, wait));
+            }
+            self.schedule(seq);
         }
     }
 

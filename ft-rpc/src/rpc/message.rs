@@ -161,17 +161,26 @@ impl Chunk {
 
     /// The chunks of `body`, [`MAX_PART`] bytes each (one, if it fits).
     pub fn split(body: &Bytes) -> Vec<Chunk> {
-        if body.len() <= MAX_PART {
-            return vec![Chunk::whole(body.clone())];
-        }
-        (0..body.len())
-            .step_by(MAX_PART)
-            .map(|at| Chunk {
+        Chunk::parts(body).collect()
+    }
+
+    /// The chunks of `body`, as [`split`](Self::split) makes them, one by
+    /// one: nothing is allocated.
+    pub(crate) fn parts(body: &Bytes) -> impl Iterator<Item = Chunk> + '_ {
+        // An empty body is one empty chunk.
+        let ends = body.len().div_ceil(MAX_PART).max(1);
+        (0..ends).map(move |i| {
+            let at = i * MAX_PART;
+            Chunk {
                 total_len: body.len() as u32,
                 offset: at as u32,
-                bytes: body.slice(at..(at + MAX_PART).min(body.len())),
-            })
-            .collect()
+                bytes: if body.len() <= MAX_PART {
+                    body.clone()
+                } else {
+                    body.slice(at..(at + MAX_PART).min(body.len()))
+                },
+            }
+        })
     }
 }
 
@@ -180,12 +189,13 @@ impl Chunk {
 /// reused call identity never gets another call's reply. Stable across
 /// versions and platforms (it is kept in durable records).
 pub fn fingerprint(semantics: Semantics, body: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in std::iter::once(&semantics.code()).chain(body) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let step = |h: u64, b: u8| (h ^ u64::from(b)).wrapping_mul(PRIME);
+    // A plain loop over the body (FNV-1a is one multiply per byte, in
+    // sequence): the hash is the same as over the code and the body
+    // chained.
+    let h = step(0xcbf2_9ce4_8422_2325, semantics.code());
+    body.iter().fold(h, |h, &b| step(h, b))
 }
 
 /// An RPC message.
@@ -422,8 +432,53 @@ fn get_seqs(buf: &mut Bytes) -> Result<Vec<u64>, DecodeError> {
     (0..n).map(|_| wire::get_u64(buf)).collect()
 }
 
+/// The encoded length of a chunk.
+fn chunk_len(c: &Chunk) -> usize {
+    4 + 4 + 4 + c.bytes.len().min(MAX_PART)
+}
+
+/// The encoded length of a list of sequence numbers.
+fn seqs_len(seqs: &[u64]) -> usize {
+    4 + 8 * seqs.len().min(MAX_LISTED)
+}
+
+impl RpcMessage {
+    /// How many bytes [`Wire::encode`] appends for this message.
+    pub(crate) fn encoded_len(&self) -> usize {
+        const ID: usize = 24;
+        2 + match self {
+            RpcMessage::Locate { .. } => 8,
+            RpcMessage::Located { .. } => 16,
+            RpcMessage::Call { body, .. } => ID + 8 + 1 + 8 + 4 + 8 + chunk_len(body),
+            RpcMessage::Reply { outcome, .. } => {
+                ID + 8
+                    + match outcome {
+                        Outcome::Done(body) => 1 + 4 + body.len().min(MAX_PART),
+                        Outcome::Refused(Refusal::RequestTooLarge { .. }) => 2 + 16,
+                        Outcome::Refused(_) => 2,
+                        Outcome::ReplyTooLarge { .. } => 1 + 16,
+                        Outcome::InProgress
+                        | Outcome::Stale
+                        | Outcome::Mismatch
+                        | Outcome::Failed => 1,
+                    }
+            }
+            RpcMessage::ReplyPart { body, .. } => ID + 8 + 8 + chunk_len(body),
+            RpcMessage::Cancel { .. } => ID,
+            RpcMessage::Announce { adopted: seqs, .. }
+            | RpcMessage::Exterminate { seqs, .. }
+            | RpcMessage::Exterminated { seqs, .. }
+            | RpcMessage::Renew { seqs, .. } => 8 + seqs_len(seqs),
+        }
+    }
+}
+
 impl Wire for RpcMessage {
     fn encode(&self, buf: &mut BytesMut) {
+        // One allocation for the whole message, and room for the frame's
+        // trailer that usually follows, rather than growing a step at a
+        // time.
+        buf.reserve(self.encoded_len() + ft_core::frame::TRAILER_LEN);
         buf.put_u8(RPC_VERSION);
         match self {
             RpcMessage::Locate { nonce } => {
@@ -695,6 +750,11 @@ mod tests {
         #[test]
         fn round_trips(m in message()) {
             prop_assert_eq!(RpcMessage::from_bytes(m.to_bytes()), Ok(m));
+        }
+
+        #[test]
+        fn encoded_len_is_exact(m in message()) {
+            prop_assert_eq!(m.to_bytes().len(), m.encoded_len());
         }
 
         #[test]

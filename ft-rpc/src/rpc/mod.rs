@@ -74,6 +74,7 @@
 
 mod budget;
 mod client;
+mod due;
 mod message;
 mod node;
 mod parts;
@@ -578,14 +579,33 @@ pub enum RpcEvent {
 }
 
 /// The named timers of an RPC node.
+///
+/// The node sets one timer for all its outstanding calls
+/// ([`Calls`](Self::Calls)) and one for all its running computations
+/// ([`Computations`](Self::Computations)), each for the earliest moment one
+/// of them needs it, rather than a timer (or two) per call: a call
+/// answered before its retransmission is due costs the environment no
+/// timer at all. These timers are never cancelled; one that fires with
+/// nothing due sets itself again for what is.
+///
+/// `Retry`, `Deadline` and `Running` name one call's or computation's
+/// event. The node no longer sets them, but handles them when they fire:
+/// a test or tool may fire one to make that event happen now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RpcTimer {
-    /// Retransmit call `seq` (or its `Locate`).
+    /// Retransmit call `seq` (or its `Locate`) now.
     Retry(u64),
     /// Call `seq` reached its deadline.
     Deadline(u64),
-    /// Computation `id` reached its deadline or its quantum.
+    /// Computation `id` reached its deadline or its quantum, if it did by
+    /// now.
     Running(CallId),
+    /// The earliest retransmission or deadline of the outstanding calls is
+    /// due: every one due by now is handled.
+    Calls,
+    /// The earliest deadline or quantum of the running computations is
+    /// due: every one due by now is handled.
+    Computations,
     /// Renew the quanta of outstanding calls (expiration).
     Renew,
     /// Retransmit the restart announcement / extermination requests.
@@ -659,8 +679,11 @@ impl Rpc {
         &self.node.config
     }
 
-    /// After every step: a snapshot, if one is due.
-    fn snapshot_if_due(&mut self) {
+    /// After every step: the timers set for what is due earliest, and a
+    /// snapshot, if one is due.
+    fn after_step(&mut self) {
+        self.client.arm(&mut self.node);
+        self.server.arm(&mut self.node);
         if self.node.snapshot_due() {
             let mut parts = self.server.snapshot();
             parts.extend(self.client.snapshot().map(SnapshotPart::CallLogged));
@@ -779,7 +802,7 @@ impl Protocol for Rpc {
         if !used {
             node.out.dropped();
         }
-        self.snapshot_if_due();
+        self.after_step();
     }
 
     fn handle_input(&mut self, now: Instant, input: RpcInput) {
@@ -803,7 +826,7 @@ impl Protocol for Rpc {
             } => server.complete(node, exec, Some(reply), effect),
             RpcInput::Fail { exec } => server.complete(node, exec, None, None),
         }
-        self.snapshot_if_due();
+        self.after_step();
     }
 
     fn handle_timer(&mut self, now: Instant, timer: RpcTimer) {
@@ -817,11 +840,13 @@ impl Protocol for Rpc {
             RpcTimer::Retry(seq) => client.on_retry(node, now, seq),
             RpcTimer::Deadline(seq) => client.on_deadline(node, seq),
             RpcTimer::Running(id) => server.on_running_timer(node, now, id),
+            RpcTimer::Calls => client.on_calls_timer(node, now),
+            RpcTimer::Computations => server.on_computations_timer(node, now),
             RpcTimer::Renew => client.on_renew_timer(node, now),
             RpcTimer::Recovery => client.on_recovery_timer(node, now),
             RpcTimer::Leases => server.on_leases(node, now),
         }
-        self.snapshot_if_due();
+        self.after_step();
     }
 
     fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
@@ -835,7 +860,7 @@ impl Protocol for Rpc {
         if !node.snapshot_persisted(token) && !server.persisted(node, token) {
             client.persisted(node, now, token);
         }
-        self.snapshot_if_due();
+        self.after_step();
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {

@@ -47,6 +47,11 @@ pub(crate) enum Added {
 }
 
 impl Parts {
+    /// Whether no partial body is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.partial.is_empty()
+    }
+
     /// Bytes held for `peer`.
     pub(crate) fn held_by(&self, peer: NodeId) -> usize {
         self.held_by.get(&peer).copied().unwrap_or(0)

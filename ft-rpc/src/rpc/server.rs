@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, PersistToken};
 
+use super::due::Due;
 use super::message::{Chunk, Refusal, fingerprint};
 use super::node::Node;
 use super::parts::{Added, Parts};
@@ -164,8 +165,9 @@ impl Ranges {
 
     /// Forgets everything below `mark` (the stale mark covers it).
     fn trim_below(&mut self, mark: u64) {
-        let below: Vec<(u64, u64)> = self.0.range(..mark).map(|(&s, &e)| (s, e)).collect();
-        for (s, e) in below {
+        while let Some((&s, &e)) = self.0.first_key_value()
+            && s < mark
+        {
             self.0.remove(&s);
             if e >= mark {
                 self.0.insert(mark, e);
@@ -253,13 +255,16 @@ impl ClientState {
         if mark <= self.first_incomplete {
             return 0;
         }
-        let below: Vec<u64> = self.records.range(..mark).map(|(s, _)| *s).collect();
-        for seq in &below {
-            self.drop_record(*seq);
+        let mut dropped = 0;
+        while let Some((&seq, _)) = self.records.first_key_value()
+            && seq < mark
+        {
+            self.drop_record(seq);
+            dropped += 1;
         }
         self.first_incomplete = mark;
         self.forgotten.trim_below(mark);
-        below.len() as u64
+        dropped
     }
 }
 
@@ -269,6 +274,9 @@ struct Running {
     deadline: Instant,
     quantum_until: Option<Instant>,
     fingerprint: u64,
+    /// When it next needs the timer: the earlier of its deadline and its
+    /// quantum's end. Its time in [`Server::due`].
+    wake: Instant,
 }
 
 /// The server side of an RPC node: its clients' state and completion
@@ -277,6 +285,11 @@ struct Running {
 pub(crate) struct Server {
     clients: BTreeMap<NodeId, ClientState>,
     running: BTreeMap<CallId, Running>,
+    /// The running computations by when they next need the timer
+    /// (`wake`). One timer ([`RpcTimer::Computations`]) serves them all, so
+    /// a computation that completes in time sets and cancels no timer of
+    /// its own.
+    due: Due<CallId>,
     persisting: BTreeMap<PersistToken, (CallId, Recorded)>,
     /// Every effect made durable (or being made so), in order: the
     /// application's state is rebuilt from them, so every snapshot keeps
@@ -591,6 +604,7 @@ impl Server {
         }
         let deadline = after(now, Duration::from_millis(u64::from(budget_ms)));
         let quantum_until = node.config.orphans.quantum.map(|q| after(now, q));
+        let wake = quantum_until.map_or(deadline, |q| q.min(deadline));
         self.running.insert(
             id,
             Running {
@@ -598,10 +612,11 @@ impl Server {
                 deadline,
                 quantum_until,
                 fingerprint: claimed,
+                wake,
             },
         );
+        self.schedule(wake, id);
         self.stats.executions += 1;
-        self.arm_running(node, id);
         node.out.event(RpcEvent::Execute {
             id,
             request,
@@ -611,15 +626,65 @@ impl Server {
         true
     }
 
-    fn arm_running(&self, node: &mut Node, id: CallId) {
-        if let Some(r) = self.running.get(&id) {
+    /// Moves computation `id` to its place in `due` after its quantum
+    /// moved.
+    fn arm_running(&mut self, id: CallId) {
+        if let Some(r) = self.running.get_mut(&id) {
             let at = r.quantum_until.map_or(r.deadline, |q| q.min(r.deadline));
-            node.out.set_timer(RpcTimer::Running(id), at);
+            if at != r.wake {
+                r.wake = at;
+                self.schedule(at, id);
+            }
         }
     }
 
+    /// Puts computation `id` in `due` for `at`, the time it now wakes at.
+    fn schedule(&mut self, at: Instant, id: CallId) {
+        let all = self.running.iter().map(|(&id, r)| (r.wake, id));
+        self.due.push(at, id, self.running.len(), all);
+    }
+
+    /// Whether computation `id` is running and next needs the timer at
+    /// `at`.
+    fn wakes(running: &BTreeMap<CallId, Running>, at: Instant, id: CallId) -> bool {
+        running.get(&id).is_some_and(|r| r.wake == at)
+    }
+
+    /// Sets the `Computations` timer if the earliest computation due is
+    /// earlier than it is set for (or it is not set): after every step of
+    /// the node.
+    pub(crate) fn arm(&mut self, node: &mut Node) {
+        let running = &self.running;
+        if let Some(at) = self.due.arm_at(|at, id| Server::wakes(running, at, id)) {
+            node.out.set_timer(RpcTimer::Computations, at);
+        }
+    }
+
+    /// The `Computations` timer fired: every computation whose deadline or
+    /// quantum passed by `now`, earliest first.
+    pub(crate) fn on_computations_timer(&mut self, node: &mut Node, now: Instant) {
+        self.due.fired();
+        loop {
+            let running = &self.running;
+            let Some(id) = self
+                .due
+                .next_due(now, |at, id| Server::wakes(running, at, id))
+            else {
+                break;
+            };
+            // Kills it, or moves its wake past `now`.
+            self.on_running_timer(node, now, id);
+        }
+    }
+
+    /// Takes computation `id` off the running ones.
+    fn stop_running(&mut self, id: CallId) -> Option<Running> {
+        // Its entry in `due` goes stale, and is dropped when it comes up.
+        self.running.remove(&id)
+    }
+
     fn kill(&mut self, node: &mut Node, id: CallId, reason: CancelReason) {
-        if self.running.remove(&id).is_some() {
+        if self.stop_running(id).is_some() {
             self.stats.killed += 1;
             if reason.orphan() {
                 node.out.note(
@@ -629,7 +694,6 @@ impl Server {
                     Some(id.seq),
                 );
             }
-            node.out.cancel_timer(RpcTimer::Running(id));
             node.out.event(RpcEvent::Cancel { id, reason });
         }
     }
@@ -643,7 +707,7 @@ impl Server {
         } else if r.quantum_until.is_some_and(|q| now >= q) {
             self.kill(node, id, CancelReason::Expired);
         } else {
-            self.arm_running(node, id);
+            self.arm_running(id);
         }
     }
 
@@ -656,11 +720,10 @@ impl Server {
         reply: Option<Bytes>,
         effect: Option<Bytes>,
     ) {
-        let Some(r) = self.running.remove(&id) else {
+        let Some(r) = self.stop_running(id) else {
             self.stats.completions_discarded += 1;
             return;
         };
-        node.out.cancel_timer(RpcTimer::Running(id));
         let answer = match reply {
             None => {
                 self.stats.handler_failures += 1;
@@ -868,7 +931,7 @@ impl Server {
             };
             if let Some(r) = self.running.get_mut(&id) {
                 r.quantum_until = Some(after(now, quantum));
-                self.arm_running(node, id);
+                self.arm_running(id);
             }
         }
         if let Some(s) = self.clients.get_mut(&from) {
