@@ -103,6 +103,7 @@ impl FrameCodec {
     /// afterwards, so no intermediate buffer is needed.
     pub fn encode<M: Wire>(&self, msg: &M, out: &mut BytesMut) -> Result<(), DecodeError> {
         let start = out.len();
+        out.reserve(OVERHEAD + msg.encoded_len_hint());
         out.put_u16_le(MAGIC);
         out.put_u8(VERSION);
         out.put_u32_le(0);

@@ -52,7 +52,7 @@
 //! counted, never the core's timers, inputs or persists.
 //!
 //! One `recv` future stays pending across the driver's iterations; each
-//! datagram it returns is checked (magic, version, length, CRC-32C) and
+//! datagram it returns is checked (magic, version, length, CRC-32) and
 //! decoded, and a bad one is dropped and counted. So a channel needs no
 //! checksums of its own.
 //!

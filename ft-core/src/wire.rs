@@ -77,6 +77,15 @@ pub trait Wire: Sized {
     /// Decodes one value from the front of `buf`, advancing it past the value.
     fn decode(buf: &mut Bytes) -> Result<Self, DecodeError>;
 
+    /// How many bytes [`encode`](Wire::encode) will append, if known cheaply
+    /// (0, the default, means unknown). Only a hint: the frame codec
+    /// reserves that much before encoding, which saves a reallocation per
+    /// message on the hot path; a wrong hint costs speed, never
+    /// correctness.
+    fn encoded_len_hint(&self) -> usize {
+        0
+    }
+
     /// Encodes into a fresh buffer.
     fn to_bytes(&self) -> Bytes {
         let mut buf = BytesMut::new();

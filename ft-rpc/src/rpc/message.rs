@@ -474,10 +474,15 @@ impl RpcMessage {
 }
 
 impl Wire for RpcMessage {
+    fn encoded_len_hint(&self) -> usize {
+        self.encoded_len()
+    }
+
     fn encode(&self, buf: &mut BytesMut) {
         // One allocation for the whole message, and room for the frame's
         // trailer that usually follows, rather than growing a step at a
-        // time.
+        // time (the frame codec reserves from the hint already; this
+        // covers encoding without it).
         buf.reserve(self.encoded_len() + ft_core::frame::TRAILER_LEN);
         buf.put_u8(RPC_VERSION);
         match self {
