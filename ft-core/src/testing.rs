@@ -91,6 +91,10 @@ pub async fn channel_conformance<F: ChannelFactory>(mut factory: F) {
     send_to_self(&mut factory).await;
     concurrent_senders_all_arrive(&mut factory).await;
     recv_is_cancel_safe(&mut factory).await;
+    unknown_destination_is_unreachable(&mut factory).await;
+    send_batch_is_send_by_send(&mut factory).await;
+    send_to_many_reaches_each(&mut factory).await;
+    send_never_waits_for_a_peer(&mut factory).await;
 }
 
 /// Fails the check `$check` with a message naming it.
@@ -335,29 +339,230 @@ pub async fn max_datagram_is_enforced<F: ChannelFactory>(factory: &mut F) {
     .await;
 }
 
-/// Sending to oneself either works (the datagram comes back with one's own
-/// id as sender) or is refused with [`ChannelError::Unreachable`], which an
-/// implementation that does not support it must document.
+/// Sending to oneself works: the datagram comes back to one's own `recv`
+/// with one's own id as sender. Protocols do send to themselves (an RPC
+/// node calling its own server, a multicast sender in its own group).
 pub async fn send_to_self<F: ChannelFactory>(factory: &mut F) {
     const CHECK: &str = "send_to_self";
     let limit = factory.check_timeout();
     watched(CHECK, limit, async {
         let channels = make(CHECK, factory, &[NodeId(1), NodeId(2)]).await;
         let me = &*channels[0];
-        match me.send(NodeId(1), Bytes::from_static(b"self")).await {
-            Ok(()) => {
-                let got = recv_ok(CHECK, me).await;
+        let sent = me.send(NodeId(1), Bytes::from_static(b"self")).await;
+        ensure!(
+            CHECK,
+            sent.is_ok(),
+            "send to oneself returned {sent:?}; a channel must deliver to its own node"
+        );
+        let got = recv_ok(CHECK, me).await;
+        ensure!(
+            CHECK,
+            got == (NodeId(1), Bytes::from_static(b"self")),
+            "a datagram sent to oneself came back as {got:?}"
+        );
+    })
+    .await;
+}
+
+/// A node the channel was never told about: `send` fails with
+/// [`ChannelError::Unreachable`] naming it, rather than dropping the
+/// datagram as if the network had lost it (which would hide a
+/// misconfigured address book), and the channel goes on working.
+pub async fn unknown_destination_is_unreachable<F: ChannelFactory>(factory: &mut F) {
+    const CHECK: &str = "unknown_destination_is_unreachable";
+    let limit = factory.check_timeout();
+    watched(CHECK, limit, async {
+        let channels = make(CHECK, factory, &[NodeId(1), NodeId(2)]).await;
+        let stranger = NodeId(0xdead_beef);
+        let sent = channels[0]
+            .send(stranger, Bytes::from_static(b"anyone?"))
+            .await;
+        ensure!(
+            CHECK,
+            sent == Err(ChannelError::Unreachable(stranger)),
+            "send to {stranger}, which no channel was made for, returned {sent:?}; \
+             expected Err(Unreachable({stranger}))"
+        );
+        send_ok(
+            CHECK,
+            &*channels[0],
+            NodeId(2),
+            Bytes::from_static(b"still"),
+        )
+        .await;
+        let got = recv_ok(CHECK, &*channels[1]).await;
+        ensure!(
+            CHECK,
+            got == (NodeId(1), Bytes::from_static(b"still")),
+            "after a send to an unknown node, the next datagram arrived as {got:?}"
+        );
+    })
+    .await;
+}
+
+/// Receives `count` datagrams on `on` and returns them grouped by sender,
+/// in arrival order.
+async fn recv_many(check: &str, on: &dyn Channel, count: usize) -> Vec<(NodeId, Bytes)> {
+    let mut got = Vec::with_capacity(count);
+    for _ in 0..count {
+        got.push(recv_ok(check, on).await);
+    }
+    got
+}
+
+/// [`send_batch`](Channel::send_batch) behaves as the same `send`s one by
+/// one: datagrams to two peers and to oneself arrive intact, each peer's in
+/// batch order; a datagram to an unknown node and one over the limit are
+/// refused alone, by position, and the rest still go; an empty batch is
+/// fine.
+pub async fn send_batch_is_send_by_send<F: ChannelFactory>(factory: &mut F) {
+    const CHECK: &str = "send_batch_is_send_by_send";
+    let limit = factory.check_timeout();
+    watched(CHECK, limit, async {
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let channels = make(CHECK, factory, &nodes).await;
+        let max = channels[0].max_datagram();
+        let stranger = NodeId(0xdead_beef);
+        let size = max.min(200);
+        let mut batch = Vec::new();
+        let mut expected: BTreeMap<NodeId, Vec<Bytes>> = BTreeMap::new();
+        for seq in 0..12 {
+            let to = nodes[seq % 3];
+            let d = tagged(to, seq, size - seq % 7);
+            expected.entry(to).or_default().push(d.clone());
+            batch.push((to, d));
+            if seq == 4 {
+                batch.push((stranger, Bytes::from_static(b"nobody")));
+            }
+            if seq == 8 {
+                batch.push((NodeId(2), Bytes::from(vec![7u8; max + 1])));
+            }
+        }
+        let result = channels[0].send_batch(&batch).await;
+        let expected_refusals = vec![
+            (5, ChannelError::Unreachable(stranger)),
+            (10, ChannelError::TooLarge { len: max + 1, max }),
+        ];
+        ensure!(
+            CHECK,
+            result.as_ref().err().map(|e| &e.failed) == Some(&expected_refusals),
+            "a batch with an unknown destination at position 5 and an oversized datagram at \
+             position 10 returned {result:?}; expected exactly those two refusals"
+        );
+        for (channel, node) in channels.iter().zip(nodes) {
+            let want = &expected[&node];
+            let got = recv_many(CHECK, &**channel, want.len()).await;
+            for (i, (from, d)) in got.iter().enumerate() {
+                ensure!(CHECK, *from == NodeId(1), "a datagram of the batch arrived at {node} as from {from}");
                 ensure!(
                     CHECK,
-                    got == (NodeId(1), Bytes::from_static(b"self")),
-                    "a datagram sent to oneself came back as {got:?}"
+                    *d == want[i],
+                    "{node}'s datagrams did not arrive intact and in batch order (position {i} of {})",
+                    want.len()
                 );
             }
-            Err(ChannelError::Unreachable(NodeId(1))) => {}
-            Err(e) => panic!(
-                "channel conformance check `{CHECK}` failed: send to self returned {e}; \
-                 expected Ok or Unreachable"
-            ),
+        }
+        let empty = channels[0].send_batch(&[]).await;
+        ensure!(CHECK, empty.is_ok(), "an empty batch returned {empty:?}");
+    })
+    .await;
+}
+
+/// [`send_to_many`](Channel::send_to_many) delivers one copy to every node
+/// listed, oneself included, and refuses an unknown node by its position
+/// in the list while still reaching the others.
+pub async fn send_to_many_reaches_each<F: ChannelFactory>(factory: &mut F) {
+    const CHECK: &str = "send_to_many_reaches_each";
+    let limit = factory.check_timeout();
+    watched(CHECK, limit, async {
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let channels = make(CHECK, factory, &nodes).await;
+        let d = tagged(NodeId(1), 77, channels[0].max_datagram().min(300));
+        let sent = channels[0]
+            .send_to_many(&[NodeId(2), NodeId(3), NodeId(1)], d.clone())
+            .await;
+        ensure!(
+            CHECK,
+            sent.is_ok(),
+            "send_to_many to every node returned {sent:?}"
+        );
+        for channel in &channels {
+            let got = recv_ok(CHECK, &**channel).await;
+            ensure!(
+                CHECK,
+                got == (NodeId(1), d.clone()),
+                "{} got {} bytes from {} instead of the datagram sent to many",
+                channel.local(),
+                got.1.len(),
+                got.0
+            );
+        }
+        let stranger = NodeId(0xdead_beef);
+        let partial = channels[0]
+            .send_to_many(&[NodeId(2), stranger, NodeId(3)], d.clone())
+            .await;
+        ensure!(
+            CHECK,
+            partial.as_ref().err().map(|e| &e.failed)
+                == Some(&vec![(1, ChannelError::Unreachable(stranger))]),
+            "send_to_many with an unknown node at position 1 returned {partial:?}"
+        );
+        for channel in &channels[1..] {
+            let got = recv_ok(CHECK, &**channel).await;
+            ensure!(
+                CHECK,
+                got == (NodeId(1), d.clone()),
+                "after a partial refusal, {} got {got:?}",
+                channel.local()
+            );
+        }
+    })
+    .await;
+}
+
+/// How many bytes the peer that never reads is sent, in all: more than any
+/// sane transport buffers for one peer (queues plus socket buffers), so a
+/// `send` that waits for room would wait for ever.
+pub const FLOOD_BYTES: usize = 32 << 20;
+
+/// `send` never waits for a remote peer: [`FLOOD_BYTES`] sent to a peer
+/// that never reads all return (dropped datagrams are `Ok`: the network
+/// lost them), and then the same to a peer whose channel is gone (any
+/// result but [`ChannelError::Closed`], which would mean *this* channel is
+/// closed). Meanwhile a third node still gets its datagrams.
+pub async fn send_never_waits_for_a_peer<F: ChannelFactory>(factory: &mut F) {
+    const CHECK: &str = "send_never_waits_for_a_peer";
+    let limit = factory.check_timeout();
+    watched(CHECK, limit, async {
+        let mut channels = make(CHECK, factory, &[NodeId(1), NodeId(2), NodeId(3)]).await;
+        let size = channels[0].max_datagram().min(16 << 10);
+        let count = (FLOOD_BYTES / size).clamp(2_000, 200_000);
+        let d = Bytes::from(vec![0x5a; size]);
+        for _ in 0..count {
+            send_ok(CHECK, &*channels[0], NodeId(2), d.clone()).await;
+        }
+        send_ok(
+            CHECK,
+            &*channels[0],
+            NodeId(3),
+            Bytes::from_static(b"third"),
+        )
+        .await;
+        let got = recv_ok(CHECK, &*channels[2]).await;
+        ensure!(
+            CHECK,
+            got == (NodeId(1), Bytes::from_static(b"third")),
+            "while n2 was flooded, n3 got {got:?}"
+        );
+        // n2 goes away: its channel is dropped, as when a process dies.
+        drop(channels.remove(1));
+        for _ in 0..count.min(5_000) {
+            let sent = channels[0].send(NodeId(2), d.clone()).await;
+            ensure!(
+                CHECK,
+                sent != Err(ChannelError::Closed),
+                "a send to a peer that went away said this channel is closed"
+            );
         }
     })
     .await;
@@ -494,12 +699,14 @@ mod tests {
 
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::pin::Pin;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll};
 
     use futures::executor::block_on;
 
     use super::*;
+    use crate::channel::BatchError;
     use crate::mem::{MemChannel, MemNetwork};
 
     #[derive(Clone, Copy)]
@@ -514,12 +721,25 @@ mod tests {
         Lossy,
         /// Takes the datagram, then awaits once more before returning it.
         NotCancelSafe,
+        /// Drops datagrams to unknown nodes as if the network had lost them.
+        DropsUnknown,
+        /// Refuses to send to its own node.
+        NoSelf,
+        /// A batch stops at its first refusal: the rest is never sent.
+        BatchStopsAtFirstRefusal,
+        /// Sends a batch's datagrams last first.
+        BatchReversed,
+        /// Waits, for ever, for the receiver to read once 64 datagrams are
+        /// unread: a bounded queue that blocks instead of dropping.
+        WaitsForThePeer,
     }
 
     struct Faulty {
         inner: MemChannel,
         fault: Fault,
         sent: AtomicUsize,
+        /// Datagrams sent on the network and not yet received, shared.
+        unread: Arc<AtomicUsize>,
     }
 
     /// Pending once, then ready: the await point a careless `recv` adds.
@@ -555,11 +775,66 @@ mod tests {
                     self.inner.send(to, datagram.slice(..100)).await
                 }
                 Fault::Lossy if n % 5 == 4 => Ok(()),
+                Fault::DropsUnknown => match self.inner.send(to, datagram).await {
+                    Err(ChannelError::Unreachable(_)) => Ok(()),
+                    other => other,
+                },
+                Fault::NoSelf if to == self.local() => Err(ChannelError::Unreachable(to)),
+                Fault::WaitsForThePeer => {
+                    if self.unread.load(Ordering::Relaxed) >= 64 {
+                        futures::future::pending::<()>().await;
+                    }
+                    self.unread.fetch_add(1, Ordering::Relaxed);
+                    self.inner.send(to, datagram).await
+                }
                 _ => self.inner.send(to, datagram).await,
+            }
+        }
+        async fn send_batch(&self, batch: &[(NodeId, Bytes)]) -> Result<(), BatchError> {
+            match self.fault {
+                Fault::BatchStopsAtFirstRefusal => {
+                    for (i, (to, d)) in batch.iter().enumerate() {
+                        if let Err(e) = self.send(*to, d.clone()).await {
+                            return Err(BatchError {
+                                failed: vec![(i, e)],
+                            });
+                        }
+                    }
+                    Ok(())
+                }
+                Fault::BatchReversed => {
+                    let mut failed = Vec::new();
+                    for (i, (to, d)) in batch.iter().enumerate().rev() {
+                        if let Err(e) = self.send(*to, d.clone()).await {
+                            failed.insert(0, (i, e));
+                        }
+                    }
+                    if failed.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(BatchError { failed })
+                    }
+                }
+                _ => {
+                    let mut failed = Vec::new();
+                    for (i, (to, d)) in batch.iter().enumerate() {
+                        if let Err(e) = self.send(*to, d.clone()).await {
+                            failed.push((i, e));
+                        }
+                    }
+                    if failed.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(BatchError { failed })
+                    }
+                }
             }
         }
         async fn recv(&self) -> Result<(NodeId, Bytes), ChannelError> {
             let (from, d) = self.inner.recv().await?;
+            let _ = self
+                .unread
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             match self.fault {
                 Fault::WrongSender => Ok((NodeId(42), d)),
                 Fault::NotCancelSafe => {
@@ -577,6 +852,7 @@ mod tests {
     impl ChannelFactory for FaultyFactory {
         async fn make(&mut self, nodes: &[NodeId]) -> Vec<Box<dyn Channel>> {
             let net = MemNetwork::with_max_datagram(64, 1500);
+            let unread = Arc::new(AtomicUsize::new(0));
             nodes
                 .iter()
                 .map(|&n| {
@@ -584,6 +860,7 @@ mod tests {
                         inner: net.join(n),
                         fault: self.0,
                         sent: AtomicUsize::new(0),
+                        unread: Arc::clone(&unread),
                     }) as Box<dyn Channel>
                 })
                 .collect()
@@ -615,6 +892,14 @@ mod tests {
             (Fault::LimitNotEnforced, "max_datagram_is_enforced"),
             (Fault::Lossy, "boundaries_are_preserved"),
             (Fault::NotCancelSafe, "recv_is_cancel_safe"),
+            (Fault::NoSelf, "send_to_self"),
+            (Fault::DropsUnknown, "unknown_destination_is_unreachable"),
+            (
+                Fault::BatchStopsAtFirstRefusal,
+                "send_batch_is_send_by_send",
+            ),
+            (Fault::BatchReversed, "send_batch_is_send_by_send"),
+            (Fault::WaitsForThePeer, "send_never_waits_for_a_peer"),
         ];
         for (fault, check) in cases {
             let message = failure_of(fault);

@@ -16,6 +16,7 @@ use ft_core::{
     Handle, Lsn, MemChannel, MemNetwork, NodeId, Output, PersistToken, Protocol, StableLog,
     StorageError, Wire, wire,
 };
+use futures::FutureExt;
 
 /// Tokio's clock as the driver's, so paused time drives the timers.
 struct TokioClock;
@@ -136,6 +137,11 @@ enum In {
     },
     /// Emit `n` events at once.
     Burst(u64),
+    /// Send `Ping(0..n)` to `to`, all in one step.
+    PingMany {
+        to: NodeId,
+        n: u64,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -209,6 +215,14 @@ impl Protocol for Probe {
             In::Burst(n) => {
                 for i in 0..n {
                     self.out.push_back(Output::Event(Ev::Burst(i)));
+                }
+            }
+            In::PingMany { to, n } => {
+                for i in 0..n {
+                    self.out.push_back(Output::Send {
+                        to,
+                        msg: Msg::Ping(i),
+                    });
                 }
             }
         }
@@ -612,6 +626,253 @@ async fn a_full_event_queue_holds_the_driver_back_without_losing_events() {
         stopped(run).await.unwrap();
         let rest: Vec<_> = std::iter::from_fn(|| h.try_next_event()).collect();
         assert_eq!(rest, vec![Ev::Burst(0), Ev::Burst(1)]);
+    })
+    .await;
+}
+
+/// A channel that breaks the contract: a send to `stuck` never returns.
+/// Everything else goes to the `MemChannel` underneath. Counts the
+/// datagrams it was handed over the limit it reports.
+struct Stuck {
+    inner: MemChannel,
+    stuck: NodeId,
+    limit: usize,
+    oversized: Arc<Mutex<usize>>,
+    /// Every send yields to the executor once before it completes.
+    slow: bool,
+}
+
+#[async_trait]
+impl Channel for Stuck {
+    fn local(&self) -> NodeId {
+        self.inner.local()
+    }
+    fn max_datagram(&self) -> usize {
+        self.limit
+    }
+    async fn send(&self, to: NodeId, datagram: Bytes) -> Result<(), ChannelError> {
+        if datagram.len() > self.limit {
+            *self.oversized.lock().unwrap() += 1;
+            return Err(ChannelError::TooLarge {
+                len: datagram.len(),
+                max: self.limit,
+            });
+        }
+        if to == self.stuck {
+            futures::future::pending::<()>().await;
+        }
+        if self.slow {
+            tokio::task::yield_now().await;
+        }
+        self.inner.send(to, datagram).await
+    }
+    async fn recv(&self) -> Result<(NodeId, Bytes), ChannelError> {
+        self.inner.recv().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_that_never_returns_costs_datagrams_never_timers_inputs_or_persists() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let peer = net.join(NodeId(2));
+        let channel = Stuck {
+            inner: net.join(NodeId(1)),
+            stuck: NodeId(9),
+            limit: 1000,
+            oversized: Arc::default(),
+            slow: false,
+        };
+        // Room for 10 frames of `Msg` (9 bytes + the frame's 11) behind the
+        // stuck batch.
+        let frame = 9 + ft_core::frame::OVERHEAD;
+        let config = DriverConfig::default().with_send_queue_bytes(10 * frame);
+        let log = MemLog::default();
+        let (mut h, run) = spawn(channel, log.clone(), config);
+
+        h.input(In::Ping {
+            to: NodeId(9),
+            n: 0,
+        })
+        .unwrap();
+        // Behind it: a timer, a persist, and 30 pings to a healthy peer.
+        h.input(In::SetTimer {
+            id: 1,
+            after: Duration::from_secs(1),
+        })
+        .unwrap();
+        h.input(In::Commit {
+            to: NodeId(2),
+            n: 7,
+        })
+        .unwrap();
+        for n in 1..=30 {
+            h.input(In::Ping { to: NodeId(2), n }).unwrap();
+        }
+        assert_eq!(h.next_event().await, Some(Ev::Durable(7)));
+        assert_eq!(
+            h.next_event().await,
+            Some(Ev::Fired {
+                id: 1,
+                on_time: true
+            })
+        );
+        assert_eq!(log.records().len(), 1);
+        let stats = h.stats();
+        assert_eq!(stats.inputs, 33);
+        assert_eq!(stats.batches, 1, "only the stuck batch reached the channel");
+        assert_eq!(stats.datagrams_out, 0);
+        // Intent(7), Commit(7) and 30 pings queued behind the stuck batch:
+        // 10 fit, the other 22 were dropped and counted.
+        assert_eq!(stats.datagrams_dropped, 22);
+        assert!(peer.recv().now_or_never().is_none());
+
+        // The driver still shuts down, abandoning the stuck send after the
+        // grace period.
+        h.shutdown();
+        stopped(run).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_driver_fits_its_frames_to_the_channel_it_is_given() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let oversized = Arc::new(Mutex::new(0));
+        // Room for a frame of at most 12 bytes: a `Msg` frame is 20.
+        let channel = Stuck {
+            inner: net.join(NodeId(1)),
+            stuck: NodeId(9),
+            limit: 12,
+            oversized: Arc::clone(&oversized),
+            slow: false,
+        };
+        let (h, run) = spawn(channel, MemLog::default(), DriverConfig::default());
+        h.input(In::Ping {
+            to: NodeId(2),
+            n: 1,
+        })
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Refused by the driver's own (fitted) codec, never handed over.
+        assert_eq!(h.stats().send_failures, 1);
+        assert_eq!(h.stats().batches, 0);
+        assert_eq!(*oversized.lock().unwrap(), 0);
+        h.shutdown();
+        stopped(run).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_step_s_datagrams_reach_the_channel_as_one_batch_and_shutdown_flushes() {
+    bounded(async {
+        let net = MemNetwork::new(64);
+        let peer = net.join(NodeId(2));
+        let (h, run) = spawn(
+            net.join(NodeId(1)),
+            MemLog::default(),
+            DriverConfig::default(),
+        );
+        h.input(In::PingMany {
+            to: NodeId(2),
+            n: 40,
+        })
+        .unwrap();
+        h.input(In::Ping {
+            to: NodeId(2),
+            n: 99,
+        })
+        .unwrap();
+        h.shutdown();
+        stopped(run).await.unwrap();
+        let stats = h.stats();
+        assert_eq!(stats.datagrams_out, 41, "{stats:?}");
+        assert_eq!(stats.batches, 2, "one batch per step: {stats:?}");
+        assert_eq!(stats.datagrams_dropped, 0);
+        let mut got = Vec::new();
+        while let Some(Ok((_, frame))) = peer.recv().now_or_never() {
+            got.push(FrameCodec::default().decode::<Msg>(frame).unwrap());
+        }
+        let mut want: Vec<Msg> = (0..40).map(Msg::Ping).collect();
+        want.push(Msg::Ping(99));
+        assert_eq!(got, want, "in the order the core asked");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_a_send_in_progress_finish() {
+    bounded(async {
+        let net = MemNetwork::new(64);
+        let peer = net.join(NodeId(2));
+        let channel = Stuck {
+            inner: net.join(NodeId(1)),
+            stuck: NodeId(9),
+            limit: 1000,
+            oversized: Arc::default(),
+            slow: true,
+        };
+        let (h, run) = spawn(channel, MemLog::default(), DriverConfig::default());
+        h.input(In::PingMany {
+            to: NodeId(2),
+            n: 5,
+        })
+        .unwrap();
+        h.shutdown();
+        stopped(run).await.unwrap();
+        assert_eq!(h.stats().datagrams_out, 5);
+        let mut got = 0;
+        while let Some(Ok(_)) = peer.recv().now_or_never() {
+            got += 1;
+        }
+        assert_eq!(
+            got, 5,
+            "the datagrams asked for before the shutdown went out"
+        );
+    })
+    .await;
+}
+
+/// A channel closed for sending whose `recv` never says so.
+struct ClosedForSending(NodeId);
+
+#[async_trait]
+impl Channel for ClosedForSending {
+    fn local(&self) -> NodeId {
+        self.0
+    }
+    fn max_datagram(&self) -> usize {
+        1000
+    }
+    async fn send(&self, _: NodeId, _: Bytes) -> Result<(), ChannelError> {
+        Err(ChannelError::Closed)
+    }
+    async fn recv(&self) -> Result<(NodeId, Bytes), ChannelError> {
+        futures::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_refused_as_closed_ends_the_driver() {
+    bounded(async {
+        let (h, run) = spawn(
+            ClosedForSending(NodeId(1)),
+            MemLog::default(),
+            DriverConfig::default(),
+        );
+        h.input(In::PingMany {
+            to: NodeId(2),
+            n: 3,
+        })
+        .unwrap();
+        let result = stopped(run).await;
+        assert!(
+            matches!(result, Err(DriverError::Channel(ChannelError::Closed))),
+            "{result:?}"
+        );
+        assert_eq!(h.stats().datagrams_out, 0);
     })
     .await;
 }
