@@ -41,9 +41,10 @@ use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -72,6 +73,11 @@ pub const TCP_DEFAULT_MAX_DATAGRAM: usize = 65_507;
 /// Frames per vectored write, at most (two buffers each, well within
 /// `IOV_MAX`); more are written by further calls.
 const FRAMES_PER_WRITE: usize = 64;
+
+/// Frames sent to a peer by the task receiving, while it has more
+/// received frames to take, wait for it to take them (see
+/// [`TcpChannel`]), up to this many bytes.
+const DEFER_BYTES: usize = 64 * 1024;
 
 /// How much each read of an accepted connection asks for, at least: many
 /// small frames per system call.
@@ -215,6 +221,9 @@ pub struct TcpStats {
     pub sent: u64,
     /// Datagrams returned by `recv`.
     pub received: u64,
+    /// Vectored writes that wrote frames (or parts of frames): `sent /
+    /// writes` is how many frames a write carried.
+    pub writes: u64,
     /// Datagrams dropped by `send` because the peer's outbound queue was
     /// full.
     pub dropped_outbound_full: u64,
@@ -249,6 +258,7 @@ pub struct TcpStats {
 struct Counters {
     sent: AtomicU64,
     received: AtomicU64,
+    writes: AtomicU64,
     dropped_outbound_full: AtomicU64,
     dropped_unconnected: AtomicU64,
     dropped_write_failed: AtomicU64,
@@ -359,8 +369,53 @@ struct Shared {
     adopt: mpsc::UnboundedSender<Inbound>,
     /// Each peer sent to: its connection, queue and writer.
     outbound: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
+    /// Set while the task receiving has another received frame to take
+    /// at once: it is back in `recv` soon, and its sends wait for that.
+    more_ready: AtomicBool,
+    /// That task.
+    receiver: Mutex<Option<Waker>>,
+    /// The peers whose frames wait for it.
+    deferred: Mutex<Vec<Arc<Peer>>>,
     tasks: Tasks,
     counters: Counters,
+}
+
+impl Shared {
+    /// Whether the task polling with `cx` is the one receiving.
+    fn is_receiver(&self, cx: &Context<'_>) -> bool {
+        lock(&self.receiver)
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
+    /// Notes whether the task receiving (`cx`'s) has another frame to take
+    /// at once; when it has not, writes what waited for it.
+    fn receiving(&self, cx: &Context<'_>, more: bool) {
+        if more {
+            let mut receiver = lock(&self.receiver);
+            if !receiver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *receiver = Some(cx.waker().clone());
+            }
+            self.more_ready.store(true, Ordering::Relaxed);
+        } else if self.more_ready.swap(false, Ordering::Relaxed) {
+            self.write_deferred();
+        }
+    }
+
+    /// Writes the frames that waited for the task receiving.
+    fn write_deferred(&self) {
+        let peers = std::mem::take(&mut *lock(&self.deferred));
+        for peer in peers {
+            let mut st = lock(&peer.state);
+            st.deferred = false;
+            if let Some(conn) = st.conn.clone()
+                && !st.blocked
+                && !st.queue.is_empty()
+            {
+                st.write_now(&conn, &peer, self);
+            }
+        }
+    }
 }
 
 /// Spawns the channel's tasks so that they stop together.
@@ -439,6 +494,9 @@ impl TcpChannel {
             to_self: self_tx,
             adopt: adopt_tx,
             outbound: Mutex::new(BTreeMap::new()),
+            more_ready: AtomicBool::new(false),
+            receiver: Mutex::new(None),
+            deferred: Mutex::new(Vec::new()),
             tasks: Tasks {
                 runtime: tokio::runtime::Handle::current(),
                 stop: stop_rx,
@@ -522,6 +580,7 @@ impl TcpChannel {
         TcpStats {
             sent: get(&c.sent),
             received: get(&c.received),
+            writes: get(&c.writes),
             dropped_outbound_full: get(&c.dropped_outbound_full),
             dropped_unconnected: get(&c.dropped_unconnected),
             dropped_write_failed: get(&c.dropped_write_failed),
@@ -545,6 +604,7 @@ impl TcpChannel {
             // Every task holds a sender; `None` once all have ended.
             while done.recv().await.is_some() {}
         }
+        lock(&self.shared.deferred).clear();
         for peer in std::mem::take(&mut *lock(&self.shared.outbound)).into_values() {
             lock(&peer.state).conn = None;
         }
@@ -557,8 +617,10 @@ impl TcpChannel {
 
     /// Sends `frames` (each within `max_datagram`) to the peer `to`, not
     /// the local node.
-    fn send_to_peer(&self, to: NodeId, frames: &[&Bytes]) -> Result<(), ChannelError> {
+    async fn send_to_peer(&self, to: NodeId, frames: &[&Bytes]) -> Result<(), ChannelError> {
         let shared = &self.shared;
+        let defer = shared.more_ready.load(Ordering::Relaxed)
+            && std::future::poll_fn(|cx| Poll::Ready(shared.is_receiver(cx))).await;
         let peer = {
             let mut outbound = lock(&shared.outbound);
             match outbound.get(&to) {
@@ -579,7 +641,7 @@ impl TcpChannel {
                 }
             }
         };
-        peer.send(shared, frames);
+        peer.send(shared, frames, defer);
         Ok(())
     }
 
@@ -649,7 +711,7 @@ impl Channel for TcpChannel {
         if to == self.shared.local {
             return self.send_to_self(datagram);
         }
-        self.send_to_peer(to, &[&datagram])
+        self.send_to_peer(to, &[&datagram]).await
     }
 
     /// The frames to each peer go in one vectored write (when its
@@ -674,7 +736,7 @@ impl Channel for TcpChannel {
             }
         }
         for (to, frames, positions) in groups {
-            if let Err(e) = self.send_to_peer(to, &frames) {
+            if let Err(e) = self.send_to_peer(to, &frames).await {
                 failed.extend(positions.into_iter().map(|i| (i, e.clone())));
             }
         }
@@ -714,6 +776,14 @@ struct PeerState {
     queue: VecDeque<Bytes>,
     /// Bytes of the first queued frame already written, prefix included.
     head_written: usize,
+    /// Bytes of the queued frames, prefixes included.
+    queued_bytes: usize,
+    /// The socket would not take the queue: the writer writes it as the
+    /// socket drains, and sends only add to it.
+    blocked: bool,
+    /// The queue waits for the receiving task (it is in
+    /// [`Shared::deferred`]).
+    deferred: bool,
     backoff: Backoff,
     /// Forgotten by the channel (the peer moved or left): the writer
     /// writes what is queued, then closes the connection and ends.
@@ -728,6 +798,9 @@ impl Peer {
                 conn: None,
                 queue: VecDeque::new(),
                 head_written: 0,
+                queued_bytes: 0,
+                blocked: false,
+                deferred: false,
                 backoff: Backoff::new(config),
                 retired: false,
             }),
@@ -735,10 +808,13 @@ impl Peer {
         }
     }
 
-    /// Writes `frames` at once if the connection is up and nothing waits
-    /// for it; queues what the socket does not take (or all of them, while
-    /// the connection is being made) and wakes the writer.
-    fn send(&self, shared: &Shared, frames: &[&Bytes]) {
+    /// Writes `frames` (after any queued before them) at once if the
+    /// connection is up and its socket was not full; queues what the socket
+    /// does not take (or all of them, while the connection is being made)
+    /// and wakes the writer. With `defer`, the caller is the task
+    /// receiving, with more to receive at once: the frames wait for it
+    /// (within [`DEFER_BYTES`]).
+    fn send(self: &Arc<Self>, shared: &Shared, frames: &[&Bytes], defer: bool) {
         let counters = &shared.counters;
         let n = frames.len() as u64;
         let mut st = lock(&self.state);
@@ -746,54 +822,92 @@ impl Peer {
             add(&counters.dropped_unconnected, n);
             return;
         }
-        match st.conn.clone() {
-            Some(conn) if st.queue.is_empty() => {
-                let written = write_frames(&conn, &mut frames.iter().copied(), 0);
-                add(&counters.sent, written.frames as u64);
-                let rest = &frames[written.frames..];
-                if let Some(e) = written.error {
-                    st.lose(counters, self.node, &e);
-                    add(&counters.dropped_write_failed, rest.len() as u64);
-                    // The writer lets go of the connection too.
-                    self.wake.notify_one();
-                } else if !rest.is_empty() {
-                    trace!(peer = %self.node, frames = rest.len(), "socket full; queued");
-                    // A frame cut short must follow whatever the bound says.
-                    st.queue.push_back(rest[0].clone());
-                    st.head_written = written.partial;
-                    st.enqueue(&rest[1..], shared);
-                    self.wake.notify_one();
-                }
+        let Some(conn) = st.conn.clone() else {
+            if st.backoff.waiting() {
+                add(&counters.dropped_unconnected, n);
+                return;
             }
-            None if st.backoff.waiting() => add(&counters.dropped_unconnected, n),
-            _ => {
-                let was_empty = st.queue.is_empty();
-                st.enqueue(frames, shared);
-                if was_empty {
-                    self.wake.notify_one();
-                }
+            let was_empty = st.queue.is_empty();
+            st.enqueue(frames, shared.config.outbound_capacity, counters);
+            if was_empty {
+                // The writer dials.
+                self.wake.notify_one();
             }
+            return;
+        };
+        if st.blocked {
+            // The writer writes the queue as the socket drains.
+            st.enqueue(frames, shared.config.outbound_capacity, counters);
+            return;
         }
+        // Written at once (or deferred within its bound): no limit yet.
+        st.enqueue(frames, usize::MAX, counters);
+        if defer
+            && st.queue.len() < shared.config.outbound_capacity
+            && st.queued_bytes < DEFER_BYTES
+        {
+            if !st.deferred {
+                st.deferred = true;
+                drop(st);
+                lock(&shared.deferred).push(Arc::clone(self));
+            }
+            return;
+        }
+        st.write_now(&conn, self, shared);
     }
 }
 
 impl PeerState {
-    /// Queues `frames` within `outbound_capacity`, dropping the rest.
-    fn enqueue(&mut self, frames: &[&Bytes], shared: &Shared) {
-        let room = shared
-            .config
-            .outbound_capacity
-            .saturating_sub(self.queue.len());
+    /// Queues `frames` within `capacity`, dropping the rest.
+    fn enqueue(&mut self, frames: &[&Bytes], capacity: usize, counters: &Counters) {
+        let room = capacity.saturating_sub(self.queue.len());
         let taken = frames.len().min(room);
-        self.queue
-            .extend(frames[..taken].iter().map(|f| (*f).clone()));
+        for frame in &frames[..taken] {
+            self.queued_bytes += 4 + frame.len();
+            self.queue.push_back((*frame).clone());
+        }
         if taken < frames.len() {
             add(
-                &shared.counters.dropped_outbound_full,
+                &counters.dropped_outbound_full,
                 (frames.len() - taken) as u64,
             );
             trace!("outbound queue full; datagram(s) dropped");
         }
+    }
+
+    /// Writes the queue to `conn` without waiting. When the socket does not
+    /// take it all, the writer takes over, and what is over
+    /// `outbound_capacity` is dropped (never the frame cut short).
+    fn write_now(&mut self, conn: &Arc<TcpStream>, peer: &Peer, shared: &Shared) {
+        let counters = &shared.counters;
+        let written = write_frames(counters, conn, &mut self.queue.iter(), self.head_written);
+        self.consume(&written, counters);
+        if let Some(e) = written.error {
+            self.lose(counters, peer.node, &e);
+            // The writer lets go of the connection too.
+            peer.wake.notify_one();
+        } else if !self.queue.is_empty() {
+            trace!(peer = %peer.node, frames = self.queue.len(), "socket full; queued");
+            self.blocked = true;
+            let capacity = shared.config.outbound_capacity.max(1);
+            while self.queue.len() > capacity {
+                if let Some(frame) = self.queue.pop_back() {
+                    self.queued_bytes -= 4 + frame.len();
+                    bump(&counters.dropped_outbound_full);
+                }
+            }
+            peer.wake.notify_one();
+        }
+    }
+
+    /// The frames [`write_frames`] wrote whole leave the queue; the first
+    /// left is written as far as it says.
+    fn consume(&mut self, written: &Written, counters: &Counters) {
+        for frame in self.queue.drain(..written.frames) {
+            self.queued_bytes -= 4 + frame.len();
+        }
+        self.head_written = written.partial;
+        add(&counters.sent, written.frames as u64);
     }
 
     /// Drops the connection (if still this one) and what waits for it.
@@ -810,6 +924,8 @@ impl PeerState {
         add(counter, self.queue.len() as u64);
         self.queue.clear();
         self.head_written = 0;
+        self.queued_bytes = 0;
+        self.blocked = false;
     }
 
     /// Whether `conn` is still the connection.
@@ -835,6 +951,7 @@ static EMPTY: Bytes = Bytes::new();
 /// written, with vectored writes until all are written or the socket is
 /// full. Never waits.
 fn write_frames<'a>(
+    counters: &Counters,
     stream: &TcpStream,
     frames: &mut impl Iterator<Item = &'a Bytes>,
     mut skip: usize,
@@ -876,7 +993,10 @@ fn write_frames<'a>(
             total += 4 + body.len() - from;
         }
         let n = match stream.try_write_vectored(&iov[..m]) {
-            Ok(n) => n,
+            Ok(n) => {
+                bump(&counters.writes);
+                n
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Written {
                     frames: done,
@@ -913,14 +1033,6 @@ fn write_frames<'a>(
         }
         unreachable!("a short write wrote every frame");
     }
-}
-
-/// The frames of `st`'s queue it wrote whole are gone; the first is
-/// written as far as `written` says.
-fn consume(st: &mut PeerState, written: &Written, counters: &Counters) {
-    st.queue.drain(..written.frames);
-    st.head_written = written.partial;
-    add(&counters.sent, written.frames as u64);
 }
 
 /// Writes `peer`'s queue as its socket drains, dials when there is no
@@ -1017,13 +1129,14 @@ async fn flush(shared: &Shared, peer: &Peer, conn: &Arc<TcpStream>) {
                 return;
             }
             let skip = st.head_written;
-            let written = write_frames(conn, &mut st.queue.iter(), skip);
-            consume(&mut st, &written, counters);
+            let written = write_frames(counters, conn, &mut st.queue.iter(), skip);
+            st.consume(&written, counters);
             if let Some(e) = written.error {
                 st.lose(counters, peer.node, &e);
                 return;
             }
             if st.queue.is_empty() {
+                st.blocked = false;
                 return;
             }
         }
@@ -1141,6 +1254,7 @@ impl Receiver {
         }
         if let Poll::Ready(Some(datagram)) = self.to_self.poll_recv(cx) {
             bump(&shared.counters.received);
+            shared.receiving(cx, false);
             return Poll::Ready(Ok((shared.local, datagram)));
         }
         let max = shared.config.max_datagram;
@@ -1151,6 +1265,7 @@ impl Receiver {
             match conn.poll_frame(cx, max) {
                 Poll::Ready(Ok(frame)) => {
                     bump(&shared.counters.received);
+                    shared.receiving(cx, conn.has_frame());
                     self.next = i + 1;
                     return Poll::Ready(Ok((conn.from, frame)));
                 }
@@ -1174,11 +1289,19 @@ impl Receiver {
                 }
             }
         }
+        shared.receiving(cx, false);
         Poll::Pending
     }
 }
 
 impl Inbound {
+    /// Whether a whole frame is buffered.
+    fn has_frame(&self) -> bool {
+        self.buf
+            .first_chunk::<4>()
+            .is_some_and(|head| self.buf.len() >= 4 + u32::from_le_bytes(*head) as usize)
+    }
+
     /// The next whole frame, reading what is ready; pending (with the waker
     /// registered) when the socket has nothing more.
     fn poll_frame(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Result<Bytes, Ended>> {

@@ -632,3 +632,39 @@ async fn shutdown_closes_the_listener() {
     a.shutdown().await;
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn replies_to_a_burst_go_out_together_once_the_burst_is_taken() {
+    // n2 receives a burst of requests already buffered and answers each
+    // from the task receiving, as a driver does: the answers wait until it
+    // has taken the burst, then leave in few writes, all of them, in
+    // order.
+    const BURST: u32 = 200;
+    let nodes = tcp_mesh(&[NodeId(1), NodeId(2)]).await;
+    let (a, server) = (&nodes[0], &nodes[1]);
+    // Both connections up.
+    a.send(NodeId(2), numbered(0, 10)).await.unwrap();
+    recv_numbers(server, NodeId(1), 1).await;
+    server.send(NodeId(1), numbered(0, 10)).await.unwrap();
+    recv_numbers(a, NodeId(2), 1).await;
+    let batch: Vec<_> = (1..=BURST)
+        .map(|seq| (NodeId(2), numbered(seq, 64)))
+        .collect();
+    a.send_batch(&batch).await.unwrap();
+    // All of it is in n2's socket before n2 reads.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let writes_before = server.stats().writes;
+    for _ in 0..BURST {
+        let (from, request) = guarded("a request", server.recv()).await.unwrap();
+        server.send(from, request).await.unwrap();
+    }
+    // The last answers were written when the receiving task took its last
+    // buffered request: no further `recv` is needed.
+    let answers = recv_numbers(a, NodeId(2), BURST as usize).await;
+    assert_eq!(answers, (1..=BURST).collect::<Vec<_>>());
+    let writes = server.stats().writes - writes_before;
+    assert!(
+        writes * 4 <= u64::from(BURST),
+        "{writes} writes for {BURST} answers: they did not wait for the burst"
+    );
+}
