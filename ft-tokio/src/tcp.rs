@@ -823,10 +823,7 @@ impl Peer {
             return;
         }
         let Some(conn) = st.conn.clone() else {
-            if st.backoff.waiting() {
-                add(&counters.dropped_unconnected, n);
-                return;
-            }
+            // The writer dials, or drops the queue while backing off.
             let was_empty = st.queue.is_empty();
             st.enqueue(frames, shared.config.outbound_capacity, counters);
             if was_empty {

@@ -668,3 +668,24 @@ async fn replies_to_a_burst_go_out_together_once_the_burst_is_taken() {
         "{writes} writes for {BURST} answers: they did not wait for the burst"
     );
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_the_queue_stays_within_the_bound_when_the_socket_fills() {
+    let config = TcpConfig::default().with_outbound_capacity(4);
+    let nodes = tcp_mesh_with(&[NodeId(1), NodeId(2)], config).await;
+    let (tx, rx) = (&nodes[0], &nodes[1]);
+    tx.send(NodeId(2), numbered(0, 10)).await.unwrap();
+    recv_numbers(rx, NodeId(1), 1).await;
+    // More than the socket buffers take: what they do not is queued up to
+    // the bound, the rest dropped.
+    let batch: Vec<_> = (1..=400)
+        .map(|seq| (NodeId(2), numbered(seq, 60_000)))
+        .collect();
+    tx.send_batch(&batch).await.unwrap();
+    let s = tx.stats();
+    assert!(s.dropped_outbound_full > 0, "{s:?}");
+    let through = 400 - s.dropped_outbound_full as usize;
+    assert!(through <= s.sent as usize + 4, "more than 4 queued: {s:?}");
+    let got = recv_numbers(rx, NodeId(1), through).await;
+    assert_eq!(got, (1..=through as u32).collect::<Vec<_>>());
+}
