@@ -84,7 +84,7 @@ use ft_storage::FileLog;
 use tokio::task::JoinHandle;
 
 use crate::clock::TokioClock;
-use crate::spawn::{NoLog, fit_codec};
+use crate::spawn::NoLog;
 use crate::{TcpChannel, UdpChannel, durable};
 
 /// The transport an [`RpcNode`] runs over.
@@ -415,7 +415,7 @@ impl Prepared {
         F: Future<Output = R> + Send + 'static,
         R: Into<Reply> + Send + 'static,
     {
-        let config = fit_codec(self.driver, channel.max_datagram());
+        let config = self.driver;
         let log: Box<dyn StableLog> = match self.log {
             Some(log) => Box::new(log),
             None => Box::new(NoLog),

@@ -4,10 +4,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use ft_core::driver::driver;
-use ft_core::frame::OVERHEAD;
 use ft_core::{
-    Channel, Clock, DriverConfig, DriverError, FrameCodec, Handle, Lsn, Protocol, StableLog,
-    StorageError,
+    Channel, Clock, DriverConfig, DriverError, Handle, Lsn, Protocol, StableLog, StorageError,
 };
 use tokio::task::JoinHandle;
 
@@ -22,8 +20,9 @@ use crate::clock::TokioClock;
 /// Aborting the `JoinHandle` stops the driver as a crash would.
 ///
 /// If `config`'s codec makes frames larger than the channel's
-/// [`max_datagram`](Channel::max_datagram), its payload limit is lowered so
-/// that every frame fits: with the default [`DriverConfig`] over a
+/// [`max_datagram`](Channel::max_datagram), the driver lowers its payload
+/// limit so that every frame fits
+/// ([`FrameCodec::fitted`](ft_core::FrameCodec::fitted)): with the default [`DriverConfig`] over a
 /// [`UdpChannel`](crate::UdpChannel), whose 8-byte sender header leaves
 /// less than a whole UDP datagram for the frame, a message too large for
 /// the channel then fails to encode (counted in
@@ -48,7 +47,6 @@ where
     K: Clock + 'static,
     L: StableLog + 'static,
 {
-    let config = fit_codec(config, channel.max_datagram());
     let (handle, run) = driver(protocol, channel, clock, log, config);
     (handle, tokio::spawn(run))
 }
@@ -71,14 +69,6 @@ where
     C: Channel + 'static,
 {
     spawn(protocol, channel, TokioClock, NoLog, config)
-}
-
-/// `config` with a codec whose frames fit in `max_datagram` bytes.
-pub(crate) fn fit_codec(config: DriverConfig, max_datagram: usize) -> DriverConfig {
-    if config.codec.max_frame() <= max_datagram {
-        return config;
-    }
-    config.with_codec(FrameCodec::new(max_datagram.saturating_sub(OVERHEAD)))
 }
 
 /// A [`StableLog`] for protocols that persist nothing: it holds no records
@@ -129,15 +119,6 @@ impl StableLog for NoLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_codec_is_fitted_to_the_channel_only_when_too_large() {
-        let default = DriverConfig::default();
-        let fitted = fit_codec(default, crate::UDP_MAX_DATAGRAM);
-        assert_eq!(fitted.codec.max_frame(), crate::UDP_MAX_DATAGRAM);
-        assert_eq!(fit_codec(default, usize::MAX), default);
-        assert_eq!(fit_codec(default, 3).codec.max_payload(), 0);
-    }
 
     #[tokio::test]
     async fn no_log_refuses_appends_and_is_empty() {

@@ -15,23 +15,44 @@
 //! `u64` LE. Every later frame is one datagram's payload, of at most
 //! [`max_datagram`](Channel::max_datagram) bytes. Only the dialer writes:
 //! the acceptor never sends on a connection it accepted.
+//!
+//! # Data path
+//!
+//! A send writes the frames itself, from the caller's task (the driver's),
+//! when the peer's connection is established and nothing is waiting for it:
+//! one non-blocking vectored write for all of a batch's frames to that
+//! peer. Only what the socket does not take at once (the rest of a frame
+//! cut short, and the frames after it) waits in the peer's bounded queue,
+//! which the peer's writer task writes as the socket drains; while the
+//! queue holds anything, new frames join its end, so each peer's frames
+//! leave in the order they were sent. The writer task also dials, writes
+//! the hello, backs off after failures and notices the peer closing the
+//! connection.
+//!
+//! A receive reads the accepted connections itself, in the caller's task:
+//! each read takes whatever is ready (up to a buffer's worth of frames),
+//! and the frames are handed out one per `recv` from each connection's
+//! buffer, which also keeps a frame read only in part, so a cancelled
+//! `recv` loses nothing. A task per accepted connection reads only its
+//! hello.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{BufMut, Bytes, BytesMut};
-use ft_core::{Channel, ChannelError, NodeId};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ft_core::{BatchError, Channel, ChannelError, NodeId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, trace, warn};
 
@@ -49,21 +70,29 @@ const HELLO_LEN: u32 = 4 + 8;
 /// transport.
 pub const TCP_DEFAULT_MAX_DATAGRAM: usize = 65_507;
 
-/// How many frames a writer gathers into one write, at most, in bytes: big
-/// enough to amortize system calls under load, small enough that one write
-/// does not hold up the next batch for long.
-const BATCH_BYTES: usize = 256 * 1024;
+/// Frames per vectored write, at most (two buffers each, well within
+/// `IOV_MAX`); more are written by further calls.
+const FRAMES_PER_WRITE: usize = 64;
 
-/// The buffer of each accepted connection's reader.
+/// Frames sent to a peer by the task receiving, while it has more
+/// received frames to take, wait for it to take them (see
+/// [`TcpChannel`]), up to this many bytes.
+const DEFER_BYTES: usize = 64 * 1024;
+
+/// How much each read of an accepted connection asks for, at least: many
+/// small frames per system call.
 const READ_BUF: usize = 16 * 1024;
 
 /// How a [`TcpChannel`] bounds its queues and times its connections.
 ///
 /// Memory is bounded by the queues: at most
-/// `inbox_capacity × max_datagram` bytes of received datagrams,
-/// `outbound_capacity × max_datagram` bytes waiting per peer, and one frame
-/// of at most `max_datagram` bytes being read per accepted connection (of
-/// which there are at most `max_inbound`).
+/// `outbound_capacity × max_datagram` bytes waiting per peer,
+/// `inbox_capacity × max_datagram` bytes of datagrams sent to oneself, and
+/// one read buffer of at most `4 + max_datagram + 16 KiB` bytes per
+/// accepted connection (of which there are at most `max_inbound`).
+/// Received frames wait in the kernel's socket buffers until `recv` reads
+/// them: a receiver that falls behind pushes back on its peers through TCP
+/// flow control, and their full outbound queues drop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TcpConfig {
@@ -71,11 +100,14 @@ pub struct TcpConfig {
     /// [`TCP_DEFAULT_MAX_DATAGRAM`]; capped at `u32::MAX`). A frame whose
     /// length prefix exceeds it closes its connection.
     pub max_datagram: usize,
-    /// Received datagrams waiting for `recv`, at most (default 1024); more
-    /// are dropped and counted.
+    /// Datagrams sent to oneself waiting for `recv`, at most (default
+    /// 1024); more are dropped and counted. (Datagrams from peers wait in
+    /// the socket buffers: see above.)
     pub inbox_capacity: usize,
-    /// Datagrams waiting to be written to one peer, at most (default 1024);
-    /// more are dropped and counted, so `send` never waits for the network.
+    /// Datagrams waiting to be written to one peer (the socket would not
+    /// take them yet, or the connection is being made), at most (default
+    /// 1024); more are dropped and counted, so `send` never waits for the
+    /// network.
     pub outbound_capacity: usize,
     /// Accepted connections open at once, at most (default 256); more are
     /// closed as soon as they are accepted.
@@ -85,8 +117,9 @@ pub struct TcpConfig {
     /// How long an accepted connection may take to send its hello (default
     /// 5 s).
     pub hello_timeout: Duration,
-    /// How long one write may block (default 5 s): a peer that stops
-    /// reading for longer is treated as gone and its connection dropped.
+    /// How long a peer's socket may stay full while frames wait for it
+    /// (default 5 s): a peer that stops reading for longer is treated as
+    /// gone and its connection dropped with the frames waiting.
     pub write_timeout: Duration,
     /// The wait before dialing a peer again after a failed dial (default
     /// 10 ms), doubled after each further failure.
@@ -184,19 +217,24 @@ impl TcpConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TcpStats {
-    /// Datagrams written to a connection (or delivered to oneself).
+    /// Datagrams written whole to a connection (or queued for oneself).
     pub sent: u64,
-    /// Datagrams put in the inbox for `recv`.
+    /// Datagrams returned by `recv`.
     pub received: u64,
+    /// Vectored writes that wrote frames (or parts of frames): `sent /
+    /// writes` is how many frames a write carried.
+    pub writes: u64,
     /// Datagrams dropped by `send` because the peer's outbound queue was
     /// full.
     pub dropped_outbound_full: u64,
     /// Datagrams dropped because no connection to the peer could be made
     /// (the dial failed, or the channel was waiting before dialing again).
     pub dropped_unconnected: u64,
-    /// Datagrams dropped because the write carrying them failed.
+    /// Datagrams dropped because the write carrying them failed (or the
+    /// connection was lost while they waited to be written).
     pub dropped_write_failed: u64,
-    /// Received datagrams dropped because the inbox was full.
+    /// Datagrams to oneself dropped because
+    /// [`inbox_capacity`](TcpConfig::inbox_capacity) of them were waiting.
     pub dropped_inbox_full: u64,
     /// Successful dials.
     pub connects: u64,
@@ -220,6 +258,7 @@ pub struct TcpStats {
 struct Counters {
     sent: AtomicU64,
     received: AtomicU64,
+    writes: AtomicU64,
     dropped_outbound_full: AtomicU64,
     dropped_unconnected: AtomicU64,
     dropped_write_failed: AtomicU64,
@@ -262,50 +301,56 @@ fn bump(counter: &AtomicU64) {
 /// replaces (closes) the older one from the same node, so at most one
 /// accepted connection per peer stays open after its hello.
 ///
-/// # Failures and reconnection
+/// # Sending, failures and reconnection
 ///
-/// Datagram semantics: a lost datagram is fine, blocking is not. `send`
-/// puts the datagram in the peer's bounded outbound queue and returns at
-/// once; a full queue drops it ([`TcpStats::dropped_outbound_full`]). Each
-/// peer's writer task takes datagrams from the queue, dialing when it has
-/// no connection. When a write fails (or times out, or the peer closes the
-/// connection, which the writer notices as soon as it happens), the
-/// connection is dropped with the datagrams of that write, and the next
-/// datagram dials again. After a failed dial, datagrams are dropped without
-/// dialing for a backoff that doubles from
+/// Datagram semantics: a lost datagram is fine, blocking is not. When the
+/// peer's connection is up and nothing waits for it, `send` (and
+/// [`send_batch`](Channel::send_batch), with one vectored write per peer)
+/// writes the frames to the socket at once, without blocking; what the
+/// socket does not take waits in the peer's bounded outbound queue, as do
+/// datagrams sent while the connection is being made. A full queue drops
+/// ([`TcpStats::dropped_outbound_full`]), so `send` returns at once
+/// whatever the peer does. Each peer's writer task writes the queue as the
+/// socket drains, dialing when there is no connection. When a write fails
+/// (or the socket stays full for [`TcpConfig::write_timeout`], or the peer
+/// closes the connection, which the writer notices as soon as it happens),
+/// the connection is dropped with the datagrams waiting for it, and the
+/// next datagram dials again. After a failed dial, datagrams are dropped
+/// without dialing for a backoff that doubles from
 /// [`TcpConfig::backoff_min`] to [`TcpConfig::backoff_max`], so a peer that
 /// is down is not dialed for every datagram.
 ///
-/// # Bounds
+/// # Receiving and bounds
 ///
-/// One inbox, bounded by [`TcpConfig::inbox_capacity`], receives from every
-/// connection; when it is full, new datagrams are dropped and counted. A
-/// frame's length is checked before anything is allocated for it: a length
-/// over [`max_datagram`](Channel::max_datagram) closes the connection
+/// `recv` reads the accepted connections itself (taking turns between
+/// them), each read taking what is ready; connections are read only while
+/// a `recv` is pending, as the driver always keeps one. A frame's length
+/// is checked before anything is allocated for it: a length over
+/// [`max_datagram`](Channel::max_datagram) closes the connection
 /// ([`TcpStats::oversized_frames`]), so hostile input can cost at most one
-/// `max_datagram` buffer per connection, and connections are bounded by
+/// read buffer per connection, and connections are bounded by
 /// [`TcpConfig::max_inbound`]. See [`TcpConfig`] for the resulting memory
 /// bound.
 ///
 /// # Tasks
 ///
 /// The channel runs on the tokio runtime it was bound in: one task accepts
-/// connections, one reads each accepted connection, one writes to each peer
-/// sent to. Dropping the channel stops them all (each stops at its next
-/// await point); [`shutdown`](Self::shutdown) also waits until they have
-/// stopped and closed their sockets, for example before binding the same
-/// port again.
+/// connections, one reads each accepted connection's hello, one per peer
+/// sent to dials and writes what the socket would not take at once.
+/// Dropping the channel stops them all (each stops at its next await
+/// point); [`shutdown`](Self::shutdown) also waits until they have stopped
+/// and closes every socket, for example before binding the same port again.
 ///
-/// Sending to oneself is delivered straight to one's own inbox.
+/// Sending to oneself is delivered straight to one's own `recv`.
 ///
 /// `TCP_NODELAY` is set on every connection: datagrams are request and
-/// reply messages that should leave at once, and the writer already batches
-/// what is queued into one write.
+/// reply messages that should leave at once, and a batch's frames to one
+/// peer already go in one write.
 pub struct TcpChannel {
     shared: Arc<Shared>,
-    /// `recv` takes `&self`: a tokio mutex makes the receiver shareable,
-    /// and both its `lock` and the receiver's `recv` are cancel safe.
-    inbox: tokio::sync::Mutex<mpsc::Receiver<(NodeId, Bytes)>>,
+    /// `recv` takes `&self`: a tokio mutex makes the receiving side
+    /// shareable, and its `lock` is cancel safe.
+    rx: tokio::sync::Mutex<Receiver>,
     stop: watch::Sender<bool>,
     /// Ends (`None`) once every task has stopped.
     tasks_done: Option<mpsc::Receiver<()>>,
@@ -317,15 +362,60 @@ struct Shared {
     local_addr: SocketAddr,
     config: TcpConfig,
     book: AddressBook,
-    inbox: mpsc::Sender<(NodeId, Bytes)>,
-    /// Each peer's outbound queue, whose receiver its writer task owns.
-    writers: Mutex<BTreeMap<NodeId, mpsc::Sender<Bytes>>>,
-    /// The open accepted connection of each peer, by connection number;
-    /// dropping the sender closes that connection.
-    inbound: Mutex<BTreeMap<NodeId, (u64, oneshot::Sender<()>)>>,
-    next_conn: AtomicU64,
+    /// Datagrams sent to oneself, for `recv`.
+    to_self: mpsc::Sender<Bytes>,
+    /// Accepted connections whose hello was good, for `recv` to adopt.
+    /// Unbounded, but each holds one of `max_inbound` permits.
+    adopt: mpsc::UnboundedSender<Inbound>,
+    /// Each peer sent to: its connection, queue and writer.
+    outbound: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
+    /// Set while the task receiving has another received frame to take
+    /// at once: it is back in `recv` soon, and its sends wait for that.
+    more_ready: AtomicBool,
+    /// That task.
+    receiver: Mutex<Option<Waker>>,
+    /// The peers whose frames wait for it.
+    deferred: Mutex<Vec<Arc<Peer>>>,
     tasks: Tasks,
     counters: Counters,
+}
+
+impl Shared {
+    /// Whether the task polling with `cx` is the one receiving.
+    fn is_receiver(&self, cx: &Context<'_>) -> bool {
+        lock(&self.receiver)
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
+    /// Notes whether the task receiving (`cx`'s) has another frame to take
+    /// at once; when it has not, writes what waited for it.
+    fn receiving(&self, cx: &Context<'_>, more: bool) {
+        if more {
+            let mut receiver = lock(&self.receiver);
+            if !receiver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *receiver = Some(cx.waker().clone());
+            }
+            self.more_ready.store(true, Ordering::Relaxed);
+        } else if self.more_ready.swap(false, Ordering::Relaxed) {
+            self.write_deferred();
+        }
+    }
+
+    /// Writes the frames that waited for the task receiving.
+    fn write_deferred(&self) {
+        let peers = std::mem::take(&mut *lock(&self.deferred));
+        for peer in peers {
+            let mut st = lock(&peer.state);
+            st.deferred = false;
+            if let Some(conn) = st.conn.clone()
+                && !st.blocked
+                && !st.queue.is_empty()
+            {
+                st.write_now(&conn, &peer, self);
+            }
+        }
+    }
 }
 
 /// Spawns the channel's tasks so that they stop together.
@@ -392,7 +482,8 @@ impl TcpChannel {
         let config = config.normalized();
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_capacity);
+        let (self_tx, self_rx) = mpsc::channel(config.inbox_capacity);
+        let (adopt_tx, adopt_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
@@ -400,10 +491,12 @@ impl TcpChannel {
             local_addr,
             config,
             book: AddressBook::new(peers),
-            inbox: inbox_tx,
-            writers: Mutex::new(BTreeMap::new()),
-            inbound: Mutex::new(BTreeMap::new()),
-            next_conn: AtomicU64::new(0),
+            to_self: self_tx,
+            adopt: adopt_tx,
+            outbound: Mutex::new(BTreeMap::new()),
+            more_ready: AtomicBool::new(false),
+            receiver: Mutex::new(None),
+            deferred: Mutex::new(Vec::new()),
             tasks: Tasks {
                 runtime: tokio::runtime::Handle::current(),
                 stop: stop_rx,
@@ -417,7 +510,12 @@ impl TcpChannel {
         debug!(node = %local, %local_addr, "tcp channel listening");
         Ok(TcpChannel {
             shared,
-            inbox: tokio::sync::Mutex::new(inbox_rx),
+            rx: tokio::sync::Mutex::new(Receiver {
+                to_self: self_rx,
+                adopt: adopt_rx,
+                conns: Vec::new(),
+                next: 0,
+            }),
             stop: stop_tx,
             tasks_done: Some(alive_rx),
         })
@@ -452,7 +550,7 @@ impl TcpChannel {
     /// IPv4-mapped IPv6 address as the IPv4 one.
     pub fn set_peer(&self, node: NodeId, addr: SocketAddr) -> Option<SocketAddr> {
         let old = self.shared.book.insert(node, addr);
-        lock(&self.shared.writers).remove(&node);
+        self.retire(node);
         old
     }
 
@@ -462,8 +560,17 @@ impl TcpChannel {
     /// open stays open.
     pub fn remove_peer(&self, node: NodeId) -> Option<SocketAddr> {
         let old = self.shared.book.remove(node);
-        lock(&self.shared.writers).remove(&node);
+        self.retire(node);
         old
+    }
+
+    /// Forgets `node`'s outbound state; its writer writes what is queued
+    /// and closes the connection.
+    fn retire(&self, node: NodeId) {
+        if let Some(peer) = lock(&self.shared.outbound).remove(&node) {
+            lock(&peer.state).retired = true;
+            peer.wake.notify_one();
+        }
     }
 
     /// The channel's counters.
@@ -473,6 +580,7 @@ impl TcpChannel {
         TcpStats {
             sent: get(&c.sent),
             received: get(&c.received),
+            writes: get(&c.writes),
             dropped_outbound_full: get(&c.dropped_outbound_full),
             dropped_unconnected: get(&c.dropped_unconnected),
             dropped_write_failed: get(&c.dropped_write_failed),
@@ -496,7 +604,72 @@ impl TcpChannel {
             // Every task holds a sender; `None` once all have ended.
             while done.recv().await.is_some() {}
         }
+        lock(&self.shared.deferred).clear();
+        for peer in std::mem::take(&mut *lock(&self.shared.outbound)).into_values() {
+            lock(&peer.state).conn = None;
+        }
+        let rx = self.rx.get_mut();
+        rx.conns.clear();
+        rx.adopt.close();
+        while rx.adopt.try_recv().is_ok() {}
         debug!(node = %self.shared.local, "tcp channel shut down");
+    }
+
+    /// Sends `frames` (each within `max_datagram`) to the peer `to`, not
+    /// the local node.
+    async fn send_to_peer(&self, to: NodeId, frames: &[&Bytes]) -> Result<(), ChannelError> {
+        let shared = &self.shared;
+        let defer = shared.more_ready.load(Ordering::Relaxed)
+            && std::future::poll_fn(|cx| Poll::Ready(shared.is_receiver(cx))).await;
+        let peer = {
+            let mut outbound = lock(&shared.outbound);
+            match outbound.get(&to) {
+                Some(peer) => Arc::clone(peer),
+                None => {
+                    if !shared.book.contains(to) {
+                        return Err(ChannelError::Unreachable(to));
+                    }
+                    let peer = Arc::new(Peer::new(to, &shared.config));
+                    if !shared
+                        .tasks
+                        .spawn(write_loop(Arc::clone(shared), Arc::clone(&peer)))
+                    {
+                        return Err(ChannelError::Closed);
+                    }
+                    outbound.insert(to, Arc::clone(&peer));
+                    peer
+                }
+            }
+        };
+        peer.send(shared, frames, defer);
+        Ok(())
+    }
+
+    /// Queues `datagram` for the local node's own `recv`.
+    fn send_to_self(&self, datagram: Bytes) -> Result<(), ChannelError> {
+        let shared = &self.shared;
+        match shared.to_self.try_send(datagram) {
+            Ok(()) => {
+                bump(&shared.counters.sent);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                bump(&shared.counters.dropped_inbox_full);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ChannelError::Closed),
+        }
+    }
+
+    fn check_len(&self, datagram: &Bytes) -> Result<(), ChannelError> {
+        let max = self.shared.config.max_datagram;
+        if datagram.len() > max {
+            return Err(ChannelError::TooLarge {
+                len: datagram.len(),
+                max,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -530,78 +703,668 @@ impl Channel for TcpChannel {
         self.shared.config.max_datagram
     }
 
-    /// Queues `datagram` for `to`'s writer and returns without waiting for
-    /// the network; see [`TcpChannel`] on what happens next.
+    /// Writes `datagram` to `to`'s connection, or queues it, and returns
+    /// without waiting for the network; see [`TcpChannel`] on what happens
+    /// next.
     async fn send(&self, to: NodeId, datagram: Bytes) -> Result<(), ChannelError> {
-        let shared = &self.shared;
-        let max = shared.config.max_datagram;
-        if datagram.len() > max {
-            return Err(ChannelError::TooLarge {
-                len: datagram.len(),
-                max,
-            });
+        self.check_len(&datagram)?;
+        if to == self.shared.local {
+            return self.send_to_self(datagram);
         }
-        if to == shared.local {
-            return match shared.inbox.try_send((to, datagram)) {
-                Ok(()) => {
-                    bump(&shared.counters.sent);
-                    bump(&shared.counters.received);
-                    Ok(())
+        self.send_to_peer(to, &[&datagram]).await
+    }
+
+    /// The frames to each peer go in one vectored write (when its
+    /// connection is up and nothing waits for it); see
+    /// [`send`](Channel::send).
+    async fn send_batch(&self, batch: &[(NodeId, Bytes)]) -> Result<(), BatchError> {
+        let mut failed = Vec::new();
+        // Each destination's frames, in batch order, with their positions.
+        let mut groups: Vec<(NodeId, Vec<&Bytes>, Vec<usize>)> = Vec::new();
+        for (i, (to, datagram)) in batch.iter().enumerate() {
+            if let Err(e) = self.check_len(datagram) {
+                failed.push((i, e));
+            } else if *to == self.shared.local {
+                if let Err(e) = self.send_to_self(datagram.clone()) {
+                    failed.push((i, e));
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    bump(&shared.counters.dropped_inbox_full);
-                    Ok(())
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(ChannelError::Closed),
-            };
+            } else if let Some(g) = groups.iter_mut().find(|g| g.0 == *to) {
+                g.1.push(datagram);
+                g.2.push(i);
+            } else {
+                groups.push((*to, vec![datagram], vec![i]));
+            }
         }
-        // Held only for the lookup and the (non-blocking) queueing.
-        let mut writers = lock(&shared.writers);
-        if writers.get(&to).is_none_or(mpsc::Sender::is_closed) {
-            if !shared.book.contains(to) {
-                return Err(ChannelError::Unreachable(to));
+        for (to, frames, positions) in groups {
+            if let Err(e) = self.send_to_peer(to, &frames).await {
+                failed.extend(positions.into_iter().map(|i| (i, e.clone())));
             }
-            let (tx, rx) = mpsc::channel(shared.config.outbound_capacity);
-            if !shared.tasks.spawn(write_loop(Arc::clone(shared), to, rx)) {
-                return Err(ChannelError::Closed);
-            }
-            writers.insert(to, tx);
         }
-        let Some(queue) = writers.get(&to) else {
-            return Err(ChannelError::Unreachable(to));
-        };
-        match queue.try_send(datagram) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                bump(&shared.counters.dropped_outbound_full);
-                trace!(%to, "outbound queue full; datagram dropped");
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(ChannelError::Closed),
+        if failed.is_empty() {
+            return Ok(());
+        }
+        failed.sort_by_key(|(i, _)| *i);
+        Err(BatchError { failed })
+    }
+
+    /// Reads the accepted connections (and the datagrams sent to oneself)
+    /// until one has a whole frame. Cancel safe: a frame read in part
+    /// stays in its connection's buffer.
+    async fn recv(&self) -> Result<(NodeId, Bytes), ChannelError> {
+        let mut rx = self.rx.lock().await;
+        let shared = &*self.shared;
+        std::future::poll_fn(|cx| rx.poll_recv(cx, shared)).await
+    }
+}
+
+// ----------------------------------------------------------------- sending
+
+/// One peer sent to: its dialed connection and what waits for it.
+struct Peer {
+    node: NodeId,
+    state: Mutex<PeerState>,
+    /// Wakes the writer: frames wait, or the peer was retired.
+    wake: Notify,
+}
+
+struct PeerState {
+    /// The connection, once dialed and its hello written.
+    conn: Option<Arc<TcpStream>>,
+    /// Frames (payloads; the length prefix is written before each) not yet
+    /// written whole, in order. While it holds anything, the writer owns
+    /// the connection's write side and new frames join its end.
+    queue: VecDeque<Bytes>,
+    /// Bytes of the first queued frame already written, prefix included.
+    head_written: usize,
+    /// Bytes of the queued frames, prefixes included.
+    queued_bytes: usize,
+    /// The socket would not take the queue: the writer writes it as the
+    /// socket drains, and sends only add to it.
+    blocked: bool,
+    /// The queue waits for the receiving task (it is in
+    /// [`Shared::deferred`]).
+    deferred: bool,
+    backoff: Backoff,
+    /// Forgotten by the channel (the peer moved or left): the writer
+    /// writes what is queued, then closes the connection and ends.
+    retired: bool,
+}
+
+impl Peer {
+    fn new(node: NodeId, config: &TcpConfig) -> Self {
+        Peer {
+            node,
+            state: Mutex::new(PeerState {
+                conn: None,
+                queue: VecDeque::new(),
+                head_written: 0,
+                queued_bytes: 0,
+                blocked: false,
+                deferred: false,
+                backoff: Backoff::new(config),
+                retired: false,
+            }),
+            wake: Notify::new(),
         }
     }
 
-    async fn recv(&self) -> Result<(NodeId, Bytes), ChannelError> {
-        self.inbox
-            .lock()
+    /// Writes `frames` (after any queued before them) at once if the
+    /// connection is up and its socket was not full; queues what the socket
+    /// does not take (or all of them, while the connection is being made)
+    /// and wakes the writer. With `defer`, the caller is the task
+    /// receiving, with more to receive at once: the frames wait for it
+    /// (within [`DEFER_BYTES`]).
+    fn send(self: &Arc<Self>, shared: &Shared, frames: &[&Bytes], defer: bool) {
+        let counters = &shared.counters;
+        let n = frames.len() as u64;
+        let mut st = lock(&self.state);
+        if st.retired {
+            add(&counters.dropped_unconnected, n);
+            return;
+        }
+        let Some(conn) = st.conn.clone() else {
+            // The writer dials, or drops the queue while backing off.
+            let was_empty = st.queue.is_empty();
+            st.enqueue(frames, shared.config.outbound_capacity, counters);
+            if was_empty {
+                // The writer dials.
+                self.wake.notify_one();
+            }
+            return;
+        };
+        if st.blocked {
+            // The writer writes the queue as the socket drains.
+            st.enqueue(frames, shared.config.outbound_capacity, counters);
+            return;
+        }
+        // Written at once (or deferred within its bound): no limit yet.
+        st.enqueue(frames, usize::MAX, counters);
+        if defer
+            && st.queue.len() < shared.config.outbound_capacity
+            && st.queued_bytes < DEFER_BYTES
+        {
+            if !st.deferred {
+                st.deferred = true;
+                drop(st);
+                lock(&shared.deferred).push(Arc::clone(self));
+            }
+            return;
+        }
+        st.write_now(&conn, self, shared);
+    }
+}
+
+impl PeerState {
+    /// Queues `frames` within `capacity`, dropping the rest.
+    fn enqueue(&mut self, frames: &[&Bytes], capacity: usize, counters: &Counters) {
+        let room = capacity.saturating_sub(self.queue.len());
+        let taken = frames.len().min(room);
+        for frame in &frames[..taken] {
+            self.queued_bytes += 4 + frame.len();
+            self.queue.push_back((*frame).clone());
+        }
+        if taken < frames.len() {
+            add(
+                &counters.dropped_outbound_full,
+                (frames.len() - taken) as u64,
+            );
+            trace!("outbound queue full; datagram(s) dropped");
+        }
+    }
+
+    /// Writes the queue to `conn` without waiting. When the socket does not
+    /// take it all, the writer takes over, and what is over
+    /// `outbound_capacity` is dropped (never the frame cut short).
+    fn write_now(&mut self, conn: &Arc<TcpStream>, peer: &Peer, shared: &Shared) {
+        let counters = &shared.counters;
+        let written = write_frames(counters, conn, &mut self.queue.iter(), self.head_written);
+        self.consume(&written, counters);
+        if let Some(e) = written.error {
+            self.lose(counters, peer.node, &e);
+            // The writer lets go of the connection too.
+            peer.wake.notify_one();
+        } else if !self.queue.is_empty() {
+            trace!(peer = %peer.node, frames = self.queue.len(), "socket full; queued");
+            self.blocked = true;
+            let capacity = shared.config.outbound_capacity.max(1);
+            while self.queue.len() > capacity {
+                if let Some(frame) = self.queue.pop_back() {
+                    self.queued_bytes -= 4 + frame.len();
+                    bump(&counters.dropped_outbound_full);
+                }
+            }
+            peer.wake.notify_one();
+        }
+    }
+
+    /// The frames [`write_frames`] wrote whole leave the queue; the first
+    /// left is written as far as it says.
+    fn consume(&mut self, written: &Written, counters: &Counters) {
+        for frame in self.queue.drain(..written.frames) {
+            self.queued_bytes -= 4 + frame.len();
+        }
+        self.head_written = written.partial;
+        add(&counters.sent, written.frames as u64);
+    }
+
+    /// Drops the connection (if still this one) and what waits for it.
+    fn lose(&mut self, counters: &Counters, peer: NodeId, why: &dyn fmt::Debug) {
+        if self.conn.take().is_some() {
+            bump(&counters.connections_lost);
+            debug!(%peer, ?why, "connection lost");
+        }
+        self.drop_queue(&counters.dropped_write_failed);
+    }
+
+    /// Drops every queued frame, counting them in `counter`.
+    fn drop_queue(&mut self, counter: &AtomicU64) {
+        add(counter, self.queue.len() as u64);
+        self.queue.clear();
+        self.head_written = 0;
+        self.queued_bytes = 0;
+        self.blocked = false;
+    }
+
+    /// Whether `conn` is still the connection.
+    fn is_conn(&self, conn: &Arc<TcpStream>) -> bool {
+        self.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn))
+    }
+}
+
+/// What [`write_frames`] did.
+struct Written {
+    /// Frames written whole.
+    frames: usize,
+    /// Bytes of the next frame written (prefix included).
+    partial: usize,
+    /// Why writing stopped, other than a full socket.
+    error: Option<io::Error>,
+}
+
+/// An empty frame, to fill arrays.
+static EMPTY: Bytes = Bytes::new();
+
+/// Writes `frames`, the first `skip` bytes of the first one already
+/// written, with vectored writes until all are written or the socket is
+/// full. Never waits.
+fn write_frames<'a>(
+    counters: &Counters,
+    stream: &TcpStream,
+    frames: &mut impl Iterator<Item = &'a Bytes>,
+    mut skip: usize,
+) -> Written {
+    let mut done = 0;
+    loop {
+        let mut chunk: [&Bytes; FRAMES_PER_WRITE] = [&EMPTY; FRAMES_PER_WRITE];
+        let mut k = 0;
+        for frame in frames.by_ref().take(FRAMES_PER_WRITE) {
+            chunk[k] = frame;
+            k += 1;
+        }
+        if k == 0 {
+            return Written {
+                frames: done,
+                partial: 0,
+                error: None,
+            };
+        }
+        // The length fits: `send` refused anything over `max_datagram`,
+        // which is at most `u32::MAX`.
+        let heads: [[u8; 4]; FRAMES_PER_WRITE] =
+            std::array::from_fn(|i| (chunk[i].len() as u32).to_le_bytes());
+        let mut iov = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+        let mut m = 0;
+        let mut total = 0;
+        for i in 0..k {
+            let from = if i == 0 { skip } else { 0 };
+            let (head, body) = (&heads[i][..], &chunk[i][..]);
+            if from < 4 {
+                iov[m] = IoSlice::new(&head[from..]);
+                m += 1;
+            }
+            let body_from = from.saturating_sub(4);
+            if body_from < body.len() {
+                iov[m] = IoSlice::new(&body[body_from..]);
+                m += 1;
+            }
+            total += 4 + body.len() - from;
+        }
+        let n = match stream.try_write_vectored(&iov[..m]) {
+            Ok(n) => {
+                bump(&counters.writes);
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Written {
+                    frames: done,
+                    partial: skip,
+                    error: None,
+                };
+            }
+            Err(e) => {
+                return Written {
+                    frames: done,
+                    partial: skip,
+                    error: Some(e),
+                };
+            }
+        };
+        if n == total {
+            done += k;
+            skip = 0;
+            continue;
+        }
+        // Cut short: the socket is full.
+        let mut n = n + skip;
+        for frame in &chunk[..k] {
+            let len = 4 + frame.len();
+            if n < len {
+                return Written {
+                    frames: done,
+                    partial: n,
+                    error: None,
+                };
+            }
+            n -= len;
+            done += 1;
+        }
+        unreachable!("a short write wrote every frame");
+    }
+}
+
+/// Writes `peer`'s queue as its socket drains, dials when there is no
+/// connection, and notices the peer closing the connection.
+async fn write_loop(shared: Arc<Shared>, peer: Arc<Peer>) {
+    let counters = &shared.counters;
+    let mut scratch = [0u8; 64];
+    loop {
+        let (conn, pending, retired) = {
+            let st = lock(&peer.state);
+            (st.conn.clone(), !st.queue.is_empty(), st.retired)
+        };
+        match conn {
+            _ if retired && (!pending || conn.is_none()) => {
+                let mut st = lock(&peer.state);
+                st.drop_queue(&counters.dropped_unconnected);
+                st.conn = None;
+                debug!(peer = %peer.node, "retired");
+                return;
+            }
+            None if pending => connect(&shared, &peer).await,
+            None => peer.wake.notified().await,
+            Some(conn) if pending => flush(&shared, &peer, &conn).await,
+            Some(conn) => tokio::select! {
+                () = peer.wake.notified() => {}
+                ready = conn.readable() => {
+                    let closed = match ready.and_then(|()| conn.try_read(&mut scratch)) {
+                        Ok(0) => Some(Ok(0)),
+                        Ok(n) => {
+                            trace!(peer = %peer.node, n, "ignored bytes on a dialed connection");
+                            None
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                        Err(e) => Some(Err(e)),
+                    };
+                    if let Some(why) = closed {
+                        let mut st = lock(&peer.state);
+                        if st.is_conn(&conn) {
+                            st.lose(counters, peer.node, &why);
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Dials `peer` and writes the hello, unless backing off; the queue is
+/// dropped if there is no connection to write it to.
+async fn connect(shared: &Shared, peer: &Peer) {
+    let counters = &shared.counters;
+    let addr = shared.book.get(peer.node);
+    let Some(addr) = addr.filter(|_| !lock(&peer.state).backoff.waiting()) else {
+        lock(&peer.state).drop_queue(&counters.dropped_unconnected);
+        return;
+    };
+    let dialed = async {
+        let mut stream = dial(shared, addr).await?;
+        let mut hello = BytesMut::with_capacity(4 + HELLO_LEN as usize);
+        hello.put_u32_le(HELLO_LEN);
+        hello.put_slice(&TCP_HELLO_MAGIC);
+        hello.put_u64_le(shared.local.get());
+        timeout(shared.config.write_timeout, stream.write_all(&hello))
             .await
-            .recv()
-            .await
-            .ok_or(ChannelError::Closed)
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "hello write timed out"))??;
+        Ok::<_, io::Error>(stream)
+    };
+    let dialed = dialed.await;
+    let mut st = lock(&peer.state);
+    match dialed {
+        Ok(stream) => {
+            bump(&counters.connects);
+            debug!(peer = %peer.node, %addr, "connected");
+            st.backoff.succeeded();
+            st.conn = Some(Arc::new(stream));
+        }
+        Err(e) => {
+            bump(&counters.connect_failures);
+            debug!(peer = %peer.node, %addr, error = %e, "dial failed");
+            st.backoff.failed();
+            st.drop_queue(&counters.dropped_unconnected);
+        }
+    }
+}
+
+/// Writes the queue to `conn` until it is empty, waiting for the socket to
+/// drain at most `write_timeout` at a time.
+async fn flush(shared: &Shared, peer: &Peer, conn: &Arc<TcpStream>) {
+    let counters = &shared.counters;
+    loop {
+        {
+            let mut st = lock(&peer.state);
+            if !st.is_conn(conn) {
+                return;
+            }
+            let skip = st.head_written;
+            let written = write_frames(counters, conn, &mut st.queue.iter(), skip);
+            st.consume(&written, counters);
+            if let Some(e) = written.error {
+                st.lose(counters, peer.node, &e);
+                return;
+            }
+            if st.queue.is_empty() {
+                st.blocked = false;
+                return;
+            }
+        }
+        let drained = timeout(shared.config.write_timeout, conn.writable()).await;
+        if !matches!(drained, Ok(Ok(()))) {
+            let mut st = lock(&peer.state);
+            if st.is_conn(conn) {
+                debug!(peer = %peer.node, frames = st.queue.len(), "socket full for too long");
+                st.lose(counters, peer.node, &drained);
+            }
+            return;
+        }
+    }
+}
+
+/// When a peer may be dialed again.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    fn new(config: &TcpConfig) -> Self {
+        Backoff {
+            min: config.backoff_min,
+            max: config.backoff_max,
+            next: config.backoff_min,
+            until: None,
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        self.until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn failed(&mut self) {
+        self.until = Some(Instant::now() + self.next);
+        self.next = (self.next * 2).min(self.max);
+    }
+
+    fn succeeded(&mut self) {
+        self.next = self.min;
+        self.until = None;
+    }
+}
+
+/// Connects to `addr` with `TCP_NODELAY`, from the listening IP when that is
+/// a specific one of the same kind (so the peer sees the IP its book has).
+async fn dial(shared: &Shared, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let ip = shared.local_addr.ip();
+    if !ip.is_unspecified()
+        && ip.is_ipv4() == addr.is_ipv4()
+        && ip.is_loopback() == addr.ip().is_loopback()
+    {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    // Before connecting, so that the hello already leaves at once.
+    socket.set_nodelay(true)?;
+    let stream = timeout(shared.config.connect_timeout, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    Ok(stream)
+}
+
+// --------------------------------------------------------------- receiving
+
+/// The receiving side, which `recv` polls.
+struct Receiver {
+    to_self: mpsc::Receiver<Bytes>,
+    adopt: mpsc::UnboundedReceiver<Inbound>,
+    /// The accepted connections being read, at most one per peer.
+    conns: Vec<Inbound>,
+    /// The connection to read first next time, so that all take turns.
+    next: usize,
+}
+
+/// An accepted connection past its hello.
+struct Inbound {
+    from: NodeId,
+    stream: TcpStream,
+    /// Bytes read and not yet handed out: whole frames, and the start of
+    /// the next one.
+    buf: BytesMut,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Why an accepted connection is closed.
+enum Ended {
+    Io(io::Error),
+    Eof,
+    Oversized(usize),
+}
+
+impl Receiver {
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        shared: &Shared,
+    ) -> Poll<Result<(NodeId, Bytes), ChannelError>> {
+        while let Poll::Ready(Some(conn)) = self.adopt.poll_recv(cx) {
+            // A newer connection from the same node replaces (closes) the
+            // older one.
+            if let Some(old) = self.conns.iter().position(|c| c.from == conn.from) {
+                debug!(from = %conn.from, "closed a connection replaced by a newer one");
+                self.conns.swap_remove(old);
+            }
+            self.conns.push(conn);
+        }
+        if let Poll::Ready(Some(datagram)) = self.to_self.poll_recv(cx) {
+            bump(&shared.counters.received);
+            shared.receiving(cx, false);
+            return Poll::Ready(Ok((shared.local, datagram)));
+        }
+        let max = shared.config.max_datagram;
+        let mut tried = 0;
+        while tried < self.conns.len() {
+            let i = self.next % self.conns.len();
+            let conn = &mut self.conns[i];
+            match conn.poll_frame(cx, max) {
+                Poll::Ready(Ok(frame)) => {
+                    bump(&shared.counters.received);
+                    shared.receiving(cx, conn.has_frame());
+                    self.next = i + 1;
+                    return Poll::Ready(Ok((conn.from, frame)));
+                }
+                Poll::Ready(Err(ended)) => {
+                    match ended {
+                        Ended::Oversized(len) => {
+                            bump(&shared.counters.oversized_frames);
+                            warn!(from = %conn.from, len, max, "frame longer than max_datagram; connection closed");
+                        }
+                        Ended::Eof => debug!(from = %conn.from, "inbound connection ended"),
+                        Ended::Io(e) => {
+                            debug!(from = %conn.from, error = %e, "inbound connection failed");
+                        }
+                    }
+                    // The last one takes its place, and is tried next.
+                    self.conns.swap_remove(i);
+                }
+                Poll::Pending => {
+                    self.next = i + 1;
+                    tried += 1;
+                }
+            }
+        }
+        shared.receiving(cx, false);
+        Poll::Pending
+    }
+}
+
+impl Inbound {
+    /// Whether a whole frame is buffered.
+    fn has_frame(&self) -> bool {
+        self.buf
+            .first_chunk::<4>()
+            .is_some_and(|head| self.buf.len() >= 4 + u32::from_le_bytes(*head) as usize)
+    }
+
+    /// The next whole frame, reading what is ready; pending (with the waker
+    /// registered) when the socket has nothing more.
+    fn poll_frame(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Result<Bytes, Ended>> {
+        loop {
+            if let Some(head) = self.buf.first_chunk::<4>() {
+                let len = u32::from_le_bytes(*head) as usize;
+                // Checked before allocating: a hostile length costs nothing.
+                if len > max {
+                    return Poll::Ready(Err(Ended::Oversized(len)));
+                }
+                if self.buf.len() >= 4 + len {
+                    self.buf.advance(4);
+                    return Poll::Ready(Ok(self.buf.split_to(len).freeze()));
+                }
+                // Room for the whole frame, and then some.
+                self.buf.reserve(4 + len - self.buf.len());
+            }
+            if self.buf.capacity() - self.buf.len() < READ_BUF / 4 {
+                self.buf.reserve(READ_BUF);
+            }
+            ready!(self.stream.poll_read_ready(cx)).map_err(Ended::Io)?;
+            match read_some(&self.stream, &mut self.buf) {
+                Ok(0) => return Poll::Ready(Err(Ended::Eof)),
+                Ok(_) => {}
+                // The readiness was stale; polling again registers the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(Ended::Io(e))),
+            }
+        }
+    }
+}
+
+/// Reads what is ready into `buf`'s spare capacity. A read that leaves
+/// room unfilled drained the socket: its readiness is cleared then, as
+/// tokio's own `poll_read` does, so that the next poll waits for new bytes
+/// instead of making a read system call that would find none.
+fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut got = None;
+    let result = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < room {
+            // Drained: clears the readiness; `got` says what was read.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (got, result) {
+        (Some(n), _) => Ok(n),
+        (None, result) => result,
     }
 }
 
 // ---------------------------------------------------------------- accepting
 
-/// Accepts connections and starts a reader for each, within the limit.
+/// Accepts connections and starts a hello reader for each, within the
+/// limit.
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let permits = Arc::new(Semaphore::new(shared.config.max_inbound));
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => match Arc::clone(&permits).try_acquire_owned() {
                 Ok(permit) => {
-                    let reader = read_connection(Arc::clone(&shared), stream, remote, permit);
-                    shared.tasks.spawn(reader);
+                    let hello = read_hello(Arc::clone(&shared), stream, remote, permit);
+                    shared.tasks.spawn(hello);
                 }
                 Err(_) => {
                     bump(&shared.counters.rejected);
@@ -649,15 +1412,16 @@ impl fmt::Display for Rejected {
     }
 }
 
-/// Reads one accepted connection: its hello, then its frames into the inbox.
-async fn read_connection(
+/// Reads and checks an accepted connection's hello, then hands it to
+/// `recv`.
+async fn read_hello(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     remote: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    let mut reader = BufReader::with_capacity(READ_BUF, stream);
-    let from = match check_hello(&shared, &mut reader, remote).await {
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let from = match check_hello(&shared, &mut stream, &mut buf, remote).await {
         Ok(from) => from,
         Err(why) => {
             bump(&shared.counters.rejected);
@@ -667,37 +1431,45 @@ async fn read_connection(
     };
     bump(&shared.counters.accepted);
     debug!(%remote, %from, "accepted a connection");
-    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (close_tx, close_rx) = oneshot::channel();
-    // Replacing the sender of an older connection from `from` closes it.
-    lock(&shared.inbound).insert(from, (conn, close_tx));
-    tokio::select! {
-        _ = close_rx => debug!(%remote, %from, "closed: replaced by a newer connection"),
-        () = read_frames(&shared, &mut reader, from) => {}
-    }
-    let mut inbound = lock(&shared.inbound);
-    if inbound.get(&from).is_some_and(|(c, _)| *c == conn) {
-        inbound.remove(&from);
-    }
+    // Fails only once the channel is gone.
+    let _ = shared.adopt.send(Inbound {
+        from,
+        stream,
+        buf,
+        _permit: permit,
+    });
 }
 
-/// Reads and checks the hello, within the hello timeout.
-async fn check_hello<R: AsyncRead + Unpin>(
+/// Reads and checks the hello, within the hello timeout; whatever was read
+/// after it stays in `buf`.
+async fn check_hello(
     shared: &Shared,
-    reader: &mut R,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
     remote: SocketAddr,
 ) -> Result<NodeId, Rejected> {
     let hello = async {
-        let len = reader.read_u32_le().await.map_err(Rejected::Io)?;
+        let whole = 4 + HELLO_LEN as usize;
+        while buf.len() < whole {
+            if let Some(head) = buf.first_chunk::<4>() {
+                let len = u32::from_le_bytes(*head);
+                if len != HELLO_LEN {
+                    return Err(Rejected::BadLength(len));
+                }
+            }
+            if stream.read_buf(buf).await.map_err(Rejected::Io)? == 0 {
+                return Err(Rejected::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        let len = buf.get_u32_le();
         if len != HELLO_LEN {
             return Err(Rejected::BadLength(len));
         }
-        let mut magic = [0; 4];
-        reader.read_exact(&mut magic).await.map_err(Rejected::Io)?;
-        if magic != TCP_HELLO_MAGIC {
+        if buf[..4] != TCP_HELLO_MAGIC {
             return Err(Rejected::BadMagic);
         }
-        reader.read_u64_le().await.map(NodeId).map_err(Rejected::Io)
+        buf.advance(4);
+        Ok(NodeId(buf.get_u64_le()))
     };
     let from = timeout(shared.config.hello_timeout, hello)
         .await
@@ -710,219 +1482,4 @@ async fn check_hello<R: AsyncRead + Unpin>(
         return Err(Rejected::WrongIp { expected });
     }
     Ok(from)
-}
-
-/// Reads frames from `from` into the inbox until the connection ends or
-/// breaks the format.
-async fn read_frames<R: AsyncRead + Unpin>(shared: &Shared, reader: &mut R, from: NodeId) {
-    let max = shared.config.max_datagram;
-    loop {
-        let len = match reader.read_u32_le().await {
-            Ok(len) => len as usize,
-            Err(e) => {
-                debug!(%from, error = %e, "inbound connection ended");
-                return;
-            }
-        };
-        // Checked before allocating: a hostile length costs nothing.
-        if len > max {
-            bump(&shared.counters.oversized_frames);
-            warn!(%from, len, max, "frame longer than max_datagram; connection closed");
-            return;
-        }
-        let mut payload = BytesMut::with_capacity(len);
-        let mut body = (&mut *reader).take(len as u64);
-        while payload.len() < len {
-            match body.read_buf(&mut payload).await {
-                Ok(0) => {
-                    debug!(%from, "inbound connection ended inside a frame");
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    debug!(%from, error = %e, "inbound connection failed inside a frame");
-                    return;
-                }
-            }
-        }
-        match shared.inbox.try_send((from, payload.freeze())) {
-            Ok(()) => bump(&shared.counters.received),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                bump(&shared.counters.dropped_inbox_full);
-                trace!(%from, "inbox full; datagram dropped");
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-        }
-    }
-}
-
-// ----------------------------------------------------------------- dialing
-
-/// One dialed connection, split so that the writer can notice the peer
-/// closing it while waiting for datagrams.
-struct Conn {
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
-}
-
-/// What woke a writer.
-enum Wake {
-    Datagram(Option<Bytes>),
-    /// The peer closed the connection (or sent something, which it never
-    /// should: the dialed side only writes).
-    Closed(io::Result<usize>),
-}
-
-/// When a writer may dial again.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-    until: Option<Instant>,
-}
-
-impl Backoff {
-    fn new(config: &TcpConfig) -> Self {
-        Backoff {
-            min: config.backoff_min,
-            max: config.backoff_max,
-            next: config.backoff_min,
-            until: None,
-        }
-    }
-
-    fn waiting(&self) -> bool {
-        self.until.is_some_and(|until| Instant::now() < until)
-    }
-
-    fn failed(&mut self) {
-        self.until = Some(Instant::now() + self.next);
-        self.next = (self.next * 2).min(self.max);
-    }
-
-    fn succeeded(&mut self) {
-        self.next = self.min;
-        self.until = None;
-    }
-}
-
-/// Writes the datagrams queued for `peer`, dialing as needed.
-async fn write_loop(shared: Arc<Shared>, peer: NodeId, mut queue: mpsc::Receiver<Bytes>) {
-    let counters = &shared.counters;
-    let mut conn: Option<Conn> = None;
-    let mut backoff = Backoff::new(&shared.config);
-    let mut batch = BytesMut::new();
-    let mut scratch = [0u8; 64];
-    loop {
-        let wake = match conn.as_mut() {
-            None => Wake::Datagram(queue.recv().await),
-            Some(c) => tokio::select! {
-                d = queue.recv() => Wake::Datagram(d),
-                r = c.read.read(&mut scratch) => Wake::Closed(r),
-            },
-        };
-        let first = match wake {
-            Wake::Datagram(Some(d)) => d,
-            // The queue was replaced (the peer moved or left): done.
-            Wake::Datagram(None) => return,
-            Wake::Closed(Ok(n)) if n > 0 => {
-                trace!(%peer, n, "ignored bytes on a dialed connection");
-                continue;
-            }
-            Wake::Closed(r) => {
-                bump(&counters.connections_lost);
-                debug!(%peer, result = ?r, "peer closed the connection");
-                conn = None;
-                continue;
-            }
-        };
-        batch.clear();
-        if conn.is_none() {
-            if backoff.waiting() {
-                bump(&counters.dropped_unconnected);
-                continue;
-            }
-            let Some(addr) = shared.book.get(peer) else {
-                bump(&counters.dropped_unconnected);
-                continue;
-            };
-            match dial(&shared, addr).await {
-                Ok(stream) => {
-                    bump(&counters.connects);
-                    debug!(%peer, %addr, "connected");
-                    backoff.succeeded();
-                    let (read, write) = stream.into_split();
-                    conn = Some(Conn { read, write });
-                    batch.put_u32_le(HELLO_LEN);
-                    batch.put_slice(&TCP_HELLO_MAGIC);
-                    batch.put_u64_le(shared.local.get());
-                }
-                Err(e) => {
-                    bump(&counters.connect_failures);
-                    bump(&counters.dropped_unconnected);
-                    debug!(%peer, %addr, error = %e, "dial failed");
-                    backoff.failed();
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else {
-            continue;
-        };
-        // Whatever else is queued goes in the same write.
-        let mut frames = 1;
-        put_frame(&mut batch, &first);
-        while batch.len() < BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(d) => {
-                    put_frame(&mut batch, &d);
-                    frames += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        match timeout(shared.config.write_timeout, c.write.write_all(&batch)).await {
-            Ok(Ok(())) => add(&counters.sent, frames),
-            result => {
-                add(&counters.dropped_write_failed, frames);
-                bump(&counters.connections_lost);
-                debug!(%peer, ?result, frames, "write failed; connection dropped");
-                conn = None;
-            }
-        }
-        if batch.capacity() > 2 * BATCH_BYTES {
-            // One huge batch should not pin its buffer for good.
-            batch = BytesMut::new();
-        }
-    }
-}
-
-fn put_frame(batch: &mut BytesMut, datagram: &[u8]) {
-    // The length fits: `send` refused anything over `max_datagram`, which
-    // is at most `u32::MAX`.
-    batch.put_u32_le(datagram.len() as u32);
-    batch.put_slice(datagram);
-}
-
-/// Connects to `addr` with `TCP_NODELAY`, from the listening IP when that is
-/// a specific one of the same kind (so the peer sees the IP its book has).
-async fn dial(shared: &Shared, addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    let ip = shared.local_addr.ip();
-    if !ip.is_unspecified()
-        && ip.is_ipv4() == addr.is_ipv4()
-        && ip.is_loopback() == addr.ip().is_loopback()
-    {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    // Before connecting, so that the hello already leaves at once.
-    socket.set_nodelay(true)?;
-    let stream = timeout(shared.config.connect_timeout, socket.connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    Ok(stream)
 }

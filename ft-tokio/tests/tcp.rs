@@ -187,26 +187,271 @@ async fn a_full_outbound_queue_drops_instead_of_blocking() {
     assert_eq!(nodes[0].stats().sent, 2);
 }
 
+/// A datagram numbered `seq`, `len` bytes long, every byte derived from
+/// `seq`: a frame cut or spliced wrongly shows.
+fn numbered(seq: u32, len: usize) -> Bytes {
+    let mut d = seq.to_le_bytes().to_vec();
+    d.extend((4..len).map(|i| (seq as usize * 31 + i) as u8));
+    Bytes::from(d)
+}
+
+/// The number of a datagram made by [`numbered`], checking its bytes.
+fn number_of(d: &Bytes) -> u32 {
+    let seq = u32::from_le_bytes(d[..4].try_into().unwrap());
+    assert_eq!(*d, numbered(seq, d.len()), "datagram {seq} is corrupt");
+    seq
+}
+
+/// Receives `count` datagrams from `from` on `rx`; their numbers.
+async fn recv_numbers(rx: &TcpChannel, from: NodeId, count: usize) -> Vec<u32> {
+    let mut got = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (sender, d) = guarded("the datagrams that were not dropped", rx.recv())
+            .await
+            .unwrap();
+        assert_eq!(sender, from);
+        got.push(number_of(&d));
+    }
+    got
+}
+
 #[tokio::test]
-async fn a_flood_is_bounded_by_the_inbox_and_counted() {
-    let config = TcpConfig::default().with_inbox_capacity(4);
+async fn frames_keep_their_order_across_the_direct_and_the_queued_path() {
+    const LEN: usize = 16 << 10;
+    const FLOOD: u32 = 4_000;
+    let config = TcpConfig::default().with_outbound_capacity(64);
     let nodes = tcp_mesh_with(&[NodeId(1), NodeId(2)], config).await;
-    for i in 0..100u8 {
-        nodes[0]
-            .send(NodeId(2), Bytes::from(vec![i]))
+    let (tx, rx) = (&nodes[0], &nodes[1]);
+    // The connection is up: what follows starts on the direct path.
+    tx.send(NodeId(2), numbered(0, LEN)).await.unwrap();
+    assert_eq!(recv_numbers(rx, NodeId(1), 1).await, [0]);
+    let queued_before = tx.stats();
+    assert_eq!(queued_before.dropped_outbound_full, 0);
+    // The receiver reads nothing while this runs (one thread, no await
+    // that yields): the socket buffers fill, a frame is cut short, the
+    // rest queues behind it, and the queue overflows.
+    for seq in 1..=FLOOD {
+        tx.send(NodeId(2), numbered(seq, LEN)).await.unwrap();
+    }
+    let s = tx.stats();
+    assert!(
+        s.dropped_outbound_full > 0,
+        "the flood did not fill the queue: {s:?}"
+    );
+    assert!(s.sent > 1, "nothing went the direct path: {s:?}");
+    // Now the receiver reads everything: the direct writes, the frame cut
+    // short, the queue; whole, in order, none twice.
+    let through = FLOOD as usize - s.dropped_outbound_full as usize;
+    let got = recv_numbers(rx, NodeId(1), through).await;
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+    // What was not dropped is a prefix (the direct path and the queue)
+    // and nothing after the queue filled.
+    assert_eq!(got, (1..=through as u32).collect::<Vec<_>>());
+    // With the queue drained, the direct path again, after the queue.
+    eventually("the queue to drain", || {
+        tx.stats().sent == 1 + through as u64
+    })
+    .await;
+    tx.send(NodeId(2), numbered(FLOOD + 1, LEN)).await.unwrap();
+    assert_eq!(recv_numbers(rx, NodeId(1), 1).await, [FLOOD + 1]);
+    let s = tx.stats();
+    assert_eq!(
+        (
+            s.dropped_write_failed,
+            s.dropped_unconnected,
+            s.connects,
+            s.connections_lost
+        ),
+        (0, 0, 1, 0),
+        "{s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_keep_their_order_while_the_receiver_reads_on_another_thread() {
+    // Sends race the writer task and the reader: some direct, some queued
+    // behind a frame cut short, back and forth.
+    const LEN: usize = 3_000;
+    const COUNT: u32 = 20_000;
+    let nodes = tcp_mesh_with(&[NodeId(1), NodeId(2)], TcpConfig::default()).await;
+    let nodes = std::sync::Arc::new(nodes);
+    let reader = {
+        let nodes = std::sync::Arc::clone(&nodes);
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut count = 0u32;
+            loop {
+                let got = tokio::time::timeout(Duration::from_millis(500), nodes[1].recv()).await;
+                let Ok(got) = got else { return count };
+                let seq = number_of(&got.unwrap().1);
+                assert!(last < Some(seq), "{seq} after {last:?}");
+                last = Some(seq);
+                count += 1;
+            }
+        })
+    };
+    for seq in 0..COUNT {
+        nodes[0].send(NodeId(2), numbered(seq, LEN)).await.unwrap();
+        if seq % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let received = reader.await.unwrap();
+    let s = nodes[0].stats();
+    assert_eq!(u64::from(received), s.sent, "{s:?}");
+    assert_eq!(s.sent + s.dropped_outbound_full, u64::from(COUNT), "{s:?}");
+}
+
+#[tokio::test]
+async fn a_receiver_that_does_not_read_pushes_back_and_the_sender_drops() {
+    // Frames from peers wait in the socket buffers (bounded by the
+    // kernel), not in an unbounded queue: the sender's queue overflows
+    // and counts, and a peer that stays full past the write timeout loses
+    // its connection and the frames waiting for it.
+    let config = TcpConfig::default()
+        .with_outbound_capacity(8)
+        .with_write_timeout(Duration::from_millis(100));
+    let nodes = tcp_mesh_with(&[NodeId(1), NodeId(2)], config).await;
+    let (tx, rx) = (&nodes[0], &nodes[1]);
+    tx.send(NodeId(2), numbered(0, 100)).await.unwrap();
+    assert_eq!(recv_numbers(rx, NodeId(1), 1).await, [0]);
+    let big = Bytes::from(vec![1u8; 60_000]);
+    for _ in 0..2_000 {
+        tx.send(NodeId(2), big.clone()).await.unwrap();
+    }
+    assert!(tx.stats().dropped_outbound_full > 0);
+    eventually("the write timeout to drop the connection", || {
+        tx.stats().connections_lost == 1
+    })
+    .await;
+    let s = tx.stats();
+    assert!(s.dropped_write_failed > 0, "{s:?}");
+    assert_eq!(
+        s.sent + s.dropped_outbound_full + s.dropped_write_failed,
+        2_001,
+        "{s:?}"
+    );
+    // The next datagram dials again; the receiver adopts the new
+    // connection (closing the old one) and gets it.
+    let fresh = std::sync::Arc::new(nodes);
+    let drain = {
+        let fresh = std::sync::Arc::clone(&fresh);
+        tokio::spawn(async move {
+            loop {
+                let (_, d) = fresh[1].recv().await.unwrap();
+                if d.len() == 5 {
+                    return d;
+                }
+            }
+        })
+    };
+    guarded("a datagram on a new connection", async {
+        while !drain.is_finished() {
+            fresh[0].send(NodeId(2), b("again")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(drain.await.unwrap(), b("again"));
+    assert_eq!(fresh[0].stats().connects, 2);
+}
+
+#[tokio::test]
+async fn a_batch_to_several_peers_refuses_by_position_and_keeps_each_peers_order() {
+    let nodes = tcp_mesh(&[NodeId(1), NodeId(2), NodeId(3)]).await;
+    let (a, b_end, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let max = a.max_datagram();
+    let batch = vec![
+        (NodeId(2), numbered(1, 10)),
+        (NodeId(3), numbered(2, 20)),
+        (NodeId(9), numbered(3, 30)),
+        (NodeId(2), Bytes::from(vec![0; max + 1])),
+        (NodeId(3), numbered(5, 50)),
+        (NodeId(1), numbered(6, 60)),
+        (NodeId(2), numbered(7, 70)),
+        (NodeId(2), numbered(8, 80)),
+    ];
+    let err = a.send_batch(&batch).await.unwrap_err();
+    assert_eq!(
+        err.failed,
+        vec![
+            (2, ChannelError::Unreachable(NodeId(9))),
+            (3, ChannelError::TooLarge { len: max + 1, max }),
+        ]
+    );
+    assert_eq!(recv_numbers(b_end, NodeId(1), 3).await, [1, 7, 8]);
+    assert_eq!(recv_numbers(c, NodeId(1), 2).await, [2, 5]);
+    assert_eq!(recv_numbers(a, NodeId(1), 1).await, [6]);
+    // Once connected, a batch's frames to one peer take one vectored write
+    // and arrive in order.
+    let batch: Vec<_> = (10..200u32)
+        .map(|seq| {
+            (
+                NodeId(2 + seq as u64 % 2),
+                numbered(seq, 100 + seq as usize),
+            )
+        })
+        .collect();
+    a.send_batch(&batch).await.unwrap();
+    let evens: Vec<u32> = (10..200).filter(|s| s % 2 == 0).collect();
+    let odds: Vec<u32> = (10..200).filter(|s| s % 2 == 1).collect();
+    assert_eq!(recv_numbers(b_end, NodeId(1), evens.len()).await, evens);
+    assert_eq!(recv_numbers(c, NodeId(1), odds.len()).await, odds);
+}
+
+#[tokio::test]
+async fn a_slow_peer_does_not_hold_up_sends_to_another() {
+    let config = TcpConfig::default().with_outbound_capacity(16);
+    let nodes = tcp_mesh_with(&[NodeId(1), NodeId(2), NodeId(3)], config).await;
+    let (a, slow, fast) = (&nodes[0], &nodes[1], &nodes[2]);
+    // Both connections up.
+    a.send(NodeId(2), numbered(0, 10)).await.unwrap();
+    a.send(NodeId(3), numbered(0, 10)).await.unwrap();
+    recv_numbers(slow, NodeId(1), 1).await;
+    recv_numbers(fast, NodeId(1), 1).await;
+    // n2 stops reading; n1 floods it, interleaving datagrams for n3.
+    let big = Bytes::from(vec![9u8; 32 << 10]);
+    let started = std::time::Instant::now();
+    for seq in 1..=1_000u32 {
+        a.send(NodeId(2), big.clone()).await.unwrap();
+        a.send_batch(&[(NodeId(2), big.clone()), (NodeId(3), numbered(seq, 40))])
             .await
             .unwrap();
     }
-    eventually("every datagram to be received or dropped", || {
-        let s = nodes[1].stats();
-        s.received + s.dropped_inbox_full == 100
-    })
-    .await;
-    assert_eq!(nodes[1].stats().dropped_inbox_full, 96);
-    // One connection keeps order: the first four were kept.
-    for i in 0..4u8 {
-        assert_eq!(nodes[1].recv().await.unwrap().1, Bytes::from(vec![i]));
-    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "sends waited for the slow peer: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        a.stats().dropped_outbound_full > 0,
+        "n2's queue never filled"
+    );
+    // n3 got every one of its datagrams, in order.
+    assert_eq!(
+        recv_numbers(fast, NodeId(1), 1_000).await,
+        (1..=1_000).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_recv_keeps_a_frame_read_in_part() {
+    let nodes = tcp_mesh(&[NodeId(2)]).await;
+    let server = &nodes[0];
+    server.set_peer(NodeId(3), "127.0.0.1:9".parse().unwrap());
+    let whole = numbered(42, 50_000);
+    let framed = [hello(3), frame(&whole)].concat();
+    let (first, second) = framed.split_at(12 + 4 + 20_000);
+    let mut raw = connect_and_write(server.local_addr(), &[first]).await;
+    // Polled until it has read the first part, then dropped.
+    let early = tokio::time::timeout(Duration::from_millis(100), server.recv()).await;
+    assert!(
+        early.is_err(),
+        "a frame read in part was returned: {early:?}"
+    );
+    raw.write_all(second).await.unwrap();
+    let got = guarded("the whole frame", server.recv()).await.unwrap();
+    assert_eq!(got, (NodeId(3), whole));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,11 +490,22 @@ async fn simultaneous_dials_keep_both_connections() {
 #[tokio::test]
 async fn hostile_input_is_refused_without_allocating_and_others_are_served() {
     let mut nodes = tcp_mesh(&[NodeId(1), NodeId(2)]).await;
-    let server = nodes.pop().unwrap();
+    let server = std::sync::Arc::new(nodes.pop().unwrap());
     let client = nodes.pop().unwrap();
     // A peer the raw connections below may claim to be: listed, on loopback.
     server.set_peer(NodeId(3), "127.0.0.1:9".parse().unwrap());
     let to = server.local_addr();
+    // The server receives all along, as a driver does: connections are
+    // read (and closed when hostile) while a `recv` is pending.
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let receiver = {
+        let server = std::sync::Arc::clone(&server);
+        tokio::spawn(async move {
+            loop {
+                let _ = got_tx.send(server.recv().await.unwrap());
+            }
+        })
+    };
 
     // A huge length where the hello should be.
     let mut raw = connect_and_write(to, &[&u32::MAX.to_le_bytes(), b"garbage garbage"]).await;
@@ -269,26 +525,36 @@ async fn hostile_input_is_refused_without_allocating_and_others_are_served() {
     let huge = (u32::MAX - 1).to_le_bytes();
     let mut raw = connect_and_write(to, &[&hello(3), &frame(b"legit"), &huge, &[0xAB; 1000]]).await;
     closed_by_peer(&mut raw).await;
-    assert_eq!(server.recv().await.unwrap(), (NodeId(3), b("legit")));
+    assert_eq!(got.recv().await.unwrap(), (NodeId(3), b("legit")));
 
     // Just over the limit is refused too.
     let over = (server.max_datagram() as u32 + 1).to_le_bytes();
     let mut raw = connect_and_write(to, &[&hello(3), &over]).await;
     closed_by_peer(&mut raw).await;
 
+    // A frame cut short by the peer closing: dropped, nothing delivered.
+    let mut raw = connect_and_write(to, &[&hello(3), &frame(b"cut short")[..7]]).await;
+    raw.shutdown().await.unwrap();
+    closed_by_peer(&mut raw).await;
+
     let s = server.stats();
     assert_eq!(
         (s.rejected, s.accepted, s.oversized_frames),
-        (3, 2, 2),
+        (3, 3, 2),
         "{s:?}"
     );
 
     // The channel still serves its real peers.
     client.send(NodeId(2), b("still here")).await.unwrap();
     assert_eq!(
-        guarded("still here", server.recv()).await.unwrap(),
+        guarded("still here", got.recv()).await.unwrap(),
         (NodeId(1), b("still here"))
     );
+    assert!(
+        got.try_recv().is_err(),
+        "a hostile connection delivered something"
+    );
+    receiver.abort();
 }
 
 #[tokio::test]
@@ -365,4 +631,61 @@ async fn shutdown_closes_the_listener() {
     let addr = a.local_addr();
     a.shutdown().await;
     assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn replies_to_a_burst_go_out_together_once_the_burst_is_taken() {
+    // n2 receives a burst of requests already buffered and answers each
+    // from the task receiving, as a driver does: the answers wait until it
+    // has taken the burst, then leave in few writes, all of them, in
+    // order.
+    const BURST: u32 = 200;
+    let nodes = tcp_mesh(&[NodeId(1), NodeId(2)]).await;
+    let (a, server) = (&nodes[0], &nodes[1]);
+    // Both connections up.
+    a.send(NodeId(2), numbered(0, 10)).await.unwrap();
+    recv_numbers(server, NodeId(1), 1).await;
+    server.send(NodeId(1), numbered(0, 10)).await.unwrap();
+    recv_numbers(a, NodeId(2), 1).await;
+    let batch: Vec<_> = (1..=BURST)
+        .map(|seq| (NodeId(2), numbered(seq, 64)))
+        .collect();
+    a.send_batch(&batch).await.unwrap();
+    // All of it is in n2's socket before n2 reads.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let writes_before = server.stats().writes;
+    for _ in 0..BURST {
+        let (from, request) = guarded("a request", server.recv()).await.unwrap();
+        server.send(from, request).await.unwrap();
+    }
+    // The last answers were written when the receiving task took its last
+    // buffered request: no further `recv` is needed.
+    let answers = recv_numbers(a, NodeId(2), BURST as usize).await;
+    assert_eq!(answers, (1..=BURST).collect::<Vec<_>>());
+    let writes = server.stats().writes - writes_before;
+    assert!(
+        writes * 4 <= u64::from(BURST),
+        "{writes} writes for {BURST} answers: they did not wait for the burst"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_queue_stays_within_the_bound_when_the_socket_fills() {
+    let config = TcpConfig::default().with_outbound_capacity(4);
+    let nodes = tcp_mesh_with(&[NodeId(1), NodeId(2)], config).await;
+    let (tx, rx) = (&nodes[0], &nodes[1]);
+    tx.send(NodeId(2), numbered(0, 10)).await.unwrap();
+    recv_numbers(rx, NodeId(1), 1).await;
+    // More than the socket buffers take: what they do not is queued up to
+    // the bound, the rest dropped.
+    let batch: Vec<_> = (1..=400)
+        .map(|seq| (NodeId(2), numbered(seq, 60_000)))
+        .collect();
+    tx.send_batch(&batch).await.unwrap();
+    let s = tx.stats();
+    assert!(s.dropped_outbound_full > 0, "{s:?}");
+    let through = 400 - s.dropped_outbound_full as usize;
+    assert!(through <= s.sent as usize + 4, "more than 4 queued: {s:?}");
+    let got = recv_numbers(rx, NodeId(1), through).await;
+    assert_eq!(got, (1..=through as u32).collect::<Vec<_>>());
 }
