@@ -26,7 +26,8 @@
 //!   replaces it; [`Output::CancelTimer`] removes it, and a removed timer
 //!   never fires;
 //! - **inputs** from the [`Handle`] (and its [`InputSender`] clones);
-//! - **sends**: the datagrams of one step go to the channel together, in
+//! - **sends**: the datagrams of a step, and of the steps taken right
+//!   after it while more work was ready, go to the channel together, in
 //!   one [`Channel::send_batch`] (see below);
 //! - **datagrams**: one `recv` future stays alive across iterations (a
 //!   [`Channel`]'s `recv` is cancel safe, but re-creating it for every
@@ -44,9 +45,14 @@
 //!
 //! Each [`Output::Send`] is framed by the codec (fitted to the channel's
 //! [`max_datagram`](Channel::max_datagram) by [`driver`] itself, so a custom
-//! channel needs no setup) and queued; when the drain ends, the queue goes
-//! to the channel in one [`Channel::send_batch`], in the order the core
-//! asked, so a transport can write each peer's datagrams at once. The
+//! channel needs no setup) and queued. After a step, the driver takes
+//! whatever else is ready at once (datagrams a transport read in one go,
+//! inputs queued meanwhile, up to [`STEPS_PER_BATCH`] steps) and then hands
+//! the queue to the channel in one [`Channel::send_batch`], in the order the
+//! core asked, so a transport can write each peer's datagrams at once: one
+//! write for the replies to a burst of requests, and no delay when nothing
+//! else is ready. An event that must wait for a full event queue sends the
+//! datagrams queued before it first. The
 //! batch is polled at once, so a channel whose sends complete immediately
 //! (as the contract asks) costs no extra wake-up; one that is not done yet
 //! is polled beside the other sources, and the datagrams of later steps
@@ -661,6 +667,16 @@ enum Wake<P: Protocol> {
 /// How many sources [`Driver::poll_wake`] serves in turn.
 const SOURCES: usize = 4;
 
+/// How many steps the driver takes back to back, while more work is ready
+/// at once, before it hands their datagrams to the channel.
+pub const STEPS_PER_BATCH: usize = 64;
+
+/// Whether the driver goes on after a wake.
+enum Flow {
+    Go,
+    Stop,
+}
+
 /// The state the driver future owns.
 struct Driver<P: Protocol, C, K, L> {
     protocol: P,
@@ -728,64 +744,103 @@ where
         // The core may have queued outputs when it was built (timers to set,
         // a first record to persist).
         self.drain().await?;
+        self.flush().await?;
         loop {
             self.prepare();
-            match poll_fn(|cx| self.poll_wake(cx)).await {
-                Wake::Persisted(LogDone::Appended(Ok(first), tokens)) => {
-                    for (i, &token) in tokens.iter().enumerate() {
-                        if self.lsns.len() >= REMEMBERED_LSNS {
-                            self.lsns.pop_front();
-                        }
-                        self.lsns.push_back((token, Lsn(first.0 + i as u64)));
-                    }
-                    for token in tokens {
-                        StatCells::bump(&self.stats.persists);
-                        debug!(?token, "persist durable");
-                        let now = self.now();
-                        self.protocol.handle_persisted(now, token);
-                        self.drain().await?;
-                    }
-                }
-                Wake::Persisted(LogDone::Truncated(Ok(start))) => {
-                    StatCells::bump(&self.stats.compactions);
-                    debug!(start = start.0, "log prefix dropped");
-                }
-                Wake::Persisted(LogDone::Truncated(Err(e))) => {
-                    // Nothing is lost: the records stay, and the core
-                    // recovers from them as well as without.
-                    warn!(error = %e, "truncating the log's prefix failed; keeping it");
-                }
-                Wake::Persisted(LogDone::Appended(Err(e), tokens)) => {
-                    warn!(error = %e, records = tokens.len(), "append to the stable log failed");
-                    return Err(DriverError::Storage(e));
-                }
-                Wake::Timer(deadline) => self.fire_timers(deadline).await?,
-                Wake::Command(Some(Command::Input(input))) => {
-                    StatCells::bump(&self.stats.inputs);
-                    trace!("input");
-                    let now = self.now();
-                    self.protocol.handle_input(now, input);
-                    self.drain().await?;
-                }
-                Wake::Command(Some(Command::Shutdown)) => return self.flush_for_shutdown().await,
-                Wake::Command(None) => {
-                    debug!("every input sender is gone; serving the network only");
-                    self.commands_open = false;
-                }
-                Wake::Datagram(Ok((from, datagram))) => self.on_datagram(from, datagram).await?,
-                Wake::Datagram(Err(ChannelError::Closed)) => {
-                    return Err(DriverError::Channel(ChannelError::Closed));
-                }
-                Wake::Datagram(Err(e)) => {
-                    StatCells::bump(&self.stats.recv_failures);
-                    warn!(error = %e, "recv failed; receiving again");
-                }
-                Wake::Sent(result, batch) => {
-                    self.sent(result, batch)?;
-                    self.flush().await?;
+            let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+            if let Flow::Stop = self.step(wake).await? {
+                return self.flush_for_shutdown().await;
+            }
+            // Whatever else is ready at once (a burst of datagrams read in
+            // one go, inputs queued meanwhile) is handled before anything
+            // is sent, so that its datagrams leave in the same batch: one
+            // write per peer under load, and no delay at all when nothing
+            // else is ready.
+            for _ in 1..STEPS_PER_BATCH {
+                self.prepare();
+                let ready = {
+                    let mut wake = poll_fn(|cx| self.poll_wake(cx));
+                    futures::poll!(&mut wake)
+                };
+                let Poll::Ready(wake) = ready else { break };
+                if let Flow::Stop = self.step(wake).await? {
+                    return self.flush_for_shutdown().await;
                 }
             }
+            self.flush().await?;
         }
+    }
+
+    /// [`on_wake`](Self::on_wake); when the log failed, the datagrams the
+    /// core asked for before are still sent (none of them can depend on
+    /// the failed records, whose tokens the core never gets) and the
+    /// driver stops.
+    async fn step(&mut self, wake: Wake<P>) -> Result<Flow, DriverError> {
+        match self.on_wake(wake).await {
+            Err(e @ DriverError::Storage(_)) => {
+                self.flush().await?;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Handles what woke the driver: one step of the core (or a few, for a
+    /// completed append of several records or timers due together).
+    async fn on_wake(&mut self, wake: Wake<P>) -> Result<Flow, DriverError> {
+        match wake {
+            Wake::Persisted(LogDone::Appended(Ok(first), tokens)) => {
+                for (i, &token) in tokens.iter().enumerate() {
+                    if self.lsns.len() >= REMEMBERED_LSNS {
+                        self.lsns.pop_front();
+                    }
+                    self.lsns.push_back((token, Lsn(first.0 + i as u64)));
+                }
+                for token in tokens {
+                    StatCells::bump(&self.stats.persists);
+                    debug!(?token, "persist durable");
+                    let now = self.now();
+                    self.protocol.handle_persisted(now, token);
+                    self.drain().await?;
+                }
+            }
+            Wake::Persisted(LogDone::Truncated(Ok(start))) => {
+                StatCells::bump(&self.stats.compactions);
+                debug!(start = start.0, "log prefix dropped");
+            }
+            Wake::Persisted(LogDone::Truncated(Err(e))) => {
+                // Nothing is lost: the records stay, and the core
+                // recovers from them as well as without.
+                warn!(error = %e, "truncating the log's prefix failed; keeping it");
+            }
+            Wake::Persisted(LogDone::Appended(Err(e), tokens)) => {
+                warn!(error = %e, records = tokens.len(), "append to the stable log failed");
+                return Err(DriverError::Storage(e));
+            }
+            Wake::Timer(deadline) => self.fire_timers(deadline).await?,
+            Wake::Command(Some(Command::Input(input))) => {
+                StatCells::bump(&self.stats.inputs);
+                trace!("input");
+                let now = self.now();
+                self.protocol.handle_input(now, input);
+                self.drain().await?;
+            }
+            Wake::Command(Some(Command::Shutdown)) => return Ok(Flow::Stop),
+            Wake::Command(None) => {
+                debug!("every input sender is gone; serving the network only");
+                self.commands_open = false;
+            }
+            Wake::Datagram(Ok((from, datagram))) => self.on_datagram(from, datagram).await?,
+            Wake::Datagram(Err(ChannelError::Closed)) => {
+                return Err(DriverError::Channel(ChannelError::Closed));
+            }
+            Wake::Datagram(Err(e)) => {
+                StatCells::bump(&self.stats.recv_failures);
+                warn!(error = %e, "recv failed; receiving again");
+            }
+            Wake::Sent(result, batch) => self.sent(result, batch)?,
+        }
+        Ok(Flow::Go)
     }
 
     /// Starts what the last outputs asked for: the next batch of records, if
@@ -931,7 +986,6 @@ where
     /// Carries out the core's outputs until it has none, in order.
     async fn drain(&mut self) -> Result<(), DriverError> {
         self.drain_outputs().await?;
-        self.flush().await?;
         let counters = self.protocol.counters();
         self.stats.publish(counters);
         #[cfg(feature = "metrics")]
@@ -974,9 +1028,18 @@ where
                     StatCells::bump(&self.stats.events);
                     // Events may hold the application's payloads: not logged.
                     trace!("event");
-                    // Waits while the queue is full: back-pressure. An error
-                    // only means the handle is gone, and nobody is listening.
-                    let _ = self.events.send(event).await;
+                    // Waits while the queue is full: back-pressure. The
+                    // datagrams asked for so far go first, so a slow reader
+                    // of events delays none of them. An error only means
+                    // the handle is gone, and nobody is listening.
+                    match self.events.try_send(event) {
+                        Ok(()) => {}
+                        Err(e) if e.is_full() => {
+                            self.flush().await?;
+                            let _ = self.events.send(e.into_inner()).await;
+                        }
+                        Err(_) => {}
+                    }
                 }
             }
         }

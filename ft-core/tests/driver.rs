@@ -695,6 +695,9 @@ async fn a_send_that_never_returns_costs_datagrams_never_timers_inputs_or_persis
             n: 0,
         })
         .unwrap();
+        // Its batch reaches the channel, and sticks there.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(h.stats().batches, 1);
         // Behind it: a timer, a persist, and 30 pings to a healthy peer.
         h.input(In::SetTimer {
             id: 1,
@@ -766,7 +769,7 @@ async fn the_driver_fits_its_frames_to_the_channel_it_is_given() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn one_step_s_datagrams_reach_the_channel_as_one_batch_and_shutdown_flushes() {
+async fn the_datagrams_of_steps_ready_together_reach_the_channel_as_one_batch() {
     bounded(async {
         let net = MemNetwork::new(64);
         let peer = net.join(NodeId(2));
@@ -789,7 +792,9 @@ async fn one_step_s_datagrams_reach_the_channel_as_one_batch_and_shutdown_flushe
         stopped(run).await.unwrap();
         let stats = h.stats();
         assert_eq!(stats.datagrams_out, 41, "{stats:?}");
-        assert_eq!(stats.batches, 2, "one batch per step: {stats:?}");
+        // Both inputs were queued before the driver ran: taken back to
+        // back, their datagrams left together.
+        assert_eq!(stats.batches, 1, "{stats:?}");
         assert_eq!(stats.datagrams_dropped, 0);
         let mut got = Vec::new();
         while let Some(Ok((_, frame))) = peer.recv().now_or_never() {
@@ -873,6 +878,73 @@ async fn a_batch_refused_as_closed_ends_the_driver() {
             "{result:?}"
         );
         assert_eq!(h.stats().datagrams_out, 0);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_alone_is_sent_at_once_and_a_long_burst_is_cut_into_batches() {
+    bounded(async {
+        let net = MemNetwork::new(1024);
+        let peer = net.join(NodeId(2));
+        let (h, run) = spawn(
+            net.join(NodeId(1)),
+            MemLog::default(),
+            DriverConfig::default(),
+        );
+        // One input, nothing else ready: its ping goes out without waiting
+        // for anything (paused time does not move).
+        h.input(In::Ping {
+            to: NodeId(2),
+            n: 1,
+        })
+        .unwrap();
+        let before = tokio::time::Instant::now();
+        assert_eq!(recv_msg(&peer).await, (NodeId(1), Msg::Ping(1)));
+        assert_eq!(tokio::time::Instant::now(), before);
+        assert_eq!(h.stats().batches, 1);
+
+        // 200 inputs ready at once: taken STEPS_PER_BATCH at a time.
+        for n in 0..200 {
+            h.input(In::Ping { to: NodeId(2), n }).unwrap();
+        }
+        for n in 0..200 {
+            assert_eq!(recv_msg(&peer).await, (NodeId(1), Msg::Ping(n)));
+        }
+        let batches = h.stats().batches - 1;
+        let steps = ft_core::driver::STEPS_PER_BATCH as u64;
+        assert_eq!(batches, 200_u64.div_ceil(steps), "{:?}", h.stats());
+        h.shutdown();
+        stopped(run).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_driver_held_back_by_a_full_event_queue_has_sent_what_came_before() {
+    bounded(async {
+        let net = MemNetwork::new(64);
+        let peer = net.join(NodeId(2));
+        let config = DriverConfig::default().with_event_capacity(1);
+        // The application never reads its events.
+        let (h, run) = spawn(net.join(NodeId(1)), MemLog::default(), config);
+        for n in 0..8 {
+            send_msg(&peer, NodeId(1), &Msg::Ping(n)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let handled = h.stats().datagrams_in;
+        assert!(
+            handled < 8,
+            "the driver was never held back: {:?}",
+            h.stats()
+        );
+        // Every ping handled was answered, the one whose event waits too.
+        let mut pongs = 0;
+        while let Ok(Some(_)) = peer.try_recv() {
+            pongs += 1;
+        }
+        assert_eq!(pongs, handled, "{:?}", h.stats());
+        run.abort();
     })
     .await;
 }
