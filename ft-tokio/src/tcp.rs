@@ -41,10 +41,9 @@ use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,11 +72,6 @@ pub const TCP_DEFAULT_MAX_DATAGRAM: usize = 65_507;
 /// Frames per vectored write, at most (two buffers each, well within
 /// `IOV_MAX`); more are written by further calls.
 const FRAMES_PER_WRITE: usize = 64;
-
-/// Frames sent to a peer by the task receiving, while it has more
-/// received frames to take, wait for it to take them (see
-/// [`TcpChannel`]), up to this many bytes.
-const DEFER_BYTES: usize = 64 * 1024;
 
 /// How much each read of an accepted connection asks for, at least: many
 /// small frames per system call.
@@ -369,53 +363,8 @@ struct Shared {
     adopt: mpsc::UnboundedSender<Inbound>,
     /// Each peer sent to: its connection, queue and writer.
     outbound: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
-    /// Set while the task receiving has another received frame to take
-    /// at once: it is back in `recv` soon, and its sends wait for that.
-    more_ready: AtomicBool,
-    /// That task.
-    receiver: Mutex<Option<Waker>>,
-    /// The peers whose frames wait for it.
-    deferred: Mutex<Vec<Arc<Peer>>>,
     tasks: Tasks,
     counters: Counters,
-}
-
-impl Shared {
-    /// Whether the task polling with `cx` is the one receiving.
-    fn is_receiver(&self, cx: &Context<'_>) -> bool {
-        lock(&self.receiver)
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-    }
-
-    /// Notes whether the task receiving (`cx`'s) has another frame to take
-    /// at once; when it has not, writes what waited for it.
-    fn receiving(&self, cx: &Context<'_>, more: bool) {
-        if more {
-            let mut receiver = lock(&self.receiver);
-            if !receiver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *receiver = Some(cx.waker().clone());
-            }
-            self.more_ready.store(true, Ordering::Relaxed);
-        } else if self.more_ready.swap(false, Ordering::Relaxed) {
-            self.write_deferred();
-        }
-    }
-
-    /// Writes the frames that waited for the task receiving.
-    fn write_deferred(&self) {
-        let peers = std::mem::take(&mut *lock(&self.deferred));
-        for peer in peers {
-            let mut st = lock(&peer.state);
-            st.deferred = false;
-            if let Some(conn) = st.conn.clone()
-                && !st.blocked
-                && !st.queue.is_empty()
-            {
-                st.write_now(&conn, &peer, self);
-            }
-        }
-    }
 }
 
 /// Spawns the channel's tasks so that they stop together.
@@ -494,9 +443,6 @@ impl TcpChannel {
             to_self: self_tx,
             adopt: adopt_tx,
             outbound: Mutex::new(BTreeMap::new()),
-            more_ready: AtomicBool::new(false),
-            receiver: Mutex::new(None),
-            deferred: Mutex::new(Vec::new()),
             tasks: Tasks {
                 runtime: tokio::runtime::Handle::current(),
                 stop: stop_rx,
@@ -604,7 +550,6 @@ impl TcpChannel {
             // Every task holds a sender; `None` once all have ended.
             while done.recv().await.is_some() {}
         }
-        lock(&self.shared.deferred).clear();
         for peer in std::mem::take(&mut *lock(&self.shared.outbound)).into_values() {
             lock(&peer.state).conn = None;
         }
@@ -619,8 +564,6 @@ impl TcpChannel {
     /// the local node.
     async fn send_to_peer(&self, to: NodeId, frames: &[&Bytes]) -> Result<(), ChannelError> {
         let shared = &self.shared;
-        let defer = shared.more_ready.load(Ordering::Relaxed)
-            && std::future::poll_fn(|cx| Poll::Ready(shared.is_receiver(cx))).await;
         let peer = {
             let mut outbound = lock(&shared.outbound);
             match outbound.get(&to) {
@@ -641,7 +584,7 @@ impl TcpChannel {
                 }
             }
         };
-        peer.send(shared, frames, defer);
+        peer.send(shared, frames);
         Ok(())
     }
 
@@ -781,9 +724,6 @@ struct PeerState {
     /// The socket would not take the queue: the writer writes it as the
     /// socket drains, and sends only add to it.
     blocked: bool,
-    /// The queue waits for the receiving task (it is in
-    /// [`Shared::deferred`]).
-    deferred: bool,
     backoff: Backoff,
     /// Forgotten by the channel (the peer moved or left): the writer
     /// writes what is queued, then closes the connection and ends.
@@ -800,7 +740,6 @@ impl Peer {
                 head_written: 0,
                 queued_bytes: 0,
                 blocked: false,
-                deferred: false,
                 backoff: Backoff::new(config),
                 retired: false,
             }),
@@ -811,10 +750,8 @@ impl Peer {
     /// Writes `frames` (after any queued before them) at once if the
     /// connection is up and its socket was not full; queues what the socket
     /// does not take (or all of them, while the connection is being made)
-    /// and wakes the writer. With `defer`, the caller is the task
-    /// receiving, with more to receive at once: the frames wait for it
-    /// (within [`DEFER_BYTES`]).
-    fn send(self: &Arc<Self>, shared: &Shared, frames: &[&Bytes], defer: bool) {
+    /// and wakes the writer.
+    fn send(self: &Arc<Self>, shared: &Shared, frames: &[&Bytes]) {
         let counters = &shared.counters;
         let n = frames.len() as u64;
         let mut st = lock(&self.state);
@@ -837,19 +774,8 @@ impl Peer {
             st.enqueue(frames, shared.config.outbound_capacity, counters);
             return;
         }
-        // Written at once (or deferred within its bound): no limit yet.
+        // Written at once: no limit yet.
         st.enqueue(frames, usize::MAX, counters);
-        if defer
-            && st.queue.len() < shared.config.outbound_capacity
-            && st.queued_bytes < DEFER_BYTES
-        {
-            if !st.deferred {
-                st.deferred = true;
-                drop(st);
-                lock(&shared.deferred).push(Arc::clone(self));
-            }
-            return;
-        }
         st.write_now(&conn, self, shared);
     }
 }
@@ -1251,7 +1177,6 @@ impl Receiver {
         }
         if let Poll::Ready(Some(datagram)) = self.to_self.poll_recv(cx) {
             bump(&shared.counters.received);
-            shared.receiving(cx, false);
             return Poll::Ready(Ok((shared.local, datagram)));
         }
         let max = shared.config.max_datagram;
@@ -1262,7 +1187,6 @@ impl Receiver {
             match conn.poll_frame(cx, max) {
                 Poll::Ready(Ok(frame)) => {
                     bump(&shared.counters.received);
-                    shared.receiving(cx, conn.has_frame());
                     self.next = i + 1;
                     return Poll::Ready(Ok((conn.from, frame)));
                 }
@@ -1286,19 +1210,11 @@ impl Receiver {
                 }
             }
         }
-        shared.receiving(cx, false);
         Poll::Pending
     }
 }
 
 impl Inbound {
-    /// Whether a whole frame is buffered.
-    fn has_frame(&self) -> bool {
-        self.buf
-            .first_chunk::<4>()
-            .is_some_and(|head| self.buf.len() >= 4 + u32::from_le_bytes(*head) as usize)
-    }
-
     /// The next whole frame, reading what is ready; pending (with the waker
     /// registered) when the socket has nothing more.
     fn poll_frame(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Result<Bytes, Ended>> {
