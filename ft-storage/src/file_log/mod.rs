@@ -80,6 +80,12 @@
 //! flight rides the next one, so it never waits for more than one sync cycle
 //! after its own is under way.
 //!
+//! A blocking append that finds the log idle (nothing pending, nothing being
+//! written, and recent batches of one appender each) writes and syncs its
+//! records on its own thread instead: the hand-over to the syncer and back
+//! would cost two thread wake-ups per append. While appenders come in
+//! groups they are left to the syncer, which gathers them.
+//!
 //! # Recovery
 //!
 //! [`FileLog::open`] scans every segment in bounded chunks and verifies
