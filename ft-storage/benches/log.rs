@@ -545,6 +545,14 @@ fn main() -> io::Result<()> {
     // The disk's sync rate just before the group-commit cases (it drifts
     // on a shared machine): what bounds them.
     let sync_rate = raw(&root, &plan, 128, true).ok();
+    // And the disk's rate at 4 KiB with one record per sync and with eight
+    // records' bytes per sync (what a full 8-writer group writes): what
+    // bounds "8 writers / 1 writer" when a larger write syncs slower.
+    let eight = 8 * (4096 + HEADER) - HEADER;
+    let sync_4k = (
+        raw(&root, &plan, 4096, true).ok(),
+        raw(&root, &plan, eight, true).ok(),
+    );
     for writers in WRITERS {
         for size in MULTI_SIZES {
             res.run(Subject::FileLog, writers, size, || {
@@ -676,6 +684,7 @@ fn main() -> io::Result<()> {
         );
     }
     bounds(&res, sync_rate);
+    bound_4k(sync_4k);
     println!();
     for line in [
         "steady state: FileLog with segments of about 2000 records (128 B: 512 KiB, 4 KiB:",
@@ -733,6 +742,21 @@ fn bounds(res: &Results, sync_rate: Option<f64>) {
             sync_rate * 8.0,
             okay.map_or("-".into(), |o| format!("{o:.0} rec/s for")),
             okay.map_or("-".into(), |o| format!("{:.0} rec/s", 1.5 * o)),
+        );
+    }
+}
+
+/// Printed after [`bounds`]' lines: the raw loop at 4 KiB with one record
+/// per sync and with eight records' bytes per sync, measured just before
+/// the 8-writer cases. Eight writers gain at most 8 x (the second rate) over
+/// one writer syncing at (the first rate).
+fn bound_4k(sync_4k: (Option<f64>, Option<f64>)) {
+    if let (Some(one), Some(eight)) = sync_4k {
+        println!(
+            "bound: raw loop at 4 KiB just before the 8-writer cases: {one:.0} syncs/s with one \
+             record per sync, {eight:.0} syncs/s with 8 records' bytes per sync: 8 writers can \
+             reach at most 8 x {eight:.0} / {one:.0} = {:.2}x one writer syncing at the raw rate",
+            8.0 * eight / one
         );
     }
 }

@@ -128,6 +128,19 @@ struct State {
     next_lsn: u64,
     closed: bool,
     poisoned: bool,
+    /// A batch has been taken and is being written (by the syncer, or by
+    /// an appender [`lead`](Queue::lead)ing): no other may be taken until
+    /// [`done`](Queue::done), or two writers could reorder LSNs.
+    busy: bool,
+}
+
+/// What [`Queue::lead`] decided.
+pub(crate) enum Lead {
+    /// The log was idle: the caller writes this batch itself, then calls
+    /// [`Queue::done`].
+    Now(Pending),
+    /// Queued for the syncer, as [`Queue::submit`] does.
+    Queued(Arc<Ticket>),
 }
 
 /// The queue itself.
@@ -147,6 +160,7 @@ impl Queue {
                 next_lsn,
                 closed: false,
                 poisoned: false,
+                busy: false,
             }),
             work: Condvar::new(),
         }
@@ -180,18 +194,66 @@ impl Queue {
         Ok((first, ticket))
     }
 
+    /// Like [`submit`](Queue::submit), but when nothing is pending or being
+    /// written and recent batches carried one appender each, hands the
+    /// records back as a batch for the caller to write and sync on its own
+    /// thread: a lone appender then costs no hand-over to the syncer and
+    /// back (two thread wake-ups per append). While appenders come in
+    /// groups (`want > 1`) they are left to the syncer, which gathers them.
+    pub(crate) fn lead(&self, records: Vec<Bytes>) -> Result<Lead, Failed> {
+        {
+            let mut s = lock(&self.state);
+            if s.poisoned {
+                return Err(Failed::Poisoned);
+            }
+            if s.closed {
+                return Err(Failed::Closed);
+            }
+            if !s.busy && s.pending.is_empty() && s.want <= 1 {
+                s.busy = true;
+                let first = s.next_lsn;
+                s.next_lsn += records.len() as u64;
+                return Ok(Lead::Now(Pending {
+                    first,
+                    records,
+                    ticket: Ticket::new(),
+                }));
+            }
+        }
+        let (_, ticket) = self.submit(records)?;
+        Ok(Lead::Queued(ticket))
+    }
+
+    /// Ends the write of a batch taken by [`lead`](Queue::lead) or
+    /// [`take_gathering`](Queue::take_gathering) (after its tickets are
+    /// completed); wakes the syncer if work came in meanwhile.
+    pub(crate) fn done(&self) {
+        let wake = {
+            let mut s = lock(&self.state);
+            s.busy = false;
+            !s.pending.is_empty()
+        };
+        if wake {
+            self.work.notify_all();
+        }
+    }
+
     /// Waits until something is pending, then takes all of it. Returns
     /// `None` once the queue is closed (or poisoned) and drained: what was
     /// submitted before the close is still handed out.
     #[cfg(test)]
     pub(crate) fn take(&self) -> Option<Vec<Pending>> {
-        self.take_gathering(1, Duration::ZERO)
+        let batch = self.take_gathering(1, Duration::ZERO);
+        self.done();
+        batch
     }
 
-    /// The syncer's call: waits until something is pending; then waits up
-    /// to `max_wait` for `want` submissions in all, and takes everything.
-    /// Returns `None` once the queue is closed (or poisoned) and drained:
-    /// what was submitted before the close is still handed out.
+    /// The syncer's call: waits until something is pending and no batch is
+    /// being written; then waits up to `max_wait` for `want` submissions in
+    /// all, and takes everything; [`done`](Queue::done) ends its write.
+    /// Returns `None` once the queue is closed (or poisoned) and drained
+    /// (a leading appender may still be writing): what was submitted before
+    /// the close is still handed out.
     ///
     /// After a sync completes, all its appenders wake at once and come back;
     /// taking only the first to arrive would split them into two groups that
@@ -201,10 +263,10 @@ impl Queue {
         let mut s = lock(&self.state);
         s.want = want.max(1);
         loop {
-            if !s.pending.is_empty() {
+            if !s.busy && !s.pending.is_empty() {
                 break;
             }
-            if s.closed || s.poisoned {
+            if s.pending.is_empty() && (s.closed || s.poisoned) {
                 return None;
             }
             s = wait(&self.work, s);
@@ -217,6 +279,7 @@ impl Queue {
             }
             s = wait_timeout(&self.work, s, deadline - now);
         }
+        s.busy = true;
         Some(std::mem::take(&mut s.pending))
     }
 
@@ -276,6 +339,29 @@ mod tests {
             p.ticket.complete(Ok(p.first));
         }
         assert_eq!((ta.wait(), tb.wait()), (Ok(10), Ok(12)));
+    }
+
+    #[test]
+    fn an_appender_leads_only_an_idle_queue_of_lone_appenders() {
+        let q = Queue::new(0);
+        let Ok(Lead::Now(p)) = q.lead(recs(2)) else {
+            panic!("an idle queue is led")
+        };
+        assert_eq!(p.first, 0);
+        // Busy: the next one queues behind the leader's batch.
+        assert!(matches!(q.lead(recs(1)), Ok(Lead::Queued(_))));
+        p.ticket.complete(Ok(0));
+        q.done();
+        // Something pending: leading would write it out of order.
+        assert!(matches!(q.lead(recs(1)), Ok(Lead::Queued(_))));
+        let batch = q.take_gathering(2, Duration::ZERO).unwrap();
+        assert_eq!(
+            batch.iter().map(|p| p.first).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        q.done();
+        // Appenders came in groups (want 2): the syncer gathers them.
+        assert!(matches!(q.lead(recs(1)), Ok(Lead::Queued(_))));
     }
 
     #[test]
@@ -376,6 +462,7 @@ mod loom_models {
                             done += 1;
                             p.ticket.complete(Ok(p.first));
                         }
+                        q.done();
                     }
                 })
             };
@@ -390,6 +477,50 @@ mod loom_models {
             assert_eq!(t.wait(), Ok(first));
             a.join().unwrap();
             s.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_a_leading_appender_and_the_syncer_write_in_lsn_order() {
+        model(|| {
+            let q = Arc::new(Queue::new(0));
+            // What was "written", in the order it was.
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let s = {
+                let (q, log) = (q.clone(), log.clone());
+                thread::spawn(move || {
+                    while let Some(batch) = q.take_gathering(1, std::time::Duration::ZERO) {
+                        for p in batch {
+                            lock(&log).push(p.first);
+                            p.ticket.complete(Ok(p.first));
+                        }
+                        q.done();
+                    }
+                })
+            };
+            let append = |q: &Queue, log: &Mutex<Vec<u64>>| match q.lead(one()).unwrap() {
+                Lead::Now(p) => {
+                    lock(log).push(p.first);
+                    p.ticket.complete(Ok(p.first));
+                    q.done();
+                }
+                Lead::Queued(t) => {
+                    t.wait().unwrap();
+                }
+            };
+            let a = {
+                let (q, log) = (q.clone(), log.clone());
+                thread::spawn(move || append(&q, &log))
+            };
+            append(&q, &log);
+            a.join().unwrap();
+            q.close();
+            s.join().unwrap();
+            assert_eq!(
+                *lock(&log),
+                vec![0, 1],
+                "one writer at a time, in LSN order"
+            );
         });
     }
 

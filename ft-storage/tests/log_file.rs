@@ -261,3 +261,99 @@ fn many_segment_rolls_lose_nothing() {
         assert_eq!((lsn, b), (Lsn(i as u64), body(i as u64)));
     }
 }
+
+/// A sync hook that reports the thread it runs on and, once `hold` is set,
+/// blocks until `hold` is cleared.
+type Held = Arc<(
+    std::sync::Mutex<(bool, Vec<std::thread::ThreadId>)>,
+    std::sync::Condvar,
+)>;
+
+fn holding_syncs() -> (FileLogOptions, Held) {
+    let held: Held = Arc::default();
+    let h = held.clone();
+    let opts = FileLogOptions {
+        sync_hook: Some(Arc::new(move || {
+            let (m, cv) = &*h;
+            let mut s = m.lock().unwrap();
+            s.1.push(std::thread::current().id());
+            cv.notify_all();
+            while s.0 {
+                s = cv.wait(s).unwrap();
+            }
+            Ok(())
+        })),
+        ..small()
+    };
+    (opts, held)
+}
+
+fn set_hold(held: &Held, on: bool) {
+    held.0.lock().unwrap().0 = on;
+    held.1.notify_all();
+}
+
+/// Waits until the hook has been entered `n` times in all.
+fn wait_syncs(held: &Held, n: usize) {
+    let (m, cv) = &**held;
+    let mut s = m.lock().unwrap();
+    while s.1.len() < n {
+        s = cv.wait(s).unwrap();
+    }
+}
+
+#[test]
+fn a_lone_blocking_appender_writes_and_syncs_on_its_own_thread() {
+    let dir = TestDir::new("lone-leader");
+    let (opts, held) = holding_syncs();
+    let log = FileLog::open(dir.path(), opts).unwrap();
+    for i in 0..3 {
+        assert_eq!(log.append_blocking(&[rec(i)]).unwrap(), Lsn(i));
+    }
+    let me = std::thread::current().id();
+    let threads = held.0.lock().unwrap().1.clone();
+    assert_eq!(
+        threads,
+        vec![me; 3],
+        "no hand-over to the syncer thread when the log is idle"
+    );
+    // Async appends still go through the syncer.
+    block_on(log.append(&[rec(3)])).unwrap();
+    assert_ne!(held.0.lock().unwrap().1[3], me);
+}
+
+#[test]
+fn close_waits_for_a_leading_appender_and_keeps_the_directory_locked() {
+    let dir = TestDir::new("close-leader");
+    let (opts, held) = holding_syncs();
+    let log = FileLog::open(dir.path(), opts).unwrap();
+    set_hold(&held, true);
+    let leader = {
+        let log = log.clone();
+        std::thread::spawn(move || log.append_blocking(&[rec(0)]))
+    };
+    wait_syncs(&held, 1);
+    let closer = {
+        let log = log.clone();
+        std::thread::spawn(move || log.close())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !closer.is_finished(),
+        "close returned while a write was in flight"
+    );
+    assert!(
+        matches!(
+            FileLog::open(dir.path(), small()),
+            Err(StorageError::Locked { .. })
+        ),
+        "the directory stays locked while the leader writes"
+    );
+    set_hold(&held, false);
+    closer.join().unwrap();
+    assert_eq!(leader.join().unwrap().unwrap(), Lsn(0));
+    drop(log);
+    let log = FileLog::open(dir.path(), small()).unwrap();
+    let first = log.iter_from(Lsn(0)).unwrap().next().unwrap().unwrap();
+    assert_eq!(first, (Lsn(0), rec(0)));
+}

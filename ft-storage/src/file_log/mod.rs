@@ -80,6 +80,12 @@
 //! flight rides the next one, so it never waits for more than one sync cycle
 //! after its own is under way.
 //!
+//! A blocking append that finds the log idle (nothing pending, nothing being
+//! written, and recent batches of one appender each) writes and syncs its
+//! records on its own thread instead: the hand-over to the syncer and back
+//! would cost two thread wake-ups per append. While appenders come in
+//! groups they are left to the syncer, which gathers them.
+//!
 //! # Recovery
 //!
 //! [`FileLog::open`] scans every segment in bounded chunks and verifies
@@ -112,7 +118,7 @@ use ft_core::{Lsn, StableLog, StorageError};
 
 use crate::fs::{Fs, FsLock, Mode, OsFs};
 use crate::fsutil;
-use crate::queue::{Failed, Queue, TicketFuture};
+use crate::queue::{Failed, Lead, Queue, TicketFuture};
 use crate::record::HEADER;
 use crate::segment;
 
@@ -219,6 +225,9 @@ struct Inner {
     dir: PathBuf,
     max_record: usize,
     queue: Arc<Queue>,
+    /// Written by the syncer thread, or by a lone blocking appender
+    /// ([`Queue::lead`]); the queue's `busy` flag keeps them apart.
+    writer: Arc<Mutex<Writer>>,
     view: Arc<Mutex<View>>,
     syncer: Mutex<Option<JoinHandle<()>>>,
     /// The directory's lock, released once the syncer has stopped.
@@ -387,17 +396,19 @@ impl FileLog {
             recycled,
             recycling: options.recycle_segments > 0,
         };
+        let writer = Arc::new(Mutex::new(writer));
         let queue = Arc::new(Queue::new(rec.next_lsn));
-        let q = queue.clone();
+        let (q, w) = (queue.clone(), writer.clone());
         let syncer = std::thread::Builder::new()
             .name("ft-log-syncer".into())
-            .spawn(move || writer.run(q))?;
+            .spawn(move || Writer::run(w, q))?;
         Ok(FileLog {
             inner: Arc::new(Inner {
                 fs,
                 dir,
                 max_record,
                 queue,
+                writer,
                 view,
                 syncer: Mutex::new(Some(syncer)),
                 dir_lock: Mutex::new(Some(dir_lock)),
@@ -430,14 +441,19 @@ impl FileLog {
         lock_view(&self.inner.view).stats
     }
 
-    fn submit(&self, records: &[Bytes]) -> Result<(u64, TicketFuture), StorageError> {
-        if let Some(r) = records.iter().find(|r| r.len() > self.inner.max_record) {
-            return Err(StorageError::Rejected(format!(
+    fn check_sizes(&self, records: &[Bytes]) -> Result<(), StorageError> {
+        match records.iter().find(|r| r.len() > self.inner.max_record) {
+            Some(r) => Err(StorageError::Rejected(format!(
                 "record of {} bytes exceeds the limit of {}",
                 r.len(),
                 self.inner.max_record
-            )));
+            ))),
+            None => Ok(()),
         }
+    }
+
+    fn submit(&self, records: &[Bytes]) -> Result<(u64, TicketFuture), StorageError> {
+        self.check_sizes(records)?;
         let (first, ticket) = self.inner.queue.submit(records.to_vec()).map_err(failed)?;
         Ok((first, TicketFuture(ticket)))
     }
@@ -448,8 +464,17 @@ impl FileLog {
         if records.is_empty() {
             return self.next_lsn_now();
         }
-        let (_, t) = self.submit(records)?;
-        t.0.wait().map(Lsn).map_err(failed)
+        self.check_sizes(records)?;
+        let ticket = match self.inner.queue.lead(records.to_vec()).map_err(failed)? {
+            Lead::Queued(ticket) => ticket,
+            // The log is idle: write and sync on this thread.
+            Lead::Now(batch) => {
+                let ticket = batch.ticket.clone();
+                Writer::commit(&self.inner.writer, &self.inner.queue, vec![batch]);
+                ticket
+            }
+        };
+        ticket.wait().map(Lsn).map_err(failed)
     }
 
     fn next_lsn_now(&self) -> Result<Lsn, StorageError> {

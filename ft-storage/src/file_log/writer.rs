@@ -3,7 +3,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -192,38 +192,68 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) fn run(mut self, queue: Arc<Queue>) {
+    /// Writes and syncs one batch taken from `queue` (by the syncer, or by
+    /// a leading appender), publishes it to readers, completes its tickets
+    /// and ends the batch ([`Queue::done`]). On failure the log is poisoned
+    /// and `false` returned. Returns how long the write and sync took.
+    pub(super) fn commit(
+        writer: &Mutex<Writer>,
+        queue: &Queue,
+        batch: Vec<Pending>,
+    ) -> (bool, Duration) {
+        let last = batch.last().map_or(0, |p| p.first + p.records.len() as u64);
+        let mut w = writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let started = Instant::now();
+        let written = w.write(&batch);
+        let took = started.elapsed();
+        let ok = match written {
+            Ok(()) => {
+                // Visible to readers before anyone is told it is durable.
+                lock_view(&w.view).durable_end = last;
+                drop(w);
+                for p in batch {
+                    p.ticket.complete(Ok(p.first));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log write or sync failed; log poisoned");
+                lock_view(&w.view).poisoned = true;
+                drop(w);
+                for p in batch {
+                    p.ticket.complete(Err(Failed::Io(e.kind(), e.to_string())));
+                }
+                queue.poison();
+                false
+            }
+        };
+        queue.done();
+        (ok, took)
+    }
+
+    /// The syncer thread's loop.
+    pub(super) fn run(writer: Arc<Mutex<Writer>>, queue: Arc<Queue>) {
         // How many appenders to wait for, and how long: as many as recent
         // batches carried (decaying slowly when fewer come back), for at most
         // half a sync. One appender alone is never kept waiting.
         let mut want = 1usize;
         let mut max_wait = Duration::ZERO;
         while let Some(batch) = queue.take_gathering(want, max_wait) {
-            let last = batch.last().map_or(0, |p| p.first + p.records.len() as u64);
             want = batch.len().max(want.saturating_sub(1)).max(1);
-            let started = Instant::now();
-            let written = self.write(&batch);
-            max_wait = (started.elapsed() / 2).clamp(MIN_GATHER, MAX_GATHER);
-            match written {
-                Ok(()) => {
-                    // Visible to readers before anyone is told it is durable.
-                    lock_view(&self.view).durable_end = last;
-                    for p in batch {
-                        p.ticket.complete(Ok(p.first));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "log write or sync failed; log poisoned");
-                    lock_view(&self.view).poisoned = true;
-                    for p in batch {
-                        p.ticket.complete(Err(Failed::Io(e.kind(), e.to_string())));
-                    }
-                    queue.poison();
-                    break;
-                }
+            let (ok, took) = Writer::commit(&writer, &queue, batch);
+            max_wait = (took / 2).clamp(MIN_GATHER, MAX_GATHER);
+            if !ok {
+                break;
             }
         }
-        if let Some(h) = self.spare.take() {
+        // Taking the writer waits for a leading appender's write to end:
+        // the log releases its directory only after this thread stops.
+        let spare = writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spare
+            .take();
+        if let Some(h) = spare {
             let _ = h.join();
         }
     }
