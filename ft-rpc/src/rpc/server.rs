@@ -45,6 +45,7 @@ use super::parts::{Added, Parts};
 use super::records::{
     Answer, ClientRecord, Completion, Fact, RpcRecord, SnapshotPart, effect_parts,
 };
+use super::window::FastMap;
 use super::{
     CallId, CancelReason, MAX_PART, Outcome, Reincarnation, RpcEvent, RpcMessage, RpcTimer,
     Semantics, after,
@@ -284,7 +285,9 @@ struct Running {
 #[derive(Debug, Default)]
 pub(crate) struct Server {
     clients: BTreeMap<NodeId, ClientState>,
-    running: BTreeMap<CallId, Running>,
+    /// The running computations: looked up by id on every call, and
+    /// walked only in an order that cannot show, or sorted first.
+    running: FastMap<CallId, Running>,
     /// The running computations by when they next need the timer
     /// (`wake`). One timer ([`RpcTimer::Computations`]) serves them all, so
     /// a computation that completes in time sets and cancels no timer of
@@ -310,8 +313,11 @@ impl Server {
         self.running.len()
     }
 
+    /// The running computations' ids, in order.
     pub(crate) fn running_ids(&self) -> impl Iterator<Item = CallId> + '_ {
-        self.running.keys().copied()
+        let mut ids: Vec<CallId> = self.running.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
     }
 
     /// What a snapshot must keep of the server: the state of every client
@@ -495,15 +501,18 @@ impl Server {
             self.refuse(node, from, id, Refusal::NoStableStorage);
             return true;
         }
-        if !self.clients.contains_key(&from) {
-            if self.clients.len() >= MAX_CLIENTS {
-                self.refuse(node, from, id, Refusal::TooManyClients);
-                return true;
+        let known = match self.clients.get(&from) {
+            Some(state) => state.incarnation,
+            None => {
+                if self.clients.len() >= MAX_CLIENTS {
+                    self.refuse(node, from, id, Refusal::TooManyClients);
+                    return true;
+                }
+                self.clients
+                    .insert(from, ClientState::new(id.client_incarnation, now));
+                id.client_incarnation
             }
-            self.clients
-                .insert(from, ClientState::new(id.client_incarnation, now));
-        }
-        let known = self.clients[&from].incarnation;
+        };
         if id.client_incarnation < known {
             // A stale duplicate from an earlier life of the client.
             self.stats.stale_rejected += 1;
@@ -523,6 +532,7 @@ impl Server {
         // lowest call it still waits for, so the mark never passes a call
         // the client wants answered).
         self.stats.records_forgotten += state.raise_mark(first_incomplete);
+        let forgotten = state.is_forgotten(id.seq);
         if semantics != Semantics::AtLeastOnce
             && let Some(rec) = state.records.get(&id.seq)
         {
@@ -552,7 +562,6 @@ impl Server {
             }
             return true;
         }
-        let forgotten = self.clients[&from].is_forgotten(id.seq);
         if semantics != Semantics::AtLeastOnce && forgotten {
             self.stats.stale_rejected += 1;
             Server::reply(node, from, id, Outcome::Stale);
@@ -646,7 +655,7 @@ impl Server {
 
     /// Whether computation `id` is running and next needs the timer at
     /// `at`.
-    fn wakes(running: &BTreeMap<CallId, Running>, at: Instant, id: CallId) -> bool {
+    fn wakes(running: &FastMap<CallId, Running>, at: Instant, id: CallId) -> bool {
         running.get(&id).is_some_and(|r| r.wake == at)
     }
 
@@ -865,12 +874,14 @@ impl Server {
             *state = ClientState::new(incarnation, state.last_heard);
             state.durable = durable;
         }
-        let orphans: Vec<CallId> = self
+        let mut orphans: Vec<CallId> = self
             .running
             .keys()
             .filter(|id| id.client == client && id.client_incarnation < incarnation)
             .copied()
             .collect();
+        // Killed in order, as the events show.
+        orphans.sort_unstable();
         for id in orphans {
             match node.config.orphans.reincarnation {
                 Reincarnation::Off => {}
