@@ -62,6 +62,12 @@ impl<V> Window<V> {
         self.live += 1;
     }
 
+    /// The value under the lowest key held, with its key.
+    pub(crate) fn first(&self) -> Option<(u64, &V)> {
+        let (key, value) = self.slots.front()?;
+        Some((*key, value.as_ref()?))
+    }
+
     fn index(&self, key: u64) -> Option<usize> {
         let (first, _) = self.slots.front()?;
         let guess = usize::try_from(key.checked_sub(*first)?).ok()?;
@@ -130,7 +136,9 @@ impl FastHasher {
 
 impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The multiplication leaves the high bits the best mixed, and the
+        // table picks buckets by the low ones (as rustc-hash 2 does).
+        self.0.rotate_left(26)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -190,6 +198,7 @@ mod tests {
             assert_eq!(w.get(probe), m.get(&probe));
             assert_eq!(w.len(), m.len());
             assert_eq!(w.first_key(), m.keys().next().copied());
+            assert_eq!(w.first(), m.iter().next().map(|(k, v)| (*k, v)));
             assert!(w.slots() <= 2 * w.len() + SLACK + 1);
         }
         let a: Vec<(u64, u64)> = w.iter().map(|(k, v)| (k, *v)).collect();
