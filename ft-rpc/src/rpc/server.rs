@@ -781,9 +781,10 @@ impl Server {
         match r.semantics {
             Semantics::AtLeastOnce => Server::answer(node, id.client, id, &recorded.answer),
             Semantics::AtMostOnce => {
-                let answer = recorded.answer.clone();
+                // Answered from the record about to be kept (keeping it
+                // sends nothing, so the order does not show).
+                Server::answer(node, id.client, id, &recorded.answer);
                 self.record(node, id, recorded);
-                Server::answer(node, id.client, id, &answer);
             }
             Semantics::ExactlyOnce => {
                 // Persist before you speak: the answer goes out only once
@@ -847,9 +848,8 @@ impl Server {
             return false;
         };
         self.stats.records_persisted += 1;
-        let answer = rec.answer.clone();
+        Server::answer(node, id.client, id, &rec.answer);
         self.record(node, id, rec);
-        Server::answer(node, id.client, id, &answer);
         true
     }
 
