@@ -1,6 +1,7 @@
 //! The client side: binding, retransmission, deadlines, the five failure
 //! classes, and the client's part in orphan handling.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -271,7 +272,9 @@ impl Client {
     ) {
         self.stats.calls += 1;
         let limit = node.config.max_body;
-        let refuse = if self.by_token.contains_key(&token) {
+        // Looked up once: the entry is filled if the call goes ahead.
+        let by_token = self.by_token.entry(token);
+        let refuse = if matches!(by_token, Entry::Occupied(_)) {
             Some(RpcError::Refused(Refusal::TokenInUse))
         } else if self.calls.len() >= node.config.max_pending {
             Some(RpcError::Refused(Refusal::TooManyPending))
@@ -304,6 +307,7 @@ impl Client {
         }
         self.next_seq += 1;
         let seq = self.next_seq;
+        by_token.insert_entry(seq);
         let logging = node.logs_calls();
         self.calls.push(
             seq,
@@ -323,7 +327,6 @@ impl Client {
                 wake: None,
             },
         );
-        self.by_token.insert(token, seq);
         if logging {
             // Extermination: the call is on stable storage before any server
             // can start on it, so a later life knows what to kill.
