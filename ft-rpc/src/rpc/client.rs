@@ -1,6 +1,7 @@
 //! The client side: binding, retransmission, deadlines, the five failure
 //! classes, and the client's part in orphan handling.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use super::message::{Chunk, Refusal, fingerprint};
 use super::node::Node;
 use super::parts::{Added, Parts};
 use super::records::{Fact, LoggedCall, RpcRecord};
+use super::window::{FastMap, Window};
 use super::{
     CallId, CallOptions, Executed, Outcome, Reincarnation, RpcError, RpcEvent, RpcMessage,
     RpcTimer, Semantics, after,
@@ -109,13 +111,17 @@ impl Call {
 /// is bound to, its retry budget and its call log.
 #[derive(Debug, Default)]
 pub(crate) struct Client {
-    calls: BTreeMap<u64, Call>,
+    /// The outstanding calls, by number: numbers are given out in
+    /// increasing order, so they are kept in a [`Window`], and walked in
+    /// that order.
+    calls: Window<Call>,
     /// The outstanding calls by when they next need the timer (`wake`).
     /// One timer ([`RpcTimer::Calls`]) serves them all, so a call that is
     /// answered before its retransmission is due sets and cancels no timer
     /// of its own.
     due: Due<u64>,
-    by_token: BTreeMap<u64, u64>,
+    /// The outstanding calls' numbers by token (never walked).
+    by_token: FastMap<u64, u64>,
     next_seq: u64,
     bound: BTreeMap<NodeId, Incarnation>,
     locating: BTreeMap<NodeId, u64>,
@@ -156,17 +162,13 @@ impl Client {
     }
 
     fn first_incomplete(&self) -> u64 {
-        self.calls
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next_seq + 1)
+        self.calls.first_key().unwrap_or(self.next_seq + 1)
     }
 
     /// Puts call `seq` in `due` for when it next needs the timer, after
     /// it started or its retransmission time changed.
     fn schedule(&mut self, seq: u64) {
-        let Some(c) = self.calls.get_mut(&seq) else {
+        let Some(c) = self.calls.get_mut(seq) else {
             return;
         };
         let deadline = c.options.deadline;
@@ -176,7 +178,7 @@ impl Client {
             let all = self
                 .calls
                 .iter()
-                .filter_map(|(&seq, c)| Some((c.wake?, seq)));
+                .filter_map(|(seq, c)| Some((c.wake?, seq)));
             self.due.push(wake, seq, self.calls.len(), all);
         }
     }
@@ -191,8 +193,8 @@ impl Client {
     }
 
     /// Whether call `seq` is outstanding and next needs the timer at `at`.
-    fn wakes(calls: &BTreeMap<u64, Call>, at: Instant, seq: u64) -> bool {
-        calls.get(&seq).is_some_and(|c| c.wake == Some(at))
+    fn wakes(calls: &Window<Call>, at: Instant, seq: u64) -> bool {
+        calls.get(seq).is_some_and(|c| c.wake == Some(at))
     }
 
     fn bucket(&mut self, node: &Node) -> &mut Bucket {
@@ -270,7 +272,9 @@ impl Client {
     ) {
         self.stats.calls += 1;
         let limit = node.config.max_body;
-        let refuse = if self.by_token.contains_key(&token) {
+        // Looked up once: the entry is filled if the call goes ahead.
+        let by_token = self.by_token.entry(token);
+        let refuse = if matches!(by_token, Entry::Occupied(_)) {
             Some(RpcError::Refused(Refusal::TokenInUse))
         } else if self.calls.len() >= node.config.max_pending {
             Some(RpcError::Refused(Refusal::TooManyPending))
@@ -303,8 +307,9 @@ impl Client {
         }
         self.next_seq += 1;
         let seq = self.next_seq;
+        by_token.insert_entry(seq);
         let logging = node.logs_calls();
-        self.calls.insert(
+        self.calls.push(
             seq,
             Call {
                 token,
@@ -322,7 +327,6 @@ impl Client {
                 wake: None,
             },
         );
-        self.by_token.insert(token, seq);
         if logging {
             // Extermination: the call is on stable storage before any server
             // can start on it, so a later life knows what to kill.
@@ -341,7 +345,7 @@ impl Client {
     }
 
     fn finish(&mut self, node: &mut Node, seq: u64, result: Result<Bytes, RpcError>) {
-        let Some(call) = self.calls.remove(&seq) else {
+        let Some(call) = self.calls.remove(seq) else {
             return;
         };
         self.by_token.remove(&call.token);
@@ -372,7 +376,7 @@ impl Client {
         let Some(seq) = self.log_waits.remove(&token) else {
             return false;
         };
-        if let Some(call) = self.calls.get_mut(&seq) {
+        if let Some(call) = self.calls.get_mut(seq) {
             call.logging = false;
             self.transmit(node, now, seq, false);
         }
@@ -383,7 +387,7 @@ impl Client {
     /// `again` when it is a retransmission.
     fn transmit(&mut self, node: &mut Node, now: Instant, seq: u64, again: bool) {
         let first_incomplete = self.first_incomplete();
-        let Some(call) = self.calls.get_mut(&seq) else {
+        let Some(call) = self.calls.get_mut(seq) else {
             return;
         };
         let server = call.server;
@@ -436,7 +440,7 @@ impl Client {
             else {
                 break;
             };
-            let Some(c) = self.calls.get(&seq) else {
+            let Some(c) = self.calls.get(seq) else {
                 break;
             };
             // Each turn either ends the call or moves its retransmission
@@ -450,7 +454,7 @@ impl Client {
     }
 
     pub(crate) fn on_retry(&mut self, node: &mut Node, now: Instant, seq: u64) {
-        let Some(last_sent) = self.calls.get(&seq).map(|c| c.last_sent) else {
+        let Some(last_sent) = self.calls.get(seq).map(|c| c.last_sent) else {
             return;
         };
         // Past the probe interval, a call sends even with the budget spent:
@@ -472,12 +476,12 @@ impl Client {
             // Throttled: keep waiting for a reply, try again later (backing
             // off as if it had been sent).
             self.stats.throttled += 1;
-            let attempt = self.calls.get_mut(&seq).map_or(0, |c| {
+            let attempt = self.calls.get_mut(seq).map_or(0, |c| {
                 c.tries += 1;
                 c.tries - 1
             });
             let wait = node.config.backoff.wait(attempt, &mut node.rng);
-            if let Some(c) = self.calls.get_mut(&seq) {
+            if let Some(c) = self.calls.get_mut(seq) {
                 c.retry_at = Some(after(now, wait));
             }
             self.schedule(seq);
@@ -485,7 +489,7 @@ impl Client {
     }
 
     pub(crate) fn on_deadline(&mut self, node: &mut Node, seq: u64) {
-        let Some(call) = self.calls.get(&seq) else {
+        let Some(call) = self.calls.get(seq) else {
             return;
         };
         let error = if call.sent_to.is_none() {
@@ -506,7 +510,7 @@ impl Client {
         if let Some(&seq) = self.by_token.get(&token) {
             let executed = self
                 .calls
-                .get(&seq)
+                .get(seq)
                 .map_or(Executed::Unknown, Call::executed);
             self.tell_server_to_stop(node, seq);
             self.finish(node, seq, Err(RpcError::Cancelled { executed }));
@@ -514,7 +518,7 @@ impl Client {
     }
 
     fn tell_server_to_stop(&mut self, node: &mut Node, seq: u64) {
-        if let Some(call) = self.calls.get(&seq)
+        if let Some(call) = self.calls.get(seq)
             && call.sent_to.is_some()
         {
             let id = node.call_id(seq);
@@ -541,7 +545,7 @@ impl Client {
             .calls
             .iter()
             .filter(|(_, c)| c.server == from && c.sent_to.is_none() && !c.logging)
-            .map(|(s, _)| *s)
+            .map(|(s, _)| s)
             .collect();
         for seq in waiting {
             self.transmit(node, now, seq, false);
@@ -571,7 +575,7 @@ impl Client {
                     && c.options.semantics == Semantics::AtMostOnce
                     && c.sent_to.is_some_and(|s| s < incarnation)
             })
-            .map(|(seq, c)| (*seq, c.executed()))
+            .map(|(seq, c)| (seq, c.executed()))
             .collect();
         for (seq, executed) in crashed {
             self.finish(
@@ -603,7 +607,7 @@ impl Client {
             // life adopted has its answer.
             return false;
         }
-        let Some(call) = self.calls.get(&id.seq) else {
+        let Some(call) = self.calls.get(id.seq) else {
             self.stats.stray_replies += 1;
             return false;
         };
@@ -611,7 +615,7 @@ impl Client {
             return false;
         }
         self.bind(node, from, server_incarnation);
-        let Some(call) = self.calls.get_mut(&id.seq) else {
+        let Some(call) = self.calls.get_mut(id.seq) else {
             // The restart ended it (at-most-once).
             return true;
         };
@@ -664,7 +668,7 @@ impl Client {
     ) -> bool {
         if id.client != node.me
             || id.client_incarnation != node.incarnation
-            || self.calls.get(&id.seq).is_none_or(|c| c.server != from)
+            || self.calls.get(id.seq).is_none_or(|c| c.server != from)
             || body.total_len as usize > node.config.max_body
         {
             return false;
@@ -742,9 +746,9 @@ impl Client {
             return;
         };
         let mut by_server: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
-        for (seq, c) in &self.calls {
+        for (seq, c) in self.calls.iter() {
             if c.sent_to.is_some() {
-                by_server.entry(c.server).or_default().push(*seq);
+                by_server.entry(c.server).or_default().push(seq);
             }
         }
         for (server, seqs) in by_server {

@@ -72,6 +72,13 @@ impl<K: Ord + Copy> Due<K> {
     /// The time to set the shared timer for, if the earliest live entry is
     /// earlier than the timer is set for (or it is not set).
     pub(crate) fn arm_at(&mut self, live: impl Fn(Instant, K) -> bool) -> Option<Instant> {
+        if let (Some(armed), Some(Reverse((top, _)))) = (self.armed, self.heap.peek())
+            && armed <= *top
+        {
+            // No entry, live or stale, is earlier than the timer is set
+            // for: nothing to do, and no need to look at which are live.
+            return None;
+        }
         let (at, _) = self.earliest(live)?;
         if self.armed.is_some_and(|armed| armed <= at) {
             return None;

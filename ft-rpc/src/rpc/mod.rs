@@ -80,6 +80,7 @@ mod node;
 mod parts;
 pub mod records;
 mod server;
+mod window;
 
 pub use budget::{Backoff, RetryBudget};
 pub use client::ClientStats;

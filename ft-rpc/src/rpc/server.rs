@@ -45,6 +45,7 @@ use super::parts::{Added, Parts};
 use super::records::{
     Answer, ClientRecord, Completion, Fact, RpcRecord, SnapshotPart, effect_parts,
 };
+use super::window::{FastMap, Window};
 use super::{
     CallId, CancelReason, MAX_PART, Outcome, Reincarnation, RpcEvent, RpcMessage, RpcTimer,
     Semantics, after,
@@ -184,11 +185,14 @@ struct ClientState {
     first_incomplete: u64,
     /// Calls above the mark whose records were forgotten.
     forgotten: Ranges,
-    records: BTreeMap<u64, Recorded>,
-    /// The records in the order they were made: over the bounds, the one
-    /// made longest ago goes (not the lowest call, which may be a slow call
-    /// that just finished and whose reply is still on its way).
-    by_age: BTreeMap<u64, u64>,
+    /// The completion records by call number, all at or above the stale
+    /// mark; never walked where the order could show.
+    records: FastMap<u64, Recorded>,
+    /// The records' call numbers in the order they were made (by `made`):
+    /// over the bounds, the one made longest ago goes (not the lowest call,
+    /// which may be a slow call that just finished and whose reply is still
+    /// on its way).
+    by_age: Window<u64>,
     made: u64,
     record_bytes: usize,
     last_heard: Instant,
@@ -204,8 +208,8 @@ impl ClientState {
             incarnation,
             first_incomplete: 0,
             forgotten: Ranges::default(),
-            records: BTreeMap::new(),
-            by_age: BTreeMap::new(),
+            records: FastMap::default(),
+            by_age: Window::default(),
             made: 0,
             record_bytes: 0,
             last_heard: now,
@@ -230,23 +234,26 @@ impl ClientState {
 
     fn drop_record(&mut self, seq: u64) -> Option<Recorded> {
         let r = self.records.remove(&seq)?;
-        self.by_age.remove(&r.made);
+        self.by_age.remove(r.made);
         self.record_bytes -= r.answer.size();
         Some(r)
     }
 
     fn put_record(&mut self, seq: u64, mut rec: Recorded) {
-        self.drop_record(seq);
         self.made += 1;
         rec.made = self.made;
-        self.by_age.insert(rec.made, seq);
+        self.by_age.push(rec.made, seq);
         self.record_bytes += rec.answer.size();
-        self.records.insert(seq, rec);
+        if let Some(old) = self.records.insert(seq, rec) {
+            // The new record replaces it.
+            self.by_age.remove(old.made);
+            self.record_bytes -= old.answer.size();
+        }
     }
 
     /// The record made longest ago.
     fn oldest_record(&self) -> Option<u64> {
-        self.by_age.first_key_value().map(|(_, seq)| *seq)
+        self.by_age.first().map(|(_, seq)| *seq)
     }
 
     /// Moves the stale mark up to `mark` (the caller has checked that no
@@ -255,12 +262,33 @@ impl ClientState {
         if mark <= self.first_incomplete {
             return 0;
         }
+        // Every record is at or above the old mark (none is put below it),
+        // so those below the new one are found by number when there are
+        // fewer numbers than records, and by a walk otherwise. Either way
+        // the same records go, and the order they go in does not show.
         let mut dropped = 0;
-        while let Some((&seq, _)) = self.records.first_key_value()
-            && seq < mark
-        {
-            self.drop_record(seq);
-            dropped += 1;
+        if mark - self.first_incomplete <= self.records.len() as u64 {
+            for seq in self.first_incomplete..mark {
+                if self.drop_record(seq).is_some() {
+                    dropped += 1;
+                }
+            }
+        } else {
+            let ClientState {
+                records,
+                by_age,
+                record_bytes,
+                ..
+            } = self;
+            records.retain(|&seq, r| {
+                if seq >= mark {
+                    return true;
+                }
+                by_age.remove(r.made);
+                *record_bytes -= r.answer.size();
+                dropped += 1;
+                false
+            });
         }
         self.first_incomplete = mark;
         self.forgotten.trim_below(mark);
@@ -284,7 +312,9 @@ struct Running {
 #[derive(Debug, Default)]
 pub(crate) struct Server {
     clients: BTreeMap<NodeId, ClientState>,
-    running: BTreeMap<CallId, Running>,
+    /// The running computations: looked up by id on every call, and
+    /// walked only in an order that cannot show, or sorted first.
+    running: FastMap<CallId, Running>,
     /// The running computations by when they next need the timer
     /// (`wake`). One timer ([`RpcTimer::Computations`]) serves them all, so
     /// a computation that completes in time sets and cancels no timer of
@@ -310,8 +340,11 @@ impl Server {
         self.running.len()
     }
 
+    /// The running computations' ids, in order.
     pub(crate) fn running_ids(&self) -> impl Iterator<Item = CallId> + '_ {
-        self.running.keys().copied()
+        let mut ids: Vec<CallId> = self.running.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
     }
 
     /// What a snapshot must keep of the server: the state of every client
@@ -342,7 +375,7 @@ impl Server {
         for (&client, state) in &self.clients {
             // Oldest first, so that the bounds evict in the same order
             // after a restart.
-            for seq in state.by_age.values() {
+            for (_, seq) in state.by_age.iter() {
                 let id = CallId {
                     client,
                     client_incarnation: state.incarnation,
@@ -495,15 +528,18 @@ impl Server {
             self.refuse(node, from, id, Refusal::NoStableStorage);
             return true;
         }
-        if !self.clients.contains_key(&from) {
-            if self.clients.len() >= MAX_CLIENTS {
-                self.refuse(node, from, id, Refusal::TooManyClients);
-                return true;
+        let known = match self.clients.get(&from) {
+            Some(state) => state.incarnation,
+            None => {
+                if self.clients.len() >= MAX_CLIENTS {
+                    self.refuse(node, from, id, Refusal::TooManyClients);
+                    return true;
+                }
+                self.clients
+                    .insert(from, ClientState::new(id.client_incarnation, now));
+                id.client_incarnation
             }
-            self.clients
-                .insert(from, ClientState::new(id.client_incarnation, now));
-        }
-        let known = self.clients[&from].incarnation;
+        };
         if id.client_incarnation < known {
             // A stale duplicate from an earlier life of the client.
             self.stats.stale_rejected += 1;
@@ -523,6 +559,7 @@ impl Server {
         // lowest call it still waits for, so the mark never passes a call
         // the client wants answered).
         self.stats.records_forgotten += state.raise_mark(first_incomplete);
+        let forgotten = state.is_forgotten(id.seq);
         if semantics != Semantics::AtLeastOnce
             && let Some(rec) = state.records.get(&id.seq)
         {
@@ -552,7 +589,6 @@ impl Server {
             }
             return true;
         }
-        let forgotten = self.clients[&from].is_forgotten(id.seq);
         if semantics != Semantics::AtLeastOnce && forgotten {
             self.stats.stale_rejected += 1;
             Server::reply(node, from, id, Outcome::Stale);
@@ -646,7 +682,7 @@ impl Server {
 
     /// Whether computation `id` is running and next needs the timer at
     /// `at`.
-    fn wakes(running: &BTreeMap<CallId, Running>, at: Instant, id: CallId) -> bool {
+    fn wakes(running: &FastMap<CallId, Running>, at: Instant, id: CallId) -> bool {
         running.get(&id).is_some_and(|r| r.wake == at)
     }
 
@@ -745,9 +781,10 @@ impl Server {
         match r.semantics {
             Semantics::AtLeastOnce => Server::answer(node, id.client, id, &recorded.answer),
             Semantics::AtMostOnce => {
-                let answer = recorded.answer.clone();
+                // Answered from the record about to be kept (keeping it
+                // sends nothing, so the order does not show).
+                Server::answer(node, id.client, id, &recorded.answer);
                 self.record(node, id, recorded);
-                Server::answer(node, id.client, id, &answer);
             }
             Semantics::ExactlyOnce => {
                 // Persist before you speak: the answer goes out only once
@@ -811,9 +848,8 @@ impl Server {
             return false;
         };
         self.stats.records_persisted += 1;
-        let answer = rec.answer.clone();
+        Server::answer(node, id.client, id, &rec.answer);
         self.record(node, id, rec);
-        Server::answer(node, id.client, id, &answer);
         true
     }
 
@@ -865,12 +901,14 @@ impl Server {
             *state = ClientState::new(incarnation, state.last_heard);
             state.durable = durable;
         }
-        let orphans: Vec<CallId> = self
+        let mut orphans: Vec<CallId> = self
             .running
             .keys()
             .filter(|id| id.client == client && id.client_incarnation < incarnation)
             .copied()
             .collect();
+        // Killed in order, as the events show.
+        orphans.sort_unstable();
         for id in orphans {
             match node.config.orphans.reincarnation {
                 Reincarnation::Off => {}
@@ -951,12 +989,15 @@ impl Server {
             if now.saturating_duration_since(state.last_heard) < lease {
                 continue;
             }
-            let volatile: Vec<u64> = state
+            let mut volatile: Vec<u64> = state
                 .records
                 .iter()
                 .filter(|(_, r)| !r.durable)
                 .map(|(s, _)| *s)
                 .collect();
+            // Into the forgotten set in order (what it merges depends on
+            // it).
+            volatile.sort_unstable();
             if volatile.is_empty() {
                 continue;
             }
