@@ -621,23 +621,31 @@ impl Server {
             return true;
         }
         let request = if body.is_whole() {
+            // One frame, whose CRC the driver checked: the body is what the
+            // client fingerprinted. (A forger able to send as the client
+            // could compute a matching fingerprint anyway, so hashing the
+            // body again here would protect nothing, at the price of a
+            // pass over every request.)
             body.bytes
         } else {
             let per_peer = node.config.max_partial_per_peer;
             let total = node.config.max_partial_total;
             let added = self.parts.add(from, id, claimed, body, per_peer, total);
             self.stats.partial_requests_evicted = self.parts.evicted;
-            match added {
+            let request = match added {
                 Added::Whole(b) => b,
                 Added::Waiting => return true,
                 Added::Dropped => return false,
+            };
+            // Reassembled from parts, each checked alone: the whole must
+            // be what the client fingerprinted (parts of another request
+            // under the same id must never be run as this one), since the
+            // fingerprint is what duplicates are compared by.
+            if fingerprint(semantics, &request) != claimed {
+                return false;
             }
+            request
         };
-        if fingerprint(semantics, &request) != claimed {
-            // Damaged, or forged: the fingerprint is what duplicates are
-            // compared by, so a call whose own does not match is not run.
-            return false;
-        }
         let deadline = after(now, Duration::from_millis(u64::from(budget_ms)));
         let quantum_until = node.config.orphans.quantum.map(|q| after(now, q));
         let wake = quantum_until.map_or(deadline, |q| q.min(deadline));

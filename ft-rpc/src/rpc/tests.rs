@@ -760,3 +760,46 @@ fn a_snapshot_compacts_the_log_and_both_logs_recover_the_same() {
         assert_eq!(s2.core.server_stats().executions, 0);
     }
 }
+
+/// A request of two parts whose whole is not what the call's fingerprint
+/// says (parts of another request under the same id and fingerprint): the
+/// server never runs it; the honest request of the same shape runs.
+#[test]
+fn a_request_reassembled_from_parts_runs_only_if_it_matches_its_fingerprint() {
+    let mut s = node(0);
+    let good: Vec<u8> = (0..MAX_PART + 10).map(|i| (i % 251) as u8).collect();
+    let mut forged = good.clone();
+    forged[MAX_PART + 3] ^= 0x55;
+    let part = |seq: u64, body: &[u8], offset: usize, end: usize| RpcMessage::Call {
+        id: CallId {
+            client: NodeId(1),
+            client_incarnation: Incarnation(1),
+            seq,
+        },
+        server_incarnation: Incarnation(0),
+        semantics: Semantics::AtMostOnce,
+        first_incomplete: 0,
+        budget_ms: 5000,
+        // The honest body's fingerprint, whatever the parts hold.
+        fingerprint: fingerprint(Semantics::AtMostOnce, &good),
+        body: Chunk {
+            total_len: body.len() as u32,
+            offset: offset as u32,
+            bytes: Bytes::copy_from_slice(&body[offset..end]),
+        },
+    };
+    let n = good.len();
+    s.message(NodeId(1), part(1, &forged, 0, MAX_PART));
+    s.message(NodeId(1), part(1, &forged, MAX_PART, n));
+    let out = s.drain();
+    assert!(
+        !out.events
+            .iter()
+            .any(|e| matches!(e, RpcEvent::Execute { .. })),
+        "a forged whole was run: {:?}",
+        out.events
+    );
+    s.message(NodeId(1), part(2, &good, 0, MAX_PART));
+    let id = execute(&mut s, part(2, &good, MAX_PART, n));
+    assert_eq!(id.seq, 2);
+}
