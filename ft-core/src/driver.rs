@@ -45,13 +45,16 @@
 //!
 //! Each [`Output::Send`] is framed by the codec (fitted to the channel's
 //! [`max_datagram`](Channel::max_datagram) by [`driver`] itself, so a custom
-//! channel needs no setup) and queued. After a step, the driver takes
-//! whatever else is ready at once (datagrams a transport read in one go,
-//! inputs queued meanwhile, up to [`STEPS_PER_BATCH`] steps) and then hands
-//! the queue to the channel in one [`Channel::send_batch`], in the order the
-//! core asked, so a transport can write each peer's datagrams at once: one
-//! write for the replies to a burst of requests, and no delay when nothing
-//! else is ready. An event that must wait for a full event queue sends the
+//! channel needs no setup) and queued, then handed to the channel in one
+//! [`Channel::send_batch`], in the order the core asked, so a transport can
+//! write each peer's datagrams at once. The first step's datagrams go as
+//! soon as the step is done; if more work is ready at once (datagrams a
+//! transport read in one go, inputs queued meanwhile), the driver takes it
+//! back to back, up to [`STEPS_PER_BATCH`] steps, and sends batches of
+//! doubling size: the datagrams of 2 more steps, then 4, 8… So a burst of
+//! n requests is answered in about log2(n) writes per peer, while the
+//! first answers leave at once and the peer is never idle waiting for the
+//! whole burst. An event that must wait for a full event queue sends the
 //! datagrams queued before it first. The
 //! batch is polled at once, so a channel whose sends complete immediately
 //! (as the contract asks) costs no extra wake-up; one that is not done yet
@@ -667,9 +670,10 @@ enum Wake<P: Protocol> {
 /// How many sources [`Driver::poll_wake`] serves in turn.
 const SOURCES: usize = 4;
 
-/// How many steps the driver takes back to back, while more work is ready
-/// at once, before it hands their datagrams to the channel.
-pub const STEPS_PER_BATCH: usize = 64;
+/// How many steps the driver takes back to back, at most, while more work
+/// is ready at once: batches of 1, 2, 4, … 64 steps' datagrams (see the
+/// module docs, "Sending"), before it serves its other sources again.
+pub const STEPS_PER_BATCH: usize = 127;
 
 /// Whether the driver goes on after a wake.
 enum Flow {
@@ -752,11 +756,20 @@ where
                 return self.flush_for_shutdown().await;
             }
             // Whatever else is ready at once (a burst of datagrams read in
-            // one go, inputs queued meanwhile) is handled before anything
-            // is sent, so that its datagrams leave in the same batch: one
-            // write per peer under load, and no delay at all when nothing
-            // else is ready.
-            for _ in 1..STEPS_PER_BATCH {
+            // one go, inputs queued meanwhile) is handled back to back, and
+            // its datagrams leave in batches that double: the first step's
+            // at once (the peer starts on them while the rest are made),
+            // then 2 steps', 4, 8… So a burst of n steps costs about
+            // log2(n) writes per peer, and nothing waits when nothing else
+            // is ready. (One batch for the whole burst was measured to put
+            // client and server in lockstep at 16 calls in flight, each
+            // idle while the other works: 0.7x the throughput.)
+            let mut flush_at = 1;
+            for taken in 1..STEPS_PER_BATCH {
+                if taken == flush_at {
+                    self.flush().await?;
+                    flush_at = 2 * taken + 1;
+                }
                 self.prepare();
                 let ready = {
                     let mut wake = poll_fn(|cx| self.poll_wake(cx));
