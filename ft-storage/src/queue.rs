@@ -42,23 +42,51 @@ struct Slot {
     waker: Option<Waker>,
 }
 
-/// One appender's wait for its records to be durable.
-pub(crate) struct Ticket {
-    slot: Mutex<Slot>,
+/// Where blocked appenders sleep: one condition variable for the whole
+/// queue, so that completing a batch of n tickets wakes all their threads
+/// with one notification (one system call) instead of n.
+#[derive(Default)]
+pub(crate) struct Bell {
+    rung: Mutex<u64>,
     cv: Condvar,
 }
 
+impl Bell {
+    /// Wakes every blocked appender, to look at its ticket. Call after
+    /// completing tickets ([`Ticket::complete_quietly`]).
+    pub(crate) fn ring(&self) {
+        *lock(&self.rung) += 1;
+        self.cv.notify_all();
+    }
+}
+
+/// One appender's wait for its records to be durable.
+pub(crate) struct Ticket {
+    slot: Mutex<Slot>,
+    bell: Arc<Bell>,
+}
+
 impl Ticket {
-    fn new() -> Arc<Ticket> {
+    fn new(bell: &Arc<Bell>) -> Arc<Ticket> {
         Arc::new(Ticket {
             slot: Mutex::new(Slot::default()),
-            cv: Condvar::new(),
+            bell: Arc::clone(bell),
         })
     }
 
-    /// Completes the ticket; a second completion is a bug and is ignored in
-    /// release builds (the first outcome stands).
+    /// Completes the ticket and wakes its waiter (the tests' shorthand for
+    /// a batch of one).
+    #[cfg(test)]
     pub(crate) fn complete(&self, outcome: Outcome) {
+        self.complete_quietly(outcome);
+        self.bell.ring();
+    }
+
+    /// Completes the ticket and wakes an async waiter, but not a blocked
+    /// thread: the caller completes a whole batch, then rings the bell
+    /// once. A second completion is a bug and is ignored in release builds
+    /// (the first outcome stands).
+    pub(crate) fn complete_quietly(&self, outcome: Outcome) {
         let waker = {
             let mut s = lock(&self.slot);
             debug_assert!(s.outcome.is_none(), "ticket completed twice");
@@ -68,7 +96,6 @@ impl Ticket {
             s.outcome = Some(outcome);
             s.waker.take()
         };
-        self.cv.notify_all();
         if let Some(w) = waker {
             w.wake();
         }
@@ -76,12 +103,15 @@ impl Ticket {
 
     /// Blocks the calling thread until the ticket is completed.
     pub(crate) fn wait(&self) -> Outcome {
-        let mut s = lock(&self.slot);
+        // The outcome is looked at under the bell's lock: a completion
+        // after that look rings only once this thread is waiting, so no
+        // ring is missed.
+        let mut rung = lock(&self.bell.rung);
         loop {
-            if let Some(o) = &s.outcome {
+            if let Some(o) = &lock(&self.slot).outcome {
                 return o.clone();
             }
-            s = wait(&self.cv, s);
+            rung = wait(&self.bell.cv, rung);
         }
     }
 
@@ -148,6 +178,8 @@ pub(crate) struct Queue {
     state: Mutex<State>,
     /// The syncer sleeps here while there is nothing to write.
     work: Condvar,
+    /// Blocked appenders sleep here.
+    pub(crate) bell: Arc<Bell>,
 }
 
 impl Queue {
@@ -163,13 +195,14 @@ impl Queue {
                 busy: false,
             }),
             work: Condvar::new(),
+            bell: Arc::new(Bell::default()),
         }
     }
 
     /// Queues `records` and assigns their LSNs; the ticket completes with
     /// the first LSN once they are durable.
     pub(crate) fn submit(&self, records: Vec<Bytes>) -> Result<(u64, Arc<Ticket>), Failed> {
-        let ticket = Ticket::new();
+        let ticket = Ticket::new(&self.bell);
         let (first, wake) = {
             let mut s = lock(&self.state);
             if s.poisoned {
@@ -216,7 +249,7 @@ impl Queue {
                 return Ok(Lead::Now(Pending {
                     first,
                     records,
-                    ticket: Ticket::new(),
+                    ticket: Ticket::new(&self.bell),
                 }));
             }
         }
@@ -306,8 +339,9 @@ impl Queue {
     pub(crate) fn fail_pending(&self, why: Failed) {
         let pending = std::mem::take(&mut lock(&self.state).pending);
         for p in pending {
-            p.ticket.complete(Err(why.clone()));
+            p.ticket.complete_quietly(Err(why.clone()));
         }
+        self.bell.ring();
     }
 
     /// The LSN the next submitted record gets.

@@ -212,8 +212,9 @@ impl Writer {
                 lock_view(&w.view).durable_end = last;
                 drop(w);
                 for p in batch {
-                    p.ticket.complete(Ok(p.first));
+                    p.ticket.complete_quietly(Ok(p.first));
                 }
+                queue.bell.ring();
                 true
             }
             Err(e) => {
@@ -221,8 +222,10 @@ impl Writer {
                 lock_view(&w.view).poisoned = true;
                 drop(w);
                 for p in batch {
-                    p.ticket.complete(Err(Failed::Io(e.kind(), e.to_string())));
+                    p.ticket
+                        .complete_quietly(Err(Failed::Io(e.kind(), e.to_string())));
                 }
+                queue.bell.ring();
                 queue.poison();
                 false
             }
