@@ -736,7 +736,8 @@ fn diagnose(workers: usize, filter: &[String]) {
 }
 
 /// Runs one case alone for `FT_RPC_BENCH_PROFILE_CALLS` calls (default
-/// 200,000) after a warm-up, for `perf` and friends:
+/// 200,000) after a warm-up, on `FT_RPC_BENCH_PROFILE_WORKERS` tokio
+/// workers (default 2), for `perf` and friends:
 /// `FT_RPC_BENCH_PROFILE="ft tcp x16" perf stat -e … target/release/deps/rpc-…`.
 fn profile(case: &str) {
     let (name, k) = case
@@ -747,7 +748,13 @@ fn profile(case: &str) {
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(200_000);
-    runtime(WORKERS).block_on(async {
+    // `FT_RPC_BENCH_PROFILE_WORKERS=1` profiles without cross-thread
+    // wake-ups.
+    let workers = std::env::var("FT_RPC_BENCH_PROFILE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(WORKERS);
+    runtime(workers).block_on(async {
         let target = target(name, None).await;
         load(&target.call, k, WARM_UP).await;
         let (wall, latencies) = load(&target.call, k, calls).await;
