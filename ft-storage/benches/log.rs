@@ -22,14 +22,14 @@
 //!   2000 records each, see [`recycling_segment`]) that the writer wraps
 //!   several within each repetition, truncating behind itself, so every new
 //!   segment is a freed one renamed into place and overwritten (the
-//!   issue's target is on this case);
+//!   project's target is on this case);
 //! * FileLog and okaywal, 8 and 64 writer threads (group commit), 128 B and
 //!   4 KiB records;
 //! * recovery: 1 GiB of 4 KiB records written with FileLog, then the time of
 //!   `FileLog::open`, which reads every segment and checks every CRC.
 //!
 //! MB and GB are 10^6 and 10^9 bytes of payload (recovery: of segment
-//! files). The last table checks the targets of the issue.
+//! files). The last table checks the project's performance targets.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -631,7 +631,7 @@ fn main() -> io::Result<()> {
         Err(e) => println!("{:<44} FAILED: {e}", "FileLog recovery scan (open)"),
     }
 
-    // The issue's targets.
+    // The project's performance targets.
     let mut targets: Vec<(String, Option<f64>, f64, &str)> = Vec::new();
     for size in SIZES {
         targets.push((

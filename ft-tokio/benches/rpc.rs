@@ -80,7 +80,7 @@ fn calls_per_round(in_flight: usize) -> usize {
     if in_flight == 1 { 10_000 } else { 40_000 }
 }
 
-/// The targets of issue 13 ("Fast path"), checked at the end of a run.
+/// The project's performance targets for RPC, checked at the end of a run.
 const TCP_TARGET: f64 = 1.1;
 const UDP_TARGET: f64 = 1.3;
 const MANY_TARGET: f64 = 1.0;
@@ -769,11 +769,11 @@ fn profile(case: &str) {
     });
 }
 
-/// One line per target of issue 13: `met` or `MISSED`, with the measured
+/// One line per performance target: `met` or `MISSED`, with the measured
 /// ratio, from the headline table's medians and the cores' cost per call.
 fn verdicts(figures: &Figures, cores_us: f64) {
     println!(
-        "\n## Verdicts (issue 13 targets; {WORKERS} workers, medians of the headline table)\n"
+        "\n## Verdicts (the performance targets; {WORKERS} workers, medians of the headline table)\n"
     );
     let line = |what: String, measured: String, met: bool| {
         let verdict = if met { "met" } else { "MISSED" };
