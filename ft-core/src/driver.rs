@@ -749,9 +749,26 @@ where
         // a first record to persist).
         self.drain().await?;
         self.flush().await?;
+        // Whether every source registered this task's waker in the last
+        // poll, which found none ready: then the next wait need not poll
+        // them all again at once (each poll of a source registers its
+        // waker anew, about a tenth of the driver's CPU at one call in
+        // flight). Between that poll (the burst's last, just after a
+        // `prepare`) and this wait only `flush` runs, which makes no
+        // source but the send it polls itself, so `prepare` finds nothing
+        // new to start here.
+        let mut registered = false;
         loop {
             self.prepare();
-            let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+            let mut skip = registered;
+            let wake = poll_fn(|cx| {
+                if std::mem::take(&mut skip) {
+                    return Poll::Pending;
+                }
+                self.poll_wake(cx)
+            })
+            .await;
+            registered = false;
             if let Flow::Stop = self.step(wake).await? {
                 return self.flush_for_shutdown().await;
             }
@@ -775,7 +792,10 @@ where
                     let mut wake = poll_fn(|cx| self.poll_wake(cx));
                     futures::poll!(&mut wake)
                 };
-                let Poll::Ready(wake) = ready else { break };
+                let Poll::Ready(wake) = ready else {
+                    registered = true;
+                    break;
+                };
                 if let Flow::Stop = self.step(wake).await? {
                     return self.flush_for_shutdown().await;
                 }
@@ -1001,11 +1021,20 @@ where
         self.drain_outputs().await?;
         let counters = self.protocol.counters();
         self.stats.publish(counters);
+        self.export(&counters);
+        Ok(())
+    }
+
+    /// Exports the core's and the driver's counters (feature `metrics`,
+    /// with a name configured): after each step, and after each batch the
+    /// channel took, since the datagrams of a step are counted only then.
+    fn export(&self, counters: &Counters) {
         #[cfg(feature = "metrics")]
         if let Some(name) = self.metrics {
-            crate::metrics::export(name, &counters, &self.stats.snapshot());
+            crate::metrics::export(name, counters, &self.stats.snapshot());
         }
-        Ok(())
+        #[cfg(not(feature = "metrics"))]
+        let _ = counters;
     }
 
     async fn drain_outputs(&mut self) -> Result<(), DriverError> {
@@ -1133,6 +1162,10 @@ where
         }
         batch.clear();
         self.spare_batch = batch;
+        #[cfg(feature = "metrics")]
+        if self.metrics.is_some() {
+            self.export(&self.stats.core_counters());
+        }
         if closed {
             return Err(DriverError::Channel(ChannelError::Closed));
         }
