@@ -749,26 +749,9 @@ where
         // a first record to persist).
         self.drain().await?;
         self.flush().await?;
-        // Whether every source registered this task's waker in the last
-        // poll, which found none ready: then the next wait need not poll
-        // them all again at once (each poll of a source registers its
-        // waker anew, about a tenth of the driver's CPU at one call in
-        // flight). Between that poll (the burst's last, just after a
-        // `prepare`) and this wait only `flush` runs, which makes no
-        // source but the send it polls itself, so `prepare` finds nothing
-        // new to start here.
-        let mut registered = false;
         loop {
             self.prepare();
-            let mut skip = registered;
-            let wake = poll_fn(|cx| {
-                if std::mem::take(&mut skip) {
-                    return Poll::Pending;
-                }
-                self.poll_wake(cx)
-            })
-            .await;
-            registered = false;
+            let wake = poll_fn(|cx| self.poll_wake(cx)).await;
             if let Flow::Stop = self.step(wake).await? {
                 return self.flush_for_shutdown().await;
             }
@@ -792,10 +775,7 @@ where
                     let mut wake = poll_fn(|cx| self.poll_wake(cx));
                     futures::poll!(&mut wake)
                 };
-                let Poll::Ready(wake) = ready else {
-                    registered = true;
-                    break;
-                };
+                let Poll::Ready(wake) = ready else { break };
                 if let Flow::Stop = self.step(wake).await? {
                     return self.flush_for_shutdown().await;
                 }
