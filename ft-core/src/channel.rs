@@ -67,6 +67,20 @@ pub struct BatchError {
 }
 
 impl BatchError {
+    /// The outcome of a batch from its refusals, in any order: `Ok` when
+    /// there are none, else the refusals sorted by position (what
+    /// [`Channel::send_batch`] and [`Channel::send_to_many`] return).
+    ///
+    /// # Errors
+    /// The refusals, when there are any.
+    pub fn result(mut failed: Vec<(usize, ChannelError)>) -> Result<(), BatchError> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        failed.sort_by_key(|(i, _)| *i);
+        Err(BatchError { failed })
+    }
+
     /// Whether the channel is closed: some datagram was refused with
     /// [`ChannelError::Closed`].
     pub fn is_closed(&self) -> bool {
@@ -97,11 +111,7 @@ impl Refusals {
     }
 
     fn finish(self) -> Result<(), BatchError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(BatchError { failed: self.0 })
-        }
+        BatchError::result(self.0)
     }
 }
 
@@ -257,6 +267,22 @@ mod tests {
             assert_eq!(b.recv().await.unwrap().1, Bytes::from_static(b"two"));
             assert_eq!(a.send_batch(&[]).await, Ok(()));
         });
+    }
+
+    #[test]
+    fn a_batch_result_is_ok_without_refusals_and_sorted_by_position_with() {
+        assert_eq!(BatchError::result(Vec::new()), Ok(()));
+        let out_of_order = vec![
+            (3, ChannelError::Closed),
+            (1, ChannelError::Unreachable(NodeId(7))),
+        ];
+        assert_eq!(
+            BatchError::result(out_of_order).unwrap_err().failed,
+            vec![
+                (1, ChannelError::Unreachable(NodeId(7))),
+                (3, ChannelError::Closed),
+            ]
+        );
     }
 
     #[test]

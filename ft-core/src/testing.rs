@@ -806,14 +806,10 @@ mod tests {
                     let mut failed = Vec::new();
                     for (i, (to, d)) in batch.iter().enumerate().rev() {
                         if let Err(e) = self.send(*to, d.clone()).await {
-                            failed.insert(0, (i, e));
+                            failed.push((i, e));
                         }
                     }
-                    if failed.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(BatchError { failed })
-                    }
+                    BatchError::result(failed)
                 }
                 _ => {
                     let mut failed = Vec::new();
@@ -822,11 +818,7 @@ mod tests {
                             failed.push((i, e));
                         }
                     }
-                    if failed.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(BatchError { failed })
-                    }
+                    BatchError::result(failed)
                 }
             }
         }

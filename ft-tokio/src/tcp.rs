@@ -683,11 +683,7 @@ impl Channel for TcpChannel {
                 failed.extend(positions.into_iter().map(|i| (i, e.clone())));
             }
         }
-        if failed.is_empty() {
-            return Ok(());
-        }
-        failed.sort_by_key(|(i, _)| *i);
-        Err(BatchError { failed })
+        BatchError::result(failed)
     }
 
     /// Reads the accepted connections (and the datagrams sent to oneself)

@@ -955,14 +955,6 @@ fn transport(error: io::Error) -> ChannelError {
     ChannelError::Transport(error.to_string())
 }
 
-fn finish(mut refused: Vec<(usize, ChannelError)>) -> Result<(), BatchError> {
-    if refused.is_empty() {
-        return Ok(());
-    }
-    refused.sort_by_key(|(i, _)| *i);
-    Err(BatchError { failed: refused })
-}
-
 #[async_trait]
 impl Channel for UdpChannel {
     fn local(&self) -> NodeId {
@@ -994,7 +986,7 @@ impl Channel for UdpChannel {
             }
         }
         self.write_all(&outs, &mut refused).await;
-        finish(refused)
+        BatchError::result(refused)
     }
 
     async fn send_to_many(&self, to: &[NodeId], datagram: Bytes) -> Result<(), BatchError> {
@@ -1024,7 +1016,7 @@ impl Channel for UdpChannel {
                 };
                 self.write_plain(&out, &mut refused).await;
             }
-            return finish(refused);
+            return BatchError::result(refused);
         }
         let mut refused = Vec::new();
         let mut outs = Vec::with_capacity(to.len());
@@ -1039,7 +1031,7 @@ impl Channel for UdpChannel {
             }
         }
         self.write_all(&outs, &mut refused).await;
-        finish(refused)
+        BatchError::result(refused)
     }
 
     async fn recv(&self) -> Result<(NodeId, Bytes), ChannelError> {
