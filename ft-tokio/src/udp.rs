@@ -78,6 +78,12 @@ const RECV_BUF: usize = 65_536;
 /// the socket by one `recv` and handed out by the next ones.
 const RECV_QUEUE: usize = 32;
 
+/// The bytes of the slots one `recvmmsg` reads into (Linux): each slot
+/// holds the largest datagram the channel accepts, so the default limit
+/// gets 4 slots of 64 KiB and a limit of 1 400 bytes gets 32.
+#[cfg(target_os = "linux")]
+const RECV_SLOTS_BYTES: usize = 256 * 1024;
+
 /// ... and at most this many payload bytes: a drain stops at either bound.
 const RECV_QUEUE_BYTES: usize = 256 * 1024;
 
@@ -97,7 +103,8 @@ const MMSG_MAX: usize = 1024;
 
 /// How [`send_batch`](Channel::send_batch) and
 /// [`send_to_many`](Channel::send_to_many) write a batch to the socket
-/// (see the [module docs](self)). A single [`send`](Channel::send) is one
+/// (see the [module docs](self)), and how `recv` reads: `recvmmsg` but for
+/// [`Plain`](Self::Plain). A single [`send`](Channel::send) is one
 /// `sendmsg` whatever the choice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -109,8 +116,8 @@ pub enum UdpBatching {
     Gso,
     /// `sendmmsg` for every batch, no GSO (Linux).
     Mmsg,
-    /// One system call per datagram: the fallback path, and the only one
-    /// off Linux.
+    /// One system call per datagram, sent or received: the fallback path,
+    /// and the only one off Linux.
     Plain,
 }
 
@@ -261,6 +268,10 @@ fn add(counter: &AtomicU64, n: u64) {
 /// datagrams already taken from the socket(s) and not yet handed out.
 struct Inbox {
     buf: Vec<u8>,
+    /// The `recvmmsg` slots, allocated by the first drain that uses them
+    /// (a channel that only sends never does).
+    #[cfg(target_os = "linux")]
+    slots: Vec<u8>,
     queue: VecDeque<(NodeId, Bytes)>,
     queued_bytes: usize,
 }
@@ -327,9 +338,15 @@ struct Out<'a> {
 /// nothing waiting in the channel drains what the socket holds, up to 32
 /// datagrams or 256 KiB, into a queue inside the channel, and the next
 /// `recv`s hand them out one at a time, in the order read, without a
-/// system call ([`UdpStats::recv_drains`] counts the drains). The channel
-/// also holds one 64 KiB buffer that every read goes into; each accepted
-/// payload is copied out of it into a [`Bytes`] of its exact size. To
+/// system call ([`UdpStats::recv_drains`] counts the drains). On Linux a
+/// drain reads with `recvmmsg` into slots that each hold the largest
+/// datagram the channel accepts, 256 KiB of them in all (4 slots at the
+/// default limit, 32 at 1 400 bytes), allocated by the first drain; a read
+/// that fills fewer slots than it had ends the drain, so a datagram that
+/// comes alone costs one system call. Elsewhere, and with
+/// [`UdpBatching::Plain`], it reads one datagram per call into one 64 KiB
+/// buffer. Each accepted payload is copied out into a [`Bytes`] of its
+/// exact size. To
 /// change the kernel buffer (the default of a few hundred KiB holds a few
 /// dozen large datagrams), configure a socket yourself and hand it to
 /// [`from_std`](Self::from_std).
@@ -412,6 +429,8 @@ impl UdpChannel {
             multicast: None,
             inbox: Mutex::new(Inbox {
                 buf: vec![0; RECV_BUF],
+                #[cfg(target_os = "linux")]
+                slots: Vec::new(),
                 queue: VecDeque::with_capacity(RECV_QUEUE),
                 queued_bytes: 0,
             }),
@@ -627,6 +646,10 @@ impl UdpChannel {
     /// Reads what `socket` holds into the inbox, until it has nothing more
     /// (which clears its readiness) or the inbox is full. Never awaits.
     fn drain(&self, inbox: &mut Inbox, socket: &UdpSocket, multicast: bool) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if self.batching != UdpBatching::Plain {
+            return self.drain_mmsg(inbox, socket, multicast);
+        }
         while !inbox.full() {
             bump(&self.counters.recv_syscalls);
             match socket.try_recv_from(&mut inbox.buf) {
@@ -641,6 +664,90 @@ impl UdpChannel {
                 // Reports (on some systems) that an earlier send was refused
                 // by its destination: news about a lost datagram, which a
                 // datagram channel does not report, not a receive failure.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    trace!(error = %e, "ignored an error report about an earlier send");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// [`drain`](Self::drain) with `recvmmsg`: up to one slot's worth of
+    /// datagrams per system call. A call that returns fewer datagrams than
+    /// it had slots found the socket empty, so it clears the socket's
+    /// readiness as a `WouldBlock` would: a datagram costs one system call
+    /// when one comes at a time, not two (its read and the read that finds
+    /// nothing). That is as safe as a real `WouldBlock`: tokio clears
+    /// readiness only if no new readiness event came since it was reported,
+    /// and every datagram that arrives later brings one.
+    #[cfg(target_os = "linux")]
+    fn drain_mmsg(&self, inbox: &mut Inbox, socket: &UdpSocket, multicast: bool) -> io::Result<()> {
+        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+        use std::io::IoSliceMut;
+        use std::os::fd::AsRawFd;
+        // One byte more than the largest datagram accepted: the kernel cuts
+        // a larger one to the slot, and `accept` sees it is too long (cut
+        // to exactly the limit, it would pass for a whole datagram).
+        let slot = self.max_datagram + UDP_HEADER_LEN + 1;
+        let slots = (RECV_SLOTS_BYTES / slot).clamp(2, RECV_QUEUE);
+        if inbox.slots.len() != slots * slot {
+            inbox.slots = vec![0; slots * slot];
+        }
+        let fd = socket.as_raw_fd();
+        // What each read datagram was: its length (at most its slot's) and
+        // source.
+        let mut read: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(slots);
+        while !inbox.full() {
+            let room = slots.min(RECV_QUEUE - inbox.queue.len());
+            read.clear();
+            bump(&self.counters.recv_syscalls);
+            let result = socket.try_io(tokio::io::Interest::READABLE, || {
+                // Built per call: it holds raw pointers, so it cannot live
+                // in the channel, which is Send and Sync.
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(room, None);
+                let mut iovs: Vec<[IoSliceMut<'_>; 1]> = inbox
+                    .slots
+                    .chunks_mut(slot)
+                    .take(room)
+                    .map(|chunk| [IoSliceMut::new(chunk)])
+                    .collect();
+                let results = recvmmsg(fd, &mut headers, iovs.iter_mut(), MsgFlags::empty(), None)
+                    .map_err(io::Error::from)?;
+                for msg in results {
+                    let source = msg.address.and_then(|a| {
+                        a.as_sockaddr_in()
+                            .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                            .or_else(|| {
+                                a.as_sockaddr_in6()
+                                    .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                            })
+                    });
+                    read.push((msg.bytes, source));
+                }
+                if read.len() < room {
+                    // The socket is empty: clear its readiness (see above).
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            for (i, &(len, source)) in read.iter().enumerate() {
+                let Some(source) = source else { continue };
+                let datagram = &inbox.slots[i * slot..i * slot + len];
+                if let Some(got) = self.accept(datagram, source, multicast) {
+                    inbox.queued_bytes += got.1.len();
+                    inbox.queue.push_back(got);
+                }
+            }
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // As in `drain`: news about an earlier send, not a failure.
                 Err(e)
                     if matches!(
                         e.kind(),

@@ -6,13 +6,15 @@ mod common;
 use async_trait::async_trait;
 use ft_core::testing::{ChannelFactory, channel_conformance};
 use ft_core::{Channel, NodeId};
-use ft_tokio::TcpConfig;
+use ft_tokio::{TcpConfig, UdpBatching};
 
 use common::{tcp_mesh_with, udp_mesh};
 
-/// Fresh UDP sockets for every check, limited to `max_datagram`.
+/// Fresh UDP sockets for every check, limited to `max_datagram`, with
+/// `batching`'s system calls.
 struct Udp {
     max_datagram: usize,
+    batching: UdpBatching,
 }
 
 #[async_trait]
@@ -21,7 +23,12 @@ impl ChannelFactory for Udp {
         udp_mesh(nodes)
             .await
             .into_iter()
-            .map(|c| Box::new(c.with_max_datagram(self.max_datagram)) as Box<dyn Channel>)
+            .map(|c| {
+                Box::new(
+                    c.with_max_datagram(self.max_datagram)
+                        .with_batching(self.batching),
+                ) as Box<dyn Channel>
+            })
             .collect()
     }
 }
@@ -46,13 +53,29 @@ impl ChannelFactory for Tcp {
 async fn udp_channel_passes_the_suite() {
     channel_conformance(Udp {
         max_datagram: ft_tokio::UDP_MAX_DATAGRAM,
+        batching: UdpBatching::default(),
     })
     .await;
 }
 
 #[tokio::test]
 async fn udp_channel_passes_with_a_small_datagram_limit() {
-    channel_conformance(Udp { max_datagram: 64 }).await;
+    channel_conformance(Udp {
+        max_datagram: 64,
+        batching: UdpBatching::default(),
+    })
+    .await;
+}
+
+/// The fallback path (one system call per datagram, both ways), which is
+/// the only one off Linux.
+#[tokio::test]
+async fn udp_channel_passes_with_plain_system_calls() {
+    channel_conformance(Udp {
+        max_datagram: ft_tokio::UDP_MAX_DATAGRAM,
+        batching: UdpBatching::Plain,
+    })
+    .await;
 }
 
 #[tokio::test]
