@@ -34,9 +34,10 @@
 //!
 //! - `ft mem`: ft-core's `MemNetwork` (a bounded queue per node), so the
 //!   cost of the RPC layer itself: core, driver, async handle, framing;
-//! - `ft tcp`: ft-tokio's `TcpChannel` (one connection per direction, a
-//!   writer task per peer, a reader task per accepted connection, an inbox
-//!   queue);
+//! - `ft tcp`: ft-tokio's `TcpChannel` (one connection, dialed by the
+//!   client and answered on by the server; writes and reads in the
+//!   driver's task, a writer task per peer for what the socket does not
+//!   take at once);
 //! - `ft udp`: ft-tokio's `UdpChannel` (one socket per node);
 //! - `tarpc tcp`: tarpc 0.38 with its bincode transport over one TCP
 //!   connection (`TCP_NODELAY` on both ends, as ft's channel sets it), each

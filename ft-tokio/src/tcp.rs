@@ -11,10 +11,12 @@
 //! ```
 //!
 //! The first frame on a connection is the dialer's hello, 12 bytes long:
-//! the magic `b"ftT1"` (format version 1) and the dialer's [`NodeId`] as a
+//! the magic `b"ftT2"` (format version 2) and the dialer's [`NodeId`] as a
 //! `u64` LE. Every later frame is one datagram's payload, of at most
-//! [`max_datagram`](Channel::max_datagram) bytes. Only the dialer writes:
-//! the acceptor never sends on a connection it accepted.
+//! [`max_datagram`](Channel::max_datagram) bytes. Both ends send
+//! datagrams: the dialer after its hello, and the acceptor, which has no
+//! hello to send, from the start. (Version 1 had the acceptor never send;
+//! a version-1 hello is refused.)
 //!
 //! # Data path
 //!
@@ -29,12 +31,23 @@
 //! the hello, backs off after failures and notices the peer closing the
 //! connection.
 //!
-//! A receive reads the accepted connections itself, in the caller's task:
+//! A receive reads the connections itself, in the caller's task:
 //! each read takes whatever is ready (up to a buffer's worth of frames),
 //! and the frames are handed out one per `recv` from each connection's
 //! buffer, which also keeps a frame read only in part, so a cancelled
 //! `recv` loses nothing. A task per accepted connection reads only its
 //! hello.
+//!
+//! # One connection for both directions
+//!
+//! A node that accepts a connection sends its own datagrams for the dialer
+//! on it, unless it already has a connection of its own to that peer: a
+//! reply rides the connection its request came on. That halves the
+//! segments of a request and its reply on the network: with a connection
+//! per direction, nothing flows back on either, so the kernel acknowledges
+//! every segment with a segment of its own (4 segments per call, measured
+//! on loopback), while on one connection the acknowledgements ride the
+//! replies (2).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -58,7 +71,7 @@ use tracing::{debug, trace, warn};
 use crate::book::{AddressBook, canonical, lock};
 
 /// The magic and version that open every hello frame.
-pub const TCP_HELLO_MAGIC: [u8; 4] = *b"ftT1";
+pub const TCP_HELLO_MAGIC: [u8; 4] = *b"ftT2";
 
 /// The length of the hello frame's body: magic and [`NodeId`].
 const HELLO_LEN: u32 = 4 + 8;
@@ -274,18 +287,23 @@ fn bump(counter: &AtomicU64) {
     add(counter, 1);
 }
 
-/// A [`Channel`] over TCP: datagrams as length-prefixed frames on one
-/// connection per direction per pair of peers.
+/// A [`Channel`] over TCP: datagrams as length-prefixed frames, on one
+/// connection per pair of peers as a rule.
 ///
 /// # Connections
 ///
-/// A node dials a peer lazily, on the first [`send`](Channel::send) to it,
-/// and writes every datagram for that peer on the connection it dialed. It
-/// reads datagrams only from connections it accepted; each starts with the
-/// dialer's hello, which names the dialer. So between two nodes that both
-/// send there are two connections, one dialed by each: when both dial at
-/// once there is nothing to resolve, no tie-break, and each side's
-/// connection lives and dies on its own.
+/// A node dials a peer lazily, on the first [`send`](Channel::send) to it
+/// when it has no connection to that peer, and reads every connection it
+/// has, dialed or accepted. An accepted connection starts with the dialer's
+/// hello, which names the dialer; once believed, it is also the connection
+/// the acceptor sends on to the dialer, if it has none yet. So a server
+/// answers its clients on their own connections and never dials them.
+/// When two nodes dial each other at once, each keeps sending on the
+/// connection it dialed and reads both: there is nothing to resolve, no
+/// tie-break, and each connection lives and dies on its own. A node keeps
+/// the connection it sends on until it breaks (a dial that completes after
+/// it adopted the peer's connection is only read), so its datagrams to a
+/// peer never switch connections midstream.
 ///
 /// An accepted connection is believed only if the node its hello names is
 /// in the book, is not the local node, and connected from the IP the book
@@ -293,7 +311,12 @@ fn bump(counter: &AtomicU64) {
 /// their outgoing sockets to the listening IP when it is a specific one, so
 /// that their connections come from it. A new good connection from a node
 /// replaces (closes) the older one from the same node, so at most one
-/// accepted connection per peer stays open after its hello.
+/// accepted connection per peer stays open after its hello. The acceptor
+/// sends on a connection on that same evidence: a process on the peer's
+/// host that dials first in its name, before the peer does, receives what
+/// is sent to the peer until its connection breaks. The IP check is the
+/// only authentication; use a secured network or a channel that
+/// authenticates where hosts are shared with untrusted users.
 ///
 /// # Sending, failures and reconnection
 ///
@@ -307,7 +330,7 @@ fn bump(counter: &AtomicU64) {
 /// whatever the peer does. Each peer's writer task writes the queue as the
 /// socket drains, dialing when there is no connection. When a write fails
 /// (or the socket stays full for [`TcpConfig::write_timeout`], or the peer
-/// closes the connection, which the writer notices as soon as it happens),
+/// closes the connection, which `recv` notices as soon as it happens),
 /// the connection is dropped with the datagrams waiting for it, and the
 /// next datagram dials again. After a failed dial, datagrams are dropped
 /// without dialing for a backoff that doubles from
@@ -316,9 +339,11 @@ fn bump(counter: &AtomicU64) {
 ///
 /// # Receiving and bounds
 ///
-/// `recv` reads the accepted connections itself (taking turns between
-/// them), each read taking what is ready; connections are read only while
-/// a `recv` is pending, as the driver always keeps one. A frame's length
+/// `recv` reads the connections itself (taking turns between them), each
+/// read taking what is ready; connections are read only while a `recv` is
+/// pending, as the driver always keeps one. (A node that sends and never
+/// receives learns that a peer closed its connection only when a write to
+/// it fails.) A frame's length
 /// is checked before anything is allocated for it: a length over
 /// [`max_datagram`](Channel::max_datagram) closes the connection
 /// ([`TcpStats::oversized_frames`]), so hostile input can cost at most one
@@ -358,8 +383,9 @@ struct Shared {
     book: AddressBook,
     /// Datagrams sent to oneself, for `recv`.
     to_self: mpsc::Sender<Bytes>,
-    /// Accepted connections whose hello was good, for `recv` to adopt.
-    /// Unbounded, but each holds one of `max_inbound` permits.
+    /// Connections for `recv` to read: accepted ones whose hello was good,
+    /// each holding one of `max_inbound` permits, and dialed ones, at most
+    /// one per peer in the book. Unbounded, but bounded by those.
     adopt: mpsc::UnboundedSender<Inbound>,
     /// Each peer sent to: its connection, queue and writer.
     outbound: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
@@ -563,28 +589,8 @@ impl TcpChannel {
     /// Sends `frames` (each within `max_datagram`) to the peer `to`, not
     /// the local node.
     async fn send_to_peer(&self, to: NodeId, frames: &[&Bytes]) -> Result<(), ChannelError> {
-        let shared = &self.shared;
-        let peer = {
-            let mut outbound = lock(&shared.outbound);
-            match outbound.get(&to) {
-                Some(peer) => Arc::clone(peer),
-                None => {
-                    if !shared.book.contains(to) {
-                        return Err(ChannelError::Unreachable(to));
-                    }
-                    let peer = Arc::new(Peer::new(to, &shared.config));
-                    if !shared
-                        .tasks
-                        .spawn(write_loop(Arc::clone(shared), Arc::clone(&peer)))
-                    {
-                        return Err(ChannelError::Closed);
-                    }
-                    outbound.insert(to, Arc::clone(&peer));
-                    peer
-                }
-            }
-        };
-        peer.send(shared, frames);
+        let peer = peer_for(&self.shared, to)?;
+        peer.send(&self.shared, frames);
         Ok(())
     }
 
@@ -698,7 +704,80 @@ impl Channel for TcpChannel {
 
 // ----------------------------------------------------------------- sending
 
-/// One peer sent to: its dialed connection and what waits for it.
+/// The peer `to`'s outbound state, made (with its writer task) if it has
+/// none yet.
+fn peer_for(shared: &Arc<Shared>, to: NodeId) -> Result<Arc<Peer>, ChannelError> {
+    let mut outbound = lock(&shared.outbound);
+    if let Some(peer) = outbound.get(&to) {
+        return Ok(Arc::clone(peer));
+    }
+    if !shared.book.contains(to) {
+        return Err(ChannelError::Unreachable(to));
+    }
+    let peer = Arc::new(Peer::new(to, &shared.config));
+    if !shared
+        .tasks
+        .spawn(write_loop(Arc::clone(shared), Arc::clone(&peer)))
+    {
+        return Err(ChannelError::Closed);
+    }
+    outbound.insert(to, Arc::clone(&peer));
+    Ok(peer)
+}
+
+/// `stream`, accepted from `from` and believed, becomes the connection this
+/// node sends on to `from`, if it has none (and is not dialing one: a dial
+/// that completes later is closed, see [`connect`]).
+fn offer(shared: &Arc<Shared>, from: NodeId, stream: &Arc<TcpStream>) {
+    if let Ok(peer) = peer_for(shared, from) {
+        send_on(shared, &peer, stream);
+    }
+}
+
+/// `stream` becomes the connection `peer` is sent on, if it has none.
+fn send_on(shared: &Shared, peer: &Peer, stream: &Arc<TcpStream>) {
+    let from = peer.node;
+    let mut st = lock(&peer.state);
+    if st.conn.is_some() || st.retired {
+        return;
+    }
+    debug!(peer = %from, "sending on the connection it dialed");
+    st.conn = Some(Arc::clone(stream));
+    st.backoff.succeeded();
+    if !st.queue.is_empty() {
+        // Datagrams waited for a dial, which may take a while yet: they
+        // go now (the writer takes over what the socket does not take).
+        st.write_now(stream, peer, shared);
+    }
+}
+
+/// `recv` saw `stream` end, or replaced it with `instead`, a newer
+/// connection from the peer: if it is the connection this node sends on to
+/// `from`, it is dropped with what waits for it, and the node sends on
+/// `instead` if there is one, else the next send dials.
+fn ended(
+    shared: &Shared,
+    from: NodeId,
+    stream: &Arc<TcpStream>,
+    instead: Option<&Arc<TcpStream>>,
+    why: &dyn fmt::Debug,
+) {
+    let peer = lock(&shared.outbound).get(&from).cloned();
+    if let Some(peer) = peer {
+        {
+            let mut st = lock(&peer.state);
+            if !st.is_conn(stream) {
+                return;
+            }
+            st.lose(&shared.counters, from, why);
+        }
+        if let Some(instead) = instead {
+            send_on(shared, &peer, instead);
+        }
+    }
+}
+
+/// One peer sent to: the connection it is sent on and what waits for it.
 struct Peer {
     node: NodeId,
     state: Mutex<PeerState>,
@@ -707,7 +786,8 @@ struct Peer {
 }
 
 struct PeerState {
-    /// The connection, once dialed and its hello written.
+    /// The connection sent on: dialed (once its hello is written), or
+    /// accepted from the peer.
     conn: Option<Arc<TcpStream>>,
     /// Frames (payloads; the length prefix is written before each) not yet
     /// written whole, in order. While it holds anything, the writer owns
@@ -954,11 +1034,11 @@ fn write_frames<'a>(
     }
 }
 
-/// Writes `peer`'s queue as its socket drains, dials when there is no
-/// connection, and notices the peer closing the connection.
+/// Writes `peer`'s queue as its socket drains, and dials when there is no
+/// connection. (`recv`, which reads every connection, notices the peer
+/// closing it.)
 async fn write_loop(shared: Arc<Shared>, peer: Arc<Peer>) {
     let counters = &shared.counters;
-    let mut scratch = [0u8; 64];
     loop {
         let (conn, pending, retired) = {
             let st = lock(&peer.state);
@@ -975,26 +1055,12 @@ async fn write_loop(shared: Arc<Shared>, peer: Arc<Peer>) {
             None if pending => connect(&shared, &peer).await,
             None => peer.wake.notified().await,
             Some(conn) if pending => flush(&shared, &peer, &conn).await,
-            Some(conn) => tokio::select! {
-                () = peer.wake.notified() => {}
-                ready = conn.readable() => {
-                    let closed = match ready.and_then(|()| conn.try_read(&mut scratch)) {
-                        Ok(0) => Some(Ok(0)),
-                        Ok(n) => {
-                            trace!(peer = %peer.node, n, "ignored bytes on a dialed connection");
-                            None
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                        Err(e) => Some(Err(e)),
-                    };
-                    if let Some(why) = closed {
-                        let mut st = lock(&peer.state);
-                        if st.is_conn(&conn) {
-                            st.lose(counters, peer.node, &why);
-                        }
-                    }
-                }
-            },
+            Some(conn) => {
+                // Not held while idle: when `recv` sees the connection end,
+                // dropping it is what closes the socket.
+                drop(conn);
+                peer.wake.notified().await;
+            }
         }
     }
 }
@@ -1026,7 +1092,25 @@ async fn connect(shared: &Shared, peer: &Peer) {
             bump(&counters.connects);
             debug!(peer = %peer.node, %addr, "connected");
             st.backoff.succeeded();
-            st.conn = Some(Arc::new(stream));
+            let stream = Arc::new(stream);
+            if st.conn.is_none() {
+                st.conn = Some(Arc::clone(&stream));
+            } else {
+                // The peer dialed meanwhile, and this node sends on that
+                // connection now, so that its datagrams never switch
+                // connections. This one is still read: the peer may have
+                // taken it to send on.
+                debug!(peer = %peer.node, "dialed, but sends on the peer's connection");
+            }
+            // `recv` reads it: the peer sends on it too. Fails only once
+            // the channel is gone.
+            let _ = shared.adopt.send(Inbound {
+                from: peer.node,
+                stream,
+                buf: BytesMut::new(),
+                dialed: true,
+                _permit: None,
+            });
         }
         Err(e) => {
             bump(&counters.connect_failures);
@@ -1133,23 +1217,30 @@ async fn dial(shared: &Shared, addr: SocketAddr) -> io::Result<TcpStream> {
 struct Receiver {
     to_self: mpsc::Receiver<Bytes>,
     adopt: mpsc::UnboundedReceiver<Inbound>,
-    /// The accepted connections being read, at most one per peer.
+    /// The connections being read, at most one accepted and one dialed per
+    /// peer.
     conns: Vec<Inbound>,
     /// The connection to read first next time, so that all take turns.
     next: usize,
 }
 
-/// An accepted connection past its hello.
+/// A connection to read: accepted and past its hello, or dialed.
 struct Inbound {
+    /// The peer at the other end.
     from: NodeId,
-    stream: TcpStream,
+    /// Shared with the peer's sending side when this node sends on it.
+    stream: Arc<TcpStream>,
     /// Bytes read and not yet handed out: whole frames, and the start of
     /// the next one.
     buf: BytesMut,
-    _permit: OwnedSemaphorePermit,
+    /// Dialed by this node (else accepted).
+    dialed: bool,
+    /// An accepted connection's place among `max_inbound`.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Why an accepted connection is closed.
+/// Why a connection is closed.
+#[derive(Debug)]
 enum Ended {
     Io(io::Error),
     Eof,
@@ -1163,11 +1254,17 @@ impl Receiver {
         shared: &Shared,
     ) -> Poll<Result<(NodeId, Bytes), ChannelError>> {
         while let Poll::Ready(Some(conn)) = self.adopt.poll_recv(cx) {
-            // A newer connection from the same node replaces (closes) the
-            // older one.
-            if let Some(old) = self.conns.iter().position(|c| c.from == conn.from) {
+            // A newer connection from the same node, or dialed to it,
+            // replaces (closes) the older one.
+            if let Some(old) = self
+                .conns
+                .iter()
+                .position(|c| c.from == conn.from && c.dialed == conn.dialed)
+            {
                 debug!(from = %conn.from, "closed a connection replaced by a newer one");
-                self.conns.swap_remove(old);
+                let old = self.conns.swap_remove(old);
+                let instead = (!conn.dialed).then_some(&conn.stream);
+                ended(shared, old.from, &old.stream, instead, &"replaced");
             }
             self.conns.push(conn);
         }
@@ -1186,19 +1283,21 @@ impl Receiver {
                     self.next = i + 1;
                     return Poll::Ready(Ok((conn.from, frame)));
                 }
-                Poll::Ready(Err(ended)) => {
-                    match ended {
+                Poll::Ready(Err(why)) => {
+                    match &why {
                         Ended::Oversized(len) => {
                             bump(&shared.counters.oversized_frames);
                             warn!(from = %conn.from, len, max, "frame longer than max_datagram; connection closed");
                         }
-                        Ended::Eof => debug!(from = %conn.from, "inbound connection ended"),
+                        Ended::Eof => debug!(from = %conn.from, "connection ended"),
                         Ended::Io(e) => {
-                            debug!(from = %conn.from, error = %e, "inbound connection failed");
+                            debug!(from = %conn.from, error = %e, "connection failed");
                         }
                     }
-                    // The last one takes its place, and is tried next.
-                    self.conns.swap_remove(i);
+                    // Not sent on any more either, if it was.
+                    let gone = self.conns.swap_remove(i);
+                    ended(shared, gone.from, &gone.stream, None, &why);
+                    // The last one took its place, and is tried next.
                 }
                 Poll::Pending => {
                     self.next = i + 1;
@@ -1341,6 +1440,9 @@ async fn read_hello(
             return;
         }
     };
+    let stream = Arc::new(stream);
+    offer(&shared, from, &stream);
+    // Counted once it may be sent on.
     bump(&shared.counters.accepted);
     debug!(%remote, %from, "accepted a connection");
     // Fails only once the channel is gone.
@@ -1348,7 +1450,8 @@ async fn read_hello(
         from,
         stream,
         buf,
-        _permit: permit,
+        dialed: false,
+        _permit: Some(permit),
     });
 }
 
