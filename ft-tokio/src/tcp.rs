@@ -1374,6 +1374,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, remote)) => match Arc::clone(&permits).try_acquire_owned() {
                 Ok(permit) => {
+                    // This node sends on it too: its replies must not wait
+                    // for Nagle's algorithm (behind the peer's delayed
+                    // acknowledgements, tens of milliseconds).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        debug!(%remote, error = %e, "could not set TCP_NODELAY");
+                    }
                     let hello = read_hello(Arc::clone(&shared), stream, remote, permit);
                     shared.tasks.spawn(hello);
                 }
@@ -1497,4 +1503,49 @@ async fn check_hello(
         return Err(Rejected::WrongIp { expected });
     }
     Ok(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ends send on one connection, so both must send at once: a
+    /// reply held by Nagle's algorithm waits for the peer's delayed
+    /// acknowledgement (the RPC bench at 16 calls in flight fell to 0.69x
+    /// tarpc's calls/s with the accepted end's Nagle on). Looked at from
+    /// inside, as the sockets are not exposed.
+    #[tokio::test]
+    async fn both_ends_of_a_connection_send_without_nagle() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let client = TcpChannel::bind(NodeId(1), loopback, BTreeMap::new())
+            .await
+            .unwrap();
+        let server = TcpChannel::bind(NodeId(2), loopback, BTreeMap::new())
+            .await
+            .unwrap();
+        client.set_peer(NodeId(2), server.local_addr());
+        server.set_peer(NodeId(1), client.local_addr());
+        client
+            .send(NodeId(2), Bytes::from_static(b"request"))
+            .await
+            .unwrap();
+        server.recv().await.unwrap();
+        server
+            .send(NodeId(1), Bytes::from_static(b"reply"))
+            .await
+            .unwrap();
+        client.recv().await.unwrap();
+        for (channel, peer) in [(&client, NodeId(2)), (&server, NodeId(1))] {
+            let conn = lock(&channel.shared.outbound)[&peer]
+                .state
+                .lock()
+                .unwrap()
+                .conn
+                .clone()
+                .expect("a connection to send on");
+            assert!(conn.nodelay().unwrap(), "{}'s end", channel.shared.local);
+        }
+        // One connection: the server sends on the one it accepted.
+        assert_eq!((server.stats().connects, server.stats().accepted), (0, 1));
+    }
 }
