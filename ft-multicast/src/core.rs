@@ -1,0 +1,960 @@
+//! [`Multicast`]: the reliable-multicast core.
+//!
+//! # What it does
+//!
+//! Each member numbers the messages it sends to a group (1, 2, 3… in each
+//! of its lives), keeps them in its [history ring](crate::GroupConfig::history)
+//! and multicasts them to the other members. Each receiver delivers a
+//! sender's messages in that order (FIFO per sender), keeps what comes
+//! after a gap, and
+//!
+//! - **acknowledges** cumulatively ("I have everything up to n"), a short
+//!   while after it delivers ([`McastConfig::ack_delay`]) and whenever the
+//!   sender announces its position;
+//! - **asks for what is missing** (a NACK of the gaps, unicast to the
+//!   sender) as soon as it sees one, and again every
+//!   [`McastConfig::nack_interval`] while it lasts.
+//!
+//! The sender repairs from its ring and frees a message once every other
+//! member has acknowledged it. While something is unacknowledged it
+//! **announces** its highest number every [`McastConfig::announce_interval`],
+//! so the loss of the last messages (which no later message reveals) is
+//! noticed, and lost acknowledgements are sent again.
+//!
+//! # Flow control
+//!
+//! A send to a full ring is refused ([`McastEvent::Refused`] with
+//! [`Refusal::HistoryFull`]: nothing was sent); the sender is told
+//! [`McastEvent::Ready`] once room frees. So a sender is never more than
+//! its ring ahead of its slowest member, and a member that stays
+//! unreachable (crashed and not back, or cut off) holds every sender's
+//! ring full: senders then wait, they do not drop. (Membership views,
+//! which remove such a member, come with virtual synchrony.)
+//!
+//! # Lives
+//!
+//! Nothing is persisted. A restarted member is a new life: its own stream
+//! starts again at 1, and receivers that see the new life drop what they
+//! waited for from the old one (telling the application with
+//! [`McastEvent::Missed`] when there was a gap). A restarted receiver
+//! starts each sender's stream at the oldest message the sender still
+//! holds, and is told with `Missed` what came before it.
+//!
+//! # Poll order
+//!
+//! Outputs come out in the order the core produced them; within one
+//! `handle_*` call: deliveries and events first, then the messages that
+//! call sends, then timers.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ft_core::{
+    Counters, Incarnation, NodeId, Outbox, Output, PersistToken, Protocol, Recover,
+    RecoveryContext, RecoveryError,
+};
+
+use crate::group::{GroupConfig, GroupId};
+use crate::history::History;
+use crate::message::{MAX_NACK_RANGES, MAX_PAYLOAD, McastMessage};
+use crate::receive::{Stream, Took};
+
+/// Timing of a [`Multicast`] node, the same for all its groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct McastConfig {
+    /// The groups this node is a member of.
+    pub groups: Vec<GroupConfig>,
+    /// How often a sender with unacknowledged messages announces its
+    /// position (default 100 ms).
+    pub announce_interval: Duration,
+    /// How long a receiver waits after a delivery before acknowledging it,
+    /// so one acknowledgement covers a burst (default 10 ms).
+    pub ack_delay: Duration,
+    /// How often a receiver asks again for messages still missing
+    /// (default 40 ms).
+    pub nack_interval: Duration,
+}
+
+impl McastConfig {
+    /// A node in `groups`, with the default timing.
+    pub fn new(groups: Vec<GroupConfig>) -> Self {
+        McastConfig {
+            groups,
+            announce_interval: Duration::from_millis(100),
+            ack_delay: Duration::from_millis(10),
+            nack_interval: Duration::from_millis(40),
+        }
+    }
+}
+
+/// What the application asks of a [`Multicast`] node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum McastInput {
+    /// Multicast `payload` to `group` (this node included).
+    Send {
+        /// The group.
+        group: GroupId,
+        /// The caller's name for this send, echoed in its
+        /// [`McastEvent::Sent`] or [`McastEvent::Refused`].
+        token: u64,
+        /// The bytes.
+        payload: Bytes,
+    },
+}
+
+/// Why a send was refused. A refused send was not sent at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The group is not one of this node's.
+    UnknownGroup,
+    /// The payload is larger than the group's
+    /// [`max_payload`](GroupConfig::max_payload).
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The group's limit.
+        max: usize,
+    },
+    /// The history ring is full: some member has not acknowledged the
+    /// oldest message yet. [`McastEvent::Ready`] says when to try again.
+    HistoryFull,
+}
+
+/// What a [`Multicast`] node tells the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum McastEvent {
+    /// A send went out as message `seq` of this node's stream (and was
+    /// delivered here first).
+    Sent {
+        /// The group.
+        group: GroupId,
+        /// The send's token.
+        token: u64,
+        /// Its number.
+        seq: u64,
+    },
+    /// A send was refused: nothing was sent.
+    Refused {
+        /// The group.
+        group: GroupId,
+        /// The send's token.
+        token: u64,
+        /// Why.
+        why: Refusal,
+    },
+    /// The group's history has room again after a
+    /// [`Refusal::HistoryFull`].
+    Ready {
+        /// The group.
+        group: GroupId,
+    },
+    /// Message `seq` of `from`'s stream (in its life `life`), delivered
+    /// in the sender's order.
+    Delivered {
+        /// The group.
+        group: GroupId,
+        /// The sender.
+        from: NodeId,
+        /// The sender's life.
+        life: Incarnation,
+        /// Its number in that life.
+        seq: u64,
+        /// The bytes.
+        payload: Bytes,
+    },
+    /// The messages of `from`'s life `life` numbered up to `upto` that were
+    /// not delivered here never will be: this node started after the
+    /// sender freed them, or the sender restarted before repairing them.
+    Missed {
+        /// The group.
+        group: GroupId,
+        /// The sender.
+        from: NodeId,
+        /// The sender's life.
+        life: Incarnation,
+        /// The last message missed.
+        upto: u64,
+    },
+}
+
+/// The timers of a [`Multicast`] node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum McastTimer {
+    /// Announce this node's position in the group.
+    Announce(GroupId),
+    /// Acknowledge what was delivered from the sender.
+    Ack(GroupId, NodeId),
+    /// Ask the sender for what is still missing.
+    Nack(GroupId, NodeId),
+}
+
+/// How much a node holds, for checking bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Messages in this node's history rings, all groups.
+    pub history: usize,
+    /// Messages waiting out of order, all groups and senders.
+    pub pending: usize,
+    /// The most waiting out of order from any one sender in any one group.
+    pub pending_per_stream: usize,
+}
+
+/// Counters beyond [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct McastStats {
+    /// Messages delivered, this node's own included.
+    pub delivered: u64,
+    /// Duplicates received (already delivered, or already waiting).
+    pub duplicates: u64,
+    /// Messages dropped for lying beyond the receive window.
+    pub beyond_window: u64,
+    /// NACKs sent.
+    pub nacks_sent: u64,
+    /// Repairs sent in answer to NACKs.
+    pub repairs_sent: u64,
+    /// Acknowledgements sent.
+    pub acks_sent: u64,
+    /// Announcements sent.
+    pub announces_sent: u64,
+    /// Sends refused because the ring was full.
+    pub refused_full: u64,
+    /// Messages from nodes that are not members, or about unknown groups,
+    /// or with an oversized payload, ignored.
+    pub ignored: u64,
+}
+
+/// Sends `msg` to every node of `to` (one datagram where the channel can).
+fn multicast(out: &mut Outbox<Multicast>, to: Vec<NodeId>, msg: McastMessage) {
+    for t in to {
+        out.send(t, msg.clone());
+    }
+}
+
+/// One group, as this node sees it.
+struct Group {
+    config: GroupConfig,
+    /// The other members.
+    others: Vec<NodeId>,
+    /// This node's own stream.
+    history: History,
+    /// How far each other member has acknowledged this node's stream.
+    acked: BTreeMap<NodeId, u64>,
+    /// A send was refused for a full ring since the last `Ready`.
+    blocked: bool,
+    /// The announce timer is set.
+    announcing: bool,
+    /// The other members' streams.
+    streams: BTreeMap<NodeId, Stream>,
+}
+
+/// The reliable-multicast core: see the [module docs](self).
+pub struct Multicast {
+    me: NodeId,
+    life: Incarnation,
+    config: McastConfig,
+    groups: BTreeMap<GroupId, Group>,
+    stats: McastStats,
+    out: Outbox<Multicast>,
+    /// Reused for deliveries.
+    delivered: Vec<(u64, Bytes)>,
+}
+
+impl Multicast {
+    // ---- getters ----
+
+    /// This node.
+    pub fn node(&self) -> NodeId {
+        self.me
+    }
+
+    /// This life.
+    pub fn life(&self) -> Incarnation {
+        self.life
+    }
+
+    /// The counters beyond [`Protocol::counters`].
+    pub fn stats(&self) -> McastStats {
+        self.stats
+    }
+
+    /// How much this node holds now.
+    pub fn held(&self) -> Held {
+        let mut held = Held::default();
+        for g in self.groups.values() {
+            held.history += g.history.len();
+            for s in g.streams.values() {
+                held.pending += s.pending_len();
+                held.pending_per_stream = held.pending_per_stream.max(s.pending_len());
+            }
+        }
+        held
+    }
+
+    /// The largest history ring of this node's groups.
+    pub fn max_history(&self) -> usize {
+        self.groups.values().map(|g| g.config.history).max().unwrap_or(0)
+    }
+
+    /// The next message this node would deliver from `from` in `group`
+    /// (1 when it knows nothing of that stream yet).
+    pub fn next_from(&self, group: GroupId, from: NodeId) -> u64 {
+        self.groups
+            .get(&group)
+            .and_then(|g| g.streams.get(&from))
+            .map_or(1, |s| s.next)
+    }
+
+    // ---- handle_* helpers ----
+
+    fn send(&mut self, now: Instant, group: GroupId, token: u64, payload: Bytes) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            self.out.event(McastEvent::Refused {
+                group,
+                token,
+                why: Refusal::UnknownGroup,
+            });
+            return;
+        };
+        let max = g.config.max_payload.min(MAX_PAYLOAD);
+        if payload.len() > max {
+            self.out.event(McastEvent::Refused {
+                group,
+                token,
+                why: Refusal::TooLarge {
+                    len: payload.len(),
+                    max,
+                },
+            });
+            return;
+        }
+        let Some(seq) = g.history.push(payload.clone()) else {
+            g.blocked = true;
+            self.stats.refused_full += 1;
+            self.out.event(McastEvent::Refused {
+                group,
+                token,
+                why: Refusal::HistoryFull,
+            });
+            return;
+        };
+        // Delivered here first: this node is a member too.
+        self.stats.delivered += 1;
+        self.out.event(McastEvent::Delivered {
+            group,
+            from: self.me,
+            life: self.life,
+            seq,
+            payload: payload.clone(),
+        });
+        self.out.event(McastEvent::Sent { group, token, seq });
+        let msg = McastMessage::Data {
+            group,
+            life: self.life,
+            seq,
+            base: g.history.base(),
+            payload,
+        };
+        let to = g.others.clone();
+        // A group of one keeps nothing.
+        Self::release(&mut self.out, g);
+        multicast(&mut self.out, to, msg);
+        let g = self.groups.get_mut(&group).expect("the group is there");
+        if !g.history.is_empty() && !g.announcing {
+            g.announcing = true;
+            self.out.set_timer_after(
+                McastTimer::Announce(group),
+                now,
+                self.config.announce_interval,
+            );
+        }
+    }
+
+    /// Frees what every other member has acknowledged, and says `Ready`
+    /// if a send was refused for want of room.
+    fn release(out: &mut Outbox<Multicast>, g: &mut Group) {
+        let upto = g.acked.values().copied().min().unwrap_or(u64::MAX);
+        g.history.release_upto(upto);
+        if g.blocked && !g.history.is_full() {
+            g.blocked = false;
+            out.event(McastEvent::Ready {
+                group: g.config.id,
+            });
+        }
+    }
+
+    /// The stream of `from` in `g` for its life `life`, started at `base`
+    /// if this node knows no such life yet; `None` for an older life.
+    fn stream<'a>(
+        out: &mut Outbox<Multicast>,
+        g: &'a mut Group,
+        from: NodeId,
+        life: Incarnation,
+        base: u64,
+    ) -> Option<&'a mut Stream> {
+        let group = g.config.id;
+        match g.streams.get(&from) {
+            Some(s) if s.life > life => return None,
+            Some(s) if s.life == life => {}
+            old => {
+                // A new life of the sender (or the first seen): what the
+                // old one left undelivered is lost with it.
+                if let Some(old) = old
+                    && old.next <= old.highest
+                {
+                    out.event(McastEvent::Missed {
+                        group,
+                        from,
+                        life: old.life,
+                        upto: old.highest,
+                    });
+                }
+                if base > 1 {
+                    out.event(McastEvent::Missed {
+                        group,
+                        from,
+                        life,
+                        upto: base - 1,
+                    });
+                }
+                g.streams.insert(from, Stream::new(life, base));
+            }
+        }
+        g.streams.get_mut(&from)
+    }
+
+    fn on_data(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        group: GroupId,
+        life: Incarnation,
+        seq: u64,
+        base: u64,
+        payload: Bytes,
+    ) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        if payload.len() > g.config.max_payload || seq == 0 || base > seq {
+            self.stats.ignored += 1;
+            return;
+        }
+        let window = g.config.history;
+        let Some(s) = Self::stream(&mut self.out, g, from, life, base) else {
+            return;
+        };
+        self.delivered.clear();
+        if let Some(upto) = s.skip_to(base, &mut self.delivered) {
+            self.out.event(McastEvent::Missed {
+                group,
+                from,
+                life,
+                upto,
+            });
+        }
+        match s.take(seq, payload, window, &mut self.delivered) {
+            Took::Duplicate => self.stats.duplicates += 1,
+            Took::BeyondWindow => self.stats.beyond_window += 1,
+            Took::Delivered | Took::Kept => {}
+        }
+        let gap = s.next <= s.highest;
+        let delivered = !self.delivered.is_empty();
+        let ack = (delivered || s.next - 1 > s.acked) && !s.ack_due;
+        if ack {
+            s.ack_due = true;
+        }
+        let first_nack = gap && !s.nack_due;
+        if first_nack {
+            s.nack_due = true;
+        }
+        for (seq, payload) in self.delivered.drain(..) {
+            self.stats.delivered += 1;
+            self.out.event(McastEvent::Delivered {
+                group,
+                from,
+                life,
+                seq,
+                payload,
+            });
+        }
+        if first_nack {
+            // Asked at once, then again while the gap lasts.
+            self.nack(now, group, from);
+        }
+        if ack {
+            self.out.set_timer_after(
+                McastTimer::Ack(group, from),
+                now,
+                self.config.ack_delay,
+            );
+        }
+    }
+
+    fn on_announce(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        group: GroupId,
+        life: Incarnation,
+        base: u64,
+        highest: u64,
+    ) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        if base == 0 || base > highest.saturating_add(1) {
+            self.stats.ignored += 1;
+            return;
+        }
+        let Some(s) = Self::stream(&mut self.out, g, from, life, base) else {
+            return;
+        };
+        self.delivered.clear();
+        if let Some(upto) = s.skip_to(base, &mut self.delivered) {
+            self.out.event(McastEvent::Missed {
+                group,
+                from,
+                life,
+                upto,
+            });
+        }
+        s.highest = s.highest.max(highest);
+        let first_nack = s.next <= s.highest && !s.nack_due;
+        if first_nack {
+            s.nack_due = true;
+        }
+        for (seq, payload) in self.delivered.drain(..) {
+            self.stats.delivered += 1;
+            self.out.event(McastEvent::Delivered {
+                group,
+                from,
+                life,
+                seq,
+                payload,
+            });
+        }
+        // The sender is waiting for acknowledgements: one now.
+        self.ack(group, from);
+        if first_nack {
+            self.nack(now, group, from);
+        }
+    }
+
+    fn on_ack(&mut self, from: NodeId, group: GroupId, life: Incarnation, upto: u64) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        if life != self.life {
+            return;
+        }
+        // Never beyond what was sent: an acknowledgement from the future
+        // (garbled, or forged) frees nothing that was not sent.
+        let upto = upto.min(g.history.highest());
+        if let Some(a) = g.acked.get_mut(&from) {
+            *a = (*a).max(upto);
+        }
+        Self::release(&mut self.out, g);
+        if g.history.is_empty() && g.announcing {
+            g.announcing = false;
+            self.out.cancel_timer(McastTimer::Announce(group));
+        }
+    }
+
+    fn on_nack(&mut self, from: NodeId, group: GroupId, life: Incarnation, ranges: &[(u64, u64)]) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        if life != self.life {
+            return;
+        }
+        let mut budget = g.config.history;
+        let mut gone = false;
+        for &(first, last) in ranges {
+            let mut seq = first;
+            while seq <= last && budget > 0 {
+                if seq < g.history.base() {
+                    gone = true;
+                    seq = g.history.base();
+                    continue;
+                }
+                let Some(payload) = g.history.get(seq) else {
+                    break;
+                };
+                budget -= 1;
+                self.stats.repairs_sent += 1;
+                let msg = McastMessage::Data {
+                    group,
+                    life: self.life,
+                    seq,
+                    base: g.history.base(),
+                    payload: payload.clone(),
+                };
+                self.out.retransmit(from, seq, msg);
+                seq += 1;
+            }
+        }
+        if gone {
+            // Asked for what is freed: the announcement's base says so.
+            self.stats.announces_sent += 1;
+            self.out.send(
+                from,
+                McastMessage::Announce {
+                    group,
+                    life: self.life,
+                    base: g.history.base(),
+                    highest: g.history.highest(),
+                },
+            );
+        }
+    }
+
+    fn ack(&mut self, group: GroupId, from: NodeId) {
+        let Some(s) = self
+            .groups
+            .get_mut(&group)
+            .and_then(|g| g.streams.get_mut(&from))
+        else {
+            return;
+        };
+        s.acked = s.next - 1;
+        self.stats.acks_sent += 1;
+        self.out.send(
+            from,
+            McastMessage::Ack {
+                group,
+                life: s.life,
+                upto: s.next - 1,
+            },
+        );
+    }
+
+    fn nack(&mut self, now: Instant, group: GroupId, from: NodeId) {
+        let Some(s) = self
+            .groups
+            .get_mut(&group)
+            .and_then(|g| g.streams.get_mut(&from))
+        else {
+            return;
+        };
+        let ranges = s.gaps(MAX_NACK_RANGES);
+        if ranges.is_empty() {
+            s.nack_due = false;
+            return;
+        }
+        let life = s.life;
+        self.stats.nacks_sent += 1;
+        self.out.send(
+            from,
+            McastMessage::Nack {
+                group,
+                life,
+                ranges,
+            },
+        );
+        self.out.set_timer_after(
+            McastTimer::Nack(group, from),
+            now,
+            self.config.nack_interval,
+        );
+    }
+
+    fn announce(&mut self, now: Instant, group: GroupId) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if g.history.is_empty() {
+            g.announcing = false;
+            return;
+        }
+        self.stats.announces_sent += 1;
+        let msg = McastMessage::Announce {
+            group,
+            life: self.life,
+            base: g.history.base(),
+            highest: g.history.highest(),
+        };
+        let to = g.others.clone();
+        multicast(&mut self.out, to, msg);
+        self.out.set_timer_after(
+            McastTimer::Announce(group),
+            now,
+            self.config.announce_interval,
+        );
+    }
+}
+
+impl Protocol for Multicast {
+    type Message = McastMessage;
+    type Input = McastInput;
+    type Event = McastEvent;
+    type Timer = McastTimer;
+
+    fn handle_message(&mut self, now: Instant, from: NodeId, msg: McastMessage) {
+        self.out.received();
+        let group = msg.group();
+        let member = self
+            .groups
+            .get(&group)
+            .is_some_and(|g| from != self.me && g.config.contains(from));
+        if !member {
+            self.stats.ignored += 1;
+            self.out.dropped();
+            return;
+        }
+        match msg {
+            McastMessage::Data {
+                group,
+                life,
+                seq,
+                base,
+                payload,
+            } => self.on_data(now, from, group, life, seq, base, payload),
+            McastMessage::Ack { group, life, upto } => self.on_ack(from, group, life, upto),
+            McastMessage::Nack {
+                group,
+                life,
+                ranges,
+            } => self.on_nack(from, group, life, &ranges),
+            McastMessage::Announce {
+                group,
+                life,
+                base,
+                highest,
+            } => self.on_announce(now, from, group, life, base, highest),
+        }
+    }
+
+    fn handle_input(&mut self, now: Instant, input: McastInput) {
+        match input {
+            McastInput::Send {
+                group,
+                token,
+                payload,
+            } => self.send(now, group, token, payload),
+        }
+    }
+
+    fn handle_timer(&mut self, now: Instant, timer: McastTimer) {
+        self.out.timer_fired();
+        match timer {
+            McastTimer::Announce(group) => self.announce(now, group),
+            McastTimer::Ack(group, from) => {
+                if let Some(s) = self
+                    .groups
+                    .get_mut(&group)
+                    .and_then(|g| g.streams.get_mut(&from))
+                {
+                    s.ack_due = false;
+                }
+                self.ack(group, from);
+            }
+            McastTimer::Nack(group, from) => self.nack(now, group, from),
+        }
+    }
+
+    fn handle_persisted(&mut self, _now: Instant, _token: PersistToken) {}
+
+    fn poll_output(&mut self) -> Option<Output<Self>> {
+        self.out.pop()
+    }
+
+    fn counters(&self) -> Counters {
+        self.out.counters()
+    }
+}
+
+impl Recover for Multicast {
+    type Config = McastConfig;
+
+    /// Builds a node; nothing is persisted, so `ctx.records` must be empty
+    /// (a record is an error, never skipped).
+    fn recover(config: &McastConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
+        if !ctx.records.is_empty() {
+            return Err(RecoveryError::Inconsistent(
+                "ft-multicast persists nothing, yet records were handed to it".into(),
+            ));
+        }
+        let me = ctx.node;
+        let groups = config
+            .groups
+            .iter()
+            .cloned()
+            .map(GroupConfig::normalized)
+            .filter(|g| g.contains(me))
+            .map(|g| {
+                let others = g.others(me);
+                (
+                    g.id,
+                    Group {
+                        history: History::new(g.history),
+                        acked: others.iter().map(|&m| (m, 0)).collect(),
+                        others,
+                        blocked: false,
+                        announcing: false,
+                        streams: BTreeMap::new(),
+                        config: g,
+                    },
+                )
+            })
+            .collect();
+        Ok(Multicast {
+            me,
+            life: ctx.incarnation,
+            config: config.clone(),
+            groups,
+            stats: McastStats::default(),
+            out: Outbox::recovered(&ctx),
+            delivered: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: GroupId = GroupId(1);
+
+    fn node(me: u64, life: u64, history: usize) -> Multicast {
+        let group = GroupConfig::new(G, [NodeId(1), NodeId(2), NodeId(3)]).with_history(history);
+        let ctx = RecoveryContext {
+            node: NodeId(me),
+            incarnation: Incarnation(life),
+            records: Vec::new(),
+            seed: me,
+            now: Instant::now(),
+        };
+        Multicast::recover(&McastConfig::new(vec![group]), ctx).unwrap()
+    }
+
+    fn events(m: &mut Multicast) -> Vec<McastEvent> {
+        std::iter::from_fn(|| m.poll_output())
+            .filter_map(|o| match o {
+                Output::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn data(life: u64, seq: u64, base: u64) -> McastMessage {
+        McastMessage::Data {
+            group: G,
+            life: Incarnation(life),
+            seq,
+            base,
+            payload: Bytes::from(vec![seq as u8]),
+        }
+    }
+
+    fn delivered(events: &[McastEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                McastEvent::Delivered { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sender_far_ahead_costs_a_receiver_at_most_its_window() {
+        // A forged or broken sender: numbers far beyond the window are not
+        // kept, so they cannot grow the receiver.
+        let mut r = node(2, 0, 4);
+        let now = Instant::now();
+        for seq in 2..1000 {
+            r.handle_message(now, NodeId(1), data(0, seq, 1));
+        }
+        events(&mut r);
+        assert_eq!(r.held().pending_per_stream, 3);
+        assert_eq!(r.stats().beyond_window, 1000 - 2 - 3);
+    }
+
+    #[test]
+    fn an_acknowledgement_of_an_earlier_life_frees_nothing() {
+        let mut s = node(1, 5, 8);
+        let now = Instant::now();
+        for token in 0..3 {
+            s.handle_input(
+                now,
+                McastInput::Send {
+                    group: G,
+                    token,
+                    payload: Bytes::from_static(b"x"),
+                },
+            );
+        }
+        events(&mut s);
+        // Both others acknowledge far ahead, but for the sender's life 4.
+        for from in [2, 3] {
+            s.handle_message(
+                now,
+                NodeId(from),
+                McastMessage::Ack {
+                    group: G,
+                    life: Incarnation(4),
+                    upto: 100,
+                },
+            );
+        }
+        assert_eq!(s.held().history, 3);
+        for from in [2, 3] {
+            s.handle_message(
+                now,
+                NodeId(from),
+                McastMessage::Ack {
+                    group: G,
+                    life: Incarnation(5),
+                    upto: 2,
+                },
+            );
+        }
+        assert_eq!(s.held().history, 1);
+    }
+
+    #[test]
+    fn a_repair_that_says_older_messages_are_gone_skips_them_at_once() {
+        let mut r = node(2, 0, 8);
+        let now = Instant::now();
+        r.handle_message(now, NodeId(1), data(0, 3, 1));
+        assert!(delivered(&events(&mut r)).is_empty());
+        // The sender freed 1 and 2 (acknowledged by this node's earlier
+        // life): its next message says so, and 3 and 4 go at once.
+        r.handle_message(now, NodeId(1), data(0, 4, 3));
+        let ev = events(&mut r);
+        assert!(ev.contains(&McastEvent::Missed {
+            group: G,
+            from: NodeId(1),
+            life: Incarnation(0),
+            upto: 2
+        }));
+        assert_eq!(delivered(&ev), vec![3, 4]);
+    }
+
+    #[test]
+    fn a_gap_left_by_a_sender_that_restarted_is_reported() {
+        let mut r = node(2, 0, 8);
+        let now = Instant::now();
+        // Message 2 of life 0 came, message 1 never did.
+        r.handle_message(now, NodeId(1), data(0, 2, 1));
+        events(&mut r);
+        // The sender restarts: life 1 starts again at 1.
+        r.handle_message(now, NodeId(1), data(1, 1, 1));
+        let ev = events(&mut r);
+        assert_eq!(
+            ev[0],
+            McastEvent::Missed {
+                group: G,
+                from: NodeId(1),
+                life: Incarnation(0),
+                upto: 2
+            }
+        );
+        assert_eq!(delivered(&ev), vec![1]);
+    }
+}

@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+pub mod core;
+pub mod group;
+mod history;
+pub mod message;
+mod receive;
+
+pub use crate::core::{
+    Held, McastConfig, McastEvent, McastInput, McastStats, McastTimer, Multicast, Refusal,
+};
+pub use group::{GroupConfig, GroupId};
+pub use message::McastMessage;

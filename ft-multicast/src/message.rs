@@ -1,0 +1,217 @@
+//! What members send each other, and its wire format.
+//!
+//! Every message starts with a version byte ([`MESSAGE_VERSION`]) and a
+//! tag; integers are little-endian. A decoder never panics and never
+//! allocates more than the bytes it was given allow: a payload is at most
+//! [`MAX_PAYLOAD`] bytes and a NACK at most [`MAX_NACK_RANGES`] ranges.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ft_core::wire::{self, DecodeError, Wire};
+use ft_core::Incarnation;
+
+use crate::group::GroupId;
+
+/// The format version of [`McastMessage`].
+pub const MESSAGE_VERSION: u8 = 1;
+
+/// The largest payload the decoder accepts (a group's own limit,
+/// [`GroupConfig::max_payload`](crate::GroupConfig), is checked by the
+/// core).
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// The most gap ranges one NACK carries; a receiver with more gaps asks
+/// for the first ones first.
+pub const MAX_NACK_RANGES: usize = 16;
+
+const DATA: u8 = 1;
+const ACK: u8 = 2;
+const NACK: u8 = 3;
+const ANNOUNCE: u8 = 4;
+
+/// A reliable-multicast message. Every one names its group and the life
+/// ([`Incarnation`]) of the sender whose stream it is about: a sender's
+/// sequence numbers start again at 1 in each life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum McastMessage {
+    /// Message `seq` of the sender's stream in `group`: multicast when
+    /// first sent, unicast again as a repair.
+    Data {
+        /// The group.
+        group: GroupId,
+        /// The sender's life.
+        life: Incarnation,
+        /// Its number in the sender's stream, from 1.
+        seq: u64,
+        /// The oldest message the sender still holds: a receiver that
+        /// needs an older one will never get it.
+        base: u64,
+        /// The application's bytes.
+        payload: Bytes,
+    },
+    /// "I have every message of your stream up to `upto`": cumulative,
+    /// from a receiver to the sender.
+    Ack {
+        /// The group.
+        group: GroupId,
+        /// The life of the sender whose stream is acknowledged.
+        life: Incarnation,
+        /// Every message up to this one is delivered (0: none).
+        upto: u64,
+    },
+    /// "Send me these again": from a receiver that sees a gap, to the
+    /// sender. Each range is inclusive.
+    Nack {
+        /// The group.
+        group: GroupId,
+        /// The life of the sender whose stream has the gaps.
+        life: Incarnation,
+        /// The missing messages, as inclusive ranges, at most
+        /// [`MAX_NACK_RANGES`].
+        ranges: Vec<(u64, u64)>,
+    },
+    /// The sender's stream position, multicast periodically while some
+    /// member has not acknowledged everything, so that the loss of the
+    /// last messages is noticed.
+    Announce {
+        /// The group.
+        group: GroupId,
+        /// The sender's life.
+        life: Incarnation,
+        /// The oldest message the sender still holds.
+        base: u64,
+        /// The last message sent (0: none yet).
+        highest: u64,
+    },
+}
+
+impl McastMessage {
+    /// The group the message is about.
+    pub fn group(&self) -> GroupId {
+        match self {
+            McastMessage::Data { group, .. }
+            | McastMessage::Ack { group, .. }
+            | McastMessage::Nack { group, .. }
+            | McastMessage::Announce { group, .. } => *group,
+        }
+    }
+}
+
+impl Wire for McastMessage {
+    fn encode(&self, buf: &mut BytesMut) {
+        buf.put_u8(MESSAGE_VERSION);
+        match self {
+            McastMessage::Data {
+                group,
+                life,
+                seq,
+                base,
+                payload,
+            } => {
+                buf.put_u8(DATA);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*seq);
+                buf.put_u64_le(*base);
+                wire::put_bytes(buf, payload);
+            }
+            McastMessage::Ack { group, life, upto } => {
+                buf.put_u8(ACK);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*upto);
+            }
+            McastMessage::Nack {
+                group,
+                life,
+                ranges,
+            } => {
+                buf.put_u8(NACK);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                // The core never builds more; a hand-built value still
+                // encodes to something the decoder accepts.
+                let n = ranges.len().min(MAX_NACK_RANGES);
+                buf.put_u32_le(n as u32);
+                for &(first, last) in &ranges[..n] {
+                    buf.put_u64_le(first);
+                    buf.put_u64_le(last);
+                }
+            }
+            McastMessage::Announce {
+                group,
+                life,
+                base,
+                highest,
+            } => {
+                buf.put_u8(ANNOUNCE);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*base);
+                buf.put_u64_le(*highest);
+            }
+        }
+    }
+
+    fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        let version = wire::get_u8(buf)?;
+        if version != MESSAGE_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                found: version,
+                supported: MESSAGE_VERSION,
+            });
+        }
+        let tag = wire::get_u8(buf)?;
+        if !(DATA..=ANNOUNCE).contains(&tag) {
+            return Err(DecodeError::UnknownTag {
+                what: "McastMessage",
+                tag,
+            });
+        }
+        let group = GroupId(wire::get_u32(buf)?);
+        let life = Incarnation(wire::get_u64(buf)?);
+        Ok(match tag {
+            DATA => McastMessage::Data {
+                group,
+                life,
+                seq: wire::get_u64(buf)?,
+                base: wire::get_u64(buf)?,
+                payload: wire::get_bytes(buf, MAX_PAYLOAD)?,
+            },
+            ACK => McastMessage::Ack {
+                group,
+                life,
+                upto: wire::get_u64(buf)?,
+            },
+            NACK => {
+                let n = wire::get_u32(buf)? as usize;
+                if n > MAX_NACK_RANGES {
+                    return Err(DecodeError::Invalid("a NACK with too many ranges"));
+                }
+                wire::need(buf, n * 16)?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ranges.push((wire::get_u64(buf)?, wire::get_u64(buf)?));
+                }
+                McastMessage::Nack {
+                    group,
+                    life,
+                    ranges,
+                }
+            }
+            _ => McastMessage::Announce {
+                group,
+                life,
+                base: wire::get_u64(buf)?,
+                highest: wire::get_u64(buf)?,
+            },
+        })
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        match self {
+            McastMessage::Data { payload, .. } => 2 + 4 + 8 * 3 + 4 + payload.len(),
+            McastMessage::Nack { ranges, .. } => 2 + 4 + 8 + 4 + 16 * ranges.len(),
+            _ => 2 + 4 + 8 * 3,
+        }
+    }
+}
