@@ -293,7 +293,11 @@ impl Multicast {
 
     /// The largest history ring of this node's groups.
     pub fn max_history(&self) -> usize {
-        self.groups.values().map(|g| g.config.history).max().unwrap_or(0)
+        self.groups
+            .values()
+            .map(|g| g.config.history)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The next message this node would deliver from `from` in `group`
@@ -377,9 +381,7 @@ impl Multicast {
         g.history.release_upto(upto);
         if g.blocked && !g.history.is_full() {
             g.blocked = false;
-            out.event(McastEvent::Ready {
-                group: g.config.id,
-            });
+            out.event(McastEvent::Ready { group: g.config.id });
         }
     }
 
@@ -423,15 +425,14 @@ impl Multicast {
         g.streams.get_mut(&from)
     }
 
+    /// A data message `(seq, base, payload)` of `from`'s stream.
     fn on_data(
         &mut self,
         now: Instant,
         from: NodeId,
         group: GroupId,
         life: Incarnation,
-        seq: u64,
-        base: u64,
-        payload: Bytes,
+        (seq, base, payload): (u64, u64, Bytes),
     ) {
         let Some(g) = self.groups.get_mut(&group) else {
             self.stats.ignored += 1;
@@ -484,11 +485,8 @@ impl Multicast {
             self.nack(now, group, from);
         }
         if ack {
-            self.out.set_timer_after(
-                McastTimer::Ack(group, from),
-                now,
-                self.config.ack_delay,
-            );
+            self.out
+                .set_timer_after(McastTimer::Ack(group, from), now, self.config.ack_delay);
         }
     }
 
@@ -713,7 +711,7 @@ impl Protocol for Multicast {
                 seq,
                 base,
                 payload,
-            } => self.on_data(now, from, group, life, seq, base, payload),
+            } => self.on_data(now, from, group, life, (seq, base, payload)),
             McastMessage::Ack { group, life, upto } => self.on_ack(from, group, life, upto),
             McastMessage::Nack {
                 group,

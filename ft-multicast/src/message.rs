@@ -6,8 +6,8 @@
 //! [`MAX_PAYLOAD`] bytes and a NACK at most [`MAX_NACK_RANGES`] ranges.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ft_core::wire::{self, DecodeError, Wire};
 use ft_core::Incarnation;
+use ft_core::wire::{self, DecodeError, Wire};
 
 use crate::group::GroupId;
 

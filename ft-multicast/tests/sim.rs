@@ -32,7 +32,13 @@ fn config(n: usize) -> McastConfig {
 }
 
 /// Every node sends `per_node` messages, one every `every`, from `from`.
-fn schedule_sends(sim: &mut Sim<Multicast>, n: usize, per_node: u64, from: Duration, every: Duration) {
+fn schedule_sends(
+    sim: &mut Sim<Multicast>,
+    n: usize,
+    per_node: u64,
+    from: Duration,
+    every: Duration,
+) {
     for i in 0..n as u64 {
         for k in 0..per_node {
             // Staggered, so nodes do not all send at the same instant.
@@ -81,7 +87,10 @@ impl Checker {
                     }
                     if *from == o.node {
                         if life != &o.incarnation {
-                            return Err(format!("{} delivered its own message of another life", o.node));
+                            return Err(format!(
+                                "{} delivered its own message of another life",
+                                o.node
+                            ));
                         }
                         self.sent.insert((*from, *life, *seq), payload.clone());
                     }
@@ -237,7 +246,10 @@ fn every_message_reaches_every_member_in_order_over_a_lossy_network() {
         let stats = s.stats();
         // The faults happened.
         assert!(stats.lost > 0 && stats.duplicated > 0 && stats.reordered > 0);
-        assert!(stats.crc_dropped > 0, "seed {seed}: no corrupted frame was dropped");
+        assert!(
+            stats.crc_dropped > 0,
+            "seed {seed}: no corrupted frame was dropped"
+        );
         let repairs: u64 = s.world().cores().map(|(_, c)| c.stats().repairs_sent).sum();
         let missed = s
             .world()
@@ -360,15 +372,24 @@ fn a_partition_of_minutes_blocks_senders_and_heals_without_loss() {
     // Every sender's ring filled (16 sends in), was refused for the rest
     // of the partition, and was told when room came back.
     assert!(refused >= n * 100, "{refused} refused");
-    assert_eq!(ready, n, "each sender told once that its ring has room again");
+    assert_eq!(
+        ready, n,
+        "each sender told once that its ring has room again"
+    );
     assert!(s.stats().partitioned > 0);
-    eprintln!("{refused} sends refused during the partition; {checked} deliveries checked after it");
+    eprintln!(
+        "{refused} sends refused during the partition; {checked} deliveries checked after it"
+    );
 }
 
 #[test]
 fn a_failing_seed_reproduces_exactly() {
     let run = |seed| {
-        let mut s = sim(seed, 5, hostile(5, Duration::from_secs(2), Duration::from_secs(2)));
+        let mut s = sim(
+            seed,
+            5,
+            hostile(5, Duration::from_secs(2), Duration::from_secs(2)),
+        );
         schedule_sends(&mut s, 5, 50, MS * 10, MS * 25);
         s.run_until(Duration::from_secs(3)).unwrap().digest
     };

@@ -1,0 +1,100 @@
+//! The wire format: every message round-trips, and no input, however
+//! hostile, makes the decoder panic or over-allocate.
+
+use bytes::{Bytes, BytesMut};
+use ft_core::{DecodeError, Incarnation, Wire};
+use ft_multicast::message::{MAX_NACK_RANGES, MESSAGE_VERSION};
+use ft_multicast::{GroupId, McastMessage};
+use proptest::prelude::*;
+
+fn message() -> impl Strategy<Value = McastMessage> {
+    let group = any::<u32>().prop_map(GroupId);
+    let life = any::<u64>().prop_map(Incarnation);
+    prop_oneof![
+        (
+            group.clone(),
+            life.clone(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(group, life, seq, base, p)| McastMessage::Data {
+                group,
+                life,
+                seq,
+                base,
+                payload: Bytes::from(p),
+            }),
+        (group.clone(), life.clone(), any::<u64>())
+            .prop_map(|(group, life, upto)| McastMessage::Ack { group, life, upto }),
+        (
+            group.clone(),
+            life.clone(),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..=MAX_NACK_RANGES)
+        )
+            .prop_map(|(group, life, ranges)| McastMessage::Nack {
+                group,
+                life,
+                ranges
+            }),
+        (group, life, any::<u64>(), any::<u64>()).prop_map(|(group, life, base, highest)| {
+            McastMessage::Announce {
+                group,
+                life,
+                base,
+                highest,
+            }
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_message_round_trips(msg in message()) {
+        let bytes = msg.to_bytes();
+        prop_assert!(msg.encoded_len_hint() >= bytes.len());
+        prop_assert_eq!(McastMessage::from_bytes(bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = McastMessage::from_bytes(Bytes::from(bytes));
+    }
+
+    #[test]
+    fn every_truncation_is_a_typed_error(msg in message(), cut in 0usize..1000) {
+        let bytes = msg.to_bytes();
+        let cut = cut % bytes.len();
+        prop_assert!(McastMessage::from_bytes(bytes.slice(..cut)).is_err());
+    }
+}
+
+#[test]
+fn hostile_lengths_are_refused_before_allocating() {
+    // A NACK claiming four billion ranges.
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&[MESSAGE_VERSION, 3]);
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        McastMessage::from_bytes(b.freeze()),
+        Err(DecodeError::Invalid(_))
+    ));
+    // A payload claiming 4 GiB.
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&[MESSAGE_VERSION, 1]);
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&[0; 24]);
+    b.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(McastMessage::from_bytes(b.freeze()).is_err());
+    // Another version, an unknown tag.
+    assert!(matches!(
+        McastMessage::from_bytes(Bytes::from_static(&[MESSAGE_VERSION + 1, 1])),
+        Err(DecodeError::UnsupportedVersion { .. })
+    ));
+    assert!(matches!(
+        McastMessage::from_bytes(Bytes::from_static(&[MESSAGE_VERSION, 9])),
+        Err(DecodeError::UnknownTag { .. })
+    ));
+}
