@@ -258,6 +258,8 @@ pub struct Multicast {
     out: Outbox<Multicast>,
     /// Reused for deliveries.
     delivered: Vec<(u64, Bytes)>,
+    /// Acknowledge only what the layer above has [released](Self::release).
+    hold_acks: bool,
 }
 
 impl Multicast {
@@ -307,6 +309,95 @@ impl Multicast {
             .get(&group)
             .and_then(|g| g.streams.get(&from))
             .map_or(1, |s| s.next)
+    }
+
+    /// The members of `group` (empty if this node is not in it).
+    pub fn members(&self, group: GroupId) -> &[NodeId] {
+        self.groups
+            .get(&group)
+            .map_or(&[], |g| g.config.members.as_slice())
+    }
+
+    /// The life of `from` whose stream this node follows in `group`: the
+    /// newest it has heard of (`None`: it has heard nothing from `from`).
+    pub fn life_of(&self, group: GroupId, from: NodeId) -> Option<Incarnation> {
+        self.groups
+            .get(&group)
+            .and_then(|g| g.streams.get(&from))
+            .map(|s| s.life)
+    }
+
+    // ---- mutators ----
+
+    /// Makes this node acknowledge a sender's messages only once the layer
+    /// above has taken them ([`release`](Self::release)), not when they
+    /// are delivered to it. A layer that holds delivered messages back
+    /// (causal order, for one) so keeps every sender's ring as the bound
+    /// of what it holds: a sender gets no further ahead of that layer than
+    /// its ring.
+    pub fn hold_acks(&mut self) {
+        self.hold_acks = true;
+    }
+
+    /// With [`hold_acks`](Self::hold_acks): the layer above has taken
+    /// `from`'s messages of life `life` up to `upto`, which may now be
+    /// acknowledged.
+    pub fn release(
+        &mut self,
+        now: Instant,
+        group: GroupId,
+        from: NodeId,
+        life: Incarnation,
+        upto: u64,
+    ) {
+        let Some(s) = self
+            .groups
+            .get_mut(&group)
+            .and_then(|g| g.streams.get_mut(&from))
+            .filter(|s| s.life == life)
+        else {
+            return;
+        };
+        s.released = s.released.max(upto);
+        if s.released > s.acked && !s.ack_due {
+            s.ack_due = true;
+            self.out
+                .set_timer_after(McastTimer::Ack(group, from), now, self.config.ack_delay);
+        }
+    }
+
+    /// Tells the node that message `upto` of `from`'s life `life` exists
+    /// (a layer above learned it, for example from another member's causal
+    /// past): if it is not delivered yet, the node asks `from` for it as
+    /// for any gap. A sender that has restarted since answers with its new
+    /// life, and what its old one left undelivered is reported
+    /// [`McastEvent::Missed`]: a member never waits for ever on a life
+    /// that is over.
+    pub fn expect(
+        &mut self,
+        now: Instant,
+        group: GroupId,
+        from: NodeId,
+        life: Incarnation,
+        upto: u64,
+    ) {
+        if from == self.me {
+            return;
+        }
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if !g.config.contains(from) {
+            return;
+        }
+        let Some(s) = Self::stream(&mut self.out, g, from, life, 1) else {
+            return;
+        };
+        s.highest = s.highest.max(upto);
+        if s.next <= s.highest && !s.nack_due {
+            s.nack_due = true;
+            self.nack(now, group, from);
+        }
     }
 
     // ---- handle_* helpers ----
@@ -361,7 +452,7 @@ impl Multicast {
         };
         let to = g.others.clone();
         // A group of one keeps nothing.
-        Self::release(&mut self.out, g);
+        Self::free_acknowledged(&mut self.out, g);
         multicast(&mut self.out, to, msg);
         let g = self.groups.get_mut(&group).expect("the group is there");
         if !g.history.is_empty() && !g.announcing {
@@ -376,7 +467,7 @@ impl Multicast {
 
     /// Frees what every other member has acknowledged, and says `Ready`
     /// if a send was refused for want of room.
-    fn release(out: &mut Outbox<Multicast>, g: &mut Group) {
+    fn free_acknowledged(out: &mut Outbox<Multicast>, g: &mut Group) {
         let upto = g.acked.values().copied().min().unwrap_or(u64::MAX);
         g.history.release_upto(upto);
         if g.blocked && !g.history.is_full() {
@@ -462,7 +553,7 @@ impl Multicast {
         }
         let gap = s.next <= s.highest;
         let delivered = !self.delivered.is_empty();
-        let ack = (delivered || s.next - 1 > s.acked) && !s.ack_due;
+        let ack = (delivered || s.next - 1 > s.acked) && !s.ack_due && !self.hold_acks;
         if ack {
             s.ack_due = true;
         }
@@ -555,7 +646,7 @@ impl Multicast {
         if let Some(a) = g.acked.get_mut(&from) {
             *a = (*a).max(upto);
         }
-        Self::release(&mut self.out, g);
+        Self::free_acknowledged(&mut self.out, g);
         if g.history.is_empty() && g.announcing {
             g.announcing = false;
             self.out.cancel_timer(McastTimer::Announce(group));
@@ -568,6 +659,18 @@ impl Multicast {
             return;
         };
         if life != self.life {
+            // Asked about another life of this node: this one is the life
+            // now, and the asker learns so from its announcement.
+            self.stats.announces_sent += 1;
+            self.out.send(
+                from,
+                McastMessage::Announce {
+                    group,
+                    life: self.life,
+                    base: g.history.base(),
+                    highest: g.history.highest(),
+                },
+            );
             return;
         }
         let mut budget = g.config.history;
@@ -619,14 +722,19 @@ impl Multicast {
         else {
             return;
         };
-        s.acked = s.next - 1;
+        let upto = if self.hold_acks {
+            s.released.min(s.next - 1)
+        } else {
+            s.next - 1
+        };
+        s.acked = upto;
         self.stats.acks_sent += 1;
         self.out.send(
             from,
             McastMessage::Ack {
                 group,
                 life: s.life,
-                upto: s.next - 1,
+                upto,
             },
         );
     }
@@ -808,6 +916,7 @@ impl Recover for Multicast {
             stats: McastStats::default(),
             out: Outbox::recovered(&ctx),
             delivered: Vec::new(),
+            hold_acks: false,
         })
     }
 }

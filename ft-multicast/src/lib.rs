@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod causal;
 pub mod core;
 pub mod group;
 mod history;
@@ -11,5 +12,6 @@ mod receive;
 pub use crate::core::{
     Held, McastConfig, McastEvent, McastInput, McastStats, McastTimer, Multicast, Refusal,
 };
+pub use causal::{Order, Ordered, OrderedEvent, OrderedInput};
 pub use group::{GroupConfig, GroupId};
 pub use message::McastMessage;

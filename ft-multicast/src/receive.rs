@@ -21,6 +21,9 @@ pub(crate) struct Stream {
     pub(crate) highest: u64,
     /// The last cumulative acknowledgement sent.
     pub(crate) acked: u64,
+    /// How far the layer above has taken this stream's messages (only
+    /// looked at when the node [holds acknowledgements](crate::Multicast::hold_acks)).
+    pub(crate) released: u64,
     /// An acknowledgement timer is set.
     pub(crate) ack_due: bool,
     /// A NACK timer is set.
@@ -49,6 +52,7 @@ impl Stream {
             pending: BTreeMap::new(),
             highest: next.max(1) - 1,
             acked: 0,
+            released: 0,
             ack_due: false,
             nack_due: false,
         }

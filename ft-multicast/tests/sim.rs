@@ -3,15 +3,17 @@
 //! restarts and healing partitions, with invariants checked after every
 //! step, and liveness checked once the faults end.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ft_core::{Incarnation, NodeId, Omission};
+use ft_core::{Incarnation, NodeId};
 use ft_multicast::{GroupConfig, GroupId, McastConfig, McastEvent, McastInput, Multicast};
-use ft_sim::{
-    Delay, FaultPlan, NetworkFaults, OmissionWindow, RandomCrashes, Sim, SimConfig, World,
-};
+use ft_sim::{FaultPlan, Sim, SimConfig, World};
+
+use common::{hostile, lossy};
 
 const G: GroupId = GroupId(1);
 const MS: Duration = Duration::from_millis(1);
@@ -211,23 +213,6 @@ fn all_freed(w: &World<Multicast>) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Loss, duplication, reordering and corruption on every link, until
-/// `calm`.
-fn lossy(calm: Duration) -> NetworkFaults {
-    NetworkFaults {
-        delay: Delay::Uniform {
-            min: Duration::from_micros(500),
-            max: Duration::from_millis(3),
-        },
-        loss: 0.05,
-        duplicate: 0.02,
-        reorder: 0.1,
-        reorder_window: Duration::from_millis(10),
-        corrupt: 0.005,
-        calm_after: Some(calm),
-    }
-}
-
 #[test]
 fn every_message_reaches_every_member_in_order_over_a_lossy_network() {
     let n = 5;
@@ -268,43 +253,6 @@ fn every_message_reaches_every_member_in_order_over_a_lossy_network() {
         "20 seeds: {} (sender, receiver, message) deliveries checked, {} messages lost, {} repairs, {} invariant checks",
         totals.0, totals.1, totals.2, totals.3
     );
-}
-
-/// Every fault but value failures (a wrong payload inside a valid frame is
-/// not a fault reliable multicast can see): crashes and restarts of one
-/// member at a time (not nodes 0 and 1), a slow member, send and receive
-/// omission windows, a partition that heals, on a lossy network.
-fn hostile(n: usize, horizon: Duration, calm: Duration) -> FaultPlan {
-    let mut plan = FaultPlan {
-        network: lossy(calm),
-        ..FaultPlan::default()
-    };
-    plan.node(NodeId(2)).slow = Some(Delay::Exponential {
-        min: Duration::ZERO,
-        mean: Duration::from_millis(20),
-    });
-    plan.node(NodeId(2)).omission_windows.push(OmissionWindow {
-        from: horizon / 5,
-        until: horizon / 5 + horizon / 20,
-        kind: Omission::Send,
-    });
-    plan.node(NodeId(3)).omission_windows.push(OmissionWindow {
-        from: horizon * 3 / 5,
-        until: horizon * 3 / 5 + horizon / 20,
-        kind: Omission::Receive,
-    });
-    let (a, b): (Vec<_>, Vec<_>) = (0..n as u64).map(NodeId).partition(|n| n.0 % 2 == 0);
-    plan.partition(vec![a, b], horizon * 2 / 5, horizon / 2);
-    plan.random_crashes = Some(RandomCrashes {
-        mean_interval: horizon / 6,
-        downtime: Some(Delay::Uniform {
-            min: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        }),
-        max_down: 1,
-        spare: vec![NodeId(0), NodeId(1)],
-    });
-    plan
 }
 
 #[test]
