@@ -1223,14 +1223,13 @@ where
     fn send(&mut self, to: NodeId, msg: P::Message) {
         // The message itself may hold the application's payload: not logged.
         trace!(%to, "message out");
-        let Some(frame) = self.frame(&msg, 1) else {
+        let to = std::slice::from_ref(&to);
+        let Some(frame) = self.frame(&msg, to) else {
             return;
         };
-        if !self.admit(&frame, 1) {
-            debug!(%to, "send queue full (the channel is still sending); datagram dropped");
-            return;
+        if self.admit(&frame, to) {
+            self.outbox.datagrams.push((to[0], frame));
         }
-        self.outbox.datagrams.push((to, frame));
     }
 
     /// Frames `msg` once for every node of `to` (sorted, each once) and
@@ -1244,41 +1243,49 @@ where
             return;
         }
         trace!(destinations = to.len(), "multicast out");
-        let Some(frame) = self.frame(&msg, to.len()) else {
+        let Some(frame) = self.frame(&msg, &to) else {
             return;
         };
-        if !self.admit(&frame, to.len()) {
-            debug!(
-                destinations = to.len(),
-                "send queue full (the channel is still sending); multicast dropped"
-            );
-            return;
+        if self.admit(&frame, &to) {
+            let after = self.outbox.datagrams.len();
+            self.outbox.multicasts.push(Multicast { after, to, frame });
         }
-        let after = self.outbox.datagrams.len();
-        self.outbox.multicasts.push(Multicast { after, to, frame });
     }
 
-    /// Frames `msg`, or counts it as `copies` failed sends if it is too
-    /// large for the codec.
-    fn frame(&mut self, msg: &P::Message, copies: usize) -> Option<Bytes> {
+    /// Frames `msg`, or counts it as a failed send to each node of `to` if
+    /// it is too large for the codec.
+    fn frame(&mut self, msg: &P::Message, to: &[NodeId]) -> Option<Bytes> {
         if let Err(error) = self.codec.encode(msg, &mut self.frame_buf) {
             self.stats
                 .send_failures
-                .fetch_add(copies as u64, Ordering::Relaxed);
-            warn!(copies, %error, "message too large to frame; not sent");
+                .fetch_add(to.len() as u64, Ordering::Relaxed);
+            match to {
+                [to] => warn!(%to, %error, "message too large to frame; not sent"),
+                to => warn!(?to, %error, "multicast too large to frame; not sent"),
+            }
             return None;
         }
         Some(self.frame_buf.split().freeze())
     }
 
-    /// Whether `frame` (for `copies` destinations) fits the send queue;
-    /// if not, its copies are counted as dropped. The queue always takes
-    /// one frame, whatever its size.
-    fn admit(&mut self, frame: &Bytes, copies: usize) -> bool {
+    /// Whether `frame` (for the nodes of `to`) fits the send queue; if not,
+    /// it is counted as a datagram dropped for each of them. The queue
+    /// always takes one frame, whatever its size.
+    fn admit(&mut self, frame: &Bytes, to: &[NodeId]) -> bool {
         if !self.outbox.is_empty() && self.outbox_bytes + frame.len() > self.send_queue_bytes {
             self.stats
                 .datagrams_dropped
-                .fetch_add(copies as u64, Ordering::Relaxed);
+                .fetch_add(to.len() as u64, Ordering::Relaxed);
+            match to {
+                [to] => debug!(
+                    %to,
+                    "send queue full (the channel is still sending); datagram dropped"
+                ),
+                to => debug!(
+                    ?to,
+                    "send queue full (the channel is still sending); multicast dropped"
+                ),
+            }
             return false;
         }
         self.outbox_bytes += frame.len();
