@@ -3,8 +3,9 @@
 //!
 //! # The outbox
 //!
-//! A core keeps one [`Outbox`] and does everything through it: sends,
-//! timers, persists of its typed [`Record`]s, events, compaction. The
+//! A core keeps one [`Outbox`] and does everything through it: sends and
+//! multicasts, timers, persists of its typed [`Record`]s, events,
+//! compaction. The
 //! outbox keeps the output queue that [`Protocol::poll_output`] drains, the
 //! [`Counters`], the persist tokens, and the protocol-level trace events
 //! ([`Outbox::note`]), so no core writes that plumbing again:
@@ -55,7 +56,7 @@
 //!
 //! | inner output | becomes |
 //! |---|---|
-//! | `Send`, `SetTimer`, `CancelTimer` | the same, message or timer mapped |
+//! | `Send`, `Multicast`, `SetTimer`, `CancelTimer` | the same, message or timer mapped (destinations unchanged) |
 //! | `Event(e)` | whatever the outer core's closure returns for `e`: an outer event, or nothing (the outer core acted on it) |
 //! | `Persist { record, token }` | a persist of the outer core, under a token of its own, with the record **tagged** with the component (see [`record`] for the format); when [`Outbox::persisted`] later names that token, it says which component's token it was, and the outer core hands it down |
 //! | `Compact { before }` | a note of how far that component's records are needed; the outer core's outbox asks for compaction of the shared log only up to the oldest record *any* component still needs |
@@ -110,6 +111,11 @@ pub enum Persisted {
 
 /// A core's outputs, counters, persist tokens and compaction marks. See the
 /// [module docs](self).
+///
+/// [`Counters::messages_sent`] counts what the core asked for, not the
+/// copies on the wire: one for each [`send`](Self::send) (and
+/// [`retransmit`](Self::retransmit)), and one for each
+/// [`multicast`](Self::multicast) whatever the number of its destinations.
 #[derive(Debug)]
 pub struct Outbox<P: Protocol + ?Sized> {
     queue: VecDeque<Output<P>>,
@@ -184,6 +190,16 @@ impl<P: Protocol + ?Sized> Outbox<P> {
     pub fn send(&mut self, to: NodeId, msg: P::Message) {
         self.counters.messages_sent += 1;
         self.queue.push_back(Output::Send { to, msg });
+    }
+
+    /// Sends `msg` to every node of `to` ([`Output::Multicast`]: the
+    /// environment frames it once, removes duplicate destinations, and may
+    /// carry it as one IP multicast datagram). Counted as **one** message
+    /// sent, whatever the number of destinations; an empty `to` is still
+    /// pushed (and sends nothing).
+    pub fn multicast(&mut self, to: Vec<NodeId>, msg: P::Message) {
+        self.counters.messages_sent += 1;
+        self.queue.push_back(Output::Multicast { to, msg });
     }
 
     /// Sends `msg` to `to` again, because an earlier copy (number `seq` in
@@ -340,6 +356,10 @@ impl<P: Protocol + ?Sized> Outbox<P> {
         while let Some(out) = inner.poll_output() {
             match out {
                 Output::Send { to, msg } => self.queue.push_back(Output::Send {
+                    to,
+                    msg: message(msg),
+                }),
+                Output::Multicast { to, msg } => self.queue.push_back(Output::Multicast {
                     to,
                     msg: message(msg),
                 }),

@@ -28,7 +28,8 @@
 //! - **inputs** from the [`Handle`] (and its [`InputSender`] clones);
 //! - **sends**: the datagrams of a step, and of the steps taken right
 //!   after it while more work was ready, go to the channel together, in
-//!   one [`Channel::send_batch`] (see below);
+//!   one [`Channel::send_batch`] (a multicast among them in its own
+//!   [`Channel::send_to_many`]; see below);
 //! - **datagrams**: one `recv` future stays alive across iterations (a
 //!   [`Channel`]'s `recv` is cancel safe, but re-creating it for every
 //!   wake-up would waste work). Each datagram is a frame checked by the
@@ -65,19 +66,35 @@
 //! it: a `send` that never returns (a broken transport) costs datagrams,
 //! never the core's timers, inputs or persists.
 //!
+//! An [`Output::Multicast`] is framed **once** and queued in its place
+//! among the one-to-one datagrams, with its destinations sorted and each
+//! kept once (an empty list sends nothing). The queue is then handed over
+//! in order, one call after the other: each run of one-to-one datagrams in
+//! one [`Channel::send_batch`], each multicast in one
+//! [`Channel::send_to_many`] (which a transport with IP multicast may send
+//! as one datagram). So a destination gets its datagrams in the order the
+//! core asked for them, multicasts included. In the send queue a multicast
+//! takes the room of its one frame; in [`DriverStats::datagrams_out`],
+//! [`datagrams_dropped`](DriverStats::datagrams_dropped) and
+//! [`send_failures`](DriverStats::send_failures) it counts once for each
+//! destination, as that many `Send`s would; [`DriverStats::multicasts`]
+//! counts the `send_to_many` calls.
+//!
 //! # When it stops
 //!
 //! | cause | the future returns |
 //! |---|---|
 //! | [`Handle::shutdown`] | `Ok(())`, once the inputs sent before it were handled and their datagrams handed to the channel (waiting at most [`SHUTDOWN_GRACE`] of the clock's time for a send still in progress) |
 //! | the log fails an append | `Err(DriverError::Storage)`: fatal, since *persist before you speak* can no longer be honoured |
-//! | the channel is closed (`recv` or `send` says [`ChannelError::Closed`]) | `Err(DriverError::Channel(ChannelError::Closed))` |
+//! | the channel is closed (`recv`, or a send of a batch or multicast, says [`ChannelError::Closed`]; the calls after it are not made) | `Err(DriverError::Channel(ChannelError::Closed))` |
 //!
 //! Anything else a channel reports is counted and logged, and the driver
 //! goes on, because a datagram channel is allowed to lose datagrams anyway:
 //! a `send` refused as [`ChannelError::Unreachable`] or
 //! [`ChannelError::TooLarge`] (or a message too large for the codec) is
-//! counted in [`DriverStats::send_failures`]; a [`ChannelError::Transport`]
+//! counted in [`DriverStats::send_failures`] (a multicast refused for some
+//! destinations is counted for each of them, and still goes to the
+//! others); a [`ChannelError::Transport`]
 //! error from `recv` is counted in [`DriverStats::recv_failures`] and the
 //! driver receives again (a transport whose `recv` fails forever should
 //! close instead, or the driver will keep retrying it).
@@ -186,8 +203,10 @@ pub struct DriverConfig {
     pub metrics: Option<&'static str>,
     /// How many bytes of datagrams may wait for the channel while a batch
     /// is still being sent; beyond it new datagrams are dropped and counted
-    /// ([`DriverStats::datagrams_dropped`]). One datagram is always let in,
-    /// whatever its size. 4 MiB by default.
+    /// ([`DriverStats::datagrams_dropped`]). A multicast takes the room of
+    /// its one frame, whatever the number of its destinations. One datagram
+    /// (or multicast) is always let in, whatever its size. 4 MiB by
+    /// default.
     pub send_queue_bytes: usize,
 }
 
@@ -262,18 +281,26 @@ pub struct DriverStats {
     pub events: u64,
     /// Datagrams received, good or bad.
     pub datagrams_in: u64,
-    /// Datagrams the channel accepted for sending.
+    /// Datagrams the channel accepted for sending: a multicast counts one
+    /// for each of its (distinct) destinations the channel accepted, even
+    /// when the transport sends it as one IP multicast datagram.
     pub datagrams_out: u64,
     /// Datagrams dropped before reaching the channel: its sends were still
     /// busy with earlier ones and the send queue was full
-    /// ([`DriverConfig::send_queue_bytes`]).
+    /// ([`DriverConfig::send_queue_bytes`]). A multicast dropped counts one
+    /// for each of its distinct destinations.
     pub datagrams_dropped: u64,
-    /// Batches handed to the channel ([`Channel::send_batch`] calls).
+    /// Batches handed to the channel ([`Channel::send_batch`] calls, one
+    /// for each run of one-to-one datagrams between multicasts).
     pub batches: u64,
+    /// Multicasts handed to the channel ([`Channel::send_to_many`] calls,
+    /// one for each [`Output::Multicast`] with a destination).
+    pub multicasts: u64,
     /// Received datagrams dropped because they failed the frame check or did
     /// not decode as a message.
     pub decode_failures: u64,
-    /// Messages not sent: too large to frame, or refused by the channel.
+    /// Messages not sent: too large to frame, or refused by the channel (a
+    /// multicast counts one for each destination not sent to).
     pub send_failures: u64,
     /// Transport errors from `recv`, after each of which the driver received
     /// again.
@@ -296,6 +323,7 @@ struct StatCells {
     datagrams_out: AtomicU64,
     datagrams_dropped: AtomicU64,
     batches: AtomicU64,
+    multicasts: AtomicU64,
     decode_failures: AtomicU64,
     send_failures: AtomicU64,
     recv_failures: AtomicU64,
@@ -322,6 +350,7 @@ impl StatCells {
             datagrams_out: get(&self.datagrams_out),
             datagrams_dropped: get(&self.datagrams_dropped),
             batches: get(&self.batches),
+            multicasts: get(&self.multicasts),
             decode_failures: get(&self.decode_failures),
             send_failures: get(&self.send_failures),
             recv_failures: get(&self.recv_failures),
@@ -566,11 +595,11 @@ where
         last_now,
         turn: 0,
         frame_buf: BytesMut::new(),
-        outbox: Vec::new(),
+        outbox: Outgoing::default(),
         outbox_bytes: 0,
         send_queue_bytes: config.send_queue_bytes,
         sending: None,
-        spare_batch: Vec::new(),
+        spare: Outgoing::default(),
     };
     let handle = Handle {
         inputs: InputSender { tx: input_tx },
@@ -581,9 +610,9 @@ where
 }
 
 type RecvFuture = BoxFuture<'static, Result<(NodeId, Bytes), ChannelError>>;
-/// A batch being sent: the channel's answer, and the batch back (its
-/// allocation is reused).
-type SendFuture = BoxFuture<'static, (Result<(), BatchError>, Vec<(NodeId, Bytes)>)>;
+/// Datagrams being sent: what the channel did with them, and them back
+/// (their allocations are reused).
+type SendFuture = BoxFuture<'static, Sent>;
 type AppendFuture = BoxFuture<'static, LogDone>;
 
 /// What a log operation of the driver's came back with.
@@ -664,7 +693,127 @@ enum Wake<P: Protocol> {
     Timer(Instant),
     Command(Option<Command<P>>),
     Datagram(Result<(NodeId, Bytes), ChannelError>),
-    Sent(Result<(), BatchError>, Vec<(NodeId, Bytes)>),
+    Sent(Sent),
+}
+
+/// Datagrams on their way to the channel, in the order the core asked for
+/// them: one-to-one datagrams, each run of them for one
+/// [`Channel::send_batch`], and multicasts in their places between them,
+/// each for one [`Channel::send_to_many`].
+#[derive(Default)]
+struct Outgoing {
+    /// The one-to-one datagrams, in order.
+    datagrams: Vec<(NodeId, Bytes)>,
+    /// The multicasts, in order.
+    multicasts: Vec<Multicast>,
+}
+
+/// One frame for several nodes ([`Output::Multicast`]).
+struct Multicast {
+    /// How many of the one-to-one datagrams were asked for before it.
+    after: usize,
+    /// The destinations, sorted, each once; never empty.
+    to: Vec<NodeId>,
+    frame: Bytes,
+}
+
+/// One call to the channel for part of an [`Outgoing`].
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    /// `send_batch` of the one-to-one datagrams from this position on.
+    Batch(usize),
+    /// `send_to_many` of the multicast at this position.
+    Multicast(usize),
+}
+
+/// A call of which the channel refused some datagrams.
+struct Refused {
+    call: Call,
+    /// How many datagrams the call handed over.
+    len: usize,
+    error: BatchError,
+}
+
+/// What the channel did with an [`Outgoing`].
+struct Sent {
+    /// The datagrams, back, for their vectors.
+    outgoing: Outgoing,
+    /// How many datagrams (a multicast's copies each) were handed over:
+    /// all of them, unless the channel said it was closed part way and the
+    /// calls after were not made.
+    handed: usize,
+    refused: Vec<Refused>,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.datagrams.is_empty() && self.multicasts.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.datagrams.clear();
+        self.multicasts.clear();
+    }
+
+    /// The destination of datagram `i` of `call`, if the channel named one
+    /// that exists.
+    fn destination(&self, call: Call, i: usize) -> Option<NodeId> {
+        match call {
+            Call::Batch(start) => self.datagrams.get(start + i).map(|(to, _)| *to),
+            Call::Multicast(m) => self.multicasts.get(m).and_then(|m| m.to.get(i)).copied(),
+        }
+    }
+
+    /// Hands everything to `channel` in the order asked, one call after
+    /// the other, so each destination's datagrams keep their order: each
+    /// run of one-to-one datagrams in one `send_batch`, each multicast in
+    /// one `send_to_many`. Stops after a call the channel answers with
+    /// [`ChannelError::Closed`]. Counts each call as it starts.
+    async fn send<C: Channel>(self, channel: std::sync::Arc<C>, stats: Arc<StatCells>) -> Sent {
+        let mut handed = 0;
+        let mut refused = Vec::new();
+        // Records a call's outcome; says whether to go on.
+        let mut outcome = |call, len, result: Result<(), BatchError>| match result {
+            Ok(()) => true,
+            Err(error) => {
+                let closed = error.is_closed();
+                refused.push(Refused { call, len, error });
+                !closed
+            }
+        };
+        let mut start = 0;
+        for m in 0..=self.multicasts.len() {
+            let end = self
+                .multicasts
+                .get(m)
+                .map_or(self.datagrams.len(), |m| m.after);
+            if end > start {
+                let run = &self.datagrams[start..end];
+                StatCells::bump(&stats.batches);
+                let result = channel.send_batch(run).await;
+                handed += run.len();
+                if !outcome(Call::Batch(start), run.len(), result) {
+                    break;
+                }
+                start = end;
+            }
+            if let Some(multicast) = self.multicasts.get(m) {
+                StatCells::bump(&stats.multicasts);
+                let result = channel
+                    .send_to_many(&multicast.to, multicast.frame.clone())
+                    .await;
+                handed += multicast.to.len();
+                if !outcome(Call::Multicast(m), multicast.to.len(), result) {
+                    break;
+                }
+            }
+        }
+        Sent {
+            outgoing: self,
+            handed,
+            refused,
+        }
+    }
 }
 
 /// How many sources [`Driver::poll_wake`] serves in turn.
@@ -717,14 +866,15 @@ struct Driver<P: Protocol, C, K, L> {
     /// Reused for encoding frames.
     frame_buf: BytesMut,
     /// Framed datagrams not yet handed to the channel, in the order asked.
-    outbox: Vec<(NodeId, Bytes)>,
-    /// Their total size, held within `send_queue_bytes`.
+    outbox: Outgoing,
+    /// Their total size (a multicast's frame counted once), held within
+    /// `send_queue_bytes`.
     outbox_bytes: usize,
     send_queue_bytes: usize,
-    /// The batch the channel is sending.
+    /// The datagrams the channel is sending.
     sending: Option<SendFuture>,
-    /// The last batch's vector, emptied, for the next one.
-    spare_batch: Vec<(NodeId, Bytes)>,
+    /// The last datagrams' vectors, emptied, for the next ones.
+    spare: Outgoing,
 }
 
 impl<P, C, K, L> Driver<P, C, K, L>
@@ -851,7 +1001,7 @@ where
                 StatCells::bump(&self.stats.recv_failures);
                 warn!(error = %e, "recv failed; receiving again");
             }
-            Wake::Sent(result, batch) => self.sent(result, batch)?,
+            Wake::Sent(sent) => self.sent(sent)?,
         }
         Ok(Flow::Go)
     }
@@ -896,10 +1046,10 @@ where
         // A batch in progress first: finishing it consumes nothing, and the
         // datagrams queued behind it go sooner.
         if let Some(sending) = &mut self.sending
-            && let Poll::Ready((result, batch)) = sending.poll_unpin(cx)
+            && let Poll::Ready(sent) = sending.poll_unpin(cx)
         {
             self.sending = None;
-            return Poll::Ready(Wake::Sent(result, batch));
+            return Poll::Ready(Wake::Sent(sent));
         }
         for i in 0..SOURCES {
             let source = (self.turn + i) % SOURCES;
@@ -1021,6 +1171,7 @@ where
         while let Some(output) = self.protocol.poll_output() {
             match output {
                 Output::Send { to, msg } => self.send(to, msg),
+                Output::Multicast { to, msg } => self.multicast(to, msg),
                 Output::SetTimer { timer, at } => {
                     trace!(?timer, "timer set");
                     self.timers.set(timer, at);
@@ -1072,39 +1223,89 @@ where
     fn send(&mut self, to: NodeId, msg: P::Message) {
         // The message itself may hold the application's payload: not logged.
         trace!(%to, "message out");
-        if let Err(error) = self.codec.encode(&msg, &mut self.frame_buf) {
-            StatCells::bump(&self.stats.send_failures);
-            warn!(%to, %error, "message too large to frame; not sent");
+        let to = std::slice::from_ref(&to);
+        let Some(frame) = self.frame(&msg, to) else {
             return;
+        };
+        if self.admit(&frame, to) {
+            self.outbox.datagrams.push((to[0], frame));
         }
-        let frame = self.frame_buf.split().freeze();
-        if !self.outbox.is_empty() && self.outbox_bytes + frame.len() > self.send_queue_bytes {
-            StatCells::bump(&self.stats.datagrams_dropped);
-            debug!(%to, "send queue full (the channel is still sending); datagram dropped");
-            return;
-        }
-        self.outbox_bytes += frame.len();
-        self.outbox.push((to, frame));
     }
 
-    /// Hands the queued datagrams to the channel in one batch, unless a
-    /// batch is still in progress, and polls it once: a channel that sends
-    /// at once is done before the driver waits again.
+    /// Frames `msg` once for every node of `to` (sorted, each once) and
+    /// queues it, in its place among the one-to-one datagrams, for one
+    /// [`Channel::send_to_many`]. Counted as one datagram per destination.
+    fn multicast(&mut self, mut to: Vec<NodeId>, msg: P::Message) {
+        to.sort_unstable();
+        to.dedup();
+        if to.is_empty() {
+            trace!("multicast to nobody; nothing sent");
+            return;
+        }
+        trace!(destinations = to.len(), "multicast out");
+        let Some(frame) = self.frame(&msg, &to) else {
+            return;
+        };
+        if self.admit(&frame, &to) {
+            let after = self.outbox.datagrams.len();
+            self.outbox.multicasts.push(Multicast { after, to, frame });
+        }
+    }
+
+    /// Frames `msg`, or counts it as a failed send to each node of `to` if
+    /// it is too large for the codec.
+    fn frame(&mut self, msg: &P::Message, to: &[NodeId]) -> Option<Bytes> {
+        if let Err(error) = self.codec.encode(msg, &mut self.frame_buf) {
+            self.stats
+                .send_failures
+                .fetch_add(to.len() as u64, Ordering::Relaxed);
+            match to {
+                [to] => warn!(%to, %error, "message too large to frame; not sent"),
+                to => warn!(?to, %error, "multicast too large to frame; not sent"),
+            }
+            return None;
+        }
+        Some(self.frame_buf.split().freeze())
+    }
+
+    /// Whether `frame` (for the nodes of `to`) fits the send queue; if not,
+    /// it is counted as a datagram dropped for each of them. The queue
+    /// always takes one frame, whatever its size.
+    fn admit(&mut self, frame: &Bytes, to: &[NodeId]) -> bool {
+        if !self.outbox.is_empty() && self.outbox_bytes + frame.len() > self.send_queue_bytes {
+            self.stats
+                .datagrams_dropped
+                .fetch_add(to.len() as u64, Ordering::Relaxed);
+            match to {
+                [to] => debug!(
+                    %to,
+                    "send queue full (the channel is still sending); datagram dropped"
+                ),
+                to => debug!(
+                    ?to,
+                    "send queue full (the channel is still sending); multicast dropped"
+                ),
+            }
+            return false;
+        }
+        self.outbox_bytes += frame.len();
+        true
+    }
+
+    /// Hands the queued datagrams to the channel, unless some are still
+    /// being sent, and polls the sending once: a channel that sends at once
+    /// is done before the driver waits again.
     async fn flush(&mut self) -> Result<(), DriverError> {
         if self.sending.is_some() || self.outbox.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::replace(&mut self.outbox, std::mem::take(&mut self.spare_batch));
+        let outgoing = std::mem::replace(&mut self.outbox, std::mem::take(&mut self.spare));
         self.outbox_bytes = 0;
-        StatCells::bump(&self.stats.batches);
         let channel = std::sync::Arc::clone(&self.channel);
-        let mut sending: SendFuture = async move {
-            let result = channel.send_batch(&batch).await;
-            (result, batch)
-        }
-        .boxed();
+        let stats = Arc::clone(&self.stats);
+        let mut sending: SendFuture = outgoing.send(channel, stats).boxed();
         match futures::poll!(&mut sending) {
-            Poll::Ready((result, batch)) => self.sent(result, batch),
+            Poll::Ready(sent) => self.sent(sent),
             Poll::Pending => {
                 self.sending = Some(sending);
                 Ok(())
@@ -1112,36 +1313,42 @@ where
         }
     }
 
-    /// Counts what the channel did with `batch`, and keeps its vector.
-    fn sent(
-        &mut self,
-        result: Result<(), BatchError>,
-        mut batch: Vec<(NodeId, Bytes)>,
-    ) -> Result<(), DriverError> {
-        let refused = result.err().map(|e| e.failed).unwrap_or_default();
-        self.stats.datagrams_out.fetch_add(
-            (batch.len() - refused.len().min(batch.len())) as u64,
-            Ordering::Relaxed,
-        );
+    /// Counts what the channel did with the datagrams, and keeps their
+    /// vectors.
+    fn sent(&mut self, sent: Sent) -> Result<(), DriverError> {
+        let Sent {
+            mut outgoing,
+            handed,
+            refused,
+        } = sent;
+        let refusals: usize = refused
+            .iter()
+            .map(|r| r.error.failed.len().min(r.len))
+            .sum();
+        self.stats
+            .datagrams_out
+            .fetch_add((handed - refusals.min(handed)) as u64, Ordering::Relaxed);
         let mut closed = false;
-        for (i, error) in refused {
-            let to = batch.get(i).map(|(to, _)| *to);
-            match error {
-                ChannelError::Closed => closed = true,
-                // An unknown or departed peer is an everyday event for a
-                // fault-tolerant protocol: the core's timeouts deal with it.
-                ChannelError::Unreachable(_) => {
-                    StatCells::bump(&self.stats.send_failures);
-                    debug!(?to, %error, "send refused; message lost");
-                }
-                error => {
-                    StatCells::bump(&self.stats.send_failures);
-                    warn!(?to, %error, "send failed; message lost");
+        for refusal in refused {
+            for (i, error) in refusal.error.failed {
+                let to = outgoing.destination(refusal.call, i);
+                match error {
+                    ChannelError::Closed => closed = true,
+                    // An unknown or departed peer is an everyday event for a
+                    // fault-tolerant protocol: the core's timeouts deal with it.
+                    ChannelError::Unreachable(_) => {
+                        StatCells::bump(&self.stats.send_failures);
+                        debug!(?to, %error, "send refused; message lost");
+                    }
+                    error => {
+                        StatCells::bump(&self.stats.send_failures);
+                        warn!(?to, %error, "send failed; message lost");
+                    }
                 }
             }
         }
-        batch.clear();
-        self.spare_batch = batch;
+        outgoing.clear();
+        self.spare = outgoing;
         #[cfg(feature = "metrics")]
         if self.metrics.is_some() {
             self.export(&self.stats.core_counters());
@@ -1168,9 +1375,9 @@ where
                 return Ok(());
             };
             match futures::future::select(sending, &mut grace).await {
-                futures::future::Either::Left(((result, batch), _)) => {
+                futures::future::Either::Left((sent, _)) => {
                     self.sending = None;
-                    self.sent(result, batch)?;
+                    self.sent(sent)?;
                 }
                 futures::future::Either::Right(((), _)) => {
                     debug!("shutdown: a send still in progress was abandoned");

@@ -63,8 +63,12 @@ pub fn context(node: NodeId) -> RecoveryContext {
 /// What a core asked for, grouped by kind, in the order asked within each.
 #[derive(Debug)]
 pub struct Drained<P: Protocol> {
-    /// Messages sent, with their destinations.
+    /// Messages sent with [`Output::Send`], with their destinations.
     pub sends: Vec<(NodeId, P::Message)>,
+    /// Messages sent with [`Output::Multicast`], with their destinations as
+    /// the core listed them (duplicates and the core's own node included:
+    /// removing duplicates is the environment's job, not the core's).
+    pub multicasts: Vec<(Vec<NodeId>, P::Message)>,
     /// Timers set, with their deadlines.
     pub timers_set: Vec<(P::Timer, Instant)>,
     /// Timers cancelled.
@@ -81,6 +85,7 @@ impl<P: Protocol> Default for Drained<P> {
     fn default() -> Self {
         Drained {
             sends: Vec::new(),
+            multicasts: Vec::new(),
             timers_set: Vec::new(),
             timers_cancelled: Vec::new(),
             persists: Vec::new(),
@@ -91,7 +96,8 @@ impl<P: Protocol> Default for Drained<P> {
 }
 
 impl<P: Protocol> Drained<P> {
-    /// The messages sent to `to`.
+    /// The messages sent to `to` with [`Output::Send`] (multicasts are in
+    /// [`multicasts`](Self::multicasts)).
     pub fn sent_to(&self, to: NodeId) -> Vec<&P::Message> {
         self.sends
             .iter()
@@ -114,6 +120,7 @@ impl<P: Protocol> Drained<P> {
     /// Whether nothing at all was asked for.
     pub fn is_empty(&self) -> bool {
         self.sends.is_empty()
+            && self.multicasts.is_empty()
             && self.timers_set.is_empty()
             && self.timers_cancelled.is_empty()
             && self.persists.is_empty()
@@ -242,6 +249,7 @@ impl<P: Protocol> Harness<P> {
         for o in self.take() {
             match o {
                 Output::Send { to, msg } => d.sends.push((to, msg)),
+                Output::Multicast { to, msg } => d.multicasts.push((to, msg)),
                 Output::SetTimer { timer, at } => d.timers_set.push((timer, at)),
                 Output::CancelTimer { timer } => d.timers_cancelled.push(timer),
                 Output::Persist { record, token } => d.persists.push((token, record)),

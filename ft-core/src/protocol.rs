@@ -36,6 +36,27 @@ pub enum Output<P: Protocol + ?Sized> {
         /// The message.
         msg: P::Message,
     },
+    /// Send `msg` to every node of `to` over an unreliable channel: each
+    /// copy may be lost, duplicated, reordered or delayed, independently of
+    /// the others.
+    ///
+    /// The environment may carry it as one datagram (IP multicast, where the
+    /// transport has it) or as one per destination; either way it is framed
+    /// once. A node listed more than once gets it as if listed once: the
+    /// environment removes duplicates (a copy may still arrive twice, as a
+    /// `Send` may). `to` may include the sending node itself, which then
+    /// receives it as it would a `Send` to itself. An empty `to` sends
+    /// nothing.
+    ///
+    /// Copies to one destination keep their place among the core's other
+    /// outputs to that destination, as if the multicast were a `Send` to
+    /// each node of `to` at that point.
+    Multicast {
+        /// The destinations.
+        to: Vec<NodeId>,
+        /// The message.
+        msg: P::Message,
+    },
     /// Call [`Protocol::handle_timer`] with `timer` at `at`, replacing any
     /// earlier setting of the same timer.
     SetTimer {
@@ -85,7 +106,11 @@ pub enum Output<P: Protocol + ?Sized> {
 /// zero): cheap to keep, and what tests use to show a fault really happened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Messages the core emitted with [`Output::Send`].
+    /// Messages the core emitted: one for each [`Output::Send`], and one
+    /// for each [`Output::Multicast`] whatever the number of its
+    /// destinations (the environment counts the copies: the driver's
+    /// [`DriverStats::datagrams_out`](crate::DriverStats::datagrams_out),
+    /// the simulator's per-message counters).
     pub messages_sent: u64,
     /// Messages handed to [`Protocol::handle_message`].
     pub messages_received: u64,
@@ -122,9 +147,10 @@ pub struct Counters {
 /// After every `handle_*` call (and after construction), the environment calls
 /// [`poll_output`](Protocol::poll_output) until it returns `None`, and carries
 /// out each [`Output`] in the order returned, before feeding the core anything
-/// else. In particular a `Send` that follows a `Persist` is never sent before
-/// that persist completes unless the core emitted it deliberately; cores that
-/// need the record durable first wait for `handle_persisted`.
+/// else. In particular a `Send` (or `Multicast`) that follows a `Persist` is
+/// never sent before that persist completes unless the core emitted it
+/// deliberately; cores that need the record durable first wait for
+/// `handle_persisted`.
 ///
 /// Time never goes backwards between calls: `now` is monotonic.
 pub trait Protocol {

@@ -142,6 +142,17 @@ enum In {
         to: NodeId,
         n: u64,
     },
+    /// Carry out these sends and multicasts of `Intent(n)`, in one step.
+    Script(Vec<Step>),
+}
+
+/// One output of [`In::Script`].
+#[derive(Debug, Clone)]
+enum Step {
+    /// `Output::Send` of `Intent(n)`.
+    Send(NodeId, u64),
+    /// `Output::Multicast` of `Intent(n)`.
+    Multicast(Vec<NodeId>, u64),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -222,6 +233,20 @@ impl Protocol for Probe {
                     self.out.push_back(Output::Send {
                         to,
                         msg: Msg::Ping(i),
+                    });
+                }
+            }
+            In::Script(steps) => {
+                for step in steps {
+                    self.out.push_back(match step {
+                        Step::Send(to, n) => Output::Send {
+                            to,
+                            msg: Msg::Intent(n),
+                        },
+                        Step::Multicast(to, n) => Output::Multicast {
+                            to,
+                            msg: Msg::Intent(n),
+                        },
                     });
                 }
             }
@@ -947,6 +972,284 @@ async fn a_driver_held_back_by_a_full_event_queue_has_sent_what_came_before() {
         }
         assert_eq!(pongs, handled, "{:?}", h.stats());
         run.abort();
+    })
+    .await;
+}
+
+/// What a [`Recording`] channel was asked to do, frames decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sent {
+    One(NodeId, Msg),
+    Batch(Vec<(NodeId, Msg)>),
+    Many(Vec<NodeId>, Msg),
+}
+
+/// A `MemChannel` that records every send call it gets, then passes it on
+/// (`send_to_many` to the `MemChannel`'s own, the trait's default, which
+/// fans out over `send`). Once `closed`, it refuses every send as closed
+/// instead (and its `recv` never says so).
+struct Recording {
+    inner: MemChannel,
+    calls: Arc<Mutex<Vec<Sent>>>,
+    closed: bool,
+}
+
+impl Recording {
+    fn new(inner: MemChannel) -> (Self, Arc<Mutex<Vec<Sent>>>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let me = Recording {
+            inner,
+            calls: Arc::clone(&calls),
+            closed: false,
+        };
+        (me, calls)
+    }
+
+    /// Refuses `len` datagrams as closed, if the channel is.
+    fn refuse(&self, len: usize) -> Option<Result<(), ft_core::BatchError>> {
+        self.closed.then(|| {
+            ft_core::BatchError::result((0..len).map(|i| (i, ChannelError::Closed)).collect())
+        })
+    }
+
+    fn decode(frame: &Bytes) -> Msg {
+        FrameCodec::default().decode(frame.clone()).unwrap()
+    }
+}
+
+#[async_trait]
+impl Channel for Recording {
+    fn local(&self) -> NodeId {
+        self.inner.local()
+    }
+    fn max_datagram(&self) -> usize {
+        self.inner.max_datagram()
+    }
+    async fn send(&self, to: NodeId, datagram: Bytes) -> Result<(), ChannelError> {
+        let msg = Self::decode(&datagram);
+        self.calls.lock().unwrap().push(Sent::One(to, msg));
+        if self.closed {
+            return Err(ChannelError::Closed);
+        }
+        self.inner.send(to, datagram).await
+    }
+    async fn send_batch(&self, batch: &[(NodeId, Bytes)]) -> Result<(), ft_core::BatchError> {
+        let decoded = batch.iter().map(|(to, d)| (*to, Self::decode(d))).collect();
+        self.calls.lock().unwrap().push(Sent::Batch(decoded));
+        if let Some(refused) = self.refuse(batch.len()) {
+            return refused;
+        }
+        self.inner.send_batch(batch).await
+    }
+    async fn send_to_many(
+        &self,
+        to: &[NodeId],
+        datagram: Bytes,
+    ) -> Result<(), ft_core::BatchError> {
+        let msg = Self::decode(&datagram);
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Sent::Many(to.to_vec(), msg));
+        if let Some(refused) = self.refuse(to.len()) {
+            return refused;
+        }
+        self.inner.send_to_many(to, datagram).await
+    }
+    async fn recv(&self) -> Result<(NodeId, Bytes), ChannelError> {
+        if self.closed {
+            return futures::future::pending().await;
+        }
+        self.inner.recv().await
+    }
+}
+
+/// Everything waiting for `ch`, decoded.
+fn received(ch: &MemChannel) -> Vec<(NodeId, Msg)> {
+    let mut got = Vec::new();
+    while let Ok(Some((from, frame))) = ch.try_recv() {
+        got.push((from, FrameCodec::default().decode(frame).unwrap()));
+    }
+    got
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_multicast_is_one_send_to_many_call_in_its_place_among_the_sends() {
+    bounded(async {
+        let net = MemNetwork::new(64);
+        let (two, three) = (net.join(NodeId(2)), net.join(NodeId(3)));
+        let (channel, calls) = Recording::new(net.join(NodeId(1)));
+        let (mut h, run) = spawn(channel, MemLog::default(), DriverConfig::default());
+        let (one, two_id, three_id) = (NodeId(1), NodeId(2), NodeId(3));
+        h.input(In::Script(vec![
+            Step::Send(two_id, 1),
+            // Out of order, 3 twice, and the sender itself.
+            Step::Multicast(vec![three_id, two_id, three_id, one], 2),
+            Step::Send(two_id, 3),
+            Step::Send(three_id, 4),
+        ]))
+        .unwrap();
+        // The sender gets its own copy, once.
+        assert_eq!(
+            h.next_event().await,
+            Some(Ev::Got {
+                from: one,
+                msg: Msg::Intent(2)
+            })
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        h.shutdown();
+        stopped(run).await.unwrap();
+        assert_eq!(h.try_next_event(), None, "the sender got its copy once");
+
+        // One call for the multicast, deduplicated and sorted, between the
+        // sends asked for before it and those asked for after.
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![
+                Sent::Batch(vec![(two_id, Msg::Intent(1))]),
+                Sent::Many(vec![one, two_id, three_id], Msg::Intent(2)),
+                Sent::Batch(vec![(two_id, Msg::Intent(3)), (three_id, Msg::Intent(4))]),
+            ]
+        );
+        // Each destination got it once, in its place among its datagrams.
+        assert_eq!(
+            received(&two),
+            vec![
+                (one, Msg::Intent(1)),
+                (one, Msg::Intent(2)),
+                (one, Msg::Intent(3))
+            ]
+        );
+        assert_eq!(
+            received(&three),
+            vec![(one, Msg::Intent(2)), (one, Msg::Intent(4))]
+        );
+        let stats = h.stats();
+        assert_eq!(
+            (stats.datagrams_out, stats.batches, stats.multicasts),
+            (6, 2, 1),
+            "{stats:?}"
+        );
+        assert_eq!(stats.datagrams_in, 1);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_multicast_over_mem_network_reaches_each_listed_node_once() {
+    bounded(async {
+        let net = MemNetwork::new(64);
+        let peers: Vec<MemChannel> = (2..=4).map(|i| net.join(NodeId(i))).collect();
+        let (mut h, run) = spawn(
+            net.join(NodeId(1)),
+            MemLog::default(),
+            DriverConfig::default(),
+        );
+        let ids = |v: &[u64]| v.iter().copied().map(NodeId).collect::<Vec<_>>();
+        // Node 4 is left out; node 9 is nobody (refused as unreachable, and
+        // the others still get it); an empty list sends nothing.
+        h.input(In::Script(vec![
+            Step::Multicast(ids(&[2, 9, 3, 1, 2, 3]), 7),
+            Step::Multicast(Vec::new(), 8),
+        ]))
+        .unwrap();
+        assert_eq!(
+            h.next_event().await,
+            Some(Ev::Got {
+                from: NodeId(1),
+                msg: Msg::Intent(7)
+            })
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        h.shutdown();
+        stopped(run).await.unwrap();
+        assert_eq!(h.try_next_event(), None);
+        assert_eq!(received(&peers[0]), vec![(NodeId(1), Msg::Intent(7))]);
+        assert_eq!(received(&peers[1]), vec![(NodeId(1), Msg::Intent(7))]);
+        assert_eq!(received(&peers[2]), vec![], "node 4 was not listed");
+        let stats = h.stats();
+        assert_eq!(
+            (
+                stats.datagrams_out,
+                stats.send_failures,
+                stats.multicasts,
+                stats.batches
+            ),
+            (3, 1, 1, 0),
+            "{stats:?}"
+        );
+        assert_eq!(net.delivered(), 3);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_multicast_refused_as_closed_ends_the_driver_and_nothing_after_it_is_sent() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let _peer = net.join(NodeId(2));
+        let (mut channel, calls) = Recording::new(net.join(NodeId(1)));
+        channel.closed = true;
+        let (h, run) = spawn(channel, MemLog::default(), DriverConfig::default());
+        h.input(In::Script(vec![
+            Step::Multicast(vec![NodeId(2), NodeId(3)], 1),
+            Step::Send(NodeId(2), 2),
+        ]))
+        .unwrap();
+        let result = stopped(run).await;
+        assert!(
+            matches!(result, Err(DriverError::Channel(ChannelError::Closed))),
+            "{result:?}"
+        );
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![Sent::Many(vec![NodeId(2), NodeId(3)], Msg::Intent(1))]
+        );
+        let stats = h.stats();
+        assert_eq!((stats.datagrams_out, stats.send_failures), (0, 0));
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_multicast_takes_the_room_of_one_frame_and_counts_a_datagram_per_destination() {
+    bounded(async {
+        let net = MemNetwork::new(16);
+        let channel = Stuck {
+            inner: net.join(NodeId(1)),
+            stuck: NodeId(9),
+            limit: 1000,
+            oversized: Arc::default(),
+            slow: false,
+        };
+        // Room for 3 frames behind the stuck batch.
+        let frame = 9 + ft_core::frame::OVERHEAD;
+        let config = DriverConfig::default().with_send_queue_bytes(3 * frame);
+        let (h, run) = spawn(channel, MemLog::default(), config);
+        h.input(In::Ping {
+            to: NodeId(9),
+            n: 0,
+        })
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(h.stats().batches, 1);
+        let ids = |v: &[u64]| v.iter().copied().map(NodeId).collect::<Vec<_>>();
+        h.input(In::Script(vec![
+            Step::Send(NodeId(2), 1),
+            // One frame for four peers: the queue holds 2 frames after it.
+            Step::Multicast(ids(&[2, 3, 4, 5]), 2),
+            Step::Send(NodeId(2), 3),
+            // The queue is full: dropped, one datagram per destination.
+            Step::Multicast(ids(&[2, 3, 3]), 4),
+        ]))
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let stats = h.stats();
+        assert_eq!(stats.datagrams_dropped, 2, "{stats:?}");
+        assert_eq!(stats.inputs, 2);
+        h.shutdown();
+        stopped(run).await.unwrap();
     })
     .await;
 }

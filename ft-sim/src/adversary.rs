@@ -59,7 +59,9 @@ impl<M> AdversaryCtx<'_, M> {
 /// The strategy of a Byzantine node.
 pub trait Adversary<M> {
     /// The node's honest core wants to send `msg` to `to`: send whatever the
-    /// strategy likes instead (possibly nothing, possibly to others).
+    /// strategy likes instead (possibly nothing, possibly to others). A
+    /// multicast of the core comes as one call for each of its distinct
+    /// destinations.
     fn on_send(&mut self, ctx: &mut AdversaryCtx<'_, M>, to: NodeId, msg: M);
 
     /// An unsolicited turn, at every adversary tick of the plan.

@@ -8,8 +8,17 @@
 pub struct Stats {
     /// Events taken off the queue.
     pub steps: u64,
-    /// Messages the cores (and adversaries) sent.
+    /// Messages the cores (and adversaries) sent: one for each copy of a
+    /// multicast.
     pub sent: u64,
+    /// Multicasts the cores emitted ([`Output::Multicast`]), one each
+    /// whatever the number of destinations. Each copy, one per distinct
+    /// destination, goes through the network as a `Send` would, and is
+    /// counted as one in `sent`, `delivered`, `lost`, `duplicated` and the
+    /// others.
+    ///
+    /// [`Output::Multicast`]: ft_core::Output::Multicast
+    pub multicasts: u64,
     /// Messages handed to a core's `handle_message`.
     pub delivered: u64,
     /// Messages lost by the network (random loss, link loss).

@@ -51,8 +51,14 @@ impl Protocol for Diary {
             self.last = Some(self.out.persist(&Note(n)));
         }
     }
+    /// Timers from 100 on multicast their number to nodes 7 and 8; the
+    /// others become events.
     fn handle_timer(&mut self, _: Instant, t: u8) {
-        self.out.event(u64::from(t));
+        if t >= 100 {
+            self.out.multicast(vec![NodeId(7), NodeId(8)], u64::from(t));
+        } else {
+            self.out.event(u64::from(t));
+        }
     }
     fn handle_persisted(&mut self, _: Instant, token: PersistToken) {
         self.durable.push(token);
@@ -286,6 +292,44 @@ fn lifted_outputs_are_mapped_and_counted_once() {
     assert!(matches!(out[1], Output::Event((Which::A, 4))));
     let c = p.counters();
     assert_eq!((c.messages_sent, c.messages_received), (1, 1));
+}
+
+#[test]
+fn a_lifted_multicast_keeps_its_destinations_maps_its_message_and_counts_once() {
+    let now = Instant::now();
+    let mut p = Pair::recover(&(), Disk::default().ctx(0)).unwrap();
+    p.handle_timer(now, (Which::B, 100));
+    p.handle_timer(now, (Which::A, 101));
+    let out: Vec<_> = std::iter::from_fn(|| p.poll_output()).collect();
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(
+        matches!(
+            &out[0],
+            Output::Multicast { to, msg } if *to == [NodeId(7), NodeId(8)] && *msg == 100 | B_BIT
+        ),
+        "{out:?}"
+    );
+    assert!(
+        matches!(
+            &out[1],
+            Output::Multicast { to, msg } if *to == [NodeId(7), NodeId(8)] && *msg == 101
+        ),
+        "{out:?}"
+    );
+    // One message sent per multicast, not one per destination.
+    assert_eq!(p.counters().messages_sent, 2);
+    assert_eq!(p.b.counters().messages_sent, 1);
+}
+
+#[test]
+fn the_harness_keeps_multicasts_apart_from_sends() {
+    let mut h = crate::harness::Harness::<Pair>::new(&(), NodeId(1));
+    let out = h.timer((Which::A, 100)).message(NodeId(3), 5).drain();
+    assert_eq!(out.multicasts, vec![(vec![NodeId(7), NodeId(8)], 100)]);
+    assert_eq!(out.sends, vec![(NodeId(9), 5)]);
+    assert!(!out.is_empty());
+    let out = h.timer((Which::A, 101)).drain();
+    assert!(!out.is_empty(), "a multicast alone is something asked for");
 }
 
 #[test]

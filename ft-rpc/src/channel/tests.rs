@@ -654,7 +654,9 @@ fn a_hostile_link_still_delivers_everything_in_order_within_bounds() {
                 Output::SetTimer { at, .. } => timer = Some(at),
                 Output::CancelTimer { .. } => timer = None,
                 Output::Event(e) => panic!("{e:?}"),
-                Output::Persist { .. } | Output::Compact { .. } => unreachable!(),
+                Output::Multicast { .. } | Output::Persist { .. } | Output::Compact { .. } => {
+                    unreachable!()
+                }
             }
         }
         for o in b.take() {

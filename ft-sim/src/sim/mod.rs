@@ -665,6 +665,7 @@ where
                         self.send_message(i, to, &msg);
                     }
                 }
+                Output::Multicast { to, msg } => self.multicast(i, to, msg),
                 Output::SetTimer { timer, at } => {
                     // `at` is on the node's clock; the queue runs on true time.
                     let at = self.world.timer_due(i, at);
@@ -770,7 +771,39 @@ where
         self.forged = out;
     }
 
+    /// A multicast of node `i`: one copy for each distinct node of `to`,
+    /// each through the network on its own, as a `Send` to that node would
+    /// go (its own loss, duplication, delay, partitions; a copy to `i`
+    /// itself too). The message is framed once, as the driver frames it, so
+    /// a value failure of the sender changes every copy alike. A Byzantine
+    /// node's strategy sees each copy as a send of its core.
+    fn multicast(&mut self, i: usize, mut to: Vec<NodeId>, msg: P::Message) {
+        self.world.stats.multicasts += 1;
+        to.sort_unstable();
+        to.dedup();
+        if self.world.nodes[i].adversary.is_some() {
+            for to in to {
+                self.adversary_turn(i, Some((to, msg.clone())));
+            }
+            return;
+        }
+        if to.is_empty() {
+            return;
+        }
+        let frame = self.frame_message(i, &msg);
+        for to in to {
+            self.transmit(i, to, frame.clone());
+        }
+    }
+
     fn send_message(&mut self, i: usize, to: NodeId, msg: &P::Message) {
+        let frame = self.frame_message(i, msg);
+        self.transmit(i, to, frame);
+    }
+
+    /// Frames a message of node `i`'s core, applying the node's value
+    /// failure.
+    fn frame_message(&mut self, i: usize, msg: &P::Message) -> Bytes {
         let mut buf = BytesMut::with_capacity(64);
         if let Err(e) = self.codec.encode(msg, &mut buf) {
             // A core asked to send more than a frame holds: that is the
@@ -784,6 +817,6 @@ where
             self.world.stats.value_corruptions += 1;
             corrupt_payload(&mut buf, &mut self.rng);
         }
-        self.transmit(i, to, buf.freeze());
+        buf.freeze()
     }
 }
