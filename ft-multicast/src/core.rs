@@ -224,13 +224,6 @@ pub struct McastStats {
     pub ignored: u64,
 }
 
-/// Sends `msg` to every node of `to` (one datagram where the channel can).
-fn multicast(out: &mut Outbox<Multicast>, to: Vec<NodeId>, msg: McastMessage) {
-    for t in to {
-        out.send(t, msg.clone());
-    }
-}
-
 /// One group, as this node sees it.
 struct Group {
     config: GroupConfig,
@@ -453,7 +446,7 @@ impl Multicast {
         let to = g.others.clone();
         // A group of one keeps nothing.
         Self::free_acknowledged(&mut self.out, g);
-        multicast(&mut self.out, to, msg);
+        self.out.multicast(to, msg);
         let g = self.groups.get_mut(&group).expect("the group is there");
         if !g.history.is_empty() && !g.announcing {
             g.announcing = true;
@@ -785,7 +778,7 @@ impl Multicast {
             highest: g.history.highest(),
         };
         let to = g.others.clone();
-        multicast(&mut self.out, to, msg);
+        self.out.multicast(to, msg);
         self.out.set_timer_after(
             McastTimer::Announce(group),
             now,

@@ -30,6 +30,7 @@ fn drain(node: &mut Ordered) -> (Vec<(NodeId, McastMessage)>, Vec<Bytes>) {
     while let Some(out) = node.poll_output() {
         match out {
             Output::Send { to, msg } => sent.push((to, msg)),
+            Output::Multicast { to, msg } => sent.extend(to.into_iter().map(|t| (t, msg.clone()))),
             Output::Event(OrderedEvent::Delivered { payload, .. }) => delivered.push(payload),
             _ => {}
         }
