@@ -15,7 +15,7 @@ use ft_multicast::{
 };
 use ft_sim::{FaultPlan, Sim, SimConfig, World};
 
-use common::{hostile_then_calm, lossy};
+use common::{hostile_then_calm, lossy, seeds};
 
 const G: GroupId = GroupId(1);
 
@@ -159,18 +159,10 @@ fn run(seed: u64, n: usize, plan: FaultPlan, until: Duration) -> (Sim<Ordered>, 
     (s, c)
 }
 
-/// Seeds per sweep: `FT_MCAST_SEEDS` (CI's long sweep sets more).
-fn seeds() -> u64 {
-    std::env::var("FT_MCAST_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20)
-}
-
 #[test]
 fn no_member_delivers_a_message_before_its_causal_past() {
     let (mut checked, mut crashes, mut held_most) = (0, 0, 0);
-    for seed in 0..seeds() {
+    for seed in 0..seeds(20) {
         let horizon = Duration::from_secs(3);
         let (s, c) = run(
             seed,
@@ -206,7 +198,7 @@ fn no_member_delivers_a_message_before_its_causal_past() {
     eprintln!(
         "{} seeds: {checked} causal deliveries checked against their pasts, {crashes} crashes, \
          at most {held_most} messages held back at once, all released by the end of every run",
-        seeds()
+        seeds(20)
     );
     // Messages really were held back for their past, and the runs had
     // crashes in them.

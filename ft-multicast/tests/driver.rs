@@ -78,7 +78,10 @@ async fn every_member_delivers_every_message_through_the_driver() {
         .iter()
         .any(|d| d.values().map(Vec::len).sum::<usize>() < (n * per_node) as usize)
     {
-        assert!(tokio::time::Instant::now() < deadline, "deliveries: {delivered:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries: {delivered:?}"
+        );
         for (i, h) in handles.iter_mut().enumerate() {
             let Ok(Some(event)) =
                 tokio::time::timeout(Duration::from_millis(5), h.next_event()).await

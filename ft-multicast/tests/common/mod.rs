@@ -87,3 +87,12 @@ pub(crate) fn hostile_then_calm(seed: u64, n: usize, horizon: Duration) -> Fault
         at += down;
     }
 }
+
+/// Seeds per sweep: `FT_MCAST_SEEDS` if set (CI's release sweep sets
+/// hundreds), else `default`.
+pub(crate) fn seeds(default: u64) -> u64 {
+    std::env::var("FT_MCAST_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
