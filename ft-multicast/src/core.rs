@@ -55,13 +55,16 @@ use ft_core::{
     RecoveryContext, RecoveryError,
 };
 
-use crate::group::{GroupConfig, GroupId};
+use ft_core::rng::Rng;
+
+use crate::group::{Feedback, GroupConfig, GroupId};
 use crate::history::History;
 use crate::message::{MAX_NACK_RANGES, MAX_PAYLOAD, McastMessage};
 use crate::receive::{Stream, Took};
+use crate::srm::SrmState;
 
 /// Timing of a [`Multicast`] node, the same for all its groups.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct McastConfig {
     /// The groups this node is a member of.
     pub groups: Vec<GroupConfig>,
@@ -187,6 +190,13 @@ pub enum McastTimer {
     Ack(GroupId, NodeId),
     /// Ask the sender for what is still missing.
     Nack(GroupId, NodeId),
+    /// With [`Feedback::Nack`](crate::Feedback): ask the group for what
+    /// is missing of this source's stream.
+    Request(GroupId, NodeId),
+    /// With `Feedback::Nack`: repair message `seq` of this source's stream.
+    Repair(GroupId, NodeId, u64),
+    /// With `Feedback::Nack`: send this node's session message.
+    Session(GroupId),
 }
 
 /// How much a node holds, for checking bounds.
@@ -198,6 +208,12 @@ pub struct Held {
     pub pending: usize,
     /// The most waiting out of order from any one sender in any one group.
     pub pending_per_stream: usize,
+    /// Messages kept to repair them for others
+    /// ([`Feedback::Nack`](crate::Feedback)), all groups and sources.
+    pub recent: usize,
+    /// With `Feedback::Nack`: repairs waiting for their timers, and
+    /// recent repairs remembered to ignore the requests that crossed them.
+    pub repairs: usize,
 }
 
 /// Counters beyond [`Counters`].
@@ -225,12 +241,12 @@ pub struct McastStats {
 }
 
 /// One group, as this node sees it.
-struct Group {
-    config: GroupConfig,
+pub(crate) struct Group {
+    pub(crate) config: GroupConfig,
     /// The other members.
-    others: Vec<NodeId>,
+    pub(crate) others: Vec<NodeId>,
     /// This node's own stream.
-    history: History,
+    pub(crate) history: History,
     /// How far each other member has acknowledged this node's stream.
     acked: BTreeMap<NodeId, u64>,
     /// A send was refused for a full ring since the last `Ready`.
@@ -238,19 +254,26 @@ struct Group {
     /// The announce timer is set.
     announcing: bool,
     /// The other members' streams.
-    streams: BTreeMap<NodeId, Stream>,
+    pub(crate) streams: BTreeMap<NodeId, Stream>,
+    /// With [`Feedback::Nack`](crate::Feedback): distances, pending
+    /// repairs.
+    pub(crate) srm: Option<SrmState>,
 }
 
 /// The reliable-multicast core: see the [module docs](self).
 pub struct Multicast {
-    me: NodeId,
-    life: Incarnation,
+    pub(crate) me: NodeId,
+    pub(crate) life: Incarnation,
     config: McastConfig,
-    groups: BTreeMap<GroupId, Group>,
-    stats: McastStats,
-    out: Outbox<Multicast>,
+    pub(crate) groups: BTreeMap<GroupId, Group>,
+    pub(crate) stats: McastStats,
+    pub(crate) out: Outbox<Multicast>,
+    /// For the random delays of `Feedback::Nack`.
+    pub(crate) rng: Rng,
+    /// When this life started: session time stamps count from it.
+    pub(crate) start: Instant,
     /// Reused for deliveries.
-    delivered: Vec<(u64, Bytes)>,
+    pub(crate) delivered: Vec<(u64, Bytes)>,
     /// Acknowledge only what the layer above has [released](Self::release).
     hold_acks: bool,
 }
@@ -279,10 +302,12 @@ impl Multicast {
         for g in self.groups.values() {
             held.history += g.history.len();
             for s in g.streams.values() {
+                held.recent += s.recent.len();
                 held.pending += s.pending_len();
                 held.pending_per_stream = held.pending_per_stream.max(s.pending_len());
             }
         }
+        held.repairs = self.srm_held();
         held
     }
 
@@ -302,6 +327,13 @@ impl Multicast {
             .get(&group)
             .and_then(|g| g.streams.get(&from))
             .map_or(1, |s| s.next)
+    }
+
+    /// With [`Feedback::Nack`]: the estimated one-way distance to `peer`
+    /// in `group`, once measured from session messages (`None` before, or
+    /// for an ACK-based group).
+    pub fn distance(&self, group: GroupId, peer: NodeId) -> Option<Duration> {
+        self.groups.get(&group)?.srm.as_ref()?.measured(peer)
     }
 
     /// The members of `group` (empty if this node is not in it).
@@ -383,7 +415,7 @@ impl Multicast {
         if !g.config.contains(from) {
             return;
         }
-        let Some(s) = Self::stream(&mut self.out, g, from, life, 1) else {
+        let Some(s) = Self::stream_of(&mut self.out, g, from, life, 1) else {
             return;
         };
         s.highest = s.highest.max(upto);
@@ -416,6 +448,11 @@ impl Multicast {
             });
             return;
         }
+        if g.srm.is_some() && g.history.is_full() {
+            // Nobody acknowledges: the oldest message is forgotten.
+            let base = g.history.base();
+            g.history.release_upto(base);
+        }
         let Some(seq) = g.history.push(payload.clone()) else {
             g.blocked = true;
             self.stats.refused_full += 1;
@@ -445,10 +482,12 @@ impl Multicast {
         };
         let to = g.others.clone();
         // A group of one keeps nothing.
-        Self::free_acknowledged(&mut self.out, g);
+        if g.srm.is_none() {
+            Self::free_acknowledged(&mut self.out, g);
+        }
         self.out.multicast(to, msg);
         let g = self.groups.get_mut(&group).expect("the group is there");
-        if !g.history.is_empty() && !g.announcing {
+        if g.srm.is_none() && !g.history.is_empty() && !g.announcing {
             g.announcing = true;
             self.out.set_timer_after(
                 McastTimer::Announce(group),
@@ -471,7 +510,7 @@ impl Multicast {
 
     /// The stream of `from` in `g` for its life `life`, started at `base`
     /// if this node knows no such life yet; `None` for an older life.
-    fn stream<'a>(
+    pub(crate) fn stream_of<'a>(
         out: &mut Outbox<Multicast>,
         g: &'a mut Group,
         from: NodeId,
@@ -510,7 +549,7 @@ impl Multicast {
     }
 
     /// A data message `(seq, base, payload)` of `from`'s stream.
-    fn on_data(
+    pub(crate) fn on_data(
         &mut self,
         now: Instant,
         from: NodeId,
@@ -527,7 +566,8 @@ impl Multicast {
             return;
         }
         let window = g.config.history;
-        let Some(s) = Self::stream(&mut self.out, g, from, life, base) else {
+        let srm = g.srm.is_some();
+        let Some(s) = Self::stream_of(&mut self.out, g, from, life, base) else {
             return;
         };
         self.delivered.clear();
@@ -543,6 +583,17 @@ impl Multicast {
             Took::Duplicate => self.stats.duplicates += 1,
             Took::BeyondWindow => self.stats.beyond_window += 1,
             Took::Delivered | Took::Kept => {}
+        }
+        if srm {
+            s.remember(&self.delivered, window);
+            let gap = s.first_gap().is_some();
+            self.emit_delivered(group, from, life);
+            if gap {
+                self.schedule_request(now, group, from);
+            } else {
+                self.gap_closed(group, from);
+            }
+            return;
         }
         let gap = s.next <= s.highest;
         let delivered = !self.delivered.is_empty();
@@ -574,6 +625,21 @@ impl Multicast {
         }
     }
 
+    /// Hands the application what `self.delivered` holds, from `from`'s
+    /// stream `life`.
+    pub(crate) fn emit_delivered(&mut self, group: GroupId, from: NodeId, life: Incarnation) {
+        for (seq, payload) in self.delivered.drain(..) {
+            self.stats.delivered += 1;
+            self.out.event(McastEvent::Delivered {
+                group,
+                from,
+                life,
+                seq,
+                payload,
+            });
+        }
+    }
+
     fn on_announce(
         &mut self,
         now: Instant,
@@ -591,7 +657,7 @@ impl Multicast {
             self.stats.ignored += 1;
             return;
         }
-        let Some(s) = Self::stream(&mut self.out, g, from, life, base) else {
+        let Some(s) = Self::stream_of(&mut self.out, g, from, life, base) else {
             return;
         };
         self.delivered.clear();
@@ -825,6 +891,27 @@ impl Protocol for Multicast {
                 base,
                 highest,
             } => self.on_announce(now, from, group, life, base, highest),
+            McastMessage::Request {
+                group,
+                origin,
+                life,
+                ranges,
+            } => self.on_request(now, from, group, origin, life, &ranges),
+            McastMessage::Repair {
+                group,
+                origin,
+                life,
+                seq,
+                payload,
+            } => self.on_repair(now, from, group, origin, life, seq, payload),
+            McastMessage::Session {
+                group,
+                life,
+                base,
+                highest,
+                stamp,
+                echoes,
+            } => self.on_session(now, from, group, life, (base, highest), stamp, &echoes),
         }
     }
 
@@ -853,6 +940,9 @@ impl Protocol for Multicast {
                 self.ack(group, from);
             }
             McastTimer::Nack(group, from) => self.nack(now, group, from),
+            McastTimer::Request(group, origin) => self.request(group, origin),
+            McastTimer::Repair(group, origin, seq) => self.repair(now, group, origin, seq),
+            McastTimer::Session(group) => self.session(now, group),
         }
     }
 
@@ -879,7 +969,8 @@ impl Recover for Multicast {
             ));
         }
         let me = ctx.node;
-        let groups = config
+        let mut out = Outbox::recovered(&ctx);
+        let groups: BTreeMap<GroupId, Group> = config
             .groups
             .iter()
             .cloned()
@@ -896,20 +987,38 @@ impl Recover for Multicast {
                         blocked: false,
                         announcing: false,
                         streams: BTreeMap::new(),
+                        srm: match &g.feedback {
+                            Feedback::Nack(params) => Some(SrmState::new(params.clone())),
+                            Feedback::Ack => None,
+                        },
                         config: g,
                     },
                 )
             })
             .collect();
+        let mut rng = Rng::new(ft_core::rng::mix(ctx.seed, 0x006d_6361_7374));
+        for g in groups.values() {
+            if let Some(srm) = &g.srm {
+                // Members started together do not send their sessions in
+                // step.
+                let first = srm
+                    .params
+                    .session_interval
+                    .mul_f64(rng.below(1000) as f64 / 1000.0);
+                out.set_timer(McastTimer::Session(g.config.id), ctx.now + first);
+            }
+        }
         Ok(Multicast {
             me,
             life: ctx.incarnation,
             config: config.clone(),
             groups,
             stats: McastStats::default(),
-            out: Outbox::recovered(&ctx),
+            out,
             delivered: Vec::new(),
             hold_acks: false,
+            rng,
+            start: ctx.now,
         })
     }
 }

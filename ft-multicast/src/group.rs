@@ -1,6 +1,7 @@
 //! Groups: who is in one, and how its messages are kept and acknowledged.
 
 use std::fmt;
+use std::time::Duration;
 
 use ft_core::NodeId;
 
@@ -19,7 +20,7 @@ impl fmt::Display for GroupId {
 /// Membership is static here: every member lists the same members. A node
 /// may be a member of several groups, and may send to a group it is a
 /// member of.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GroupConfig {
     /// The group's id.
     pub id: GroupId,
@@ -35,6 +36,71 @@ pub struct GroupConfig {
     pub history: usize,
     /// The largest payload a member sends or accepts, in bytes.
     pub max_payload: usize,
+    /// How receivers tell senders what they have and lack.
+    pub feedback: Feedback,
+}
+
+/// How a group's receivers feed back to its senders.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Feedback {
+    /// Every receiver acknowledges cumulatively and asks the sender for
+    /// gaps: the sender frees a message once all have it, and a full ring
+    /// refuses sends. Exact, and the sender hears from every receiver.
+    Ack,
+    /// SRM-style (Floyd et al.): receivers only report gaps, multicast to
+    /// the group after a random delay that grows with their distance to
+    /// the source, and keep quiet when another receiver asked first; any
+    /// member that holds a message may repair it, after a delay of its own
+    /// and only if nobody repaired it first. Senders hear nothing for
+    /// messages that arrive, so they keep the last
+    /// [`history`](GroupConfig::history) messages and forget older ones
+    /// (a receiver that asks for those is told it missed them).
+    Nack(Srm),
+}
+
+/// The timers of [`Feedback::Nack`], in units of the estimated one-way
+/// distance `d` between two members (half the smoothed round trip their
+/// session messages measure).
+///
+/// A receiver that sees a gap asks after a delay drawn from
+/// `[c1·d, (c1+c2)·d]`, `d` its distance to the source; each further try,
+/// and each time it hears another receiver ask first, doubles the
+/// interval. A member that holds a requested message repairs it after a
+/// delay drawn from `[d1·d', (d1+d2)·d']`, `d'` its distance to the
+/// asker, unless it hears a repair first. The defaults are the values of
+/// SRM's simulations (c1 = c2 = 2, d1 = d2 = 1): closer receivers ask
+/// first, and the spread lets the others hear them before their own
+/// timers fire.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Srm {
+    /// The request delay's start, in distances.
+    pub c1: f64,
+    /// The request delay's spread, in distances.
+    pub c2: f64,
+    /// The repair delay's start, in distances.
+    pub d1: f64,
+    /// The repair delay's spread, in distances.
+    pub d2: f64,
+    /// How often each member multicasts a session message (its stream's
+    /// position, so tail loss is noticed, and time stamps from which
+    /// distances are measured).
+    pub session_interval: Duration,
+    /// The distance assumed before one is measured.
+    pub default_distance: Duration,
+}
+
+impl Default for Srm {
+    fn default() -> Self {
+        Srm {
+            c1: 2.0,
+            c2: 2.0,
+            d1: 1.0,
+            d2: 1.0,
+            session_interval: Duration::from_millis(200),
+            default_distance: Duration::from_millis(5),
+        }
+    }
 }
 
 impl GroupConfig {
@@ -49,7 +115,15 @@ impl GroupConfig {
             members,
             history: 64,
             max_payload: 16 * 1024,
+            feedback: Feedback::Ack,
         }
+    }
+
+    /// The same group with `feedback`.
+    #[must_use]
+    pub fn with_feedback(mut self, feedback: Feedback) -> Self {
+        self.feedback = feedback;
+        self
     }
 
     /// The same group with a history ring of `history` messages.

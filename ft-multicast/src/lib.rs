@@ -8,10 +8,11 @@ pub mod group;
 mod history;
 pub mod message;
 mod receive;
+mod srm;
 
 pub use crate::core::{
     Held, McastConfig, McastEvent, McastInput, McastStats, McastTimer, Multicast, Refusal,
 };
 pub use causal::{Order, Ordered, OrderedEvent, OrderedInput};
-pub use group::{GroupConfig, GroupId};
+pub use group::{Feedback, GroupConfig, GroupId, Srm};
 pub use message::McastMessage;

@@ -27,6 +27,12 @@ const DATA: u8 = 1;
 const ACK: u8 = 2;
 const NACK: u8 = 3;
 const ANNOUNCE: u8 = 4;
+const REQUEST: u8 = 5;
+const REPAIR: u8 = 6;
+const SESSION: u8 = 7;
+
+/// The most time-stamp echoes one session message carries.
+pub const MAX_ECHOES: usize = 16;
 
 /// A reliable-multicast message. Every one names its group and the life
 /// ([`Incarnation`]) of the sender whose stream it is about: a sender's
@@ -82,6 +88,52 @@ pub enum McastMessage {
         /// The last message sent (0: none yet).
         highest: u64,
     },
+    /// "Who has these messages of `origin`'s stream?": multicast to the
+    /// group by a receiver with gaps ([`Feedback::Nack`](crate::Feedback)).
+    Request {
+        /// The group.
+        group: GroupId,
+        /// The stream's source.
+        origin: ft_core::NodeId,
+        /// The source's life.
+        life: Incarnation,
+        /// The missing messages, as inclusive ranges, at most
+        /// [`MAX_NACK_RANGES`].
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Message `seq` of `origin`'s stream again, multicast by any member
+    /// that holds it, in answer to a `Request`.
+    Repair {
+        /// The group.
+        group: GroupId,
+        /// The stream's source.
+        origin: ft_core::NodeId,
+        /// The source's life.
+        life: Incarnation,
+        /// Its number.
+        seq: u64,
+        /// The application's bytes.
+        payload: Bytes,
+    },
+    /// A member's periodic session message ([`Feedback::Nack`](crate::Feedback)):
+    /// its own stream's position, its clock, and echoes of other members'
+    /// clocks, from which each measures its distance to the others.
+    Session {
+        /// The group.
+        group: GroupId,
+        /// The member's life.
+        life: Incarnation,
+        /// The oldest message of its own stream it still holds.
+        base: u64,
+        /// The last message it sent (0: none).
+        highest: u64,
+        /// Its clock, in microseconds since it started.
+        stamp: u64,
+        /// For some other members: the stamp of their last session message
+        /// heard, and how long ago (µs) it was heard. At most
+        /// [`MAX_ECHOES`].
+        echoes: Vec<(ft_core::NodeId, u64, u64)>,
+    },
 }
 
 impl McastMessage {
@@ -91,7 +143,10 @@ impl McastMessage {
             McastMessage::Data { group, .. }
             | McastMessage::Ack { group, .. }
             | McastMessage::Nack { group, .. }
-            | McastMessage::Announce { group, .. } => *group,
+            | McastMessage::Announce { group, .. }
+            | McastMessage::Request { group, .. }
+            | McastMessage::Repair { group, .. }
+            | McastMessage::Session { group, .. } => *group,
         }
     }
 }
@@ -149,6 +204,59 @@ impl Wire for McastMessage {
                 buf.put_u64_le(*base);
                 buf.put_u64_le(*highest);
             }
+            McastMessage::Request {
+                group,
+                origin,
+                life,
+                ranges,
+            } => {
+                buf.put_u8(REQUEST);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(origin.0);
+                let n = ranges.len().min(MAX_NACK_RANGES);
+                buf.put_u32_le(n as u32);
+                for &(first, last) in &ranges[..n] {
+                    buf.put_u64_le(first);
+                    buf.put_u64_le(last);
+                }
+            }
+            McastMessage::Repair {
+                group,
+                origin,
+                life,
+                seq,
+                payload,
+            } => {
+                buf.put_u8(REPAIR);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(origin.0);
+                buf.put_u64_le(*seq);
+                wire::put_bytes(buf, payload);
+            }
+            McastMessage::Session {
+                group,
+                life,
+                base,
+                highest,
+                stamp,
+                echoes,
+            } => {
+                buf.put_u8(SESSION);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*base);
+                buf.put_u64_le(*highest);
+                buf.put_u64_le(*stamp);
+                let n = echoes.len().min(MAX_ECHOES);
+                buf.put_u32_le(n as u32);
+                for &(node, stamp, held) in &echoes[..n] {
+                    buf.put_u64_le(node.0);
+                    buf.put_u64_le(stamp);
+                    buf.put_u64_le(held);
+                }
+            }
         }
     }
 
@@ -161,7 +269,7 @@ impl Wire for McastMessage {
             });
         }
         let tag = wire::get_u8(buf)?;
-        if !(DATA..=ANNOUNCE).contains(&tag) {
+        if !(DATA..=SESSION).contains(&tag) {
             return Err(DecodeError::UnknownTag {
                 what: "McastMessage",
                 tag,
@@ -182,20 +290,53 @@ impl Wire for McastMessage {
                 life,
                 upto: wire::get_u64(buf)?,
             },
-            NACK => {
+            NACK => McastMessage::Nack {
+                group,
+                life,
+                ranges: get_ranges(buf)?,
+            },
+            REQUEST => {
+                let origin = ft_core::NodeId(wire::get_u64(buf)?);
+                McastMessage::Request {
+                    group,
+                    origin,
+                    life,
+                    ranges: get_ranges(buf)?,
+                }
+            }
+            REPAIR => McastMessage::Repair {
+                group,
+                life,
+                origin: ft_core::NodeId(wire::get_u64(buf)?),
+                seq: wire::get_u64(buf)?,
+                payload: wire::get_bytes(buf, MAX_PAYLOAD)?,
+            },
+            SESSION => {
+                let base = wire::get_u64(buf)?;
+                let highest = wire::get_u64(buf)?;
+                let stamp = wire::get_u64(buf)?;
                 let n = wire::get_u32(buf)? as usize;
-                if n > MAX_NACK_RANGES {
-                    return Err(DecodeError::Invalid("a NACK with too many ranges"));
+                if n > MAX_ECHOES {
+                    return Err(DecodeError::Invalid(
+                        "a session message with too many echoes",
+                    ));
                 }
-                wire::need(buf, n * 16)?;
-                let mut ranges = Vec::with_capacity(n);
+                wire::need(buf, n * 24)?;
+                let mut echoes = Vec::with_capacity(n);
                 for _ in 0..n {
-                    ranges.push((wire::get_u64(buf)?, wire::get_u64(buf)?));
+                    echoes.push((
+                        ft_core::NodeId(wire::get_u64(buf)?),
+                        wire::get_u64(buf)?,
+                        wire::get_u64(buf)?,
+                    ));
                 }
-                McastMessage::Nack {
+                McastMessage::Session {
                     group,
                     life,
-                    ranges,
+                    base,
+                    highest,
+                    stamp,
+                    echoes,
                 }
             }
             _ => McastMessage::Announce {
@@ -209,9 +350,27 @@ impl Wire for McastMessage {
 
     fn encoded_len_hint(&self) -> usize {
         match self {
-            McastMessage::Data { payload, .. } => 2 + 4 + 8 * 3 + 4 + payload.len(),
+            McastMessage::Data { payload, .. } | McastMessage::Repair { payload, .. } => {
+                2 + 4 + 8 * 3 + 4 + payload.len()
+            }
             McastMessage::Nack { ranges, .. } => 2 + 4 + 8 + 4 + 16 * ranges.len(),
+            McastMessage::Request { ranges, .. } => 2 + 4 + 16 + 4 + 16 * ranges.len(),
+            McastMessage::Session { echoes, .. } => 2 + 4 + 8 * 4 + 4 + 24 * echoes.len(),
             _ => 2 + 4 + 8 * 3,
         }
     }
+}
+
+/// A list of at most [`MAX_NACK_RANGES`] inclusive ranges.
+fn get_ranges(buf: &mut Bytes) -> Result<Vec<(u64, u64)>, DecodeError> {
+    let n = wire::get_u32(buf)? as usize;
+    if n > MAX_NACK_RANGES {
+        return Err(DecodeError::Invalid("a NACK with too many ranges"));
+    }
+    wire::need(buf, n * 16)?;
+    let mut ranges = Vec::with_capacity(n);
+    for _ in 0..n {
+        ranges.push((wire::get_u64(buf)?, wire::get_u64(buf)?));
+    }
+    Ok(ranges)
 }

@@ -1,7 +1,7 @@
 //! A receiver's view of one sender's stream: what was delivered, what
 //! waits out of order, what is missing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use ft_core::Incarnation;
@@ -28,6 +28,14 @@ pub(crate) struct Stream {
     pub(crate) ack_due: bool,
     /// A NACK timer is set.
     pub(crate) nack_due: bool,
+    /// With [`Feedback::Nack`](crate::Feedback): the last messages
+    /// delivered, kept to repair them for others (at most a window's
+    /// worth).
+    pub(crate) recent: VecDeque<(u64, Bytes)>,
+    /// With `Feedback::Nack`: a request timer is set, and how many times
+    /// the request was sent or backed off since the stream had no gap.
+    pub(crate) request_due: bool,
+    pub(crate) backoff: u32,
 }
 
 /// What taking a message did.
@@ -55,6 +63,9 @@ impl Stream {
             released: 0,
             ack_due: false,
             nack_due: false,
+            recent: VecDeque::new(),
+            request_due: false,
+            backoff: 0,
         }
     }
 
@@ -109,6 +120,31 @@ impl Stream {
             out.push((self.next, payload));
             self.next += 1;
         }
+    }
+
+    /// Keeps `delivered` for repairs, at most `window` of them.
+    pub(crate) fn remember(&mut self, delivered: &[(u64, Bytes)], window: usize) {
+        for d in delivered {
+            if self.recent.len() >= window {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(d.clone());
+        }
+    }
+
+    /// Message `seq`, if delivered recently.
+    pub(crate) fn recent(&self, seq: u64) -> Option<&Bytes> {
+        let first = self.recent.front()?.0;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.recent
+            .get(i)
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, p)| p)
+    }
+
+    /// The first message missing, if any.
+    pub(crate) fn first_gap(&self) -> Option<u64> {
+        (self.next <= self.highest).then_some(self.next)
     }
 
     /// The missing messages below `highest`, as inclusive ranges, at most

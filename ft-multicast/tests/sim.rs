@@ -5,15 +5,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ft_core::{Incarnation, NodeId};
+use ft_core::NodeId;
 use ft_multicast::{GroupConfig, GroupId, McastConfig, McastEvent, McastInput, Multicast};
-use ft_sim::{FaultPlan, Sim, SimConfig, World};
+use ft_sim::{FaultPlan, Sim, SimConfig};
 
-use common::{hostile, lossy, seeds};
+use common::{Checker, all_delivered, all_freed, hostile, lossy, seeds};
 
 const G: GroupId = GroupId(1);
 const MS: Duration = Duration::from_millis(1);
@@ -58,159 +57,11 @@ fn schedule_sends(
     }
 }
 
-/// Where a stream is delivered: the receiver's life, the sender and the
-/// sender's life.
-type StreamKey = (NodeId, Incarnation, NodeId, Incarnation);
-
-/// The invariants, checked after every step over the events emitted since
-/// the last step.
-#[derive(Default)]
-struct Checker {
-    seen: usize,
-    /// What each sender's own delivery of (life, seq) carried.
-    sent: BTreeMap<(NodeId, Incarnation, u64), Bytes>,
-    /// Per stream, the last message delivered and the last reported missed.
-    streams: BTreeMap<StreamKey, (u64, u64)>,
-}
-
-impl Checker {
-    fn check(&mut self, w: &World<Multicast>) -> Result<(), String> {
-        for o in &w.events()[self.seen..] {
-            match &o.event {
-                McastEvent::Delivered {
-                    group,
-                    from,
-                    life,
-                    seq,
-                    payload,
-                } => {
-                    if *group != G {
-                        return Err(format!("{} delivered in unknown {group}", o.node));
-                    }
-                    if *from == o.node {
-                        if life != &o.incarnation {
-                            return Err(format!(
-                                "{} delivered its own message of another life",
-                                o.node
-                            ));
-                        }
-                        self.sent.insert((*from, *life, *seq), payload.clone());
-                    }
-                    // No invented delivery: what the sender sent under that
-                    // number, byte for byte.
-                    match self.sent.get(&(*from, *life, *seq)) {
-                        Some(p) if p == payload => {}
-                        other => {
-                            return Err(format!(
-                                "{} delivered {from}/{life:?}#{seq} = {payload:?}, sent {other:?}",
-                                o.node
-                            ));
-                        }
-                    }
-                    // FIFO, no duplicate, no silent hole: the next message
-                    // after the last delivered or reported missed.
-                    let key = (o.node, o.incarnation, *from, *life);
-                    let (last, missed) = self.streams.entry(key).or_default();
-                    let expected = (*last).max(*missed) + 1;
-                    if *seq != expected {
-                        return Err(format!(
-                            "{} (life {:?}) delivered {from}/{life:?}#{seq}, expected #{expected}",
-                            o.node, o.incarnation
-                        ));
-                    }
-                    *last = *seq;
-                }
-                McastEvent::Missed {
-                    from, life, upto, ..
-                } => {
-                    let key = (o.node, o.incarnation, *from, *life);
-                    let (last, missed) = self.streams.entry(key).or_default();
-                    if *upto <= (*last).max(*missed) {
-                        return Err(format!(
-                            "{} reported {from}/{life:?} missed up to #{upto}, but was past it",
-                            o.node
-                        ));
-                    }
-                    *missed = *upto;
-                }
-                _ => {}
-            }
-        }
-        self.seen = w.events().len();
-        // Buffers within their bounds.
-        for (node, core) in w.cores() {
-            let held = core.held();
-            if held.history > HISTORY || held.pending_per_stream > HISTORY {
-                return Err(format!("{node} holds {held:?}, over {HISTORY}"));
-            }
-        }
-        Ok(())
-    }
-}
-
 fn sim(seed: u64, n: usize, plan: FaultPlan) -> Sim<Multicast> {
     let mut s = Sim::new(SimConfig::new(seed, n), config(n), plan);
     let mut checker = Checker::default();
     s.invariant("reliable FIFO multicast", move |w| checker.check(w));
     s
-}
-
-/// Every message sent by a sender that never crashed was delivered by
-/// every member that never crashed.
-fn all_delivered(w: &World<Multicast>) -> Result<usize, String> {
-    let stayed: Vec<NodeId> = w
-        .node_ids()
-        .iter()
-        .copied()
-        .filter(|&n| w.incarnation(n) == Incarnation::FIRST && w.is_up(n))
-        .collect();
-    let mut sent: BTreeMap<NodeId, BTreeSet<u64>> = BTreeMap::new();
-    let mut got: BTreeMap<(NodeId, NodeId), BTreeSet<u64>> = BTreeMap::new();
-    for o in w.events() {
-        if o.incarnation != Incarnation::FIRST {
-            continue;
-        }
-        match &o.event {
-            McastEvent::Sent { seq, .. } => {
-                sent.entry(o.node).or_default().insert(*seq);
-            }
-            McastEvent::Delivered {
-                from, life, seq, ..
-            } if *life == Incarnation::FIRST => {
-                got.entry((o.node, *from)).or_default().insert(*seq);
-            }
-            _ => {}
-        }
-    }
-    let mut checked = 0;
-    for &s in &stayed {
-        let Some(seqs) = sent.get(&s) else { continue };
-        for &r in &stayed {
-            let have = got.get(&(r, s)).cloned().unwrap_or_default();
-            let lost: Vec<_> = seqs.difference(&have).collect();
-            if !lost.is_empty() {
-                return Err(format!("{r} never delivered {s}'s {lost:?}"));
-            }
-            checked += seqs.len();
-        }
-    }
-    Ok(checked)
-}
-
-/// Once every member is up and the network calm, every sender's history
-/// drains: each message was acknowledged by every member (a lost last
-/// acknowledgement is sent again when the sender announces). Returns false
-/// when some member is down.
-fn all_freed(w: &World<Multicast>) -> Result<bool, String> {
-    if !w.node_ids().iter().all(|&n| w.is_up(n)) {
-        return Ok(false);
-    }
-    for (node, core) in w.cores() {
-        if core.held().history != 0 {
-            return Err(format!("{node} still holds {:?}", core.held()));
-        }
-    }
-    Ok(true)
 }
 
 #[test]

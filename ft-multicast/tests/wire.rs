@@ -2,8 +2,8 @@
 //! hostile, makes the decoder panic or over-allocate.
 
 use bytes::{Bytes, BytesMut};
-use ft_core::{DecodeError, Incarnation, Wire};
-use ft_multicast::message::{MAX_NACK_RANGES, MESSAGE_VERSION};
+use ft_core::{DecodeError, Incarnation, NodeId, Wire};
+use ft_multicast::message::{MAX_ECHOES, MAX_NACK_RANGES, MESSAGE_VERSION};
 use ft_multicast::{GroupId, McastMessage};
 use proptest::prelude::*;
 
@@ -37,14 +37,58 @@ fn message() -> impl Strategy<Value = McastMessage> {
                 life,
                 ranges
             }),
-        (group, life, any::<u64>(), any::<u64>()).prop_map(|(group, life, base, highest)| {
-            McastMessage::Announce {
+        (group.clone(), life.clone(), any::<u64>(), any::<u64>()).prop_map(
+            |(group, life, base, highest)| McastMessage::Announce {
                 group,
                 life,
                 base,
                 highest,
             }
-        }),
+        ),
+        (
+            group.clone(),
+            any::<u64>(),
+            life.clone(),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..=MAX_NACK_RANGES)
+        )
+            .prop_map(|(group, origin, life, ranges)| McastMessage::Request {
+                group,
+                origin: NodeId(origin),
+                life,
+                ranges
+            }),
+        (
+            group.clone(),
+            any::<u64>(),
+            life.clone(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(group, origin, life, seq, p)| McastMessage::Repair {
+                group,
+                origin: NodeId(origin),
+                life,
+                seq,
+                payload: Bytes::from(p),
+            }),
+        (
+            group,
+            life,
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..=MAX_ECHOES)
+        )
+            .prop_map(
+                |(group, life, base, highest, stamp, e)| McastMessage::Session {
+                    group,
+                    life,
+                    base,
+                    highest,
+                    stamp,
+                    echoes: e.into_iter().map(|(n, s, h)| (NodeId(n), s, h)).collect(),
+                }
+            ),
     ]
 }
 
@@ -88,6 +132,16 @@ fn hostile_lengths_are_refused_before_allocating() {
     b.extend_from_slice(&[0; 24]);
     b.extend_from_slice(&u32::MAX.to_le_bytes());
     assert!(McastMessage::from_bytes(b.freeze()).is_err());
+    // A session message claiming four billion echoes.
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&[MESSAGE_VERSION, 7]);
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&[0; 32]);
+    b.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        McastMessage::from_bytes(b.freeze()),
+        Err(DecodeError::Invalid(_))
+    ));
     // Another version, an unknown tag.
     assert!(matches!(
         McastMessage::from_bytes(Bytes::from_static(&[MESSAGE_VERSION + 1, 1])),

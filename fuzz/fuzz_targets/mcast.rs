@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, Protocol, Recover, RecoveryContext, Wire};
-use ft_multicast::{GroupConfig, GroupId, McastConfig, McastInput, McastMessage, McastTimer, Multicast};
+use ft_multicast::{
+    Feedback, GroupConfig, GroupId, McastConfig, McastInput, McastMessage, McastTimer, Multicast,
+    Srm,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,8 +19,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(&msg.to_bytes()[..], data);
+    // Both feedback strategies, each on the same message.
+    for feedback in [Feedback::Ack, Feedback::Nack(Srm::default())] {
+        run(&msg, feedback);
+    }
+});
+
+fn run(msg: &McastMessage, feedback: Feedback) {
     let group = GroupConfig::new(GroupId(msg.group().0), [NodeId(0), NodeId(1), NodeId(2)])
-        .with_history(4);
+        .with_history(4)
+        .with_feedback(feedback);
     let now = Instant::now();
     let ctx = RecoveryContext {
         node: NodeId(0),
@@ -42,6 +53,9 @@ fuzz_target!(|data: &[u8]| {
     core.handle_timer(later, McastTimer::Announce(msg.group()));
     core.handle_timer(later, McastTimer::Nack(msg.group(), NodeId(1)));
     core.handle_timer(later, McastTimer::Ack(msg.group(), NodeId(1)));
+    core.handle_timer(later, McastTimer::Request(msg.group(), NodeId(1)));
+    core.handle_timer(later, McastTimer::Session(msg.group()));
     while core.poll_output().is_some() {}
     assert!(core.held().pending_per_stream <= 4);
-});
+    assert!(core.held().recent <= 4 * 2);
+}

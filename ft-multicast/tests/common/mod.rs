@@ -1,10 +1,13 @@
 //! Fault plans shared by the simulation tests.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ft_core::{NodeId, Omission};
-use ft_sim::{Delay, FaultPlan, NetworkFaults, OmissionWindow, RandomCrashes};
+use bytes::Bytes;
+use ft_core::{Incarnation, NodeId, Omission};
+use ft_multicast::{McastEvent, Multicast};
+use ft_sim::{Delay, FaultPlan, NetworkFaults, OmissionWindow, RandomCrashes, World};
 
 /// Loss, duplication, reordering and corruption on every link, until
 /// `calm`.
@@ -95,4 +98,210 @@ pub(crate) fn seeds(default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// Where a stream is delivered: the receiver's life, the sender and the
+/// sender's life.
+type StreamKey = (NodeId, Incarnation, NodeId, Incarnation);
+
+/// The invariants, checked after every step over the events emitted since
+/// the last step.
+#[derive(Default)]
+pub(crate) struct Checker {
+    seen: usize,
+    /// What each sender's own delivery of (life, seq) carried.
+    sent: BTreeMap<(NodeId, Incarnation, u64), Bytes>,
+    /// Per stream, the last message delivered and the last reported missed.
+    streams: BTreeMap<StreamKey, (u64, u64)>,
+}
+
+impl Checker {
+    pub(crate) fn check(&mut self, w: &World<Multicast>) -> Result<(), String> {
+        for o in &w.events()[self.seen..] {
+            match &o.event {
+                McastEvent::Delivered {
+                    group,
+                    from,
+                    life,
+                    seq,
+                    payload,
+                } => {
+                    if *group != ft_multicast::GroupId(1) {
+                        return Err(format!("{} delivered in unknown {group}", o.node));
+                    }
+                    if *from == o.node {
+                        if life != &o.incarnation {
+                            return Err(format!(
+                                "{} delivered its own message of another life",
+                                o.node
+                            ));
+                        }
+                        self.sent.insert((*from, *life, *seq), payload.clone());
+                    }
+                    // No invented delivery: what the sender sent under that
+                    // number, byte for byte.
+                    match self.sent.get(&(*from, *life, *seq)) {
+                        Some(p) if p == payload => {}
+                        other => {
+                            return Err(format!(
+                                "{} delivered {from}/{life:?}#{seq} = {payload:?}, sent {other:?}",
+                                o.node
+                            ));
+                        }
+                    }
+                    // FIFO, no duplicate, no silent hole: the next message
+                    // after the last delivered or reported missed.
+                    let key = (o.node, o.incarnation, *from, *life);
+                    let (last, missed) = self.streams.entry(key).or_default();
+                    let expected = (*last).max(*missed) + 1;
+                    if *seq != expected {
+                        return Err(format!(
+                            "{} (life {:?}) delivered {from}/{life:?}#{seq}, expected #{expected}",
+                            o.node, o.incarnation
+                        ));
+                    }
+                    *last = *seq;
+                }
+                McastEvent::Missed {
+                    from, life, upto, ..
+                } => {
+                    let key = (o.node, o.incarnation, *from, *life);
+                    let (last, missed) = self.streams.entry(key).or_default();
+                    if *upto <= (*last).max(*missed) {
+                        return Err(format!(
+                            "{} reported {from}/{life:?} missed up to #{upto}, but was past it",
+                            o.node
+                        ));
+                    }
+                    *missed = *upto;
+                }
+                _ => {}
+            }
+        }
+        self.seen = w.events().len();
+        // Buffers within their bounds.
+        for (node, core) in w.cores() {
+            let held = core.held();
+            let most = core.max_history();
+            if held.history > most || held.pending_per_stream > most {
+                return Err(format!("{node} holds {held:?}, over {most}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every message sent by a sender that never crashed was delivered by
+/// every member that never crashed.
+pub(crate) fn all_delivered(w: &World<Multicast>) -> Result<usize, String> {
+    let stayed: Vec<NodeId> = w
+        .node_ids()
+        .iter()
+        .copied()
+        .filter(|&n| w.incarnation(n) == Incarnation::FIRST && w.is_up(n))
+        .collect();
+    let mut sent: BTreeMap<NodeId, BTreeSet<u64>> = BTreeMap::new();
+    let mut got: BTreeMap<(NodeId, NodeId), BTreeSet<u64>> = BTreeMap::new();
+    for o in w.events() {
+        if o.incarnation != Incarnation::FIRST {
+            continue;
+        }
+        match &o.event {
+            McastEvent::Sent { seq, .. } => {
+                sent.entry(o.node).or_default().insert(*seq);
+            }
+            McastEvent::Delivered {
+                from, life, seq, ..
+            } if *life == Incarnation::FIRST => {
+                got.entry((o.node, *from)).or_default().insert(*seq);
+            }
+            _ => {}
+        }
+    }
+    let mut checked = 0;
+    for &s in &stayed {
+        let Some(seqs) = sent.get(&s) else { continue };
+        for &r in &stayed {
+            let have = got.get(&(r, s)).cloned().unwrap_or_default();
+            let lost: Vec<_> = seqs.difference(&have).collect();
+            if !lost.is_empty() {
+                return Err(format!("{r} never delivered {s}'s {lost:?}"));
+            }
+            checked += seqs.len();
+        }
+    }
+    Ok(checked)
+}
+
+/// Once every member is up and the network calm, every sender's history
+/// drains: each message was acknowledged by every member (a lost last
+/// acknowledgement is sent again when the sender announces). Returns false
+/// when some member is down.
+pub(crate) fn all_freed(w: &World<Multicast>) -> Result<bool, String> {
+    if !w.node_ids().iter().all(|&n| w.is_up(n)) {
+        return Ok(false);
+    }
+    for (node, core) in w.cores() {
+        if core.held().history != 0 {
+            return Err(format!("{node} still holds {:?}", core.held()));
+        }
+    }
+    Ok(true)
+}
+
+/// Every message sent by a sender that never crashed is, at every member
+/// that never crashed, delivered or reported missed: with bounded
+/// histories some may be forgotten, but never silently.
+pub(crate) fn all_accounted(w: &World<Multicast>) -> Result<(usize, usize), String> {
+    let stayed: Vec<NodeId> = w
+        .node_ids()
+        .iter()
+        .copied()
+        .filter(|&n| w.incarnation(n) == Incarnation::FIRST && w.is_up(n))
+        .collect();
+    let mut sent: BTreeMap<NodeId, BTreeSet<u64>> = BTreeMap::new();
+    let mut got: BTreeMap<(NodeId, NodeId), BTreeSet<u64>> = BTreeMap::new();
+    let mut missed: BTreeMap<(NodeId, NodeId), u64> = BTreeMap::new();
+    for o in w.events() {
+        if o.incarnation != Incarnation::FIRST {
+            continue;
+        }
+        match &o.event {
+            McastEvent::Sent { seq, .. } => {
+                sent.entry(o.node).or_default().insert(*seq);
+            }
+            McastEvent::Delivered {
+                from, life, seq, ..
+            } if *life == Incarnation::FIRST => {
+                got.entry((o.node, *from)).or_default().insert(*seq);
+            }
+            McastEvent::Missed {
+                from, life, upto, ..
+            } if *life == Incarnation::FIRST => {
+                let m = missed.entry((o.node, *from)).or_default();
+                *m = (*m).max(*upto);
+            }
+            _ => {}
+        }
+    }
+    let (mut delivered, mut lost) = (0, 0);
+    for &s in &stayed {
+        let Some(seqs) = sent.get(&s) else { continue };
+        for &r in &stayed {
+            let have = got.get(&(r, s)).cloned().unwrap_or_default();
+            let gone = missed.get(&(r, s)).copied().unwrap_or(0);
+            for &q in seqs {
+                if have.contains(&q) {
+                    delivered += 1;
+                } else if q <= gone {
+                    lost += 1;
+                } else {
+                    return Err(format!(
+                        "{r} neither delivered nor was told it missed {s}#{q}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok((delivered, lost))
 }
