@@ -571,14 +571,7 @@ impl Multicast {
             return;
         };
         self.delivered.clear();
-        if let Some(upto) = s.skip_to(base, &mut self.delivered) {
-            self.out.event(McastEvent::Missed {
-                group,
-                from,
-                life,
-                upto,
-            });
-        }
+        Self::skip_to_base(&mut self.out, s, base, &mut self.delivered, group, from);
         match s.take(seq, payload, window, &mut self.delivered) {
             Took::Duplicate => self.stats.duplicates += 1,
             Took::BeyondWindow => self.stats.beyond_window += 1,
@@ -605,16 +598,7 @@ impl Multicast {
         if first_nack {
             s.nack_due = true;
         }
-        for (seq, payload) in self.delivered.drain(..) {
-            self.stats.delivered += 1;
-            self.out.event(McastEvent::Delivered {
-                group,
-                from,
-                life,
-                seq,
-                payload,
-            });
-        }
+        self.emit_delivered(group, from, life);
         if first_nack {
             // Asked at once, then again while the gap lasts.
             self.nack(now, group, from);
@@ -640,6 +624,27 @@ impl Multicast {
         }
     }
 
+    /// Skips `s` to `base` (the source holds nothing older), reporting
+    /// what was skipped as missed; what `base` makes contiguous goes into
+    /// `delivered`.
+    pub(crate) fn skip_to_base(
+        out: &mut Outbox<Multicast>,
+        s: &mut Stream,
+        base: u64,
+        delivered: &mut Vec<(u64, Bytes)>,
+        group: GroupId,
+        from: NodeId,
+    ) {
+        if let Some(upto) = s.skip_to(base, delivered) {
+            out.event(McastEvent::Missed {
+                group,
+                from,
+                life: s.life,
+                upto,
+            });
+        }
+    }
+
     fn on_announce(
         &mut self,
         now: Instant,
@@ -661,29 +666,13 @@ impl Multicast {
             return;
         };
         self.delivered.clear();
-        if let Some(upto) = s.skip_to(base, &mut self.delivered) {
-            self.out.event(McastEvent::Missed {
-                group,
-                from,
-                life,
-                upto,
-            });
-        }
+        Self::skip_to_base(&mut self.out, s, base, &mut self.delivered, group, from);
         s.highest = s.highest.max(highest);
         let first_nack = s.next <= s.highest && !s.nack_due;
         if first_nack {
             s.nack_due = true;
         }
-        for (seq, payload) in self.delivered.drain(..) {
-            self.stats.delivered += 1;
-            self.out.event(McastEvent::Delivered {
-                group,
-                from,
-                life,
-                seq,
-                payload,
-            });
-        }
+        self.emit_delivered(group, from, life);
         // The sender is waiting for acknowledgements: one now.
         self.ack(group, from);
         if first_nack {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ft_core::{Incarnation, NodeId};
 use ft_rpc::rtt::{RttConfig, RttEstimator};
 
-use crate::core::{McastEvent, McastTimer, Multicast};
+use crate::core::{McastTimer, Multicast};
 use crate::group::{GroupId, Srm};
 use crate::message::{MAX_ECHOES, MAX_NACK_RANGES, McastMessage};
 
@@ -354,14 +354,7 @@ impl Multicast {
             return;
         };
         self.delivered.clear();
-        if let Some(upto) = s.skip_to(base, &mut self.delivered) {
-            self.out.event(McastEvent::Missed {
-                group,
-                from,
-                life,
-                upto,
-            });
-        }
+        Self::skip_to_base(&mut self.out, s, base, &mut self.delivered, group, from);
         s.highest = s.highest.max(highest);
         s.remember(&self.delivered, window);
         let gap = s.first_gap().is_some();
