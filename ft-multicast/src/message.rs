@@ -183,14 +183,7 @@ impl Wire for McastMessage {
                 buf.put_u8(NACK);
                 buf.put_u32_le(group.0);
                 buf.put_u64_le(life.0);
-                // The core never builds more; a hand-built value still
-                // encodes to something the decoder accepts.
-                let n = ranges.len().min(MAX_NACK_RANGES);
-                buf.put_u32_le(n as u32);
-                for &(first, last) in &ranges[..n] {
-                    buf.put_u64_le(first);
-                    buf.put_u64_le(last);
-                }
+                put_ranges(buf, ranges);
             }
             McastMessage::Announce {
                 group,
@@ -214,12 +207,7 @@ impl Wire for McastMessage {
                 buf.put_u32_le(group.0);
                 buf.put_u64_le(life.0);
                 buf.put_u64_le(origin.0);
-                let n = ranges.len().min(MAX_NACK_RANGES);
-                buf.put_u32_le(n as u32);
-                for &(first, last) in &ranges[..n] {
-                    buf.put_u64_le(first);
-                    buf.put_u64_le(last);
-                }
+                put_ranges(buf, ranges);
             }
             McastMessage::Repair {
                 group,
@@ -358,6 +346,18 @@ impl Wire for McastMessage {
             McastMessage::Session { echoes, .. } => 2 + 4 + 8 * 4 + 4 + 24 * echoes.len(),
             _ => 2 + 4 + 8 * 3,
         }
+    }
+}
+
+/// Appends `ranges`, at most [`MAX_NACK_RANGES`] of them: the core never
+/// builds more, and a hand-built value still encodes to something the
+/// decoder accepts.
+fn put_ranges(buf: &mut BytesMut, ranges: &[(u64, u64)]) {
+    let n = ranges.len().min(MAX_NACK_RANGES);
+    buf.put_u32_le(n as u32);
+    for &(first, last) in &ranges[..n] {
+        buf.put_u64_le(first);
+        buf.put_u64_le(last);
     }
 }
 
