@@ -59,7 +59,7 @@ use ft_core::rng::Rng;
 
 use crate::group::{Feedback, GroupConfig, GroupId};
 use crate::history::History;
-use crate::message::{MAX_NACK_RANGES, MAX_PAYLOAD, McastMessage};
+use crate::message::{MAX_NACK_RANGES, MAX_PAYLOAD, MAX_SEQ, McastMessage};
 use crate::receive::{Stream, Took};
 use crate::srm::SrmState;
 
@@ -406,7 +406,7 @@ impl Multicast {
         life: Incarnation,
         upto: u64,
     ) {
-        if from == self.me {
+        if from == self.me || upto > MAX_SEQ {
             return;
         }
         let Some(g) = self.groups.get_mut(&group) else {
@@ -855,7 +855,7 @@ impl Protocol for Multicast {
             .groups
             .get(&group)
             .is_some_and(|g| from != self.me && g.config.contains(from));
-        if !member {
+        if !member || !msg.numbers_in_range() {
             self.stats.ignored += 1;
             self.out.dropped();
             return;
@@ -1071,6 +1071,23 @@ mod tests {
         events(&mut r);
         assert_eq!(r.held().pending_per_stream, 3);
         assert_eq!(r.stats().beyond_window, 1000 - 2 - 3);
+    }
+
+    #[test]
+    fn numbers_beyond_any_stream_are_ignored() {
+        // Found by the fuzz target: message u64::MAX, delivered, left the
+        // next number to overflow.
+        let mut r = node(2, 0, 4);
+        let now = Instant::now();
+        let top = crate::message::MAX_SEQ;
+        for (seq, base) in [(u64::MAX, u64::MAX), (top + 1, 1), (2, top + 1)] {
+            r.handle_message(now, NodeId(1), data(0, seq, base));
+        }
+        assert!(events(&mut r).is_empty());
+        assert_eq!(r.stats().ignored, 3);
+        // The last number accepted still works.
+        r.handle_message(now, NodeId(1), data(0, top, top));
+        assert_eq!(delivered(&events(&mut r)), vec![top]);
     }
 
     #[test]

@@ -34,6 +34,11 @@ const SESSION: u8 = 7;
 /// The most time-stamp echoes one session message carries.
 pub const MAX_ECHOES: usize = 16;
 
+/// The largest stream number a member accepts: a stream never gets near
+/// it (2^62 messages), and numbers above it, which only a broken or
+/// hostile member sends, are ignored, so no count can overflow.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// A reliable-multicast message. Every one names its group and the life
 /// ([`Incarnation`]) of the sender whose stream it is about: a sender's
 /// sequence numbers start again at 1 in each life.
@@ -137,6 +142,21 @@ pub enum McastMessage {
 }
 
 impl McastMessage {
+    /// Whether every stream number in it is at most [`MAX_SEQ`].
+    pub fn numbers_in_range(&self) -> bool {
+        let ok = |n: u64| n <= MAX_SEQ;
+        match self {
+            McastMessage::Data { seq, base, .. } => ok(*seq) && ok(*base),
+            McastMessage::Ack { upto, .. } => ok(*upto),
+            McastMessage::Nack { ranges, .. } | McastMessage::Request { ranges, .. } => {
+                ranges.iter().all(|&(a, b)| ok(a) && ok(b))
+            }
+            McastMessage::Announce { base, highest, .. }
+            | McastMessage::Session { base, highest, .. } => ok(*base) && ok(*highest),
+            McastMessage::Repair { seq, .. } => ok(*seq),
+        }
+    }
+
     /// The group the message is about.
     pub fn group(&self) -> GroupId {
         match self {

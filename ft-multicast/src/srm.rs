@@ -193,31 +193,40 @@ impl Multicast {
         let d = srm.distance(asker);
         let (d1, d2) = (srm.params.d1, srm.params.d2);
         let mut repairs = Vec::new();
+        // What this member holds of that stream, as an interval: only
+        // those numbers are looked at, so a request naming billions costs
+        // no more than one naming what is held.
+        let (lo, hi) = if origin == me {
+            if life == my_life {
+                (g.history.base(), g.history.highest())
+            } else {
+                (1, 0)
+            }
+        } else {
+            match g.streams.get(&origin).filter(|s| s.life == life) {
+                Some(s) => match (s.recent.front(), s.recent.back()) {
+                    (Some(&(first, _)), Some(&(last, _))) => (first, last),
+                    _ => (1, 0),
+                },
+                None => (1, 0),
+            }
+        };
+        // Numbers below `lo` that the source forgot: its next session
+        // message's base tells the asker, which then reports the loss.
         let mut budget = window;
         'ranges: for &(first, last) in ranges {
-            let mut seq = first;
-            while seq <= last {
+            for seq in first.max(lo)..=last.min(hi) {
                 if budget == 0 {
                     break 'ranges;
                 }
                 let held = if origin == me {
-                    life == my_life && g.history.get(seq).is_some()
+                    g.history.get(seq).is_some()
                 } else {
                     g.streams
                         .get(&origin)
-                        .is_some_and(|s| s.life == life && s.recent(seq).is_some())
+                        .is_some_and(|s| s.recent(seq).is_some())
                 };
-                if origin == me && life == my_life && seq < g.history.base() {
-                    // Forgotten: the next session message's base tells the
-                    // asker, which then reports the loss.
-                    seq = g.history.base();
-                    continue;
-                }
                 if !held {
-                    if origin == me {
-                        break;
-                    }
-                    seq += 1;
                     continue;
                 }
                 budget -= 1;
@@ -227,7 +236,6 @@ impl Multicast {
                     srm.pending.insert(key, asker);
                     repairs.push(seq);
                 }
-                seq += 1;
             }
         }
         srm.quiet.retain(|_, &mut until| until > now);
@@ -539,6 +547,29 @@ mod tests {
         // ...but one long after it is answered again.
         b.handle_message(now + Duration::from_secs(1), C, request(1));
         assert_eq!(drain(&mut b).0.len(), 1);
+    }
+
+    #[test]
+    fn a_request_naming_billions_of_messages_costs_what_is_held() {
+        // Found by the fuzz target: a hostile range about another source
+        // was walked number by number.
+        let now = Instant::now();
+        let mut b = node(B, now);
+        b.handle_message(now, A, data(1));
+        drain(&mut b);
+        let hostile = |origin| McastMessage::Request {
+            group: G,
+            origin,
+            life: Incarnation::FIRST,
+            ranges: vec![(0, crate::message::MAX_SEQ); 16],
+        };
+        b.handle_message(now, C, hostile(A));
+        let (timers, _) = drain(&mut b);
+        assert_eq!(timers.len(), 1, "one repair, for the one message held");
+        // About B's own stream, and about a stream it knows nothing of.
+        b.handle_message(now, C, hostile(B));
+        b.handle_message(now, C, hostile(NodeId(9)));
+        assert!(drain(&mut b).0.is_empty());
     }
 
     #[test]
