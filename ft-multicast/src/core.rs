@@ -260,6 +260,18 @@ pub(crate) struct Group {
     pub(crate) srm: Option<SrmState>,
 }
 
+impl Group {
+    /// This node's stream position in the group, as an announcement.
+    fn announcement(&self, life: Incarnation) -> McastMessage {
+        McastMessage::Announce {
+            group: self.config.id,
+            life,
+            base: self.history.base(),
+            highest: self.history.highest(),
+        }
+    }
+}
+
 /// The reliable-multicast core: see the [module docs](self).
 pub struct Multicast {
     pub(crate) me: NodeId,
@@ -710,15 +722,7 @@ impl Multicast {
             // Asked about another life of this node: this one is the life
             // now, and the asker learns so from its announcement.
             self.stats.announces_sent += 1;
-            self.out.send(
-                from,
-                McastMessage::Announce {
-                    group,
-                    life: self.life,
-                    base: g.history.base(),
-                    highest: g.history.highest(),
-                },
-            );
+            self.out.send(from, g.announcement(self.life));
             return;
         }
         let mut budget = g.config.history;
@@ -750,15 +754,7 @@ impl Multicast {
         if gone {
             // Asked for what is freed: the announcement's base says so.
             self.stats.announces_sent += 1;
-            self.out.send(
-                from,
-                McastMessage::Announce {
-                    group,
-                    life: self.life,
-                    base: g.history.base(),
-                    highest: g.history.highest(),
-                },
-            );
+            self.out.send(from, g.announcement(self.life));
         }
     }
 
@@ -826,12 +822,7 @@ impl Multicast {
             return;
         }
         self.stats.announces_sent += 1;
-        let msg = McastMessage::Announce {
-            group,
-            life: self.life,
-            base: g.history.base(),
-            highest: g.history.highest(),
-        };
+        let msg = g.announcement(self.life);
         let to = g.others.clone();
         self.out.multicast(to, msg);
         self.out.set_timer_after(

@@ -192,45 +192,12 @@ impl Checker {
 }
 
 /// Every message sent by a sender that never crashed was delivered by
-/// every member that never crashed.
+/// every member that never crashed. Returns how many deliveries that is.
 pub(crate) fn all_delivered(w: &World<Multicast>) -> Result<usize, String> {
-    let stayed: Vec<NodeId> = w
-        .node_ids()
-        .iter()
-        .copied()
-        .filter(|&n| w.incarnation(n) == Incarnation::FIRST && w.is_up(n))
-        .collect();
-    let mut sent: BTreeMap<NodeId, BTreeSet<u64>> = BTreeMap::new();
-    let mut got: BTreeMap<(NodeId, NodeId), BTreeSet<u64>> = BTreeMap::new();
-    for o in w.events() {
-        if o.incarnation != Incarnation::FIRST {
-            continue;
-        }
-        match &o.event {
-            McastEvent::Sent { seq, .. } => {
-                sent.entry(o.node).or_default().insert(*seq);
-            }
-            McastEvent::Delivered {
-                from, life, seq, ..
-            } if *life == Incarnation::FIRST => {
-                got.entry((o.node, *from)).or_default().insert(*seq);
-            }
-            _ => {}
-        }
+    match all_accounted(w)? {
+        (delivered, 0) => Ok(delivered),
+        (_, lost) => Err(format!("{lost} messages reported missed, not delivered")),
     }
-    let mut checked = 0;
-    for &s in &stayed {
-        let Some(seqs) = sent.get(&s) else { continue };
-        for &r in &stayed {
-            let have = got.get(&(r, s)).cloned().unwrap_or_default();
-            let lost: Vec<_> = seqs.difference(&have).collect();
-            if !lost.is_empty() {
-                return Err(format!("{r} never delivered {s}'s {lost:?}"));
-            }
-            checked += seqs.len();
-        }
-    }
-    Ok(checked)
 }
 
 /// Once every member is up and the network calm, every sender's history
