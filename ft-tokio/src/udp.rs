@@ -264,6 +264,22 @@ fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
+/// What a failed read means for a drain: `Some` ends it (`Ok` when the
+/// socket has nothing more, or another receiver took it), `None` goes on.
+fn end_of_drain(e: io::Error) -> Option<io::Result<()>> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Some(Ok(())),
+        // Reports (on some systems) that an earlier send was refused by
+        // its destination: news about a lost datagram, which a datagram
+        // channel does not report, not a receive failure.
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused => {
+            trace!(error = %e, "ignored an error report about an earlier send");
+            None
+        }
+        _ => Some(Err(e)),
+    }
+}
+
 /// The receive side's state: the buffer every read goes into, and the
 /// datagrams already taken from the socket(s) and not yet handed out.
 struct Inbox {
@@ -277,6 +293,11 @@ struct Inbox {
 }
 
 impl Inbox {
+    fn push(&mut self, got: (NodeId, Bytes)) {
+        self.queued_bytes += got.1.len();
+        self.queue.push_back(got);
+    }
+
     fn pop(&mut self) -> Option<(NodeId, Bytes)> {
         let got = self.queue.pop_front()?;
         self.queued_bytes -= got.1.len();
@@ -655,24 +676,14 @@ impl UdpChannel {
             match socket.try_recv_from(&mut inbox.buf) {
                 Ok((len, source)) => {
                     if let Some(got) = self.accept(&inbox.buf[..len], source, multicast) {
-                        inbox.queued_bytes += got.1.len();
-                        inbox.queue.push_back(got);
+                        inbox.push(got);
                     }
                 }
-                // Nothing more, or another receiver took it.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                // Reports (on some systems) that an earlier send was refused
-                // by its destination: news about a lost datagram, which a
-                // datagram channel does not report, not a receive failure.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
-                    ) =>
-                {
-                    trace!(error = %e, "ignored an error report about an earlier send");
+                Err(e) => {
+                    if let Some(end) = end_of_drain(e) {
+                        return end;
+                    }
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -740,23 +751,13 @@ impl UdpChannel {
                 let Some(source) = source else { continue };
                 let datagram = &inbox.slots[i * slot..i * slot + len];
                 if let Some(got) = self.accept(datagram, source, multicast) {
-                    inbox.queued_bytes += got.1.len();
-                    inbox.queue.push_back(got);
+                    inbox.push(got);
                 }
             }
-            match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                // As in `drain`: news about an earlier send, not a failure.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
-                    ) =>
-                {
-                    trace!(error = %e, "ignored an error report about an earlier send");
-                }
-                Err(e) => return Err(e),
+            if let Err(e) = result
+                && let Some(end) = end_of_drain(e)
+            {
+                return end;
             }
         }
         Ok(())
