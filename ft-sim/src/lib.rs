@@ -18,6 +18,6 @@ pub use plan::{
 };
 pub use report::{Failure, RunReport, SelfCheckError, self_check};
 pub use rng::SimRng;
-pub use sim::{Sim, SimConfig};
+pub use sim::{LinkModel, Sim, SimConfig};
 pub use stats::Stats;
 pub use world::{Observed, World};

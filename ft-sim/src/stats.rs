@@ -21,8 +21,11 @@ pub struct Stats {
     pub multicasts: u64,
     /// Messages handed to a core's `handle_message`.
     pub delivered: u64,
-    /// Messages lost by the network (random loss, link loss).
+    /// Messages lost by the network (random loss, link loss, the link
+    /// model's losses).
     pub lost: u64,
+    /// Of those, lost by the caller's [link model](crate::Sim::set_link_model).
+    pub model_lost: u64,
     /// Extra copies the network made.
     pub duplicated: u64,
     /// Messages held back so that later ones overtook them.

@@ -203,3 +203,45 @@ fn a_byzantine_node_s_strategy_sees_each_copy_as_a_send() {
         "{st:?}"
     );
 }
+
+/// A caller's link model: the copies of one multicast are lost together
+/// when the model decides by the frame (loss correlated along a tree), and
+/// its delays add to the plan's.
+#[test]
+fn a_link_model_loses_copies_together_and_delays_them() {
+    // Nodes 1-2 sit under one inner link, 3-4 under another; the first
+    // inner link loses every frame that carries an odd number.
+    let model = |_: NodeId, to: NodeId, frame: &[u8]| {
+        // The frame's payload is the number, little-endian, after the
+        // 7-byte frame header.
+        let odd = frame.get(ft_core::frame::HEADER_LEN).is_some_and(|b| b % 2 == 1);
+        match to.0 {
+            1 | 2 if odd => None,
+            1 | 2 => Some(Duration::from_millis(5)),
+            _ => Some(Duration::from_millis(10)),
+        }
+    };
+    let mut sim = Sim::<Shout>::new(SimConfig::new(3, 5), (), FaultPlan::none());
+    sim.set_link_model(model);
+    for n in 1..=4 {
+        sim.input(Duration::ZERO, NodeId(0), (ids(&[1, 2, 3, 4]), n));
+    }
+    sim.run_until(Duration::from_millis(8)).unwrap();
+    // At 8 ms only the near subtree has its even numbers; nothing odd.
+    let mut early = received(sim.world());
+    early.sort();
+    assert_eq!(
+        early,
+        vec![
+            (NodeId(1), NodeId(0), 2),
+            (NodeId(1), NodeId(0), 4),
+            (NodeId(2), NodeId(0), 2),
+            (NodeId(2), NodeId(0), 4),
+        ]
+    );
+    sim.run_until(Duration::from_millis(100)).unwrap();
+    let got = received(sim.world());
+    assert_eq!(got.len(), 4 + 8, "the far subtree gets all four");
+    assert_eq!(sim.stats().model_lost, 4);
+    assert_eq!(sim.stats().lost, 4);
+}

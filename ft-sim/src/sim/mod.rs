@@ -151,7 +151,15 @@ pub struct Sim<P: Recover> {
     invariants: Vec<Invariant<P>>,
     trace: Trace<P::Timer>,
     forged: Vec<(NodeId, Forged<P::Message>)>,
+    /// The caller's model of the links, if set: see
+    /// [`set_link_model`](Sim::set_link_model).
+    link_model: Option<LinkModel>,
 }
+
+/// A caller's model of the links: for a frame from one node to another,
+/// `None` to lose it or `Some(extra)` to deliver it after `extra` on top of
+/// the plan's delays. See [`Sim::set_link_model`].
+pub type LinkModel = Box<dyn FnMut(NodeId, NodeId, &[u8]) -> Option<Duration>>;
 
 impl<P> Sim<P>
 where
@@ -223,6 +231,7 @@ where
             invariants: Vec::new(),
             trace: Trace::new(config.trace_tail, config.record_trace),
             forged: Vec::new(),
+            link_model: None,
             config,
             proto,
             plan,
@@ -258,6 +267,26 @@ where
             check: Box::new(check),
         });
         self
+    }
+
+    /// Sets a model of the links, for topologies and losses the plan's
+    /// independent probabilities cannot draw: the model sees every copy
+    /// (sender, receiver, frame bytes) after partitions and before the
+    /// plan's own loss, and either loses it (`None`, counted in
+    /// [`Stats::lost`] and [`Stats::model_lost`]) or adds a delay.
+    ///
+    /// All copies of one multicast carry the same frame, so a model that
+    /// decides by a hash of the frame loses them together: loss correlated
+    /// along a tree, say, where a lost packet on an inner link is lost to
+    /// its whole subtree. The model must be deterministic (a function of
+    /// its arguments and its own seeded state) for a seed to reproduce its
+    /// run. From the plan's `calm_after` on, its losses end too (its delays
+    /// stay).
+    pub fn set_link_model(
+        &mut self,
+        model: impl FnMut(NodeId, NodeId, &[u8]) -> Option<Duration> + 'static,
+    ) {
+        self.link_model = Some(Box::new(model));
     }
 
     /// Makes `node` Byzantine with a strategy of the caller's.

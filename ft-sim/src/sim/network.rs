@@ -104,6 +104,18 @@ where
             .calm_after
             .is_some_and(|t| self.world.now >= t);
         let net = |p: f64| if calm { 0.0 } else { p };
+        let modeled = match &mut self.link_model {
+            Some(model) => match model(self.world.ids[i], to, &frame) {
+                Some(extra) => extra,
+                None if !calm => {
+                    self.world.stats.lost += 1;
+                    self.world.stats.model_lost += 1;
+                    return self.drop_msg(i, to, "link model");
+                }
+                None => Duration::ZERO,
+            },
+            None => Duration::ZERO,
+        };
         if self.rng.chance(net(self.plan.network.loss)) || self.rng.chance(link_loss) {
             self.world.stats.lost += 1;
             return self.drop_msg(i, to, "loss");
@@ -115,7 +127,7 @@ where
             1
         };
         for _ in 0..copies {
-            let mut delay = self.plan.network.delay.sample(&mut self.rng);
+            let mut delay = self.plan.network.delay.sample(&mut self.rng) + modeled;
             let mut slowed = false;
             for k in [i, j] {
                 if let Some(slow) = self.world.nodes[k].faults.slow {
