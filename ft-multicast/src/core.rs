@@ -920,7 +920,7 @@ impl Protocol for Multicast {
                 self.ack(group, from);
             }
             McastTimer::Nack(group, from) => self.nack(now, group, from),
-            McastTimer::Request(group, origin) => self.request(group, origin),
+            McastTimer::Request(group, origin) => self.request(now, group, origin),
             McastTimer::Repair(group, origin, seq) => self.repair(now, group, origin, seq),
             McastTimer::Session(group) => self.session(now, group),
         }

@@ -14,5 +14,5 @@ pub use crate::core::{
     Held, McastConfig, McastEvent, McastInput, McastStats, McastTimer, Multicast, Refusal,
 };
 pub use causal::{Order, Ordered, OrderedEvent, OrderedInput};
-pub use group::{Feedback, GroupConfig, GroupId, Srm};
+pub use group::{Feedback, GroupConfig, GroupId, Spread, Srm};
 pub use message::McastMessage;

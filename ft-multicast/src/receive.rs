@@ -36,6 +36,10 @@ pub(crate) struct Stream {
     /// the request was sent or backed off since the stream had no gap.
     pub(crate) request_due: bool,
     pub(crate) backoff: u32,
+    /// With `Feedback::Nack`: when this member last asked for the stream's
+    /// gaps, or heard another member ask for its first gap: no request
+    /// goes out before the repair could have come back.
+    pub(crate) asked_at: Option<std::time::Instant>,
 }
 
 /// What taking a message did.
@@ -66,6 +70,7 @@ impl Stream {
             recent: VecDeque::new(),
             request_due: false,
             backoff: 0,
+            asked_at: None,
         }
     }
 

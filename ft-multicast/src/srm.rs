@@ -11,7 +11,7 @@ use ft_core::{Incarnation, NodeId};
 use ft_rpc::rtt::{RttConfig, RttEstimator};
 
 use crate::core::{McastTimer, Multicast};
-use crate::group::{GroupId, Srm};
+use crate::group::{GroupId, Spread, Srm};
 use crate::message::{MAX_ECHOES, MAX_NACK_RANGES, McastMessage};
 
 /// The most doublings of a request's interval (each time another
@@ -21,6 +21,11 @@ const MAX_BACKOFF: u32 = 6;
 /// How many distances a member ignores requests for a message it has just
 /// repaired (or seen repaired): the requests that crossed the repair.
 const QUIET_DISTANCES: f64 = 3.0;
+
+/// How many distances a member remembers the requests it heard for a
+/// message it holds, when no repair came: the count that raises its
+/// chance to repair.
+const ASKED_DISTANCES: f64 = 256.0;
 
 /// What a member knows of another, for distances.
 struct Peer {
@@ -38,6 +43,10 @@ pub(crate) struct SrmState {
     /// (source, number) repaired lately: requests for it are ignored until
     /// then.
     quiet: BTreeMap<(NodeId, u64), Instant>,
+    /// (source, number) held here and asked for, with no repair seen
+    /// since: how many requests were heard for it, and the last one's
+    /// time. Each request heard doubles this member's chance to repair.
+    asked: BTreeMap<(NodeId, u64), (u32, Instant)>,
     /// Whose stamps the next session message echoes first.
     echo_turn: usize,
 }
@@ -49,6 +58,7 @@ impl SrmState {
             peers: BTreeMap::new(),
             pending: BTreeMap::new(),
             quiet: BTreeMap::new(),
+            asked: BTreeMap::new(),
             echo_turn: 0,
         }
     }
@@ -75,14 +85,32 @@ impl SrmState {
 
     /// Requests and repairs pending, and quiet windows kept (for bounds).
     pub(crate) fn held(&self) -> usize {
-        self.pending.len() + self.quiet.len()
+        self.pending.len() + self.quiet.len() + self.asked.len()
     }
 }
 
-/// A delay drawn from `[a·d, (a+b)·d]`, doubled `backoff` times.
-fn delay(rng: &mut ft_core::rng::Rng, d: Duration, a: f64, b: f64, backoff: u32) -> Duration {
+/// A delay drawn from `[a·d, (a+b)·d]` as `spread` says, doubled
+/// `backoff` times; `members` sets the exponential draw's rate.
+#[allow(clippy::too_many_arguments)]
+fn delay(
+    rng: &mut ft_core::rng::Rng,
+    spread: Spread,
+    members: usize,
+    d: Duration,
+    a: f64,
+    b: f64,
+    backoff: u32,
+) -> Duration {
     let u = rng.below(1_000_001) as f64 / 1_000_000.0;
-    d.mul_f64((a + b * u) * f64::from(1u32 << backoff.min(MAX_BACKOFF)))
+    let x = match spread {
+        Spread::Uniform => u,
+        Spread::Exponential => {
+            // The inverse of the distribution λe^{λx}/(e^λ - 1) on [0, 1].
+            let lambda = (members.max(2) as f64).ln() + 1.0;
+            (u * lambda.exp_m1()).ln_1p() / lambda
+        }
+    };
+    d.mul_f64((a + b * x) * f64::from(1u32 << backoff.min(MAX_BACKOFF)))
 }
 
 impl Multicast {
@@ -98,7 +126,8 @@ impl Multicast {
         };
         let Some(srm) = &g.srm else { return };
         let d = srm.distance(origin);
-        let (c1, c2) = (srm.params.c1, srm.params.c2);
+        let (c1, c2, spread) = (srm.params.c1, srm.params.c2, srm.params.spread);
+        let members = g.config.members.len();
         let Some(s) = g.streams.get_mut(&origin) else {
             return;
         };
@@ -106,9 +135,15 @@ impl Multicast {
             return;
         }
         s.request_due = true;
-        let after = delay(&mut self.rng, d, c1, c2, s.backoff);
-        self.out
-            .set_timer(McastTimer::Request(group, origin), now + after);
+        let after = delay(&mut self.rng, spread, members, d, c1, c2, s.backoff);
+        // After a request (ours, or another's for our first gap), the
+        // repair needs the request's way there, the slowest repair timer
+        // and its way back: asking again before that only starts a second
+        // round of repairs.
+        let (d1, d2) = (srm.params.d1, srm.params.d2);
+        let earliest = s.asked_at.map(|at| at + d.mul_f64(2.0 + d1 + d2));
+        let at = earliest.map_or(now + after, |e| e.max(now + after));
+        self.out.set_timer(McastTimer::Request(group, origin), at);
     }
 
     /// `origin`'s stream has no gap: its next loss starts afresh.
@@ -121,6 +156,7 @@ impl Multicast {
             return;
         };
         s.backoff = 0;
+        s.asked_at = None;
         if s.request_due {
             s.request_due = false;
             self.out.cancel_timer(McastTimer::Request(group, origin));
@@ -128,7 +164,7 @@ impl Multicast {
     }
 
     /// The request timer fired: ask the group for the gaps.
-    pub(crate) fn request(&mut self, group: GroupId, origin: NodeId) {
+    pub(crate) fn request(&mut self, now: Instant, group: GroupId, origin: NodeId) {
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
@@ -147,6 +183,7 @@ impl Multicast {
         // the source's next message or session message, which sets the
         // timer anew.
         s.backoff = (s.backoff + 1).min(MAX_BACKOFF);
+        s.asked_at = Some(now);
         let to = g.others.clone();
         self.stats.nacks_sent += 1;
         self.out.multicast(
@@ -187,11 +224,17 @@ impl Multicast {
         {
             s.backoff = (s.backoff + 1).min(MAX_BACKOFF);
             s.request_due = false;
+            s.asked_at = Some(now);
             backed_off = true;
         }
         // Repairs of what this member holds, each after its own delay.
         let d = srm.distance(asker);
-        let (d1, d2) = (srm.params.d1, srm.params.d2);
+        let (d1, d2, spread) = (srm.params.d1, srm.params.d2, srm.params.spread);
+        let repairers = srm.params.repairers;
+        let members = g.config.members.len();
+        // A round of repairs: the request's way here, the slowest repair
+        // timer and the repair's way back.
+        let round = d.mul_f64(2.0 + d1 + d2);
         let mut repairs = Vec::new();
         // What this member holds of that stream, as an interval: only
         // those numbers are looked at, so a request naming billions costs
@@ -232,15 +275,39 @@ impl Multicast {
                 budget -= 1;
                 let key = (origin, seq);
                 let quiet = srm.quiet.get(&key).is_some_and(|&until| now < until);
-                if !quiet && !srm.pending.contains_key(&key) {
+                if quiet || srm.pending.contains_key(&key) {
+                    continue;
+                }
+                // The source always answers. Another holder answers the
+                // k-th request it hears for a message with probability
+                // `repairers·2^(k-1) / members`: when every member holds
+                // it, about `repairers + 1` race to repair, not the whole
+                // group; when few do, the asker's next requests (it asks
+                // again when no repair comes) soon draw one of them.
+                // Requests heard within one round of the last draw (the
+                // requests of several askers that lost the same message)
+                // are one: only a request after the round is over, when no
+                // repair came, draws again.
+                let heard = srm.asked.entry(key).or_insert((0, now));
+                if heard.0 > 0 && now < heard.1 + round {
+                    continue;
+                }
+                *heard = (heard.0.saturating_add(1), now);
+                let odds = (repairers as u64).saturating_mul(1 << (heard.0 - 1).min(32));
+                if origin == me || self.rng.below(members as u64) < odds {
                     srm.pending.insert(key, asker);
                     repairs.push(seq);
                 }
             }
         }
         srm.quiet.retain(|_, &mut until| until > now);
+        // A request unanswered for this long was answered by now, or its
+        // asker gave up on it (the source forgot it).
+        let forget = d.mul_f64(ASKED_DISTANCES);
+        srm.asked.retain(|_, &mut (_, at)| at + forget > now);
         for seq in repairs {
-            let after = delay(&mut self.rng, d, d1, d2, 0);
+            let after = delay(&mut self.rng, spread, repairers + 1, d, d1, d2, 0);
+
             self.out
                 .set_timer(McastTimer::Repair(group, origin, seq), now + after);
         }
@@ -271,6 +338,7 @@ impl Multicast {
         let Some((life, payload)) = held else { return };
         srm.quiet.retain(|_, &mut until| until > now);
         srm.quiet.insert((origin, seq), now + quiet_for);
+        srm.asked.remove(&(origin, seq));
         let to = g.others.clone();
         self.stats.repairs_sent += 1;
         self.out.count_retransmissions(1);
@@ -309,6 +377,7 @@ impl Multicast {
         }
         srm.quiet.retain(|_, &mut until| until > now);
         srm.quiet.insert((origin, seq), now + quiet_for);
+        srm.asked.remove(&(origin, seq));
         if origin == self.me || seq == 0 || payload.len() > g.config.max_payload {
             return;
         }
@@ -439,7 +508,7 @@ mod tests {
     use ft_core::{Incarnation, NodeId, Output, Protocol, Recover, RecoveryContext};
 
     use crate::core::{McastConfig, McastTimer, Multicast};
-    use crate::group::{Feedback, GroupConfig, GroupId, Srm};
+    use crate::group::{Feedback, GroupConfig, GroupId, Spread, Srm};
     use crate::message::McastMessage;
 
     const G: GroupId = GroupId(1);
@@ -447,10 +516,31 @@ mod tests {
     const B: NodeId = NodeId(2);
     const C: NodeId = NodeId(3);
 
+    /// SRM as published: uniform draws in `[2d, 4d]` and `[d, 2d]`, every
+    /// holder repairing.
+    fn classic() -> Srm {
+        Srm {
+            c2: 2.0,
+            d2: 1.0,
+            spread: Spread::Uniform,
+            repairers: usize::MAX,
+            ..Srm::default()
+        }
+    }
+
     fn node(me: NodeId, now: Instant) -> Multicast {
-        let group = GroupConfig::new(G, [A, B, C])
+        node_with(me, now, [A, B, C], classic())
+    }
+
+    fn node_with(
+        me: NodeId,
+        now: Instant,
+        members: impl IntoIterator<Item = NodeId>,
+        srm: Srm,
+    ) -> Multicast {
+        let group = GroupConfig::new(G, members)
             .with_history(8)
-            .with_feedback(Feedback::Nack(Srm::default()));
+            .with_feedback(Feedback::Nack(srm));
         let ctx = RecoveryContext {
             node: me,
             incarnation: Incarnation::FIRST,
@@ -600,5 +690,112 @@ mod tests {
             fresh >= Duration::from_millis(10) && fresh <= Duration::from_millis(20),
             "{fresh:?}"
         );
+    }
+
+    #[test]
+    fn exponential_delays_stay_in_their_interval_and_are_rarely_early() {
+        let mut rng = ft_core::rng::Rng::new(7);
+        let d = Duration::from_millis(10);
+        let draws: Vec<Duration> = (0..2000)
+            .map(|_| super::delay(&mut rng, Spread::Exponential, 100, d, 1.0, 8.0, 0))
+            .collect();
+        assert!(draws.iter().all(|&x| x >= d && x <= d * 9));
+        // Rising density with λ = ln(100) + 1 ≈ 5.6: a draw falls in the
+        // interval's first half with probability (e^{λ/2} - 1)/(e^λ - 1),
+        // about 6%; uniformly it would be 50%.
+        let early = draws.iter().filter(|&&x| x < d * 5).count();
+        assert!(early > 40 && early < 250, "{early}");
+        let uniform = (0..2000)
+            .map(|_| super::delay(&mut rng, Spread::Uniform, 100, d, 1.0, 8.0, 0))
+            .filter(|&x| x < d * 5)
+            .count();
+        assert!(uniform > 800, "{uniform}");
+    }
+
+    /// Repair timers set by `m`'s outputs.
+    fn repair_timers(m: &mut Multicast) -> usize {
+        drain(m)
+            .0
+            .iter()
+            .filter(|(t, _)| matches!(t, McastTimer::Repair(..)))
+            .count()
+    }
+
+    #[test]
+    fn in_a_large_group_a_holder_rarely_answers_a_first_request_and_more_often_as_it_is_repeated() {
+        let members: Vec<NodeId> = (1..=100).map(NodeId).collect();
+        let srm = Srm::default();
+        let round = srm.default_distance.mul_f64(2.0 + srm.d1 + srm.d2);
+        let (mut first, mut by_fourth) = (0, 0);
+        let trials = 200;
+        for me in 0..trials {
+            let now = Instant::now();
+            let mut b = node_with(B, now, members.clone(), Srm::default());
+            // Another seed for each trial: B's draws differ.
+            b.rng = ft_core::rng::Rng::new(me);
+            b.handle_message(now, A, data(1));
+            drain(&mut b);
+            // Two askers' requests in one round: one draw.
+            b.handle_message(now, C, request(1));
+            b.handle_message(now, NodeId(4), request(1));
+            let answered = repair_timers(&mut b);
+            assert!(answered <= 1);
+            first += answered;
+            // No repair came: each later request, a round apart, doubles
+            // the odds (2, 4, 8 and 16 in 100).
+            let mut at = now;
+            let mut answered = answered;
+            for _ in 0..3 {
+                if answered > 0 {
+                    break;
+                }
+                at += round;
+                b.handle_message(at, C, request(1));
+                answered = repair_timers(&mut b);
+            }
+            by_fourth += answered;
+        }
+        // 2% of holders answer a first request; by the fourth, 1 - 0.98 ·
+        // 0.96 · 0.92 · 0.84 ≈ 27%.
+        assert!(first < trials as usize / 10, "{first}");
+        assert!(by_fourth > trials as usize / 7, "{by_fourth}");
+        // The source always answers.
+        let now = Instant::now();
+        let mut a = node_with(A, now, members.clone(), Srm::default());
+        a.handle_input(
+            now,
+            crate::McastInput::Send {
+                group: G,
+                token: 1,
+                payload: Bytes::from_static(b"x"),
+            },
+        );
+        drain(&mut a);
+        a.handle_message(now, C, request(1));
+        assert_eq!(repair_timers(&mut a), 1);
+    }
+
+    #[test]
+    fn no_second_request_before_a_repair_could_have_come() {
+        let now = Instant::now();
+        let srm = Srm::default();
+        let round = srm.default_distance.mul_f64(2.0 + srm.d1 + srm.d2);
+        let mut b = node_with(B, now, [A, B, C], Srm::default());
+        let request_at = |b: &mut Multicast| {
+            drain(b)
+                .0
+                .into_iter()
+                .find(|(t, _)| *t == McastTimer::Request(G, A))
+                .map(|(_, at)| at)
+        };
+        b.handle_message(now, A, data(2));
+        let at = request_at(&mut b).expect("a request timer");
+        b.handle_timer(at, McastTimer::Request(G, A));
+        drain(&mut b);
+        // The gap shows again at once (the source's next message): the
+        // next request waits for the round the first one started.
+        b.handle_message(at, A, data(3));
+        let again = request_at(&mut b).expect("a request timer");
+        assert!(again >= at + round, "{:?} < {round:?}", again - at);
     }
 }

@@ -211,10 +211,12 @@ fn a_byzantine_node_s_strategy_sees_each_copy_as_a_send() {
 fn a_link_model_loses_copies_together_and_delays_them() {
     // Nodes 1-2 sit under one inner link, 3-4 under another; the first
     // inner link loses every frame that carries an odd number.
-    let model = |_: NodeId, to: NodeId, frame: &[u8]| {
+    let model = |_: Duration, _: NodeId, to: NodeId, frame: &[u8]| {
         // The frame's payload is the number, little-endian, after the
         // 7-byte frame header.
-        let odd = frame.get(ft_core::frame::HEADER_LEN).is_some_and(|b| b % 2 == 1);
+        let odd = frame
+            .get(ft_core::frame::HEADER_LEN)
+            .is_some_and(|b| b % 2 == 1);
         match to.0 {
             1 | 2 if odd => None,
             1 | 2 => Some(Duration::from_millis(5)),

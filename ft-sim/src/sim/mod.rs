@@ -156,10 +156,11 @@ pub struct Sim<P: Recover> {
     link_model: Option<LinkModel>,
 }
 
-/// A caller's model of the links: for a frame from one node to another,
-/// `None` to lose it or `Some(extra)` to deliver it after `extra` on top of
-/// the plan's delays. See [`Sim::set_link_model`].
-pub type LinkModel = Box<dyn FnMut(NodeId, NodeId, &[u8]) -> Option<Duration>>;
+/// A caller's model of the links: for a frame sent at a (virtual) time
+/// from one node to another, `None` to lose it or `Some(extra)` to deliver
+/// it after `extra` on top of the plan's delays. See
+/// [`Sim::set_link_model`].
+pub type LinkModel = Box<dyn FnMut(Duration, NodeId, NodeId, &[u8]) -> Option<Duration>>;
 
 impl<P> Sim<P>
 where
@@ -272,11 +273,12 @@ where
     /// Sets a model of the links, for topologies and losses the plan's
     /// independent probabilities cannot draw: the model sees every copy
     /// (sender, receiver, frame bytes) after partitions and before the
-    /// plan's own loss, and either loses it (`None`, counted in
+    /// plan's own loss, with the virtual time it is sent at, and either
+    /// loses it (`None`, counted in
     /// [`Stats::lost`] and [`Stats::model_lost`]) or adds a delay.
     ///
-    /// All copies of one multicast carry the same frame, so a model that
-    /// decides by a hash of the frame loses them together: loss correlated
+    /// All copies of one multicast carry the same frame and time, so a
+    /// model that decides by a hash of both loses them together: loss correlated
     /// along a tree, say, where a lost packet on an inner link is lost to
     /// its whole subtree. The model must be deterministic (a function of
     /// its arguments and its own seeded state) for a seed to reproduce its
@@ -284,7 +286,7 @@ where
     /// stay).
     pub fn set_link_model(
         &mut self,
-        model: impl FnMut(NodeId, NodeId, &[u8]) -> Option<Duration> + 'static,
+        model: impl FnMut(Duration, NodeId, NodeId, &[u8]) -> Option<Duration> + 'static,
     ) {
         self.link_model = Some(Box::new(model));
     }

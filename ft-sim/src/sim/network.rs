@@ -105,7 +105,7 @@ where
             .is_some_and(|t| self.world.now >= t);
         let net = |p: f64| if calm { 0.0 } else { p };
         let modeled = match &mut self.link_model {
-            Some(model) => match model(self.world.ids[i], to, &frame) {
+            Some(model) => match model(self.world.now, self.world.ids[i], to, &frame) {
                 Some(extra) => extra,
                 None if !calm => {
                     self.world.stats.lost += 1;
