@@ -223,6 +223,19 @@ struct Slot {
     /// Since when it has been behind without a word (reset while it is
     /// caught up, and by each of its messages).
     since: Instant,
+    /// It said it acknowledges to a nearer parent now: it is let go once
+    /// that parent (or another ancestor of it) is a slot here too.
+    left: bool,
+}
+
+impl Slot {
+    fn new(acked: u64, now: Instant) -> Self {
+        Slot {
+            acked,
+            since: now,
+            left: false,
+        }
+    }
 }
 
 /// This node's place in one source's tree, for one life of the source.
@@ -252,15 +265,7 @@ impl Branch {
             heard_parent: now,
             slots: children
                 .into_iter()
-                .map(|c| {
-                    (
-                        c,
-                        Slot {
-                            acked: 0,
-                            since: now,
-                        },
-                    )
-                })
+                .map(|c| (c, Slot::new(0, now)))
                 .collect(),
             upward: 0,
             base: 1,
@@ -349,6 +354,35 @@ impl TreeState {
         }
     }
 
+    /// Lets go the children of `origin`'s tree that left for a nearer
+    /// parent once an ancestor of theirs is a slot here: what they hold
+    /// is waited on through that ancestor. Until then they are waited on
+    /// here still (an adopter that let a child go before its new parent
+    /// was waited on would acknowledge past it). Returns how many.
+    fn let_go(&mut self, origin: NodeId) -> u64 {
+        let Some(shape) = Shape::new(&self.members, origin, self.params.fanout) else {
+            return 0;
+        };
+        let Some(b) = self.branches.get_mut(&origin) else {
+            return 0;
+        };
+        let covered: Vec<NodeId> = b
+            .slots
+            .iter()
+            .filter(|&(&c, slot)| {
+                slot.left
+                    && b.slots
+                        .iter()
+                        .any(|(&a, s)| !s.left && shape.is_below(c, a))
+            })
+            .map(|(&c, _)| c)
+            .collect();
+        for c in &covered {
+            b.slots.remove(c);
+        }
+        covered.len() as u64
+    }
+
     /// Presumes down the children of `origin`'s tree that stayed behind
     /// `highest` without a word for `child_timeout`, waiting on their
     /// children instead from the same position. Returns how many.
@@ -371,7 +405,7 @@ impl TreeState {
         for &(n, acked) in &gone {
             b.slots.remove(&n);
             for c in shape.children(n) {
-                b.slots.entry(c).or_insert(Slot { acked, since: now });
+                b.slots.entry(c).or_insert(Slot::new(acked, now));
             }
         }
         gone.len() as u64
@@ -424,7 +458,7 @@ impl Multicast {
     /// sent to the parent if it says more than before. `false` for
     /// another kind of group.
     pub(crate) fn tree_ack(&mut self, group: GroupId, origin: NodeId) -> bool {
-        if !self.groups.get(&group).is_some_and(|g| g.tree.is_some()) {
+        if self.groups.get(&group).is_none_or(|g| g.tree.is_none()) {
             return false;
         }
         self.send_tree_ack(group, origin, false);
@@ -769,13 +803,12 @@ impl Multicast {
         let upto = upto.min(highest.1);
         let slot = b.slots.entry(child).or_insert_with(|| {
             self.tree_stats.adopted += 1;
-            Slot {
-                acked: 0,
-                since: now,
-            }
+            Slot::new(0, now)
         });
         slot.acked = slot.acked.max(upto);
         slot.since = now;
+        slot.left = false;
+        self.tree_stats.left += t.let_go(origin);
         if inactive {
             // A probe while nothing is held: the child missed the word.
             self.stats.announces_sent += 1;
@@ -1019,8 +1052,13 @@ impl Multicast {
         let Some(b) = t.branches.get_mut(&origin).filter(|b| b.life == life) else {
             return;
         };
-        if b.slots.remove(&child).is_some() {
-            self.tree_stats.left += 1;
+        let Some(slot) = b.slots.get_mut(&child) else {
+            return;
+        };
+        slot.left = true;
+        let gone = t.let_go(origin);
+        if gone > 0 {
+            self.tree_stats.left += gone;
             self.slots_changed(now, group, origin);
         }
     }
@@ -1134,5 +1172,253 @@ mod tests {
         // What node 1 acknowledged stays the bound until its children say
         // more.
         assert_eq!(t.freeable(), 5);
+    }
+
+    // ---- the core's tree paths, driven by hand ----
+
+    use crate::core::McastConfig;
+    use crate::group::{Feedback, GroupConfig};
+    use ft_core::{Output, Protocol, Recover, RecoveryContext};
+
+    const G: GroupId = GroupId(1);
+
+    /// Node `me` of members 0..7 with fanout 2: source 0's tree is
+    /// 0 → {1, 2}, 1 → {3, 4}, 2 → {5, 6}.
+    fn node(me: u64, now: Instant) -> Multicast {
+        let group = GroupConfig::new(G, (0..7).map(NodeId))
+            .with_history(8)
+            .with_feedback(Feedback::Tree(Tree {
+                fanout: 2,
+                ..Tree::default()
+            }));
+        let ctx = RecoveryContext {
+            node: NodeId(me),
+            incarnation: Incarnation(0),
+            records: Vec::new(),
+            seed: me,
+            now,
+        };
+        Multicast::recover(&McastConfig::new(vec![group]), ctx).unwrap()
+    }
+
+    /// The messages sent, each with its destinations.
+    fn sent(m: &mut Multicast) -> Vec<(Vec<NodeId>, McastMessage)> {
+        std::iter::from_fn(|| m.poll_output())
+            .filter_map(|o| match o {
+                Output::Send { to, msg } => Some((vec![to], msg)),
+                Output::Multicast { to, msg } => Some((to, msg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn data(seq: u64) -> McastMessage {
+        McastMessage::Data {
+            group: G,
+            life: Incarnation(0),
+            seq,
+            base: 1,
+            payload: Bytes::from(vec![seq as u8]),
+        }
+    }
+
+    fn ack(upto: u64) -> McastMessage {
+        McastMessage::TreeAck {
+            group: G,
+            origin: NodeId(0),
+            life: Incarnation(0),
+            upto,
+        }
+    }
+
+    /// The acknowledgements sent: (to, upto).
+    fn acks(out: &[(Vec<NodeId>, McastMessage)]) -> Vec<(NodeId, u64)> {
+        out.iter()
+            .filter_map(|(to, m)| match m {
+                McastMessage::TreeAck { upto, .. } => Some((to[0], *upto)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_coordinator_acknowledges_the_least_of_its_own_and_its_childrens_positions() {
+        let now = Instant::now();
+        let mut c = node(1, now);
+        for seq in 1..=5 {
+            c.handle_message(now, NodeId(0), data(seq));
+        }
+        c.handle_timer(now, McastTimer::Ack(G, NodeId(0)));
+        // Its children have said nothing: nothing to acknowledge upward.
+        assert!(acks(&sent(&mut c)).is_empty());
+        c.handle_message(now, NodeId(3), ack(5));
+        c.handle_message(now, NodeId(4), ack(3));
+        c.handle_timer(now, McastTimer::Ack(G, NodeId(0)));
+        assert_eq!(acks(&sent(&mut c)), vec![(NodeId(0), 3)]);
+        // A child ahead of the coordinator counts for what it has itself.
+        c.handle_message(now, NodeId(4), ack(9));
+        c.handle_timer(now, McastTimer::Ack(G, NodeId(0)));
+        assert_eq!(acks(&sent(&mut c)), vec![(NodeId(0), 5)]);
+        // A stranger to its subtree is not waited on.
+        c.handle_message(now, NodeId(5), ack(1));
+        assert_eq!(c.tree_children(G, NodeId(0)), vec![NodeId(3), NodeId(4)]);
+    }
+
+    #[test]
+    fn the_source_frees_on_its_childrens_acknowledgements_alone() {
+        let now = Instant::now();
+        let mut s = node(0, now);
+        for token in 0..4 {
+            s.handle_input(
+                now,
+                crate::McastInput::Send {
+                    group: G,
+                    token,
+                    payload: Bytes::from_static(b"x"),
+                },
+            );
+        }
+        sent(&mut s);
+        s.handle_message(now, NodeId(1), ack(4));
+        assert_eq!(s.freed_upto(G), 0);
+        s.handle_message(now, NodeId(2), ack(2));
+        assert_eq!(s.freed_upto(G), 2);
+        // A plain acknowledgement from a grandchild frees nothing.
+        s.handle_message(
+            now,
+            NodeId(5),
+            McastMessage::Ack {
+                group: G,
+                life: Incarnation(0),
+                upto: 4,
+            },
+        );
+        assert_eq!(s.freed_upto(G), 2);
+        s.handle_message(now, NodeId(2), ack(4));
+        assert_eq!(s.freed_upto(G), 4);
+        // Emptied: the children are told so.
+        let out = sent(&mut s);
+        assert!(out.iter().any(|(to, m)| to == &vec![NodeId(1), NodeId(2)]
+            && matches!(
+                m,
+                McastMessage::TreeAnnounce {
+                    base: 5,
+                    highest: 4,
+                    ..
+                }
+            )));
+    }
+
+    #[test]
+    fn a_coordinator_repairs_its_children_from_what_they_have_not_acknowledged() {
+        let now = Instant::now();
+        let mut c = node(1, now);
+        for seq in 1..=5 {
+            c.handle_message(now, NodeId(0), data(seq));
+        }
+        sent(&mut c);
+        let nack = McastMessage::TreeNack {
+            group: G,
+            origin: NodeId(0),
+            life: Incarnation(0),
+            ranges: vec![(2, 3), (5, u64::MAX >> 2)],
+        };
+        c.handle_message(now, NodeId(3), nack.clone());
+        let repaired: Vec<(NodeId, u64)> = sent(&mut c)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                McastMessage::TreeRepair { seq, .. } => Some((to[0], seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            repaired,
+            vec![(NodeId(3), 2), (NodeId(3), 3), (NodeId(3), 5)]
+        );
+        assert_eq!(c.tree_stats().local_repairs, 3);
+        // Once both children have everything, nothing is kept.
+        c.handle_message(now, NodeId(3), ack(5));
+        c.handle_message(now, NodeId(4), ack(5));
+        c.handle_timer(now, McastTimer::Ack(G, NodeId(0)));
+        assert_eq!(c.held().recent, 0);
+        c.handle_message(now, NodeId(3), nack);
+        assert!(
+            sent(&mut c)
+                .iter()
+                .all(|(_, m)| !matches!(m, McastMessage::TreeRepair { .. }))
+        );
+    }
+
+    #[test]
+    fn a_gap_is_asked_of_the_parent_then_of_the_source() {
+        let now = Instant::now();
+        let mut leaf = node(3, now);
+        leaf.handle_message(now, NodeId(0), data(2));
+        let mut asked = Vec::new();
+        for _ in 0..5 {
+            asked.extend(sent(&mut leaf).into_iter().filter_map(|(to, m)| match m {
+                McastMessage::TreeNack { .. } | McastMessage::Nack { .. } => Some(to[0]),
+                _ => None,
+            }));
+            leaf.handle_timer(now, McastTimer::Nack(G, NodeId(0)));
+        }
+        assert_eq!(
+            asked,
+            vec![NodeId(1), NodeId(1), NodeId(1), NodeId(0), NodeId(0)]
+        );
+        // (The last timer sent a sixth, to the source too.)
+        assert_eq!(leaf.tree_stats().escalated, 3);
+    }
+
+    #[test]
+    fn a_silent_parent_is_left_for_the_grandparent_and_a_restarted_one_regained() {
+        let now = Instant::now();
+        let mut leaf = node(3, now);
+        leaf.handle_message(now, NodeId(0), data(1));
+        sent(&mut leaf);
+        assert_eq!(leaf.tree_parent(G, NodeId(0)), Some(NodeId(1)));
+        // The source still holds message 1, and node 1 says nothing.
+        let mut t = now;
+        while leaf.tree_parent(G, NodeId(0)) == Some(NodeId(1)) {
+            t += Duration::from_millis(100);
+            assert!(t < now + Duration::from_secs(1), "never left");
+            leaf.handle_timer(t, McastTimer::Tree(G));
+        }
+        assert_eq!(leaf.tree_parent(G, NodeId(0)), Some(NodeId(0)));
+        // It attached to the source with its acknowledgement.
+        assert!(acks(&sent(&mut leaf)).contains(&(NodeId(0), 1)));
+        // Node 1 is back and announces to it: back to node 1, and the
+        // source is told it left.
+        let announce = McastMessage::TreeAnnounce {
+            group: G,
+            origin: NodeId(0),
+            life: Incarnation(0),
+            base: 1,
+            highest: 1,
+        };
+        leaf.handle_message(t, NodeId(1), announce);
+        assert_eq!(leaf.tree_parent(G, NodeId(0)), Some(NodeId(1)));
+        let out = sent(&mut leaf);
+        assert!(
+            out.iter().any(
+                |(to, m)| to == &vec![NodeId(0)] && matches!(m, McastMessage::TreeLeave { .. })
+            )
+        );
+        assert!(acks(&out).contains(&(NodeId(1), 1)));
+        assert_eq!(leaf.tree_stats().reattached, 2);
+        // An announcement from a member that is not an ancestor is ignored.
+        let before = leaf.stats().ignored;
+        leaf.handle_message(
+            t,
+            NodeId(5),
+            McastMessage::TreeAnnounce {
+                group: G,
+                origin: NodeId(0),
+                life: Incarnation(0),
+                base: 1,
+                highest: 1_000,
+            },
+        );
+        assert_eq!(leaf.stats().ignored, before + 1);
     }
 }
