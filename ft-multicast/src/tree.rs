@@ -1296,6 +1296,9 @@ mod tests {
         assert_eq!(s.freed_upto(G), 2);
         s.handle_message(now, NodeId(2), ack(4));
         assert_eq!(s.freed_upto(G), 4);
+        // An acknowledgement of what was never sent frees nothing later.
+        s.handle_message(now, NodeId(1), ack(100));
+        s.handle_message(now, NodeId(2), ack(100));
         // Emptied: the children are told so.
         let out = sent(&mut s);
         assert!(out.iter().any(|(to, m)| to == &vec![NodeId(1), NodeId(2)]
@@ -1304,6 +1307,29 @@ mod tests {
                 McastMessage::TreeAnnounce {
                     base: 5,
                     highest: 4,
+                    ..
+                }
+            )));
+        s.handle_input(
+            now,
+            crate::McastInput::Send {
+                group: G,
+                token: 9,
+                payload: Bytes::from_static(b"x"),
+            },
+        );
+        assert_eq!(s.freed_upto(G), 4);
+        // A child that missed the word and probes is told again.
+        s.handle_message(now, NodeId(2), ack(5));
+        s.handle_message(now, NodeId(1), ack(5));
+        sent(&mut s);
+        s.handle_message(now, NodeId(1), ack(5));
+        assert!(sent(&mut s).iter().any(|(to, m)| to == &vec![NodeId(1)]
+            && matches!(
+                m,
+                McastMessage::TreeAnnounce {
+                    base: 6,
+                    highest: 5,
                     ..
                 }
             )));
