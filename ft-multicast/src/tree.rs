@@ -848,9 +848,6 @@ impl Multicast {
             return;
         };
         let b = t.branch(origin, life, now);
-        if let Some(slot) = b.slots.get_mut(&child) {
-            slot.since = now;
-        }
         // Only the numbers kept are looked at: a NACK naming billions
         // costs no more than one naming what is kept.
         let (lo, hi) = match (s.recent.front(), s.recent.back()) {
@@ -902,7 +899,7 @@ impl Multicast {
     fn on_tree_repair(
         &mut self,
         now: Instant,
-        from: NodeId,
+        _repairer: NodeId,
         group: GroupId,
         origin: NodeId,
         life: Incarnation,
@@ -912,15 +909,8 @@ impl Multicast {
             self.stats.ignored += 1;
             return;
         }
-        if let Some(b) = self
-            .groups
-            .get_mut(&group)
-            .and_then(|g| g.tree.as_mut())
-            .and_then(|t| t.branches.get_mut(&origin))
-            .filter(|b| b.parent == Some(from))
-        {
-            b.heard_parent = now;
-        }
+        // From any member (the core checked that): a repair is what the
+        // source sent under that number, whoever kept it.
         self.on_data(now, origin, group, life, (seq, base.min(seq), payload));
     }
 
