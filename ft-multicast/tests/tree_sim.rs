@@ -123,6 +123,7 @@ fn sum(w: &World<Multicast>, f: impl Fn(&Multicast) -> u64) -> u64 {
 fn every_message_reaches_every_member_over_a_lossy_network() {
     let n = 8;
     let (mut checked, mut lost, mut local, mut escalated) = (0, 0, 0, 0);
+    let mut reattached = 0;
     let n_seeds = seeds(10);
     for seed in 0..n_seeds {
         let plan = FaultPlan {
@@ -148,10 +149,11 @@ fn every_message_reaches_every_member_over_a_lossy_network() {
         lost += stats.lost;
         local += sum(w, |c| c.tree_stats().local_repairs);
         escalated += sum(w, |c| c.tree_stats().escalated);
-        // Nobody crashed or was cut off: no member was given up, and no
-        // member left its parent (each heard its parent's heartbeats).
+        // Nobody crashed or was cut off: no member was given up. (A member
+        // may still leave a parent whose heartbeats and answers to its
+        // probes were all lost: seed 164 of 400 has one.)
         assert_eq!(sum(w, |c| c.tree_stats().presumed_down), 0, "seed {seed}");
-        assert_eq!(sum(w, |c| c.tree_stats().reattached), 0, "seed {seed}");
+        reattached += sum(w, |c| c.tree_stats().reattached);
         assert!(
             w.events()
                 .iter()
@@ -161,7 +163,8 @@ fn every_message_reaches_every_member_over_a_lossy_network() {
     }
     eprintln!(
         "{n_seeds} seeds: {checked} deliveries checked, {lost} messages lost, {local} repaired \
-         by coordinators, {escalated} NACKs escalated to the source"
+         by coordinators, {escalated} NACKs escalated to the source, {reattached} members left \
+         a parent they could not hear"
     );
     // Coordinators repair: most repairs do not come from the source.
     assert!(local > 0);
