@@ -62,6 +62,7 @@ use crate::history::History;
 use crate::message::{MAX_NACK_RANGES, MAX_PAYLOAD, MAX_SEQ, McastMessage};
 use crate::receive::{Stream, Took};
 use crate::srm::SrmState;
+use crate::tree::{TreeState, TreeStats};
 
 /// Timing of a [`Multicast`] node, the same for all its groups.
 #[derive(Clone, Debug, PartialEq)]
@@ -197,6 +198,9 @@ pub enum McastTimer {
     Repair(GroupId, NodeId, u64),
     /// With `Feedback::Nack`: send this node's session message.
     Session(GroupId),
+    /// With [`Feedback::Tree`](crate::Feedback): the group's heartbeat
+    /// (announcements to children, silent parents and children).
+    Tree(GroupId),
 }
 
 /// How much a node holds, for checking bounds.
@@ -258,6 +262,9 @@ pub(crate) struct Group {
     /// With [`Feedback::Nack`](crate::Feedback): distances, pending
     /// repairs.
     pub(crate) srm: Option<SrmState>,
+    /// With [`Feedback::Tree`](crate::Feedback): this node's place in
+    /// each source's tree.
+    pub(crate) tree: Option<TreeState>,
 }
 
 impl Group {
@@ -276,7 +283,7 @@ impl Group {
 pub struct Multicast {
     pub(crate) me: NodeId,
     pub(crate) life: Incarnation,
-    config: McastConfig,
+    pub(crate) config: McastConfig,
     pub(crate) groups: BTreeMap<GroupId, Group>,
     pub(crate) stats: McastStats,
     pub(crate) out: Outbox<Multicast>,
@@ -287,7 +294,9 @@ pub struct Multicast {
     /// Reused for deliveries.
     pub(crate) delivered: Vec<(u64, Bytes)>,
     /// Acknowledge only what the layer above has [released](Self::release).
-    hold_acks: bool,
+    pub(crate) hold_acks: bool,
+    /// With `Feedback::Tree`.
+    pub(crate) tree_stats: TreeStats,
 }
 
 impl Multicast {
@@ -321,6 +330,12 @@ impl Multicast {
         }
         held.repairs = self.srm_held();
         held
+    }
+
+    /// The last message of this node's own stream in `group` freed from
+    /// its history ring (0: none): every member it waits on has it.
+    pub fn freed_upto(&self, group: GroupId) -> u64 {
+        self.groups.get(&group).map_or(0, |g| g.history.base() - 1)
     }
 
     /// The largest history ring of this node's groups.
@@ -499,7 +514,7 @@ impl Multicast {
         }
         self.out.multicast(to, msg);
         let g = self.groups.get_mut(&group).expect("the group is there");
-        if g.srm.is_none() && !g.history.is_empty() && !g.announcing {
+        if g.srm.is_none() && g.tree.is_none() && !g.history.is_empty() && !g.announcing {
             g.announcing = true;
             self.out.set_timer_after(
                 McastTimer::Announce(group),
@@ -511,8 +526,12 @@ impl Multicast {
 
     /// Frees what every other member has acknowledged, and says `Ready`
     /// if a send was refused for want of room.
-    fn free_acknowledged(out: &mut Outbox<Multicast>, g: &mut Group) {
-        let upto = g.acked.values().copied().min().unwrap_or(u64::MAX);
+    pub(crate) fn free_acknowledged(out: &mut Outbox<Multicast>, g: &mut Group) {
+        let upto = match &g.tree {
+            // Hierarchical feedback: the children's aggregates only.
+            Some(t) => t.freeable(),
+            None => g.acked.values().copied().min().unwrap_or(u64::MAX),
+        };
         g.history.release_upto(upto);
         if g.blocked && !g.history.is_full() {
             g.blocked = false;
@@ -579,6 +598,7 @@ impl Multicast {
         }
         let window = g.config.history;
         let srm = g.srm.is_some();
+        let tree = g.tree.is_some();
         let Some(s) = Self::stream_of(&mut self.out, g, from, life, base) else {
             return;
         };
@@ -599,6 +619,10 @@ impl Multicast {
                 self.gap_closed(group, from);
             }
             return;
+        }
+        if tree {
+            // Kept for the children's repairs until they have it.
+            s.remember(&self.delivered, window);
         }
         let gap = s.next <= s.highest;
         let delivered = !self.delivered.is_empty();
@@ -713,7 +737,13 @@ impl Multicast {
         }
     }
 
-    fn on_nack(&mut self, from: NodeId, group: GroupId, life: Incarnation, ranges: &[(u64, u64)]) {
+    pub(crate) fn on_nack(
+        &mut self,
+        from: NodeId,
+        group: GroupId,
+        life: Incarnation,
+        ranges: &[(u64, u64)],
+    ) {
         let Some(g) = self.groups.get_mut(&group) else {
             self.stats.ignored += 1;
             return;
@@ -759,6 +789,9 @@ impl Multicast {
     }
 
     fn ack(&mut self, group: GroupId, from: NodeId) {
+        if self.tree_ack(group, from) {
+            return;
+        }
         let Some(s) = self
             .groups
             .get_mut(&group)
@@ -783,7 +816,10 @@ impl Multicast {
         );
     }
 
-    fn nack(&mut self, now: Instant, group: GroupId, from: NodeId) {
+    pub(crate) fn nack(&mut self, now: Instant, group: GroupId, from: NodeId) {
+        if self.tree_nack(now, group, from) {
+            return;
+        }
         let Some(s) = self
             .groups
             .get_mut(&group)
@@ -892,6 +928,11 @@ impl Protocol for Multicast {
                 stamp,
                 echoes,
             } => self.on_session(now, from, group, life, (base, highest), stamp, &echoes),
+            msg @ (McastMessage::TreeAck { .. }
+            | McastMessage::TreeNack { .. }
+            | McastMessage::TreeRepair { .. }
+            | McastMessage::TreeAnnounce { .. }
+            | McastMessage::TreeLeave { .. }) => self.on_tree(now, from, msg),
         }
     }
 
@@ -923,6 +964,7 @@ impl Protocol for Multicast {
             McastTimer::Request(group, origin) => self.request(now, group, origin),
             McastTimer::Repair(group, origin, seq) => self.repair(now, group, origin, seq),
             McastTimer::Session(group) => self.session(now, group),
+            McastTimer::Tree(group) => self.tree_tick(now, group),
         }
     }
 
@@ -969,7 +1011,17 @@ impl Recover for Multicast {
                         streams: BTreeMap::new(),
                         srm: match &g.feedback {
                             Feedback::Nack(params) => Some(SrmState::new(params.clone())),
-                            Feedback::Ack => None,
+                            Feedback::Ack | Feedback::Tree(_) => None,
+                        },
+                        tree: match &g.feedback {
+                            Feedback::Tree(params) => Some(TreeState::new(
+                                params.clone(),
+                                me,
+                                ctx.incarnation,
+                                g.members.clone(),
+                                ctx.now,
+                            )),
+                            Feedback::Ack | Feedback::Nack(_) => None,
                         },
                         config: g,
                     },
@@ -987,6 +1039,11 @@ impl Recover for Multicast {
                     .mul_f64(rng.below(1000) as f64 / 1000.0);
                 out.set_timer(McastTimer::Session(g.config.id), ctx.now + first);
             }
+            if let Some(t) = &g.tree {
+                // Heartbeats out of step, as sessions are.
+                let first = t.params.heartbeat.mul_f64(rng.below(1000) as f64 / 1000.0);
+                out.set_timer(McastTimer::Tree(g.config.id), ctx.now + first);
+            }
         }
         Ok(Multicast {
             me,
@@ -997,6 +1054,7 @@ impl Recover for Multicast {
             out,
             delivered: Vec::new(),
             hold_acks: false,
+            tree_stats: TreeStats::default(),
             rng,
             start: ctx.now,
         })

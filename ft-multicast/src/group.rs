@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use ft_core::NodeId;
 
+use crate::tree::Tree;
+
 /// Names a group. Every member configures the same id for the same group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupId(pub u32);
@@ -57,6 +59,13 @@ pub enum Feedback {
     /// [`history`](GroupConfig::history) messages and forget older ones
     /// (a receiver that asks for those is told it missed them).
     Nack(Srm),
+    /// Hierarchical feedback: receivers are arranged, per source, in a
+    /// tree of local coordinators ([`Tree`]). Each acknowledges to its
+    /// parent the least of its own position and its children's, keeps
+    /// what its children still need and repairs them, so the source hears
+    /// from its own children only. A member whose parent goes silent
+    /// re-attaches to an ancestor. See [`tree`](crate::tree).
+    Tree(Tree),
 }
 
 /// The timers of [`Feedback::Nack`], in units of the estimated one-way

@@ -9,6 +9,7 @@ mod history;
 pub mod message;
 mod receive;
 mod srm;
+pub mod tree;
 
 pub use crate::core::{
     Held, McastConfig, McastEvent, McastInput, McastStats, McastTimer, Multicast, Refusal,
@@ -16,3 +17,4 @@ pub use crate::core::{
 pub use causal::{Order, Ordered, OrderedEvent, OrderedInput};
 pub use group::{Feedback, GroupConfig, GroupId, Spread, Srm};
 pub use message::McastMessage;
+pub use tree::{Tree, TreeStats};

@@ -6,8 +6,8 @@
 //! [`MAX_PAYLOAD`] bytes and a NACK at most [`MAX_NACK_RANGES`] ranges.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ft_core::Incarnation;
 use ft_core::wire::{self, DecodeError, Wire};
+use ft_core::{Incarnation, NodeId};
 
 use crate::group::GroupId;
 
@@ -30,6 +30,12 @@ const ANNOUNCE: u8 = 4;
 const REQUEST: u8 = 5;
 const REPAIR: u8 = 6;
 const SESSION: u8 = 7;
+// Hierarchical feedback (`Feedback::Tree`): tags 48..=63 are its.
+const TREE_ACK: u8 = 48;
+const TREE_NACK: u8 = 49;
+const TREE_REPAIR: u8 = 50;
+const TREE_ANNOUNCE: u8 = 51;
+const TREE_LEAVE: u8 = 52;
 
 /// The most time-stamp echoes one session message carries.
 pub const MAX_ECHOES: usize = 16;
@@ -139,6 +145,78 @@ pub enum McastMessage {
         /// [`MAX_ECHOES`].
         echoes: Vec<(ft_core::NodeId, u64, u64)>,
     },
+    /// "My subtree has every message of `origin`'s stream up to `upto`":
+    /// cumulative, from a member to its parent in `origin`'s tree
+    /// ([`Feedback::Tree`](crate::Feedback)), never more than what the
+    /// member and every child it waits on have delivered. Also how a
+    /// member attaches to a new parent.
+    TreeAck {
+        /// The group.
+        group: GroupId,
+        /// The stream's source.
+        origin: ft_core::NodeId,
+        /// The source's life.
+        life: Incarnation,
+        /// Every message up to this one is delivered in the subtree.
+        upto: u64,
+    },
+    /// "Send me these again", from a member to its parent in `origin`'s
+    /// tree, which repairs from what it keeps for its subtree.
+    TreeNack {
+        /// The group.
+        group: GroupId,
+        /// The stream's source.
+        origin: ft_core::NodeId,
+        /// The source's life.
+        life: Incarnation,
+        /// The missing messages, as inclusive ranges, at most
+        /// [`MAX_NACK_RANGES`].
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Message `seq` of `origin`'s stream, from a coordinator to a child
+    /// that asked for it.
+    TreeRepair {
+        /// The group.
+        group: GroupId,
+        /// The stream's source.
+        origin: ft_core::NodeId,
+        /// The source's life.
+        life: Incarnation,
+        /// Its number.
+        seq: u64,
+        /// The oldest message the source still held, as far as the
+        /// coordinator heard.
+        base: u64,
+        /// The application's bytes.
+        payload: Bytes,
+    },
+    /// `origin`'s stream position, sent by each member of its tree to its
+    /// children every heartbeat while the source holds messages: it
+    /// reveals tail loss, asks for acknowledgements, and tells the
+    /// children their parent is alive.
+    TreeAnnounce {
+        /// The group.
+        group: GroupId,
+        /// The stream's source.
+        origin: ft_core::NodeId,
+        /// The source's life.
+        life: Incarnation,
+        /// The oldest message the source still holds (as heard).
+        base: u64,
+        /// The last message the source sent (as heard).
+        highest: u64,
+    },
+    /// "I acknowledge to a nearer parent now": from a member to a
+    /// coordinator that adopted it, once its own parent (or a nearer
+    /// ancestor) is back and waits on it.
+    TreeLeave {
+        /// The group.
+        group: GroupId,
+        /// The stream's source.
+        origin: ft_core::NodeId,
+        /// The source's life.
+        life: Incarnation,
+    },
 }
 
 impl McastMessage {
@@ -154,6 +232,11 @@ impl McastMessage {
             McastMessage::Announce { base, highest, .. }
             | McastMessage::Session { base, highest, .. } => ok(*base) && ok(*highest),
             McastMessage::Repair { seq, .. } => ok(*seq),
+            McastMessage::TreeAck { upto, .. } => ok(*upto),
+            McastMessage::TreeNack { ranges, .. } => ranges.iter().all(|&(a, b)| ok(a) && ok(b)),
+            McastMessage::TreeRepair { seq, base, .. } => ok(*seq) && ok(*base),
+            McastMessage::TreeAnnounce { base, highest, .. } => ok(*base) && ok(*highest),
+            McastMessage::TreeLeave { .. } => true,
         }
     }
 
@@ -166,7 +249,12 @@ impl McastMessage {
             | McastMessage::Announce { group, .. }
             | McastMessage::Request { group, .. }
             | McastMessage::Repair { group, .. }
-            | McastMessage::Session { group, .. } => *group,
+            | McastMessage::Session { group, .. }
+            | McastMessage::TreeAck { group, .. }
+            | McastMessage::TreeNack { group, .. }
+            | McastMessage::TreeRepair { group, .. }
+            | McastMessage::TreeAnnounce { group, .. }
+            | McastMessage::TreeLeave { group, .. } => *group,
         }
     }
 }
@@ -265,6 +353,53 @@ impl Wire for McastMessage {
                     buf.put_u64_le(held);
                 }
             }
+            McastMessage::TreeAck {
+                group,
+                origin,
+                life,
+                upto,
+            } => {
+                tree_head(buf, TREE_ACK, *group, *life, *origin);
+                buf.put_u64_le(*upto);
+            }
+            McastMessage::TreeNack {
+                group,
+                origin,
+                life,
+                ranges,
+            } => {
+                tree_head(buf, TREE_NACK, *group, *life, *origin);
+                put_ranges(buf, ranges);
+            }
+            McastMessage::TreeRepair {
+                group,
+                origin,
+                life,
+                seq,
+                base,
+                payload,
+            } => {
+                tree_head(buf, TREE_REPAIR, *group, *life, *origin);
+                buf.put_u64_le(*seq);
+                buf.put_u64_le(*base);
+                wire::put_bytes(buf, payload);
+            }
+            McastMessage::TreeAnnounce {
+                group,
+                origin,
+                life,
+                base,
+                highest,
+            } => {
+                tree_head(buf, TREE_ANNOUNCE, *group, *life, *origin);
+                buf.put_u64_le(*base);
+                buf.put_u64_le(*highest);
+            }
+            McastMessage::TreeLeave {
+                group,
+                origin,
+                life,
+            } => tree_head(buf, TREE_LEAVE, *group, *life, *origin),
         }
     }
 
@@ -277,7 +412,7 @@ impl Wire for McastMessage {
             });
         }
         let tag = wire::get_u8(buf)?;
-        if !(DATA..=SESSION).contains(&tag) {
+        if !(DATA..=SESSION).contains(&tag) && !(TREE_ACK..=TREE_LEAVE).contains(&tag) {
             return Err(DecodeError::UnknownTag {
                 what: "McastMessage",
                 tag,
@@ -285,6 +420,9 @@ impl Wire for McastMessage {
         }
         let group = GroupId(wire::get_u32(buf)?);
         let life = Incarnation(wire::get_u64(buf)?);
+        if tag >= TREE_ACK {
+            return decode_tree(tag, group, life, buf);
+        }
         Ok(match tag {
             DATA => McastMessage::Data {
                 group,
@@ -364,9 +502,65 @@ impl Wire for McastMessage {
             McastMessage::Nack { ranges, .. } => 2 + 4 + 8 + 4 + 16 * ranges.len(),
             McastMessage::Request { ranges, .. } => 2 + 4 + 16 + 4 + 16 * ranges.len(),
             McastMessage::Session { echoes, .. } => 2 + 4 + 8 * 4 + 4 + 24 * echoes.len(),
+            McastMessage::TreeNack { ranges, .. } => 2 + 4 + 16 + 4 + 16 * ranges.len(),
+            McastMessage::TreeRepair { payload, .. } => 2 + 4 + 8 * 4 + 4 + payload.len(),
+            McastMessage::TreeAnnounce { .. } => 2 + 4 + 8 * 4,
             _ => 2 + 4 + 8 * 3,
         }
     }
+}
+
+/// The start of every hierarchical-feedback message, after the version
+/// byte: its tag, the group, the source's life and the source.
+fn tree_head(buf: &mut BytesMut, tag: u8, group: GroupId, life: Incarnation, origin: NodeId) {
+    buf.put_u8(tag);
+    buf.put_u32_le(group.0);
+    buf.put_u64_le(life.0);
+    buf.put_u64_le(origin.0);
+}
+
+/// The rest of a hierarchical-feedback message, after its group and life.
+fn decode_tree(
+    tag: u8,
+    group: GroupId,
+    life: Incarnation,
+    buf: &mut Bytes,
+) -> Result<McastMessage, DecodeError> {
+    let origin = NodeId(wire::get_u64(buf)?);
+    Ok(match tag {
+        TREE_ACK => McastMessage::TreeAck {
+            group,
+            origin,
+            life,
+            upto: wire::get_u64(buf)?,
+        },
+        TREE_NACK => McastMessage::TreeNack {
+            group,
+            origin,
+            life,
+            ranges: get_ranges(buf)?,
+        },
+        TREE_REPAIR => McastMessage::TreeRepair {
+            group,
+            origin,
+            life,
+            seq: wire::get_u64(buf)?,
+            base: wire::get_u64(buf)?,
+            payload: wire::get_bytes(buf, MAX_PAYLOAD)?,
+        },
+        TREE_ANNOUNCE => McastMessage::TreeAnnounce {
+            group,
+            origin,
+            life,
+            base: wire::get_u64(buf)?,
+            highest: wire::get_u64(buf)?,
+        },
+        _ => McastMessage::TreeLeave {
+            group,
+            origin,
+            life,
+        },
+    })
 }
 
 /// Appends `ranges`, at most [`MAX_NACK_RANGES`] of them: the core never

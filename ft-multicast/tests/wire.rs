@@ -152,3 +152,151 @@ fn hostile_lengths_are_refused_before_allocating() {
         Err(DecodeError::UnknownTag { .. })
     ));
 }
+
+/// The hierarchical-feedback messages (`Feedback::Tree`).
+fn tree_message() -> impl Strategy<Value = McastMessage> {
+    let group = any::<u32>().prop_map(GroupId);
+    let life = any::<u64>().prop_map(Incarnation);
+    let origin = any::<u64>().prop_map(NodeId);
+    prop_oneof![
+        (group.clone(), origin.clone(), life.clone(), any::<u64>()).prop_map(
+            |(group, origin, life, upto)| McastMessage::TreeAck {
+                group,
+                origin,
+                life,
+                upto,
+            }
+        ),
+        (
+            group.clone(),
+            origin.clone(),
+            life.clone(),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..=MAX_NACK_RANGES)
+        )
+            .prop_map(|(group, origin, life, ranges)| McastMessage::TreeNack {
+                group,
+                origin,
+                life,
+                ranges,
+            }),
+        (
+            group.clone(),
+            origin.clone(),
+            life.clone(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(
+                |(group, origin, life, seq, base, p)| McastMessage::TreeRepair {
+                    group,
+                    origin,
+                    life,
+                    seq,
+                    base,
+                    payload: Bytes::from(p),
+                }
+            ),
+        (
+            group.clone(),
+            origin.clone(),
+            life.clone(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(group, origin, life, base, highest)| McastMessage::TreeAnnounce {
+                    group,
+                    origin,
+                    life,
+                    base,
+                    highest,
+                }
+            ),
+        (group, origin, life).prop_map(|(group, origin, life)| McastMessage::TreeLeave {
+            group,
+            origin,
+            life,
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_tree_message_round_trips(msg in tree_message()) {
+        let bytes = msg.to_bytes();
+        prop_assert!(msg.encoded_len_hint() >= bytes.len());
+        prop_assert_eq!(McastMessage::from_bytes(bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn every_truncated_tree_message_is_a_typed_error(msg in tree_message(), cut in 0usize..1000) {
+        let bytes = msg.to_bytes();
+        let cut = cut % bytes.len();
+        prop_assert!(McastMessage::from_bytes(bytes.slice(..cut)).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_after_a_tree_tag_never_panic(
+        tag in 48u8..=63,
+        rest in proptest::collection::vec(any::<u8>(), 0..128),
+    ) {
+        let mut b = vec![MESSAGE_VERSION, tag];
+        b.extend(rest);
+        let _ = McastMessage::from_bytes(Bytes::from(b));
+    }
+}
+
+#[test]
+fn hostile_tree_lengths_are_refused_before_allocating() {
+    // A tree NACK claiming four billion ranges.
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&[MESSAGE_VERSION, 49]);
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&[0; 16]);
+    b.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        McastMessage::from_bytes(b.freeze()),
+        Err(DecodeError::Invalid(_))
+    ));
+    // A tree repair claiming 4 GiB.
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&[MESSAGE_VERSION, 50]);
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&[0; 32]);
+    b.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(McastMessage::from_bytes(b.freeze()).is_err());
+    // Tags of the tree's range that mean nothing yet, and those around it.
+    for tag in [8, 47, 53, 63, 64] {
+        assert!(
+            matches!(
+                McastMessage::from_bytes(Bytes::from(vec![
+                    MESSAGE_VERSION,
+                    tag,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0
+                ])),
+                Err(DecodeError::UnknownTag { .. })
+            ),
+            "tag {tag}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, Protocol, Recover, RecoveryContext, Wire};
 use ft_multicast::{
     Feedback, GroupConfig, GroupId, McastConfig, McastInput, McastMessage, McastTimer, Multicast,
-    Srm,
+    Srm, Tree,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -19,8 +19,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(&msg.to_bytes()[..], data);
-    // Both feedback strategies, each on the same message.
-    for feedback in [Feedback::Ack, Feedback::Nack(Srm::default())] {
+    // Every feedback strategy, each on the same message.
+    for feedback in [
+        Feedback::Ack,
+        Feedback::Nack(Srm::default()),
+        Feedback::Tree(Tree::default()),
+    ] {
         run(&msg, feedback);
     }
 });
@@ -55,6 +59,9 @@ fn run(msg: &McastMessage, feedback: Feedback) {
     core.handle_timer(later, McastTimer::Ack(msg.group(), NodeId(1)));
     core.handle_timer(later, McastTimer::Request(msg.group(), NodeId(1)));
     core.handle_timer(later, McastTimer::Session(msg.group()));
+    core.handle_timer(later, McastTimer::Tree(msg.group()));
+    // Long after: silent parents and children.
+    core.handle_timer(later + Duration::from_secs(5), McastTimer::Tree(msg.group()));
     while core.poll_output().is_some() {}
     assert!(core.held().pending_per_stream <= 4);
     assert!(core.held().recent <= 4 * 2);

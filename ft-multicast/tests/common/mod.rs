@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ft_core::{Incarnation, NodeId, Omission};
-use ft_multicast::{McastEvent, Multicast};
-use ft_sim::{Delay, FaultPlan, NetworkFaults, OmissionWindow, RandomCrashes, World};
+use ft_core::{Incarnation, NodeId, Omission, Protocol};
+use ft_multicast::{Feedback, GroupConfig, McastConfig, McastEvent, McastInput, Multicast};
+use ft_sim::{
+    Delay, FaultPlan, NetworkFaults, OmissionWindow, RandomCrashes, Sim, SimConfig, World,
+};
 
 /// Loss, duplication, reordering and corruption on every link, until
 /// `calm`.
@@ -271,4 +273,67 @@ pub(crate) fn all_accounted(w: &World<Multicast>) -> Result<(usize, usize), Stri
         }
     }
     Ok((delivered, lost))
+}
+
+/// What a source received while it sent: the feedback-implosion figure.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Load {
+    /// Messages handed to the source's core (acknowledgements, NACKs,
+    /// requests, sessions: everything), from its core's counters.
+    pub(crate) received: u64,
+    /// Messages it sent to the group.
+    pub(crate) sent: u64,
+}
+
+impl Load {
+    /// Messages received per message sent.
+    pub(crate) fn per_message(&self) -> f64 {
+        self.received as f64 / self.sent.max(1) as f64
+    }
+}
+
+/// Node 0 sends 100 messages, one every 20 ms, to `receivers` others with
+/// `feedback`, every link losing `loss` of its messages independently
+/// (nothing else goes wrong); the run lasts until everything is
+/// delivered and freed. Returns what node 0 received meanwhile.
+pub(crate) fn feedback_load(feedback: Feedback, receivers: usize, loss: f64, seed: u64) -> Load {
+    let n = receivers + 1;
+    let group = ft_multicast::GroupId(1);
+    let config = McastConfig::new(vec![
+        GroupConfig::new(group, (0..n as u64).map(NodeId)).with_feedback(feedback),
+    ]);
+    let plan = FaultPlan {
+        network: NetworkFaults {
+            delay: Delay::Uniform {
+                min: Duration::from_micros(500),
+                max: Duration::from_millis(3),
+            },
+            loss,
+            ..NetworkFaults::default()
+        },
+        ..FaultPlan::default()
+    };
+    let mut sim = Sim::new(SimConfig::new(seed, n), config, plan);
+    let sent = 100;
+    for k in 0..sent {
+        sim.input(
+            Duration::from_millis(10 + 20 * k),
+            NodeId(0),
+            McastInput::Send {
+                group,
+                token: k,
+                payload: Bytes::from(k.to_le_bytes().to_vec()),
+            },
+        );
+    }
+    sim.run_until(Duration::from_millis(20 * sent + 5000))
+        .unwrap_or_else(|f| panic!("{f}"));
+    let w = sim.world();
+    let delivered = all_delivered(w).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(delivered, n * sent as usize);
+    assert!(all_freed(w).unwrap_or_else(|e| panic!("{e}")));
+    Load {
+        received: w.core(NodeId(0)).expect("up").counters().messages_received,
+        sent,
+    }
 }
