@@ -842,7 +842,8 @@ struct Plan {
 /// fast as the ring allows or at the plan's rate; a refusal for a full
 /// ring waits for `Ready` and sends the same payload again (its stamp
 /// unchanged: the wait counts in its latency). After its last message it
-/// keeps running, for the repairs, until stdin closes.
+/// keeps running, for the repairs, until stdin closes (and it has seen its
+/// last message's `Sent`).
 ///
 /// Reports `sent` (the last number), `refused` (sends refused for a full
 /// ring) and `repairs` (the core's retransmissions).
@@ -874,7 +875,13 @@ async fn sender(
     let mut pending: Option<Bytes> = None;
     let (mut in_flight, mut blocked, mut finished) = (false, false, false);
     let mut refused = 0u64;
+    // Stdin closed: every receiver has the last message. Its `Sent` may
+    // still wait in the event queue, so the loop goes on until it is seen.
+    let mut closing = false;
     loop {
+        if closing && finished {
+            break;
+        }
         if !finished && !in_flight && !blocked && due > 0 {
             let p = pending.take().unwrap_or_else(|| {
                 let last =
@@ -914,11 +921,8 @@ async fn sender(
                 Some(_) => {}
             },
             Some(()) = ticks.recv() => due += 1,
-            line = control.recv() => if line.is_none() { break },
+            line = control.recv(), if !closing => closing = line.is_none(),
         }
-    }
-    if !finished {
-        return Err(format!("stopped before the last message, at {next}"));
     }
     let repairs = handle.counters().retransmissions;
     handle.shutdown();
