@@ -58,6 +58,8 @@ const PACED_MESSAGES: u64 = 3_000;
 /// `ack_delay`), a sender gets at most a ring per 10 ms through, so the
 /// default ring of 64 would cap the rate at 6 400 messages/s.
 const HISTORY: usize = 1024;
+/// The receivers' acknowledgement delay, µs: ft-multicast's default.
+const ACK_DELAY_US: u64 = 10_000;
 const ROUNDS: usize = 5;
 const LATENCY_ROUNDS: usize = 3;
 /// Injected loss, per million datagrams received.
@@ -90,7 +92,7 @@ impl Case {
         format!("{fanout}, {}% loss", self.loss_ppm as f64 / 10_000.0)
     }
 
-    fn setup(self, seed: u64, history: usize, paced: bool) -> Setup {
+    fn setup(self, seed: u64, history: usize, ack_delay: Duration, paced: bool) -> Setup {
         Setup {
             fanout: self.fanout,
             loss_ppm: self.loss_ppm,
@@ -98,6 +100,7 @@ impl Case {
             duration: (!paced).then_some(FLOOD),
             rate: paced.then_some(RATE),
             history,
+            ack_delay,
             seed,
             timeout: Duration::from_secs(60),
         }
@@ -208,6 +211,7 @@ fn main() {
     let rounds = env_or("FT_MCAST_NET_ROUNDS", ROUNDS).max(1);
     let latency_rounds = env_or("FT_MCAST_NET_ROUNDS", LATENCY_ROUNDS).clamp(1, LATENCY_ROUNDS);
     let history = env_or("FT_MCAST_NET_HISTORY", HISTORY).max(1);
+    let ack_delay = Duration::from_micros(env_or("FT_MCAST_NET_ACK_US", ACK_DELAY_US));
     let multicast = net::probe_multicast();
     match &multicast {
         Ok(()) => println!("IP multicast on loopback: works"),
@@ -224,7 +228,7 @@ fn main() {
     }
     println!(
         "1 sender and {} receivers, each its own process; {} B payloads; ACK-based group, \
-         history ring {history}, ack_delay 10 ms; {rounds} rounds of {} s floods, \
+         history ring {history}, ack_delay {ack_delay:?}; {rounds} rounds of {} s floods, \
          {latency_rounds} of {PACED_MESSAGES} messages at {RATE}/s",
         net::RECEIVERS,
         net::PAYLOAD,
@@ -245,7 +249,10 @@ fn main() {
             Err(e) => raw.failures.push(e),
         }
         for (case, tally) in cases.iter().zip(&mut tallies) {
-            match net::run(&this_binary, &case.setup(round as u64, history, false)) {
+            match net::run(
+                &this_binary,
+                &case.setup(round as u64, history, ack_delay, false),
+            ) {
                 Ok(o) => tally.add(o),
                 Err(e) => tally.failures.push(e),
             }
@@ -305,7 +312,10 @@ fn main() {
     for round in 0..latency_rounds {
         eprint!("latency round {}/{latency_rounds} ...", round + 1);
         for (case, tally) in cases.iter().zip(&mut paced) {
-            match net::run(&this_binary, &case.setup(100 + round as u64, history, true)) {
+            match net::run(
+                &this_binary,
+                &case.setup(100 + round as u64, history, ack_delay, true),
+            ) {
                 Ok(o) => tally.add(o),
                 Err(e) => tally.failures.push(e),
             }

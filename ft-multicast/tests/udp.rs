@@ -45,6 +45,7 @@ fn one_percent_loss(fanout: Fanout) {
         duration: None,
         rate: None,
         history: 256,
+        ack_delay: Duration::from_millis(10),
         seed: 14,
         timeout: Duration::from_secs(60),
     };

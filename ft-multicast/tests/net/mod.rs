@@ -120,6 +120,9 @@ pub(crate) struct Setup {
     pub(crate) rate: Option<u64>,
     /// The group's history ring.
     pub(crate) history: usize,
+    /// How long a receiver waits before acknowledging
+    /// ([`McastConfig::ack_delay`]).
+    pub(crate) ack_delay: Duration,
     /// Seeds the cores and the injected loss.
     pub(crate) seed: u64,
     /// The whole run is abandoned (every process killed) after this long.
@@ -502,13 +505,14 @@ pub(crate) fn run(base: &dyn Fn() -> Command, setup: &Setup) -> Result<Outcome, 
             let kind = if node == 0 { "sender" } else { "receiver" };
             format!(
                 "kind={kind} node={node} fanout={} loss_ppm={} count={} dur_us={} rate={} \
-                 history={} seed={} group={group}",
+                 history={} ack_us={} seed={} group={group}",
                 setup.fanout.name(),
                 setup.loss_ppm,
                 setup.count,
                 setup.duration.map_or(0, |d| d.as_micros() as u64),
                 setup.rate.unwrap_or(0),
                 setup.history,
+                setup.ack_delay.as_micros(),
                 setup.seed,
             )
         })
@@ -776,8 +780,10 @@ fn member(spec: &Spec) -> Result<(), String> {
     let group = GroupConfig::new(GROUP, (0..=RECEIVERS).map(NodeId))
         .with_history(history)
         .with_max_payload(PAYLOAD);
+    let mut config = McastConfig::new(vec![group]);
+    config.ack_delay = Duration::from_micros(spec.u64("ack_us")?);
     let core = Multicast::recover(
-        &McastConfig::new(vec![group]),
+        &config,
         RecoveryContext {
             node,
             incarnation: Incarnation::FIRST,
