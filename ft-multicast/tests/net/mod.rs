@@ -378,10 +378,10 @@ impl Children {
                     }
                     // Anywhere in the line: a test harness may have
                     // started it (`test role_process ... `).
-                    if let Some(at) = line.find("@ft ") {
-                        if tx.send((i, Some(line[at + 4..].to_string()))).is_err() {
-                            return;
-                        }
+                    if let Some(at) = line.find("@ft ")
+                        && tx.send((i, Some(line[at + 4..].to_string()))).is_err()
+                    {
+                        return;
                     }
                 }
                 let _ = tx.send((i, None));
