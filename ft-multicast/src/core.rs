@@ -630,6 +630,13 @@ impl Multicast {
         if ack {
             s.ack_due = true;
         }
+        // The gaps are closed: the next gap is asked for at once, not when
+        // this one's NACK timer fires (up to a `nack_interval` later). The
+        // timer may still fire: it finds nothing to ask, or is set anew by
+        // that next gap's NACK.
+        if !gap {
+            s.nack_due = false;
+        }
         let first_nack = gap && !s.nack_due;
         if first_nack {
             s.nack_due = true;
