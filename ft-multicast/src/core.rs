@@ -481,6 +481,14 @@ impl Multicast {
             g.history.release_upto(base);
         }
         let Some(seq) = g.history.push(payload.clone()) else {
+            if !g.blocked && g.tree.is_none() {
+                // Ask for the acknowledgements that would free the ring
+                // now, not at the next periodic announcement: the last
+                // ones may have been lost, and the sender waits on them.
+                self.stats.announces_sent += 1;
+                let msg = g.announcement(self.life);
+                self.out.multicast(g.others.clone(), msg);
+            }
             g.blocked = true;
             self.stats.refused_full += 1;
             self.out.event(McastEvent::Refused {
@@ -641,10 +649,19 @@ impl Multicast {
         if first_nack {
             s.nack_due = true;
         }
+        // A quarter of the ring owed: acknowledged now, not when the timer
+        // fires, so a fast sender's ring frees before it fills (a timer
+        // alone caps a sender at `history` messages per `ack_delay`).
+        let ack_now = !tree
+            && !self.hold_acks
+            && (s.next - 1).saturating_sub(s.acked) >= (window as u64 / 4).max(1);
         self.emit_delivered(group, from, life);
         if first_nack {
             // Asked at once, then again while the gap lasts.
             self.nack(now, group, from);
+        }
+        if ack_now {
+            self.ack(group, from);
         }
         if ack {
             self.out
@@ -1227,5 +1244,63 @@ mod tests {
             }
         );
         assert_eq!(delivered(&ev), vec![1]);
+    }
+
+    /// The acknowledgements among `m`'s outputs.
+    fn acks(m: &mut Multicast) -> Vec<u64> {
+        std::iter::from_fn(|| m.poll_output())
+            .filter_map(|o| match o {
+                Output::Send {
+                    msg: McastMessage::Ack { upto, .. },
+                    ..
+                } => Some(upto),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_receiver_acknowledges_each_quarter_of_the_ring_without_waiting() {
+        let mut r = node(2, 0, 16);
+        let now = Instant::now();
+        let mut sent = Vec::new();
+        for seq in 1..=9 {
+            r.handle_message(now, NodeId(1), data(0, seq, 1));
+            sent.extend(acks(&mut r));
+        }
+        // 16 / 4 = 4: at 4 and 8, before any timer.
+        assert_eq!(sent, vec![4, 8]);
+    }
+
+    #[test]
+    fn a_sender_whose_ring_fills_announces_at_once() {
+        let mut a = node(1, 0, 2);
+        let now = Instant::now();
+        let send = |a: &mut Multicast, token| {
+            a.handle_input(
+                now,
+                McastInput::Send {
+                    group: G,
+                    token,
+                    payload: Bytes::from_static(b"x"),
+                },
+            );
+            std::iter::from_fn(|| a.poll_output())
+                .filter(|o| {
+                    matches!(
+                        o,
+                        Output::Multicast {
+                            msg: McastMessage::Announce { .. },
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(send(&mut a, 1) + send(&mut a, 2), 0);
+        // Full: refused, and the others are asked for their
+        // acknowledgements once, not at every refusal.
+        assert_eq!(send(&mut a, 3), 1);
+        assert_eq!(send(&mut a, 4), 0);
     }
 }

@@ -102,11 +102,7 @@ impl Tree {
     }
 
     /// A link model for `Sim::set_link_model`, and what it saw.
-    pub(crate) fn model(
-        self,
-        loss: Loss,
-        seed: u64,
-    ) -> (ft_sim::LinkModel, Rc<RefCell<Seen>>) {
+    pub(crate) fn model(self, loss: Loss, seed: u64) -> (ft_sim::LinkModel, Rc<RefCell<Seen>>) {
         let seen = Rc::new(RefCell::new(Seen::default()));
         let log = Rc::clone(&seen);
         let codec = FrameCodec::default();
