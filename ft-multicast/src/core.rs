@@ -233,6 +233,13 @@ pub struct McastStats {
     pub nacks_sent: u64,
     /// Repairs sent in answer to NACKs.
     pub repairs_sent: u64,
+    /// With [`Feedback::Nack`](crate::Feedback): requests this member was
+    /// about to send and held back, having heard another member ask for
+    /// the same gap first.
+    pub requests_suppressed: u64,
+    /// With `Feedback::Nack`: repairs this member had planned and dropped,
+    /// having heard another member's repair first.
+    pub repairs_suppressed: u64,
     /// Acknowledgements sent.
     pub acks_sent: u64,
     /// Announcements sent.

@@ -226,6 +226,7 @@ impl Multicast {
             s.request_due = false;
             s.asked_at = Some(now);
             backed_off = true;
+            self.stats.requests_suppressed += 1;
         }
         // Repairs of what this member holds, each after its own delay.
         let d = srm.distance(asker);
@@ -372,6 +373,7 @@ impl Multicast {
         // Somebody repaired it: ours would be one too many.
         let quiet_for = srm.distance(from).mul_f64(QUIET_DISTANCES);
         if srm.pending.remove(&(origin, seq)).is_some() {
+            self.stats.repairs_suppressed += 1;
             self.out
                 .cancel_timer(McastTimer::Repair(group, origin, seq));
         }
@@ -631,6 +633,7 @@ mod tests {
         b.handle_message(now + Duration::from_millis(1), C, repair);
         b.handle_timer(now + Duration::from_millis(10), McastTimer::Repair(G, A, 1));
         assert!(drain(&mut b).1.is_empty(), "repaired twice");
+        assert_eq!(b.stats().repairs_suppressed, 1);
         // A request that crossed that repair is ignored...
         b.handle_message(now + Duration::from_millis(2), C, request(1));
         assert!(drain(&mut b).0.is_empty());
@@ -680,6 +683,7 @@ mod tests {
         b.handle_message(now, C, request(1));
         b.handle_message(now, C, request(1));
         let backed = request_at(&mut b).expect("set again") - now;
+        assert_eq!(b.stats().requests_suppressed, 2);
         assert!(backed > Duration::from_millis(20), "{backed:?}");
         // The repair closes the gap; the next gap is asked for at the
         // normal delay, [c1·d, (c1+c2)·d] = [10, 20] ms, not the backed-off one.
