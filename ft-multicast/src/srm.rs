@@ -307,8 +307,8 @@ impl Multicast {
         let forget = d.mul_f64(ASKED_DISTANCES);
         srm.asked.retain(|_, &mut (_, at)| at + forget > now);
         for seq in repairs {
-            let after = delay(&mut self.rng, spread, repairers + 1, d, d1, d2, 0);
-
+            let racing = repairers.saturating_add(1).min(members);
+            let after = delay(&mut self.rng, spread, racing, d, d1, d2, 0);
             self.out
                 .set_timer(McastTimer::Repair(group, origin, seq), now + after);
         }
