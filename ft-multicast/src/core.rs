@@ -57,6 +57,7 @@ use ft_core::{
 
 use ft_core::rng::Rng;
 
+use crate::fec::FecState;
 use crate::group::{Feedback, GroupConfig, GroupId};
 use crate::history::History;
 use crate::message::{MAX_NACK_RANGES, MAX_PAYLOAD, MAX_SEQ, McastMessage};
@@ -197,6 +198,12 @@ pub enum McastTimer {
     Repair(GroupId, NodeId, u64),
     /// With `Feedback::Nack`: send this node's session message.
     Session(GroupId),
+    /// With proactive [`Fec`](crate::Fec): parity over the block being
+    /// filled.
+    FecFlush(GroupId),
+    /// With on-demand `Fec`: answer requests for this block of this
+    /// source's stream with parity.
+    FecRepair(GroupId, NodeId, u64),
 }
 
 /// How much a node holds, for checking bounds.
@@ -214,6 +221,9 @@ pub struct Held {
     /// With `Feedback::Nack`: repairs waiting for their timers, and
     /// recent repairs remembered to ignore the requests that crossed them.
     pub repairs: usize,
+    /// With [`Fec`](crate::Fec): messages and parity packets kept to
+    /// rebuild blocks, and parity answers pending or remembered.
+    pub fec: usize,
 }
 
 /// Counters beyond [`Counters`].
@@ -238,6 +248,15 @@ pub struct McastStats {
     /// Messages from nodes that are not members, or about unknown groups,
     /// or with an oversized payload, ignored.
     pub ignored: u64,
+    /// With [`Fec`](crate::Fec): parity packets sent.
+    pub parity_sent: u64,
+    /// With `Fec`: messages rebuilt from parity (and taken as if they had
+    /// arrived).
+    pub fec_recovered: u64,
+    /// With `Fec`: parity packets dropped for disagreeing with the group's
+    /// configuration, the messages held or themselves, for lying beyond
+    /// the receive window, or for a stream not followed.
+    pub fec_rejected: u64,
 }
 
 /// One group, as this node sees it.
@@ -258,6 +277,8 @@ pub(crate) struct Group {
     /// With [`Feedback::Nack`](crate::Feedback): distances, pending
     /// repairs.
     pub(crate) srm: Option<SrmState>,
+    /// With [`Fec`](crate::Fec): blocks sent and received.
+    pub(crate) fec: Option<FecState>,
 }
 
 impl Group {
@@ -320,6 +341,7 @@ impl Multicast {
             }
         }
         held.repairs = self.srm_held();
+        held.fec = self.fec_held();
         held
     }
 
@@ -490,7 +512,7 @@ impl Multicast {
             life: self.life,
             seq,
             base: g.history.base(),
-            payload,
+            payload: payload.clone(),
         };
         let to = g.others.clone();
         // A group of one keeps nothing.
@@ -498,6 +520,7 @@ impl Multicast {
             Self::free_acknowledged(&mut self.out, g);
         }
         self.out.multicast(to, msg);
+        self.fec_sent(now, group, seq, payload);
         let g = self.groups.get_mut(&group).expect("the group is there");
         if g.srm.is_none() && !g.history.is_empty() && !g.announcing {
             g.announcing = true;
@@ -569,26 +592,47 @@ impl Multicast {
         life: Incarnation,
         (seq, base, payload): (u64, u64, Bytes),
     ) {
+        if self.take_data(now, from, group, life, (seq, base, payload.clone())) {
+            self.fec_on_data(now, from, group, life, seq, payload);
+        }
+    }
+
+    /// Takes a message of `from`'s stream (arrived, or rebuilt from
+    /// parity); true if it was new (delivered, or kept after a gap).
+    pub(crate) fn take_data(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        group: GroupId,
+        life: Incarnation,
+        (seq, base, payload): (u64, u64, Bytes),
+    ) -> bool {
         let Some(g) = self.groups.get_mut(&group) else {
             self.stats.ignored += 1;
-            return;
+            return false;
         };
         if payload.len() > g.config.max_payload || seq == 0 || base > seq {
             self.stats.ignored += 1;
-            return;
+            return false;
         }
         let window = g.config.history;
         let srm = g.srm.is_some();
         let Some(s) = Self::stream_of(&mut self.out, g, from, life, base) else {
-            return;
+            return false;
         };
         self.delivered.clear();
         Self::skip_to_base(&mut self.out, s, base, &mut self.delivered, group, from);
-        match s.take(seq, payload, window, &mut self.delivered) {
-            Took::Duplicate => self.stats.duplicates += 1,
-            Took::BeyondWindow => self.stats.beyond_window += 1,
-            Took::Delivered | Took::Kept => {}
-        }
+        let new = match s.take(seq, payload, window, &mut self.delivered) {
+            Took::Duplicate => {
+                self.stats.duplicates += 1;
+                false
+            }
+            Took::BeyondWindow => {
+                self.stats.beyond_window += 1;
+                false
+            }
+            Took::Delivered | Took::Kept => true,
+        };
         if srm {
             s.remember(&self.delivered, window);
             let gap = s.first_gap().is_some();
@@ -598,7 +642,7 @@ impl Multicast {
             } else {
                 self.gap_closed(group, from);
             }
-            return;
+            return new;
         }
         let gap = s.next <= s.highest;
         let delivered = !self.delivered.is_empty();
@@ -612,13 +656,15 @@ impl Multicast {
         }
         self.emit_delivered(group, from, life);
         if first_nack {
-            // Asked at once, then again while the gap lasts.
-            self.nack(now, group, from);
+            // Asked at once (or once parity had its chance), then again
+            // while the gap lasts.
+            self.first_nack(now, group, from);
         }
         if ack {
             self.out
                 .set_timer_after(McastTimer::Ack(group, from), now, self.config.ack_delay);
         }
+        new
     }
 
     /// Hands the application what `self.delivered` holds, from `from`'s
@@ -688,7 +734,7 @@ impl Multicast {
         // The sender is waiting for acknowledgements: one now.
         self.ack(group, from);
         if first_nack {
-            self.nack(now, group, from);
+            self.first_nack(now, group, from);
         }
     }
 
@@ -783,7 +829,7 @@ impl Multicast {
         );
     }
 
-    fn nack(&mut self, now: Instant, group: GroupId, from: NodeId) {
+    pub(crate) fn nack(&mut self, now: Instant, group: GroupId, from: NodeId) {
         let Some(s) = self
             .groups
             .get_mut(&group)
@@ -876,7 +922,10 @@ impl Protocol for Multicast {
                 origin,
                 life,
                 ranges,
-            } => self.on_request(now, from, group, origin, life, &ranges),
+            } => {
+                self.fec_on_request(now, from, group, origin, life, &ranges);
+                self.on_request(now, from, group, origin, life, &ranges);
+            }
             McastMessage::Repair {
                 group,
                 origin,
@@ -892,6 +941,7 @@ impl Protocol for Multicast {
                 stamp,
                 echoes,
             } => self.on_session(now, from, group, life, (base, highest), stamp, &echoes),
+            msg @ McastMessage::Parity { .. } => self.on_parity(now, from, msg),
         }
     }
 
@@ -923,6 +973,10 @@ impl Protocol for Multicast {
             McastTimer::Request(group, origin) => self.request(group, origin),
             McastTimer::Repair(group, origin, seq) => self.repair(now, group, origin, seq),
             McastTimer::Session(group) => self.session(now, group),
+            McastTimer::FecFlush(group) => self.fec_flush(group),
+            McastTimer::FecRepair(group, origin, block) => {
+                self.fec_answer(now, group, origin, block);
+            }
         }
     }
 
@@ -971,6 +1025,7 @@ impl Recover for Multicast {
                             Feedback::Nack(params) => Some(SrmState::new(params.clone())),
                             Feedback::Ack => None,
                         },
+                        fec: g.fec.clone().map(FecState::new),
                         config: g,
                     },
                 )

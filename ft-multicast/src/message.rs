@@ -30,6 +30,11 @@ const ANNOUNCE: u8 = 4;
 const REQUEST: u8 = 5;
 const REPAIR: u8 = 6;
 const SESSION: u8 = 7;
+const PARITY: u8 = 32;
+
+/// The most messages one block of forward error correction covers
+/// ([`Fec::k`](crate::Fec)), and the most parity packets one block has.
+pub const MAX_FEC_K: usize = 128;
 
 /// The most time-stamp echoes one session message carries.
 pub const MAX_ECHOES: usize = 16;
@@ -139,6 +144,31 @@ pub enum McastMessage {
         /// [`MAX_ECHOES`].
         echoes: Vec<(ft_core::NodeId, u64, u64)>,
     },
+    /// Parity packet `index` of block `block` of `origin`'s stream
+    /// (forward error correction, [`Fec`](crate::Fec)): a Reed–Solomon
+    /// recovery shard over the block's first `lens.len()` messages,
+    /// numbers `block·k + 1 ..= block·k + lens.len()`, each padded to the
+    /// longest. A receiver that holds any `lens.len()` of those messages
+    /// and parity packets rebuilds the rest.
+    Parity {
+        /// The group.
+        group: GroupId,
+        /// The stream's source.
+        origin: ft_core::NodeId,
+        /// The source's life.
+        life: Incarnation,
+        /// The block's number, from 0.
+        block: u64,
+        /// Messages per block in the group (blocks are numbered by it).
+        k: u16,
+        /// Which parity packet of the block this is.
+        index: u16,
+        /// The true length of each message the parity covers, at most
+        /// [`MAX_FEC_K`]: what padding to take off a rebuilt message.
+        lens: Vec<u32>,
+        /// The recovery shard.
+        shard: Bytes,
+    },
 }
 
 impl McastMessage {
@@ -154,6 +184,8 @@ impl McastMessage {
             McastMessage::Announce { base, highest, .. }
             | McastMessage::Session { base, highest, .. } => ok(*base) && ok(*highest),
             McastMessage::Repair { seq, .. } => ok(*seq),
+            // A block's numbers are `block·k + 1 ..= block·k + k`.
+            McastMessage::Parity { block, .. } => *block <= MAX_SEQ / MAX_FEC_K as u64,
         }
     }
 
@@ -166,7 +198,8 @@ impl McastMessage {
             | McastMessage::Announce { group, .. }
             | McastMessage::Request { group, .. }
             | McastMessage::Repair { group, .. }
-            | McastMessage::Session { group, .. } => *group,
+            | McastMessage::Session { group, .. }
+            | McastMessage::Parity { group, .. } => *group,
         }
     }
 }
@@ -265,6 +298,31 @@ impl Wire for McastMessage {
                     buf.put_u64_le(held);
                 }
             }
+            McastMessage::Parity {
+                group,
+                origin,
+                life,
+                block,
+                k,
+                index,
+                lens,
+                shard,
+            } => {
+                buf.put_u8(PARITY);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(origin.0);
+                buf.put_u64_le(*block);
+                buf.put_u16_le(*k);
+                buf.put_u16_le(*index);
+                // At most MAX_FEC_K, as for ranges: what the decoder takes.
+                let n = lens.len().min(MAX_FEC_K);
+                buf.put_u16_le(n as u16);
+                for &len in &lens[..n] {
+                    buf.put_u32_le(len);
+                }
+                wire::put_bytes(buf, shard);
+            }
         }
     }
 
@@ -277,7 +335,7 @@ impl Wire for McastMessage {
             });
         }
         let tag = wire::get_u8(buf)?;
-        if !(DATA..=SESSION).contains(&tag) {
+        if !(DATA..=SESSION).contains(&tag) && tag != PARITY {
             return Err(DecodeError::UnknownTag {
                 what: "McastMessage",
                 tag,
@@ -347,6 +405,33 @@ impl Wire for McastMessage {
                     echoes,
                 }
             }
+            PARITY => {
+                let origin = ft_core::NodeId(wire::get_u64(buf)?);
+                let block = wire::get_u64(buf)?;
+                let k = wire::get_u16(buf)?;
+                let index = wire::get_u16(buf)?;
+                let n = wire::get_u16(buf)? as usize;
+                if n > MAX_FEC_K {
+                    return Err(DecodeError::Invalid(
+                        "a parity packet covering too many messages",
+                    ));
+                }
+                wire::need(buf, n * 4)?;
+                let mut lens = Vec::with_capacity(n);
+                for _ in 0..n {
+                    lens.push(wire::get_u32(buf)?);
+                }
+                McastMessage::Parity {
+                    group,
+                    origin,
+                    life,
+                    block,
+                    k,
+                    index,
+                    lens,
+                    shard: wire::get_bytes(buf, MAX_PAYLOAD)?,
+                }
+            }
             _ => McastMessage::Announce {
                 group,
                 life,
@@ -364,6 +449,9 @@ impl Wire for McastMessage {
             McastMessage::Nack { ranges, .. } => 2 + 4 + 8 + 4 + 16 * ranges.len(),
             McastMessage::Request { ranges, .. } => 2 + 4 + 16 + 4 + 16 * ranges.len(),
             McastMessage::Session { echoes, .. } => 2 + 4 + 8 * 4 + 4 + 24 * echoes.len(),
+            McastMessage::Parity { lens, shard, .. } => {
+                2 + 4 + 8 * 3 + 2 * 3 + 4 * lens.len() + 4 + shard.len()
+            }
             _ => 2 + 4 + 8 * 3,
         }
     }

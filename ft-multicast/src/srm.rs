@@ -80,7 +80,7 @@ impl SrmState {
 }
 
 /// A delay drawn from `[a·d, (a+b)·d]`, doubled `backoff` times.
-fn delay(rng: &mut ft_core::rng::Rng, d: Duration, a: f64, b: f64, backoff: u32) -> Duration {
+pub(crate) fn delay(rng: &mut ft_core::rng::Rng, d: Duration, a: f64, b: f64, backoff: u32) -> Duration {
     let u = rng.below(1_000_001) as f64 / 1_000_000.0;
     d.mul_f64((a + b * u) * f64::from(1u32 << backoff.min(MAX_BACKOFF)))
 }
@@ -99,6 +99,12 @@ impl Multicast {
         let Some(srm) = &g.srm else { return };
         let d = srm.distance(origin);
         let (c1, c2) = (srm.params.c1, srm.params.c2);
+        // Proactive FEC: the first request waits for parity too.
+        let hold = g
+            .fec
+            .as_ref()
+            .filter(|f| f.config.mode == crate::fec::FecMode::Proactive)
+            .map_or(Duration::ZERO, |f| f.config.wait);
         let Some(s) = g.streams.get_mut(&origin) else {
             return;
         };
@@ -106,7 +112,10 @@ impl Multicast {
             return;
         }
         s.request_due = true;
-        let after = delay(&mut self.rng, d, c1, c2, s.backoff);
+        let mut after = delay(&mut self.rng, d, c1, c2, s.backoff);
+        if s.backoff == 0 {
+            after += hold;
+        }
         self.out
             .set_timer(McastTimer::Request(group, origin), now + after);
     }
@@ -226,7 +235,12 @@ impl Multicast {
                         .get(&origin)
                         .is_some_and(|s| s.recent(seq).is_some())
                 };
-                if !held {
+                // Left to a parity answer (on-demand FEC).
+                if !held
+                    || g.fec
+                        .as_ref()
+                        .is_some_and(|f| f.answering(now, origin, seq, ranges))
+                {
                     continue;
                 }
                 budget -= 1;
