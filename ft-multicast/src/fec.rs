@@ -183,9 +183,12 @@ pub(crate) fn encode(payloads: &[Bytes], parity: usize) -> Option<(Vec<u32>, Vec
         .map(|p| u32::try_from(p.len()).unwrap_or(u32::MAX))
         .collect();
     let len = shard_len(&lens);
-    let shards =
-        reed_solomon_simd::encode(payloads.len(), parity, payloads.iter().map(|p| padded(p, len)))
-            .ok()?;
+    let shards = reed_solomon_simd::encode(
+        payloads.len(),
+        parity,
+        payloads.iter().map(|p| padded(p, len)),
+    )
+    .ok()?;
     Some((lens, shards.into_iter().map(Bytes::from).collect()))
 }
 
@@ -526,11 +529,10 @@ impl Multicast {
             return;
         };
         let Some(f) = &mut g.fec else { return };
-        let Some(b) = f
-            .rx
-            .get_mut(&origin)
-            .filter(|r| r.life == life)
-            .and_then(|r| r.blocks.get_mut(&block))
+        let Some(b) =
+            f.rx.get_mut(&origin)
+                .filter(|r| r.life == life)
+                .and_then(|r| r.blocks.get_mut(&block))
         else {
             return;
         };
@@ -641,8 +643,7 @@ impl Multicast {
             self.stats.fec_rejected += 1;
             return;
         }
-        if b
-            .data
+        if b.data
             .range(..b.lens.len())
             .any(|(&i, p)| p.len() != b.lens[i] as usize)
         {
@@ -882,16 +883,21 @@ mod tests {
     #[test]
     fn single_messages_and_all_empty_blocks_work() {
         let (lens, shards) = encode(&block(&[b"only"]), 1).unwrap();
-        let rebuilt = decode(
-            &lens,
-            1,
-            &BTreeMap::new(),
-            &[(0, shards[0].clone())].into(),
-        );
+        let rebuilt = decode(&lens, 1, &BTreeMap::new(), &[(0, shards[0].clone())].into());
         assert_eq!(rebuilt, Some(vec![(0, Bytes::from_static(b"only"))]));
         let (lens, shards) = encode(&block(&[b"", b""]), 2).unwrap();
         assert_eq!(shard_len(&lens), 2);
-        let rebuilt = decode(&lens, 2, &BTreeMap::new(), &shards.iter().cloned().enumerate().map(|(i, s)| (i as u16, s)).collect());
+        let rebuilt = decode(
+            &lens,
+            2,
+            &BTreeMap::new(),
+            &shards
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, s)| (i as u16, s))
+                .collect(),
+        );
         assert_eq!(rebuilt, Some(vec![(0, Bytes::new()), (1, Bytes::new())]));
     }
 
@@ -906,5 +912,585 @@ mod tests {
         // Message 0 (one byte, padded to 8) rebuilt from a garbled shard
         // has a non-zero padding.
         assert_eq!(decode(&lens, 2, &have, &parity), None);
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use ft_core::{Incarnation, NodeId, Output, Protocol, Recover, RecoveryContext};
+
+    use super::Fec;
+    use crate::core::{McastConfig, McastEvent, McastInput, McastTimer, Multicast};
+    use crate::group::{Feedback, GroupConfig, GroupId, Srm};
+    use crate::message::McastMessage;
+
+    const G: GroupId = GroupId(1);
+    const A: NodeId = NodeId(1);
+    const B: NodeId = NodeId(2);
+    const C: NodeId = NodeId(3);
+    const D: NodeId = NodeId(4);
+    const HISTORY: usize = 16;
+
+    fn node(me: NodeId, fec: Fec, feedback: Feedback, now: Instant) -> Multicast {
+        let group = GroupConfig::new(G, [A, B, C, D])
+            .with_history(HISTORY)
+            .with_feedback(feedback)
+            .with_fec(fec);
+        let ctx = RecoveryContext {
+            node: me,
+            incarnation: Incarnation::FIRST,
+            records: Vec::new(),
+            seed: me.0,
+            now,
+        };
+        let mut m = Multicast::recover(&McastConfig::new(vec![group]), ctx).unwrap();
+        while m.poll_output().is_some() {}
+        m
+    }
+
+    #[derive(Default)]
+    struct Out {
+        msgs: Vec<McastMessage>,
+        timers: Vec<(McastTimer, Instant)>,
+        delivered: Vec<u64>,
+    }
+
+    fn drain(m: &mut Multicast) -> Out {
+        let mut out = Out::default();
+        while let Some(o) = m.poll_output() {
+            match o {
+                Output::Send { msg, .. } | Output::Multicast { msg, .. } => out.msgs.push(msg),
+                Output::SetTimer { timer, at } => out.timers.push((timer, at)),
+                Output::Event(McastEvent::Delivered { seq, .. }) => out.delivered.push(seq),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn send(m: &mut Multicast, now: Instant, n: u64) -> Out {
+        for token in 0..n {
+            // Unequal lengths, one of them empty.
+            let payload = Bytes::from(vec![token as u8 + 1; (token as usize * 7) % 12]);
+            m.handle_input(
+                now,
+                McastInput::Send {
+                    group: G,
+                    token,
+                    payload,
+                },
+            );
+        }
+        drain(m)
+    }
+
+    fn is_data(m: &McastMessage, n: u64) -> bool {
+        matches!(m, McastMessage::Data { seq, .. } if *seq == n)
+    }
+
+    fn parity(msgs: &[McastMessage]) -> Vec<McastMessage> {
+        msgs.iter()
+            .filter(|m| matches!(m, McastMessage::Parity { .. }))
+            .cloned()
+            .collect()
+    }
+
+    fn timer_at(out: &Out, timer: &McastTimer) -> Option<Instant> {
+        out.timers
+            .iter()
+            .find(|(t, _)| t == timer)
+            .map(|&(_, at)| at)
+    }
+
+    /// A sends a block of 4 (2 parity packets); B loses `lost`; B is fed the
+    /// rest in order, then fires whatever feedback timer it set.
+    fn lose(feedback: Feedback, lost: &[u64]) -> (Multicast, Multicast, Out) {
+        let now = Instant::now();
+        let fec = Fec::proactive(4, 2);
+        let mut a = node(A, fec.clone(), feedback.clone(), now);
+        let mut b = node(B, fec, feedback, now);
+        let sent = send(&mut a, now, 4);
+        assert_eq!(
+            parity(&sent.msgs).len(),
+            2,
+            "two parity packets after the block"
+        );
+        assert_eq!(a.stats().parity_sent, 2);
+        let mut got = Out::default();
+        for msg in sent.msgs {
+            if lost.iter().any(|&n| is_data(&msg, n)) {
+                continue;
+            }
+            b.handle_message(now, A, msg);
+            let o = drain(&mut b);
+            got.delivered.extend(o.delivered);
+            got.msgs.extend(o.msgs);
+            got.timers.extend(o.timers);
+        }
+        (a, b, got)
+    }
+
+    #[test]
+    fn up_to_parity_losses_are_rebuilt_with_no_feedback_in_ack_mode() {
+        let (_, mut b, got) = lose(Feedback::Ack, &[2, 3]);
+        assert_eq!(got.delivered, vec![1, 2, 3, 4]);
+        assert_eq!(b.stats().fec_recovered, 2);
+        // The first NACK was held for the parity, not sent...
+        let at = timer_at(&got, &McastTimer::Nack(G, A)).expect("a held NACK");
+        assert!(
+            !got.msgs
+                .iter()
+                .any(|m| matches!(m, McastMessage::Nack { .. }))
+        );
+        // ...and finds nothing to ask for when it fires.
+        b.handle_timer(at, McastTimer::Nack(G, A));
+        assert!(
+            !drain(&mut b)
+                .msgs
+                .iter()
+                .any(|m| matches!(m, McastMessage::Nack { .. }))
+        );
+        assert_eq!(b.stats().nacks_sent, 0);
+    }
+
+    #[test]
+    fn up_to_parity_losses_are_rebuilt_with_no_request_in_nack_mode() {
+        let (_, mut b, got) = lose(Feedback::Nack(Srm::default()), &[1, 4]);
+        assert_eq!(got.delivered, vec![1, 2, 3, 4]);
+        assert_eq!(b.stats().fec_recovered, 2);
+        if let Some(at) = timer_at(&got, &McastTimer::Request(G, A)) {
+            b.handle_timer(at, McastTimer::Request(G, A));
+        }
+        assert!(
+            !drain(&mut b)
+                .msgs
+                .iter()
+                .any(|m| matches!(m, McastMessage::Request { .. }))
+        );
+        assert_eq!(b.stats().nacks_sent, 0);
+    }
+
+    #[test]
+    fn the_first_feedback_waits_for_parity_only_as_long_as_configured() {
+        let now = Instant::now();
+        let fec = Fec::proactive(4, 2).with_wait(Duration::from_millis(33));
+        let mut b = node(B, fec, Feedback::Ack, now);
+        b.handle_message(
+            now,
+            A,
+            McastMessage::Data {
+                group: G,
+                life: Incarnation::FIRST,
+                seq: 2,
+                base: 1,
+                payload: Bytes::new(),
+            },
+        );
+        let o = drain(&mut b);
+        assert_eq!(
+            timer_at(&o, &McastTimer::Nack(G, A)),
+            Some(now + Duration::from_millis(33))
+        );
+        assert_eq!(b.stats().nacks_sent, 0);
+    }
+
+    #[test]
+    fn more_losses_than_parity_fall_back_to_nacks() {
+        let (mut a, mut b, got) = lose(Feedback::Ack, &[1, 2, 4]);
+        assert!(got.delivered.is_empty());
+        assert_eq!(b.stats().fec_recovered, 0);
+        let at = timer_at(&got, &McastTimer::Nack(G, A)).expect("a held NACK");
+        b.handle_timer(at, McastTimer::Nack(G, A));
+        let nack = drain(&mut b)
+            .msgs
+            .into_iter()
+            .find(|m| matches!(m, McastMessage::Nack { .. }))
+            .expect("a NACK once the wait is over");
+        a.handle_message(at, B, nack);
+        for m in drain(&mut a).msgs {
+            b.handle_message(at, A, m);
+        }
+        assert_eq!(drain(&mut b).delivered, vec![1, 2, 3, 4]);
+        assert_eq!(a.stats().repairs_sent, 3);
+    }
+
+    #[test]
+    fn a_block_cut_short_is_covered_after_the_flush_and_again_when_full() {
+        let now = Instant::now();
+        let fec = Fec::proactive(4, 1);
+        let mut a = node(A, fec.clone(), Feedback::Ack, now);
+        let mut b = node(B, fec, Feedback::Ack, now);
+        // Two messages, then a pause: the last one is lost.
+        let first = send(&mut a, now, 2);
+        assert!(parity(&first.msgs).is_empty());
+        let at = timer_at(&first, &McastTimer::FecFlush(G)).expect("a flush timer");
+        a.handle_timer(at, McastTimer::FecFlush(G));
+        let flushed = parity(&drain(&mut a).msgs);
+        assert!(matches!(&flushed[..], [McastMessage::Parity { lens, .. }] if lens.len() == 2));
+        b.handle_message(at, A, first.msgs[0].clone());
+        b.handle_message(at, A, flushed[0].clone());
+        assert_eq!(drain(&mut b).delivered, vec![1, 2]);
+        // A second flush with nothing new sends nothing.
+        a.handle_timer(at, McastTimer::FecFlush(G));
+        assert!(parity(&drain(&mut a).msgs).is_empty());
+        // The block fills: parity over all four; message 4 is lost.
+        let rest: Vec<McastMessage> = (2..4)
+            .flat_map(|token| {
+                a.handle_input(
+                    at,
+                    McastInput::Send {
+                        group: G,
+                        token,
+                        payload: Bytes::from(vec![9; token as usize]),
+                    },
+                );
+                drain(&mut a).msgs
+            })
+            .collect();
+        assert!(
+            matches!(&parity(&rest)[..], [McastMessage::Parity { lens, .. }] if lens.len() == 4)
+        );
+        for m in rest.into_iter().filter(|m| !is_data(m, 4)) {
+            b.handle_message(at, A, m);
+        }
+        assert_eq!(drain(&mut b).delivered, vec![3, 4]);
+        assert_eq!(b.stats().fec_recovered, 2);
+        assert_eq!(a.stats().parity_sent, 2);
+    }
+
+    #[test]
+    fn the_parity_of_a_lost_tail_shows_the_gap_it_cannot_rebuild() {
+        let now = Instant::now();
+        let fec = Fec::proactive(4, 1);
+        let mut a = node(A, fec.clone(), Feedback::Ack, now);
+        let mut b = node(B, fec, Feedback::Ack, now);
+        let sent = send(&mut a, now, 4);
+        // Only message 1 and the parity arrive: 3 and 4 are the tail.
+        b.handle_message(now, A, sent.msgs[0].clone());
+        b.handle_message(now, A, parity(&sent.msgs)[0].clone());
+        let o = drain(&mut b);
+        assert_eq!(o.delivered, vec![1]);
+        let at = timer_at(&o, &McastTimer::Nack(G, A)).expect("the gap the parity shows");
+        b.handle_timer(at, McastTimer::Nack(G, A));
+        let nack = drain(&mut b).msgs;
+        assert!(matches!(&nack[..], [McastMessage::Nack { ranges, .. }] if ranges == &[(2, 4)]));
+    }
+
+    fn good_parity(now: Instant) -> Vec<McastMessage> {
+        let fec = Fec::proactive(4, 2);
+        let mut a = node(A, fec, Feedback::Ack, now);
+        send(&mut a, now, 4).msgs
+    }
+
+    #[test]
+    fn hostile_or_inconsistent_parity_is_dropped_and_counted() {
+        let now = Instant::now();
+        let sent = good_parity(now);
+        let p = parity(&sent)[0].clone();
+        let McastMessage::Parity {
+            group,
+            origin,
+            life,
+            block,
+            k,
+            index,
+            lens,
+            shard,
+        } = p.clone()
+        else {
+            unreachable!()
+        };
+        let with = |f: &dyn Fn(&mut McastMessage)| {
+            let mut m = p.clone();
+            f(&mut m);
+            m
+        };
+        let hostile = vec![
+            // Another k, an index beyond the parity count, no lengths, more
+            // lengths than k, a shard of the wrong length, a length above
+            // the group's limit.
+            McastMessage::Parity {
+                group,
+                origin,
+                life,
+                block,
+                k: 5,
+                index,
+                lens: lens.clone(),
+                shard: shard.clone(),
+            },
+            McastMessage::Parity {
+                group,
+                origin,
+                life,
+                block,
+                k,
+                index: 2,
+                lens: lens.clone(),
+                shard: shard.clone(),
+            },
+            McastMessage::Parity {
+                group,
+                origin,
+                life,
+                block,
+                k,
+                index,
+                lens: vec![],
+                shard: shard.clone(),
+            },
+            McastMessage::Parity {
+                group,
+                origin,
+                life,
+                block,
+                k,
+                index,
+                lens: vec![0; 5],
+                shard: shard.clone(),
+            },
+            McastMessage::Parity {
+                group,
+                origin,
+                life,
+                block,
+                k,
+                index,
+                lens: lens.clone(),
+                shard: shard.slice(1..),
+            },
+            McastMessage::Parity {
+                group,
+                origin,
+                life,
+                block,
+                k,
+                index,
+                lens: vec![1 << 30; 4],
+                shard: shard.clone(),
+            },
+            // Far beyond the window; about a non-member; about a life not
+            // followed.
+            with(&|m| {
+                if let McastMessage::Parity { block, .. } = m {
+                    *block = 1000
+                }
+            }),
+            with(&|m| {
+                if let McastMessage::Parity { origin, .. } = m {
+                    *origin = NodeId(99)
+                }
+            }),
+            with(&|m| {
+                if let McastMessage::Parity { life, .. } = m {
+                    *life = Incarnation(7)
+                }
+            }),
+        ];
+        let n = hostile.len() as u64;
+        let fec = Fec::proactive(4, 2);
+        let mut b = node(B, fec, Feedback::Ack, now);
+        // B follows A's stream: message 1 arrived.
+        b.handle_message(now, A, sent[0].clone());
+        drain(&mut b);
+        for m in hostile {
+            b.handle_message(now, A, m);
+        }
+        assert_eq!(b.stats().fec_rejected, n);
+        assert_eq!(b.held().fec, 1, "only message 1 is kept");
+        // A block number whose messages no stream reaches is not looked at.
+        b.handle_message(
+            now,
+            A,
+            with(&|m| {
+                if let McastMessage::Parity { block, .. } = m {
+                    *block = u64::MAX
+                }
+            }),
+        );
+        assert_eq!(b.stats().ignored, 1);
+        // Lengths that disagree with message 1 as it arrived.
+        let mut wrong = lens.clone();
+        wrong[0] += 2;
+        let wrong_shard = Bytes::from(vec![0; super::shard_len(&wrong)]);
+        b.handle_message(
+            now,
+            A,
+            McastMessage::Parity {
+                group,
+                origin,
+                life,
+                block,
+                k,
+                index,
+                lens: wrong,
+                shard: wrong_shard,
+            },
+        );
+        assert_eq!(b.stats().fec_rejected, n + 1);
+        // A garbled shard rebuilds messages whose padding is not zero:
+        // refused, and nothing is delivered from it.
+        let mut garbled = shard.to_vec();
+        for byte in &mut garbled {
+            *byte ^= 0xa5;
+        }
+        for (i, s) in [(0, Bytes::from(garbled.clone())), (1, Bytes::from(garbled))] {
+            b.handle_message(
+                now,
+                A,
+                McastMessage::Parity {
+                    group,
+                    origin,
+                    life,
+                    block,
+                    k,
+                    index: i,
+                    lens: lens.clone(),
+                    shard: s,
+                },
+            );
+        }
+        b.handle_message(now, A, sent[2].clone());
+        assert!(drain(&mut b).delivered.is_empty());
+        assert_eq!(b.stats().fec_recovered, 0);
+        assert_eq!(b.stats().fec_rejected, n + 2);
+    }
+
+    #[test]
+    fn what_a_receiver_keeps_for_blocks_is_bounded_by_its_window() {
+        let now = Instant::now();
+        let fec = Fec::proactive(4, 2);
+        let mut b = node(B, fec, Feedback::Ack, now);
+        // Messages 1 to 5 never come; a flood of later messages and of
+        // parity for every block, near and far.
+        for seq in 6..2000u64 {
+            b.handle_message(
+                now,
+                A,
+                McastMessage::Data {
+                    group: G,
+                    life: Incarnation::FIRST,
+                    seq,
+                    base: 1,
+                    payload: Bytes::from_static(b"x"),
+                },
+            );
+        }
+        for block in 0..500u64 {
+            for index in 0..2 {
+                b.handle_message(
+                    now,
+                    A,
+                    McastMessage::Parity {
+                        group: G,
+                        origin: A,
+                        life: Incarnation::FIRST,
+                        block,
+                        k: 4,
+                        index,
+                        lens: vec![1, 1, 1, 1],
+                        shard: Bytes::from(vec![0; 2]),
+                    },
+                );
+            }
+        }
+        drain(&mut b);
+        // The window is 16 messages: blocks 0..=3, each at most 4 messages
+        // and 2 parity packets.
+        let held = b.held().fec;
+        assert!(held <= (HISTORY / 4) * (4 + 2), "{held}");
+        assert!(b.stats().fec_rejected >= 2 * (500 - 4));
+    }
+
+    #[test]
+    fn on_demand_one_parity_packet_repairs_different_losses_at_different_receivers() {
+        let now = Instant::now();
+        let fec = Fec::on_demand(4, 2);
+        let srm = Feedback::Nack(Srm::default());
+        let mut a = node(A, fec.clone(), srm.clone(), now);
+        let mut b = node(B, fec.clone(), srm.clone(), now);
+        let mut c = node(C, fec, srm, now);
+        let sent = send(&mut a, now, 4);
+        assert!(parity(&sent.msgs).is_empty(), "nothing proactive");
+        // B loses message 1, C message 3.
+        let mut requests = Vec::new();
+        for (r, lost) in [(&mut b, 1), (&mut c, 3)] {
+            let mut timers = Vec::new();
+            for m in sent.msgs.iter().filter(|m| !is_data(m, lost)) {
+                r.handle_message(now, A, m.clone());
+                timers.extend(drain(r).timers);
+            }
+            let (t, at) = timers
+                .into_iter()
+                .find(|(t, _)| matches!(t, McastTimer::Request(..)))
+                .expect("a request timer");
+            r.handle_timer(at, t);
+            requests.extend(drain(r).msgs);
+        }
+        assert_eq!(requests.len(), 2);
+        // The source hears both: one parity answer for the block, no
+        // repair of single messages.
+        let mut timers = Vec::new();
+        for (from, req) in [B, C].into_iter().zip(requests) {
+            a.handle_message(now, from, req);
+            timers.extend(drain(&mut a).timers);
+        }
+        assert!(
+            timers
+                .iter()
+                .all(|(t, _)| matches!(t, McastTimer::FecRepair(G, A, 0))),
+            "{timers:?}"
+        );
+        let (t, at) = timers[0].clone();
+        a.handle_timer(at, t);
+        let answer = drain(&mut a).msgs;
+        assert_eq!(parity(&answer).len(), 1, "one packet repairs both");
+        assert_eq!((a.stats().repairs_sent, a.stats().parity_sent), (0, 1));
+        for r in [&mut b, &mut c] {
+            r.handle_message(at, A, answer[0].clone());
+            assert_eq!(drain(r).delivered.last(), Some(&4));
+            assert_eq!(r.stats().fec_recovered, 1);
+        }
+        // A request that crossed the answer is not answered again.
+        a.handle_message(
+            at,
+            D,
+            McastMessage::Request {
+                group: G,
+                origin: A,
+                life: Incarnation::FIRST,
+                ranges: vec![(2, 2)],
+            },
+        );
+        assert!(drain(&mut a).timers.is_empty());
+    }
+
+    #[test]
+    fn on_demand_more_losses_than_parity_are_repaired_one_by_one() {
+        let now = Instant::now();
+        let fec = Fec::on_demand(4, 1);
+        let srm = Feedback::Nack(Srm::default());
+        let mut a = node(A, fec, srm, now);
+        send(&mut a, now, 4);
+        a.handle_message(
+            now,
+            B,
+            McastMessage::Request {
+                group: G,
+                origin: A,
+                life: Incarnation::FIRST,
+                ranges: vec![(1, 2)],
+            },
+        );
+        let timers = drain(&mut a).timers;
+        assert_eq!(timers.len(), 2);
+        assert!(
+            timers
+                .iter()
+                .all(|(t, _)| matches!(t, McastTimer::Repair(G, A, _)))
+        );
     }
 }

@@ -80,7 +80,13 @@ impl SrmState {
 }
 
 /// A delay drawn from `[a·d, (a+b)·d]`, doubled `backoff` times.
-pub(crate) fn delay(rng: &mut ft_core::rng::Rng, d: Duration, a: f64, b: f64, backoff: u32) -> Duration {
+pub(crate) fn delay(
+    rng: &mut ft_core::rng::Rng,
+    d: Duration,
+    a: f64,
+    b: f64,
+    backoff: u32,
+) -> Duration {
     let u = rng.below(1_000_001) as f64 / 1_000_000.0;
     d.mul_f64((a + b * u) * f64::from(1u32 << backoff.min(MAX_BACKOFF)))
 }
