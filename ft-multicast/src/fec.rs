@@ -20,11 +20,11 @@
 //!
 //! - [`FecMode::Proactive`]: a sender multicasts `parity` parity packets
 //!   after the `k`-th message of each block. A block that stops short (the
-//!   sender pauses) gets parity over what it has [`Fec::flush`] after its
-//!   first uncovered message, so the loss of a stream's last messages is
-//!   repaired too; if the block fills later, parity over the whole block
-//!   follows as usual. (A sender slower than one message per `flush` so
-//!   sends parity after every message.) Receivers hold their first
+//!   sender sends nothing for [`Fec::flush`]) gets parity over what it has,
+//!   so the loss of a stream's last messages is repaired too; if the block
+//!   fills later, parity over the whole block follows as usual. (A sender
+//!   slower than one message per `flush` so sends parity after every
+//!   message; a steady faster one, after every `k`.) Receivers hold their first
 //!   feedback for a gap [`Fec::wait`] longer than they would without FEC,
 //!   so the parity can arrive first: a gap that parity closes costs no NACK
 //!   or request at all. Holding is the only cost (no extra state: the
@@ -100,9 +100,9 @@ pub struct Fec {
     pub parity: usize,
     /// When parity is sent.
     pub mode: FecMode,
-    /// With [`FecMode::Proactive`]: how long after a message parity covers
-    /// it at the latest, when its block does not fill sooner (default
-    /// 5 ms).
+    /// With [`FecMode::Proactive`]: how long a sender that stops short of
+    /// a block's end waits for its next message before it sends parity
+    /// over the block so far (default 5 ms).
     pub flush: Duration,
     /// With `Proactive`: how much longer a receiver holds its first NACK
     /// or request for a gap, for parity to repair it first (default 20 ms:
@@ -131,7 +131,8 @@ impl Fec {
         }
     }
 
-    /// The same, with parity at most `flush` after a message.
+    /// The same, with parity over a block cut short once the sender has
+    /// sent nothing for `flush`.
     #[must_use]
     pub fn with_flush(mut self, flush: Duration) -> Self {
         self.flush = flush;
@@ -229,12 +230,11 @@ pub(crate) fn decode(
 pub(crate) struct FecState {
     pub(crate) config: Fec,
     /// This node's block being filled (proactive): its number, the
-    /// messages sent in it so far, how many of them the last parity
-    /// covered, and whether the flush timer is set.
+    /// messages sent in it so far, and how many of them the last parity
+    /// covered.
     block: u64,
     sent: Vec<Bytes>,
     covered: usize,
-    flushing: bool,
     /// What this node receives of each other member's stream.
     rx: BTreeMap<NodeId, RxStream>,
     /// On demand: answers waiting for their timer, (source, block) → the
@@ -278,7 +278,6 @@ impl FecState {
             block: 0,
             sent: Vec::new(),
             covered: 0,
-            flushing: false,
             rx: BTreeMap::new(),
             answers: BTreeMap::new(),
             quiet: BTreeMap::new(),
@@ -384,7 +383,8 @@ impl Multicast {
     // ---- the sender ----
 
     /// This node sent `payload` as message `seq` in `group`: proactive
-    /// parity after the block's last message, or the flush timer set.
+    /// parity after the block's last message, or the flush timer set (or
+    /// set again: it fires once the sender pauses).
     pub(crate) fn fec_sent(&mut self, now: Instant, group: GroupId, seq: u64, payload: Bytes) {
         let life = self.life;
         let me = self.me;
@@ -419,16 +419,15 @@ impl Multicast {
             f.block += 1;
             f.sent.clear();
             f.covered = 0;
-        } else if !f.flushing {
-            f.flushing = true;
+        } else {
             let flush = f.config.flush;
             self.out
                 .set_timer_after(McastTimer::FecFlush(group), now, flush);
         }
     }
 
-    /// The flush timer fired: parity over the messages of the block being
-    /// filled that no parity covers yet.
+    /// The flush timer fired (the sender paused): parity over the
+    /// messages of the block being filled, if some are not covered yet.
     pub(crate) fn fec_flush(&mut self, group: GroupId) {
         let life = self.life;
         let me = self.me;
@@ -436,7 +435,6 @@ impl Multicast {
             return;
         };
         let Some(f) = &mut g.fec else { return };
-        f.flushing = false;
         if f.sent.len() <= f.covered {
             return;
         }
