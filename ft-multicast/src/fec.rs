@@ -487,7 +487,6 @@ impl Multicast {
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
-        let window = g.config.history as u64;
         let Some(f) = &mut g.fec else { return };
         let Some(s) = g.streams.get(&from).filter(|s| s.life == life) else {
             return;
@@ -495,12 +494,12 @@ impl Multicast {
         let k = f.config.k as u64;
         let next = s.next;
         let block = (seq - 1) / k;
-        // Blocks that meet the window only: beyond it, the message was not
-        // taken either.
-        if block < (next - 1) / k || block * k + 1 > next + window - 1 {
+        // Blocks wholly delivered are forgotten (and those beyond the
+        // window never come here: the stream did not take the message).
+        let rx = f.rx(from, life, next);
+        if block < (next - 1) / k {
             return;
         }
-        let rx = f.rx(from, life, next);
         let b = rx.blocks.entry(block).or_default();
         let i = ((seq - 1) % k) as usize;
         if b.lens.get(i).is_some_and(|&l| l as usize != payload.len()) {
@@ -588,8 +587,7 @@ impl Multicast {
             && !lens.is_empty()
             && lens.len() <= f.config.k
             && lens.iter().all(|&l| l as usize <= max_payload)
-            && shard.len() == shard_len(&lens)
-            && g.config.contains(origin);
+            && shard.len() == shard_len(&lens);
         if !consistent {
             self.stats.fec_rejected += 1;
             return;
@@ -1093,6 +1091,166 @@ mod protocol_tests {
             Some(now + Duration::from_millis(33))
         );
         assert_eq!(b.stats().nacks_sent, 0);
+        // With SRM: the request delay, [c1·d, (c1+c2)·d] = [10, 20] ms
+        // before a distance is measured, and the wait on top.
+        let fec = Fec::proactive(4, 2).with_wait(Duration::from_millis(33));
+        let mut b = node(B, fec, Feedback::Nack(Srm::default()), now);
+        b.handle_message(
+            now,
+            A,
+            McastMessage::Data {
+                group: G,
+                life: Incarnation::FIRST,
+                seq: 2,
+                base: 1,
+                payload: Bytes::new(),
+            },
+        );
+        let at = timer_at(&drain(&mut b), &McastTimer::Request(G, A)).expect("a request timer");
+        assert!(at >= now + Duration::from_millis(43), "{:?}", at - now);
+        assert!(at <= now + Duration::from_millis(53), "{:?}", at - now);
+    }
+
+    #[test]
+    fn a_message_that_disagrees_with_the_parity_held_drops_it() {
+        let now = Instant::now();
+        let mut b = node(B, Fec::proactive(4, 2), Feedback::Ack, now);
+        b.handle_message(
+            now,
+            A,
+            McastMessage::Data {
+                group: G,
+                life: Incarnation::FIRST,
+                seq: 6,
+                base: 1,
+                payload: Bytes::new(),
+            },
+        );
+        // Parity for block 0 says every message is 6 bytes long...
+        b.handle_message(
+            now,
+            A,
+            McastMessage::Parity {
+                group: G,
+                origin: A,
+                life: Incarnation::FIRST,
+                block: 0,
+                k: 4,
+                index: 0,
+                lens: vec![6; 4],
+                shard: Bytes::from(vec![7; 6]),
+            },
+        );
+        assert_eq!((b.held().fec, b.stats().fec_rejected), (2, 0));
+        // ...but message 1 from the source has 2.
+        b.handle_message(
+            now,
+            A,
+            McastMessage::Data {
+                group: G,
+                life: Incarnation::FIRST,
+                seq: 1,
+                base: 1,
+                payload: Bytes::from_static(b"ab"),
+            },
+        );
+        assert_eq!(b.stats().fec_rejected, 1);
+        assert_eq!(b.held().fec, 2, "the parity is dropped, messages 1 and 6 kept");
+    }
+
+    #[test]
+    fn messages_skipped_before_the_senders_base_are_not_counted_rebuilt() {
+        let now = Instant::now();
+        let fec = Fec::proactive(4, 2);
+        let mut a = node(A, fec.clone(), Feedback::Ack, now);
+        let mut b = node(B, fec, Feedback::Ack, now);
+        let sent = send(&mut a, now, 4);
+        // B hears of A's stream from message 3, which says A holds nothing
+        // older (base 3): 1 and 2 are missed.
+        let McastMessage::Data { payload, .. } = sent.msgs[2].clone() else {
+            unreachable!()
+        };
+        let third = McastMessage::Data {
+            group: G,
+            life: Incarnation::FIRST,
+            seq: 3,
+            base: 3,
+            payload,
+        };
+        b.handle_message(now, A, third);
+        b.handle_message(now, A, sent.msgs[3].clone());
+        for p in parity(&sent.msgs) {
+            b.handle_message(now, A, p);
+        }
+        assert_eq!(drain(&mut b).delivered, vec![3, 4]);
+        assert_eq!(b.stats().fec_recovered, 0);
+    }
+
+    #[test]
+    fn a_restarted_senders_blocks_are_not_mixed_with_its_old_lifes() {
+        let now = Instant::now();
+        let fec = Fec::proactive(4, 2);
+        let mut b = node(B, fec.clone(), Feedback::Ack, now);
+        // Messages 1 to 3 of A's first life arrive, then A restarts.
+        let mut a = node(A, fec.clone(), Feedback::Ack, now);
+        let old = send(&mut a, now, 3);
+        for m in old
+            .msgs
+            .iter()
+            .filter(|m| matches!(m, McastMessage::Data { .. }))
+        {
+            b.handle_message(now, A, m.clone());
+        }
+        let ctx = RecoveryContext {
+            node: A,
+            incarnation: Incarnation(1),
+            records: Vec::new(),
+            seed: 9,
+            now,
+        };
+        let group = GroupConfig::new(G, [A, B, C, D])
+            .with_history(HISTORY)
+            .with_fec(fec);
+        let mut a = Multicast::recover(&McastConfig::new(vec![group]), ctx).unwrap();
+        drain(&mut a);
+        drain(&mut b);
+        // Its new life's block 0, other payloads: B gets messages 1 and 2
+        // and both parity packets, and rebuilds 3 and 4 of the new life.
+        let new: Vec<McastMessage> = (0..4u8)
+            .flat_map(|t| {
+                a.handle_input(
+                    now,
+                    McastInput::Send {
+                        group: G,
+                        token: 0,
+                        payload: Bytes::from(vec![b'n' + t; 3]),
+                    },
+                );
+                drain(&mut a).msgs
+            })
+            .collect();
+        let mut delivered = Vec::new();
+        for m in new.into_iter().filter(|m| !is_data(m, 3) && !is_data(m, 4)) {
+            b.handle_message(now, A, m);
+            while let Some(o) = b.poll_output() {
+                if let Output::Event(McastEvent::Delivered {
+                    life, seq, payload, ..
+                }) = o
+                {
+                    delivered.push((life, seq, payload));
+                }
+            }
+        }
+        let expected: Vec<_> = (0..4u8)
+            .map(|t| {
+                (
+                    Incarnation(1),
+                    u64::from(t) + 1,
+                    Bytes::from(vec![b'n' + t; 3]),
+                )
+            })
+            .collect();
+        assert_eq!(delivered, expected);
     }
 
     #[test]
@@ -1148,15 +1306,23 @@ mod protocol_tests {
                 drain(&mut a).msgs
             })
             .collect();
-        assert!(
-            matches!(&parity(&rest)[..], [McastMessage::Parity { lens, .. }] if lens.len() == 4)
-        );
+        let full = parity(&rest);
+        assert!(matches!(&full[..], [McastMessage::Parity { lens, .. }] if lens.len() == 4));
         for m in rest.into_iter().filter(|m| !is_data(m, 4)) {
             b.handle_message(at, A, m);
         }
         assert_eq!(drain(&mut b).delivered, vec![3, 4]);
         assert_eq!(b.stats().fec_recovered, 2);
         assert_eq!(a.stats().parity_sent, 2);
+        // Reordered: a receiver that holds the whole block's parity takes
+        // the earlier parity over its first two messages as stale, not as
+        // a disagreement.
+        let mut c = node(C, Fec::proactive(4, 1), Feedback::Ack, now);
+        c.handle_message(at, A, first.msgs[0].clone());
+        c.handle_message(at, A, full[0].clone());
+        c.handle_message(at, A, flushed[0].clone());
+        assert_eq!(c.stats().fec_rejected, 0);
+        assert_eq!(c.held().fec, 2);
     }
 
     #[test]
@@ -1238,7 +1404,7 @@ mod protocol_tests {
                 k,
                 index,
                 lens: vec![],
-                shard: shard.clone(),
+                shard: Bytes::from_static(&[0, 0]),
             },
             McastMessage::Parity {
                 group,
@@ -1248,7 +1414,7 @@ mod protocol_tests {
                 k,
                 index,
                 lens: vec![0; 5],
-                shard: shard.clone(),
+                shard: Bytes::from_static(&[0, 0]),
             },
             McastMessage::Parity {
                 group,
@@ -1260,15 +1426,16 @@ mod protocol_tests {
                 lens: lens.clone(),
                 shard: shard.slice(1..),
             },
+            // (Block 1, of which nothing is held to disagree with.)
             McastMessage::Parity {
                 group,
                 origin,
                 life,
-                block,
+                block: 1,
                 k,
                 index,
-                lens: vec![1 << 30; 4],
-                shard: shard.clone(),
+                lens: vec![20_000; 4],
+                shard: Bytes::from(vec![0; 20_000]),
             },
             // Far beyond the window; about a non-member; about a life not
             // followed.
@@ -1400,7 +1567,26 @@ mod protocol_tests {
         // and 2 parity packets.
         let held = b.held().fec;
         assert!(held <= (HISTORY / 4) * (4 + 2), "{held}");
+        assert!(held >= 11 + 2 * 4, "{held}");
         assert!(b.stats().fec_rejected >= 2 * (500 - 4));
+        // Messages 1 to 4 come: 1 to 16 are delivered, and what was kept
+        // for their blocks is forgotten when block 4's first message (17)
+        // comes.
+        for seq in (1..5).chain([17]) {
+            b.handle_message(
+                now,
+                A,
+                McastMessage::Data {
+                    group: G,
+                    life: Incarnation::FIRST,
+                    seq,
+                    base: 1,
+                    payload: Bytes::from_static(b"x"),
+                },
+            );
+        }
+        assert_eq!(b.next_from(G, A), 18);
+        assert_eq!(b.held().fec, 1, "message 17, of block 4, alone");
     }
 
     #[test]
@@ -1443,10 +1629,36 @@ mod protocol_tests {
             "{timers:?}"
         );
         let (t, at) = timers[0].clone();
+        // D, which holds the block too, would answer the same requests;
+        // it hears A's answer first and stays quiet.
+        let mut d = node(D, Fec::on_demand(4, 2), Feedback::Nack(Srm::default()), now);
+        for m in &sent.msgs {
+            d.handle_message(now, A, m.clone());
+        }
+        d.handle_message(
+            now,
+            B,
+            McastMessage::Request {
+                group: G,
+                origin: A,
+                life: Incarnation::FIRST,
+                ranges: vec![(1, 1)],
+            },
+        );
+        let d_timers = drain(&mut d).timers;
+        assert!(
+            d_timers
+                .iter()
+                .any(|(t, _)| matches!(t, McastTimer::FecRepair(G, A, 0)))
+        );
         a.handle_timer(at, t);
         let answer = drain(&mut a).msgs;
         assert_eq!(parity(&answer).len(), 1, "one packet repairs both");
         assert_eq!((a.stats().repairs_sent, a.stats().parity_sent), (0, 1));
+        d.handle_message(at, A, answer[0].clone());
+        d.handle_timer(at, McastTimer::FecRepair(G, A, 0));
+        assert!(parity(&drain(&mut d).msgs).is_empty(), "answered twice");
+        assert_eq!(d.stats().parity_sent, 0);
         for r in [&mut b, &mut c] {
             r.handle_message(at, A, answer[0].clone());
             assert_eq!(drain(r).delivered.last(), Some(&4));

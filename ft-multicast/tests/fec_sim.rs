@@ -168,7 +168,8 @@ fn compare(name: &str, feedback: Feedback, fec: Fec) -> (Run, Run) {
 #[test]
 fn with_acknowledgements_parity_saves_nacks_and_repairs() {
     let (without, with) = compare("ACK", Feedback::Ack, Fec::proactive(K, PARITY));
-    assert!(with.feedback < without.feedback);
+    // A receiver waits for parity before it NACKs: most gaps close first.
+    assert!(with.feedback * 4 < without.feedback);
     assert!(with.repairs < without.repairs);
 }
 
@@ -179,7 +180,7 @@ fn with_srm_parity_saves_requests_and_repairs() {
         Feedback::Nack(Srm::default()),
         Fec::proactive(K, PARITY),
     );
-    assert!(with.feedback < without.feedback);
+    assert!(with.feedback * 4 < without.feedback);
     assert!(with.repairs < without.repairs);
 }
 
