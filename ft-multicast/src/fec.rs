@@ -555,6 +555,14 @@ impl Multicast {
                 self.stats.fec_recovered += 1;
             }
         }
+        // The blocks the rebuilt messages completed are forgotten now, not
+        // at the next message.
+        if let Some(g) = self.groups.get_mut(&group)
+            && let (Some(f), Some(s)) = (&mut g.fec, g.streams.get(&origin))
+            && s.life == life
+        {
+            f.rx(origin, life, s.next);
+        }
     }
 
     /// A parity packet: see [`McastMessage::Parity`].
@@ -1155,7 +1163,11 @@ mod protocol_tests {
             },
         );
         assert_eq!(b.stats().fec_rejected, 1);
-        assert_eq!(b.held().fec, 2, "the parity is dropped, messages 1 and 6 kept");
+        assert_eq!(
+            b.held().fec,
+            2,
+            "the parity is dropped, messages 1 and 6 kept"
+        );
     }
 
     #[test]
@@ -1165,25 +1177,26 @@ mod protocol_tests {
         let mut a = node(A, fec.clone(), Feedback::Ack, now);
         let mut b = node(B, fec, Feedback::Ack, now);
         let sent = send(&mut a, now, 4);
-        // B hears of A's stream from message 3, which says A holds nothing
-        // older (base 3): 1 and 2 are missed.
-        let McastMessage::Data { payload, .. } = sent.msgs[2].clone() else {
+        // B hears of A's stream from message 2, which says A holds nothing
+        // older (base 2): 1 is missed. Message 3 is lost.
+        let McastMessage::Data { payload, .. } = sent.msgs[1].clone() else {
             unreachable!()
         };
-        let third = McastMessage::Data {
+        let second = McastMessage::Data {
             group: G,
             life: Incarnation::FIRST,
-            seq: 3,
-            base: 3,
+            seq: 2,
+            base: 2,
             payload,
         };
-        b.handle_message(now, A, third);
+        b.handle_message(now, A, second);
         b.handle_message(now, A, sent.msgs[3].clone());
         for p in parity(&sent.msgs) {
             b.handle_message(now, A, p);
         }
-        assert_eq!(drain(&mut b).delivered, vec![3, 4]);
-        assert_eq!(b.stats().fec_recovered, 0);
+        // The parity rebuilds 1 and 3; only 3 is taken.
+        assert_eq!(drain(&mut b).delivered, vec![2, 3, 4]);
+        assert_eq!(b.stats().fec_recovered, 1);
     }
 
     #[test]
@@ -1572,7 +1585,21 @@ mod protocol_tests {
         // Messages 1 to 4 come: 1 to 16 are delivered, and what was kept
         // for their blocks is forgotten when block 4's first message (17)
         // comes.
-        for seq in (1..5).chain([17]) {
+        for seq in 1..5 {
+            b.handle_message(
+                now,
+                A,
+                McastMessage::Data {
+                    group: G,
+                    life: Incarnation::FIRST,
+                    seq,
+                    base: 1,
+                    payload: Bytes::from_static(b"x"),
+                },
+            );
+        }
+        assert_eq!(b.held().fec, 0, "blocks 0 to 3 delivered");
+        for seq in [17] {
             b.handle_message(
                 now,
                 A,
