@@ -465,11 +465,11 @@ impl Multicast {
         }
     }
 
-    /// How much longer a receiver holds its first feedback for a gap in
-    /// `group`: proactive FEC's wait, if any.
+    /// How much longer a receiver holds its first NACK for a gap in
+    /// `group`: FEC's wait, if any (an ACK-based group's FEC is always
+    /// proactive: on demand is normalized away there).
     pub(crate) fn fec_wait(&self, group: GroupId) -> Option<Duration> {
-        let f = self.groups.get(&group)?.fec.as_ref()?;
-        (f.config.mode == FecMode::Proactive).then_some(f.config.wait)
+        Some(self.groups.get(&group)?.fec.as_ref()?.config.wait)
     }
 
     /// A message `seq` of `from`'s life `life` arrived (and was taken as
@@ -1583,8 +1583,7 @@ mod protocol_tests {
         assert!(held >= 11 + 2 * 4, "{held}");
         assert!(b.stats().fec_rejected >= 2 * (500 - 4));
         // Messages 1 to 4 come: 1 to 16 are delivered, and what was kept
-        // for their blocks is forgotten when block 4's first message (17)
-        // comes.
+        // for their blocks is forgotten.
         for seq in 1..5 {
             b.handle_message(
                 now,
@@ -1599,7 +1598,7 @@ mod protocol_tests {
             );
         }
         assert_eq!(b.held().fec, 0, "blocks 0 to 3 delivered");
-        for seq in [17] {
+        for seq in 17..=20 {
             b.handle_message(
                 now,
                 A,
@@ -1612,8 +1611,8 @@ mod protocol_tests {
                 },
             );
         }
-        assert_eq!(b.next_from(G, A), 18);
-        assert_eq!(b.held().fec, 1, "message 17, of block 4, alone");
+        assert_eq!(b.next_from(G, A), 21);
+        assert_eq!(b.held().fec, 0, "block 4, completed in order, is not kept");
     }
 
     #[test]
