@@ -1117,6 +1117,22 @@ mod protocol_tests {
         let at = timer_at(&drain(&mut b), &McastTimer::Request(G, A)).expect("a request timer");
         assert!(at >= now + Duration::from_millis(43), "{:?}", at - now);
         assert!(at <= now + Duration::from_millis(53), "{:?}", at - now);
+        // On demand, no parity comes unasked: nothing to wait for.
+        let fec = Fec::on_demand(4, 2).with_wait(Duration::from_millis(33));
+        let mut b = node(B, fec, Feedback::Nack(Srm::default()), now);
+        b.handle_message(
+            now,
+            A,
+            McastMessage::Data {
+                group: G,
+                life: Incarnation::FIRST,
+                seq: 2,
+                base: 1,
+                payload: Bytes::new(),
+            },
+        );
+        let at = timer_at(&drain(&mut b), &McastTimer::Request(G, A)).expect("a request timer");
+        assert!(at <= now + Duration::from_millis(20), "{:?}", at - now);
     }
 
     #[test]
