@@ -57,6 +57,7 @@ use ft_core::{
 
 use ft_core::rng::Rng;
 
+use crate::fec::FecState;
 use crate::group::{Feedback, GroupConfig, GroupId};
 use crate::history::History;
 use crate::message::{MAX_NACK_RANGES, MAX_PAYLOAD, MAX_SEQ, McastMessage};
@@ -201,6 +202,12 @@ pub enum McastTimer {
     /// With [`Feedback::Tree`](crate::Feedback): the group's heartbeat
     /// (announcements to children, silent parents and children).
     Tree(GroupId),
+    /// With proactive [`Fec`](crate::Fec): parity over the block being
+    /// filled.
+    FecFlush(GroupId),
+    /// With on-demand `Fec`: answer requests for this block of this
+    /// source's stream with parity.
+    FecRepair(GroupId, NodeId, u64),
 }
 
 /// How much a node holds, for checking bounds.
@@ -218,6 +225,9 @@ pub struct Held {
     /// With `Feedback::Nack`: repairs waiting for their timers, and
     /// recent repairs remembered to ignore the requests that crossed them.
     pub repairs: usize,
+    /// With [`Fec`](crate::Fec): messages and parity packets kept to
+    /// rebuild blocks, and parity answers pending or remembered.
+    pub fec: usize,
 }
 
 /// Counters beyond [`Counters`].
@@ -249,6 +259,15 @@ pub struct McastStats {
     /// Messages from nodes that are not members, or about unknown groups,
     /// or with an oversized payload, ignored.
     pub ignored: u64,
+    /// With [`Fec`](crate::Fec): parity packets sent.
+    pub parity_sent: u64,
+    /// With `Fec`: messages rebuilt from parity (and taken as if they had
+    /// arrived).
+    pub fec_recovered: u64,
+    /// With `Fec`: parity packets dropped for disagreeing with the group's
+    /// configuration, the messages held or themselves, for lying beyond
+    /// the receive window, or for a stream not followed.
+    pub fec_rejected: u64,
 }
 
 /// One group, as this node sees it.
@@ -272,6 +291,8 @@ pub(crate) struct Group {
     /// With [`Feedback::Tree`](crate::Feedback): this node's place in
     /// each source's tree.
     pub(crate) tree: Option<TreeState>,
+    /// With [`Fec`](crate::Fec): blocks sent and received.
+    pub(crate) fec: Option<FecState>,
 }
 
 impl Group {
@@ -336,6 +357,7 @@ impl Multicast {
             }
         }
         held.repairs = self.srm_held();
+        held.fec = self.fec_held();
         held
     }
 
@@ -520,7 +542,7 @@ impl Multicast {
             life: self.life,
             seq,
             base: g.history.base(),
-            payload,
+            payload: payload.clone(),
         };
         let to = g.others.clone();
         // A group of one keeps nothing.
@@ -528,6 +550,7 @@ impl Multicast {
             Self::free_acknowledged(&mut self.out, g);
         }
         self.out.multicast(to, msg);
+        self.fec_sent(now, group, seq, payload);
         let g = self.groups.get_mut(&group).expect("the group is there");
         if g.srm.is_none() && g.tree.is_none() && !g.history.is_empty() && !g.announcing {
             g.announcing = true;
@@ -603,27 +626,48 @@ impl Multicast {
         life: Incarnation,
         (seq, base, payload): (u64, u64, Bytes),
     ) {
+        if self.take_data(now, from, group, life, (seq, base, payload.clone())) {
+            self.fec_on_data(now, from, group, life, seq, payload);
+        }
+    }
+
+    /// Takes a message of `from`'s stream (arrived, or rebuilt from
+    /// parity); true if it was new (delivered, or kept after a gap).
+    pub(crate) fn take_data(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        group: GroupId,
+        life: Incarnation,
+        (seq, base, payload): (u64, u64, Bytes),
+    ) -> bool {
         let Some(g) = self.groups.get_mut(&group) else {
             self.stats.ignored += 1;
-            return;
+            return false;
         };
         if payload.len() > g.config.max_payload || seq == 0 || base > seq {
             self.stats.ignored += 1;
-            return;
+            return false;
         }
         let window = g.config.history;
         let srm = g.srm.is_some();
         let tree = g.tree.is_some();
         let Some(s) = Self::stream_of(&mut self.out, g, from, life, base) else {
-            return;
+            return false;
         };
         self.delivered.clear();
         Self::skip_to_base(&mut self.out, s, base, &mut self.delivered, group, from);
-        match s.take(seq, payload, window, &mut self.delivered) {
-            Took::Duplicate => self.stats.duplicates += 1,
-            Took::BeyondWindow => self.stats.beyond_window += 1,
-            Took::Delivered | Took::Kept => {}
-        }
+        let new = match s.take(seq, payload, window, &mut self.delivered) {
+            Took::Duplicate => {
+                self.stats.duplicates += 1;
+                false
+            }
+            Took::BeyondWindow => {
+                self.stats.beyond_window += 1;
+                false
+            }
+            Took::Delivered | Took::Kept => true,
+        };
         if srm {
             s.remember(&self.delivered, window);
             let gap = s.first_gap().is_some();
@@ -633,7 +677,7 @@ impl Multicast {
             } else {
                 self.gap_closed(group, from);
             }
-            return;
+            return new;
         }
         if tree {
             // Kept for the children's repairs until they have it.
@@ -664,8 +708,9 @@ impl Multicast {
             && (s.next - 1).saturating_sub(s.acked) >= (window as u64 / 4).max(1);
         self.emit_delivered(group, from, life);
         if first_nack {
-            // Asked at once, then again while the gap lasts.
-            self.nack(now, group, from);
+            // Asked at once (or once parity had its chance), then again
+            // while the gap lasts.
+            self.first_nack(now, group, from);
         }
         if ack_now {
             self.ack(group, from);
@@ -674,6 +719,7 @@ impl Multicast {
             self.out
                 .set_timer_after(McastTimer::Ack(group, from), now, self.config.ack_delay);
         }
+        new
     }
 
     /// Hands the application what `self.delivered` holds, from `from`'s
@@ -743,7 +789,7 @@ impl Multicast {
         // The sender is waiting for acknowledgements: one now.
         self.ack(group, from);
         if first_nack {
-            self.nack(now, group, from);
+            self.first_nack(now, group, from);
         }
     }
 
@@ -943,7 +989,10 @@ impl Protocol for Multicast {
                 origin,
                 life,
                 ranges,
-            } => self.on_request(now, from, group, origin, life, &ranges),
+            } => {
+                self.fec_on_request(now, from, group, origin, life, &ranges);
+                self.on_request(now, from, group, origin, life, &ranges);
+            }
             McastMessage::Repair {
                 group,
                 origin,
@@ -964,6 +1013,7 @@ impl Protocol for Multicast {
             | McastMessage::TreeRepair { .. }
             | McastMessage::TreeAnnounce { .. }
             | McastMessage::TreeLeave { .. }) => self.on_tree(now, from, msg),
+            msg @ McastMessage::Parity { .. } => self.on_parity(now, from, msg),
         }
     }
 
@@ -996,6 +1046,10 @@ impl Protocol for Multicast {
             McastTimer::Repair(group, origin, seq) => self.repair(now, group, origin, seq),
             McastTimer::Session(group) => self.session(now, group),
             McastTimer::Tree(group) => self.tree_tick(now, group),
+            McastTimer::FecFlush(group) => self.fec_flush(group),
+            McastTimer::FecRepair(group, origin, block) => {
+                self.fec_answer(now, group, origin, block);
+            }
         }
     }
 
@@ -1054,6 +1108,7 @@ impl Recover for Multicast {
                             )),
                             Feedback::Ack | Feedback::Nack(_) => None,
                         },
+                        fec: g.fec.clone().map(FecState::new),
                         config: g,
                     },
                 )

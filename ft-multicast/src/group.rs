@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ft_core::NodeId;
 
+use crate::fec::Fec;
 use crate::tree::Tree;
 
 /// Names a group. Every member configures the same id for the same group.
@@ -40,6 +41,10 @@ pub struct GroupConfig {
     pub max_payload: usize,
     /// How receivers tell senders what they have and lack.
     pub feedback: Feedback,
+    /// Forward error correction: parity packets after each block of
+    /// messages, so receivers repair some losses with no feedback
+    /// (`None`, the default: none).
+    pub fec: Option<Fec>,
 }
 
 /// How a group's receivers feed back to its senders.
@@ -165,7 +170,15 @@ impl GroupConfig {
             history: 64,
             max_payload: 16 * 1024,
             feedback: Feedback::Ack,
+            fec: None,
         }
+    }
+
+    /// The same group with forward error correction ([`Fec`]).
+    #[must_use]
+    pub fn with_fec(mut self, fec: Fec) -> Self {
+        self.fec = Some(fec);
+        self
     }
 
     /// The same group with `feedback`.
@@ -204,6 +217,7 @@ impl GroupConfig {
         self.members.sort();
         self.members.dedup();
         self.history = self.history.max(1);
+        self.fec = self.fec.and_then(|f| f.normalized(&self.feedback));
         self
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod causal;
 pub mod core;
+pub mod fec;
 pub mod group;
 mod history;
 pub mod message;
@@ -15,6 +16,7 @@ pub use crate::core::{
     Held, McastConfig, McastEvent, McastInput, McastStats, McastTimer, Multicast, Refusal,
 };
 pub use causal::{Order, Ordered, OrderedEvent, OrderedInput};
+pub use fec::{Fec, FecMode};
 pub use group::{Feedback, GroupConfig, GroupId, Spread, Srm};
 pub use message::McastMessage;
 pub use tree::{Tree, TreeStats};

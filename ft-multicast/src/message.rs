@@ -36,6 +36,11 @@ const TREE_NACK: u8 = 49;
 const TREE_REPAIR: u8 = 50;
 const TREE_ANNOUNCE: u8 = 51;
 const TREE_LEAVE: u8 = 52;
+const PARITY: u8 = 32;
+
+/// The most messages one block of forward error correction covers
+/// ([`Fec::k`](crate::Fec)), and the most parity packets one block has.
+pub const MAX_FEC_K: usize = 128;
 
 /// The most time-stamp echoes one session message carries.
 pub const MAX_ECHOES: usize = 16;
@@ -217,6 +222,31 @@ pub enum McastMessage {
         /// The source's life.
         life: Incarnation,
     },
+    /// Parity packet `index` of block `block` of `origin`'s stream
+    /// (forward error correction, [`Fec`](crate::Fec)): a Reed–Solomon
+    /// recovery shard over the block's first `lens.len()` messages,
+    /// numbers `block·k + 1 ..= block·k + lens.len()`, each padded to the
+    /// longest. A receiver that holds any `lens.len()` of those messages
+    /// and parity packets rebuilds the rest.
+    Parity {
+        /// The group.
+        group: GroupId,
+        /// The stream's source.
+        origin: ft_core::NodeId,
+        /// The source's life.
+        life: Incarnation,
+        /// The block's number, from 0.
+        block: u64,
+        /// Messages per block in the group (blocks are numbered by it).
+        k: u16,
+        /// Which parity packet of the block this is.
+        index: u16,
+        /// The true length of each message the parity covers, at most
+        /// [`MAX_FEC_K`]: what padding to take off a rebuilt message.
+        lens: Vec<u32>,
+        /// The recovery shard.
+        shard: Bytes,
+    },
 }
 
 impl McastMessage {
@@ -237,6 +267,8 @@ impl McastMessage {
             McastMessage::TreeRepair { seq, base, .. } => ok(*seq) && ok(*base),
             McastMessage::TreeAnnounce { base, highest, .. } => ok(*base) && ok(*highest),
             McastMessage::TreeLeave { .. } => true,
+            // A block's numbers are `block·k + 1 ..= block·k + k`.
+            McastMessage::Parity { block, .. } => *block <= MAX_SEQ / MAX_FEC_K as u64,
         }
     }
 
@@ -254,7 +286,8 @@ impl McastMessage {
             | McastMessage::TreeNack { group, .. }
             | McastMessage::TreeRepair { group, .. }
             | McastMessage::TreeAnnounce { group, .. }
-            | McastMessage::TreeLeave { group, .. } => *group,
+            | McastMessage::TreeLeave { group, .. }
+            | McastMessage::Parity { group, .. } => *group,
         }
     }
 }
@@ -400,6 +433,31 @@ impl Wire for McastMessage {
                 origin,
                 life,
             } => tree_head(buf, TREE_LEAVE, *group, *life, *origin),
+            McastMessage::Parity {
+                group,
+                origin,
+                life,
+                block,
+                k,
+                index,
+                lens,
+                shard,
+            } => {
+                buf.put_u8(PARITY);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(origin.0);
+                buf.put_u64_le(*block);
+                buf.put_u16_le(*k);
+                buf.put_u16_le(*index);
+                // At most MAX_FEC_K, as for ranges: what the decoder takes.
+                let n = lens.len().min(MAX_FEC_K);
+                buf.put_u16_le(n as u16);
+                for &len in &lens[..n] {
+                    buf.put_u32_le(len);
+                }
+                wire::put_bytes(buf, shard);
+            }
         }
     }
 
@@ -412,7 +470,10 @@ impl Wire for McastMessage {
             });
         }
         let tag = wire::get_u8(buf)?;
-        if !(DATA..=SESSION).contains(&tag) && !(TREE_ACK..=TREE_LEAVE).contains(&tag) {
+        if !(DATA..=SESSION).contains(&tag)
+            && tag != PARITY
+            && !(TREE_ACK..=TREE_LEAVE).contains(&tag)
+        {
             return Err(DecodeError::UnknownTag {
                 what: "McastMessage",
                 tag,
@@ -485,6 +546,33 @@ impl Wire for McastMessage {
                     echoes,
                 }
             }
+            PARITY => {
+                let origin = ft_core::NodeId(wire::get_u64(buf)?);
+                let block = wire::get_u64(buf)?;
+                let k = wire::get_u16(buf)?;
+                let index = wire::get_u16(buf)?;
+                let n = wire::get_u16(buf)? as usize;
+                if n > MAX_FEC_K {
+                    return Err(DecodeError::Invalid(
+                        "a parity packet covering too many messages",
+                    ));
+                }
+                wire::need(buf, n * 4)?;
+                let mut lens = Vec::with_capacity(n);
+                for _ in 0..n {
+                    lens.push(wire::get_u32(buf)?);
+                }
+                McastMessage::Parity {
+                    group,
+                    origin,
+                    life,
+                    block,
+                    k,
+                    index,
+                    lens,
+                    shard: wire::get_bytes(buf, MAX_PAYLOAD)?,
+                }
+            }
             _ => McastMessage::Announce {
                 group,
                 life,
@@ -505,6 +593,9 @@ impl Wire for McastMessage {
             McastMessage::TreeNack { ranges, .. } => 2 + 4 + 16 + 4 + 16 * ranges.len(),
             McastMessage::TreeRepair { payload, .. } => 2 + 4 + 8 * 4 + 4 + payload.len(),
             McastMessage::TreeAnnounce { .. } => 2 + 4 + 8 * 4,
+            McastMessage::Parity { lens, shard, .. } => {
+                2 + 4 + 8 * 3 + 2 * 3 + 4 * lens.len() + 4 + shard.len()
+            }
             _ => 2 + 4 + 8 * 3,
         }
     }

@@ -92,7 +92,7 @@ impl SrmState {
 /// A delay drawn from `[a·d, (a+b)·d]` as `spread` says, doubled
 /// `backoff` times; `members` sets the exponential draw's rate.
 #[allow(clippy::too_many_arguments)]
-fn delay(
+pub(crate) fn delay(
     rng: &mut ft_core::rng::Rng,
     spread: Spread,
     members: usize,
@@ -128,6 +128,12 @@ impl Multicast {
         let d = srm.distance(origin);
         let (c1, c2, spread) = (srm.params.c1, srm.params.c2, srm.params.spread);
         let members = g.config.members.len();
+        // Proactive FEC: the first request waits for parity too.
+        let hold = g
+            .fec
+            .as_ref()
+            .filter(|f| f.config.mode == crate::fec::FecMode::Proactive)
+            .map_or(Duration::ZERO, |f| f.config.wait);
         let Some(s) = g.streams.get_mut(&origin) else {
             return;
         };
@@ -135,7 +141,10 @@ impl Multicast {
             return;
         }
         s.request_due = true;
-        let after = delay(&mut self.rng, spread, members, d, c1, c2, s.backoff);
+        let mut after = delay(&mut self.rng, spread, members, d, c1, c2, s.backoff);
+        if s.backoff == 0 {
+            after += hold;
+        }
         // After a request (ours, or another's for our first gap), the
         // repair needs the request's way there, the slowest repair timer
         // and its way back: asking again before that only starts a second
@@ -270,7 +279,12 @@ impl Multicast {
                         .get(&origin)
                         .is_some_and(|s| s.recent(seq).is_some())
                 };
-                if !held {
+                // Left to a parity answer (on-demand FEC).
+                if !held
+                    || g.fec
+                        .as_ref()
+                        .is_some_and(|f| f.answering(now, origin, seq, ranges))
+                {
                     continue;
                 }
                 budget -= 1;

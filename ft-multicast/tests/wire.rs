@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use ft_core::{DecodeError, Incarnation, NodeId, Wire};
-use ft_multicast::message::{MAX_ECHOES, MAX_NACK_RANGES, MESSAGE_VERSION};
+use ft_multicast::message::{MAX_ECHOES, MAX_FEC_K, MAX_NACK_RANGES, MESSAGE_VERSION};
 use ft_multicast::{GroupId, McastMessage};
 use proptest::prelude::*;
 
@@ -70,6 +70,25 @@ fn message() -> impl Strategy<Value = McastMessage> {
                 life,
                 seq,
                 payload: Bytes::from(p),
+            }),
+        (
+            group.clone(),
+            (life.clone(), any::<u64>(), any::<u64>()),
+            (any::<u16>(), any::<u16>()),
+            proptest::collection::vec(any::<u32>(), 0..=MAX_FEC_K),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(group, (life, origin, block), (k, index), lens, shard)| {
+                McastMessage::Parity {
+                    group,
+                    origin: NodeId(origin),
+                    life,
+                    block,
+                    k,
+                    index,
+                    lens,
+                    shard: Bytes::from(shard),
+                }
             }),
         (
             group,
@@ -142,6 +161,22 @@ fn hostile_lengths_are_refused_before_allocating() {
         McastMessage::from_bytes(b.freeze()),
         Err(DecodeError::Invalid(_))
     ));
+    // A parity packet claiming 65535 lengths, and one claiming a 4 GiB
+    // shard.
+    let parity = |lens: u16, shard: u32| {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[MESSAGE_VERSION, 32]);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&[0; 24]);
+        b.extend_from_slice(&[4, 0, 0, 0]);
+        b.extend_from_slice(&lens.to_le_bytes());
+        b.extend_from_slice(&vec![0; 4 * usize::from(lens.min(4))]);
+        b.extend_from_slice(&shard.to_le_bytes());
+        McastMessage::from_bytes(b.freeze())
+    };
+    assert!(matches!(parity(u16::MAX, 0), Err(DecodeError::Invalid(_))));
+    assert!(parity(4, u32::MAX).is_err());
+    assert!(parity(4, 0).is_ok());
     // Another version, an unknown tag.
     assert!(matches!(
         McastMessage::from_bytes(Bytes::from_static(&[MESSAGE_VERSION + 1, 1])),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ft_core::{Incarnation, NodeId, Protocol, Recover, RecoveryContext, Wire};
 use ft_multicast::{
-    Feedback, GroupConfig, GroupId, McastConfig, McastInput, McastMessage, McastTimer, Multicast,
-    Srm, Tree,
+    Fec, Feedback, GroupConfig, GroupId, McastConfig, McastInput, McastMessage, McastTimer,
+    Multicast, Srm, Tree,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -19,20 +19,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(&msg.to_bytes()[..], data);
-    // Every feedback strategy, each on the same message.
+    // Every feedback strategy, each on the same message, without and with
+    // forward error correction (proactive, and on demand where it applies).
     for feedback in [
         Feedback::Ack,
         Feedback::Nack(Srm::default()),
         Feedback::Tree(Tree::default()),
     ] {
-        run(&msg, feedback);
+        for fec in [None, Some(Fec::proactive(2, 2)), Some(Fec::on_demand(2, 2))] {
+            run(&msg, feedback.clone(), fec);
+        }
     }
 });
 
-fn run(msg: &McastMessage, feedback: Feedback) {
-    let group = GroupConfig::new(GroupId(msg.group().0), [NodeId(0), NodeId(1), NodeId(2)])
+fn run(msg: &McastMessage, feedback: Feedback, fec: Option<Fec>) {
+    let mut group = GroupConfig::new(GroupId(msg.group().0), [NodeId(0), NodeId(1), NodeId(2)])
         .with_history(4)
         .with_feedback(feedback);
+    group.fec = fec;
     let now = Instant::now();
     let ctx = RecoveryContext {
         node: NodeId(0),
@@ -62,7 +66,16 @@ fn run(msg: &McastMessage, feedback: Feedback) {
     core.handle_timer(later, McastTimer::Tree(msg.group()));
     // Long after: silent parents and children.
     core.handle_timer(later + Duration::from_secs(5), McastTimer::Tree(msg.group()));
+    core.handle_timer(later, McastTimer::FecFlush(msg.group()));
+    for block in 0..3 {
+        core.handle_timer(later, McastTimer::FecRepair(msg.group(), NodeId(0), block));
+        core.handle_timer(later, McastTimer::FecRepair(msg.group(), NodeId(1), block));
+    }
     while core.poll_output().is_some() {}
     assert!(core.held().pending_per_stream <= 4);
     assert!(core.held().recent <= 4 * 2);
+    // Two streams' blocks within a window of 4 (at most 3 blocks of 2
+    // messages and 2 parity packets each), the block being sent, and
+    // answers.
+    assert!(core.held().fec <= 2 * 3 * 4 + 2 + 16, "{:?}", core.held());
 }
