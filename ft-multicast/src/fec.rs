@@ -1100,7 +1100,7 @@ mod protocol_tests {
             Some(now + Duration::from_millis(33))
         );
         assert_eq!(b.stats().nacks_sent, 0);
-        // With SRM: the request delay, [c1·d, (c1+c2)·d] = [10, 20] ms
+        // With SRM: the request delay, [c1·d, (c1+c2)·d] = [10, 30] ms
         // before a distance is measured, and the wait on top.
         let fec = Fec::proactive(4, 2).with_wait(Duration::from_millis(33));
         let mut b = node(B, fec, Feedback::Nack(Srm::default()), now);
@@ -1117,7 +1117,7 @@ mod protocol_tests {
         );
         let at = timer_at(&drain(&mut b), &McastTimer::Request(G, A)).expect("a request timer");
         assert!(at >= now + Duration::from_millis(43), "{:?}", at - now);
-        assert!(at <= now + Duration::from_millis(53), "{:?}", at - now);
+        assert!(at <= now + Duration::from_millis(63), "{:?}", at - now);
         // On demand, no parity comes unasked: nothing to wait for.
         let fec = Fec::on_demand(4, 2).with_wait(Duration::from_millis(33));
         let mut b = node(B, fec, Feedback::Nack(Srm::default()), now);
@@ -1133,7 +1133,7 @@ mod protocol_tests {
             },
         );
         let at = timer_at(&drain(&mut b), &McastTimer::Request(G, A)).expect("a request timer");
-        assert!(at <= now + Duration::from_millis(20), "{:?}", at - now);
+        assert!(at <= now + Duration::from_millis(30), "{:?}", at - now);
     }
 
     #[test]
