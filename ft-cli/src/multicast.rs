@@ -22,7 +22,7 @@ use ft_multicast::{
     Feedback, GroupConfig, GroupId, McastConfig, McastEvent, McastMessage, Ordered, OrderedEvent,
     OrderedInput, Srm,
 };
-use ft_sim::{FaultPlan, Sim, SimConfig, World};
+use ft_sim::{FaultPlan, Observed, Sim, SimConfig, World};
 
 use crate::bounds;
 
@@ -166,11 +166,7 @@ impl SimMcastArgs {
     pub(crate) fn clamp(&mut self) {
         let members = self.receivers + 1;
         self.senders = bounds::clamp("senders", self.senders, 1..=members, "the members");
-        let per_message = match self.strategy {
-            Strategy::Nack => members * (members / 100).max(1),
-            Strategy::Ack | Strategy::Tree => members,
-        };
-        let max = (BUDGET / (self.senders * per_message)).min(MAX_MESSAGES);
+        let max = max_messages(self.strategy, self.senders, members);
         let why = match self.strategy {
             _ if max == MAX_MESSAGES => "",
             Strategy::Nack => "senders × messages × members × members / 100 is at most 2000000",
@@ -210,6 +206,16 @@ impl SimMcastArgs {
             self.seed
         )
     }
+}
+
+/// The most messages per sender that `senders` of `members` send with
+/// `strategy` within the [`BUDGET`].
+fn max_messages(strategy: Strategy, senders: u64, members: u64) -> u64 {
+    let per_message = match strategy {
+        Strategy::Nack => members * (members / 100).max(1),
+        Strategy::Ack | Strategy::Tree => members,
+    };
+    (BUDGET / (senders * per_message).max(1)).min(MAX_MESSAGES)
 }
 
 /// The name of a `--flag` value.
@@ -291,7 +297,14 @@ struct Checker {
 
 impl Checker {
     fn check(&mut self, w: &World<Ordered>) -> Result<(), String> {
-        for o in &w.events()[self.seen..] {
+        self.take(&w.events()[self.seen..])?;
+        self.seen = w.events().len();
+        Ok(())
+    }
+
+    /// Checks `events`, the next ones of the run.
+    fn take(&mut self, events: &[Observed<OrderedEvent>]) -> Result<(), String> {
+        for o in events {
             let me = (o.node, o.incarnation);
             match &o.event {
                 OrderedEvent::Delivered {
@@ -386,7 +399,6 @@ impl Checker {
                 OrderedEvent::Core(_) => {}
             }
         }
-        self.seen = w.events().len();
         Ok(())
     }
 
@@ -682,7 +694,7 @@ fn print_delivered(args: &SimMcastArgs, o: &Outcome) {
         );
     }
     println!(
-        "  invariants: no duplicate, no invented delivery, FIFO per sender{} checked after each of {} steps: held{}",
+        "  invariants: no duplicate, no invented delivery, FIFO per sender{} checked after each of {} steps{}: held",
         args.order.checked(),
         o.stats.steps,
         if c.causal {
@@ -799,5 +811,82 @@ mod tests {
         // Under two routers.
         assert_eq!(r.hops(NodeId(1), NodeId(11)), 4);
         assert_eq!(Routers::new(1000).levels, 3);
+    }
+
+    fn delivered(
+        node: u64,
+        from: u64,
+        seq: u64,
+        order: ft_multicast::Order,
+    ) -> Observed<OrderedEvent> {
+        Observed {
+            at: Duration::ZERO,
+            node: NodeId(node),
+            incarnation: Incarnation::FIRST,
+            event: OrderedEvent::Delivered {
+                group: G,
+                from: NodeId(from),
+                life: Incarnation::FIRST,
+                seq,
+                order,
+                payload: Bytes::from(vec![from as u8, seq as u8]),
+            },
+        }
+    }
+
+    /// The checker over `events`: the first error, if any.
+    fn verdict(causal: bool, events: &[Observed<OrderedEvent>]) -> Result<(), String> {
+        let mut c = Checker {
+            causal,
+            ..Checker::default()
+        };
+        // One at a time, as steps would hand them over.
+        events
+            .iter()
+            .try_for_each(|e| c.take(std::slice::from_ref(e)))
+    }
+
+    #[test]
+    fn the_checker_refuses_duplicates_gaps_inventions_and_causal_inversions() {
+        use ft_multicast::Order::{Causal, Fifo};
+        // n0 sends #1 and #2; n1 delivers them in order: fine.
+        let good = [
+            delivered(0, 0, 1, Fifo),
+            delivered(0, 0, 2, Fifo),
+            delivered(1, 0, 1, Fifo),
+            delivered(1, 0, 2, Fifo),
+        ];
+        assert_eq!(verdict(false, &good), Ok(()));
+        let dup = [good[0].clone(), good[2].clone(), good[2].clone()];
+        assert!(verdict(false, &dup).unwrap_err().contains("expected #2"));
+        let skip = [good[0].clone(), good[1].clone(), good[3].clone()];
+        assert!(verdict(false, &skip).unwrap_err().contains("expected #1"));
+        // Delivered before its sender sent it, or with other bytes.
+        assert!(
+            verdict(false, &[good[2].clone()])
+                .unwrap_err()
+                .contains("never sent")
+        );
+        let mut forged = good[2].clone();
+        if let OrderedEvent::Delivered { payload, .. } = &mut forged.event {
+            *payload = Bytes::from_static(b"forged");
+        }
+        assert!(
+            verdict(false, &[good[0].clone(), forged])
+                .unwrap_err()
+                .contains("never sent")
+        );
+        // n1 delivers n0#1, then sends n1#1 causally; n2 delivers n1#1
+        // before n0#1: a causal inversion.
+        let inversion = [
+            delivered(0, 0, 1, Fifo),
+            delivered(1, 0, 1, Fifo),
+            delivered(1, 1, 1, Causal),
+            delivered(2, 1, 1, Causal),
+        ];
+        assert!(verdict(true, &inversion).unwrap_err().contains("causal"));
+        let mut kept = inversion.to_vec();
+        kept.insert(3, delivered(2, 0, 1, Fifo));
+        assert_eq!(verdict(true, &kept), Ok(()));
     }
 }
