@@ -275,6 +275,9 @@ struct Wire {
     repairs: Vec<Sent>,
 }
 
+/// A sender in one of its lives.
+type Stream = (NodeId, Incarnation);
+
 /// The invariants, checked after every step, and the deliveries counted.
 #[derive(Default)]
 struct Checker {
@@ -286,9 +289,9 @@ struct Checker {
     /// delivered and the last reported missed.
     streams: BTreeMap<(NodeId, Incarnation, NodeId, Incarnation), (u64, u64)>,
     /// Per causal message, what its sender had delivered when it sent it.
-    past: BTreeMap<(NodeId, Incarnation, u64), Vec<((NodeId, Incarnation), u64)>>,
+    past: BTreeMap<(NodeId, Incarnation, u64), Vec<(Stream, u64)>>,
     /// Per member life: what it delivered of each sender's life.
-    upto: BTreeMap<(NodeId, Incarnation), BTreeMap<(NodeId, Incarnation), u64>>,
+    upto: BTreeMap<Stream, BTreeMap<Stream, u64>>,
     deliveries: u64,
     missed: u64,
     refused: u64,
