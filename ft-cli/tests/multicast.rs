@@ -22,6 +22,14 @@ fn count(line: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("a number before {what:?} in {line}"))
 }
 
+/// The milliseconds at the start of `text` ("1125 ms, ..." → 1125).
+fn ms(text: &str) -> u64 {
+    text.split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("milliseconds in {text}"))
+}
+
 /// The multicast section of `ft demo`.
 fn section(text: &str) -> &str {
     let at = text
@@ -64,6 +72,12 @@ fn the_demo_shows_one_lost_packet_its_requests_the_suppressed_and_the_repair() {
         let repairs = line(m, "repairs,");
         assert!(count(repairs, "sent:") >= 1, "{repairs}");
         assert!(repairs.contains("#10 at "), "{repairs}");
+        // No request goes at once: the gap shows when #11 comes, 10 ms
+        // after #10 left, and a request then waits at least SRM's c1 = 2
+        // distances, each at least the network's 1 ms (virtual time).
+        let dropped_at = ms(lost.split("sent at ").nth(1).expect("sent at"));
+        let first = ms(requests.split(" #10 at ").nth(1).expect("a request"));
+        assert!(first >= dropped_at + 12, "{m}");
         let delivered = line(m, "delivered:");
         assert!(
             delivered.contains("2020 of 2020: every member has every message"),
@@ -157,6 +171,36 @@ fn every_strategy_and_order_delivers_everything_under_loss() {
             .fold(0.0, f64::max)
     };
     assert!(load("tree") * 2.0 < load("ack"), "{loads:?}");
+}
+
+#[test]
+fn a_dropped_message_is_repaired_under_every_strategy() {
+    for strategy in ["ack", "nack", "tree"] {
+        let (ok, text) = ft(&[
+            "sim",
+            "multicast",
+            "--strategy",
+            strategy,
+            "--receivers",
+            "20",
+            "--messages",
+            "10",
+            "--loss",
+            "0",
+            "--drop-message",
+            "5",
+        ]);
+        assert!(ok, "{strategy}: {text}");
+        let network = line(&text, "network:");
+        assert!(
+            network.ends_with("10 lost (10 of them n0's #5 on purpose)"),
+            "{network}"
+        );
+        assert!(
+            line(&text, "delivered:").contains("210 of 210: every member has every message"),
+            "{text}"
+        );
+    }
 }
 
 #[test]
