@@ -164,7 +164,11 @@ pub(crate) fn run(args: &DemoArgs) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
-    println!("more: ft sim group --help, ft sim rpc --help");
+    if let Err(e) = crate::multicast::demo(args.seed) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    println!("more: ft sim group --help, ft sim rpc --help, ft sim multicast --help");
     ExitCode::SUCCESS
 }
 

@@ -5,6 +5,7 @@
 mod bounds;
 mod demo;
 mod group;
+mod multicast;
 mod rpc;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
@@ -47,6 +48,12 @@ enum SimScenario {
     /// exactly-once semantics side by side: what was answered, what failed
     /// and why, what executed twice.
     Rpc(rpc::SimRpcArgs),
+    /// A group of n0 and N receivers on a tree of routers, with the
+    /// feedback strategy (ACK, SRM-style NACK, hierarchical) and the
+    /// delivery order you choose, under loss: deliveries, NACKs, repairs,
+    /// suppressed requests and repairs, the source's load, all checked
+    /// after every step.
+    Multicast(multicast::SimMcastArgs),
 }
 
 /// The usage of the deepest subcommand named by `words`.
@@ -94,6 +101,12 @@ fn main() -> std::process::ExitCode {
         } => {
             args.clamp();
             rpc::sim_rpc(&args)
+        }
+        Command::Sim {
+            scenario: SimScenario::Multicast(mut args),
+        } => {
+            args.clamp();
+            multicast::sim_multicast(&args)
         }
     }
 }
