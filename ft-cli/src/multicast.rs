@@ -66,6 +66,9 @@ pub(crate) enum Strategy {
     /// Hierarchical: receivers acknowledge to and are repaired by their
     /// parent in a tree of coordinators.
     Tree,
+    /// SRM-style, with two Reed–Solomon parity packets after every eight
+    /// messages, which rebuild most losses with no feedback at all.
+    NackFec,
 }
 
 impl Strategy {
@@ -75,14 +78,21 @@ impl Strategy {
         let group = GroupConfig::new(G, members).with_history(HISTORY);
         match self {
             Strategy::Ack => group,
-            Strategy::Nack => group.with_feedback(Feedback::Nack(Srm {
-                // Every member multicasts a session message per interval:
-                // the interval grows with the group so sessions cost each
-                // member a fixed share (as SRM does, and the implosion
-                // bench).
-                session_interval: Duration::from_millis(200) * (n / 100).max(1) as u32,
-                ..Srm::default()
-            })),
+            Strategy::Nack | Strategy::NackFec => {
+                let group = group.with_feedback(Feedback::Nack(Srm {
+                    // Every member multicasts a session message per
+                    // interval: the interval grows with the group so
+                    // sessions cost each member a fixed share (as SRM
+                    // does, and the implosion bench).
+                    session_interval: Duration::from_millis(200) * (n / 100).max(1) as u32,
+                    ..Srm::default()
+                }));
+                if self == Strategy::NackFec {
+                    group.with_fec(ft_multicast::Fec::proactive(8, 2))
+                } else {
+                    group
+                }
+            }
             Strategy::Tree => group.with_feedback(Feedback::Tree(ft_multicast::Tree::default())),
         }
     }
@@ -169,7 +179,9 @@ impl SimMcastArgs {
         let max = max_messages(self.strategy, self.senders, members);
         let why = match self.strategy {
             _ if max == MAX_MESSAGES => "",
-            Strategy::Nack => "senders × messages × members × members / 100 is at most 2000000",
+            Strategy::Nack | Strategy::NackFec => {
+                "senders × messages × members × members / 100 is at most 2000000"
+            }
             Strategy::Ack | Strategy::Tree => "senders × messages × members is at most 2000000",
         };
         self.messages = bounds::clamp("messages", self.messages, 0..=max, why);
@@ -212,7 +224,7 @@ impl SimMcastArgs {
 /// `strategy` within the [`BUDGET`].
 fn max_messages(strategy: Strategy, senders: u64, members: u64) -> u64 {
     let per_message = match strategy {
-        Strategy::Nack => members * (members / 100).max(1),
+        Strategy::Nack | Strategy::NackFec => members * (members / 100).max(1),
         Strategy::Ack | Strategy::Tree => members,
     };
     (BUDGET / (senders * per_message).max(1)).min(MAX_MESSAGES)
@@ -586,6 +598,8 @@ fn run(args: &SimMcastArgs, detail: bool) -> Result<Outcome, String> {
         m.repairs_suppressed += s.repairs_suppressed;
         m.acks_sent += s.acks_sent;
         m.duplicates += s.duplicates;
+        m.parity_sent += s.parity_sent;
+        m.fec_recovered += s.fec_recovered;
         let t = o.core().tree_stats();
         out.tree.local_repairs += t.local_repairs;
         out.tree.escalated += t.escalated;
@@ -766,6 +780,10 @@ pub(crate) fn sim_multicast(args: &SimMcastArgs) -> ExitCode {
         Strategy::Nack => feedback.push(format!(
             "suppressed: {} requests, {} repairs",
             m.requests_suppressed, m.repairs_suppressed
+        )),
+        Strategy::NackFec => feedback.push(format!(
+            "{} parity packets sent, {} messages rebuilt from parity; suppressed: {} requests, {} repairs",
+            m.parity_sent, m.fec_recovered, m.requests_suppressed, m.repairs_suppressed
         )),
         Strategy::Tree => feedback.push(format!(
             "{} repairs by coordinators, {} NACKs escalated to the source",

@@ -104,7 +104,7 @@ fn the_demo_shows_one_lost_packet_its_requests_the_suppressed_and_the_repair() {
 #[test]
 fn every_strategy_and_order_delivers_everything_under_loss() {
     let mut loads = Vec::new();
-    for strategy in ["ack", "nack", "tree"] {
+    for strategy in ["ack", "nack", "tree", "nack-fec"] {
         for order in ["fifo", "causal"] {
             let (ok, text) = ft(&[
                 "sim",
@@ -132,7 +132,12 @@ fn every_strategy_and_order_delivers_everything_under_loss() {
             // The loss was injected, and repaired.
             assert!(count(line(&text, "network:"), "lost") > 0, "{text}");
             let feedback = line(&text, "feedback:");
-            assert!(count(feedback, "repairs") > 0, "{feedback}");
+            if strategy == "nack-fec" {
+                // Parity rebuilds the losses, mostly with no feedback.
+                assert!(count(feedback, "messages rebuilt") > 0, "{feedback}");
+            } else {
+                assert!(count(feedback, "repairs") > 0, "{feedback}");
+            }
             let invariants = line(&text, "invariants:");
             assert!(invariants.ends_with("held"), "{invariants}");
             if order == "causal" {
@@ -151,6 +156,7 @@ fn every_strategy_and_order_delivers_everything_under_loss() {
             match strategy {
                 "ack" => assert!(count(feedback, "acknowledgements") > 0),
                 "nack" => assert!(count(feedback, "requests,") > 0, "{feedback}"),
+                "nack-fec" => assert!(count(feedback, "parity packets sent") > 0),
                 _ => assert!(count(feedback, "repairs by coordinators") > 0),
             }
             assert!(
@@ -175,7 +181,7 @@ fn every_strategy_and_order_delivers_everything_under_loss() {
 
 #[test]
 fn a_dropped_message_is_repaired_under_every_strategy() {
-    for strategy in ["ack", "nack", "tree"] {
+    for strategy in ["ack", "nack", "tree", "nack-fec"] {
         let (ok, text) = ft(&[
             "sim",
             "multicast",
