@@ -471,11 +471,21 @@ impl Multicast {
         if !g.config.contains(from) {
             return;
         }
+        let srm = g.srm.is_some();
         let Some(s) = Self::stream_of(&mut self.out, g, from, life, 1) else {
             return;
         };
         s.highest = s.highest.max(upto);
-        if s.next <= s.highest && !s.nack_due {
+        let gap = s.next <= s.highest;
+        if srm {
+            // Asked of the group, after the request delay, as any gap is:
+            // a NACK to the source would bypass suppression.
+            if gap {
+                self.schedule_request(now, group, from);
+            }
+            return;
+        }
+        if gap && !s.nack_due {
             s.nack_due = true;
             self.nack(now, group, from);
         }

@@ -841,4 +841,27 @@ mod tests {
         }
         assert!(most <= 16, "{most}");
     }
+
+    #[test]
+    fn a_message_expected_by_a_layer_above_is_asked_of_the_group() {
+        // The causal layer learns of message 3 from another member's past:
+        // with SRM feedback the gap is asked for as any gap is, by a
+        // request after its delay, not by a NACK to the source.
+        let now = Instant::now();
+        let mut b = node(B, now);
+        b.expect(now, G, A, Incarnation::FIRST, 3);
+        let mut request_timer = false;
+        while let Some(o) = b.poll_output() {
+            match o {
+                Output::SetTimer {
+                    timer: McastTimer::Request(G, A),
+                    ..
+                } => request_timer = true,
+                Output::Send { msg, .. } => panic!("sent {msg:?}"),
+                _ => {}
+            }
+        }
+        assert!(request_timer);
+        assert_eq!(b.stats().nacks_sent, 0);
+    }
 }
