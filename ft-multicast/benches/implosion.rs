@@ -18,11 +18,15 @@
 //!   on its first transmission;
 //! - repairs per lost packet: retransmissions, by anyone;
 //! - source load: messages the source received per message it sent
-//!   (acknowledgements, NACKs, requests, session messages).
+//!   (acknowledgements, NACKs, requests, session messages);
+//! - parity per message: forward error correction's parity packets per
+//!   message sent.
 //!
 //! The classic SRM row is SRM as published (uniform timers, c1 = c2 = 2,
 //! d1 = d2 = 1, every holder races to repair); "NACK" is ft's default;
-//! "tree" is hierarchical feedback with its default fanout of 4.
+//! "NACK + FEC" adds two Reed–Solomon parity packets after every eight
+//! messages (proactive), so repairs count parity packets too; "tree" is
+//! hierarchical feedback with its default fanout of 4.
 
 #[path = "../tests/topology/mod.rs"]
 mod topology;
@@ -31,7 +35,7 @@ use std::time::Duration;
 
 use ft_core::NodeId;
 use ft_multicast::Tree as Hierarchy;
-use ft_multicast::{Feedback, GroupConfig, GroupId, Spread, Srm};
+use ft_multicast::{Fec, Feedback, GroupConfig, GroupId, Spread, Srm};
 use topology::{Figures, Loss, Run, Tree};
 
 const G: GroupId = GroupId(1);
@@ -78,6 +82,18 @@ fn strategies() -> Vec<(&'static str, Strategy)> {
             }),
         ),
         (
+            "NACK + FEC",
+            Box::new(|m: Vec<NodeId>| {
+                let srm = Srm {
+                    session_interval: session_interval(m.len()),
+                    ..Srm::default()
+                };
+                base(m)
+                    .with_feedback(Feedback::Nack(srm))
+                    .with_fec(Fec::proactive(8, 2))
+            }),
+        ),
+        (
             "tree",
             Box::new(|m: Vec<NodeId>| base(m).with_feedback(Feedback::Tree(Hierarchy::default()))),
         ),
@@ -95,8 +111,8 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let sizes: &[u64] = if quick { &[10] } else { &[10, 100, 1000] };
     println!(
-        "{:<12} {:<15} {:>5} {:>6} {:>8} {:>10} {:>9}",
-        "strategy", "loss", "N", "lost", "NACKs/l", "repairs/l", "src load"
+        "{:<12} {:<15} {:>5} {:>6} {:>8} {:>10} {:>9} {:>11}",
+        "strategy", "loss", "N", "lost", "NACKs/l", "repairs/l", "src load", "parity/msg"
     );
     for loss in [Loss::Independent(0.01), Loss::Tree(0.01)] {
         for &n in sizes {
@@ -125,7 +141,7 @@ fn main() {
                     .collect();
                 let lost: u64 = figures.iter().map(|f| f.lost).sum();
                 println!(
-                    "{:<12} {:<15} {:>5} {:>6} {:>8.2} {:>10.2} {:>9.2}",
+                    "{:<12} {:<15} {:>5} {:>6} {:>8.2} {:>10.2} {:>9.2} {:>11.2}",
                     name,
                     loss.name(),
                     n,
@@ -133,6 +149,7 @@ fn main() {
                     median(figures.iter().map(Figures::nacks_per_loss).collect()),
                     median(figures.iter().map(Figures::repairs_per_loss).collect()),
                     median(figures.iter().map(Figures::source_load).collect()),
+                    median(figures.iter().map(Figures::parity_per_message).collect()),
                 );
             }
         }

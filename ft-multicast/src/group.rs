@@ -181,6 +181,25 @@ impl GroupConfig {
         self
     }
 
+    /// The group of every member of `view`, ft-group's membership view
+    /// (whatever each member's state in it: the list is static, and a
+    /// member the view later declares dead stays in the group; views that
+    /// change a group come with virtual synchrony).
+    ///
+    /// ```
+    /// # use std::time::Instant;
+    /// use ft_core::NodeId;
+    /// use ft_group::membership::Membership;
+    /// use ft_multicast::{GroupConfig, GroupId};
+    ///
+    /// let view = Membership::new([NodeId(3), NodeId(1), NodeId(2)], Instant::now());
+    /// let group = GroupConfig::from_membership(GroupId(7), &view);
+    /// assert_eq!(group.members, vec![NodeId(1), NodeId(2), NodeId(3)]);
+    /// ```
+    pub fn from_membership(id: GroupId, view: &ft_group::membership::Membership) -> Self {
+        GroupConfig::new(id, view.iter().map(|m| m.node))
+    }
+
     /// The same group with `feedback`.
     #[must_use]
     pub fn with_feedback(mut self, feedback: Feedback) -> Self {

@@ -168,6 +168,8 @@ pub(crate) struct Figures {
     pub(crate) nacks: u64,
     /// Repairs sent, all members.
     pub(crate) repairs: u64,
+    /// Parity packets sent (forward error correction), all members.
+    pub(crate) parity: u64,
     /// Messages the source received.
     pub(crate) source_received: u64,
     /// Messages the source sent (its data).
@@ -182,6 +184,10 @@ impl Figures {
     /// Repairs per lost packet.
     pub(crate) fn repairs_per_loss(&self) -> f64 {
         self.repairs as f64 / self.lost.max(1) as f64
+    }
+    /// Parity packets per message sent.
+    pub(crate) fn parity_per_message(&self) -> f64 {
+        self.parity as f64 / self.sent.max(1) as f64
     }
     /// Messages the source received per message it sent.
     pub(crate) fn source_load(&self) -> f64 {
@@ -264,6 +270,7 @@ impl Run {
         for (node, core) in w.cores() {
             f.nacks += core.stats().nacks_sent;
             f.repairs += core.stats().repairs_sent;
+            f.parity += core.stats().parity_sent;
             if node == NodeId(0) {
                 f.source_received = ft_core::Protocol::counters(core).messages_received;
             }
