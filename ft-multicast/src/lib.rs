@@ -5,14 +5,16 @@
 pub mod causal;
 pub mod core;
 pub mod group;
+pub mod header;
 mod history;
 pub mod message;
 mod receive;
 mod srm;
+pub mod total;
 
 pub use crate::core::{
     Held, McastConfig, McastEvent, McastInput, McastStats, McastTimer, Multicast, Refusal,
 };
-pub use causal::{Order, Ordered, OrderedEvent, OrderedInput};
+pub use causal::{Order, Ordered, OrderedEvent, OrderedInput, OrderedStats};
 pub use group::{Feedback, GroupConfig, GroupId, Srm};
 pub use message::McastMessage;

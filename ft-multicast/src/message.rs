@@ -30,6 +30,13 @@ const ANNOUNCE: u8 = 4;
 const REQUEST: u8 = 5;
 const REPAIR: u8 = 6;
 const SESSION: u8 = 7;
+// Tags 16..=31: the ordering layer's own messages.
+const DATAGRAM: u8 = 16;
+const HAVE: u8 = 17;
+const BEACON: u8 = 18;
+
+/// The most senders one [`McastMessage::Beacon`] lists.
+pub const MAX_PREFIX: usize = 4096;
 
 /// The most time-stamp echoes one session message carries.
 pub const MAX_ECHOES: usize = 16;
@@ -139,6 +146,53 @@ pub enum McastMessage {
         /// [`MAX_ECHOES`].
         echoes: Vec<(ft_core::NodeId, u64, u64)>,
     },
+    /// An [`Unreliable`](crate::Order::Unreliable) message: multicast
+    /// once, kept nowhere, never repaired, delivered on arrival.
+    Datagram {
+        /// The group.
+        group: GroupId,
+        /// The sender's life.
+        life: Incarnation,
+        /// Its number among the sender's datagrams in this life, from 1
+        /// (so that a duplicated copy is delivered once).
+        number: u64,
+        /// The application's bytes.
+        payload: Bytes,
+    },
+    /// From a member to the group's sequencer (total order): every
+    /// position of the total order up to `upto` is resolved here (the
+    /// message is held or delivered, or reported missed). The sequencer
+    /// learns from these which positions are stable (held everywhere).
+    Have {
+        /// The group.
+        group: GroupId,
+        /// The member's life.
+        life: Incarnation,
+        /// The last position resolved.
+        upto: u64,
+    },
+    /// From the group's sequencer: how far its decisions have gone, as of
+    /// message `highest` of its stream, and how far the total order is
+    /// stable. Multicast when stability advances for a
+    /// [`Safe`](crate::Order::Safe) message, and unicast in answer to a
+    /// [`Have`](McastMessage::Have).
+    Beacon {
+        /// The group.
+        group: GroupId,
+        /// The sequencer's life.
+        life: Incarnation,
+        /// The last message of the sequencer's stream that carries
+        /// decisions up to `next`.
+        highest: u64,
+        /// The next position the sequencer will send a decision for.
+        next: u64,
+        /// Every position up to this one is held by every member.
+        stable: u64,
+        /// For each sender, the last message (in its life) whose fate the
+        /// sequencer has decided: ordered, or never to be. At most
+        /// [`MAX_PREFIX`].
+        prefix: Vec<(ft_core::NodeId, Incarnation, u64)>,
+    },
 }
 
 impl McastMessage {
@@ -154,6 +208,15 @@ impl McastMessage {
             McastMessage::Announce { base, highest, .. }
             | McastMessage::Session { base, highest, .. } => ok(*base) && ok(*highest),
             McastMessage::Repair { seq, .. } => ok(*seq),
+            McastMessage::Datagram { number, .. } => ok(*number),
+            McastMessage::Have { upto, .. } => ok(*upto),
+            McastMessage::Beacon {
+                highest,
+                next,
+                stable,
+                prefix,
+                ..
+            } => ok(*highest) && ok(*next) && ok(*stable) && prefix.iter().all(|p| ok(p.2)),
         }
     }
 
@@ -166,7 +229,10 @@ impl McastMessage {
             | McastMessage::Announce { group, .. }
             | McastMessage::Request { group, .. }
             | McastMessage::Repair { group, .. }
-            | McastMessage::Session { group, .. } => *group,
+            | McastMessage::Session { group, .. }
+            | McastMessage::Datagram { group, .. }
+            | McastMessage::Have { group, .. }
+            | McastMessage::Beacon { group, .. } => *group,
         }
     }
 }
@@ -265,6 +331,46 @@ impl Wire for McastMessage {
                     buf.put_u64_le(held);
                 }
             }
+            McastMessage::Datagram {
+                group,
+                life,
+                number,
+                payload,
+            } => {
+                buf.put_u8(DATAGRAM);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*number);
+                wire::put_bytes(buf, payload);
+            }
+            McastMessage::Have { group, life, upto } => {
+                buf.put_u8(HAVE);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*upto);
+            }
+            McastMessage::Beacon {
+                group,
+                life,
+                highest,
+                next,
+                stable,
+                prefix,
+            } => {
+                buf.put_u8(BEACON);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*highest);
+                buf.put_u64_le(*next);
+                buf.put_u64_le(*stable);
+                let n = prefix.len().min(MAX_PREFIX);
+                buf.put_u32_le(n as u32);
+                for &(node, life, upto) in &prefix[..n] {
+                    buf.put_u64_le(node.0);
+                    buf.put_u64_le(life.0);
+                    buf.put_u64_le(upto);
+                }
+            }
         }
     }
 
@@ -277,7 +383,7 @@ impl Wire for McastMessage {
             });
         }
         let tag = wire::get_u8(buf)?;
-        if !(DATA..=SESSION).contains(&tag) {
+        if !(DATA..=SESSION).contains(&tag) && !(DATAGRAM..=BEACON).contains(&tag) {
             return Err(DecodeError::UnknownTag {
                 what: "McastMessage",
                 tag,
@@ -347,6 +453,43 @@ impl Wire for McastMessage {
                     echoes,
                 }
             }
+            DATAGRAM => McastMessage::Datagram {
+                group,
+                life,
+                number: wire::get_u64(buf)?,
+                payload: wire::get_bytes(buf, MAX_PAYLOAD)?,
+            },
+            HAVE => McastMessage::Have {
+                group,
+                life,
+                upto: wire::get_u64(buf)?,
+            },
+            BEACON => {
+                let highest = wire::get_u64(buf)?;
+                let next = wire::get_u64(buf)?;
+                let stable = wire::get_u64(buf)?;
+                let n = wire::get_u32(buf)? as usize;
+                if n > MAX_PREFIX {
+                    return Err(DecodeError::Invalid("a beacon listing too many senders"));
+                }
+                wire::need(buf, n * 24)?;
+                let mut prefix = Vec::with_capacity(n);
+                for _ in 0..n {
+                    prefix.push((
+                        ft_core::NodeId(wire::get_u64(buf)?),
+                        Incarnation(wire::get_u64(buf)?),
+                        wire::get_u64(buf)?,
+                    ));
+                }
+                McastMessage::Beacon {
+                    group,
+                    life,
+                    highest,
+                    next,
+                    stable,
+                    prefix,
+                }
+            }
             _ => McastMessage::Announce {
                 group,
                 life,
@@ -358,12 +501,13 @@ impl Wire for McastMessage {
 
     fn encoded_len_hint(&self) -> usize {
         match self {
-            McastMessage::Data { payload, .. } | McastMessage::Repair { payload, .. } => {
-                2 + 4 + 8 * 3 + 4 + payload.len()
-            }
+            McastMessage::Data { payload, .. }
+            | McastMessage::Repair { payload, .. }
+            | McastMessage::Datagram { payload, .. } => 2 + 4 + 8 * 3 + 4 + payload.len(),
             McastMessage::Nack { ranges, .. } => 2 + 4 + 8 + 4 + 16 * ranges.len(),
             McastMessage::Request { ranges, .. } => 2 + 4 + 16 + 4 + 16 * ranges.len(),
             McastMessage::Session { echoes, .. } => 2 + 4 + 8 * 4 + 4 + 24 * echoes.len(),
+            McastMessage::Beacon { prefix, .. } => 2 + 4 + 8 * 4 + 4 + 24 * prefix.len(),
             _ => 2 + 4 + 8 * 3,
         }
     }
