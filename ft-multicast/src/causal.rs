@@ -248,6 +248,10 @@ struct GroupState {
     /// Ring slots this node keeps free for decisions, as sequencer.
     reserve: usize,
     progress: BTreeMap<NodeId, Progress>,
+    /// How far earlier lives of members were delivered (or reported
+    /// lost) here, once `progress` moved on to a newer one: a dependency
+    /// on an old life is met only if this says so.
+    old: BTreeMap<(NodeId, Incarnation), u64>,
     /// The newest life of each member the core has heard from.
     newest: BTreeMap<NodeId, Incarnation>,
     /// Per sender, what is not yet passed on, in its order.
@@ -289,6 +293,7 @@ impl GroupState {
             max_payload: config.max_payload.min(MAX_PAYLOAD),
             reserve: (config.history / 4).max(1),
             progress: BTreeMap::new(),
+            old: BTreeMap::new(),
             newest: BTreeMap::new(),
             queues: BTreeMap::new(),
             agreed: Agreed::default(),
@@ -304,19 +309,30 @@ impl GroupState {
     fn advance(&mut self, from: NodeId, life: Incarnation, upto: u64) {
         let p = self.progress.entry(from).or_default();
         if life > p.life {
+            if p.upto > 0 {
+                self.old.insert((from, p.life), p.upto);
+            }
             *p = Progress { life, upto };
         } else if life == p.life {
             p.upto = p.upto.max(upto);
+        } else {
+            let o = self.old.entry((from, life)).or_default();
+            *o = (*o).max(upto);
         }
     }
 
     /// Whether `k`'s messages up to `need` are delivered here, or lost.
     fn met(&self, k: NodeId, need: Progress) -> Met {
         let have = self.progress.get(&k).copied().unwrap_or_default();
-        if have.life > need.life || (have.life == need.life && have.upto >= need.upto) {
+        let done = if have.life == need.life {
+            have.upto
+        } else {
+            self.old.get(&(k, need.life)).copied().unwrap_or(0)
+        };
+        if done >= need.upto {
             return Met::Yes;
         }
-        let newer = self.newest.get(&k).is_some_and(|&n| n > need.life);
+        let newer = have.life > need.life || self.newest.get(&k).is_some_and(|&n| n > need.life);
         let waiting = self.queues.get(&k).is_some_and(|q| {
             q.iter().any(|i| match i {
                 Item::Message(h) => h.life <= need.life,
@@ -520,7 +536,8 @@ impl Ordered {
                 match self.core.try_send(now, group, header::encode_decision(d)) {
                     Ok(n) => {
                         let d = seq.unsent.pop_front().expect("looked at");
-                        if d.first < seq.sent_next {
+                        if seq.resend > 0 {
+                            seq.resend -= 1;
                             self.stats.decisions_resent += 1;
                         }
                         self.stats.decisions_sent += 1;
@@ -544,6 +561,14 @@ impl Ordered {
             }
             return busy || self.finish_settle(now, group);
         } else {
+            // A new life of the sequencer knows nothing of what members
+            // hold: it is told again.
+            if let Some(life) = self.core.life_of(group, st.sequencer)
+                && life > st.agreed.told
+            {
+                st.agreed.told = life;
+                st.agreed.have_sent = 0;
+            }
             let resolved = st.resolved();
             if resolved > st.agreed.have_sent && st.holds_total(true) {
                 self.send_have(group, resolved);
@@ -560,7 +585,14 @@ impl Ordered {
         };
         if st.seq.is_none()
             && !st.agreed.ticking
-            && (st.holds_total(false) || st.resolved() > st.agreed.have_sent)
+            // Until this life has learned where the order is (a member
+            // that restarted when nothing was being decided would never
+            // hear, and its silence would hold stability back), while it
+            // holds agreed or safe messages, and until its last
+            // resolution is told.
+            && (st.agreed.next.is_none()
+                || st.holds_total(false)
+                || st.resolved() > st.agreed.have_sent)
         {
             st.agreed.ticking = true;
             self.out
@@ -935,12 +967,22 @@ impl Ordered {
         }
     }
 
-    /// Notes what each sender's first held-back message waits for.
+    /// Notes what each sender's first held-back message waits for, and
+    /// the message at the next position of the total order if it is not
+    /// here: the core asks its sender (and learns so of a restarted
+    /// sender's new life, so that a message lost with the old one is
+    /// reported missed instead of awaited for ever).
     fn want(&mut self, group: GroupId) {
         let me = self.core.node();
         let Some(st) = self.groups.get(&group) else {
             return;
         };
+        if let Some(&id) = st.agreed.next.and_then(|p| st.agreed.by_pos.get(&p))
+            && id.0 != me
+            && !st.holds(id)
+        {
+            self.wanted.push((group, id.0, id.1, id.2));
+        }
         for q in st.queues.values() {
             let Some(Item::Message(h)) = q.front() else {
                 continue;
@@ -954,19 +996,29 @@ impl Ordered {
     }
 
     /// The causal past of a message sent now: what this node delivered of
-    /// every other member's stream.
+    /// every other member's stream, in the member's newest life and in the
+    /// one before it (whose messages a receiver that missed them must be
+    /// told of, not pass over silently).
     fn past(&self, group: GroupId) -> Vec<MessageId> {
         let me = self.core.node();
-        self.groups
-            .get(&group)
-            .map(|st| {
-                st.progress
-                    .iter()
-                    .filter(|&(&k, p)| k != me && p.upto > 0)
-                    .map(|(&k, &p)| (k, p.life, p.upto))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let Some(st) = self.groups.get(&group) else {
+            return Vec::new();
+        };
+        let mut past = Vec::new();
+        for (&k, &p) in &st.progress {
+            if k == me {
+                continue;
+            }
+            if let Some((&(_, life), &upto)) =
+                st.old.range((k, Incarnation(0))..(k, p.life)).next_back()
+            {
+                past.push((k, life, upto));
+            }
+            if p.upto > 0 {
+                past.push((k, p.life, p.upto));
+            }
+        }
+        past
     }
 
     /// An unreliable send: one multicast datagram, delivered here first.

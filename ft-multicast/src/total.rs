@@ -202,6 +202,8 @@ pub(crate) struct Sequencer {
     pub(crate) persisting: VecDeque<(PersistToken, Option<Decision>)>,
     /// Durable, waiting for room in this node's ring.
     pub(crate) unsent: VecDeque<Decision>,
+    /// How many of `unsent` are decisions of an earlier life, sent again.
+    pub(crate) resend: usize,
     /// Decision records since the last snapshot.
     records: usize,
     /// As of the last decision sent: its number in this node's stream, the
@@ -238,6 +240,7 @@ impl Sequencer {
             dirty: false,
             persisting: VecDeque::new(),
             unsent: VecDeque::new(),
+            resend: 0,
             records: 0,
             sent_highest: 0,
             sent_next: 1,
@@ -250,12 +253,7 @@ impl Sequencer {
         for r in &records {
             match r {
                 OrderRecord::Decided(_, d) => {
-                    if s.tail.is_empty() {
-                        s.tail_first = d.first;
-                    }
-                    if d.first == s.tail_first + s.tail.len() as u64 {
-                        s.tail.extend(d.entries.iter().copied());
-                    }
+                    s.keep(d);
                     s.next = s.next.max(d.first + d.entries.len() as u64);
                     for &(k, l, u) in &d.prefix {
                         s.advance(k, l, u);
@@ -279,7 +277,10 @@ impl Sequencer {
         }
         s.trim();
         // What is not known stable is multicast again in this life, then
-        // one (possibly empty) decision says how far everything goes.
+        // one (possibly empty) decision says how far everything goes. The
+        // prefix rides only on that last one: a member that learned a
+        // sender's messages are all decided before it got their positions
+        // would drop them.
         let prefix = prefix_list(&s.prefix);
         let mut first = s.tail_first;
         for chunk in s
@@ -292,7 +293,7 @@ impl Sequencer {
             s.unsent.push_back(Decision {
                 first,
                 entries: chunk.to_vec(),
-                prefix: prefix.clone(),
+                prefix: Vec::new(),
             });
             first += chunk.len() as u64;
         }
@@ -303,9 +304,22 @@ impl Sequencer {
                 prefix,
             });
         }
+        s.resend = s.unsent.len();
         s.batch_first = s.next;
         s.sent_next = s.tail_first;
         s
+    }
+
+    /// Keeps decision `d`'s entries in the tail, which they continue.
+    fn keep(&mut self, d: &Decision) {
+        if d.entries.is_empty() {
+            return;
+        }
+        if self.tail.is_empty() {
+            self.tail_first = d.first;
+        }
+        debug_assert_eq!(d.first, self.tail_first + self.tail.len() as u64);
+        self.tail.extend(d.entries.iter().copied());
     }
 
     fn advance(&mut self, k: NodeId, life: Incarnation, upto: u64) -> bool {
@@ -355,7 +369,13 @@ impl Sequencer {
         }
         let prefix = prefix_list(&self.prefix);
         let batch = std::mem::take(&mut self.batch);
-        let mut first = self.batch_first;
+        // Positions given in this call start at `batch_first`; a decision
+        // with none says how far the order goes: up to `next`.
+        let mut first = if batch.is_empty() {
+            self.next
+        } else {
+            self.batch_first
+        };
         if batch.is_empty() {
             out.push(OrderRecord::Decided(
                 group,
@@ -366,13 +386,19 @@ impl Sequencer {
                 },
             ));
         }
-        for chunk in batch.chunks(MAX_DECISIONS) {
+        let chunks = batch.chunks(MAX_DECISIONS).count();
+        for (i, chunk) in batch.chunks(MAX_DECISIONS).enumerate() {
             out.push(OrderRecord::Decided(
                 group,
                 Decision {
                     first,
                     entries: chunk.to_vec(),
-                    prefix: prefix.clone(),
+                    // Only the last: see `recover`.
+                    prefix: if i + 1 == chunks {
+                        prefix.clone()
+                    } else {
+                        Vec::new()
+                    },
                 },
             ));
             first += chunk.len() as u64;
@@ -380,10 +406,7 @@ impl Sequencer {
         self.dirty = false;
         for r in &out {
             if let OrderRecord::Decided(_, d) = r {
-                if self.tail.is_empty() {
-                    self.tail_first = d.first;
-                }
-                self.tail.extend(d.entries.iter().copied());
+                self.keep(d);
                 self.records += 1;
             }
         }
@@ -429,7 +452,10 @@ impl Sequencer {
     pub(crate) fn sent(&mut self, seq: u64, d: &Decision) {
         self.sent_highest = seq;
         self.sent_next = self.sent_next.max(d.first + d.entries.len() as u64);
-        self.sent_prefix.clone_from(&d.prefix);
+        // An empty prefix says nothing new; the last one still holds.
+        if !d.prefix.is_empty() {
+            self.sent_prefix.clone_from(&d.prefix);
+        }
     }
 
     /// `member` resolved the order up to `upto`.
@@ -481,8 +507,9 @@ pub(crate) struct Agreed {
     pub(crate) prefix: BTreeMap<NodeId, (Incarnation, u64)>,
     /// Positions up to here are held by every member.
     pub(crate) stable: u64,
-    /// The last resolution told the sequencer.
+    /// The last resolution told the sequencer, in its life `told`.
     pub(crate) have_sent: u64,
+    pub(crate) told: Incarnation,
     /// The `Order` timer is set.
     pub(crate) ticking: bool,
 }
