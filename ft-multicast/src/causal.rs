@@ -361,6 +361,23 @@ impl GroupState {
         })
     }
 
+    /// The agreed or safe messages first in their senders' queues that
+    /// have no position yet and are not known decided: the sequencer may
+    /// never have got them (their sender restarted before repairing them
+    /// to it, and nobody knows of its new life yet), and is told.
+    fn undecided(&self) -> Vec<MessageId> {
+        self.queues
+            .iter()
+            .filter_map(|(&k, q)| match q.front()? {
+                Item::Message(h) if !h.done && h.order.total() => {
+                    let id = (k, h.life, h.seq);
+                    (self.agreed.position(id).is_none() && !self.agreed.covered(id)).then_some(id)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// How far the total order is resolved here: every position up to it
     /// is delivered, skipped, or held with its decision.
     fn resolved(&self) -> u64 {
@@ -588,11 +605,15 @@ impl Ordered {
             // Until this life has learned where the order is (a member
             // that restarted when nothing was being decided would never
             // hear, and its silence would hold stability back), while it
-            // holds agreed or safe messages, and until its last
-            // resolution is told.
+            // holds agreed or safe messages, until what it resolved is
+            // known stable, and until the sequencer's life it last heard
+            // of has answered (a `Have` may be lost; a beacon of that life
+            // says one arrived: a restarted sequencer knows nothing of
+            // what members hold until they tell it).
             && (st.agreed.next.is_none()
                 || st.holds_total(false)
-                || st.resolved() > st.agreed.have_sent)
+                || st.resolved() > st.agreed.stable
+                || st.agreed.answered < st.agreed.told)
         {
             st.agreed.ticking = true;
             self.out
@@ -625,8 +646,16 @@ impl Ordered {
         };
         st.agreed.have_sent = upto;
         self.stats.haves_sent += 1;
-        self.out
-            .send(st.sequencer, McastMessage::Have { group, life, upto });
+        let lacking = st.undecided();
+        self.out.send(
+            st.sequencer,
+            McastMessage::Have {
+                group,
+                life,
+                upto,
+                lacking,
+            },
+        );
     }
 
     /// Whether the application may send to `group` through the core: the
@@ -1124,12 +1153,21 @@ impl Ordered {
                     payload,
                 });
             }
-            McastMessage::Have { upto, .. } => {
+            McastMessage::Have { upto, lacking, .. } => {
                 let Some(seq) = st.seq.as_mut() else {
                     self.stats.ignored += 1;
                     return;
                 };
                 seq.heard(from, upto);
+                // Messages a member holds that this sequencer has not
+                // ordered: asked of their senders, which repair them, or
+                // answer with a new life (and what the old one left
+                // unordered is then abandoned).
+                for (k, life, n) in lacking {
+                    if k != me && !seq.prefix.get(&k).is_some_and(|&p| (life, n) <= p) {
+                        self.core.expect(now, group, k, life, n);
+                    }
+                }
                 // The answer makes good a lost beacon, and tells a member
                 // that restarted how far the decisions go.
                 self.stats.beacons_sent += 1;
@@ -1148,6 +1186,7 @@ impl Ordered {
                     self.stats.ignored += 1;
                     return;
                 }
+                st.agreed.answered = st.agreed.answered.max(life);
                 // Never beyond what was decided: a position is stable only
                 // once this node could have resolved it.
                 st.agreed.stable = st

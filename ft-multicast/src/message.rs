@@ -35,7 +35,8 @@ const DATAGRAM: u8 = 16;
 const HAVE: u8 = 17;
 const BEACON: u8 = 18;
 
-/// The most senders one [`McastMessage::Beacon`] lists.
+/// The most messages one [`McastMessage::Beacon`] or [`McastMessage::Have`]
+/// lists.
 pub const MAX_PREFIX: usize = 4096;
 
 /// The most time-stamp echoes one session message carries.
@@ -170,6 +171,10 @@ pub enum McastMessage {
         life: Incarnation,
         /// The last position resolved.
         upto: u64,
+        /// Agreed or safe messages held here with no position yet, first
+        /// in their senders' order: the sequencer asks their senders for
+        /// any it lacks. At most [`MAX_PREFIX`].
+        lacking: Vec<(ft_core::NodeId, Incarnation, u64)>,
     },
     /// From the group's sequencer: how far its decisions have gone, as of
     /// message `highest` of its stream, and how far the total order is
@@ -209,7 +214,9 @@ impl McastMessage {
             | McastMessage::Session { base, highest, .. } => ok(*base) && ok(*highest),
             McastMessage::Repair { seq, .. } => ok(*seq),
             McastMessage::Datagram { number, .. } => ok(*number),
-            McastMessage::Have { upto, .. } => ok(*upto),
+            McastMessage::Have { upto, lacking, .. } => {
+                ok(*upto) && lacking.iter().all(|p| ok(p.2))
+            }
             McastMessage::Beacon {
                 highest,
                 next,
@@ -343,11 +350,17 @@ impl Wire for McastMessage {
                 buf.put_u64_le(*number);
                 wire::put_bytes(buf, payload);
             }
-            McastMessage::Have { group, life, upto } => {
+            McastMessage::Have {
+                group,
+                life,
+                upto,
+                lacking,
+            } => {
                 buf.put_u8(HAVE);
                 buf.put_u32_le(group.0);
                 buf.put_u64_le(life.0);
                 buf.put_u64_le(*upto);
+                put_ids(buf, lacking);
             }
             McastMessage::Beacon {
                 group,
@@ -363,13 +376,7 @@ impl Wire for McastMessage {
                 buf.put_u64_le(*highest);
                 buf.put_u64_le(*next);
                 buf.put_u64_le(*stable);
-                let n = prefix.len().min(MAX_PREFIX);
-                buf.put_u32_le(n as u32);
-                for &(node, life, upto) in &prefix[..n] {
-                    buf.put_u64_le(node.0);
-                    buf.put_u64_le(life.0);
-                    buf.put_u64_le(upto);
-                }
+                put_ids(buf, prefix);
             }
         }
     }
@@ -463,24 +470,13 @@ impl Wire for McastMessage {
                 group,
                 life,
                 upto: wire::get_u64(buf)?,
+                lacking: get_ids(buf)?,
             },
             BEACON => {
                 let highest = wire::get_u64(buf)?;
                 let next = wire::get_u64(buf)?;
                 let stable = wire::get_u64(buf)?;
-                let n = wire::get_u32(buf)? as usize;
-                if n > MAX_PREFIX {
-                    return Err(DecodeError::Invalid("a beacon listing too many senders"));
-                }
-                wire::need(buf, n * 24)?;
-                let mut prefix = Vec::with_capacity(n);
-                for _ in 0..n {
-                    prefix.push((
-                        ft_core::NodeId(wire::get_u64(buf)?),
-                        Incarnation(wire::get_u64(buf)?),
-                        wire::get_u64(buf)?,
-                    ));
-                }
+                let prefix = get_ids(buf)?;
                 McastMessage::Beacon {
                     group,
                     life,
@@ -508,6 +504,7 @@ impl Wire for McastMessage {
             McastMessage::Request { ranges, .. } => 2 + 4 + 16 + 4 + 16 * ranges.len(),
             McastMessage::Session { echoes, .. } => 2 + 4 + 8 * 4 + 4 + 24 * echoes.len(),
             McastMessage::Beacon { prefix, .. } => 2 + 4 + 8 * 4 + 4 + 24 * prefix.len(),
+            McastMessage::Have { lacking, .. } => 2 + 4 + 8 * 2 + 4 + 24 * lacking.len(),
             _ => 2 + 4 + 8 * 3,
         }
     }
@@ -523,6 +520,36 @@ fn put_ranges(buf: &mut BytesMut, ranges: &[(u64, u64)]) {
         buf.put_u64_le(first);
         buf.put_u64_le(last);
     }
+}
+
+/// Appends messages named by sender, life and number, at most
+/// [`MAX_PREFIX`] of them.
+fn put_ids(buf: &mut BytesMut, ids: &[(ft_core::NodeId, Incarnation, u64)]) {
+    let n = ids.len().min(MAX_PREFIX);
+    buf.put_u32_le(n as u32);
+    for &(node, life, n) in &ids[..n] {
+        buf.put_u64_le(node.0);
+        buf.put_u64_le(life.0);
+        buf.put_u64_le(n);
+    }
+}
+
+/// At most [`MAX_PREFIX`] messages named by sender, life and number.
+fn get_ids(buf: &mut Bytes) -> Result<Vec<(ft_core::NodeId, Incarnation, u64)>, DecodeError> {
+    let n = wire::get_u32(buf)? as usize;
+    if n > MAX_PREFIX {
+        return Err(DecodeError::Invalid("a list of too many messages"));
+    }
+    wire::need(buf, n * 24)?;
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push((
+            ft_core::NodeId(wire::get_u64(buf)?),
+            Incarnation(wire::get_u64(buf)?),
+            wire::get_u64(buf)?,
+        ));
+    }
+    Ok(ids)
 }
 
 /// A list of at most [`MAX_NACK_RANGES`] inclusive ranges.

@@ -510,6 +510,8 @@ pub(crate) struct Agreed {
     /// The last resolution told the sequencer, in its life `told`.
     pub(crate) have_sent: u64,
     pub(crate) told: Incarnation,
+    /// The newest life of the sequencer heard a beacon from.
+    pub(crate) answered: Incarnation,
     /// The `Order` timer is set.
     pub(crate) ticking: bool,
 }
