@@ -1164,7 +1164,7 @@ impl Ordered {
                 // answer with a new life (and what the old one left
                 // unordered is then abandoned).
                 for (k, life, n) in lacking {
-                    if k != me && !seq.prefix.get(&k).is_some_and(|&p| (life, n) <= p) {
+                    if k != me && !seq.held((k, life, n)) {
                         self.core.expect(now, group, k, life, n);
                     }
                 }

@@ -196,8 +196,11 @@ pub(crate) struct Sequencer {
     /// Given positions in this call, not logged yet (from `batch_first`).
     batch: Vec<MessageId>,
     batch_first: u64,
-    /// The prefix moved without a position given: log and send it.
+    /// The prefix moved without a position given, and a member waits on
+    /// it: log and send it.
     dirty: bool,
+    /// The prefix as last logged.
+    logged: BTreeMap<NodeId, (Incarnation, u64)>,
     /// Logged, waiting to be durable: a decision, or a snapshot (`None`).
     pub(crate) persisting: VecDeque<(PersistToken, Option<Decision>)>,
     /// Durable, waiting for room in this node's ring.
@@ -238,6 +241,7 @@ impl Sequencer {
             batch: Vec::new(),
             batch_first: 1,
             dirty: false,
+            logged: BTreeMap::new(),
             persisting: VecDeque::new(),
             unsent: VecDeque::new(),
             resend: 0,
@@ -275,6 +279,7 @@ impl Sequencer {
                 }
             }
         }
+        s.logged = s.prefix.clone();
         s.trim();
         // What is not known stable is multicast again in this life, then
         // one (possibly empty) decision says how far everything goes. The
@@ -353,11 +358,23 @@ impl Sequencer {
 
     /// `k`'s messages up to `upto` of its life `life` will never be
     /// ordered (lost with that life), or `k` has a life `life` (then
-    /// `upto` is 0): the members learn that their fate is decided.
+    /// `upto` is 0). The members learn it with the next decision, or at
+    /// once if one of them holds such a message ([`held`](Self::held)):
+    /// a group that orders nothing sends nothing for a restart.
     pub(crate) fn abandon(&mut self, k: NodeId, life: Incarnation, upto: u64) {
-        if self.advance(k, life, upto) {
+        self.advance(k, life, upto);
+    }
+
+    /// A member holds `id` with no position. Returns whether this
+    /// sequencer has decided its fate (then the members are told, if
+    /// they were not); if not, the caller asks its sender for it.
+    pub(crate) fn held(&mut self, id: MessageId) -> bool {
+        let decided = self.prefix.get(&id.0).is_some_and(|&p| at_or_before(id, p));
+        let told = self.logged.get(&id.0).is_some_and(|&p| at_or_before(id, p));
+        if decided && !told {
             self.dirty = true;
         }
+        decided
     }
 
     /// The decisions and the snapshot to log now, as records; the caller
@@ -404,6 +421,7 @@ impl Sequencer {
             first += chunk.len() as u64;
         }
         self.dirty = false;
+        self.logged = self.prefix.clone();
         for r in &out {
             if let OrderRecord::Decided(_, d) = r {
                 self.keep(d);

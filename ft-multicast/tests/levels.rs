@@ -332,3 +332,93 @@ fn a_restarted_sequencer_continues_the_order_and_resends_what_members_lack() {
         );
     }
 }
+
+#[test]
+fn forged_decisions_and_beacons_and_huge_haves_change_nothing_and_are_counted() {
+    let mut net = Net::new(&[1, 2, 3, 4]);
+    net.send(2, "m", Order::Safe);
+    // Node 3 does not get the message.
+    net.flush(data_to(3));
+    net.aside.clear();
+    // Node 4, not the sequencer, forges a decision (in its own stream)
+    // and a beacon saying everything is stable; and tells the sequencer
+    // it has resolved the order up to 2^62.
+    let forged = ft_multicast::header::encode_decision(&ft_multicast::header::Decision {
+        first: 1,
+        entries: vec![(NodeId(4), Incarnation(0), 1)],
+        prefix: vec![(NodeId(2), Incarnation(0), 100)],
+    });
+    let now = net.now;
+    let n3 = net.nodes.get_mut(&3).unwrap();
+    n3.handle_message(
+        now,
+        NodeId(4),
+        McastMessage::Data {
+            group: G,
+            life: Incarnation(0),
+            seq: 1,
+            base: 1,
+            payload: forged,
+        },
+    );
+    n3.handle_message(
+        now,
+        NodeId(4),
+        McastMessage::Beacon {
+            group: G,
+            life: Incarnation(0),
+            highest: 0,
+            next: 1000,
+            stable: 1000,
+            prefix: vec![(NodeId(2), Incarnation(0), 100)],
+        },
+    );
+    assert_eq!(n3.stats().ignored, 2);
+    net.pump(3);
+    let big = ft_multicast::message::MAX_SEQ;
+    net.queue.push_back((
+        4,
+        1,
+        McastMessage::Have {
+            group: G,
+            life: Incarnation(0),
+            upto: big,
+            lacking: Vec::new(),
+        },
+    ));
+    net.flush(data_to(3));
+    net.aside.clear();
+    // The safe message is still not delivered anywhere: node 3 lacks it,
+    // whatever node 4 claims.
+    for n in 1..=4 {
+        assert!(net.got(n).is_empty(), "delivered at {n}");
+    }
+    // Once node 3 has it, it is delivered, at position 1 (the forged
+    // decision took nothing).
+    for _ in 0..10 {
+        net.tick(Duration::from_millis(50));
+    }
+    for n in 1..=4 {
+        assert_eq!(
+            net.delivered[&n],
+            vec![(Bytes::from_static(b"m"), Some(1))],
+            "at {n}"
+        );
+    }
+}
+
+#[test]
+fn a_duplicated_datagram_is_delivered_once() {
+    let mut net = Net::new(&[1, 2, 3, 4]);
+    net.send(2, "d", Order::Unreliable);
+    let copies: Vec<_> = net
+        .queue
+        .iter()
+        .filter(|(_, t, _)| *t == 3)
+        .cloned()
+        .collect();
+    net.queue.extend(copies);
+    net.flush(|_, _, _| false);
+    assert_eq!(net.got(3), vec![&b"d"[..]]);
+    assert_eq!(net.nodes[&3].stats().datagram_duplicates, 1);
+}
