@@ -42,7 +42,7 @@
 //!
 //! Nothing new crosses the network for the ordered levels: the level, the
 //! timestamp and the decisions ride inside the core's payload
-//! ([`header`](crate::header)). Unreliable messages, the members'
+//! ([`header`](mod@crate::header)). Unreliable messages, the members'
 //! `Have`s and the sequencer's beacons are messages of their own
 //! ([`McastMessage::Datagram`], [`McastMessage::Have`],
 //! [`McastMessage::Beacon`]).
@@ -545,7 +545,7 @@ impl Ordered {
                 }
             }
             // Persist before speaking.
-            for r in seq.to_log(group) {
+            for r in seq.take_records(group) {
                 let token = self.out.persist(&r);
                 seq.logged(token, r);
             }
@@ -580,11 +580,8 @@ impl Ordered {
         } else {
             // A new life of the sequencer knows nothing of what members
             // hold: it is told again.
-            if let Some(life) = self.core.life_of(group, st.sequencer)
-                && life > st.agreed.told
-            {
-                st.agreed.told = life;
-                st.agreed.have_sent = 0;
+            if let Some(life) = self.core.life_of(group, st.sequencer) {
+                st.agreed.tell(life);
             }
             let resolved = st.resolved();
             if resolved > st.agreed.have_sent && st.holds_total(true) {
@@ -603,16 +600,16 @@ impl Ordered {
         if st.seq.is_none()
             && !st.agreed.ticking
             // Until this life has learned where the order is (a member
-            // that restarted when nothing was being decided would never
-            // hear, and its silence would hold stability back), while it
-            // holds agreed or safe messages, until what it resolved is
-            // known stable, and until the sequencer's life it last heard
-            // of has answered (a `Have` may be lost; a beacon of that life
-            // says one arrived: a restarted sequencer knows nothing of
-            // what members hold until they tell it).
+            // that restarted when nothing was being decided would not
+            // hear), while it holds agreed or safe messages, until what it
+            // resolved is known stable, and until the
+            // sequencer's life it last heard of has answered (a `Have`
+            // may be lost; a beacon of that life says one arrived: a
+            // restarted sequencer knows nothing of what members hold until
+            // they tell it). A member's silence would hold stability back.
             && (st.agreed.next.is_none()
                 || st.holds_total(false)
-                || st.resolved() > st.agreed.stable
+                || st.resolved() > st.agreed.heard_stable
                 || st.agreed.answered < st.agreed.told)
         {
             st.agreed.ticking = true;
@@ -1186,7 +1183,11 @@ impl Ordered {
                     self.stats.ignored += 1;
                     return;
                 }
+                st.agreed.tell(life);
                 st.agreed.answered = st.agreed.answered.max(life);
+                if life == st.agreed.told {
+                    st.agreed.heard_stable = st.agreed.heard_stable.max(stable);
+                }
                 // Never beyond what was decided: a position is stable only
                 // once this node could have resolved it.
                 st.agreed.stable = st

@@ -379,7 +379,7 @@ impl Sequencer {
 
     /// The decisions and the snapshot to log now, as records; the caller
     /// persists them in order and hands the tokens to [`logged`](Self::logged).
-    pub(crate) fn to_log(&mut self, group: GroupId) -> Vec<OrderRecord> {
+    pub(crate) fn take_records(&mut self, group: GroupId) -> Vec<OrderRecord> {
         let mut out = Vec::new();
         if self.batch.is_empty() && !self.dirty {
             return out;
@@ -442,7 +442,7 @@ impl Sequencer {
         out
     }
 
-    /// A record of [`to_log`](Self::to_log) was handed out under `token`.
+    /// A record of [`take_records`](Self::take_records) was handed out under `token`.
     pub(crate) fn logged(&mut self, token: PersistToken, record: OrderRecord) {
         let d = match record {
             OrderRecord::Decided(_, d) => Some(d),
@@ -476,10 +476,10 @@ impl Sequencer {
         }
     }
 
-    /// `member` resolved the order up to `upto`.
+    /// `member` resolved the order up to `upto`. A claim beyond what was
+    /// sent (a broken or hostile member's) raises nothing: stability is
+    /// the smallest claim, and this node's own is always among them.
     pub(crate) fn heard(&mut self, member: NodeId, upto: u64) {
-        // Never beyond what was sent: a member cannot hold more.
-        let upto = upto.min(self.sent_next.saturating_sub(1));
         let h = self.have.entry(member).or_default();
         *h = (*h).max(upto);
     }
@@ -530,6 +530,9 @@ pub(crate) struct Agreed {
     pub(crate) told: Incarnation,
     /// The newest life of the sequencer heard a beacon from.
     pub(crate) answered: Incarnation,
+    /// The stability that life of the sequencer (`told`) announced: what
+    /// an earlier life knew is no reason to stop telling this one.
+    pub(crate) heard_stable: u64,
     /// The `Order` timer is set.
     pub(crate) ticking: bool,
 }
@@ -581,6 +584,16 @@ impl Agreed {
     /// `id`'s position, if known here.
     pub(crate) fn position(&self, id: MessageId) -> Option<u64> {
         self.by_msg.get(&id).copied()
+    }
+
+    /// The sequencer has a life `life`: if it is new, it is told
+    /// everything again.
+    pub(crate) fn tell(&mut self, life: Incarnation) {
+        if life > self.told {
+            self.told = life;
+            self.have_sent = 0;
+            self.heard_stable = 0;
+        }
     }
 
     /// Position `p` is done with (delivered or skipped).

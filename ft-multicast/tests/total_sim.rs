@@ -391,6 +391,19 @@ fn all_delivered(seed: u64, s: &Sim<Ordered>, c: &Checker) -> usize {
         }
         panic!("seed {seed}: a member still holds messages back");
     }
+    // Everything is stable: the sequencer forgot its decisions (it keeps
+    // only those some member may lack), members keep no positions.
+    for (node, core) in w.cores() {
+        if core.order_held() != 0 {
+            for (node, core) in w.cores() {
+                eprintln!("{node}: {core:?}");
+            }
+            panic!(
+                "seed {seed}: {node} keeps {} of the order",
+                core.order_held()
+            );
+        }
+    }
     let stayed: Vec<NodeId> = w
         .node_ids()
         .iter()
@@ -398,7 +411,7 @@ fn all_delivered(seed: u64, s: &Sim<Ordered>, c: &Checker) -> usize {
         .filter(|&n| w.incarnation(n) == Incarnation::FIRST)
         .collect();
     let mut count = 0;
-    for (&(from, life, datagram, seq), _) in &c.tokens {
+    for &(from, life, datagram, seq) in c.tokens.keys() {
         if datagram || life != Incarnation::FIRST || !stayed.contains(&from) {
             continue;
         }
@@ -431,7 +444,7 @@ fn every_level_keeps_its_promise_through_sequencer_crashes() {
     let mut totals = Figures::default();
     let (mut crashes, mut checked, mut persisted, mut persists_lost, mut compacted, mut lost) =
         (0, 0, 0, 0, 0, 0);
-    for seed in 0..seeds(6) {
+    for seed in 0..seeds(3) {
         // TOTAL_SEED=n runs seed n alone (with FT_MCAST_SEEDS above n).
         if std::env::var("TOTAL_SEED").is_ok_and(|s| s != seed.to_string()) {
             continue;
@@ -494,7 +507,7 @@ fn every_level_keeps_its_promise_through_sequencer_crashes() {
          {} Haves, {} beacons; {} datagrams sent, {} duplicates dropped; {} sends refused to \
          keep ring room for decisions; at most {} held back and {} kept of the order at one \
          node; {} end-of-run deliveries checked (never-crashed senders to never-crashed members)",
-        seeds(6),
+        seeds(3),
         totals.delivered,
         totals.positions,
         totals.missed_positions,
@@ -518,11 +531,13 @@ fn every_level_keeps_its_promise_through_sequencer_crashes() {
         checked,
     );
     // The faults happened, and the mechanisms under test ran.
-    assert!(crashes >= 2 * seeds(6));
+    assert!(crashes >= 2 * seeds(3));
     assert!(
         t.decisions_resent > 0,
         "no sequencer restart resent a decision"
     );
+    // (Persists lost in crashes are rare: counted, not required.)
+    assert!(persisted > 0 && compacted > 0);
     assert!(totals.safe_checked > 0 && totals.positions > 0 && totals.causal_checked > 0);
     let unreliable = totals
         .delivered
