@@ -168,6 +168,23 @@ pub enum McastEvent {
         /// The bytes.
         payload: Bytes,
     },
+    /// With [`report_arrivals`](Multicast::report_arrivals): message `seq`
+    /// of `from`'s stream arrived ahead of a gap and waits for it. It is
+    /// still [`Delivered`](McastEvent::Delivered) later, in the sender's
+    /// order; this only lets a layer above hand it on early (the
+    /// [`Reliable`](crate::Order::Reliable) level).
+    Arrived {
+        /// The group.
+        group: GroupId,
+        /// The sender.
+        from: NodeId,
+        /// The sender's life.
+        life: Incarnation,
+        /// Its number in that life.
+        seq: u64,
+        /// The bytes.
+        payload: Bytes,
+    },
     /// The messages of `from`'s life `life` numbered up to `upto` that were
     /// not delivered here never will be: this node started after the
     /// sender freed them, or the sender restarted before repairing them.
@@ -208,6 +225,9 @@ pub enum McastTimer {
     /// With on-demand `Fec`: answer requests for this block of this
     /// source's stream with parity.
     FecRepair(GroupId, NodeId, u64),
+    /// A timer of the ordering layer above ([`Ordered`](crate::Ordered)):
+    /// the core never sets one, and ignores it.
+    Order(GroupId),
 }
 
 /// How much a node holds, for checking bounds.
@@ -325,6 +345,8 @@ pub struct Multicast {
     pub(crate) hold_acks: bool,
     /// With `Feedback::Tree`.
     pub(crate) tree_stats: TreeStats,
+    /// Report messages kept after a gap ([`McastEvent::Arrived`]).
+    report_arrivals: bool,
 }
 
 impl Multicast {
@@ -392,6 +414,14 @@ impl Multicast {
         self.groups.get(&group)?.srm.as_ref()?.measured(peer)
     }
 
+    /// How many more messages this node's history ring in `group` takes
+    /// now (0 for a group it is not in).
+    pub fn room(&self, group: GroupId) -> usize {
+        self.groups
+            .get(&group)
+            .map_or(0, |g| g.config.history.saturating_sub(g.history.len()))
+    }
+
     /// The members of `group` (empty if this node is not in it).
     pub fn members(&self, group: GroupId) -> &[NodeId] {
         self.groups
@@ -418,6 +448,30 @@ impl Multicast {
     /// its ring.
     pub fn hold_acks(&mut self) {
         self.hold_acks = true;
+    }
+
+    /// Makes this node report each message that arrives after a gap, at
+    /// once ([`McastEvent::Arrived`]), besides delivering it in order later.
+    pub fn report_arrivals(&mut self) {
+        self.report_arrivals = true;
+    }
+
+    /// Multicasts `payload` to `group` as [`McastInput::Send`] does, but
+    /// answers here instead of with a `Sent` or `Refused` event: the
+    /// message's number, or why nothing was sent (a full ring says
+    /// [`McastEvent::Ready`] later, as for any send). It is delivered here
+    /// first, as every send is. For a layer above that sends messages of
+    /// its own (the total order's decisions).
+    ///
+    /// # Errors
+    /// The [`Refusal`]: nothing was sent.
+    pub fn try_send(
+        &mut self,
+        now: Instant,
+        group: GroupId,
+        payload: Bytes,
+    ) -> Result<u64, Refusal> {
+        self.send_inner(now, group, payload, None)
     }
 
     /// With [`hold_acks`](Self::hold_acks): the layer above has taken
@@ -494,25 +548,28 @@ impl Multicast {
     // ---- handle_* helpers ----
 
     fn send(&mut self, now: Instant, group: GroupId, token: u64, payload: Bytes) {
+        if let Err(why) = self.send_inner(now, group, payload, Some(token)) {
+            self.out.event(McastEvent::Refused { group, token, why });
+        }
+    }
+
+    /// A send; `token`: say `Sent` (after the delivery here).
+    fn send_inner(
+        &mut self,
+        now: Instant,
+        group: GroupId,
+        payload: Bytes,
+        token: Option<u64>,
+    ) -> Result<u64, Refusal> {
         let Some(g) = self.groups.get_mut(&group) else {
-            self.out.event(McastEvent::Refused {
-                group,
-                token,
-                why: Refusal::UnknownGroup,
-            });
-            return;
+            return Err(Refusal::UnknownGroup);
         };
         let max = g.config.max_payload.min(MAX_PAYLOAD);
         if payload.len() > max {
-            self.out.event(McastEvent::Refused {
-                group,
-                token,
-                why: Refusal::TooLarge {
-                    len: payload.len(),
-                    max,
-                },
+            return Err(Refusal::TooLarge {
+                len: payload.len(),
+                max,
             });
-            return;
         }
         if g.srm.is_some() && g.history.is_full() {
             // Nobody acknowledges: the oldest message is forgotten.
@@ -530,12 +587,7 @@ impl Multicast {
             }
             g.blocked = true;
             self.stats.refused_full += 1;
-            self.out.event(McastEvent::Refused {
-                group,
-                token,
-                why: Refusal::HistoryFull,
-            });
-            return;
+            return Err(Refusal::HistoryFull);
         };
         // Delivered here first: this node is a member too.
         self.stats.delivered += 1;
@@ -546,7 +598,9 @@ impl Multicast {
             seq,
             payload: payload.clone(),
         });
-        self.out.event(McastEvent::Sent { group, token, seq });
+        if let Some(token) = token {
+            self.out.event(McastEvent::Sent { group, token, seq });
+        }
         let msg = McastMessage::Data {
             group,
             life: self.life,
@@ -570,6 +624,7 @@ impl Multicast {
                 self.config.announce_interval,
             );
         }
+        Ok(seq)
     }
 
     /// Frees what every other member has acknowledged, and says `Ready`
@@ -667,6 +722,7 @@ impl Multicast {
         };
         self.delivered.clear();
         Self::skip_to_base(&mut self.out, s, base, &mut self.delivered, group, from);
+        let early = self.report_arrivals.then(|| payload.clone());
         let new = match s.take(seq, payload, window, &mut self.delivered) {
             Took::Duplicate => {
                 self.stats.duplicates += 1;
@@ -676,7 +732,19 @@ impl Multicast {
                 self.stats.beyond_window += 1;
                 false
             }
-            Took::Delivered | Took::Kept => true,
+            Took::Kept => {
+                if let Some(payload) = early {
+                    self.out.event(McastEvent::Arrived {
+                        group,
+                        from,
+                        life,
+                        seq,
+                        payload,
+                    });
+                }
+                true
+            }
+            Took::Delivered => true,
         };
         if srm {
             s.remember(&self.delivered, window);
@@ -1024,6 +1092,13 @@ impl Protocol for Multicast {
             | McastMessage::TreeAnnounce { .. }
             | McastMessage::TreeLeave { .. }) => self.on_tree(now, from, msg),
             msg @ McastMessage::Parity { .. } => self.on_parity(now, from, msg),
+            // The ordering layer's own messages: handled above the core.
+            McastMessage::Datagram { .. }
+            | McastMessage::Have { .. }
+            | McastMessage::Beacon { .. } => {
+                self.stats.ignored += 1;
+                self.out.dropped();
+            }
         }
     }
 
@@ -1060,6 +1135,7 @@ impl Protocol for Multicast {
             McastTimer::FecRepair(group, origin, block) => {
                 self.fec_answer(now, group, origin, block);
             }
+            McastTimer::Order(_) => {}
         }
     }
 
@@ -1151,6 +1227,7 @@ impl Recover for Multicast {
             delivered: Vec::new(),
             hold_acks: false,
             tree_stats: TreeStats::default(),
+            report_arrivals: false,
             rng,
             start: ctx.now,
         })

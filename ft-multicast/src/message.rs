@@ -41,6 +41,14 @@ const PARITY: u8 = 32;
 /// The most messages one block of forward error correction covers
 /// ([`Fec::k`](crate::Fec)), and the most parity packets one block has.
 pub const MAX_FEC_K: usize = 128;
+// Tags 16..=31: the ordering layer's own messages.
+const DATAGRAM: u8 = 16;
+const HAVE: u8 = 17;
+const BEACON: u8 = 18;
+
+/// The most messages one [`McastMessage::Beacon`] or [`McastMessage::Have`]
+/// lists.
+pub const MAX_PREFIX: usize = 4096;
 
 /// The most time-stamp echoes one session message carries.
 pub const MAX_ECHOES: usize = 16;
@@ -247,6 +255,57 @@ pub enum McastMessage {
         /// The recovery shard.
         shard: Bytes,
     },
+    /// An [`Unreliable`](crate::Order::Unreliable) message: multicast
+    /// once, kept nowhere, never repaired, delivered on arrival.
+    Datagram {
+        /// The group.
+        group: GroupId,
+        /// The sender's life.
+        life: Incarnation,
+        /// Its number among the sender's datagrams in this life, from 1
+        /// (so that a duplicated copy is delivered once).
+        number: u64,
+        /// The application's bytes.
+        payload: Bytes,
+    },
+    /// From a member to the group's sequencer (total order): every
+    /// position of the total order up to `upto` is resolved here (the
+    /// message is held or delivered, or reported missed). The sequencer
+    /// learns from these which positions are stable (held everywhere).
+    Have {
+        /// The group.
+        group: GroupId,
+        /// The member's life.
+        life: Incarnation,
+        /// The last position resolved.
+        upto: u64,
+        /// Agreed or safe messages held here with no position yet, first
+        /// in their senders' order: the sequencer asks their senders for
+        /// any it lacks. At most [`MAX_PREFIX`].
+        lacking: Vec<(ft_core::NodeId, Incarnation, u64)>,
+    },
+    /// From the group's sequencer: how far its decisions have gone, as of
+    /// message `highest` of its stream, and how far the total order is
+    /// stable. Multicast when stability advances for a
+    /// [`Safe`](crate::Order::Safe) message, and unicast in answer to a
+    /// [`Have`](McastMessage::Have).
+    Beacon {
+        /// The group.
+        group: GroupId,
+        /// The sequencer's life.
+        life: Incarnation,
+        /// The last message of the sequencer's stream that carries
+        /// decisions up to `next`.
+        highest: u64,
+        /// The next position the sequencer will send a decision for.
+        next: u64,
+        /// Every position up to this one is held by every member.
+        stable: u64,
+        /// For each sender, the last message (in its life) whose fate the
+        /// sequencer has decided: ordered, or never to be. At most
+        /// [`MAX_PREFIX`].
+        prefix: Vec<(ft_core::NodeId, Incarnation, u64)>,
+    },
 }
 
 impl McastMessage {
@@ -269,6 +328,17 @@ impl McastMessage {
             McastMessage::TreeLeave { .. } => true,
             // A block's numbers are `block·k + 1 ..= block·k + k`.
             McastMessage::Parity { block, .. } => *block <= MAX_SEQ / MAX_FEC_K as u64,
+            McastMessage::Datagram { number, .. } => ok(*number),
+            McastMessage::Have { upto, lacking, .. } => {
+                ok(*upto) && lacking.iter().all(|p| ok(p.2))
+            }
+            McastMessage::Beacon {
+                highest,
+                next,
+                stable,
+                prefix,
+                ..
+            } => ok(*highest) && ok(*next) && ok(*stable) && prefix.iter().all(|p| ok(p.2)),
         }
     }
 
@@ -287,7 +357,10 @@ impl McastMessage {
             | McastMessage::TreeRepair { group, .. }
             | McastMessage::TreeAnnounce { group, .. }
             | McastMessage::TreeLeave { group, .. }
-            | McastMessage::Parity { group, .. } => *group,
+            | McastMessage::Parity { group, .. }
+            | McastMessage::Datagram { group, .. }
+            | McastMessage::Have { group, .. }
+            | McastMessage::Beacon { group, .. } => *group,
         }
     }
 }
@@ -458,6 +531,46 @@ impl Wire for McastMessage {
                 }
                 wire::put_bytes(buf, shard);
             }
+            McastMessage::Datagram {
+                group,
+                life,
+                number,
+                payload,
+            } => {
+                buf.put_u8(DATAGRAM);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*number);
+                wire::put_bytes(buf, payload);
+            }
+            McastMessage::Have {
+                group,
+                life,
+                upto,
+                lacking,
+            } => {
+                buf.put_u8(HAVE);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*upto);
+                put_ids(buf, lacking);
+            }
+            McastMessage::Beacon {
+                group,
+                life,
+                highest,
+                next,
+                stable,
+                prefix,
+            } => {
+                buf.put_u8(BEACON);
+                buf.put_u32_le(group.0);
+                buf.put_u64_le(life.0);
+                buf.put_u64_le(*highest);
+                buf.put_u64_le(*next);
+                buf.put_u64_le(*stable);
+                put_ids(buf, prefix);
+            }
         }
     }
 
@@ -471,6 +584,7 @@ impl Wire for McastMessage {
         }
         let tag = wire::get_u8(buf)?;
         if !(DATA..=SESSION).contains(&tag)
+            && !(DATAGRAM..=BEACON).contains(&tag)
             && tag != PARITY
             && !(TREE_ACK..=TREE_LEAVE).contains(&tag)
         {
@@ -573,6 +687,32 @@ impl Wire for McastMessage {
                     shard: wire::get_bytes(buf, MAX_PAYLOAD)?,
                 }
             }
+            DATAGRAM => McastMessage::Datagram {
+                group,
+                life,
+                number: wire::get_u64(buf)?,
+                payload: wire::get_bytes(buf, MAX_PAYLOAD)?,
+            },
+            HAVE => McastMessage::Have {
+                group,
+                life,
+                upto: wire::get_u64(buf)?,
+                lacking: get_ids(buf)?,
+            },
+            BEACON => {
+                let highest = wire::get_u64(buf)?;
+                let next = wire::get_u64(buf)?;
+                let stable = wire::get_u64(buf)?;
+                let prefix = get_ids(buf)?;
+                McastMessage::Beacon {
+                    group,
+                    life,
+                    highest,
+                    next,
+                    stable,
+                    prefix,
+                }
+            }
             _ => McastMessage::Announce {
                 group,
                 life,
@@ -584,9 +724,9 @@ impl Wire for McastMessage {
 
     fn encoded_len_hint(&self) -> usize {
         match self {
-            McastMessage::Data { payload, .. } | McastMessage::Repair { payload, .. } => {
-                2 + 4 + 8 * 3 + 4 + payload.len()
-            }
+            McastMessage::Data { payload, .. }
+            | McastMessage::Repair { payload, .. }
+            | McastMessage::Datagram { payload, .. } => 2 + 4 + 8 * 3 + 4 + payload.len(),
             McastMessage::Nack { ranges, .. } => 2 + 4 + 8 + 4 + 16 * ranges.len(),
             McastMessage::Request { ranges, .. } => 2 + 4 + 16 + 4 + 16 * ranges.len(),
             McastMessage::Session { echoes, .. } => 2 + 4 + 8 * 4 + 4 + 24 * echoes.len(),
@@ -596,6 +736,8 @@ impl Wire for McastMessage {
             McastMessage::Parity { lens, shard, .. } => {
                 2 + 4 + 8 * 3 + 2 * 3 + 4 * lens.len() + 4 + shard.len()
             }
+            McastMessage::Beacon { prefix, .. } => 2 + 4 + 8 * 4 + 4 + 24 * prefix.len(),
+            McastMessage::Have { lacking, .. } => 2 + 4 + 8 * 2 + 4 + 24 * lacking.len(),
             _ => 2 + 4 + 8 * 3,
         }
     }
@@ -664,6 +806,36 @@ fn put_ranges(buf: &mut BytesMut, ranges: &[(u64, u64)]) {
         buf.put_u64_le(first);
         buf.put_u64_le(last);
     }
+}
+
+/// Appends messages named by sender, life and number, at most
+/// [`MAX_PREFIX`] of them.
+fn put_ids(buf: &mut BytesMut, ids: &[(ft_core::NodeId, Incarnation, u64)]) {
+    let n = ids.len().min(MAX_PREFIX);
+    buf.put_u32_le(n as u32);
+    for &(node, life, n) in &ids[..n] {
+        buf.put_u64_le(node.0);
+        buf.put_u64_le(life.0);
+        buf.put_u64_le(n);
+    }
+}
+
+/// At most [`MAX_PREFIX`] messages named by sender, life and number.
+fn get_ids(buf: &mut Bytes) -> Result<Vec<(ft_core::NodeId, Incarnation, u64)>, DecodeError> {
+    let n = wire::get_u32(buf)? as usize;
+    if n > MAX_PREFIX {
+        return Err(DecodeError::Invalid("a list of too many messages"));
+    }
+    wire::need(buf, n * 24)?;
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push((
+            ft_core::NodeId(wire::get_u64(buf)?),
+            Incarnation(wire::get_u64(buf)?),
+            wire::get_u64(buf)?,
+        ));
+    }
+    Ok(ids)
 }
 
 /// A list of at most [`MAX_NACK_RANGES`] inclusive ranges.

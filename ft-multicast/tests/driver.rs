@@ -74,9 +74,12 @@ async fn every_member_delivers_every_message_through_the_driver() {
         .unwrap();
         next[i] = 1;
     }
-    while delivered
-        .iter()
-        .any(|d| d.values().map(Vec::len).sum::<usize>() < (n * per_node) as usize)
+    // Until every delivery and every `Sent` is read (a node's last `Sent`
+    // may come after the last delivery anywhere).
+    while sent < n * per_node
+        || delivered
+            .iter()
+            .any(|d| d.values().map(Vec::len).sum::<usize>() < (n * per_node) as usize)
     {
         assert!(
             tokio::time::Instant::now() < deadline,
