@@ -105,6 +105,11 @@ pub(crate) enum Order {
     Fifo,
     /// After everything their sender had delivered when it sent them.
     Causal,
+    /// Causal, and at the same position of one total order everywhere
+    /// (n0 is the sequencer).
+    Agreed,
+    /// Agreed, and delivered only once every member holds it.
+    Safe,
 }
 
 impl Order {
@@ -112,6 +117,8 @@ impl Order {
         match self {
             Order::Fifo => ft_multicast::Order::Fifo,
             Order::Causal => ft_multicast::Order::Causal,
+            Order::Agreed => ft_multicast::Order::Agreed,
+            Order::Safe => ft_multicast::Order::Safe,
         }
     }
 
@@ -121,8 +128,16 @@ impl Order {
         match self {
             Order::Fifo => "",
             Order::Causal => ", causal order",
+            Order::Agreed | Order::Safe => ", causal order, one total order",
         }
     }
+}
+
+/// What sender `s` sends as its `k`-th message (its token).
+fn payload(s: u64, k: u64) -> Bytes {
+    let mut p = s.to_le_bytes().to_vec();
+    p.extend_from_slice(&k.to_le_bytes());
+    Bytes::from(p)
 }
 
 /// Parses a loss probability: 0 to 0.5.
@@ -295,6 +310,9 @@ type Stream = (NodeId, Incarnation);
 struct Checker {
     seen: usize,
     causal: bool,
+    /// Agreed or safe: n0, the sequencer, numbers its decisions among its
+    /// messages.
+    total: bool,
     /// What each sender delivered as its own (life, seq).
     sent: BTreeMap<(NodeId, Incarnation, u64), Bytes>,
     /// Per (member, its life, sender, sender's life): the last message
@@ -308,6 +326,11 @@ struct Checker {
     missed: u64,
     refused: u64,
     causal_checked: u64,
+    /// Agreed or safe: the message at each position of the total order.
+    positions: BTreeMap<u64, (NodeId, Incarnation, u64)>,
+    /// Per member life: the last position it delivered.
+    at: BTreeMap<Stream, u64>,
+    total_checked: u64,
 }
 
 impl Checker {
@@ -328,13 +351,14 @@ impl Checker {
                     seq,
                     order,
                     payload,
+                    position,
                     ..
                 } => {
                     self.deliveries += 1;
                     let id = (*from, *life, *seq);
                     if *from == o.node {
                         self.sent.insert(id, payload.clone());
-                        if self.causal {
+                        if self.causal && !self.past.contains_key(&id) {
                             let past = self.upto.get(&me).cloned().unwrap_or_default();
                             self.past.insert(id, past.into_iter().collect());
                         }
@@ -354,14 +378,44 @@ impl Checker {
                         .entry((o.node, o.incarnation, *from, *life))
                         .or_default();
                     let expected = (*last).max(*missed) + 1;
-                    if *seq != expected {
+                    // The sequencer's stream carries its decisions too, so
+                    // its application messages skip those numbers.
+                    let gaps = self.total && *from == NodeId(0);
+                    if *seq < expected || (*seq != expected && !gaps) {
                         return Err(format!(
                             "{} delivered {from}#{seq}, expected #{expected} (a duplicate or out of FIFO order)",
                             o.node
                         ));
                     }
                     *last = *seq;
-                    if *order == ft_multicast::Order::Causal && *from != o.node {
+                    // One total order: a position names one message
+                    // everywhere, and each member goes up it.
+                    if let Some(p) = position {
+                        if let Some(named) = self.positions.insert(*p, id)
+                            && named != id
+                        {
+                            return Err(format!(
+                                "{} delivered {from}#{seq} at position {p}, where another member delivered {}#{} (total order)",
+                                o.node, named.0, named.2
+                            ));
+                        }
+                        let at = self.at.entry(me).or_default();
+                        if *p <= *at {
+                            return Err(format!(
+                                "{} delivered position {p} after position {at} (total order)",
+                                o.node
+                            ));
+                        }
+                        *at = *p;
+                        self.total_checked += 1;
+                    }
+                    let causal = matches!(
+                        order,
+                        ft_multicast::Order::Causal
+                            | ft_multicast::Order::Agreed
+                            | ft_multicast::Order::Safe
+                    );
+                    if causal && self.causal && *from != o.node {
                         let Some(past) = self.past.get(&id) else {
                             return Err(format!("{} delivered unsent {from}#{seq}", o.node));
                         };
@@ -411,7 +465,25 @@ impl Checker {
                     *u = (*u).max(*upto);
                 }
                 OrderedEvent::Core(McastEvent::Refused { .. }) => self.refused += 1,
+                // What a sender sent, known when it sends: an agreed or safe
+                // message may be delivered elsewhere before its sender
+                // delivers it (at its position).
+                OrderedEvent::Core(McastEvent::Sent { token, seq, .. }) => {
+                    let id = (o.node, o.incarnation, *seq);
+                    self.sent.insert(id, payload(o.node.0, *token));
+                    if self.causal {
+                        let past = self.upto.get(&me).cloned().unwrap_or_default();
+                        self.past.entry(id).or_insert(past.into_iter().collect());
+                    }
+                }
                 OrderedEvent::Core(_) => {}
+                // Positions of the total order this member will never
+                // deliver: it goes on after them.
+                OrderedEvent::MissedAgreed { last, .. } => {
+                    self.missed += 1;
+                    let at = self.at.entry(me).or_default();
+                    *at = (*at).max(*last);
+                }
             }
         }
         Ok(())
@@ -535,7 +607,8 @@ fn run(args: &SimMcastArgs, detail: bool) -> Result<Outcome, String> {
     });
 
     let checker = Rc::new(RefCell::new(Checker {
-        causal: args.order == Order::Causal,
+        causal: args.order != Order::Fifo,
+        total: matches!(args.order, Order::Agreed | Order::Safe),
         ..Checker::default()
     }));
     let check = Rc::clone(&checker);
@@ -547,15 +620,13 @@ fn run(args: &SimMcastArgs, detail: bool) -> Result<Outcome, String> {
 
     for s in 0..args.senders {
         for k in 0..args.messages {
-            let mut payload = s.to_le_bytes().to_vec();
-            payload.extend_from_slice(&k.to_le_bytes());
             sim.input(
                 START + SPACING * k as u32 + MS * s as u32,
                 NodeId(s),
                 OrderedInput::Send {
                     group: G,
                     token: k,
-                    payload: Bytes::from(payload),
+                    payload: payload(s, k),
                     order: args.order.order(),
                 },
             );
@@ -714,10 +785,13 @@ fn print_delivered(args: &SimMcastArgs, o: &Outcome) {
         "  invariants: no duplicate, no invented delivery, FIFO per sender{} checked after each of {} steps{}: held",
         args.order.checked(),
         o.stats.steps,
-        if c.causal {
-            format!(" ({} causal deliveries checked)", c.causal_checked)
-        } else {
-            String::new()
+        match (c.causal, c.total_checked) {
+            (false, _) => String::new(),
+            (true, 0) => format!(" ({} causal deliveries checked)", c.causal_checked),
+            (true, total) => format!(
+                " ({} causal deliveries checked, {total} at a position of the total order)",
+                c.causal_checked
+            ),
         }
     );
 }
@@ -851,8 +925,18 @@ mod tests {
                 seq,
                 order,
                 payload: Bytes::from(vec![from as u8, seq as u8]),
+                position: None,
             },
         }
+    }
+
+    /// `delivered`, at position `p` of the total order.
+    fn at(node: u64, from: u64, seq: u64, p: u64) -> Observed<OrderedEvent> {
+        let mut o = delivered(node, from, seq, ft_multicast::Order::Agreed);
+        if let OrderedEvent::Delivered { position, .. } = &mut o.event {
+            *position = Some(p);
+        }
+        o
     }
 
     /// The checker over `events`: the first error, if any.
@@ -909,5 +993,22 @@ mod tests {
         let mut kept = inversion.to_vec();
         kept.insert(3, delivered(2, 0, 1, Fifo));
         assert_eq!(verdict(true, &kept), Ok(()));
+    }
+
+    #[test]
+    fn the_checker_refuses_two_orders() {
+        // n0 and n1 each send one message; n0 is the sequencer.
+        let sends = [at(0, 0, 1, 1), at(1, 1, 1, 2)];
+        let mut good = sends.to_vec();
+        good.extend([at(2, 0, 1, 1), at(2, 1, 1, 2)]);
+        assert_eq!(verdict(false, &good), Ok(()));
+        // n2 delivers n1#1 at position 1, where n0 delivered n0#1.
+        let mut other = sends.to_vec();
+        other.push(at(2, 1, 1, 1));
+        assert!(verdict(false, &other).unwrap_err().contains("total order"));
+        // n2 goes down the order.
+        let mut down = sends.to_vec();
+        down.extend([at(2, 1, 1, 2), at(2, 0, 1, 1)]);
+        assert!(verdict(false, &down).unwrap_err().contains("total order"));
     }
 }

@@ -105,7 +105,7 @@ fn the_demo_shows_one_lost_packet_its_requests_the_suppressed_and_the_repair() {
 fn every_strategy_and_order_delivers_everything_under_loss() {
     let mut loads = Vec::new();
     for strategy in ["ack", "nack", "tree", "nack-fec"] {
-        for order in ["fifo", "causal"] {
+        for order in ["fifo", "causal", "agreed", "safe"] {
             let (ok, text) = ft(&[
                 "sim",
                 "multicast",
@@ -140,9 +140,13 @@ fn every_strategy_and_order_delivers_everything_under_loss() {
             }
             let invariants = line(&text, "invariants:");
             assert!(invariants.ends_with("held"), "{invariants}");
-            if order == "causal" {
+            if order != "fifo" {
                 assert!(invariants.contains("causal order"), "{invariants}");
                 assert!(count(invariants, "causal deliveries checked") > 0);
+            }
+            if order == "agreed" || order == "safe" {
+                assert!(invariants.contains("one total order"), "{invariants}");
+                assert!(count(invariants, "at a position") > 0, "{invariants}");
             }
             // What each strategy is about.
             // "n0 received R messages for the S it sent: L per message".
