@@ -1,0 +1,339 @@
+//! Two-phase commit in the simulator, over many seeds: transactions begun
+//! at every node (each node coordinates some and takes part in others), on
+//! a network that loses, duplicates and reorders, while coordinators and
+//! participants crash and restart. The application votes by a fixed rule
+//! (some participants vote abort), sometimes late or never.
+//!
+//! After every step: **atomicity** (no transaction is committed at one
+//! member, or decided commit by its coordinator, and aborted at another)
+//! and **validity** (a transaction commits only if every participant voted
+//! commit, and its READY is durable there). At the end, with every node up
+//! and the network calm: **termination** (every transaction a coordinator
+//! began is decided and acknowledged by all, and every participant that
+//! knows it holds the same outcome).
+//!
+//! `FT_COMMIT_SEEDS=n` runs n seeds (default 8); `COMMIT_SEED=k` runs seed
+//! k alone.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use ft_commit::{
+    CommitStats, CoordState, Event, Input, LogRecord, PartState, TwoPhase, TwoPhaseConfig, TxId,
+    Vote,
+};
+use ft_core::NodeId;
+use ft_sim::{Delay, FaultPlan, NetworkFaults, Sim, SimConfig, World};
+
+const N: u64 = 4;
+const TXS: u64 = 24;
+
+fn seeds(default: u64) -> u64 {
+    std::env::var("FT_COMMIT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small generator of our own, for what is fixed before the run.
+struct Xs(u64);
+impl Xs {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+fn hash(seed: u64, node: NodeId, tx: &TxId) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in node.0.to_le_bytes().iter().chain(tx.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// The application's vote at `node` on `tx`: one in eight abort.
+fn vote_of(seed: u64, node: NodeId, tx: &TxId) -> Vote {
+    if hash(seed, node, tx) % 8 == 0 {
+        Vote::Abort
+    } else {
+        Vote::Commit
+    }
+}
+
+/// Whether the application at `node` answers a prepare of `tx`, and after
+/// how long: one in sixteen never answers (the INIT timeout then aborts).
+fn answer_delay(seed: u64, node: NodeId, tx: &TxId, life: u64) -> Option<Duration> {
+    let h = hash(seed ^ life.wrapping_mul(0x9E37_79B9), node, tx) >> 8;
+    (h % 16 != 0).then(|| Duration::from_millis(h % 40))
+}
+
+#[derive(Default)]
+struct Checker {
+    seed: u64,
+    seen: usize,
+    participants: BTreeMap<TxId, Vec<NodeId>>,
+    committed: BTreeMap<TxId, BTreeSet<NodeId>>,
+    aborted: BTreeMap<TxId, BTreeSet<NodeId>>,
+    checks: u64,
+}
+
+fn ready_durable(w: &World<TwoPhase>, node: NodeId, tx: &TxId) -> bool {
+    w.durable_records(node).into_iter().any(|r| {
+        matches!(ft_core::record::decode::<LogRecord>(r),
+            Ok(LogRecord::Ready { tx: t, .. }) if &t == tx)
+    })
+}
+
+impl Checker {
+    fn check(&mut self, w: &World<TwoPhase>) -> Result<(), String> {
+        for o in &w.events()[self.seen..] {
+            let (tx, commit) = match &o.event {
+                Event::Commit { tx }
+                | Event::Decided {
+                    tx,
+                    outcome: Vote::Commit,
+                } => (tx, true),
+                Event::Abort { tx }
+                | Event::Decided {
+                    tx,
+                    outcome: Vote::Abort,
+                } => (tx, false),
+                _ => continue,
+            };
+            let (mine, other) = if commit {
+                (&mut self.committed, &self.aborted)
+            } else {
+                (&mut self.aborted, &self.committed)
+            };
+            if let Some(o2) = other.get(tx) {
+                return Err(format!(
+                    "atomicity: {tx} {} at {} but the opposite at {o2:?}",
+                    if commit { "committed" } else { "aborted" },
+                    o.node
+                ));
+            }
+            mine.entry(tx.clone()).or_default().insert(o.node);
+            if commit {
+                let parts = &self.participants[tx];
+                for &p in parts {
+                    if vote_of(self.seed, p, tx) != Vote::Commit {
+                        return Err(format!("validity: {tx} committed, {p} votes abort"));
+                    }
+                    if !ready_durable(w, p, tx) {
+                        return Err(format!("validity: {tx} committed, {p} has no READY"));
+                    }
+                }
+            }
+            self.checks += 1;
+        }
+        self.seen = w.events().len();
+        Ok(())
+    }
+}
+
+#[derive(Default, Debug)]
+struct Totals {
+    committed: u64,
+    aborted: u64,
+    blocked: u64,
+    commit_events: u64,
+    crashes: u64,
+    lost: u64,
+    duplicated: u64,
+    persists_lost: u64,
+    checks: u64,
+    stats: CommitStats,
+}
+
+fn add(t: &mut CommitStats, s: CommitStats) {
+    t.unknown_tx += s.unknown_tx;
+    t.wrong_coordinator += s.wrong_coordinator;
+    t.not_participant += s.not_participant;
+    t.wrong_phase += s.wrong_phase;
+    t.duplicates += s.duplicates;
+    t.late += s.late;
+    t.busy += s.busy;
+    t.vote_requests_resent += s.vote_requests_resent;
+    t.votes_resent += s.votes_resent;
+    t.decisions_resent += s.decisions_resent;
+    t.decision_requests += s.decision_requests;
+    t.blocked += s.blocked;
+    t.terminated_cooperatively += s.terminated_cooperatively;
+    t.prepare_timeouts += s.prepare_timeouts;
+    t.vote_timeouts += s.vote_timeouts;
+}
+
+fn run(seed: u64, totals: &mut Totals) {
+    let horizon = Duration::from_secs(3);
+    let mut x = Xs(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut plan = FaultPlan {
+        network: NetworkFaults {
+            delay: Delay::Uniform {
+                min: Duration::from_micros(500),
+                max: Duration::from_millis(5),
+            },
+            loss: 0.1,
+            duplicate: 0.05,
+            reorder: 0.1,
+            reorder_window: Duration::from_millis(10),
+            corrupt: 0.0,
+            calm_after: Some(horizon),
+        },
+        ..FaultPlan::default()
+    };
+    // Crashes of any node, coordinators included, one at a time, each
+    // down 20–600 ms; all up again before the horizon.
+    let mut at = Duration::ZERO;
+    loop {
+        at += Duration::from_millis(1 + x.next(500));
+        let down = Duration::from_millis(20 + x.next(580));
+        if at + down >= horizon {
+            break;
+        }
+        plan.crash(NodeId(x.next(N)), at, Some(down));
+        at += down;
+    }
+    let mut sim = Sim::<TwoPhase>::new(
+        SimConfig::new(seed, N as usize),
+        TwoPhaseConfig::default(),
+        plan,
+    );
+    let checker = Rc::new(RefCell::new(Checker {
+        seed,
+        ..Checker::default()
+    }));
+    // Transactions: begun at node i % N, with 2 or 3 participants (the
+    // coordinator among them one time in two).
+    for i in 0..TXS {
+        let tx = TxId::new(format!("t{i}")).unwrap();
+        let coord = NodeId(i % N);
+        let k = 2 + x.next(2);
+        let mut parts: Vec<NodeId> = Vec::new();
+        while (parts.len() as u64) < k {
+            let p = NodeId(x.next(N));
+            if !parts.contains(&p) {
+                parts.push(p);
+            }
+        }
+        checker
+            .borrow_mut()
+            .participants
+            .insert(tx.clone(), parts.clone());
+        sim.input(
+            Duration::from_millis(i * horizon.as_millis() as u64 / TXS),
+            coord,
+            Input::Begin {
+                tx,
+                participants: parts,
+            },
+        );
+    }
+    let c2 = checker.clone();
+    sim.invariant("atomicity and validity", move |w| c2.borrow_mut().check(w));
+    let end = horizon + Duration::from_secs(3);
+    let mut seen = 0;
+    while sim.now() < end {
+        match sim.step() {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(f) => panic!("seed {seed}: {f}"),
+        }
+        // The application answers prepares.
+        let now = sim.now();
+        let asks: Vec<(NodeId, u64, TxId)> = sim.world().events()[seen..]
+            .iter()
+            .filter_map(|o| match &o.event {
+                Event::Prepare { tx } => Some((o.node, o.incarnation.0, tx.clone())),
+                _ => None,
+            })
+            .collect();
+        seen = sim.world().events().len();
+        for (node, life, tx) in asks {
+            if let Some(d) = answer_delay(seed, node, &tx, life) {
+                let vote = vote_of(seed, node, &tx);
+                sim.input(now + d, node, Input::Voted { tx, vote });
+            }
+        }
+    }
+    // Termination: everyone is up, the network calm.
+    let w = sim.world();
+    let c = checker.borrow();
+    for &n in w.node_ids() {
+        assert!(w.is_up(n), "seed {seed}: {n} is down at the end");
+    }
+    let mut outcome: BTreeMap<TxId, CoordState> = BTreeMap::new();
+    for (node, core) in w.cores() {
+        for (tx, state, ended) in core.coordinated() {
+            if !c.participants.contains_key(tx) {
+                continue;
+            }
+            assert!(
+                matches!(state, CoordState::Commit | CoordState::Abort) && ended,
+                "seed {seed}: coordinator {node} has {tx} in {state:?} (ended {ended})"
+            );
+            outcome.insert(tx.clone(), state);
+        }
+    }
+    for (node, core) in w.cores() {
+        for (tx, state) in core.participating() {
+            let want = match outcome.get(tx) {
+                Some(CoordState::Commit) => PartState::Commit,
+                // Begun by no coordinator (its BEGIN lost in a crash), or
+                // aborted: aborted here.
+                _ => PartState::Abort,
+            };
+            assert_eq!(state, want, "seed {seed}: {node} has {tx} in {state:?}");
+        }
+        add(&mut totals.stats, core.stats());
+    }
+    totals.committed += outcome
+        .values()
+        .filter(|s| **s == CoordState::Commit)
+        .count() as u64;
+    totals.aborted += outcome
+        .values()
+        .filter(|s| **s == CoordState::Abort)
+        .count() as u64;
+    totals.blocked += w
+        .events()
+        .iter()
+        .filter(|o| matches!(o.event, Event::Blocked { .. }))
+        .count() as u64;
+    totals.commit_events += w
+        .events()
+        .iter()
+        .filter(|o| matches!(o.event, Event::Commit { .. }))
+        .count() as u64;
+    let st = sim.stats();
+    totals.crashes += st.crashes;
+    totals.lost += st.lost;
+    totals.duplicated += st.duplicated;
+    totals.persists_lost += st.persists_lost;
+    totals.checks += c.checks;
+}
+
+#[test]
+fn two_phase_commit_is_atomic_valid_and_terminates_through_crashes() {
+    let mut totals = Totals::default();
+    let n = seeds(8);
+    for seed in 0..n {
+        if std::env::var("COMMIT_SEED").is_ok_and(|s| s != seed.to_string()) {
+            continue;
+        }
+        run(seed, &mut totals);
+    }
+    eprintln!("{n} seeds: {totals:#?}");
+    if std::env::var("COMMIT_SEED").is_err() {
+        // The faults happened and the mechanisms under test ran.
+        assert!(totals.crashes >= n);
+        assert!(totals.lost > 0 && totals.duplicated > 0);
+        assert!(totals.committed > 0 && totals.aborted > 0);
+        assert!(totals.stats.decisions_resent > 0 && totals.stats.decision_requests > 0);
+    }
+}
