@@ -673,8 +673,8 @@ impl TwoPhase {
                 }
                 let state = match p.state {
                     PartState::Init => {
-                        p.asked = false;
-                        self.out.event(Event::Abort { tx: tx.clone() });
+                        // The application hears of the abort once it is
+                        // durable, with the answer.
                         return self.part_abort(&tx, Then::AnswerInit(from));
                     }
                     PartState::Ready => PeerState::Ready,
