@@ -1,0 +1,441 @@
+//! Exhaustive crash points: one coordinator (n0) and 3 participants
+//! (n1..n3), one transaction. A crash-free run numbers every persist and
+//! every send of each node; then, for each node and each of its actions,
+//! the node crashes once **before** it (the record is not written, the
+//! message not sent) and once **after** it (the record durable but its
+//! `handle_persisted` never called; the message on its way), stays down
+//! 400 ms (longer than the participants' wait in READY, so cooperative
+//! termination runs while the coordinator is down) and restarts from its
+//! durable records. Twice over: with every participant voting commit, and
+//! with n3 voting abort.
+//!
+//! After every step: atomicity (never committed at one member, or decided
+//! commit, and aborted at another) and validity (commit only if every
+//! participant voted commit, with its READY durable). At the end, every
+//! node up: termination (the coordinator decided and heard every ACK, every
+//! participant holds its outcome).
+//!
+//! The network here is reliable and ordered (1 ms per message, 1 ms per
+//! persist): what is tried is the crash, at every point; loss, duplication
+//! and reordering are the simulator sweep's job (tests/two_phase_sim.rs).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ft_commit::{
+    CoordState, Event, Input, LogRecord, Message, PartState, Timer, TwoPhase, TwoPhaseConfig, TxId,
+    Vote,
+};
+use ft_core::wire::Wire;
+use ft_core::{Incarnation, NodeId, Output, PersistToken, Protocol, Recover, RecoveryContext};
+
+const NODES: usize = 4;
+const DOWN: u64 = 400_000;
+const END: u64 = 5_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    Before,
+    After,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct CrashPoint {
+    node: usize,
+    action: usize,
+    when: When,
+}
+
+enum Ev {
+    Deliver(usize, NodeId, Bytes),
+    Timer(usize, u64, Timer, u64),
+    Persisted(usize, u64, PersistToken, Bytes, usize),
+    Input(usize, u64, Input),
+    Restart(usize),
+}
+
+struct Node {
+    core: Option<TwoPhase>,
+    life: u64,
+    durable: Vec<Bytes>,
+    /// Actions (persists and sends) of the first life, numbered.
+    actions: usize,
+    timers: BTreeMap<Timer, u64>,
+}
+
+struct World {
+    base: Instant,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    nodes: Vec<Node>,
+    crash: Option<CrashPoint>,
+    crashed: bool,
+    abort_voter: Option<NodeId>,
+    events: Vec<(usize, Event)>,
+    committed: BTreeSet<usize>,
+    aborted: BTreeSet<usize>,
+    blocked: usize,
+}
+
+fn tx() -> TxId {
+    TxId::new(&b"t"[..]).unwrap()
+}
+
+fn participants() -> Vec<NodeId> {
+    vec![NodeId(1), NodeId(2), NodeId(3)]
+}
+
+impl World {
+    fn new(crash: Option<CrashPoint>, abort_voter: Option<NodeId>) -> World {
+        let base = Instant::now();
+        let mut w = World {
+            base,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes: Vec::new(),
+            crash,
+            crashed: false,
+            abort_voter,
+            events: Vec::new(),
+            committed: BTreeSet::new(),
+            aborted: BTreeSet::new(),
+            blocked: 0,
+        };
+        for i in 0..NODES {
+            w.nodes.push(Node {
+                core: None,
+                life: 0,
+                durable: Vec::new(),
+                actions: 0,
+                timers: BTreeMap::new(),
+            });
+            w.start(i);
+        }
+        w
+    }
+
+    fn at(&self) -> Instant {
+        self.base + Duration::from_micros(self.now)
+    }
+
+    fn schedule(&mut self, after: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((self.now + after, self.seq), ev);
+    }
+
+    fn start(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.life += 1;
+        n.timers.clear();
+        let ctx = RecoveryContext {
+            node: NodeId(i as u64),
+            incarnation: Incarnation(n.life),
+            records: n.durable.clone(),
+            seed: 1,
+            now: self.base + Duration::from_micros(self.now),
+        };
+        n.core = Some(TwoPhase::recover(&TwoPhaseConfig::default(), ctx).expect("recovers"));
+        self.pump(i);
+    }
+
+    fn crash_here(&mut self, i: usize, action: usize, when: When) -> bool {
+        let hit = !self.crashed
+            && self.nodes[i].life == 1
+            && self
+                .crash
+                .is_some_and(|c| c.node == i && c.action == action && c.when == when);
+        if hit {
+            self.crashed = true;
+            let n = &mut self.nodes[i];
+            n.core = None;
+            n.timers.clear();
+            self.schedule(DOWN, Ev::Restart(i));
+        }
+        hit
+    }
+
+    /// Carries out node `i`'s outputs, crashing it at the crash point.
+    fn pump(&mut self, i: usize) {
+        loop {
+            let Some(core) = self.nodes[i].core.as_mut() else {
+                return;
+            };
+            let Some(o) = core.poll_output() else {
+                return;
+            };
+            let life = self.nodes[i].life;
+            match o {
+                Output::Persist { record, token } => {
+                    let a = self.nodes[i].actions;
+                    if life == 1 {
+                        self.nodes[i].actions += 1;
+                    }
+                    if self.crash_here(i, a, When::Before) {
+                        return;
+                    }
+                    self.schedule(1000, Ev::Persisted(i, life, token, record, a));
+                }
+                Output::Send { to, msg } => {
+                    let a = self.nodes[i].actions;
+                    if life == 1 {
+                        self.nodes[i].actions += 1;
+                    }
+                    if self.crash_here(i, a, When::Before) {
+                        return;
+                    }
+                    let from = NodeId(i as u64);
+                    self.schedule(1000, Ev::Deliver(to.0 as usize, from, msg.to_bytes()));
+                    if self.crash_here(i, a, When::After) {
+                        return;
+                    }
+                }
+                Output::Multicast { .. } => panic!("the core does not multicast"),
+                Output::SetTimer { timer, at } => {
+                    self.seq += 1;
+                    let generation = self.seq;
+                    self.nodes[i].timers.insert(timer.clone(), generation);
+                    let at = at.saturating_duration_since(self.base).as_micros() as u64;
+                    self.seq += 1;
+                    self.queue.insert(
+                        (at.max(self.now), self.seq),
+                        Ev::Timer(i, life, timer, generation),
+                    );
+                }
+                Output::CancelTimer { timer } => {
+                    self.nodes[i].timers.remove(&timer);
+                }
+                Output::Compact { .. } => {}
+                Output::Event(e) => {
+                    if let Event::Prepare { tx } = &e {
+                        let me = NodeId(i as u64);
+                        let vote = if Some(me) == self.abort_voter {
+                            Vote::Abort
+                        } else {
+                            Vote::Commit
+                        };
+                        let input = Input::Voted {
+                            tx: tx.clone(),
+                            vote,
+                        };
+                        self.schedule(1000, Ev::Input(i, life, input));
+                    }
+                    self.events.push((i, e));
+                }
+            }
+        }
+    }
+
+    fn up(&self, i: usize, life: u64) -> bool {
+        self.nodes[i].core.is_some() && self.nodes[i].life == life
+    }
+
+    fn step(&mut self) -> bool {
+        let Some(((t, _), ev)) = self.queue.pop_first() else {
+            return false;
+        };
+        if t > END {
+            return false;
+        }
+        self.now = t;
+        let now = self.at();
+        match ev {
+            Ev::Deliver(i, from, bytes) => {
+                if let Some(core) = self.nodes[i].core.as_mut() {
+                    let msg = Message::from_bytes(bytes).expect("decodes");
+                    core.handle_message(now, from, msg);
+                    self.pump(i);
+                }
+            }
+            Ev::Timer(i, life, timer, generation) => {
+                if self.up(i, life) && self.nodes[i].timers.get(&timer) == Some(&generation) {
+                    self.nodes[i].timers.remove(&timer);
+                    self.nodes[i]
+                        .core
+                        .as_mut()
+                        .unwrap()
+                        .handle_timer(now, timer);
+                    self.pump(i);
+                }
+            }
+            Ev::Persisted(i, life, token, record, a) => {
+                if self.up(i, life) {
+                    self.nodes[i].durable.push(record);
+                    if !self.crash_here(i, a, When::After) {
+                        self.nodes[i]
+                            .core
+                            .as_mut()
+                            .unwrap()
+                            .handle_persisted(now, token);
+                        self.pump(i);
+                    }
+                }
+            }
+            Ev::Input(i, life, input) => {
+                if self.up(i, life) {
+                    self.nodes[i]
+                        .core
+                        .as_mut()
+                        .unwrap()
+                        .handle_input(now, input);
+                    self.pump(i);
+                }
+            }
+            Ev::Restart(i) => self.start(i),
+        }
+        true
+    }
+
+    fn ready_durable(&self, p: NodeId) -> bool {
+        self.nodes[p.0 as usize].durable.iter().any(|r| {
+            matches!(
+                ft_core::record::decode::<LogRecord>(r.clone()),
+                Ok(LogRecord::Ready { .. })
+            )
+        })
+    }
+
+    /// Atomicity and validity over the events since `seen`.
+    fn check(&mut self, seen: usize) -> Result<(), String> {
+        for k in seen..self.events.len() {
+            let (i, e) = self.events[k].clone();
+            match e {
+                Event::Commit { .. }
+                | Event::Decided {
+                    outcome: Vote::Commit,
+                    ..
+                } => {
+                    self.committed.insert(i);
+                    if self.abort_voter.is_some() {
+                        return Err(format!("validity: n{i} committed, n3 voted abort"));
+                    }
+                    for p in participants() {
+                        if !self.ready_durable(p) {
+                            return Err(format!("validity: n{i} committed, {p} not READY"));
+                        }
+                    }
+                }
+                Event::Abort { .. }
+                | Event::Decided {
+                    outcome: Vote::Abort,
+                    ..
+                } => {
+                    self.aborted.insert(i);
+                }
+                Event::Blocked { .. } => self.blocked += 1,
+                _ => {}
+            }
+        }
+        if !self.committed.is_empty() && !self.aborted.is_empty() {
+            return Err(format!(
+                "atomicity: committed at {:?}, aborted at {:?}",
+                self.committed, self.aborted
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs to the end, checking after every step; then termination.
+    fn run(&mut self) -> Result<Vote, String> {
+        self.schedule(
+            0,
+            Ev::Input(
+                0,
+                1,
+                Input::Begin {
+                    tx: tx(),
+                    participants: participants(),
+                },
+            ),
+        );
+        let mut seen = 0;
+        while self.step() {
+            self.check(seen)?;
+            seen = self.events.len();
+        }
+        let c = self.nodes[0].core.as_ref().ok_or("n0 down at the end")?;
+        // Crashed before BEGIN was durable: the transaction never began
+        // (no VOTE_REQUEST went out); the participants must not hold it
+        // but as aborted.
+        let (state, ended) = c
+            .coordinated()
+            .next()
+            .map_or((CoordState::Abort, true), |(_, s, e)| (s, e));
+        let outcome = match state {
+            CoordState::Commit => Vote::Commit,
+            CoordState::Abort => Vote::Abort,
+            s => return Err(format!("the coordinator ends in {s:?}")),
+        };
+        if !ended {
+            return Err("the coordinator never heard every ACK".into());
+        }
+        for p in participants() {
+            let core = self.nodes[p.0 as usize]
+                .core
+                .as_ref()
+                .ok_or(format!("{p} down at the end"))?;
+            let want = match outcome {
+                Vote::Commit => Some(PartState::Commit),
+                Vote::Abort => Some(PartState::Abort),
+            };
+            let got = core.participant_state(&tx());
+            // A participant that never heard of an aborted transaction
+            // (its VOTE_REQUEST lost in its crash) holds nothing: fine.
+            if got != want && !(outcome == Vote::Abort && got.is_none()) {
+                return Err(format!("{p} ends in {got:?}, the outcome is {outcome:?}"));
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+#[test]
+fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
+    let mut tried = 0;
+    let mut outcomes: BTreeMap<(bool, Vote), usize> = BTreeMap::new();
+    let mut blocked_runs = 0;
+    for abort_voter in [None, Some(NodeId(3))] {
+        // The crash-free run: it commits (or aborts) and numbers the
+        // actions.
+        let mut w = World::new(None, abort_voter);
+        let outcome = w.run().expect("crash-free run");
+        assert_eq!(
+            outcome,
+            if abort_voter.is_some() {
+                Vote::Abort
+            } else {
+                Vote::Commit
+            }
+        );
+        let counts: Vec<usize> = w.nodes.iter().map(|n| n.actions).collect();
+        for (node, &count) in counts.iter().enumerate() {
+            for action in 0..count {
+                for when in [When::Before, When::After] {
+                    let point = CrashPoint { node, action, when };
+                    let mut w = World::new(Some(point), abort_voter);
+                    let outcome = w
+                        .run()
+                        .unwrap_or_else(|e| panic!("{point:?}, abort voter {abort_voter:?}: {e}"));
+                    assert!(w.crashed, "{point:?} never reached");
+                    tried += 1;
+                    *outcomes
+                        .entry((abort_voter.is_some(), outcome))
+                        .or_default() += 1;
+                    if w.blocked > 0 {
+                        blocked_runs += 1;
+                    }
+                }
+            }
+        }
+        eprintln!("abort voter {abort_voter:?}: actions per node (n0..n3) {counts:?}");
+    }
+    eprintln!(
+        "{tried} crash points tried (before and after each persist and send of each node, \
+         2 vote patterns); outcomes (n3 votes abort, outcome): {outcomes:?}; \
+         {blocked_runs} runs with a participant blocked for a while"
+    );
+    assert!(tried > 40);
+    assert!(blocked_runs > 0, "no crash point blocked a participant");
+}
