@@ -156,7 +156,9 @@ pub enum Event {
         /// Whom it waits on.
         coordinator: NodeId,
     },
-    /// Coordinator: the outcome of `tx` is durable and being sent.
+    /// Coordinator: the outcome of `tx` is durable and being sent. Comes
+    /// again after a restart while some participant has not acknowledged
+    /// it.
     Decided {
         /// The transaction.
         tx: TxId,
@@ -1172,6 +1174,12 @@ impl Recover for TwoPhase {
                     } else {
                         Vote::Abort
                     };
+                    // The application may not have heard the outcome
+                    // before the crash: tell it again (idempotently).
+                    core.out.event(Event::Decided {
+                        tx: tx.clone(),
+                        outcome,
+                    });
                     let to = core.coords[&tx].participants.clone();
                     for n in to {
                         core.stats.decisions_resent += 1;

@@ -477,6 +477,13 @@ fn recovery_rebuilds_each_state_and_acts_on_it() {
             .all(|(_, m)| *m == Message::GlobalCommit { tx: tx() })
     );
     assert_eq!(h.core.coordinator_state(&tx()), Some(CoordState::Commit));
+    assert_eq!(
+        d.events,
+        vec![Event::Decided {
+            tx: tx(),
+            outcome: Vote::Commit
+        }]
+    );
     // ...unless every participant had acknowledged it.
     let mut h = recovered(C, &[begin, decided, LogRecord::End { tx: tx() }]);
     assert!(h.drain().is_empty());
