@@ -1,7 +1,8 @@
 //! Two-phase commit in the simulator, over many seeds: transactions begun
 //! at every node (each node coordinates some and takes part in others), on
-//! a network that loses, duplicates and reorders, while coordinators and
-//! participants crash and restart. The application votes by a fixed rule
+//! a network that loses, duplicates, reorders and corrupts (the frame CRC
+//! drops corrupted copies), with a partition that heals, while
+//! coordinators and participants crash and restart. The application votes by a fixed rule
 //! (some participants vote abort), sometimes late or never.
 //!
 //! After every step: **atomicity** (no transaction is committed at one
@@ -59,7 +60,7 @@ fn hash(seed: u64, node: NodeId, tx: &TxId) -> u64 {
 
 /// The application's vote at `node` on `tx`: one in eight abort.
 fn vote_of(seed: u64, node: NodeId, tx: &TxId) -> Vote {
-    if hash(seed, node, tx) % 8 == 0 {
+    if hash(seed, node, tx).is_multiple_of(8) {
         Vote::Abort
     } else {
         Vote::Commit
@@ -70,7 +71,7 @@ fn vote_of(seed: u64, node: NodeId, tx: &TxId) -> Vote {
 /// how long: one in sixteen never answers (the INIT timeout then aborts).
 fn answer_delay(seed: u64, node: NodeId, tx: &TxId, life: u64) -> Option<Duration> {
     let h = hash(seed ^ life.wrapping_mul(0x9E37_79B9), node, tx) >> 8;
-    (h % 16 != 0).then(|| Duration::from_millis(h % 40))
+    (!h.is_multiple_of(16)).then(|| Duration::from_millis(h % 40))
 }
 
 #[derive(Default)]
@@ -147,6 +148,7 @@ struct Totals {
     lost: u64,
     duplicated: u64,
     persists_lost: u64,
+    partitioned: u64,
     checks: u64,
     stats: CommitStats,
 }
@@ -182,7 +184,7 @@ fn run(seed: u64, totals: &mut Totals) {
             duplicate: 0.05,
             reorder: 0.1,
             reorder_window: Duration::from_millis(10),
-            corrupt: 0.0,
+            corrupt: 0.005,
             calm_after: Some(horizon),
         },
         ..FaultPlan::default()
@@ -199,6 +201,15 @@ fn run(seed: u64, totals: &mut Totals) {
         plan.crash(NodeId(x.next(N)), at, Some(down));
         at += down;
     }
+    // A partition, {n0, n1} against {n2, n3}, for 300–700 ms somewhere in
+    // the first two seconds: participants cut off from their coordinator
+    // block (2PC is not partition-tolerant for liveness, only for safety).
+    let cut = Duration::from_millis(200 + x.next(1500));
+    plan.partition(
+        vec![vec![NodeId(0), NodeId(1)], vec![NodeId(2), NodeId(3)]],
+        cut,
+        cut + Duration::from_millis(300 + x.next(400)),
+    );
     let mut sim = Sim::<TwoPhase>::new(
         SimConfig::new(seed, N as usize),
         TwoPhaseConfig::default(),
@@ -315,6 +326,7 @@ fn run(seed: u64, totals: &mut Totals) {
     totals.lost += st.lost;
     totals.duplicated += st.duplicated;
     totals.persists_lost += st.persists_lost;
+    totals.partitioned += st.partitioned;
     totals.checks += c.checks;
 }
 
@@ -332,7 +344,7 @@ fn two_phase_commit_is_atomic_valid_and_terminates_through_crashes() {
     if std::env::var("COMMIT_SEED").is_err() {
         // The faults happened and the mechanisms under test ran.
         assert!(totals.crashes >= n);
-        assert!(totals.lost > 0 && totals.duplicated > 0);
+        assert!(totals.lost > 0 && totals.duplicated > 0 && totals.partitioned > 0);
         assert!(totals.committed > 0 && totals.aborted > 0);
         assert!(totals.stats.decisions_resent > 0 && totals.stats.decision_requests > 0);
     }
