@@ -13,7 +13,8 @@
 //! - **Participant**: INIT, VOTE_REQUEST → [`Event::Prepare`] to the
 //!   application, which answers [`Input::Voted`]; commit → (log READY) →
 //!   READY, VOTE_COMMIT; abort → (log ABORT) → ABORT, VOTE_ABORT. A
-//!   participant in INIT whose application does not vote in time aborts.
+//!   participant in INIT aborts on its timeout: no VOTE_REQUEST since
+//!   [`Input::Join`], or no vote from its application.
 //!   In READY it waits for the decision; GLOBAL_COMMIT → (log COMMIT) →
 //!   COMMIT, ACK; GLOBAL_ABORT → (log ABORT) → ABORT, ACK.
 //! - **Cooperative termination**: a participant in READY that has no
@@ -80,9 +81,9 @@ pub struct TwoPhaseConfig {
     /// Coordinator: how long it waits in WAIT for every vote before it
     /// aborts.
     pub vote_timeout: Duration,
-    /// Participant: how long the application may take to vote after
-    /// [`Event::Prepare`] before the participant aborts (its timeout in
-    /// INIT).
+    /// Participant: its timeout in INIT, which aborts it: from
+    /// [`Input::Join`] until a VOTE_REQUEST, and from [`Event::Prepare`]
+    /// until the application votes.
     pub prepare_timeout: Duration,
     /// Participant: how long it waits in READY for the decision before it
     /// starts cooperative termination.
@@ -114,6 +115,19 @@ pub enum Input {
         tx: TxId,
         /// Its participants.
         participants: Vec<NodeId>,
+    },
+    /// The application works for `tx`, coordinated by `coordinator`, and
+    /// waits for its VOTE_REQUEST: if none comes within
+    /// [`TwoPhaseConfig::prepare_timeout`], the participant aborts (the
+    /// subject's timeout in INIT), logging ABORT and sending VOTE_ABORT.
+    /// Optional: a VOTE_REQUEST for a transaction not joined starts it
+    /// too. Not logged: after a crash the participant forgets it joined
+    /// (its application's volatile work is gone as well).
+    Join {
+        /// The transaction.
+        tx: TxId,
+        /// Its coordinator.
+        coordinator: NodeId,
     },
     /// The application's resource voted on `tx`, answering
     /// [`Event::Prepare`]: [`Vote::Commit`] means its work is prepared
@@ -280,6 +294,9 @@ struct Part {
     pending: bool,
     /// The application was asked to prepare (and has not answered).
     asked: bool,
+    /// The application said it works for the transaction
+    /// ([`Input::Join`]) before any VOTE_REQUEST.
+    joined: bool,
     /// Participants that answered READY to our DECISION_REQUEST.
     ready: BTreeSet<NodeId>,
     blocked: bool,
@@ -398,7 +415,7 @@ impl TwoPhase {
         p.pending = true;
         // The application hears of the abort if it heard of the
         // transaction (asked to prepare, or READY).
-        let tell = p.asked || p.state == PartState::Ready;
+        let tell = p.asked || p.joined || p.state == PartState::Ready;
         let coordinator = p.coordinator;
         self.log(
             LogRecord::Abort {
@@ -656,6 +673,7 @@ impl TwoPhase {
                             participants: Vec::new(),
                             pending: false,
                             asked: false,
+                            joined: false,
                             ready: BTreeSet::new(),
                             blocked: false,
                         },
@@ -740,6 +758,7 @@ impl TwoPhase {
                     participants,
                     pending: false,
                     asked: true,
+                    joined: false,
                     ready: BTreeSet::new(),
                     blocked: false,
                 },
@@ -760,10 +779,21 @@ impl TwoPhase {
             return;
         }
         match p.state {
-            PartState::Init => {
+            PartState::Init if p.asked => {
                 // Already asked the application.
                 self.stats.duplicates += 1;
                 self.out.dropped();
+            }
+            PartState::Init => {
+                // Joined, and now asked to vote.
+                p.asked = true;
+                p.participants = participants;
+                self.out.set_timer_after(
+                    Timer::Prepare(tx.clone()),
+                    now,
+                    self.config.prepare_timeout,
+                );
+                self.out.event(Event::Prepare { tx });
             }
             PartState::Ready => {
                 // Our VOTE_COMMIT was lost (or we restarted before sending).
@@ -779,6 +809,28 @@ impl TwoPhase {
                 self.out.dropped();
             }
         }
+    }
+
+    fn join(&mut self, now: Instant, tx: TxId, coordinator: NodeId) {
+        if self.parts.contains_key(&tx) {
+            self.stats.wrong_phase += 1;
+            return;
+        }
+        self.parts.insert(
+            tx.clone(),
+            Part {
+                state: PartState::Init,
+                coordinator,
+                participants: Vec::new(),
+                pending: false,
+                asked: false,
+                joined: true,
+                ready: BTreeSet::new(),
+                blocked: false,
+            },
+        );
+        self.out
+            .set_timer_after(Timer::Prepare(tx), now, self.config.prepare_timeout);
     }
 
     fn voted(&mut self, tx: TxId, vote: Vote) {
@@ -948,9 +1000,10 @@ impl Protocol for TwoPhase {
         }
     }
 
-    fn handle_input(&mut self, _now: Instant, input: Input) {
+    fn handle_input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Begin { tx, participants } => self.begin(tx, participants),
+            Input::Join { tx, coordinator } => self.join(now, tx, coordinator),
             Input::Voted { tx, vote } => self.voted(tx, vote),
         }
     }
@@ -1121,6 +1174,7 @@ impl Recover for TwoPhase {
                             participants,
                             pending: false,
                             asked: false,
+                            joined: false,
                             ready: BTreeSet::new(),
                             blocked: false,
                         },
@@ -1148,6 +1202,7 @@ impl Recover for TwoPhase {
                                     participants: Vec::new(),
                                     pending: false,
                                     asked: false,
+                                    joined: false,
                                     ready: BTreeSet::new(),
                                     blocked: false,
                                 },

@@ -619,3 +619,56 @@ fn bad_input_is_ignored_and_counted() {
     );
     assert_eq!(h.core.participant_state(&tx()), Some(PartState::Ready));
 }
+
+#[test]
+fn a_joined_participant_aborts_if_no_vote_request_comes() {
+    let mut h = Harness::<TwoPhase>::new(&cfg(), P1);
+    let d = h
+        .input(Input::Join {
+            tx: tx(),
+            coordinator: C,
+        })
+        .drain();
+    assert!(d.timers_set.iter().any(|(t, _)| *t == Timer::Prepare(tx())));
+    assert!(d.sends.is_empty() && d.events.is_empty());
+    assert_eq!(h.core.participant_state(&tx()), Some(PartState::Init));
+    let d = h.timer(Timer::Prepare(tx())).drain();
+    assert!(d.sends.is_empty());
+    h.persisted(d.persists[0].0);
+    let d = h.drain();
+    assert_eq!(d.events, vec![Event::Abort { tx: tx() }]);
+    assert_eq!(d.sends, vec![(C, Message::VoteAbort { tx: tx() })]);
+
+    // Joined, then asked: prepares as usual.
+    let mut h = Harness::<TwoPhase>::new(&cfg(), P1);
+    h.input(Input::Join {
+        tx: tx(),
+        coordinator: C,
+    });
+    let d = h
+        .message(
+            C,
+            Message::VoteRequest {
+                tx: tx(),
+                participants: parts(),
+            },
+        )
+        .drain();
+    assert_eq!(d.events, vec![Event::Prepare { tx: tx() }]);
+    // A second Join, and a VOTE_REQUEST from another coordinator, are
+    // ignored and counted.
+    h.input(Input::Join {
+        tx: tx(),
+        coordinator: C,
+    });
+    h.message(
+        P2,
+        Message::VoteRequest {
+            tx: tx(),
+            participants: parts(),
+        },
+    );
+    assert!(h.drain().is_empty());
+    let s = h.core.stats();
+    assert_eq!((s.wrong_phase, s.wrong_coordinator), (1, 1));
+}

@@ -236,6 +236,19 @@ fn run(seed: u64, totals: &mut Totals) {
             .borrow_mut()
             .participants
             .insert(tx.clone(), parts.clone());
+        let at = Duration::from_millis(i * horizon.as_millis() as u64 / TXS);
+        // The participants' applications join first (a participant whose
+        // VOTE_REQUEST does not come in time then aborts in INIT).
+        for &p in &parts {
+            sim.input(
+                at,
+                p,
+                Input::Join {
+                    tx: tx.clone(),
+                    coordinator: coord,
+                },
+            );
+        }
         sim.input(
             Duration::from_millis(i * horizon.as_millis() as u64 / TXS),
             coord,
