@@ -247,7 +247,8 @@ pub struct CommitStats {
     /// Messages and inputs that make no sense in the transaction's state
     /// (a vote before a vote-request, a global-commit to an aborted node).
     pub wrong_phase: u64,
-    /// Copies of messages already acted on.
+    /// Copies of messages already acted on (counting too the GLOBAL_ABORT
+    /// a participant that voted abort gets: it had aborted already).
     pub duplicates: u64,
     /// Messages that arrived after the state they were for had passed.
     pub late: u64,
@@ -649,7 +650,8 @@ impl TwoPhase {
                     (PartState::Ready, true) => self.part_commit(&tx),
                     (PartState::Ready | PartState::Init, false) => self.part_abort(&tx, Then::Ack),
                     (PartState::Commit, true) | (PartState::Abort, false) => {
-                        // Our ACK was lost.
+                        // Our ACK was lost, or we voted abort and this is
+                        // the coordinator's GLOBAL_ABORT: ACK it.
                         self.stats.duplicates += 1;
                         self.out.send(from, Message::Ack { tx });
                     }

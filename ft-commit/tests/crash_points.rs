@@ -410,6 +410,25 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
             }
         );
         let counts: Vec<usize> = w.nodes.iter().map(|n| n.actions).collect();
+        // The costs the README documents, for 3 participants.
+        let cost = |i: usize| {
+            let c = w.nodes[i].core.as_ref().unwrap().counters();
+            (c.persists, c.messages_sent)
+        };
+        assert_eq!(
+            cost(0),
+            (3, 6),
+            "coordinator: BEGIN, decision, END; 2 per participant"
+        );
+        for p in 1..=2 {
+            assert_eq!(cost(p), (2, 2), "participant: READY, outcome; vote, ACK");
+        }
+        let n3 = if abort_voter.is_some() {
+            (1, 2)
+        } else {
+            (2, 2)
+        };
+        assert_eq!(cost(3), n3, "an abort voter logs ABORT only");
         for (node, &count) in counts.iter().enumerate() {
             for action in 0..count {
                 for when in [When::Before, When::After] {
