@@ -42,7 +42,8 @@
 //! [`Recover::recover`] replays the log: the last record of each
 //! transaction (per role) is its state. Then a coordinator in WAIT aborts
 //! (logs ABORT, sends GLOBAL_ABORT), a coordinator in COMMIT or ABORT that
-//! had not heard every ACK resends its decision, a participant in READY runs
+//! had not heard every ACK resends its decision (and tells its application
+//! [`Event::Decided`] again), a participant in READY runs
 //! cooperative termination at once, and a participant in COMMIT or ABORT
 //! re-enters it: [`Event::Commit`] / [`Event::Abort`] again, which the
 //! application applies idempotently.
@@ -54,11 +55,21 @@
 //! are ignored (or, for duplicates that show a message was lost, answered
 //! again) and counted in [`CommitStats`]; never a panic.
 //!
-//! # Poll order
+//! # Time
 //!
-//! Outputs come out in the order the core decided them; a `Send` that
-//! depends on a record is only emitted after that record's
-//! `handle_persisted`.
+//! Timeouts only decide when to give up waiting or to ask again: no
+//! decision depends on a clock being right, so clock drift and slow
+//! messages cost liveness (an abort that was not needed, a question asked
+//! early), never atomicity.
+//!
+//! # Method groups and poll order
+//!
+//! Getters ([`TwoPhase::coordinator_state`], [`TwoPhase::participant_state`],
+//! [`TwoPhase::coordinated`], [`TwoPhase::participating`],
+//! [`TwoPhase::is_blocked`], [`TwoPhase::stats`]); `handle_*` of
+//! [`Protocol`]; no mutators beyond [`Input`]; `poll_output`. Outputs come
+//! out in the order the core decided them; a `Send` that depends on a
+//! record is only emitted after that record's `handle_persisted`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
