@@ -6,8 +6,10 @@
 //! `handle_persisted` never called; the message on its way), stays down
 //! 400 ms (longer than the participants' wait in READY, so cooperative
 //! termination runs while the coordinator is down) and restarts from its
-//! durable records. Twice over: with every participant voting commit, and
-//! with n3 voting abort.
+//! durable records. Then, for each of those, the same node crashes again
+//! before and after each persist and send of its recovery (its second
+//! life), and restarts once more. All of it twice over: with every
+//! participant voting commit, and with n3 voting abort.
 //!
 //! After every step: atomicity (never committed at one member, or decided
 //! commit, and aborted at another) and validity (commit only if every
@@ -43,6 +45,9 @@ enum When {
 #[derive(Clone, Copy, Debug)]
 struct CrashPoint {
     node: usize,
+    /// Which life of the node (1 = the first).
+    life: u64,
+    /// Its persists and sends in that life, counted from 0.
     action: usize,
     when: When,
 }
@@ -59,8 +64,8 @@ struct Node {
     core: Option<TwoPhase>,
     life: u64,
     durable: Vec<Bytes>,
-    /// Actions (persists and sends) of the first life, numbered.
-    actions: usize,
+    /// Actions (persists and sends) of each life so far, numbered.
+    actions: Vec<usize>,
     timers: BTreeMap<Timer, u64>,
 }
 
@@ -70,13 +75,15 @@ struct World {
     seq: u64,
     queue: BTreeMap<(u64, u64), Ev>,
     nodes: Vec<Node>,
-    crash: Option<CrashPoint>,
-    crashed: bool,
+    crash: Vec<CrashPoint>,
+    /// How many of `crash` happened.
+    crashed: usize,
     abort_voter: Option<NodeId>,
     events: Vec<(usize, Event)>,
     committed: BTreeSet<usize>,
     aborted: BTreeSet<usize>,
     blocked: usize,
+    outcome: Option<Vote>,
 }
 
 fn tx() -> TxId {
@@ -88,7 +95,7 @@ fn participants() -> Vec<NodeId> {
 }
 
 impl World {
-    fn new(crash: Option<CrashPoint>, abort_voter: Option<NodeId>) -> World {
+    fn new(crash: Vec<CrashPoint>, abort_voter: Option<NodeId>) -> World {
         let base = Instant::now();
         let mut w = World {
             base,
@@ -97,19 +104,20 @@ impl World {
             queue: BTreeMap::new(),
             nodes: Vec::new(),
             crash,
-            crashed: false,
+            crashed: 0,
             abort_voter,
             events: Vec::new(),
             committed: BTreeSet::new(),
             aborted: BTreeSet::new(),
             blocked: 0,
+            outcome: None,
         };
         for i in 0..NODES {
             w.nodes.push(Node {
                 core: None,
                 life: 0,
                 durable: Vec::new(),
-                actions: 0,
+                actions: Vec::new(),
                 timers: BTreeMap::new(),
             });
             w.start(i);
@@ -129,6 +137,7 @@ impl World {
     fn start(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.life += 1;
+        n.actions.push(0);
         n.timers.clear();
         let ctx = RecoveryContext {
             node: NodeId(i as u64),
@@ -142,13 +151,13 @@ impl World {
     }
 
     fn crash_here(&mut self, i: usize, action: usize, when: When) -> bool {
-        let hit = !self.crashed
-            && self.nodes[i].life == 1
-            && self
-                .crash
-                .is_some_and(|c| c.node == i && c.action == action && c.when == when);
+        let life = self.nodes[i].life;
+        let hit = self
+            .crash
+            .iter()
+            .any(|c| c.node == i && c.life == life && c.action == action && c.when == when);
         if hit {
-            self.crashed = true;
+            self.crashed += 1;
             let n = &mut self.nodes[i];
             n.core = None;
             n.timers.clear();
@@ -169,20 +178,16 @@ impl World {
             let life = self.nodes[i].life;
             match o {
                 Output::Persist { record, token } => {
-                    let a = self.nodes[i].actions;
-                    if life == 1 {
-                        self.nodes[i].actions += 1;
-                    }
+                    let a = self.nodes[i].actions[life as usize - 1];
+                    self.nodes[i].actions[life as usize - 1] += 1;
                     if self.crash_here(i, a, When::Before) {
                         return;
                     }
                     self.schedule(1000, Ev::Persisted(i, life, token, record, a));
                 }
                 Output::Send { to, msg } => {
-                    let a = self.nodes[i].actions;
-                    if life == 1 {
-                        self.nodes[i].actions += 1;
-                    }
+                    let a = self.nodes[i].actions[life as usize - 1];
+                    self.nodes[i].actions[life as usize - 1] += 1;
                     if self.crash_here(i, a, When::Before) {
                         return;
                     }
@@ -337,6 +342,11 @@ impl World {
         Ok(())
     }
 
+    /// The outcome of the last [`run`](Self::run).
+    fn run_outcome(&self) -> Vote {
+        self.outcome.expect("ran")
+    }
+
     /// Runs to the end, checking after every step; then termination.
     fn run(&mut self) -> Result<Vote, String> {
         self.schedule(
@@ -387,19 +397,31 @@ impl World {
                 return Err(format!("{p} ends in {got:?}, the outcome is {outcome:?}"));
             }
         }
+        self.outcome = Some(outcome);
         Ok(outcome)
     }
+}
+
+/// Runs with `points`; panics with them on a violation.
+fn try_points(points: Vec<CrashPoint>, abort_voter: Option<NodeId>) -> World {
+    let mut w = World::new(points.clone(), abort_voter);
+    if let Err(e) = w.run() {
+        panic!("{points:?}, abort voter {abort_voter:?}: {e}");
+    }
+    assert_eq!(w.crashed, points.len(), "{points:?} not all reached");
+    w
 }
 
 #[test]
 fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
     let mut tried = 0;
+    let mut twice = 0;
     let mut outcomes: BTreeMap<(bool, Vote), usize> = BTreeMap::new();
     let mut blocked_runs = 0;
     for abort_voter in [None, Some(NodeId(3))] {
         // The crash-free run: it commits (or aborts) and numbers the
         // actions.
-        let mut w = World::new(None, abort_voter);
+        let mut w = World::new(Vec::new(), abort_voter);
         let outcome = w.run().expect("crash-free run");
         assert_eq!(
             outcome,
@@ -409,7 +431,7 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
                 Vote::Commit
             }
         );
-        let counts: Vec<usize> = w.nodes.iter().map(|n| n.actions).collect();
+        let counts: Vec<usize> = w.nodes.iter().map(|n| n.actions[0]).collect();
         // The costs the README documents, for 3 participants.
         let cost = |i: usize| {
             let c = w.nodes[i].core.as_ref().unwrap().counters();
@@ -432,18 +454,41 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
         for (node, &count) in counts.iter().enumerate() {
             for action in 0..count {
                 for when in [When::Before, When::After] {
-                    let point = CrashPoint { node, action, when };
-                    let mut w = World::new(Some(point), abort_voter);
-                    let outcome = w
-                        .run()
-                        .unwrap_or_else(|e| panic!("{point:?}, abort voter {abort_voter:?}: {e}"));
-                    assert!(w.crashed, "{point:?} never reached");
+                    let first = CrashPoint {
+                        node,
+                        life: 1,
+                        action,
+                        when,
+                    };
+                    let w = try_points(vec![first], abort_voter);
                     tried += 1;
                     *outcomes
-                        .entry((abort_voter.is_some(), outcome))
+                        .entry((abort_voter.is_some(), w.run_outcome()))
                         .or_default() += 1;
                     if w.blocked > 0 {
                         blocked_runs += 1;
+                    }
+                    // Then crash it again at each action of its recovery
+                    // (its second life): the recovery's own persists and
+                    // sends are crash points too.
+                    let again = w.nodes[node].actions[1];
+                    for action in 0..again {
+                        for when in [When::Before, When::After] {
+                            let second = CrashPoint {
+                                node,
+                                life: 2,
+                                action,
+                                when,
+                            };
+                            let w = try_points(vec![first, second], abort_voter);
+                            twice += 1;
+                            *outcomes
+                                .entry((abort_voter.is_some(), w.run_outcome()))
+                                .or_default() += 1;
+                            if w.blocked > 0 {
+                                blocked_runs += 1;
+                            }
+                        }
                     }
                 }
             }
@@ -452,9 +497,10 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
     }
     eprintln!(
         "{tried} crash points tried (before and after each persist and send of each node, \
-         2 vote patterns); outcomes (n3 votes abort, outcome): {outcomes:?}; \
+         2 vote patterns), and {twice} runs crashing the same node again at each persist and \
+         send of its recovery; outcomes (n3 votes abort, outcome): {outcomes:?}; \
          {blocked_runs} runs with a participant blocked for a while"
     );
-    assert!(tried > 40);
+    assert!(tried > 40 && twice > tried);
     assert!(blocked_runs > 0, "no crash point blocked a participant");
 }
