@@ -2,9 +2,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod three_phase;
 pub mod two_phase;
 pub mod wire;
 
+pub use three_phase::{
+    CoordState3, Message3, PartState3, Record3, ThreePhase, ThreePhaseConfig, Timer3,
+};
 pub use two_phase::{
     CommitStats, CoordState, Event, Input, PartState, Timer, TwoPhase, TwoPhaseConfig,
 };

@@ -209,7 +209,7 @@ impl Message {
     }
 }
 
-fn put_nodes(buf: &mut BytesMut, nodes: &[NodeId]) {
+pub(crate) fn put_nodes(buf: &mut BytesMut, nodes: &[NodeId]) {
     // Callers keep lists within MAX_PARTICIPANTS, so this never truncates.
     buf.put_u16_le(nodes.len() as u16);
     for n in nodes {
@@ -217,7 +217,7 @@ fn put_nodes(buf: &mut BytesMut, nodes: &[NodeId]) {
     }
 }
 
-fn get_nodes(buf: &mut Bytes) -> Result<Vec<NodeId>, DecodeError> {
+pub(crate) fn get_nodes(buf: &mut Bytes) -> Result<Vec<NodeId>, DecodeError> {
     let len = wire::get_u16(buf)? as usize;
     if len > MAX_PARTICIPANTS {
         return Err(DecodeError::Oversized {

@@ -1,0 +1,1293 @@
+//! The three-phase commit core: [`ThreePhase`], one per node, coordinating
+//! the transactions it begins and taking part in those it is asked to vote
+//! on. First slice: see `STATUS.md` for what is and is not built.
+//!
+//! # The protocol (the subject's 3PC)
+//!
+//! - **Coordinator** INIT → (log WAIT) → WAIT, VOTE_REQUEST to all; any
+//!   VOTE_ABORT or the vote timeout → (log ABORT) → ABORT, GLOBAL_ABORT;
+//!   all VOTE_COMMIT → (log PRECOMMIT) → PRECOMMIT, PREPARE_COMMIT to all;
+//!   all READY_COMMIT → (log COMMIT) → COMMIT, GLOBAL_COMMIT.
+//! - **Participant** INIT, VOTE_REQUEST → [`Event::Prepare`], the
+//!   application answers [`Input::Voted`]: commit → (log READY) → READY,
+//!   VOTE_COMMIT; abort (or the INIT timeout) → (log ABORT) → ABORT,
+//!   VOTE_ABORT. READY, PREPARE_COMMIT → (log PRECOMMIT) → PRECOMMIT,
+//!   READY_COMMIT. GLOBAL_COMMIT → (log COMMIT) → COMMIT; GLOBAL_ABORT →
+//!   (log ABORT) → ABORT.
+//!
+//! Persist before speak, as in 2PC: every state change is a [`Record3`] and
+//! takes effect (state, events, sends) only once it is durable.
+//!
+//! # Termination (participants time out)
+//!
+//! A participant in READY or PRECOMMIT without a decision after
+//! [`ThreePhaseConfig::decision_timeout`] runs an **election by rounds**:
+//! round `r` elects the `r`-th participant in id order (mod their number),
+//! and every further timeout moves to the next round. So the lowest-id
+//! participant acts first, and if it is down the next one takes over one
+//! timeout later: in effect the lowest *live* participant (deterministic,
+//! no messages). The elected one sends STATE_REQUEST to the others, collects
+//! answers for [`ThreePhaseConfig::collect`], and decides by the subject's
+//! rules over its own state and the answers:
+//!
+//! - any ABORT → abort (GLOBAL_ABORT to all); any COMMIT → commit;
+//! - any PRECOMMIT → log PRECOMMIT itself if READY, send PREPARE_COMMIT to
+//!   every participant that answered, and commit once each of them sent
+//!   READY_COMMIT;
+//! - all READY or INIT → abort.
+//!
+//! A participant asked in INIT (or about a transaction it never heard of)
+//! logs ABORT before answering INIT, so it can no longer vote commit.
+//!
+//! # Where this deviates from the textbook, and the honest limits
+//!
+//! - The coordinator in PRECOMMIT does **not** commit on a timeout (the
+//!   textbook lets it); it resends PREPARE_COMMIT and waits, and takes an
+//!   outcome a participant reports (a STATE answer of COMMIT or ABORT).
+//!   Participants that time out terminate without it.
+//! - No ACKs and no END record: a participant that missed the decision
+//!   times out and terminates with the others.
+//! - 3PC is only non-blocking *and safe* under the subject's synchrony
+//!   assumptions: crashes detected reliably, messages delivered within the
+//!   timeouts, no partitions. Two termination coordinators at once (a slow
+//!   rather than crashed one) can decide differently. This is the known
+//!   limit of 3PC; the partition demonstration is not built yet.
+//!
+//! # Recovery
+//!
+//! The last record of each transaction (per role) is its state. A
+//! coordinator in WAIT aborts (safe: it never logged PRECOMMIT, so no one
+//! can be in PRECOMMIT and no termination can commit); one in PRECOMMIT
+//! resends PREPARE_COMMIT and waits for every READY_COMMIT or a reported
+//! outcome; one in COMMIT / ABORT tells [`Event::Decided`] and sends the
+//! decision again. A participant in READY or PRECOMMIT starts termination
+//! after its timeout; COMMIT / ABORT are told again (idempotently).
+//!
+//! Inputs and events are those of the 2PC core ([`Input`], [`Event`]);
+//! `Blocked`, `Finished` are never told here. Ignored messages are counted
+//! in [`CommitStats`] (`decision_requests` counts STATE_REQUESTs sent,
+//! `terminated_cooperatively` the transactions decided by termination).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ft_core::wire::{self, DecodeError, Wire};
+use ft_core::{
+    Counters, NodeId, Outbox, Output, PersistToken, Persisted, Protocol, Record, Recover,
+    RecoveryContext, RecoveryError,
+};
+
+use crate::two_phase::{CommitStats, Event, Input};
+use crate::wire::{MAX_PARTICIPANTS, TxId, Vote, get_nodes, put_nodes};
+
+/// Timeouts of a [`ThreePhase`] node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreePhaseConfig {
+    /// Resend period (VOTE_REQUEST, PREPARE_COMMIT to nodes that have not
+    /// answered).
+    pub retry: Duration,
+    /// Coordinator in WAIT: abort after this.
+    pub vote_timeout: Duration,
+    /// Participant in INIT: abort if the application has not voted.
+    pub prepare_timeout: Duration,
+    /// Participant in READY / PRECOMMIT: time per election round.
+    pub decision_timeout: Duration,
+    /// Termination coordinator: how long it collects states.
+    pub collect: Duration,
+}
+
+impl Default for ThreePhaseConfig {
+    /// 50 ms retries, 500 ms vote and prepare timeouts, 300 ms per election
+    /// round, 100 ms to collect states.
+    fn default() -> Self {
+        ThreePhaseConfig {
+            retry: Duration::from_millis(50),
+            vote_timeout: Duration::from_millis(500),
+            prepare_timeout: Duration::from_millis(500),
+            decision_timeout: Duration::from_millis(300),
+            collect: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A 3PC coordinator's state for one transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoordState3 {
+    /// WAIT is being logged.
+    Init,
+    /// Collecting votes.
+    Wait,
+    /// Every participant voted commit; PREPARE_COMMIT sent.
+    PreCommit,
+    /// Decided commit.
+    Commit,
+    /// Decided abort.
+    Abort,
+}
+
+/// A 3PC participant's state for one transaction (also its answer to a
+/// STATE_REQUEST).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PartState3 {
+    /// Not voted.
+    Init,
+    /// Voted commit.
+    Ready,
+    /// Got PREPARE_COMMIT.
+    PreCommit,
+    /// Committed.
+    Commit,
+    /// Aborted.
+    Abort,
+}
+
+impl PartState3 {
+    fn tag(self) -> u8 {
+        self as u8
+    }
+    fn from_tag(tag: u8) -> Result<Self, DecodeError> {
+        Ok(match tag {
+            0 => PartState3::Init,
+            1 => PartState3::Ready,
+            2 => PartState3::PreCommit,
+            3 => PartState3::Commit,
+            4 => PartState3::Abort,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "PartState3",
+                    tag,
+                });
+            }
+        })
+    }
+}
+
+impl CoordState3 {
+    fn tag(self) -> u8 {
+        self as u8
+    }
+    fn from_tag(tag: u8) -> Result<Self, DecodeError> {
+        Ok(match tag {
+            1 => CoordState3::Wait,
+            2 => CoordState3::PreCommit,
+            3 => CoordState3::Commit,
+            4 => CoordState3::Abort,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "CoordState3",
+                    tag,
+                });
+            }
+        })
+    }
+}
+
+/// The three-phase commit messages (names from the subject where it has
+/// them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message3 {
+    /// Coordinator → participant: vote, with every participant listed.
+    VoteRequest {
+        /// The transaction.
+        tx: TxId,
+        /// Its participants.
+        participants: Vec<NodeId>,
+    },
+    /// Participant → coordinator: READY is durable.
+    VoteCommit {
+        /// The transaction.
+        tx: TxId,
+    },
+    /// Participant → coordinator: it aborted.
+    VoteAbort {
+        /// The transaction.
+        tx: TxId,
+    },
+    /// (Termination) coordinator → participant: move to PRECOMMIT.
+    PrepareCommit {
+        /// The transaction.
+        tx: TxId,
+    },
+    /// Participant → (termination) coordinator: PRECOMMIT is durable.
+    ReadyCommit {
+        /// The transaction.
+        tx: TxId,
+    },
+    /// Commit.
+    GlobalCommit {
+        /// The transaction.
+        tx: TxId,
+    },
+    /// Abort.
+    GlobalAbort {
+        /// The transaction.
+        tx: TxId,
+    },
+    /// Termination coordinator → participant: what is your state?
+    StateRequest {
+        /// The transaction.
+        tx: TxId,
+        /// The original coordinator.
+        coordinator: NodeId,
+    },
+    /// The answer to a STATE_REQUEST (or to a PREPARE_COMMIT that came
+    /// after the decision).
+    State {
+        /// The transaction.
+        tx: TxId,
+        /// The sender's participant state.
+        state: PartState3,
+    },
+}
+
+impl Message3 {
+    /// The transaction the message is about.
+    pub fn tx(&self) -> &TxId {
+        match self {
+            Message3::VoteRequest { tx, .. }
+            | Message3::VoteCommit { tx }
+            | Message3::VoteAbort { tx }
+            | Message3::PrepareCommit { tx }
+            | Message3::ReadyCommit { tx }
+            | Message3::GlobalCommit { tx }
+            | Message3::GlobalAbort { tx }
+            | Message3::StateRequest { tx, .. }
+            | Message3::State { tx, .. } => tx,
+        }
+    }
+
+    fn global(tx: &TxId, outcome: Vote) -> Message3 {
+        match outcome {
+            Vote::Commit => Message3::GlobalCommit { tx: tx.clone() },
+            Vote::Abort => Message3::GlobalAbort { tx: tx.clone() },
+        }
+    }
+}
+
+impl Wire for Message3 {
+    fn encode(&self, buf: &mut BytesMut) {
+        let tag = match self {
+            Message3::VoteRequest { .. } => 1,
+            Message3::VoteCommit { .. } => 2,
+            Message3::VoteAbort { .. } => 3,
+            Message3::PrepareCommit { .. } => 4,
+            Message3::ReadyCommit { .. } => 5,
+            Message3::GlobalCommit { .. } => 6,
+            Message3::GlobalAbort { .. } => 7,
+            Message3::StateRequest { .. } => 8,
+            Message3::State { .. } => 9,
+        };
+        buf.put_u8(tag);
+        self.tx().encode(buf);
+        match self {
+            Message3::VoteRequest { participants, .. } => put_nodes(buf, participants),
+            Message3::StateRequest { coordinator, .. } => coordinator.encode(buf),
+            Message3::State { state, .. } => buf.put_u8(state.tag()),
+            _ => {}
+        }
+    }
+
+    fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        let tag = wire::get_u8(buf)?;
+        if !(1..=9).contains(&tag) {
+            return Err(DecodeError::UnknownTag {
+                what: "Message3",
+                tag,
+            });
+        }
+        let tx = TxId::decode(buf)?;
+        Ok(match tag {
+            1 => Message3::VoteRequest {
+                tx,
+                participants: get_nodes(buf)?,
+            },
+            2 => Message3::VoteCommit { tx },
+            3 => Message3::VoteAbort { tx },
+            4 => Message3::PrepareCommit { tx },
+            5 => Message3::ReadyCommit { tx },
+            6 => Message3::GlobalCommit { tx },
+            7 => Message3::GlobalAbort { tx },
+            8 => Message3::StateRequest {
+                tx,
+                coordinator: NodeId::decode(buf)?,
+            },
+            _ => Message3::State {
+                tx,
+                state: PartState3::from_tag(wire::get_u8(buf)?)?,
+            },
+        })
+    }
+}
+
+/// What a [`ThreePhase`] node logs: the new state of one transaction in one
+/// role. The last record of a transaction (per role) is its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record3 {
+    /// Coordinator state.
+    Coord {
+        /// The transaction.
+        tx: TxId,
+        /// WAIT, PRECOMMIT, COMMIT or ABORT.
+        state: CoordState3,
+        /// Its participants.
+        participants: Vec<NodeId>,
+    },
+    /// Participant state.
+    Part {
+        /// The transaction.
+        tx: TxId,
+        /// READY, PRECOMMIT, COMMIT or ABORT.
+        state: PartState3,
+        /// Its coordinator.
+        coordinator: NodeId,
+        /// Its participants (empty if unknown).
+        participants: Vec<NodeId>,
+    },
+}
+
+impl Wire for Record3 {
+    fn encode(&self, buf: &mut BytesMut) {
+        match self {
+            Record3::Coord {
+                tx,
+                state,
+                participants,
+            } => {
+                buf.put_u8(1);
+                tx.encode(buf);
+                buf.put_u8(state.tag());
+                put_nodes(buf, participants);
+            }
+            Record3::Part {
+                tx,
+                state,
+                coordinator,
+                participants,
+            } => {
+                buf.put_u8(2);
+                tx.encode(buf);
+                buf.put_u8(state.tag());
+                coordinator.encode(buf);
+                put_nodes(buf, participants);
+            }
+        }
+    }
+
+    fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        match wire::get_u8(buf)? {
+            1 => Ok(Record3::Coord {
+                tx: TxId::decode(buf)?,
+                state: CoordState3::from_tag(wire::get_u8(buf)?)?,
+                participants: get_nodes(buf)?,
+            }),
+            2 => Ok(Record3::Part {
+                tx: TxId::decode(buf)?,
+                state: PartState3::from_tag(wire::get_u8(buf)?)?,
+                coordinator: NodeId::decode(buf)?,
+                participants: get_nodes(buf)?,
+            }),
+            tag => Err(DecodeError::UnknownTag {
+                what: "Record3",
+                tag,
+            }),
+        }
+    }
+}
+
+impl Record for Record3 {
+    const VERSION: u8 = 1;
+}
+
+/// The named timers of a [`ThreePhase`] node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer3 {
+    /// Coordinator: vote timeout in WAIT.
+    Votes(TxId),
+    /// Coordinator: resend VOTE_REQUEST / PREPARE_COMMIT.
+    Resend(TxId),
+    /// Participant: INIT timeout.
+    Prepare(TxId),
+    /// Participant: READY / PRECOMMIT without a decision: next election
+    /// round.
+    Decision(TxId),
+    /// Termination coordinator: stop collecting and decide (then: resend
+    /// PREPARE_COMMIT).
+    Collect(TxId),
+}
+
+#[derive(Debug)]
+struct Coord {
+    state: CoordState3,
+    participants: Vec<NodeId>,
+    votes: BTreeSet<NodeId>,
+    readies: BTreeSet<NodeId>,
+    pending: bool,
+}
+
+#[derive(Debug)]
+enum Term {
+    /// Collecting states.
+    Collecting(BTreeMap<NodeId, PartState3>),
+    /// Moving the nodes that answered (`reached`) to PRECOMMIT.
+    PreCommitting {
+        reached: BTreeSet<NodeId>,
+        acks: BTreeSet<NodeId>,
+    },
+}
+
+#[derive(Debug)]
+struct Part {
+    state: PartState3,
+    coordinator: NodeId,
+    participants: Vec<NodeId>,
+    pending: bool,
+    asked: bool,
+    round: usize,
+    term: Option<Term>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Coord(TxId, CoordState3),
+    Part(TxId, PartState3, Vec<(NodeId, Message3)>),
+}
+
+/// A three-phase commit node. See the [module docs](self).
+#[derive(Debug)]
+pub struct ThreePhase {
+    me: NodeId,
+    config: ThreePhaseConfig,
+    coords: BTreeMap<TxId, Coord>,
+    parts: BTreeMap<TxId, Part>,
+    pending: BTreeMap<PersistToken, Pending>,
+    stats: CommitStats,
+    out: Outbox<ThreePhase>,
+}
+
+impl ThreePhase {
+    /// This node.
+    pub fn node(&self) -> NodeId {
+        self.me
+    }
+
+    /// Counters of ignored messages and of termination.
+    pub fn stats(&self) -> CommitStats {
+        self.stats
+    }
+
+    /// The coordinator's state of `tx`.
+    pub fn coordinator_state(&self, tx: &TxId) -> Option<CoordState3> {
+        self.coords.get(tx).map(|c| c.state)
+    }
+
+    /// The participant's state of `tx`.
+    pub fn participant_state(&self, tx: &TxId) -> Option<PartState3> {
+        self.parts.get(tx).map(|p| p.state)
+    }
+
+    /// Every transaction this node takes part in, with its state.
+    pub fn participating(&self) -> impl Iterator<Item = (&TxId, PartState3)> {
+        self.parts.iter().map(|(t, p)| (t, p.state))
+    }
+
+    /// Whether this node runs termination for `tx` as elected coordinator.
+    pub fn is_terminating(&self, tx: &TxId) -> bool {
+        self.parts.get(tx).is_some_and(|p| p.term.is_some())
+    }
+
+    fn ignore(&mut self, counter: fn(&mut CommitStats) -> &mut u64) {
+        *counter(&mut self.stats) += 1;
+        self.out.dropped();
+    }
+
+    fn coord_log(&mut self, tx: &TxId, state: CoordState3) {
+        let Some(c) = self.coords.get_mut(tx) else {
+            return;
+        };
+        c.pending = true;
+        let record = Record3::Coord {
+            tx: tx.clone(),
+            state,
+            participants: c.participants.clone(),
+        };
+        let token = self.out.persist(&record);
+        self.pending
+            .insert(token, Pending::Coord(tx.clone(), state));
+    }
+
+    fn part_log(&mut self, tx: &TxId, state: PartState3, sends: Vec<(NodeId, Message3)>) {
+        let Some(p) = self.parts.get_mut(tx) else {
+            return;
+        };
+        p.pending = true;
+        let record = Record3::Part {
+            tx: tx.clone(),
+            state,
+            coordinator: p.coordinator,
+            participants: p.participants.clone(),
+        };
+        let token = self.out.persist(&record);
+        self.pending
+            .insert(token, Pending::Part(tx.clone(), state, sends));
+    }
+
+    fn others(&self, p: &Part) -> Vec<NodeId> {
+        p.participants
+            .iter()
+            .copied()
+            .filter(|&n| n != self.me)
+            .collect()
+    }
+
+    /// Termination coordinator: log the outcome, then tell everyone.
+    fn term_decide(&mut self, tx: &TxId, outcome: Vote) {
+        let Some(p) = self.parts.get(tx) else {
+            return;
+        };
+        let sends = self
+            .others(p)
+            .into_iter()
+            .map(|n| (n, Message3::global(tx, outcome)))
+            .collect();
+        let state = match outcome {
+            Vote::Commit => PartState3::Commit,
+            Vote::Abort => PartState3::Abort,
+        };
+        self.stats.terminated_cooperatively += 1;
+        self.part_log(tx, state, sends);
+    }
+
+    // ---- coordinator side ----
+
+    fn begin(&mut self, tx: TxId, participants: Vec<NodeId>) {
+        let distinct: BTreeSet<NodeId> = participants.iter().copied().collect();
+        let reason = if self.coords.contains_key(&tx) {
+            Some("this node already coordinates the transaction")
+        } else if participants.is_empty() {
+            Some("no participants")
+        } else if participants.len() > MAX_PARTICIPANTS {
+            Some("more participants than MAX_PARTICIPANTS")
+        } else if distinct.len() != participants.len() {
+            Some("a participant is named twice")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.stats.refused += 1;
+            self.out.event(Event::Refused { tx, reason });
+            return;
+        }
+        self.coords.insert(
+            tx.clone(),
+            Coord {
+                state: CoordState3::Init,
+                participants,
+                votes: BTreeSet::new(),
+                readies: BTreeSet::new(),
+                pending: false,
+            },
+        );
+        self.coord_log(&tx, CoordState3::Wait);
+    }
+
+    fn coord_message(&mut self, from: NodeId, msg: Message3) {
+        let tx = msg.tx().clone();
+        let Some(c) = self.coords.get_mut(&tx) else {
+            return self.ignore(|s| &mut s.unknown_tx);
+        };
+        if !c.participants.contains(&from) {
+            return self.ignore(|s| &mut s.not_participant);
+        }
+        if c.pending {
+            return self.ignore(|s| &mut s.busy);
+        }
+        match (msg, c.state) {
+            (Message3::VoteCommit { .. }, CoordState3::Wait) => {
+                if !c.votes.insert(from) {
+                    self.ignore(|s| &mut s.duplicates);
+                } else if c.votes.len() == c.participants.len() {
+                    self.coord_log(&tx, CoordState3::PreCommit);
+                }
+            }
+            (Message3::VoteAbort { .. }, CoordState3::Wait) => {
+                self.coord_log(&tx, CoordState3::Abort)
+            }
+            (Message3::ReadyCommit { .. }, CoordState3::PreCommit) => {
+                if !c.readies.insert(from) {
+                    self.ignore(|s| &mut s.duplicates);
+                } else if c.readies.len() == c.participants.len() {
+                    self.coord_log(&tx, CoordState3::Commit);
+                }
+            }
+            // Participants decided without us (termination).
+            (Message3::State { state, .. }, CoordState3::PreCommit | CoordState3::Wait) => {
+                match state {
+                    PartState3::Commit if c.state == CoordState3::PreCommit => {
+                        self.coord_log(&tx, CoordState3::Commit)
+                    }
+                    PartState3::Abort | PartState3::Init => self.coord_log(&tx, CoordState3::Abort),
+                    _ => self.ignore(|s| &mut s.wrong_phase),
+                }
+            }
+            (_, CoordState3::Commit | CoordState3::Abort) => self.ignore(|s| &mut s.late),
+            _ => self.ignore(|s| &mut s.wrong_phase),
+        }
+    }
+
+    fn coord_durable(&mut self, now: Instant, tx: TxId, state: CoordState3) {
+        let Some(c) = self.coords.get_mut(&tx) else {
+            return;
+        };
+        c.pending = false;
+        c.state = state;
+        let to = c.participants.clone();
+        match state {
+            CoordState3::Init => {}
+            CoordState3::Wait => {
+                for n in to.iter().copied() {
+                    self.out.send(
+                        n,
+                        Message3::VoteRequest {
+                            tx: tx.clone(),
+                            participants: to.clone(),
+                        },
+                    );
+                }
+                self.out
+                    .set_timer_after(Timer3::Votes(tx.clone()), now, self.config.vote_timeout);
+                self.out
+                    .set_timer_after(Timer3::Resend(tx), now, self.config.retry);
+            }
+            CoordState3::PreCommit => {
+                self.out.cancel_timer(Timer3::Votes(tx.clone()));
+                for n in to {
+                    self.out.send(n, Message3::PrepareCommit { tx: tx.clone() });
+                }
+                self.out
+                    .set_timer_after(Timer3::Resend(tx), now, self.config.retry);
+            }
+            CoordState3::Commit | CoordState3::Abort => {
+                let outcome = if state == CoordState3::Commit {
+                    Vote::Commit
+                } else {
+                    Vote::Abort
+                };
+                self.out.cancel_timer(Timer3::Votes(tx.clone()));
+                self.out.cancel_timer(Timer3::Resend(tx.clone()));
+                for n in to {
+                    self.out.send(n, Message3::global(&tx, outcome));
+                }
+                self.out.event(Event::Decided { tx, outcome });
+            }
+        }
+    }
+
+    // ---- participant side ----
+
+    fn part_message(&mut self, now: Instant, from: NodeId, msg: Message3) {
+        let tx = msg.tx().clone();
+        if let Message3::VoteRequest { participants, .. } = &msg
+            && !self.parts.contains_key(&tx)
+        {
+            let distinct: BTreeSet<NodeId> = participants.iter().copied().collect();
+            if !participants.contains(&self.me) || distinct.len() != participants.len() {
+                return self.ignore(|s| &mut s.not_participant);
+            }
+            self.parts.insert(
+                tx.clone(),
+                Part {
+                    state: PartState3::Init,
+                    coordinator: from,
+                    participants: participants.clone(),
+                    pending: false,
+                    asked: true,
+                    round: 0,
+                    term: None,
+                },
+            );
+            self.out.event(Event::Prepare { tx: tx.clone() });
+            self.out
+                .set_timer_after(Timer3::Prepare(tx), now, self.config.prepare_timeout);
+            return;
+        }
+        if let Message3::StateRequest { coordinator, .. } = &msg
+            && !self.parts.contains_key(&tx)
+        {
+            // Never heard of it: abort first, then answer INIT.
+            self.stats.unknown_tx += 1;
+            self.parts.insert(
+                tx.clone(),
+                Part {
+                    state: PartState3::Init,
+                    coordinator: *coordinator,
+                    participants: Vec::new(),
+                    pending: false,
+                    asked: false,
+                    round: 0,
+                    term: None,
+                },
+            );
+            let answer = Message3::State {
+                tx: tx.clone(),
+                state: PartState3::Init,
+            };
+            return self.part_log(&tx, PartState3::Abort, vec![(from, answer)]);
+        }
+        let Some(p) = self.parts.get_mut(&tx) else {
+            return self.ignore(|s| &mut s.unknown_tx);
+        };
+        let known = from == p.coordinator || p.participants.contains(&from);
+        if !known {
+            return self.ignore(|s| &mut s.not_participant);
+        }
+        if p.pending {
+            return self.ignore(|s| &mut s.busy);
+        }
+        let state = p.state;
+        let coordinator = p.coordinator;
+        let answer = Message3::State {
+            tx: tx.clone(),
+            state,
+        };
+        match (msg, state) {
+            (Message3::VoteRequest { .. }, PartState3::Init) => self.ignore(|s| &mut s.duplicates),
+            (Message3::VoteRequest { .. }, PartState3::Ready | PartState3::PreCommit) => {
+                self.stats.votes_resent += 1;
+                self.out
+                    .retransmit(coordinator, 0, Message3::VoteCommit { tx });
+            }
+            (Message3::VoteRequest { .. }, PartState3::Abort) => {
+                self.stats.votes_resent += 1;
+                self.out
+                    .retransmit(coordinator, 0, Message3::VoteAbort { tx });
+            }
+            (Message3::PrepareCommit { .. }, PartState3::Ready) => self.part_log(
+                &tx,
+                PartState3::PreCommit,
+                vec![(from, Message3::ReadyCommit { tx: tx.clone() })],
+            ),
+            (Message3::PrepareCommit { .. }, PartState3::PreCommit) => {
+                self.stats.duplicates += 1;
+                self.out.retransmit(from, 0, Message3::ReadyCommit { tx });
+            }
+            (Message3::PrepareCommit { .. }, PartState3::Commit | PartState3::Abort) => {
+                self.stats.late += 1;
+                self.out.send(from, answer);
+            }
+            (Message3::GlobalCommit { .. }, PartState3::Ready | PartState3::PreCommit) => {
+                self.part_log(&tx, PartState3::Commit, Vec::new())
+            }
+            (
+                Message3::GlobalAbort { .. },
+                PartState3::Init | PartState3::Ready | PartState3::PreCommit,
+            ) => self.part_log(&tx, PartState3::Abort, Vec::new()),
+            (Message3::GlobalCommit { .. }, PartState3::Commit)
+            | (Message3::GlobalAbort { .. }, PartState3::Abort) => {
+                self.ignore(|s| &mut s.duplicates)
+            }
+            (Message3::StateRequest { .. }, PartState3::Init) => {
+                let answer = Message3::State {
+                    tx: tx.clone(),
+                    state: PartState3::Init,
+                };
+                self.part_log(&tx, PartState3::Abort, vec![(from, answer)])
+            }
+            (Message3::StateRequest { .. }, _) => {
+                self.out.send(from, answer);
+                if matches!(state, PartState3::Ready | PartState3::PreCommit) {
+                    // Someone is terminating: give it time before our next
+                    // round.
+                    self.out.set_timer_after(
+                        Timer3::Decision(tx),
+                        now,
+                        self.config.decision_timeout,
+                    );
+                }
+            }
+            (Message3::State { state: theirs, .. }, _) => self.term_state(&tx, from, theirs),
+            (Message3::ReadyCommit { .. }, _) => self.term_ready_commit(&tx, from),
+            _ => self.ignore(|s| &mut s.wrong_phase),
+        }
+    }
+
+    fn term_state(&mut self, tx: &TxId, from: NodeId, theirs: PartState3) {
+        let Some(p) = self.parts.get_mut(tx) else {
+            return;
+        };
+        match &mut p.term {
+            Some(Term::Collecting(states)) => {
+                states.insert(from, theirs);
+                match theirs {
+                    PartState3::Abort => self.term_decide(tx, Vote::Abort),
+                    PartState3::Commit => self.term_decide(tx, Vote::Commit),
+                    _ => {}
+                }
+            }
+            Some(Term::PreCommitting { .. }) => match theirs {
+                // Decided meanwhile (by an earlier coordinator).
+                PartState3::Abort => self.term_decide(tx, Vote::Abort),
+                PartState3::Commit => self.term_decide(tx, Vote::Commit),
+                _ => self.ignore(|s| &mut s.late),
+            },
+            None => self.ignore(|s| &mut s.late),
+        }
+    }
+
+    fn term_ready_commit(&mut self, tx: &TxId, from: NodeId) {
+        let Some(p) = self.parts.get_mut(tx) else {
+            return;
+        };
+        let Some(Term::PreCommitting { reached, acks }) = &mut p.term else {
+            return self.ignore(|s| &mut s.wrong_phase);
+        };
+        acks.insert(from);
+        if reached.is_subset(acks) && p.state == PartState3::PreCommit {
+            self.term_decide(tx, Vote::Commit);
+        }
+    }
+
+    /// The Collect timer: decide by the subject's rules, or resend
+    /// PREPARE_COMMIT.
+    fn term_collected(&mut self, now: Instant, tx: &TxId) {
+        let me = self.me;
+        let Some(p) = self.parts.get_mut(tx) else {
+            return;
+        };
+        if p.pending || !matches!(p.state, PartState3::Ready | PartState3::PreCommit) {
+            return;
+        }
+        let own = p.state;
+        match &mut p.term {
+            None => {}
+            Some(Term::Collecting(states)) => {
+                let all = || states.values().copied().chain(std::iter::once(own));
+                if all().any(|s| s == PartState3::Abort) {
+                    self.term_decide(tx, Vote::Abort);
+                } else if all().any(|s| s == PartState3::Commit) {
+                    self.term_decide(tx, Vote::Commit);
+                } else if all().any(|s| s == PartState3::PreCommit) {
+                    let reached: BTreeSet<NodeId> =
+                        states.keys().copied().filter(|&n| n != me).collect();
+                    p.term = Some(Term::PreCommitting {
+                        reached: reached.clone(),
+                        acks: BTreeSet::new(),
+                    });
+                    if own == PartState3::Ready {
+                        let sends = reached
+                            .iter()
+                            .map(|&n| (n, Message3::PrepareCommit { tx: tx.clone() }))
+                            .collect();
+                        self.part_log(tx, PartState3::PreCommit, sends);
+                    } else if reached.is_empty() {
+                        self.term_decide(tx, Vote::Commit);
+                        return;
+                    } else {
+                        for n in reached {
+                            self.out.send(n, Message3::PrepareCommit { tx: tx.clone() });
+                        }
+                    }
+                    self.out
+                        .set_timer_after(Timer3::Collect(tx.clone()), now, self.config.retry);
+                } else {
+                    // All READY or INIT (INIT answerers have aborted).
+                    self.term_decide(tx, Vote::Abort);
+                }
+            }
+            Some(Term::PreCommitting { reached, acks }) => {
+                let missing: Vec<NodeId> = reached.difference(acks).copied().collect();
+                for n in missing {
+                    self.out
+                        .retransmit(n, 0, Message3::PrepareCommit { tx: tx.clone() });
+                }
+                self.out
+                    .set_timer_after(Timer3::Collect(tx.clone()), now, self.config.retry);
+            }
+        }
+    }
+
+    /// Decision timer: next election round.
+    fn election_round(&mut self, now: Instant, tx: &TxId) {
+        let me = self.me;
+        let Some(p) = self.parts.get_mut(tx) else {
+            return;
+        };
+        if p.pending
+            || p.term.is_some()
+            || !matches!(p.state, PartState3::Ready | PartState3::PreCommit)
+        {
+            return;
+        }
+        let mut sorted = p.participants.clone();
+        sorted.sort();
+        if sorted.is_empty() {
+            return;
+        }
+        let elected = sorted[p.round % sorted.len()];
+        p.round += 1;
+        if elected == me {
+            p.term = Some(Term::Collecting(BTreeMap::new()));
+            let coordinator = p.coordinator;
+            for n in sorted.into_iter().filter(|&n| n != me) {
+                self.stats.decision_requests += 1;
+                self.out.send(
+                    n,
+                    Message3::StateRequest {
+                        tx: tx.clone(),
+                        coordinator,
+                    },
+                );
+            }
+            self.out
+                .set_timer_after(Timer3::Collect(tx.clone()), now, self.config.collect);
+        } else {
+            self.out.set_timer_after(
+                Timer3::Decision(tx.clone()),
+                now,
+                self.config.decision_timeout,
+            );
+        }
+    }
+
+    fn part_durable(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        state: PartState3,
+        sends: Vec<(NodeId, Message3)>,
+    ) {
+        let Some(p) = self.parts.get_mut(&tx) else {
+            return;
+        };
+        p.pending = false;
+        let before = p.state;
+        let tell = p.asked || before != PartState3::Init;
+        p.state = state;
+        let precommitting_alone = matches!(
+            &p.term,
+            Some(Term::PreCommitting { reached, .. }) if reached.is_empty()
+        ) && state == PartState3::PreCommit;
+        for (n, m) in sends {
+            self.out.send(n, m);
+        }
+        match state {
+            PartState3::Ready | PartState3::PreCommit => {
+                self.out.cancel_timer(Timer3::Prepare(tx.clone()));
+                if p.term.is_none() {
+                    self.out.set_timer_after(
+                        Timer3::Decision(tx.clone()),
+                        now,
+                        self.config.decision_timeout,
+                    );
+                }
+                if precommitting_alone {
+                    self.term_decide(&tx, Vote::Commit);
+                }
+            }
+            PartState3::Commit | PartState3::Abort => {
+                p.term = None;
+                self.out.cancel_timer(Timer3::Prepare(tx.clone()));
+                self.out.cancel_timer(Timer3::Decision(tx.clone()));
+                self.out.cancel_timer(Timer3::Collect(tx.clone()));
+                if state == PartState3::Commit {
+                    self.out.event(Event::Commit { tx });
+                } else if tell {
+                    self.out.event(Event::Abort { tx });
+                }
+            }
+            PartState3::Init => {}
+        }
+    }
+
+    fn voted(&mut self, tx: TxId, vote: Vote) {
+        let Some(p) = self.parts.get(&tx) else {
+            return self.ignore(|s| &mut s.unknown_tx);
+        };
+        if p.pending || p.state != PartState3::Init || !p.asked {
+            return self.ignore(|s| &mut s.wrong_phase);
+        }
+        let c = p.coordinator;
+        match vote {
+            Vote::Commit => self.part_log(
+                &tx,
+                PartState3::Ready,
+                vec![(c, Message3::VoteCommit { tx: tx.clone() })],
+            ),
+            Vote::Abort => self.part_log(
+                &tx,
+                PartState3::Abort,
+                vec![(c, Message3::VoteAbort { tx: tx.clone() })],
+            ),
+        }
+    }
+}
+
+impl Protocol for ThreePhase {
+    type Message = Message3;
+    type Input = Input;
+    type Event = Event;
+    type Timer = Timer3;
+
+    fn handle_message(&mut self, now: Instant, from: NodeId, msg: Message3) {
+        self.out.received();
+        let tx = msg.tx().clone();
+        let terminating = self.is_terminating(&tx);
+        match &msg {
+            Message3::VoteCommit { .. } | Message3::VoteAbort { .. } => {
+                self.coord_message(from, msg)
+            }
+            Message3::ReadyCommit { .. } | Message3::State { .. }
+                if !terminating && self.coords.contains_key(&tx) =>
+            {
+                self.coord_message(from, msg)
+            }
+            _ => self.part_message(now, from, msg),
+        }
+    }
+
+    fn handle_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Begin { tx, participants } => self.begin(tx, participants),
+            Input::Join { tx, coordinator } => {
+                if self.parts.contains_key(&tx) {
+                    return self.ignore(|s| &mut s.duplicates);
+                }
+                self.parts.insert(
+                    tx.clone(),
+                    Part {
+                        state: PartState3::Init,
+                        coordinator,
+                        participants: Vec::new(),
+                        pending: false,
+                        asked: true,
+                        round: 0,
+                        term: None,
+                    },
+                );
+                self.out
+                    .set_timer_after(Timer3::Prepare(tx), now, self.config.prepare_timeout);
+            }
+            Input::Voted { tx, vote } => self.voted(tx, vote),
+        }
+    }
+
+    fn handle_timer(&mut self, now: Instant, timer: Timer3) {
+        self.out.timer_fired();
+        match timer {
+            Timer3::Votes(tx) => {
+                if let Some(c) = self.coords.get(&tx)
+                    && c.state == CoordState3::Wait
+                    && !c.pending
+                {
+                    self.stats.vote_timeouts += 1;
+                    self.coord_log(&tx, CoordState3::Abort);
+                }
+            }
+            Timer3::Resend(tx) => {
+                let Some(c) = self.coords.get(&tx) else {
+                    return;
+                };
+                if c.pending {
+                    return;
+                }
+                let (msg, done) = match c.state {
+                    CoordState3::Wait => (
+                        Message3::VoteRequest {
+                            tx: tx.clone(),
+                            participants: c.participants.clone(),
+                        },
+                        &c.votes,
+                    ),
+                    CoordState3::PreCommit => {
+                        (Message3::PrepareCommit { tx: tx.clone() }, &c.readies)
+                    }
+                    _ => return,
+                };
+                let to: Vec<NodeId> = c
+                    .participants
+                    .iter()
+                    .copied()
+                    .filter(|n| !done.contains(n))
+                    .collect();
+                for n in to {
+                    self.stats.vote_requests_resent += 1;
+                    self.out.retransmit(n, 0, msg.clone());
+                }
+                self.out
+                    .set_timer_after(Timer3::Resend(tx), now, self.config.retry);
+            }
+            Timer3::Prepare(tx) => {
+                if let Some(p) = self.parts.get(&tx)
+                    && p.state == PartState3::Init
+                    && !p.pending
+                {
+                    self.stats.prepare_timeouts += 1;
+                    let c = p.coordinator;
+                    self.part_log(
+                        &tx,
+                        PartState3::Abort,
+                        vec![(c, Message3::VoteAbort { tx: tx.clone() })],
+                    );
+                }
+            }
+            Timer3::Decision(tx) => self.election_round(now, &tx),
+            Timer3::Collect(tx) => self.term_collected(now, &tx),
+        }
+    }
+
+    fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
+        let Persisted::Own(token) = self.out.persisted(token) else {
+            return;
+        };
+        match self.pending.remove(&token) {
+            Some(Pending::Coord(tx, state)) => self.coord_durable(now, tx, state),
+            Some(Pending::Part(tx, state, sends)) => self.part_durable(now, tx, state, sends),
+            None => {}
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Self>> {
+        self.out.pop()
+    }
+
+    fn counters(&self) -> Counters {
+        self.out.counters()
+    }
+}
+
+/// Whether a participant may log `next` after `prev` (same state again is
+/// allowed: a repeated record).
+fn part_step_ok(prev: PartState3, next: PartState3) -> bool {
+    use PartState3::*;
+    prev == next
+        || matches!(
+            (prev, next),
+            (Init, Ready | Abort)
+                | (Ready, PreCommit | Commit | Abort)
+                | (PreCommit, Commit | Abort)
+        )
+}
+
+fn coord_step_ok(prev: CoordState3, next: CoordState3) -> bool {
+    use CoordState3::*;
+    prev == next
+        || matches!(
+            (prev, next),
+            (Init, Wait) | (Wait, PreCommit | Abort) | (PreCommit, Commit | Abort)
+        )
+}
+
+impl Recover for ThreePhase {
+    type Config = ThreePhaseConfig;
+
+    fn recover(config: &ThreePhaseConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
+        let records: Vec<Record3> = ctx.read()?;
+        let mut core = ThreePhase {
+            me: ctx.node,
+            config: config.clone(),
+            coords: BTreeMap::new(),
+            parts: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            stats: CommitStats::default(),
+            out: Outbox::recovered(&ctx),
+        };
+        let bad = |tx: &TxId, what: &str| RecoveryError::Inconsistent(format!("{tx}: {what}"));
+        for r in records {
+            match r {
+                Record3::Coord {
+                    tx,
+                    state,
+                    participants,
+                } => {
+                    let c = core.coords.entry(tx.clone()).or_insert(Coord {
+                        state: CoordState3::Init,
+                        participants: participants.clone(),
+                        votes: BTreeSet::new(),
+                        readies: BTreeSet::new(),
+                        pending: false,
+                    });
+                    if !coord_step_ok(c.state, state) || c.participants != participants {
+                        return Err(bad(&tx, "coordinator records out of order"));
+                    }
+                    c.state = state;
+                }
+                Record3::Part {
+                    tx,
+                    state,
+                    coordinator,
+                    participants,
+                } => {
+                    let p = core.parts.entry(tx.clone()).or_insert(Part {
+                        state: PartState3::Init,
+                        coordinator,
+                        participants: participants.clone(),
+                        pending: false,
+                        asked: false,
+                        round: 0,
+                        term: None,
+                    });
+                    if !part_step_ok(p.state, state) || p.coordinator != coordinator {
+                        return Err(bad(&tx, "participant records out of order"));
+                    }
+                    if p.participants.is_empty() {
+                        p.participants = participants;
+                    }
+                    p.state = state;
+                }
+            }
+        }
+        let now = ctx.now;
+        let coords: Vec<(TxId, CoordState3, Vec<NodeId>)> = core
+            .coords
+            .iter()
+            .map(|(t, c)| (t.clone(), c.state, c.participants.clone()))
+            .collect();
+        for (tx, state, to) in coords {
+            match state {
+                CoordState3::Init => {}
+                CoordState3::Wait => core.coord_log(&tx, CoordState3::Abort),
+                CoordState3::PreCommit => {
+                    for n in to {
+                        core.out
+                            .retransmit(n, 0, Message3::PrepareCommit { tx: tx.clone() });
+                    }
+                    core.out
+                        .set_timer_after(Timer3::Resend(tx), now, core.config.retry);
+                }
+                CoordState3::Commit | CoordState3::Abort => {
+                    let outcome = if state == CoordState3::Commit {
+                        Vote::Commit
+                    } else {
+                        Vote::Abort
+                    };
+                    core.out.event(Event::Decided {
+                        tx: tx.clone(),
+                        outcome,
+                    });
+                    for n in to {
+                        core.stats.decisions_resent += 1;
+                        core.out.retransmit(n, 0, Message3::global(&tx, outcome));
+                    }
+                }
+            }
+        }
+        let parts: Vec<(TxId, PartState3)> = core
+            .parts
+            .iter()
+            .map(|(t, p)| (t.clone(), p.state))
+            .collect();
+        for (tx, state) in parts {
+            match state {
+                PartState3::Ready | PartState3::PreCommit => core.out.set_timer_after(
+                    Timer3::Decision(tx),
+                    now,
+                    core.config.decision_timeout,
+                ),
+                PartState3::Commit => core.out.event(Event::Commit { tx }),
+                PartState3::Abort => core.out.event(Event::Abort { tx }),
+                PartState3::Init => {}
+            }
+        }
+        Ok(core)
+    }
+}
