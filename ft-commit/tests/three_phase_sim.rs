@@ -1,0 +1,286 @@
+//! Three-phase commit in the simulator, over many seeds, under the
+//! synchrony 3PC assumes: a reliable network (no loss, no partition,
+//! delays of at most 5 ms, far below the timeouts) while nodes crash.
+//! Transactions are begun at every node with 2–3 participants drawn from
+//! the other nodes; the application votes by a fixed rule (one in eight
+//! abort, one prepare in sixteen never answered).
+//!
+//! After every step: **atomicity** and **validity**, as in the 2PC sweep.
+//! Two sweeps: crashes of any node that recover (then every participant
+//! decides by the end), and one coordinator crashed **for good** early on
+//! (then every participant that is up still decides: termination while the
+//! coordinator stays down).
+//!
+//! `FT_COMMIT_SEEDS=n` runs n seeds (default 8); `COMMIT_SEED=k` runs seed
+//! k alone.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use ft_commit::{Event, Input, PartState3, Record3, ThreePhase, ThreePhaseConfig, TxId, Vote};
+use ft_core::NodeId;
+use ft_sim::{Delay, FaultPlan, NetworkFaults, Sim, SimConfig, World};
+
+const N: u64 = 4;
+const TXS: u64 = 24;
+
+fn seeds(default: u64) -> u64 {
+    std::env::var("FT_COMMIT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small generator of our own, for what is fixed before the run.
+struct Xs(u64);
+impl Xs {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+fn hash(seed: u64, node: NodeId, tx: &TxId) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in node.0.to_le_bytes().iter().chain(tx.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// The application's vote at `node` on `tx`: one in eight abort.
+fn vote_of(seed: u64, node: NodeId, tx: &TxId) -> Vote {
+    if hash(seed, node, tx).is_multiple_of(8) {
+        Vote::Abort
+    } else {
+        Vote::Commit
+    }
+}
+
+/// Whether the application at `node` answers a prepare of `tx`, and after
+/// how long: one in sixteen never answers (the INIT timeout then aborts).
+fn answer_delay(seed: u64, node: NodeId, tx: &TxId, life: u64) -> Option<Duration> {
+    let h = hash(seed ^ life.wrapping_mul(0x9E37_79B9), node, tx) >> 8;
+    (!h.is_multiple_of(16)).then(|| Duration::from_millis(h % 40))
+}
+
+#[derive(Default)]
+struct Checker {
+    seed: u64,
+    seen: usize,
+    participants: BTreeMap<TxId, Vec<NodeId>>,
+    committed: BTreeMap<TxId, BTreeSet<NodeId>>,
+    aborted: BTreeMap<TxId, BTreeSet<NodeId>>,
+    checks: u64,
+}
+
+fn ready_durable(w: &World<ThreePhase>, node: NodeId, tx: &TxId) -> bool {
+    w.durable_records(node).into_iter().any(|r| {
+        matches!(ft_core::record::decode::<Record3>(r),
+            Ok(Record3::Part { tx: t, state: PartState3::Ready, .. }) if &t == tx)
+    })
+}
+
+impl Checker {
+    fn check(&mut self, w: &World<ThreePhase>) -> Result<(), String> {
+        for o in &w.events()[self.seen..] {
+            let (tx, commit) = match &o.event {
+                Event::Commit { tx }
+                | Event::Decided {
+                    tx,
+                    outcome: Vote::Commit,
+                } => (tx, true),
+                Event::Abort { tx }
+                | Event::Decided {
+                    tx,
+                    outcome: Vote::Abort,
+                } => (tx, false),
+                _ => continue,
+            };
+            let (mine, other) = if commit {
+                (&mut self.committed, &self.aborted)
+            } else {
+                (&mut self.aborted, &self.committed)
+            };
+            if let Some(o2) = other.get(tx) {
+                return Err(format!(
+                    "atomicity: {tx} {} at {} but the opposite at {o2:?}",
+                    if commit { "committed" } else { "aborted" },
+                    o.node
+                ));
+            }
+            mine.entry(tx.clone()).or_default().insert(o.node);
+            if commit {
+                let parts = &self.participants[tx];
+                for &p in parts {
+                    if vote_of(self.seed, p, tx) != Vote::Commit {
+                        return Err(format!("validity: {tx} committed, {p} votes abort"));
+                    }
+                    if !ready_durable(w, p, tx) {
+                        return Err(format!("validity: {tx} committed, {p} has no READY"));
+                    }
+                }
+            }
+            self.checks += 1;
+        }
+        self.seen = w.events().len();
+        Ok(())
+    }
+}
+
+#[derive(Default, Debug)]
+struct Totals {
+    committed: u64,
+    aborted: u64,
+    crashes: u64,
+    checks: u64,
+    terminated: u64,
+    undecided_at_down_nodes: u64,
+}
+
+fn run(seed: u64, permanent: bool, totals: &mut Totals) {
+    let horizon = Duration::from_secs(3);
+    let mut x = Xs(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut plan = FaultPlan {
+        network: NetworkFaults {
+            delay: Delay::Uniform {
+                min: Duration::from_micros(500),
+                max: Duration::from_millis(5),
+            },
+            ..NetworkFaults::default()
+        },
+        ..FaultPlan::default()
+    };
+    let mut down_for_good = None;
+    if permanent {
+        let n = NodeId(x.next(N));
+        plan.crash(n, Duration::from_millis(100 + x.next(1500)), None);
+        down_for_good = Some(n);
+    } else {
+        let mut at = Duration::ZERO;
+        loop {
+            at += Duration::from_millis(1 + x.next(500));
+            let down = Duration::from_millis(20 + x.next(580));
+            if at + down >= horizon {
+                break;
+            }
+            plan.crash(NodeId(x.next(N)), at, Some(down));
+            at += down;
+        }
+    }
+    let mut sim = Sim::<ThreePhase>::new(
+        SimConfig::new(seed, N as usize),
+        ThreePhaseConfig::default(),
+        plan,
+    );
+    let checker = Rc::new(RefCell::new(Checker {
+        seed,
+        ..Checker::default()
+    }));
+    let mut coordinators = BTreeMap::new();
+    for i in 0..TXS {
+        let tx = TxId::new(format!("t{i}")).unwrap();
+        let coord = NodeId(i % N);
+        let k = 2 + x.next(2);
+        let mut parts: Vec<NodeId> = Vec::new();
+        while (parts.len() as u64) < k {
+            let p = NodeId(x.next(N));
+            if p != coord && !parts.contains(&p) {
+                parts.push(p);
+            }
+        }
+        coordinators.insert(tx.clone(), coord);
+        checker
+            .borrow_mut()
+            .participants
+            .insert(tx.clone(), parts.clone());
+        sim.input(
+            Duration::from_millis(i * horizon.as_millis() as u64 / TXS),
+            coord,
+            Input::Begin {
+                tx,
+                participants: parts,
+            },
+        );
+    }
+    let c2 = checker.clone();
+    sim.invariant("atomicity and validity", move |w| c2.borrow_mut().check(w));
+    let end = horizon + Duration::from_secs(3);
+    let mut seen = 0;
+    while sim.now() < end {
+        match sim.step() {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(f) => panic!("seed {seed} (permanent {permanent}): {f}"),
+        }
+        let now = sim.now();
+        let asks: Vec<(NodeId, u64, TxId)> = sim.world().events()[seen..]
+            .iter()
+            .filter_map(|o| match &o.event {
+                Event::Prepare { tx } => Some((o.node, o.incarnation.0, tx.clone())),
+                _ => None,
+            })
+            .collect();
+        seen = sim.world().events().len();
+        for (node, life, tx) in asks {
+            if let Some(d) = answer_delay(seed, node, &tx, life) {
+                let vote = vote_of(seed, node, &tx);
+                sim.input(now + d, node, Input::Voted { tx, vote });
+            }
+        }
+    }
+    // Termination: every participant that is up holds an outcome.
+    let w = sim.world();
+    let c = checker.borrow();
+    for (node, core) in w.cores() {
+        let up = Some(node) != down_for_good;
+        for (tx, state) in core.participating() {
+            let decided = matches!(state, PartState3::Commit | PartState3::Abort);
+            if !up {
+                totals.undecided_at_down_nodes += u64::from(!decided);
+                continue;
+            }
+            assert!(
+                decided,
+                "seed {seed} (permanent {permanent}): {node} has {tx} in {state:?} (coordinator {})",
+                coordinators[tx]
+            );
+        }
+        totals.terminated += core.stats().terminated_cooperatively;
+    }
+    totals.committed += c.committed.len() as u64;
+    totals.aborted += c.aborted.len() as u64;
+    totals.crashes += sim.stats().crashes;
+    totals.checks += c.checks;
+}
+
+fn sweep(permanent: bool) {
+    let mut totals = Totals::default();
+    let n = seeds(8);
+    for seed in 0..n {
+        if std::env::var("COMMIT_SEED").is_ok_and(|s| s != seed.to_string()) {
+            continue;
+        }
+        run(seed, permanent, &mut totals);
+    }
+    eprintln!("{n} seeds (coordinator down for good: {permanent}): {totals:#?}");
+    if std::env::var("COMMIT_SEED").is_err() {
+        assert!(totals.crashes >= n);
+        assert!(totals.committed > 0 && totals.aborted > 0);
+    }
+}
+
+#[test]
+fn three_phase_is_atomic_and_terminates_through_crashes() {
+    sweep(false);
+}
+
+#[test]
+fn three_phase_terminates_while_a_coordinator_stays_down() {
+    sweep(true);
+}
