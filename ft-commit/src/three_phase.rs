@@ -91,21 +91,27 @@ pub struct ThreePhaseConfig {
     pub vote_timeout: Duration,
     /// Participant in INIT: abort if the application has not voted.
     pub prepare_timeout: Duration,
-    /// Participant in READY / PRECOMMIT: time per election round.
+    /// Participant in READY / PRECOMMIT: time per election round. Must
+    /// exceed `vote_timeout` (see [`Default`]).
     pub decision_timeout: Duration,
     /// Termination coordinator: how long it collects states.
     pub collect: Duration,
 }
 
 impl Default for ThreePhaseConfig {
-    /// 50 ms retries, 500 ms vote and prepare timeouts, 300 ms per election
-    /// round, 100 ms to collect states.
+    /// 50 ms retries, 500 ms vote and prepare timeouts, 700 ms per election
+    /// round, 100 ms to collect states. Keep `decision_timeout` above
+    /// `vote_timeout`: a live coordinator then has decided or logged
+    /// PRECOMMIT before any participant starts termination (a READY
+    /// participant that aborts by termination while the coordinator still
+    /// waits for a late vote and then precommits breaks atomicity; found by
+    /// the sweep, seed 1290, with 300 ms).
     fn default() -> Self {
         ThreePhaseConfig {
             retry: Duration::from_millis(50),
             vote_timeout: Duration::from_millis(500),
             prepare_timeout: Duration::from_millis(500),
-            decision_timeout: Duration::from_millis(300),
+            decision_timeout: Duration::from_millis(700),
             collect: Duration::from_millis(100),
         }
     }
@@ -423,6 +429,9 @@ struct Coord {
     votes: BTreeSet<NodeId>,
     readies: BTreeSet<NodeId>,
     pending: bool,
+    /// Recovered in PRECOMMIT: only asks the participants (STATE_REQUEST)
+    /// and takes their outcome; never pushes PREPARE_COMMIT.
+    asking: bool,
 }
 
 #[derive(Debug)]
@@ -586,6 +595,7 @@ impl ThreePhase {
                 votes: BTreeSet::new(),
                 readies: BTreeSet::new(),
                 pending: false,
+                asking: false,
             },
         );
         self.coord_log(&tx, CoordState3::Wait);
@@ -612,6 +622,9 @@ impl ThreePhase {
             }
             (Message3::VoteAbort { .. }, CoordState3::Wait) => {
                 self.coord_log(&tx, CoordState3::Abort)
+            }
+            (Message3::ReadyCommit { .. }, CoordState3::PreCommit) if c.asking => {
+                self.ignore(|s| &mut s.late)
             }
             (Message3::ReadyCommit { .. }, CoordState3::PreCommit) => {
                 if !c.readies.insert(from) {
@@ -795,7 +808,8 @@ impl ThreePhase {
             }
             (Message3::StateRequest { .. }, _) => {
                 self.out.send(from, answer);
-                if matches!(state, PartState3::Ready | PartState3::PreCommit) {
+                if from != coordinator && matches!(state, PartState3::Ready | PartState3::PreCommit)
+                {
                     // Someone is terminating: give it time before our next
                     // round.
                     self.out.set_timer_after(
@@ -1098,6 +1112,13 @@ impl Protocol for ThreePhase {
                         },
                         &c.votes,
                     ),
+                    CoordState3::PreCommit if c.asking => (
+                        Message3::StateRequest {
+                            tx: tx.clone(),
+                            coordinator: self.me,
+                        },
+                        &c.readies,
+                    ),
                     CoordState3::PreCommit => {
                         (Message3::PrepareCommit { tx: tx.clone() }, &c.readies)
                     }
@@ -1205,6 +1226,7 @@ impl Recover for ThreePhase {
                         votes: BTreeSet::new(),
                         readies: BTreeSet::new(),
                         pending: false,
+                        asking: false,
                     });
                     if !coord_step_ok(c.state, state) || c.participants != participants {
                         return Err(bad(&tx, "coordinator records out of order"));
@@ -1247,9 +1269,23 @@ impl Recover for ThreePhase {
                 CoordState3::Init => {}
                 CoordState3::Wait => core.coord_log(&tx, CoordState3::Abort),
                 CoordState3::PreCommit => {
+                    // Participants may have terminated without us (and
+                    // aborted, all READY): pushing PREPARE_COMMIT now could
+                    // move a READY one to PRECOMMIT beside an ABORT. Ask.
+                    if let Some(c) = core.coords.get_mut(&tx) {
+                        c.asking = true;
+                    }
+                    let me = core.me;
                     for n in to {
-                        core.out
-                            .retransmit(n, 0, Message3::PrepareCommit { tx: tx.clone() });
+                        core.stats.decision_requests += 1;
+                        core.out.retransmit(
+                            n,
+                            0,
+                            Message3::StateRequest {
+                                tx: tx.clone(),
+                                coordinator: me,
+                            },
+                        );
                     }
                     core.out
                         .set_timer_after(Timer3::Resend(tx), now, core.config.retry);

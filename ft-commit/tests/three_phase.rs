@@ -521,7 +521,8 @@ fn recovery_from_each_state() {
     let d = durable(&mut h);
     assert_eq!(h.core.coordinator_state(&tx()), Some(CoordState3::Abort));
     assert_eq!(d.sends.len(), 3);
-    // In PRECOMMIT: resends PREPARE_COMMIT, does not decide alone.
+    // In PRECOMMIT: asks (STATE_REQUEST), never pushes PREPARE_COMMIT
+    // (participants may have aborted by termination), takes the outcome.
     let mut h = recovered(
         C,
         &[coord(CoordState3::Wait), coord(CoordState3::PreCommit)],
@@ -529,11 +530,30 @@ fn recovery_from_each_state() {
     .unwrap();
     let d = h.drain();
     assert!(d.persists.is_empty());
+    assert_eq!(d.sends.len(), 3);
     assert!(
         d.sends
             .iter()
-            .all(|(_, m)| *m == Message3::PrepareCommit { tx: tx() })
+            .all(|(_, m)| matches!(m, Message3::StateRequest { .. }))
     );
+    h.message(P1, Message3::ReadyCommit { tx: tx() });
+    h.message(
+        P2,
+        Message3::State {
+            tx: tx(),
+            state: PartState3::PreCommit,
+        },
+    );
+    assert!(h.drain().persists.is_empty());
+    h.message(
+        P3,
+        Message3::State {
+            tx: tx(),
+            state: PartState3::Commit,
+        },
+    );
+    durable(&mut h);
+    assert_eq!(h.core.coordinator_state(&tx()), Some(CoordState3::Commit));
     // Decided: told again and resent.
     let mut h = recovered(
         C,
