@@ -651,3 +651,12 @@ fn wire_round_trips() {
         );
     }
 }
+
+#[test]
+fn default_election_round_outlasts_the_vote_timeout() {
+    // A live coordinator must have decided or logged PRECOMMIT before a
+    // participant starts termination (the sweep's seed 1290 fails with a
+    // 300 ms round).
+    let c = cfg();
+    assert!(c.decision_timeout > c.vote_timeout + c.retry);
+}
