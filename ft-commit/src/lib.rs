@@ -7,7 +7,8 @@ pub mod two_phase;
 pub mod wire;
 
 pub use three_phase::{
-    CoordState3, Message3, PartState3, Record3, ThreePhase, ThreePhaseConfig, Timer3,
+    CoordState3, Message3, PartState3, Record3, ThreePhase, ThreePhaseConfig,
+    ThreePhaseConfigError, Timer3,
 };
 pub use two_phase::{
     CommitStats, CoordState, Event, Input, PartState, Timer, TwoPhase, TwoPhaseConfig,

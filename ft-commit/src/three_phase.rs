@@ -26,9 +26,10 @@
 //! and every further timeout moves to the next round. So the lowest-id
 //! participant acts first, and if it is down the next one takes over one
 //! timeout later: in effect the lowest *live* participant (deterministic,
-//! no messages). The elected one sends STATE_REQUEST to the others, collects
+//! no messages). The elected one sends STATE_REQUEST to the others and to
+//! the original coordinator (when it is not a participant), collects
 //! answers for [`ThreePhaseConfig::collect`], and decides by the subject's
-//! rules over its own state and the answers:
+//! rules over its own state and the participants' answers:
 //!
 //! - any ABORT → abort (GLOBAL_ABORT to all); any COMMIT → commit;
 //! - any PRECOMMIT → log PRECOMMIT itself if READY, send PREPARE_COMMIT to
@@ -38,6 +39,20 @@
 //!
 //! A participant asked in INIT (or about a transaction it never heard of)
 //! logs ABORT before answering INIT, so it can no longer vote commit.
+//!
+//! The original coordinator, asked, answers only with what it decided: a
+//! COMMIT or ABORT decides the termination at once. Asked in WAIT it logs
+//! ABORT first (and sends GLOBAL_ABORT), so it can no longer log PRECOMMIT
+//! beside an abort the asker decides. In PRECOMMIT it does not answer: that
+//! PRECOMMIT may be older than an ABORT decided by termination (it crashed
+//! before PREPARE_COMMIT went out), so it must not push anyone towards
+//! commit. It is never collected as a participant, never sent
+//! PREPARE_COMMIT by a termination coordinator.
+//!
+//! The timing relations safety rests on (`decision_timeout` >
+//! `vote_timeout`, `collect` < `decision_timeout`, `retry` > 0) are checked
+//! by [`ThreePhaseConfig::validate`]; recovery refuses a config that breaks
+//! them.
 //!
 //! # Where this deviates from the textbook, and the honest limits
 //!
@@ -92,10 +107,72 @@ pub struct ThreePhaseConfig {
     /// Participant in INIT: abort if the application has not voted.
     pub prepare_timeout: Duration,
     /// Participant in READY / PRECOMMIT: time per election round. Must
-    /// exceed `vote_timeout` (see [`Default`]).
+    /// exceed `vote_timeout` (see [`Default`]; checked by
+    /// [`validate`](Self::validate)).
     pub decision_timeout: Duration,
-    /// Termination coordinator: how long it collects states.
+    /// Termination coordinator: how long it collects states. Must be
+    /// shorter than `decision_timeout`.
     pub collect: Duration,
+}
+
+/// Why a [`ThreePhaseConfig`] is refused ([`ThreePhaseConfig::validate`];
+/// [`ThreePhase`]'s `recover` refuses such a config too).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ThreePhaseConfigError {
+    /// `decision_timeout` is not longer than `vote_timeout`: a participant
+    /// could start termination (and abort, all READY) while its live
+    /// coordinator still waits for a late vote and then logs PRECOMMIT.
+    #[error(
+        "decision_timeout {decision_timeout:?} must exceed vote_timeout {vote_timeout:?} \
+         (an election round must outlast the coordinator's wait for votes)"
+    )]
+    ElectionRoundTooShort {
+        /// The configured `decision_timeout`.
+        decision_timeout: Duration,
+        /// The configured `vote_timeout`.
+        vote_timeout: Duration,
+    },
+    /// `collect` is not shorter than `decision_timeout`: the next elected
+    /// participant could start while this one still collects, and two
+    /// termination coordinators could decide differently.
+    #[error("collect {collect:?} must be shorter than decision_timeout {decision_timeout:?}")]
+    CollectTooLong {
+        /// The configured `collect`.
+        collect: Duration,
+        /// The configured `decision_timeout`.
+        decision_timeout: Duration,
+    },
+    /// `retry` is zero: resends would run without end at one instant.
+    #[error("retry must be longer than zero")]
+    ZeroRetry,
+}
+
+impl ThreePhaseConfig {
+    /// Checks the timing relations 3PC's safety rests on: `retry` > 0,
+    /// `decision_timeout` > `vote_timeout` (a live coordinator has aborted
+    /// or logged PRECOMMIT before any participant runs termination), and
+    /// `collect` < `decision_timeout` (one termination coordinator at a
+    /// time). The fields stay public; [`ThreePhase`]'s `recover` calls this
+    /// and refuses a bad config as [`RecoveryError::Inconsistent`], so no
+    /// node runs with one.
+    pub fn validate(&self) -> Result<(), ThreePhaseConfigError> {
+        if self.retry.is_zero() {
+            return Err(ThreePhaseConfigError::ZeroRetry);
+        }
+        if self.decision_timeout <= self.vote_timeout {
+            return Err(ThreePhaseConfigError::ElectionRoundTooShort {
+                decision_timeout: self.decision_timeout,
+                vote_timeout: self.vote_timeout,
+            });
+        }
+        if self.collect >= self.decision_timeout {
+            return Err(ThreePhaseConfigError::CollectTooLong {
+                collect: self.collect,
+                decision_timeout: self.decision_timeout,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for ThreePhaseConfig {
@@ -648,6 +725,43 @@ impl ThreePhase {
         }
     }
 
+    /// A termination coordinator asks this (original) coordinator.
+    fn coord_state_request(&mut self, from: NodeId, tx: &TxId) {
+        let Some(c) = self.coords.get(tx) else {
+            return self.ignore(|s| &mut s.unknown_tx);
+        };
+        if !c.participants.contains(&from) {
+            return self.ignore(|s| &mut s.not_participant);
+        }
+        if c.pending {
+            return self.ignore(|s| &mut s.busy);
+        }
+        match c.state {
+            // Still waiting for votes: abort now, durably, so this
+            // coordinator can no longer log PRECOMMIT beside an abort the
+            // asker may decide; GLOBAL_ABORT then goes to everyone.
+            CoordState3::Wait => self.coord_log(tx, CoordState3::Abort),
+            CoordState3::Commit | CoordState3::Abort => {
+                let state = if c.state == CoordState3::Commit {
+                    PartState3::Commit
+                } else {
+                    PartState3::Abort
+                };
+                self.out.send(
+                    from,
+                    Message3::State {
+                        tx: tx.clone(),
+                        state,
+                    },
+                );
+            }
+            // No answer: this PRECOMMIT may be older than an ABORT decided
+            // by termination (logged, then crashed before PREPARE_COMMIT
+            // went out), so it must not push anyone towards commit.
+            CoordState3::PreCommit | CoordState3::Init => self.ignore(|s| &mut s.wrong_phase),
+        }
+    }
+
     fn coord_durable(&mut self, now: Instant, tx: TxId, state: CoordState3) {
         let Some(c) = self.coords.get_mut(&tx) else {
             return;
@@ -829,6 +943,16 @@ impl ThreePhase {
         let Some(p) = self.parts.get_mut(tx) else {
             return;
         };
+        if from == p.coordinator && !p.participants.contains(&from) {
+            // The original coordinator: only a decision counts; it is not
+            // one of the participants to collect (nor to send
+            // PREPARE_COMMIT to).
+            return match (&p.term, theirs) {
+                (Some(_), PartState3::Abort) => self.term_decide(tx, Vote::Abort),
+                (Some(_), PartState3::Commit) => self.term_decide(tx, Vote::Commit),
+                _ => self.ignore(|s| &mut s.late),
+            };
+        }
         match &mut p.term {
             Some(Term::Collecting(states)) => {
                 states.insert(from, theirs);
@@ -942,7 +1066,10 @@ impl ThreePhase {
         if elected == me {
             p.term = Some(Term::Collecting(BTreeMap::new()));
             let coordinator = p.coordinator;
-            for n in sorted.into_iter().filter(|&n| n != me) {
+            // The original coordinator too (unless it is a participant, and
+            // so asked already): it may know an ABORT it decided.
+            let also = (!sorted.contains(&coordinator) && coordinator != me).then_some(coordinator);
+            for n in sorted.into_iter().filter(|&n| n != me).chain(also) {
                 self.stats.decision_requests += 1;
                 self.out.send(
                     n,
@@ -1054,6 +1181,19 @@ impl Protocol for ThreePhase {
                 if !terminating && self.coords.contains_key(&tx) =>
             {
                 self.coord_message(from, msg)
+            }
+            // A termination coordinator asking the original coordinator,
+            // which is not a participant: answered by the coordinator side
+            // (the participant side would log an ABORT for an unknown
+            // transaction).
+            Message3::StateRequest { coordinator, .. }
+                if *coordinator == self.me
+                    && self
+                        .coords
+                        .get(&tx)
+                        .is_some_and(|c| !c.participants.contains(&self.me)) =>
+            {
+                self.coord_state_request(from, &tx)
             }
             _ => self.part_message(now, from, msg),
         }
@@ -1202,6 +1342,9 @@ impl Recover for ThreePhase {
     type Config = ThreePhaseConfig;
 
     fn recover(config: &ThreePhaseConfig, ctx: RecoveryContext) -> Result<Self, RecoveryError> {
+        config
+            .validate()
+            .map_err(|e| RecoveryError::Inconsistent(format!("ThreePhaseConfig: {e}")))?;
         let records: Vec<Record3> = ctx.read()?;
         let mut core = ThreePhase {
             me: ctx.node,

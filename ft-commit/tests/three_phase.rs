@@ -2,9 +2,11 @@
 //! transition, persist before speak, the termination rules and the
 //! election, recovery.
 
+use std::time::Duration;
+
 use ft_commit::{
-    CoordState3, Event, Input, Message3, PartState3, Record3, ThreePhase, ThreePhaseConfig, Timer3,
-    TxId, Vote,
+    CoordState3, Event, Input, Message3, PartState3, Record3, ThreePhase, ThreePhaseConfig,
+    ThreePhaseConfigError, Timer3, TxId, Vote,
 };
 use ft_core::harness::{self, Harness};
 use ft_core::wire::Wire;
@@ -232,14 +234,15 @@ fn participant_aborts_by_vote_timeout_or_global_abort() {
     assert_eq!(d.events, vec![Event::Abort { tx: tx() }]);
 }
 
-/// P1 (lowest id) times out in READY and, elected, asks P2 and P3.
+/// P1 (lowest id) times out in READY and, elected, asks P2 and P3, and
+/// the original coordinator.
 fn terminating() -> Harness<ThreePhase> {
     let mut h = ready(P1);
     h.timer(Timer3::Decision(tx()));
     let d = h.drain();
     assert!(h.core.is_terminating(&tx()));
     let asked: Vec<NodeId> = d.sends.iter().map(|(n, _)| *n).collect();
-    assert_eq!(asked, vec![P2, P3]);
+    assert_eq!(asked, vec![P2, P3, C]);
     assert!(
         d.sends
             .iter()
@@ -425,7 +428,7 @@ fn election_lowest_first_then_the_next_one() {
     let d = h.drain();
     assert!(h.core.is_terminating(&tx()), "round 1 elects P2");
     let asked: Vec<NodeId> = d.sends.iter().map(|(n, _)| *n).collect();
-    assert_eq!(asked, vec![P1, P3]);
+    assert_eq!(asked, vec![P1, P3, C]);
 }
 
 #[test]
@@ -659,4 +662,204 @@ fn default_election_round_outlasts_the_vote_timeout() {
     // 300 ms round).
     let c = cfg();
     assert!(c.decision_timeout > c.vote_timeout + c.retry);
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn a_config_breaking_the_timing_relations_is_refused() {
+    let bad = [
+        (
+            ThreePhaseConfig {
+                decision_timeout: Duration::from_millis(500),
+                ..cfg()
+            },
+            ThreePhaseConfigError::ElectionRoundTooShort {
+                decision_timeout: Duration::from_millis(500),
+                vote_timeout: Duration::from_millis(500),
+            },
+        ),
+        (
+            ThreePhaseConfig {
+                collect: Duration::from_millis(700),
+                ..cfg()
+            },
+            ThreePhaseConfigError::CollectTooLong {
+                collect: Duration::from_millis(700),
+                decision_timeout: Duration::from_millis(700),
+            },
+        ),
+        (
+            ThreePhaseConfig {
+                retry: Duration::ZERO,
+                ..cfg()
+            },
+            ThreePhaseConfigError::ZeroRetry,
+        ),
+    ];
+    for (config, why) in bad {
+        assert_eq!(config.validate(), Err(why.clone()));
+        // No node runs with it: recovery refuses it, naming the reason.
+        match Harness::<ThreePhase>::recover(&config, harness::context(P1)) {
+            Err(ft_core::RecoveryError::Inconsistent(s)) => {
+                assert!(s.contains(&why.to_string()), "{s}")
+            }
+            other => panic!("{config:?} accepted: {:?}", other.map(|_| ())),
+        }
+    }
+    // Just inside each relation is fine.
+    let ok = ThreePhaseConfig {
+        decision_timeout: Duration::from_millis(501),
+        collect: Duration::from_millis(500),
+        retry: Duration::from_nanos(1),
+        ..cfg()
+    };
+    assert_eq!(ok.validate(), Ok(()));
+    assert!(Harness::<ThreePhase>::recover(&ok, harness::context(P1)).is_ok());
+}
+
+/// The original coordinator `C`, recovered in `state` (PRECOMMIT, COMMIT
+/// or ABORT) for `tx()`; C is not a participant.
+fn coordinator_in(state: CoordState3) -> Harness<ThreePhase> {
+    let path: &[CoordState3] = match state {
+        CoordState3::Commit => &[
+            CoordState3::Wait,
+            CoordState3::PreCommit,
+            CoordState3::Commit,
+        ],
+        CoordState3::PreCommit => &[CoordState3::Wait, CoordState3::PreCommit],
+        _ => &[CoordState3::Wait, CoordState3::Abort],
+    };
+    let records: Vec<Record3> = path.iter().map(|&s| coord(s)).collect();
+    let mut h = recovered(C, &records).unwrap();
+    h.drain();
+    h
+}
+
+#[test]
+fn the_original_coordinator_answers_termination_with_what_it_decided() {
+    let ask = Message3::StateRequest {
+        tx: tx(),
+        coordinator: C,
+    };
+    // Decided ABORT (or COMMIT): it says so, and creates no participant
+    // entry (which would log an ABORT of its own).
+    for (state, answer) in [
+        (CoordState3::Abort, PartState3::Abort),
+        (CoordState3::Commit, PartState3::Commit),
+    ] {
+        let mut h = coordinator_in(state);
+        h.message(P1, ask.clone());
+        let d = h.drain();
+        assert!(d.persists.is_empty());
+        assert_eq!(
+            d.sends,
+            vec![(
+                P1,
+                Message3::State {
+                    tx: tx(),
+                    state: answer
+                }
+            )]
+        );
+        assert_eq!(h.core.participant_state(&tx()), None);
+    }
+    // Still in WAIT: it aborts first, durably, and only then tells
+    // everyone (so it can no longer log PRECOMMIT).
+    let mut h = waiting();
+    h.message(P1, ask.clone());
+    let d = durable(&mut h);
+    assert_eq!(h.core.coordinator_state(&tx()), Some(CoordState3::Abort));
+    assert_eq!(
+        d.sends,
+        parts()
+            .into_iter()
+            .map(|p| (p, Message3::GlobalAbort { tx: tx() }))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(h.core.participant_state(&tx()), None);
+    h.message(P1, Message3::VoteCommit { tx: tx() });
+    assert!(h.drain().persists.is_empty(), "no PRECOMMIT after that");
+    // In PRECOMMIT: no answer (it must not push anyone towards commit).
+    let mut h = coordinator_in(CoordState3::PreCommit);
+    h.message(P1, ask.clone());
+    let d = h.drain();
+    assert!(d.sends.is_empty() && d.persists.is_empty());
+    assert_eq!(h.core.participant_state(&tx()), None);
+    // A stranger asking is ignored.
+    let mut h = coordinator_in(CoordState3::Abort);
+    h.message(NodeId(9), ask);
+    assert!(h.drain().sends.is_empty());
+    assert_eq!(h.core.stats().not_participant, 1);
+}
+
+#[test]
+fn termination_takes_the_coordinators_abort_and_never_sends_it_prepare_commit() {
+    // The coordinator's ABORT decides at once, even with a PRECOMMIT
+    // peer, and the outcome goes to the participants only.
+    let mut h = terminating();
+    h.message(
+        P2,
+        Message3::State {
+            tx: tx(),
+            state: PartState3::PreCommit,
+        },
+    );
+    h.message(
+        C,
+        Message3::State {
+            tx: tx(),
+            state: PartState3::Abort,
+        },
+    );
+    let d = durable(&mut h);
+    assert_eq!(part_state(&h), PartState3::Abort);
+    assert_eq!(
+        d.sends,
+        vec![
+            (P2, Message3::GlobalAbort { tx: tx() }),
+            (P3, Message3::GlobalAbort { tx: tx() })
+        ]
+    );
+    // An undecided answer from the coordinator is not collected: with a
+    // PRECOMMIT peer, PREPARE_COMMIT goes to the participants that
+    // answered, not to the coordinator, and their READY_COMMITs suffice.
+    let mut h = terminating();
+    for (n, state) in [
+        (C, PartState3::PreCommit),
+        (P2, PartState3::PreCommit),
+        (P3, PartState3::Ready),
+    ] {
+        h.message(n, Message3::State { tx: tx(), state });
+    }
+    h.timer(Timer3::Collect(tx()));
+    let d = durable(&mut h);
+    assert_eq!(
+        d.sends,
+        vec![
+            (P2, Message3::PrepareCommit { tx: tx() }),
+            (P3, Message3::PrepareCommit { tx: tx() })
+        ]
+    );
+    h.message(P2, Message3::ReadyCommit { tx: tx() });
+    h.message(P3, Message3::ReadyCommit { tx: tx() });
+    durable(&mut h);
+    assert_eq!(part_state(&h), PartState3::Commit);
+    // A coordinator that is also a participant is asked once, as one.
+    let mut h = Harness::<ThreePhase>::new(&cfg(), P2);
+    h.message(
+        P1,
+        Message3::VoteRequest {
+            tx: tx(),
+            participants: vec![P1, P2],
+        },
+    );
+    h.input(Input::Voted {
+        tx: tx(),
+        vote: Vote::Commit,
+    });
+    durable(&mut h);
+    h.timer(Timer3::Decision(tx()));
+    h.timer(Timer3::Decision(tx()));
+    let asked: Vec<NodeId> = h.drain().sends.iter().map(|(n, _)| *n).collect();
+    assert_eq!(asked, vec![P1]);
 }
