@@ -2,7 +2,10 @@
 //! a typed error, arbitrary bytes never panic, limits are enforced.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ft_commit::{LogRecord, MAX_PARTICIPANTS, MAX_TX_ID, Message, PeerState, TxId, Vote};
+use ft_commit::{
+    CoordState3, LogRecord, MAX_PARTICIPANTS, MAX_TX_ID, Message, Message3, PartState3, PeerState,
+    Record3, TxId, Vote,
+};
 use ft_core::NodeId;
 use ft_core::wire::{DecodeError, Wire};
 use proptest::prelude::*;
@@ -158,4 +161,174 @@ fn limits_are_enforced() {
             tag: 5
         })
     ));
+}
+
+// ---- three-phase commit ----
+
+fn part_state3() -> impl Strategy<Value = PartState3> {
+    prop_oneof![
+        Just(PartState3::Init),
+        Just(PartState3::Ready),
+        Just(PartState3::PreCommit),
+        Just(PartState3::Commit),
+        Just(PartState3::Abort)
+    ]
+}
+
+fn message3() -> impl Strategy<Value = Message3> {
+    prop_oneof![
+        (tx(), nodes()).prop_map(|(tx, participants)| Message3::VoteRequest { tx, participants }),
+        tx().prop_map(|tx| Message3::VoteCommit { tx }),
+        tx().prop_map(|tx| Message3::VoteAbort { tx }),
+        tx().prop_map(|tx| Message3::PrepareCommit { tx }),
+        tx().prop_map(|tx| Message3::ReadyCommit { tx }),
+        tx().prop_map(|tx| Message3::GlobalCommit { tx }),
+        tx().prop_map(|tx| Message3::GlobalAbort { tx }),
+        (tx(), any::<u64>()).prop_map(|(tx, c)| Message3::StateRequest {
+            tx,
+            coordinator: NodeId(c)
+        }),
+        (tx(), part_state3()).prop_map(|(tx, state)| Message3::State { tx, state }),
+    ]
+}
+
+fn record3() -> impl Strategy<Value = Record3> {
+    // A coordinator record holds WAIT, PRECOMMIT, COMMIT or ABORT (never
+    // INIT: nothing is logged in INIT).
+    let coord = prop_oneof![
+        Just(CoordState3::Wait),
+        Just(CoordState3::PreCommit),
+        Just(CoordState3::Commit),
+        Just(CoordState3::Abort)
+    ];
+    prop_oneof![
+        (tx(), coord, nodes()).prop_map(|(tx, state, participants)| Record3::Coord {
+            tx,
+            state,
+            participants
+        }),
+        (tx(), part_state3(), any::<u64>(), nodes()).prop_map(|(tx, state, c, participants)| {
+            Record3::Part {
+                tx,
+                state,
+                coordinator: NodeId(c),
+                participants,
+            }
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn messages3_round_trip_and_every_truncation_is_an_error(m in message3()) {
+        round_trip_and_truncations(&m);
+    }
+
+    #[test]
+    fn records3_round_trip_and_every_truncation_is_an_error(r in record3()) {
+        round_trip_and_truncations(&r);
+        let bytes = ft_core::record::encode(&r);
+        prop_assert_eq!(ft_core::record::decode::<Record3>(bytes.clone()).unwrap(), r);
+        // Every truncation of the framed record is an error too.
+        for cut in 0..bytes.len() {
+            prop_assert!(ft_core::record::decode::<Record3>(bytes.slice(..cut)).is_err());
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_3pc_decoders(
+        b in proptest::collection::vec(any::<u8>(), 0..200)
+    ) {
+        // Whatever decodes re-encodes to the bytes it came from (no two
+        // encodings of one value; trailing bytes are refused).
+        if let Ok(m) = Message3::from_bytes(Bytes::from(b.clone())) {
+            prop_assert_eq!(&m.to_bytes()[..], &b[..]);
+        }
+        if let Ok(r) = Record3::from_bytes(Bytes::from(b.clone())) {
+            prop_assert_eq!(&r.to_bytes()[..], &b[..]);
+        }
+        let _ = ft_core::record::decode::<Record3>(Bytes::from(b));
+    }
+
+    #[test]
+    fn hostile_3pc_bytes_a_valid_prefix_with_a_corrupt_byte(
+        m in message3(),
+        r in record3(),
+        at in any::<prop::sample::Index>(),
+        x in any::<u8>(),
+    ) {
+        for bytes in [m.to_bytes(), r.to_bytes()] {
+            let mut b = bytes.to_vec();
+            let i = at.index(b.len());
+            b[i] ^= x;
+            let _ = Message3::from_bytes(Bytes::from(b.clone()));
+            let _ = Record3::from_bytes(Bytes::from(b));
+        }
+    }
+}
+
+#[test]
+fn three_phase_limits_and_unknown_tags_are_typed_errors() {
+    // A forged id length above the maximum.
+    let mut b = BytesMut::new();
+    b.put_u8(2);
+    b.put_u8(MAX_TX_ID as u8 + 1);
+    b.put_slice(&[0; 80]);
+    assert_eq!(
+        Message3::from_bytes(b.freeze()),
+        Err(DecodeError::Oversized {
+            len: MAX_TX_ID + 1,
+            max: MAX_TX_ID
+        })
+    );
+    // A forged participant count above the maximum costs nothing, in a
+    // VOTE_REQUEST and in either record.
+    for prefix in [
+        &[1u8, 0][..],
+        &[1, 0, 1],
+        &[2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+    ] {
+        let mut b = BytesMut::new();
+        b.put_slice(prefix);
+        b.put_u16_le(MAX_PARTICIPANTS as u16 + 1);
+        let m = Message3::from_bytes(b.clone().freeze());
+        let r = Record3::from_bytes(b.freeze());
+        let over = Some(DecodeError::Oversized {
+            len: MAX_PARTICIPANTS + 1,
+            max: MAX_PARTICIPANTS,
+        });
+        assert!(
+            m.clone().err() == over || r.clone().err() == over,
+            "{prefix:?}: {m:?} {r:?}"
+        );
+    }
+    for (bytes, what, tag) in [
+        (&[0u8, 0][..], "Message3", 0),
+        (&[10, 0], "Message3", 10),
+        (&[9, 0, 5], "PartState3", 5),
+    ] {
+        assert!(
+            matches!(
+                Message3::from_bytes(Bytes::copy_from_slice(bytes)),
+                Err(DecodeError::UnknownTag { what: w, tag: t }) if w == what && t == tag
+            ),
+            "{bytes:?}"
+        );
+    }
+    for (bytes, what, tag) in [
+        (&[0u8][..], "Record3", 0),
+        (&[3], "Record3", 3),
+        // INIT is never logged by a coordinator.
+        (&[1, 0, 0], "CoordState3", 0),
+        (&[1, 0, 5], "CoordState3", 5),
+        (&[2, 0, 7], "PartState3", 7),
+    ] {
+        assert!(
+            matches!(
+                Record3::from_bytes(Bytes::copy_from_slice(bytes)),
+                Err(DecodeError::UnknownTag { what: w, tag: t }) if w == what && t == tag
+            ),
+            "{bytes:?}"
+        );
+    }
 }
