@@ -22,9 +22,11 @@
 //!   DECISION_REQUEST to the coordinator and to every other participant,
 //!   and again every [`TwoPhaseConfig::retry`] until it knows. An answer of
 //!   COMMIT commits it, ABORT or INIT aborts it, READY tells it nothing.
-//!   When every other participant has answered READY, it is **blocked**: the
-//!   application is told ([`Event::Blocked`], naming the transaction and the
-//!   coordinator it waits on), and it keeps asking.
+//!   When every other participant has answered READY, or a whole round
+//!   went by with no decision (all it reaches are READY; the others may be
+//!   crashed or cut off), it is **blocked**: the application is told
+//!   ([`Event::Blocked`], naming the transaction and the coordinator it
+//!   waits on), once per life, and it keeps asking.
 //!
 //!   The subject's rule "Q in INIT → P aborts" is only safe if Q can no
 //!   longer vote commit; so Q, asked in INIT (or about a transaction it
@@ -312,6 +314,8 @@ struct Part {
     /// Participants that answered READY to our DECISION_REQUEST.
     ready: BTreeSet<NodeId>,
     blocked: bool,
+    /// DECISION_REQUEST rounds sent this life.
+    rounds: u32,
 }
 
 /// What to do once an abort record of a participant is durable.
@@ -466,7 +470,13 @@ impl TwoPhase {
             .filter(|&n| n != self.me)
             .collect();
         let coordinator = p.coordinator;
-        let blocked_now = !p.blocked && others.iter().all(|n| p.ready.contains(n));
+        // Blocked when every other participant answered READY, or when a
+        // whole round went by without a decision: everyone it reaches is
+        // READY (those it cannot reach, crashed or cut off by a partition,
+        // must not hide the block from the application).
+        let blocked_now =
+            !p.blocked && (p.rounds > 0 || others.iter().all(|n| p.ready.contains(n)));
+        p.rounds += 1;
         if blocked_now {
             p.blocked = true;
         }
@@ -689,6 +699,7 @@ impl TwoPhase {
                             joined: false,
                             ready: BTreeSet::new(),
                             blocked: false,
+                            rounds: 0,
                         },
                     );
                     self.part_abort(&tx, Then::AnswerInit(from));
@@ -774,6 +785,7 @@ impl TwoPhase {
                     joined: false,
                     ready: BTreeSet::new(),
                     blocked: false,
+                    rounds: 0,
                 },
             );
             self.out
@@ -840,6 +852,7 @@ impl TwoPhase {
                 joined: true,
                 ready: BTreeSet::new(),
                 blocked: false,
+                rounds: 0,
             },
         );
         self.out
@@ -1190,6 +1203,7 @@ impl Recover for TwoPhase {
                             joined: false,
                             ready: BTreeSet::new(),
                             blocked: false,
+                            rounds: 0,
                         },
                     );
                 }
@@ -1218,6 +1232,7 @@ impl Recover for TwoPhase {
                                     joined: false,
                                     ready: BTreeSet::new(),
                                     blocked: false,
+                                    rounds: 0,
                                 },
                             );
                         }

@@ -304,6 +304,36 @@ fn ready_participant_asks_the_others_and_blocks_when_all_are_ready() {
 }
 
 #[test]
+fn a_ready_participant_that_reaches_only_ready_peers_is_told_it_is_blocked() {
+    // P2 answers READY, P3 and the coordinator never answer (crashed or
+    // partitioned away): after a whole round without a decision the
+    // application is told, once, and the participant keeps asking.
+    let mut h = ready();
+    let d = h.timer(Timer::Decision(tx())).drain();
+    assert!(d.events.is_empty(), "not before a round has gone by");
+    h.message(
+        P2,
+        Message::State {
+            tx: tx(),
+            state: PeerState::Ready,
+        },
+    );
+    let d = h.timer(Timer::Decision(tx())).drain();
+    assert_eq!(
+        d.events,
+        vec![Event::Blocked {
+            tx: tx(),
+            coordinator: C
+        }]
+    );
+    assert_eq!(d.sends.len(), 3);
+    let d = h.timer(Timer::Decision(tx())).drain();
+    assert!(d.events.is_empty(), "told once");
+    assert_eq!(d.sends.len(), 3);
+    assert!(h.core.is_blocked(&tx()));
+}
+
+#[test]
 fn an_init_or_abort_answer_aborts_a_ready_participant() {
     for state in [PeerState::Init, PeerState::Abort] {
         let mut h = ready();
