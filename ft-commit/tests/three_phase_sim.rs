@@ -6,10 +6,12 @@
 //! abort, one prepare in sixteen never answered).
 //!
 //! After every step: **atomicity** and **validity**, as in the 2PC sweep.
-//! Two sweeps: crashes of any node that recover (then every participant
-//! decides by the end), and one coordinator crashed **for good** early on
-//! (then every participant that is up still decides: termination while the
-//! coordinator stays down).
+//! Three sweeps: crashes of any node that recover (then every participant
+//! decides by the end); the same with the network also **duplicating and
+//! reordering** messages (no loss, no partition; a reordered message falls
+//! at most 20 ms back, still far below the timeouts); and one coordinator
+//! crashed **for good** early on (then every participant that is up still
+//! decides: termination while the coordinator stays down).
 //!
 //! `FT_COMMIT_SEEDS=n` runs n seeds (default 8); `COMMIT_SEED=k` runs seed
 //! k alone.
@@ -138,12 +140,18 @@ struct Totals {
     committed: u64,
     aborted: u64,
     crashes: u64,
+    duplicated: u64,
+    reordered: u64,
+    overtaken: u64,
     checks: u64,
     terminated: u64,
     undecided_at_down_nodes: u64,
 }
 
-fn run(seed: u64, permanent: bool, totals: &mut Totals) {
+/// One seed. `permanent`: one node crashes for good; otherwise crashes
+/// recover. `noisy`: the network also duplicates (5%) and reorders (10%,
+/// up to 20 ms back) messages; still no loss and no partition.
+fn run(seed: u64, permanent: bool, noisy: bool, totals: &mut Totals) {
     let horizon = Duration::from_secs(3);
     let mut x = Xs(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut plan = FaultPlan {
@@ -156,6 +164,11 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
         },
         ..FaultPlan::default()
     };
+    if noisy {
+        plan.network.duplicate = 0.05;
+        plan.network.reorder = 0.1;
+        plan.network.reorder_window = Duration::from_millis(20);
+    }
     let mut down_for_good = None;
     if permanent {
         let n = NodeId(x.next(N));
@@ -216,7 +229,7 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
         match sim.step() {
             Ok(true) => {}
             Ok(false) => break,
-            Err(f) => panic!("seed {seed} (permanent {permanent}): {f}"),
+            Err(f) => panic!("seed {seed} (permanent {permanent}, noisy {noisy}): {f}"),
         }
         let now = sim.now();
         let asks: Vec<(NodeId, u64, TxId)> = sim.world().events()[seen..]
@@ -247,7 +260,8 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
             }
             assert!(
                 decided,
-                "seed {seed} (permanent {permanent}): {node} has {tx} in {state:?} (coordinator {})",
+                "seed {seed} (permanent {permanent}, noisy {noisy}): {node} has {tx} in {state:?} \
+                 (coordinator {})",
                 coordinators[tx]
             );
         }
@@ -256,31 +270,45 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
     totals.committed += c.committed.len() as u64;
     totals.aborted += c.aborted.len() as u64;
     totals.crashes += sim.stats().crashes;
+    totals.duplicated += sim.stats().duplicated;
+    totals.reordered += sim.stats().reordered;
+    totals.overtaken += sim.stats().overtaken;
     totals.checks += c.checks;
 }
 
-fn sweep(permanent: bool) {
+fn sweep(permanent: bool, noisy: bool) {
     let mut totals = Totals::default();
     let n = seeds(8);
     for seed in 0..n {
         if std::env::var("COMMIT_SEED").is_ok_and(|s| s != seed.to_string()) {
             continue;
         }
-        run(seed, permanent, &mut totals);
+        run(seed, permanent, noisy, &mut totals);
     }
-    eprintln!("{n} seeds (coordinator down for good: {permanent}): {totals:#?}");
+    eprintln!(
+        "{n} seeds (coordinator down for good: {permanent}, duplication and reordering: \
+         {noisy}): {totals:#?}"
+    );
     if std::env::var("COMMIT_SEED").is_err() {
         assert!(totals.crashes >= n);
         assert!(totals.committed > 0 && totals.aborted > 0);
+        if noisy {
+            assert!(totals.duplicated > 0 && totals.reordered > 0 && totals.overtaken > 0);
+        }
     }
 }
 
 #[test]
 fn three_phase_is_atomic_and_terminates_through_crashes() {
-    sweep(false);
+    sweep(false, false);
+}
+
+#[test]
+fn three_phase_is_atomic_and_terminates_through_crashes_duplication_and_reordering() {
+    sweep(false, true);
 }
 
 #[test]
 fn three_phase_terminates_while_a_coordinator_stays_down() {
-    sweep(true);
+    sweep(true, false);
 }
