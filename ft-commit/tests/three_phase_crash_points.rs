@@ -10,8 +10,10 @@
 //! from its durable records. Then the same node crashes again before and
 //! after each persist and send of its recovery, and restarts once more.
 //! And 3PC's promise: the coordinator crashes at each of its points and
-//! **never** restarts; the participants must still all decide. All of it
-//! twice over: every participant voting commit, and n3 voting abort.
+//! **never** restarts; the participants must still all decide; and with the
+//! coordinator gone for good, n1 (the participant the termination elects
+//! first) crashes too at each of its persists and sends, and restarts. All
+//! of it twice over: every participant voting commit, and n3 voting abort.
 //!
 //! After every step: atomicity (never committed at one member, or decided
 //! commit, and aborted at another) and validity (commit only if every
@@ -79,7 +81,7 @@ struct World {
     /// How many of `crash` happened.
     crashed: usize,
     abort_voter: Option<NodeId>,
-    /// The crashed node never restarts.
+    /// The coordinator (n0), once crashed, never restarts.
     forever: bool,
     events: Vec<(usize, Event)>,
     committed: BTreeSet<usize>,
@@ -165,7 +167,7 @@ impl World {
             let n = &mut self.nodes[i];
             n.core = None;
             n.timers.clear();
-            if !self.forever {
+            if !(self.forever && i == 0) {
                 self.schedule(DOWN, Ev::Restart(i));
             }
         }
@@ -462,6 +464,7 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
     let mut once = Tally::default();
     let mut twice = Tally::default();
     let mut forever = Tally::default();
+    let mut elected = Tally::default();
     for abort_voter in [None, Some(NodeId(3))] {
         // The crash-free run: it commits (or aborts) and numbers the
         // actions.
@@ -524,7 +527,22 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
                     }
                     // 3PC's promise: the coordinator down for good.
                     if node == 0 {
-                        forever.add(&try_points(vec![first], abort_voter, true));
+                        let w = try_points(vec![first], abort_voter, true);
+                        forever.add(&w);
+                        // And a second failure: n1 (elected first by the
+                        // termination) crashes too, before and after each
+                        // of its persists and sends, and restarts.
+                        for action in 0..w.nodes[1].actions[0] {
+                            for when in [When::Before, When::After] {
+                                let n1 = CrashPoint {
+                                    node: 1,
+                                    life: 1,
+                                    action,
+                                    when,
+                                };
+                                elected.add(&try_points(vec![first, n1], abort_voter, true));
+                            }
+                        }
                     }
                 }
             }
@@ -535,10 +553,12 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
         "3PC: {} crash points tried (before and after each persist and send of each node, \
          2 vote patterns): {once:?}; {} runs crashing the same node again at each persist and \
          send of its recovery: {twice:?}; {} runs with the coordinator down for good from each \
-         of its points: {forever:?}",
-        once.runs, twice.runs, forever.runs
+         of its points: {forever:?}; {} runs with the coordinator down for good and n1 \
+         crashing too at each of its persists and sends: {elected:?}",
+        once.runs, twice.runs, forever.runs, elected.runs
     );
     assert!(once.runs > 40 && twice.runs > once.runs && forever.runs > 10);
+    assert!(elected.runs > forever.runs && elected.by_termination > 0);
     assert!(once.by_termination > 0 && forever.by_termination > 0);
     assert!(
         forever.outcomes.contains_key(&(false, Vote::Commit)),
