@@ -863,3 +863,27 @@ fn termination_takes_the_coordinators_abort_and_never_sends_it_prepare_commit() 
     let asked: Vec<NodeId> = h.drain().sends.iter().map(|(n, _)| *n).collect();
     assert_eq!(asked, vec![P1]);
 }
+
+#[test]
+fn a_recovered_precommit_coordinator_takes_only_an_outcome_from_the_answers() {
+    // READY and PRECOMMIT answers say nothing about a termination that
+    // may be aborting right now: no decision on them; COMMIT decides.
+    let mut h = coordinator_in(CoordState3::PreCommit);
+    for (p, state) in [(P1, PartState3::Ready), (P2, PartState3::PreCommit)] {
+        h.message(p, Message3::State { tx: tx(), state });
+        assert!(h.drain().persists.is_empty(), "{state:?} decides nothing");
+    }
+    assert_eq!(
+        h.core.coordinator_state(&tx()),
+        Some(CoordState3::PreCommit)
+    );
+    h.message(
+        P3,
+        Message3::State {
+            tx: tx(),
+            state: PartState3::Commit,
+        },
+    );
+    durable(&mut h);
+    assert_eq!(h.core.coordinator_state(&tx()), Some(CoordState3::Commit));
+}
