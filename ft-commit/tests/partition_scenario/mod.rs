@@ -24,51 +24,51 @@ use ft_core::{NodeId, Protocol, Recover};
 use ft_sim::{Delay, FaultPlan, LinkFaults, Sim, SimConfig, Stats, World};
 
 /// The coordinator.
-pub const COORDINATOR: NodeId = NodeId(0);
+pub(crate) const COORDINATOR: NodeId = NodeId(0);
 /// The participant that gets each phase first, on the coordinator's side.
-pub const AHEAD: NodeId = NodeId(1);
+pub(crate) const AHEAD: NodeId = NodeId(1);
 /// The participants cut off with each other.
-pub const BEHIND: [NodeId; 2] = [NodeId(2), NodeId(3)];
+pub(crate) const BEHIND: [NodeId; 2] = [NodeId(2), NodeId(3)];
 /// Extra delay on n0 → n2 and n0 → n3.
-pub const SLOW: Duration = Duration::from_millis(20);
+pub(crate) const SLOW: Duration = Duration::from_millis(20);
 /// How long after `ahead` first holds the network splits.
-pub const SPLIT_AFTER: Duration = Duration::from_millis(1);
+pub(crate) const SPLIT_AFTER: Duration = Duration::from_millis(1);
 /// How long the partition lasts.
-pub const PARTITION: Duration = Duration::from_secs(180);
+pub(crate) const PARTITION: Duration = Duration::from_secs(180);
 /// How long the run goes on after the heal.
-pub const AFTER_HEAL: Duration = Duration::from_secs(10);
+pub(crate) const AFTER_HEAL: Duration = Duration::from_secs(10);
 /// The seed (the network here has no randomness but the simulator's).
-pub const SEED: u64 = 7;
+pub(crate) const SEED: u64 = 7;
 
 /// The transaction.
-pub fn tx() -> TxId {
+pub(crate) fn tx() -> TxId {
     TxId::new(&b"partitioned"[..]).unwrap()
 }
 
 /// What happened, for the caller to assert and print.
 #[derive(Debug)]
-pub struct Report<S> {
+pub(crate) struct Report<S> {
     /// When the network split (from the start of the run).
-    pub split_at: Duration,
+    pub(crate) split_at: Duration,
     /// When it healed.
-    pub heal_at: Duration,
+    pub(crate) heal_at: Duration,
     /// The caller's look at the world the moment the split happened.
-    pub at_split: S,
+    pub(crate) at_split: S,
     /// Outcomes told while partitioned (`Commit` / `Abort` at a participant,
     /// `Decided` at the coordinator), per node.
-    pub during: BTreeMap<NodeId, BTreeSet<Vote>>,
+    pub(crate) during: BTreeMap<NodeId, BTreeSet<Vote>>,
     /// Outcomes told over the whole run, per node.
-    pub overall: BTreeMap<NodeId, BTreeSet<Vote>>,
+    pub(crate) overall: BTreeMap<NodeId, BTreeSet<Vote>>,
     /// Nodes that told `Event::Blocked` while partitioned.
-    pub blocked: BTreeSet<NodeId>,
+    pub(crate) blocked: BTreeSet<NodeId>,
     /// The simulator's counts (the partition, messages it dropped).
-    pub stats: Stats,
+    pub(crate) stats: Stats,
 }
 
 impl<S> Report<S> {
     /// Whether some node committed and another aborted (an atomicity
     /// violation), over the whole run.
-    pub fn violates_atomicity(&self) -> bool {
+    pub(crate) fn violates_atomicity(&self) -> bool {
         let all: BTreeSet<Vote> = self.overall.values().flatten().copied().collect();
         all.contains(&Vote::Commit) && all.contains(&Vote::Abort)
     }
@@ -153,7 +153,7 @@ where
 /// is one step further than n2 and n3 (checked after every step of the
 /// fault-free run); `look` describes the world the moment the network
 /// splits (for the caller to assert that the split fell where it meant).
-pub fn run<P, S>(
+pub(crate) fn run<P, S>(
     config: P::Config,
     ahead: impl Fn(&World<P>) -> bool,
     look: impl Fn(&World<P>) -> S,
