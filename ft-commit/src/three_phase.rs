@@ -66,7 +66,12 @@
 //!   assumptions: crashes detected reliably, messages delivered within the
 //!   timeouts, no partitions. Two termination coordinators at once (a slow
 //!   rather than crashed one) can decide differently. This is the known
-//!   limit of 3PC; the partition demonstration is not built yet.
+//!   limit of 3PC, shown by `tests/partition.rs`: under a partition a
+//!   PRECOMMIT participant commits on its side while the READY ones abort
+//!   on theirs (2PC, in the same scenario, blocks and stays safe). And a
+//!   PRECOMMIT participant that missed a GLOBAL_ABORT and terminates with
+//!   no one else reachable, the original coordinator included, commits
+//!   (`tests/three_phase_open_risk.rs`).
 //!
 //! # Recovery
 //!
