@@ -168,7 +168,13 @@ pub(crate) fn run(args: &DemoArgs) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
-    println!("more: ft sim group --help, ft sim rpc --help, ft sim multicast --help");
+    if let Err(e) = crate::commit::demo(args.seed) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "more: ft sim group --help, ft sim rpc --help, ft sim multicast --help, ft sim commit --help"
+    );
     ExitCode::SUCCESS
 }
 

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 mod bounds;
+mod commit;
 mod demo;
 mod group;
 mod multicast;
@@ -54,6 +55,12 @@ enum SimScenario {
     /// suppressed requests and repairs, the source's load, all checked
     /// after every step.
     Multicast(multicast::SimMcastArgs),
+    /// One transaction coordinated by n0 among n1, n2 and n3, with the
+    /// commit protocol you choose (two-phase or three-phase), a crash at
+    /// a point of the protocol, and the network's faults (loss or a
+    /// partition at that point): the transcript, the termination protocol
+    /// at work, and atomicity and validity checked after every step.
+    Commit(commit::SimCommitArgs),
 }
 
 /// The usage of the deepest subcommand named by `words`.
@@ -107,6 +114,12 @@ fn main() -> std::process::ExitCode {
         } => {
             args.clamp();
             multicast::sim_multicast(&args)
+        }
+        Command::Sim {
+            scenario: SimScenario::Commit(mut args),
+        } => {
+            args.clamp();
+            commit::sim_commit(&args)
         }
     }
 }
