@@ -405,6 +405,8 @@ struct Coord {
     votes: BTreeSet<NodeId>,
     /// Participants that voted read-only.
     read_only: BTreeSet<NodeId>,
+    /// Participants that voted abort.
+    abort_votes: BTreeSet<NodeId>,
     acked: BTreeSet<NodeId>,
     /// Participants whose heuristic outcome was told.
     heuristics: BTreeSet<NodeId>,
@@ -426,6 +428,7 @@ impl Coord {
             participants,
             votes: BTreeSet::new(),
             read_only: BTreeSet::new(),
+            abort_votes: BTreeSet::new(),
             acked: BTreeSet::new(),
             heuristics: BTreeSet::new(),
             pending,
@@ -611,9 +614,9 @@ impl TwoPhase {
             .iter()
             .copied()
             .filter(|n| !c.read_only.contains(n))
-            // Presumed abort: only those that voted commit are READY and
-            // need to hear it; the others abort on their own.
-            .filter(|n| !(pa && outcome == Vote::Abort) || c.votes.contains(n))
+            // Presumed abort: those that voted abort have aborted and
+            // need not hear it (nor will they ACK).
+            .filter(|n| !(pa && outcome == Vote::Abort) || !c.abort_votes.contains(n))
             .collect();
         let unlogged_commit = pa && outcome == Vote::Commit && tell.is_empty() && c.began;
         if (pa && outcome == Vote::Abort) || unlogged_commit {
@@ -1035,6 +1038,7 @@ impl TwoPhase {
                 }
             }
             (Message::VoteAbort { .. }, CoordState::Wait) => {
+                c.abort_votes.insert(from);
                 self.decide(now, &tx, Vote::Abort, None);
             }
             (
@@ -1128,6 +1132,15 @@ impl TwoPhase {
                             state: PeerState::Ready,
                         },
                     );
+                }
+                // A coordinator that crashed in WAIT forgot our read-only
+                // vote and aborts: let it finish (as for an unknown
+                // transaction).
+                Message::GlobalAbort { .. }
+                    if from == coordinator && !self.config.presumed_abort =>
+                {
+                    self.stats.late += 1;
+                    self.out.send(from, Message::Ack { tx });
                 }
                 _ => {
                     self.stats.late += 1;
