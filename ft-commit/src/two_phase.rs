@@ -380,9 +380,11 @@ pub struct CommitStats {
     pub lazy_writes: u64,
     /// Coordinator: VOTE_READ_ONLYs received (first copies).
     pub read_only_votes: u64,
-    /// Group commit: decision records holding more than one decision.
+    /// Group commit: decision records written for decisions that waited
+    /// behind another decision record (one record for all that waited).
     pub decision_batches: u64,
-    /// Group commit: decisions written in those records.
+    /// Group commit: decisions written in those records. Forced writes
+    /// saved: this minus [`decision_batches`](Self::decision_batches).
     pub decisions_batched: u64,
     /// Participant: heuristic decisions logged ([`Input::Heuristic`]).
     pub heuristic_decisions: u64,
@@ -629,10 +631,16 @@ impl TwoPhase {
             self.decision_queue.push((tx.clone(), outcome, tell, reply));
             return;
         }
-        self.log_decisions(vec![(tx.clone(), outcome, tell, reply)]);
+        self.log_decisions(vec![(tx.clone(), outcome, tell, reply)], false);
     }
 
-    fn log_decisions(&mut self, batch: Vec<Decision>) {
+    /// Logs `batch` as one record; `queued`: it waited behind another
+    /// decision record (group commit).
+    fn log_decisions(&mut self, batch: Vec<Decision>, queued: bool) {
+        if queued {
+            self.stats.decision_batches += 1;
+            self.stats.decisions_batched += batch.len() as u64;
+        }
         let record = if let [(tx, outcome, participants, _)] = batch.as_slice() {
             LogRecord::Decision {
                 tx: tx.clone(),
@@ -640,8 +648,6 @@ impl TwoPhase {
                 participants: participants.clone(),
             }
         } else {
-            self.stats.decision_batches += 1;
-            self.stats.decisions_batched += batch.len() as u64;
             LogRecord::Decisions(
                 batch
                     .iter()
@@ -1157,7 +1163,12 @@ impl TwoPhase {
                 let commit = matches!(msg, Message::GlobalCommit { .. });
                 let Some(p) = self.parts.get_mut(&tx) else {
                     self.stats.unknown_tx += 1;
-                    if commit || self.config.presumed_abort {
+                    if commit && self.forgotten {
+                        // A commit needs our READY, which we keep until we
+                        // hold the outcome: we committed it and forgot it
+                        // (the coordinator missed our ACK).
+                        self.out.send(from, Message::Ack { tx });
+                    } else if commit || self.config.presumed_abort {
                         self.out.dropped();
                     } else {
                         // The coordinator aborted before our vote (or our
@@ -1525,7 +1536,7 @@ impl TwoPhase {
                     // Group commit: everything decided meanwhile, in one
                     // forced write.
                     let batch = std::mem::take(&mut self.decision_queue);
-                    self.log_decisions(batch);
+                    self.log_decisions(batch, true);
                 }
             }
             Pending::End(tx) => {
