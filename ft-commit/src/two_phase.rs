@@ -132,7 +132,9 @@ pub struct TwoPhaseConfig {
     /// before it to be dropped. 0 turns compaction off.
     pub snapshot_every: u32,
     /// How many finished transactions, per role, a node keeps (in memory
-    /// and in its snapshot) to answer late questions about them. See
+    /// and in its snapshot) to answer late questions about them; older
+    /// ones are dropped when a snapshot is cut (so never with compaction
+    /// off, except read-only votes, which are only in memory). See
     /// [`crate::snapshot`] for why this is safe and what it assumes.
     pub keep_finished: usize,
 }
@@ -781,11 +783,23 @@ impl TwoPhase {
 
     // ---- bounded history and compaction ----
 
-    /// Drops the oldest finished transactions beyond
-    /// [`TwoPhaseConfig::keep_finished`], in memory (the next snapshot
-    /// leaves them out too).
-    fn trim(&mut self) {
+    /// Drops the oldest read-only votes beyond
+    /// [`TwoPhaseConfig::keep_finished`] and, with `logged`, the oldest
+    /// finished transactions, from memory. Logged ones are only dropped
+    /// right before a snapshot is cut (which leaves them out): a
+    /// transaction forgotten and then met again (a message older than the
+    /// window) gets records after that snapshot, never beside its old ones.
+    fn trim(&mut self, logged: bool) {
         let keep = self.config.keep_finished;
+        while self.finished_read_only.len() > keep {
+            let tx = self.finished_read_only.pop_front().expect("non-empty");
+            self.read_only.remove(&tx);
+            // A forgotten read-only vote is "unknown" like any other:
+            // with read-only on, unknown transactions get no INIT answer.
+        }
+        if !logged {
+            return;
+        }
         while self.finished_coords.len() > keep {
             let tx = self.finished_coords.pop_front().expect("non-empty");
             if self.coords.get(&tx).is_some_and(|c| c.ended && !c.pending) {
@@ -803,23 +817,18 @@ impl TwoPhase {
                 self.stats.forgotten += 1;
             }
         }
-        while self.finished_read_only.len() > keep {
-            let tx = self.finished_read_only.pop_front().expect("non-empty");
-            self.read_only.remove(&tx);
-            // A forgotten read-only vote is "unknown" like any other:
-            // with read-only on, unknown transactions get no INIT answer.
-        }
     }
 
     /// Writes a snapshot if enough records were written since the last
     /// one. Called at the end of every `handle_*`, when the state is
     /// whole.
     fn maybe_snapshot(&mut self) {
-        self.trim();
+        self.trim(false);
         let every = self.config.snapshot_every;
         if every == 0 || self.snapshot_in_flight || self.since_snapshot < every {
             return;
         }
+        self.trim(true);
         let snap = self.snapshot();
         self.stats.snapshots += 1;
         self.snapshot_in_flight = true;
@@ -1930,7 +1939,6 @@ impl Recover for TwoPhase {
                 PartState::Init => {}
             }
         }
-        core.trim();
         Ok(core)
     }
 }
