@@ -695,7 +695,7 @@ fn logs_stay_bounded_and_a_late_question_about_an_old_commit_is_answered_commit(
     const TXS: usize = 3000;
     let cfg = TwoPhaseConfig {
         snapshot_every: 64,
-        keep_finished: 32,
+        keep_finished: 128,
         ..TwoPhaseConfig::default()
     };
     let mut pair = Pair::new(cfg.clone());
@@ -720,12 +720,20 @@ fn logs_stay_bounded_and_a_late_question_about_an_old_commit_is_answered_commit(
     // history (3 records per transaction at the coordinator, 2 at the
     // participant: 9000 and 6000 without compaction).
     assert!(pair.max_log <= 64 + 4, "a log grew to {}", pair.max_log);
+    eprintln!(
+        "{TXS} transactions: the longest log held {} records (snapshot every 64, keeping 128 \
+         finished per role)",
+        pair.max_log
+    );
     let s = pair.nodes[1].stats();
     assert!(s.snapshots > 0 && s.forgotten > 0);
     // Memory too: the window, and what finished since the last snapshot.
-    assert!(pair.nodes[0].coordinated().count() <= 32 + 64);
-    assert!(pair.nodes[1].participating().count() <= 32 + 64);
-    // Restart both from their compacted logs.
+    assert!(pair.nodes[0].coordinated().count() <= 128 + 64);
+    assert!(pair.nodes[1].participating().count() <= 128 + 64);
+    // Restart both from their compacted logs. Only the outcomes logged
+    // after the last snapshot are told again (the snapshot holds 128
+    // outcomes the application heard before it was cut).
+    let after_snapshot = pair.logs[1].len() - 1;
     pair.events.clear();
     pair.restart();
     pair.run();
@@ -735,8 +743,8 @@ fn logs_stay_bounded_and_a_late_question_about_an_old_commit_is_answered_commit(
         .filter(|(_, e)| matches!(e, Event::Commit { .. } | Event::Decided { .. }))
         .count();
     assert!(
-        retold < 64,
-        "a restart re-told {retold} outcomes, not the whole history"
+        retold <= after_snapshot,
+        "a restart re-told {retold} outcomes; {after_snapshot} records follow the snapshot"
     );
     // A late DECISION_REQUEST about a recent committed transaction, at
     // the participant and at the coordinator: COMMIT, never INIT / ABORT.
@@ -832,4 +840,54 @@ fn timeouts_are_untouched_by_the_switches() {
     assert!(d.persists.is_empty());
     assert_eq!(h.core.coordinator_state(&tx()), Some(CoordState::Abort));
     assert_eq!(h.core.stats().vote_timeouts, 1);
+}
+
+#[test]
+fn a_finished_transaction_is_forgotten_only_when_a_snapshot_is_cut() {
+    // Keep 1 finished transaction, but no snapshot for a long while: the
+    // older outcome stays in memory (its records are still in the log), so
+    // a late VOTE_REQUEST for it is late, not a new transaction whose
+    // READY would sit beside its old COMMIT in the log.
+    let cfg = TwoPhaseConfig {
+        snapshot_every: 100,
+        keep_finished: 1,
+        ..TwoPhaseConfig::default()
+    };
+    let mut h = Harness::<TwoPhase>::new(&cfg, P1);
+    for t in [txn(1), txn(2)] {
+        h.message(
+            C,
+            Message::VoteRequest {
+                tx: t.clone(),
+                participants: parts(),
+            },
+        );
+        h.input(Input::Voted {
+            tx: t.clone(),
+            vote: Vote::Commit,
+        });
+        h.complete_persists();
+        h.message(C, Message::GlobalCommit { tx: t });
+        h.complete_persists();
+    }
+    let mut log: Vec<Bytes> = h.drain().persists.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(h.core.participant_state(&txn(1)), Some(PartState::Commit));
+    let d = h
+        .message(
+            C,
+            Message::VoteRequest {
+                tx: txn(1),
+                participants: parts(),
+            },
+        )
+        .drain();
+    assert!(d.events.is_empty(), "not prepared again");
+    h.input(Input::Voted {
+        tx: txn(1),
+        vote: Vote::Commit,
+    });
+    h.complete_persists();
+    log.extend(h.drain().persists.into_iter().map(|(_, r)| r));
+    let r = recovered(&cfg, P1, &log);
+    assert_eq!(r.core.participant_state(&txn(1)), Some(PartState::Commit));
 }
