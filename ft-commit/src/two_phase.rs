@@ -48,6 +48,75 @@
 //! re-enters it: [`Event::Commit`] / [`Event::Abort`] again, which the
 //! application applies idempotently.
 //!
+//! # Optimizations (switches in [`TwoPhaseConfig`])
+//!
+//! Counts for 3 participants, no failure and no loss, as the crash-free
+//! runs of `tests/crash_points.rs` assert them ("writes" are forced log
+//! writes: records the node waits for before it speaks, END included; a
+//! snapshot every [`TwoPhaseConfig::snapshot_every`] records comes on top):
+//!
+//! | run | writes (coordinator + participants) | messages |
+//! |---|---|---|
+//! | plain, commit | 3 + 2·3 = 9 | 6 + 2·3 = 12 |
+//! | plain, one votes abort | 3 + 2 + 2 + 1 = 8 | 6 + 2·3 = 12 |
+//! | presumed abort, commit | 2 + 2·3 = 8 (no BEGIN) | 12 |
+//! | presumed abort, one votes abort | 0 + 1 + 1 + 0 = 2 (3 ABORTs written unforced) | 5 + 1·3 = 8 |
+//! | read-only, one of three read-only | 3 + 2 + 2 + 0 = 7 | 5 + 2 + 2 + 1 = 10 |
+//! | read-only and presumed abort, one read-only | 2 + 2 + 2 + 0 = 6 | 10 |
+//! | read-only, all three | 2 (BEGIN, decision) + 0 | 3 + 3 = 6 |
+//! | read-only and presumed abort, all three | 0 | 6 |
+//!
+//! - **Presumed abort** ([`TwoPhaseConfig::presumed_abort`]): per committed
+//!   transaction it saves the coordinator's BEGIN (1 forced write); per
+//!   aborted one, the coordinator's BEGIN, abort decision and END (3
+//!   writes), every participant's forced ABORT (written unforced instead),
+//!   the ACKs of GLOBAL_ABORT (one per participant) and the GLOBAL_ABORT to
+//!   participants that voted abort. What makes dropping BEGIN safe: a
+//!   coordinator with no record of a transaction never sent GLOBAL_COMMIT
+//!   for it (the commit decision is logged first), so "no record → ABORT"
+//!   is a true answer; participants that were READY learn it by asking.
+//!   What it costs: transaction ids must not be reused — a coordinator
+//!   that crashed in WAIT cannot refuse a second `Begin` of the id (it
+//!   refuses ids it still remembers); the ABORT a participant logs before
+//!   answering INIT stays forced.
+//! - **Read-only participants** ([`TwoPhaseConfig::read_only`],
+//!   [`Input::VotedReadOnly`]): such a participant logs nothing (saves its
+//!   2 forced writes), sends VOTE_READ_ONLY and leaves; the coordinator
+//!   leaves it out of phase two (saves GLOBAL_COMMIT and ACK). All read-only
+//!   → nothing to send; the decision needs no record under presumed abort,
+//!   and only closes BEGIN without it. A read-only voter that crashed has
+//!   forgotten its vote, so with the switch on a participant asked about a
+//!   transaction it does not know stays silent instead of answering INIT.
+//! - **Group commit of decision records**
+//!   ([`TwoPhaseConfig::group_commit`]): while a decision record is being
+//!   written, decisions queue; when it is durable they are written as one
+//!   [`LogRecord::Decisions`]. No timer: a decision waits for at most one
+//!   write. k decisions that meet one in flight cost 2 forced writes
+//!   instead of k+1 (`tests/two_phase_opts.rs`: 64 decisions, 2 writes).
+//!
+//! # Heuristic outcomes
+//!
+//! A resource READY and blocked may decide on its own ([`Input::Heuristic`],
+//! logged as [`LogRecord::Heuristic`]). The participant stays READY (it
+//! answers READY when asked: its guess is not an outcome) and waits for the
+//! decision. If the decision differs, it tells [`Event::Heuristic`] (XA's
+//! HEURCOM / HEURRB) instead of Commit / Abort, and sends HEURISTIC_ACK,
+//! which the coordinator takes as an ACK and reports to its application as
+//! the same [`Event::Heuristic`]. Never hidden; told again after a restart.
+//! A matching heuristic decision is a plain outcome.
+//!
+//! # Log compaction
+//!
+//! Every [`TwoPhaseConfig::snapshot_every`] records the node cuts a
+//! [`LogRecord::Snapshot`] (live transactions, with the records in flight
+//! applied, and the last [`TwoPhaseConfig::keep_finished`] outcomes per
+//! role) and, once it is durable, asks for the log before it to be dropped
+//! ([`Output::Compact`]). Logs and memory stay bounded; a restart tells
+//! again only the outcomes logged after the last snapshot. See
+//! [`crate::snapshot`] for what is kept, why a participant that forgot an
+//! outcome stays silent rather than answering INIT, and what the window
+//! assumes (unique ids, messages that do not outlive it).
+//!
 //! # Bad input
 //!
 //! Messages about unknown transactions, from a node that is not the
@@ -620,7 +689,7 @@ impl TwoPhase {
             .filter(|n| !c.read_only.contains(n))
             // Presumed abort: those that voted abort have aborted and
             // need not hear it (nor will they ACK).
-            .filter(|n| !(pa && outcome == Vote::Abort) || !c.abort_votes.contains(n))
+            .filter(|n| !(pa && outcome == Vote::Abort && c.abort_votes.contains(n)))
             .collect();
         let unlogged_commit = pa && outcome == Vote::Commit && tell.is_empty() && c.began;
         if (pa && outcome == Vote::Abort) || unlogged_commit {
@@ -841,8 +910,9 @@ impl TwoPhase {
     /// log, and the snapshot replaces them).
     fn snapshot(&self) -> Snapshot {
         // The effect of the records in flight, per transaction.
-        let mut coord_next: BTreeMap<&TxId, (Option<Vote>, Option<&Vec<NodeId>>, bool)> =
-            BTreeMap::new();
+        // Per transaction: (decision, whom to tell, ended).
+        type CoordNext<'a> = (Option<Vote>, Option<&'a Vec<NodeId>>, bool);
+        let mut coord_next: BTreeMap<&TxId, CoordNext<'_>> = BTreeMap::new();
         let mut part_next: BTreeMap<&TxId, (Option<Vote>, Option<Vote>)> = BTreeMap::new();
         let mut part_ready: BTreeSet<&TxId> = BTreeSet::new();
         for what in self.pending.values() {
