@@ -348,7 +348,10 @@ pub enum Event {
     /// at the participant (then `participant` is this node) when the
     /// decision arrives, and at the coordinator when its HEURISTIC_ACK
     /// does; again after a restart. Never hidden: the atomicity of `tx`
-    /// is broken at `participant` and someone must repair it.
+    /// is broken at `participant` and someone must repair it. (Under
+    /// presumed abort the coordinator forgets an aborted transaction and
+    /// does not resend GLOBAL_ABORT, so it may miss a HEURISTIC_ACK; the
+    /// participant's own report stands.)
     Heuristic {
         /// The transaction.
         tx: TxId,
