@@ -21,6 +21,12 @@
 //!   can no longer free a READY asker while the coordinator is down),
 //!   never atomicity.
 //!
+//! Its size is about (live transactions + 2 × `keep_finished`) × (id +
+//! 8 bytes per participant): with the defaults and a few participants per
+//! transaction, tens of kilobytes; at worst (1024 outcomes per role, 64-byte
+//! ids, 256 participants each) about 4.3 MB plus the live transactions,
+//! under ft-storage's `FileLog` default record limit of 16 MiB.
+//!
 //! The window also bounds how late a message may come: a VOTE_REQUEST
 //! delayed in the network past `keep_finished` later transactions of the
 //! node looks new. Transaction ids must be unique (never reused), and
