@@ -654,6 +654,13 @@ impl TwoPhase {
         self.read_only.contains_key(tx)
     }
 
+    /// What this node's resource decided on its own for `tx`
+    /// ([`Input::Heuristic`], durable), if it did and the node still
+    /// remembers the transaction.
+    pub fn heuristic(&self, tx: &TxId) -> Option<Vote> {
+        self.parts.get(tx).and_then(|p| p.heuristic)
+    }
+
     // ---- helpers ----
 
     fn log(&mut self, record: LogRecord, what: Pending) {
@@ -1494,7 +1501,7 @@ impl TwoPhase {
         }
     }
 
-    fn heuristic(&mut self, tx: TxId, outcome: Vote) {
+    fn decide_heuristically(&mut self, tx: TxId, outcome: Vote) {
         let Some(p) = self.parts.get_mut(&tx) else {
             self.stats.unknown_tx += 1;
             return;
@@ -1703,7 +1710,7 @@ impl Protocol for TwoPhase {
             Input::Join { tx, coordinator } => self.join(now, tx, coordinator),
             Input::Voted { tx, vote } => self.voted(tx, Some(vote)),
             Input::VotedReadOnly { tx } => self.voted(tx, None),
-            Input::Heuristic { tx, outcome } => self.heuristic(tx, outcome),
+            Input::Heuristic { tx, outcome } => self.decide_heuristically(tx, outcome),
         }
         self.maybe_snapshot();
     }

@@ -17,7 +17,11 @@
 //! participants (then one vote in 8 is read-only), group commit of
 //! decision records, and compaction (a snapshot every 4–19 records,
 //! keeping 4–11 finished transactions per role, or the defaults), each on
-//! or off.
+//! or off; and whether blocked resources decide on their own (20 ms after
+//! [`Event::Blocked`], commit or abort by a fixed rule): then, at the end,
+//! every heuristic decision a node holds that differs from the outcome
+//! must have been told as [`Event::Heuristic`] there and, unless presumed
+//! abort forgot the aborted transaction, at the coordinator.
 //!
 //! `FT_COMMIT_SEEDS=n` runs n seeds (default 8); `COMMIT_SEED=k` runs seed
 //! k alone.
@@ -94,6 +98,11 @@ fn config_of(seed: u64) -> TwoPhaseConfig {
     c
 }
 
+/// Whether blocked resources of `seed` decide on their own.
+fn heuristics_of(seed: u64) -> bool {
+    Xs(seed.wrapping_mul(0xA24B_AED4_963E_E407) | 1).next(2) == 1
+}
+
 /// Whether the application at `node` answers a prepare of `tx`, and after
 /// how long: one in sixteen never answers (the INIT timeout then aborts).
 fn answer_delay(seed: u64, node: NodeId, tx: &TxId, life: u64) -> Option<Duration> {
@@ -107,6 +116,7 @@ struct Checker {
     read_only: bool,
     seen: usize,
     participants: BTreeMap<TxId, Vec<NodeId>>,
+    coordinators: BTreeMap<TxId, NodeId>,
     committed: BTreeMap<TxId, BTreeSet<NodeId>>,
     aborted: BTreeMap<TxId, BTreeSet<NodeId>>,
     checks: u64,
@@ -195,6 +205,11 @@ struct Totals {
     stats: CommitStats,
     /// Seeds run with each switch on.
     switches: BTreeMap<&'static str, u64>,
+    /// Heuristic decisions held at the end; of which differing from the
+    /// outcome; of which told at the coordinator too.
+    heuristics: u64,
+    heuristic_mixed: u64,
+    heuristic_reported: u64,
 }
 
 fn add(t: &mut CommitStats, s: CommitStats) {
@@ -218,6 +233,8 @@ fn add(t: &mut CommitStats, s: CommitStats) {
     t.read_only_votes += s.read_only_votes;
     t.decision_batches += s.decision_batches;
     t.decisions_batched += s.decisions_batched;
+    t.heuristic_decisions += s.heuristic_decisions;
+    t.heuristic_outcomes += s.heuristic_outcomes;
     t.snapshots += s.snapshots;
     t.forgotten += s.forgotten;
 }
@@ -262,6 +279,7 @@ fn run(seed: u64, totals: &mut Totals) {
         cut + Duration::from_millis(300 + x.next(400)),
     );
     let config = config_of(seed);
+    let heuristics = heuristics_of(seed);
     let mut sim_config = SimConfig::new(seed, N as usize);
     if config.group_commit {
         // A disk as slow as a real fsync, so that decisions meet one in
@@ -294,6 +312,7 @@ fn run(seed: u64, totals: &mut Totals) {
             .borrow_mut()
             .participants
             .insert(tx.clone(), parts.clone());
+        checker.borrow_mut().coordinators.insert(tx.clone(), coord);
         // With group commit, transactions come in two bursts of 12 (three
         // per coordinator at once), so that decisions meet.
         let slot = if config.group_commit { i / 12 * 12 } else { i };
@@ -331,6 +350,26 @@ fn run(seed: u64, totals: &mut Totals) {
         }
         // The application answers prepares.
         let now = sim.now();
+        let blocked: Vec<(NodeId, TxId)> = sim.world().events()[seen..]
+            .iter()
+            .filter_map(|o| match &o.event {
+                Event::Blocked { tx, .. } if heuristics => Some((o.node, tx.clone())),
+                _ => None,
+            })
+            .collect();
+        for (node, tx) in blocked {
+            // The resource gives up waiting and decides on its own.
+            let outcome = if hash(seed, node, &tx) % 2 == 0 {
+                Vote::Commit
+            } else {
+                Vote::Abort
+            };
+            sim.input(
+                now + Duration::from_millis(20),
+                node,
+                Input::Heuristic { tx, outcome },
+            );
+        }
         let asks: Vec<(NodeId, u64, TxId)> = sim.world().events()[seen..]
             .iter()
             .filter_map(|o| match &o.event {
@@ -393,6 +432,50 @@ fn run(seed: u64, totals: &mut Totals) {
         }
         add(&mut totals.stats, core.stats());
     }
+    // Heuristic outcomes: never hidden.
+    let told = |node: NodeId, tx: &TxId, participant: NodeId, o: Vote, h: Vote| {
+        w.events().iter().any(|e| {
+            e.node == node
+                && e.event
+                    == Event::Heuristic {
+                        tx: tx.clone(),
+                        participant,
+                        outcome: o,
+                        heuristic: h,
+                    }
+        })
+    };
+    for (node, core) in w.cores() {
+        for (tx, state) in core.participating() {
+            let Some(h) = core.heuristic(tx) else {
+                continue;
+            };
+            let o = match state {
+                PartState::Commit => Vote::Commit,
+                PartState::Abort => Vote::Abort,
+                s => panic!("seed {seed}: {node} ends {tx} in {s:?}"),
+            };
+            totals.heuristics += 1;
+            if h == o {
+                continue;
+            }
+            totals.heuristic_mixed += 1;
+            assert!(
+                told(node, tx, node, o, h),
+                "seed {seed}: {node}'s heuristic {h:?} on {tx} (outcome {o:?}) not told there"
+            );
+            let coordinator = c.coordinators[tx];
+            if config.presumed_abort && o == Vote::Abort {
+                continue;
+            }
+            assert!(
+                told(coordinator, tx, node, o, h),
+                "seed {seed}: {node}'s heuristic {h:?} on {tx} (outcome {o:?}) not told at the \
+                 coordinator {coordinator}"
+            );
+            totals.heuristic_reported += 1;
+        }
+    }
     // Outcomes by what members were told (a coordinator may have forgotten
     // a finished transaction, or, under presumed abort, never logged it).
     let told_commit = c.committed.len() as u64;
@@ -447,6 +530,11 @@ fn two_phase_commit_is_atomic_valid_and_terminates_through_crashes() {
         // Cooperative termination decided some transactions (blocking
         // itself is rarer here: tests/crash_points.rs asserts it).
         assert!(totals.stats.terminated_cooperatively > 0);
+        // Heuristic decisions were taken, some differed from the outcome,
+        // and were told (checked in each run).
+        if n >= 100 {
+            assert!(totals.heuristic_mixed > 0 && totals.heuristic_reported > 0);
+        }
         // The switches were drawn on and their mechanisms ran.
         if n >= 8 {
             assert_eq!(totals.switches.len(), 4, "{:?}", totals.switches);
