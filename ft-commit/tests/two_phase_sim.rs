@@ -359,7 +359,7 @@ fn run(seed: u64, totals: &mut Totals) {
             .collect();
         for (node, tx) in blocked {
             // The resource gives up waiting and decides on its own.
-            let outcome = if hash(seed, node, &tx) % 2 == 0 {
+            let outcome = if hash(seed, node, &tx).is_multiple_of(2) {
                 Vote::Commit
             } else {
                 Vote::Abort
