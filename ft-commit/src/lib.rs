@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod snapshot;
 pub mod three_phase;
 pub mod two_phase;
 pub mod wire;
@@ -14,5 +15,6 @@ pub use two_phase::{
     CommitStats, CoordState, Event, Input, PartState, Timer, TwoPhase, TwoPhaseConfig,
 };
 pub use wire::{
-    LogRecord, MAX_PARTICIPANTS, MAX_TX_ID, Message, PeerState, TxId, TxIdTooLong, Vote,
+    DecisionEntry, LogRecord, MAX_BATCH, MAX_PARTICIPANTS, MAX_TX_ID, Message, PeerState, TxId,
+    TxIdTooLong, Vote,
 };

@@ -1227,6 +1227,12 @@ impl Protocol for ThreePhase {
                     .set_timer_after(Timer3::Prepare(tx), now, self.config.prepare_timeout);
             }
             Input::Voted { tx, vote } => self.voted(tx, vote),
+            // 3PC has no read-only optimization: a read-only vote is a
+            // commit vote (safe: either outcome suits the resource).
+            Input::VotedReadOnly { tx } => self.voted(tx, Vote::Commit),
+            // 3PC does not block under its assumptions, and does not take
+            // heuristic decisions: refused and counted.
+            Input::Heuristic { .. } => self.stats.wrong_phase += 1,
         }
     }
 

@@ -191,6 +191,25 @@ pub enum Message {
         /// The state of the node answering.
         state: PeerState,
     },
+    /// Phase 1b, participant → coordinator: its work on `tx` only read, so
+    /// either outcome suits it; it logged nothing and leaves the
+    /// transaction (the read-only optimization: no decision is sent to it,
+    /// no ACK comes back).
+    VoteReadOnly {
+        /// The transaction.
+        tx: TxId,
+    },
+    /// Participant → coordinator: the decision is applied, but the
+    /// participant's resource had decided `heuristic` on its own while
+    /// blocked, and that differs from the decision (XA's HEURCOM /
+    /// HEURRB). Stands for an [`Ack`](Message::Ack) and reports the
+    /// damage.
+    HeuristicAck {
+        /// The transaction.
+        tx: TxId,
+        /// What the resource decided on its own.
+        heuristic: Vote,
+    },
 }
 
 impl Message {
@@ -204,8 +223,25 @@ impl Message {
             | Message::GlobalAbort { tx }
             | Message::Ack { tx }
             | Message::DecisionRequest { tx, .. }
-            | Message::State { tx, .. } => tx,
+            | Message::State { tx, .. }
+            | Message::VoteReadOnly { tx }
+            | Message::HeuristicAck { tx, .. } => tx,
         }
+    }
+}
+
+pub(crate) fn put_vote(buf: &mut BytesMut, vote: Vote) {
+    buf.put_u8(match vote {
+        Vote::Commit => 1,
+        Vote::Abort => 0,
+    });
+}
+
+pub(crate) fn get_vote(buf: &mut Bytes) -> Result<Vote, DecodeError> {
+    match wire::get_u8(buf)? {
+        1 => Ok(Vote::Commit),
+        0 => Ok(Vote::Abort),
+        tag => Err(DecodeError::UnknownTag { what: "Vote", tag }),
     }
 }
 
@@ -267,13 +303,22 @@ impl Wire for Message {
                 tx.encode(buf);
                 buf.put_u8(state.tag());
             }
+            Message::VoteReadOnly { tx } => {
+                buf.put_u8(9);
+                tx.encode(buf);
+            }
+            Message::HeuristicAck { tx, heuristic } => {
+                buf.put_u8(10);
+                tx.encode(buf);
+                put_vote(buf, *heuristic);
+            }
         }
     }
 
     fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
         let tag = wire::get_u8(buf)?;
         let tx = match tag {
-            1..=8 => TxId::decode(buf)?,
+            1..=10 => TxId::decode(buf)?,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "Message",
@@ -295,9 +340,14 @@ impl Wire for Message {
                 tx,
                 coordinator: NodeId::decode(buf)?,
             },
-            _ => Message::State {
+            8 => Message::State {
                 tx,
                 state: PeerState::from_tag(wire::get_u8(buf)?)?,
+            },
+            9 => Message::VoteReadOnly { tx },
+            _ => Message::HeuristicAck {
+                tx,
+                heuristic: get_vote(buf)?,
             },
         })
     }
@@ -358,14 +408,51 @@ pub enum LogRecord {
         coordinator: NodeId,
     },
     /// Participant: ABORT on `tx`, written before VOTE_ABORT, an ACK, or a
-    /// state answer of INIT.
+    /// state answer of INIT. Under presumed abort it is not forced (the
+    /// message does not wait for it), except before a state answer of
+    /// INIT.
     Abort {
         /// The transaction.
         tx: TxId,
         /// Its coordinator.
         coordinator: NodeId,
     },
+    /// Participant: its resource, blocked in READY, decided `heuristic` on
+    /// its own ([`Input::Heuristic`](crate::Input::Heuristic)). The
+    /// participant stays READY and still waits for the real decision, to
+    /// report a difference.
+    Heuristic {
+        /// The transaction.
+        tx: TxId,
+        /// What the resource decided.
+        heuristic: Vote,
+    },
+    /// Coordinator: several decisions written in one forced write (group
+    /// commit of decision records,
+    /// [`TwoPhaseConfig::group_commit`](crate::TwoPhaseConfig::group_commit)),
+    /// each as a [`Decision`](LogRecord::Decision) would say it.
+    Decisions(Vec<DecisionEntry>),
+    /// Both roles: everything the node still needs, so that the records
+    /// before it can be dropped (log compaction,
+    /// [`TwoPhaseConfig::snapshot_every`](crate::TwoPhaseConfig::snapshot_every)).
+    Snapshot(crate::snapshot::Snapshot),
 }
+
+/// One decision of a [`LogRecord::Decisions`] batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionEntry {
+    /// The transaction.
+    pub tx: TxId,
+    /// The outcome.
+    pub outcome: Vote,
+    /// Whom to tell.
+    pub participants: Vec<NodeId>,
+}
+
+/// The most decisions in one [`LogRecord::Decisions`] batch: bounds what a
+/// corrupt record can make recovery allocate (a batch holds the decisions
+/// queued while one forced write was in flight).
+pub const MAX_BATCH: usize = 4096;
 
 impl Wire for LogRecord {
     fn encode(&self, buf: &mut BytesMut) {
@@ -382,10 +469,7 @@ impl Wire for LogRecord {
             } => {
                 buf.put_u8(2);
                 tx.encode(buf);
-                buf.put_u8(match outcome {
-                    Vote::Commit => 1,
-                    Vote::Abort => 0,
-                });
+                put_vote(buf, *outcome);
                 put_nodes(buf, participants);
             }
             LogRecord::End { tx } => {
@@ -412,13 +496,55 @@ impl Wire for LogRecord {
                 tx.encode(buf);
                 coordinator.encode(buf);
             }
+            LogRecord::Heuristic { tx, heuristic } => {
+                buf.put_u8(7);
+                tx.encode(buf);
+                put_vote(buf, *heuristic);
+            }
+            LogRecord::Decisions(batch) => {
+                buf.put_u8(8);
+                // Callers keep batches within MAX_BATCH.
+                buf.put_u16_le(batch.len() as u16);
+                for d in batch {
+                    d.tx.encode(buf);
+                    put_vote(buf, d.outcome);
+                    put_nodes(buf, &d.participants);
+                }
+            }
+            LogRecord::Snapshot(snap) => {
+                buf.put_u8(9);
+                snap.encode(buf);
+            }
         }
     }
 
     fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
         let tag = wire::get_u8(buf)?;
+        if tag == 8 {
+            let len = wire::get_u16(buf)? as usize;
+            if len > MAX_BATCH {
+                return Err(DecodeError::Oversized {
+                    len,
+                    max: MAX_BATCH,
+                });
+            }
+            // Each entry is at least 4 bytes: check before allocating.
+            wire::need(buf, len * 4)?;
+            let mut batch = Vec::with_capacity(len);
+            for _ in 0..len {
+                batch.push(DecisionEntry {
+                    tx: TxId::decode(buf)?,
+                    outcome: get_vote(buf)?,
+                    participants: get_nodes(buf)?,
+                });
+            }
+            return Ok(LogRecord::Decisions(batch));
+        }
+        if tag == 9 {
+            return Ok(LogRecord::Snapshot(crate::snapshot::Snapshot::decode(buf)?));
+        }
         let tx = match tag {
-            1..=6 => TxId::decode(buf)?,
+            1..=7 => TxId::decode(buf)?,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "LogRecord",
@@ -432,11 +558,7 @@ impl Wire for LogRecord {
                 participants: get_nodes(buf)?,
             },
             2 => {
-                let outcome = match wire::get_u8(buf)? {
-                    1 => Vote::Commit,
-                    0 => Vote::Abort,
-                    tag => return Err(DecodeError::UnknownTag { what: "Vote", tag }),
-                };
+                let outcome = get_vote(buf)?;
                 LogRecord::Decision {
                     tx,
                     outcome,
@@ -453,9 +575,13 @@ impl Wire for LogRecord {
                 tx,
                 coordinator: NodeId::decode(buf)?,
             },
-            _ => LogRecord::Abort {
+            6 => LogRecord::Abort {
                 tx,
                 coordinator: NodeId::decode(buf)?,
+            },
+            _ => LogRecord::Heuristic {
+                tx,
+                heuristic: get_vote(buf)?,
             },
         })
     }

@@ -8,8 +8,10 @@
 //! termination runs while the coordinator is down) and restarts from its
 //! durable records. Then, for each of those, the same node crashes again
 //! before and after each persist and send of its recovery (its second
-//! life), and restarts once more. All of it twice over: with every
-//! participant voting commit, and with n3 voting abort.
+//! life), and restarts once more. All of it over several vote patterns
+//! and configurations: the plain protocol (all commit; n3 aborts), presumed
+//! abort (the same two), and read-only participants (n3 read-only; all
+//! read-only; with and without presumed abort).
 //!
 //! After every step: atomicity (never committed at one member, or decided
 //! commit, and aborted at another) and validity (commit only if every
@@ -64,6 +66,8 @@ struct Node {
     core: Option<TwoPhase>,
     life: u64,
     durable: Vec<Bytes>,
+    /// (life, token) of each durable record, to carry out compactions.
+    tokens: Vec<(u64, PersistToken)>,
     /// Actions (persists and sends) of each life so far, numbered.
     actions: Vec<usize>,
     timers: BTreeMap<Timer, u64>,
@@ -78,7 +82,7 @@ struct World {
     crash: Vec<CrashPoint>,
     /// How many of `crash` happened.
     crashed: usize,
-    abort_voter: Option<NodeId>,
+    spec: Spec,
     events: Vec<(usize, Event)>,
     committed: BTreeSet<usize>,
     aborted: BTreeSet<usize>,
@@ -95,7 +99,7 @@ fn participants() -> Vec<NodeId> {
 }
 
 impl World {
-    fn new(crash: Vec<CrashPoint>, abort_voter: Option<NodeId>) -> World {
+    fn new(crash: Vec<CrashPoint>, spec: Spec) -> World {
         let base = Instant::now();
         let mut w = World {
             base,
@@ -105,7 +109,7 @@ impl World {
             nodes: Vec::new(),
             crash,
             crashed: 0,
-            abort_voter,
+            spec,
             events: Vec::new(),
             committed: BTreeSet::new(),
             aborted: BTreeSet::new(),
@@ -117,6 +121,7 @@ impl World {
                 core: None,
                 life: 0,
                 durable: Vec::new(),
+                tokens: Vec::new(),
                 actions: Vec::new(),
                 timers: BTreeMap::new(),
             });
@@ -146,7 +151,7 @@ impl World {
             seed: 1,
             now: self.base + Duration::from_micros(self.now),
         };
-        n.core = Some(TwoPhase::recover(&TwoPhaseConfig::default(), ctx).expect("recovers"));
+        n.core = Some(TwoPhase::recover(&self.spec.config, ctx).expect("recovers"));
         self.pump(i);
     }
 
@@ -212,18 +217,31 @@ impl World {
                 Output::CancelTimer { timer } => {
                     self.nodes[i].timers.remove(&timer);
                 }
-                Output::Compact { .. } => {}
+                Output::Compact { before } => {
+                    // Drop the log before that record, as a driver does.
+                    let n = &mut self.nodes[i];
+                    let at = n
+                        .tokens
+                        .iter()
+                        .position(|&t| t == (life, before))
+                        .expect("compaction names a durable record of this life");
+                    n.tokens.drain(..at);
+                    n.durable.drain(..at);
+                }
                 Output::Event(e) => {
                     if let Event::Prepare { tx } = &e {
                         let me = NodeId(i as u64);
-                        let vote = if Some(me) == self.abort_voter {
-                            Vote::Abort
-                        } else {
-                            Vote::Commit
-                        };
-                        let input = Input::Voted {
-                            tx: tx.clone(),
-                            vote,
+                        let tx = tx.clone();
+                        let input = match self.spec.kind(me) {
+                            Kind::Commit => Input::Voted {
+                                tx,
+                                vote: Vote::Commit,
+                            },
+                            Kind::Abort => Input::Voted {
+                                tx,
+                                vote: Vote::Abort,
+                            },
+                            Kind::ReadOnly => Input::VotedReadOnly { tx },
                         };
                         self.schedule(1000, Ev::Input(i, life, input));
                     }
@@ -268,6 +286,7 @@ impl World {
             Ev::Persisted(i, life, token, record, a) => {
                 if self.up(i, life) {
                     self.nodes[i].durable.push(record);
+                    self.nodes[i].tokens.push((life, token));
                     if !self.crash_here(i, a, When::After) {
                         self.nodes[i]
                             .core
@@ -293,12 +312,16 @@ impl World {
         true
     }
 
+    /// READY durable at `p`: its record, or a snapshot that holds it.
     fn ready_durable(&self, p: NodeId) -> bool {
         self.nodes[p.0 as usize].durable.iter().any(|r| {
-            matches!(
-                ft_core::record::decode::<LogRecord>(r.clone()),
-                Ok(LogRecord::Ready { .. })
-            )
+            match ft_core::record::decode::<LogRecord>(r.clone()) {
+                Ok(LogRecord::Ready { .. }) => true,
+                Ok(LogRecord::Snapshot(s)) => {
+                    s.parts.iter().any(|p| p.outcome != Some(Vote::Abort))
+                }
+                _ => false,
+            }
         })
     }
 
@@ -313,11 +336,14 @@ impl World {
                     ..
                 } => {
                     self.committed.insert(i);
-                    if self.abort_voter.is_some() {
-                        return Err(format!("validity: n{i} committed, n3 voted abort"));
+                    if self.spec.votes.contains(&Kind::Abort) {
+                        return Err(format!(
+                            "validity: n{i} committed, a participant voted abort"
+                        ));
                     }
                     for p in participants() {
-                        if !self.ready_durable(p) {
+                        // A read-only voter logs nothing.
+                        if self.spec.kind(p) == Kind::Commit && !self.ready_durable(p) {
                             return Err(format!("validity: n{i} committed, {p} not READY"));
                         }
                     }
@@ -392,8 +418,10 @@ impl World {
             };
             let got = core.participant_state(&tx());
             // A participant that never heard of an aborted transaction
-            // (its VOTE_REQUEST lost in its crash) holds nothing: fine.
-            if got != want && !(outcome == Vote::Abort && got.is_none()) {
+            // (its VOTE_REQUEST lost in its crash) holds nothing: fine; a
+            // read-only voter left the transaction.
+            let left = self.spec.kind(p) == Kind::ReadOnly && got.is_none();
+            if got != want && !(outcome == Vote::Abort && got.is_none()) && !left {
                 return Err(format!("{p} ends in {got:?}, the outcome is {outcome:?}"));
             }
         }
@@ -402,105 +430,225 @@ impl World {
     }
 }
 
+/// How a participant votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Commit,
+    Abort,
+    ReadOnly,
+}
+
+/// A configuration and the votes of n1..n3.
+#[derive(Clone, Debug)]
+struct Spec {
+    config: TwoPhaseConfig,
+    votes: [Kind; 3],
+}
+
+impl Spec {
+    fn kind(&self, p: NodeId) -> Kind {
+        self.votes[p.0 as usize - 1]
+    }
+}
+
 /// Runs with `points`; panics with them on a violation.
-fn try_points(points: Vec<CrashPoint>, abort_voter: Option<NodeId>) -> World {
-    let mut w = World::new(points.clone(), abort_voter);
+fn try_points(points: Vec<CrashPoint>, spec: &Spec) -> World {
+    let mut w = World::new(points.clone(), spec.clone());
     if let Err(e) = w.run() {
-        panic!("{points:?}, abort voter {abort_voter:?}: {e}");
+        panic!("{points:?}, {spec:?}: {e}");
     }
     assert_eq!(w.crashed, points.len(), "{points:?} not all reached");
     w
 }
 
-#[test]
-fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
+/// (forced writes, messages sent) of each node n0..n3 in a crash-free run.
+type Costs = [(u64, u64); 4];
+
+/// The crash-free run of `spec` (its outcome and costs asserted), then
+/// every crash point and every second crash in the recovery. Returns
+/// (single crash points, double, blocked runs).
+fn sweep(spec: &Spec, want: Vote, costs: Option<Costs>) -> (usize, usize, usize) {
     let mut tried = 0;
     let mut twice = 0;
-    let mut outcomes: BTreeMap<(bool, Vote), usize> = BTreeMap::new();
+    let mut outcomes: BTreeMap<Vote, usize> = BTreeMap::new();
     let mut blocked_runs = 0;
-    for abort_voter in [None, Some(NodeId(3))] {
-        // The crash-free run: it commits (or aborts) and numbers the
-        // actions.
-        let mut w = World::new(Vec::new(), abort_voter);
-        let outcome = w.run().expect("crash-free run");
+    // The crash-free run: it commits (or aborts) and numbers the actions.
+    let mut w = World::new(Vec::new(), spec.clone());
+    let outcome = w.run().expect("crash-free run");
+    assert_eq!(outcome, want, "{spec:?}");
+    let counts: Vec<usize> = w.nodes.iter().map(|n| n.actions[0]).collect();
+    // The costs the README documents, for 3 participants: forced writes
+    // (persists the node waited on) and messages.
+    let got: Vec<(u64, u64)> = (0..NODES)
+        .map(|i| {
+            let core = w.nodes[i].core.as_ref().unwrap();
+            let c = core.counters();
+            (c.persists - core.stats().lazy_writes, c.messages_sent)
+        })
+        .collect();
+    if let Some(costs) = costs {
         assert_eq!(
-            outcome,
-            if abort_voter.is_some() {
-                Vote::Abort
-            } else {
-                Vote::Commit
-            }
+            got,
+            costs.to_vec(),
+            "{spec:?}: (forced writes, messages) of n0..n3"
         );
-        let counts: Vec<usize> = w.nodes.iter().map(|n| n.actions[0]).collect();
-        // The costs the README documents, for 3 participants.
-        let cost = |i: usize| {
-            let c = w.nodes[i].core.as_ref().unwrap().counters();
-            (c.persists, c.messages_sent)
-        };
-        assert_eq!(
-            cost(0),
-            (3, 6),
-            "coordinator: BEGIN, decision, END; 2 per participant"
-        );
-        for p in 1..=2 {
-            assert_eq!(cost(p), (2, 2), "participant: READY, outcome; vote, ACK");
-        }
-        let n3 = if abort_voter.is_some() {
-            (1, 2)
-        } else {
-            (2, 2)
-        };
-        assert_eq!(cost(3), n3, "an abort voter logs ABORT only");
-        for (node, &count) in counts.iter().enumerate() {
-            for action in 0..count {
-                for when in [When::Before, When::After] {
-                    let first = CrashPoint {
-                        node,
-                        life: 1,
-                        action,
-                        when,
-                    };
-                    let w = try_points(vec![first], abort_voter);
-                    tried += 1;
-                    *outcomes
-                        .entry((abort_voter.is_some(), w.run_outcome()))
-                        .or_default() += 1;
-                    if w.blocked > 0 {
-                        blocked_runs += 1;
-                    }
-                    // Then crash it again at each action of its recovery
-                    // (its second life): the recovery's own persists and
-                    // sends are crash points too.
-                    let again = w.nodes[node].actions[1];
-                    for action in 0..again {
-                        for when in [When::Before, When::After] {
-                            let second = CrashPoint {
-                                node,
-                                life: 2,
-                                action,
-                                when,
-                            };
-                            let w = try_points(vec![first, second], abort_voter);
-                            twice += 1;
-                            *outcomes
-                                .entry((abort_voter.is_some(), w.run_outcome()))
-                                .or_default() += 1;
-                            if w.blocked > 0 {
-                                blocked_runs += 1;
-                            }
+    }
+    for (node, &count) in counts.iter().enumerate() {
+        for action in 0..count {
+            for when in [When::Before, When::After] {
+                let first = CrashPoint {
+                    node,
+                    life: 1,
+                    action,
+                    when,
+                };
+                let w = try_points(vec![first], spec);
+                tried += 1;
+                *outcomes.entry(w.run_outcome()).or_default() += 1;
+                if w.blocked > 0 {
+                    blocked_runs += 1;
+                }
+                // Then crash it again at each action of its recovery (its
+                // second life): the recovery's own persists and sends are
+                // crash points too.
+                let again = w.nodes[node].actions[1];
+                for action in 0..again {
+                    for when in [When::Before, When::After] {
+                        let second = CrashPoint {
+                            node,
+                            life: 2,
+                            action,
+                            when,
+                        };
+                        let w = try_points(vec![first, second], spec);
+                        twice += 1;
+                        *outcomes.entry(w.run_outcome()).or_default() += 1;
+                        if w.blocked > 0 {
+                            blocked_runs += 1;
                         }
                     }
                 }
             }
         }
-        eprintln!("abort voter {abort_voter:?}: actions per node (n0..n3) {counts:?}");
     }
     eprintln!(
-        "{tried} crash points tried (before and after each persist and send of each node, \
-         2 vote patterns), and {twice} runs crashing the same node again at each persist and \
-         send of its recovery; outcomes (n3 votes abort, outcome): {outcomes:?}; \
-         {blocked_runs} runs with a participant blocked for a while"
+        "{:?} pa={} ro={} gc={} snapshot_every={}: (forced writes, messages) {got:?}; actions \
+         per node (n0..n3) {counts:?}; {tried} crash points, {twice} second crashes in recovery; \
+         outcomes {outcomes:?}; {blocked_runs} runs blocked for a while",
+        spec.votes,
+        spec.config.presumed_abort,
+        spec.config.read_only,
+        spec.config.group_commit,
+        spec.config.snapshot_every
     );
-    assert!(tried > 40 && twice > tried);
-    assert!(blocked_runs > 0, "no crash point blocked a participant");
+    assert!(tried > 10 && twice > 0);
+    (tried, twice, blocked_runs)
+}
+
+fn spec(presumed_abort: bool, read_only: bool, votes: [Kind; 3]) -> Spec {
+    Spec {
+        config: TwoPhaseConfig {
+            presumed_abort,
+            read_only,
+            ..TwoPhaseConfig::default()
+        },
+        votes,
+    }
+}
+
+use Kind::{Abort as A, Commit as C, ReadOnly as R};
+
+#[test]
+fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
+    // Coordinator: BEGIN, decision, END; VOTE_REQUEST and the decision to
+    // each participant. Participant: READY, outcome; vote, ACK. An abort
+    // voter logs ABORT only.
+    let (a, b, blocked1) = sweep(
+        &spec(false, false, [C, C, C]),
+        Vote::Commit,
+        Some([(3, 6), (2, 2), (2, 2), (2, 2)]),
+    );
+    let (c, d, blocked2) = sweep(
+        &spec(false, false, [C, C, A]),
+        Vote::Abort,
+        Some([(3, 6), (2, 2), (2, 2), (1, 2)]),
+    );
+    eprintln!(
+        "plain 2PC: {} crash points tried (before and after each persist and send of each \
+         node, 2 vote patterns), and {} runs crashing the same node again at each persist and \
+         send of its recovery",
+        a + c,
+        b + d
+    );
+    assert!(
+        blocked1 + blocked2 > 0,
+        "no crash point blocked a participant"
+    );
+}
+
+#[test]
+fn presumed_abort_at_every_crash_point() {
+    // Commit: no BEGIN (one forced write fewer at the coordinator).
+    sweep(
+        &spec(true, false, [C, C, C]),
+        Vote::Commit,
+        Some([(2, 6), (2, 2), (2, 2), (2, 2)]),
+    );
+    // Abort: no coordinator record at all; GLOBAL_ABORT only to those
+    // that did not vote abort; no ACKs; participants' ABORT not forced.
+    sweep(
+        &spec(true, false, [C, C, A]),
+        Vote::Abort,
+        Some([(0, 5), (1, 1), (1, 1), (0, 1)]),
+    );
+}
+
+#[test]
+fn read_only_participants_at_every_crash_point() {
+    // n3 read-only: it logs nothing, sends VOTE_READ_ONLY only, and gets
+    // no decision.
+    sweep(
+        &spec(false, true, [C, C, R]),
+        Vote::Commit,
+        Some([(3, 5), (2, 2), (2, 2), (0, 1)]),
+    );
+    sweep(
+        &spec(true, true, [C, C, R]),
+        Vote::Commit,
+        Some([(2, 5), (2, 2), (2, 2), (0, 1)]),
+    );
+    // All read-only: no decision to send; without presumed abort the
+    // coordinator still closes its BEGIN with a decision record (no END);
+    // with it, nothing is logged anywhere.
+    sweep(
+        &spec(false, true, [R, R, R]),
+        Vote::Commit,
+        Some([(2, 3), (0, 1), (0, 1), (0, 1)]),
+    );
+    sweep(
+        &spec(true, true, [R, R, R]),
+        Vote::Commit,
+        Some([(0, 3), (0, 1), (0, 1), (0, 1)]),
+    );
+}
+
+#[test]
+fn compaction_at_every_crash_point() {
+    // A snapshot after every record, and the log before it dropped as soon
+    // as it is durable: every crash point meets a log that starts with a
+    // snapshot, or a snapshot in flight. The plain protocol, and then
+    // every switch on at once.
+    let compact = |mut s: Spec| {
+        s.config.snapshot_every = 1;
+        s
+    };
+    sweep(&compact(spec(false, false, [C, C, C])), Vote::Commit, None);
+    sweep(&compact(spec(false, false, [C, C, A])), Vote::Abort, None);
+    let all = |votes| {
+        let mut s = compact(spec(true, true, votes));
+        s.config.group_commit = true;
+        s
+    };
+    sweep(&all([C, C, R]), Vote::Commit, None);
+    sweep(&all([C, A, R]), Vote::Abort, None);
 }

@@ -2,9 +2,10 @@
 //! a typed error, arbitrary bytes never panic, limits are enforced.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ft_commit::snapshot::{MAX_SNAPSHOT_ENTRIES, SnapCoord, SnapPart, Snapshot};
 use ft_commit::{
-    CoordState3, LogRecord, MAX_PARTICIPANTS, MAX_TX_ID, Message, Message3, PartState3, PeerState,
-    Record3, TxId, Vote,
+    CoordState3, DecisionEntry, LogRecord, MAX_BATCH, MAX_PARTICIPANTS, MAX_TX_ID, Message,
+    Message3, PartState3, PeerState, Record3, TxId, Vote,
 };
 use ft_core::NodeId;
 use ft_core::wire::{DecodeError, Wire};
@@ -41,7 +42,50 @@ fn message() -> impl Strategy<Value = Message> {
             coordinator: NodeId(c)
         }),
         (tx(), state).prop_map(|(tx, state)| Message::State { tx, state }),
+        tx().prop_map(|tx| Message::VoteReadOnly { tx }),
+        (tx(), vote()).prop_map(|(tx, heuristic)| Message::HeuristicAck { tx, heuristic }),
     ]
+}
+
+fn opt_vote() -> impl Strategy<Value = Option<Vote>> {
+    proptest::option::of(vote())
+}
+
+fn snapshot() -> impl Strategy<Value = Snapshot> {
+    let coord = (tx(), opt_vote(), nodes(), any::<bool>()).prop_map(
+        |(tx, outcome, participants, ended)| SnapCoord {
+            tx,
+            outcome,
+            participants,
+            ended,
+        },
+    );
+    let part = (
+        tx(),
+        opt_vote(),
+        any::<u64>(),
+        nodes(),
+        opt_vote(),
+        any::<bool>(),
+    )
+        .prop_map(|(tx, outcome, c, participants, heuristic, told)| SnapPart {
+            tx,
+            outcome,
+            coordinator: NodeId(c),
+            participants,
+            heuristic,
+            told,
+        });
+    (
+        proptest::collection::vec(coord, 0..4),
+        proptest::collection::vec(part, 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|(coords, parts, forgotten)| Snapshot {
+            coords,
+            parts,
+            forgotten,
+        })
 }
 
 fn record() -> impl Strategy<Value = LogRecord> {
@@ -66,6 +110,17 @@ fn record() -> impl Strategy<Value = LogRecord> {
             tx,
             coordinator: NodeId(c)
         }),
+        (tx(), vote()).prop_map(|(tx, heuristic)| LogRecord::Heuristic { tx, heuristic }),
+        proptest::collection::vec(
+            (tx(), vote(), nodes()).prop_map(|(tx, outcome, participants)| DecisionEntry {
+                tx,
+                outcome,
+                participants
+            }),
+            0..5
+        )
+        .prop_map(LogRecord::Decisions),
+        snapshot().prop_map(LogRecord::Snapshot),
     ]
 }
 
@@ -134,10 +189,10 @@ fn limits_are_enforced() {
     );
     // Unknown tags are typed errors.
     assert!(matches!(
-        Message::from_bytes(Bytes::from_static(&[9, 0])),
+        Message::from_bytes(Bytes::from_static(&[11, 0])),
         Err(DecodeError::UnknownTag {
             what: "Message",
-            tag: 9
+            tag: 11
         })
     ));
     assert!(matches!(
@@ -160,6 +215,55 @@ fn limits_are_enforced() {
             what: "Vote",
             tag: 5
         })
+    ));
+    assert!(matches!(
+        LogRecord::from_bytes(Bytes::from_static(&[10, 0])),
+        Err(DecodeError::UnknownTag {
+            what: "LogRecord",
+            tag: 10
+        })
+    ));
+    assert!(matches!(
+        Message::from_bytes(Bytes::from_static(&[10, 0, 9])),
+        Err(DecodeError::UnknownTag {
+            what: "Vote",
+            tag: 9
+        })
+    ));
+    // A forged batch or snapshot length costs nothing.
+    let mut b = BytesMut::new();
+    b.put_u8(8);
+    b.put_u16_le(MAX_BATCH as u16 + 1);
+    assert_eq!(
+        LogRecord::from_bytes(b.freeze()),
+        Err(DecodeError::Oversized {
+            len: MAX_BATCH + 1,
+            max: MAX_BATCH
+        })
+    );
+    let mut b = BytesMut::new();
+    b.put_u8(9);
+    b.put_u8(0);
+    b.put_u32_le(MAX_SNAPSHOT_ENTRIES as u32 + 1);
+    assert_eq!(
+        LogRecord::from_bytes(b.freeze()),
+        Err(DecodeError::Oversized {
+            len: MAX_SNAPSHOT_ENTRIES + 1,
+            max: MAX_SNAPSHOT_ENTRIES
+        })
+    );
+    let mut b = BytesMut::new();
+    b.put_u8(9);
+    b.put_u8(0);
+    b.put_u32_le(1000);
+    assert!(matches!(
+        LogRecord::from_bytes(b.freeze()),
+        Err(DecodeError::Truncated { .. })
+    ));
+    // A snapshot's flag byte is 0 or 1.
+    assert!(matches!(
+        LogRecord::from_bytes(Bytes::from_static(&[9, 7, 0, 0, 0, 0, 0, 0, 0, 0])),
+        Err(DecodeError::UnknownTag { what: "bool", .. })
     ));
 }
 
