@@ -836,21 +836,21 @@ fn main() {
     println!("load average after: {}", loadavg());
     println!();
     println!(
-        "| protocol | concurrent tx | tx/s (median of {runs}) | vs PostgreSQL | messages/tx (documented) | log writes/tx (documented) | fsync/tx |"
+        "| protocol | concurrent tx | tx/s (median of {runs}) | vs PostgreSQL | messages/tx (documented) | log writes/tx (documented) | fsync/tx | tx checked |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut mismatches = Vec::new();
     for conc in CONCURRENCY {
         let pg = pg_runs.get(&conc).map(|v| median(v.clone()));
         match pg {
             Some(tps) => println!(
-                "| PostgreSQL 2PC (3 databases) | {conc} | {tps:.0} | 1.00 | - | 6 forced (3 PREPARE, 3 COMMIT PREPARED) | - |"
+                "| PostgreSQL 2PC (3 databases) | {conc} | {tps:.0} | 1.00 | - | 6 forced (3 PREPARE, 3 COMMIT PREPARED) | - | - |"
             ),
-            None => println!("| PostgreSQL 2PC (3 databases) | {conc} | n/a | - | - | - | - |"),
+            None => println!("| PostgreSQL 2PC (3 databases) | {conc} | n/a | - | - | - | - | - |"),
         }
         for (i, entry) in entries.iter().enumerate() {
             let Some(rs) = ft_runs.get(&(i, conc)) else {
-                println!("| {} | {conc} | failed | - | - | - | - |", entry.name);
+                println!("| {} | {conc} | failed | - | - | - | - | - |", entry.name);
                 continue;
             };
             let tps = median(rs.iter().map(|r| r.tx_per_s).collect());
@@ -858,8 +858,10 @@ fn main() {
             let msgs = median(rs.iter().map(|r| r.msgs_per_tx).collect());
             let writes = median(rs.iter().map(|r| r.writes_per_tx).collect());
             let fsyncs = median(rs.iter().map(|r| r.fsyncs_per_tx).collect());
+            // Transactions whose counts were checked, over all runs.
+            let checked: u64 = rs.iter().map(|r| r.committed).sum();
             println!(
-                "| {} | {conc} | {tps:.0} | {ratio} | {msgs:.2} ({}) | {writes:.2} ({}) | {fsyncs:.2} |",
+                "| {} | {conc} | {tps:.0} | {ratio} | {msgs:.2} ({}) | {writes:.2} ({}) | {fsyncs:.2} | {checked} |",
                 entry.name,
                 entry.costs.msgs(),
                 entry.costs.writes(),
