@@ -6,7 +6,11 @@
 //! ```text
 //! cargo bench -p ft-commit --bench commit
 //! FT_COMMIT_BENCH_RUNS=5 FT_COMMIT_BENCH_SECS=2 cargo bench -p ft-commit --bench commit
+//! FT_COMMIT_BENCH_PROTOCOLS=2PC,3PC FT_COMMIT_BENCH_POSTGRES=0 cargo bench -p ft-commit --bench commit
 //! ```
+//!
+//! `FT_COMMIT_BENCH_PROTOCOLS` picks entries of [`protocols`] by name (all
+//! by default); `FT_COMMIT_BENCH_POSTGRES=0` skips the baseline.
 //!
 //! # The ft setup
 //!
@@ -757,6 +761,12 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// "min–max" of `xs`, rounded.
+fn range(xs: impl Iterator<Item = f64>) -> String {
+    let (lo, hi) = xs.fold((f64::INFINITY, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    format!("{lo:.0}–{hi:.0}")
+}
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -788,18 +798,32 @@ fn main() {
         loadavg()
     );
 
-    let entries = protocols();
-    let cluster = match Cluster::start(&base) {
-        Ok(c) => match rt.block_on(c.create_databases()) {
-            Ok(()) => Some(c),
+    let entries: Vec<Entry> = match std::env::var("FT_COMMIT_BENCH_PROTOCOLS") {
+        Ok(names) => {
+            let names: Vec<&str> = names.split(',').map(str::trim).collect();
+            protocols()
+                .into_iter()
+                .filter(|e| names.contains(&e.name))
+                .collect()
+        }
+        Err(_) => protocols(),
+    };
+    let cluster = if env_or("FT_COMMIT_BENCH_POSTGRES", 1) == 0 {
+        println!("PostgreSQL baseline skipped (FT_COMMIT_BENCH_POSTGRES=0)");
+        None
+    } else {
+        match Cluster::start(&base) {
+            Ok(c) => match rt.block_on(c.create_databases()) {
+                Ok(()) => Some(c),
+                Err(e) => {
+                    println!("PostgreSQL baseline unavailable: {e}");
+                    None
+                }
+            },
             Err(e) => {
                 println!("PostgreSQL baseline unavailable: {e}");
                 None
             }
-        },
-        Err(e) => {
-            println!("PostgreSQL baseline unavailable: {e}");
-            None
         }
     };
 
@@ -836,21 +860,27 @@ fn main() {
     println!("load average after: {}", loadavg());
     println!();
     println!(
-        "| protocol | concurrent tx | tx/s (median of {runs}) | vs PostgreSQL | messages/tx (documented) | log writes/tx (documented) | fsync/tx | tx checked |"
+        "| protocol | concurrent tx | tx/s (median of {runs}) | min–max | vs PostgreSQL | messages/tx (documented) | log writes/tx (documented) | fsync/tx | tx checked |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut mismatches = Vec::new();
     for conc in CONCURRENCY {
         let pg = pg_runs.get(&conc).map(|v| median(v.clone()));
         match pg {
             Some(tps) => println!(
-                "| PostgreSQL 2PC (3 databases) | {conc} | {tps:.0} | 1.00 | - | 6 forced (3 PREPARE, 3 COMMIT PREPARED) | - | - |"
+                "| PostgreSQL 2PC (3 databases) | {conc} | {tps:.0} | {} | 1.00 | - | 6 forced (3 PREPARE, 3 COMMIT PREPARED) | - | - |",
+                range(pg_runs[&conc].iter().copied())
             ),
-            None => println!("| PostgreSQL 2PC (3 databases) | {conc} | n/a | - | - | - | - | - |"),
+            None => {
+                println!("| PostgreSQL 2PC (3 databases) | {conc} | n/a | - | - | - | - | - | - |")
+            }
         }
         for (i, entry) in entries.iter().enumerate() {
             let Some(rs) = ft_runs.get(&(i, conc)) else {
-                println!("| {} | {conc} | failed | - | - | - | - | - |", entry.name);
+                println!(
+                    "| {} | {conc} | failed | - | - | - | - | - | - |",
+                    entry.name
+                );
                 continue;
             };
             let tps = median(rs.iter().map(|r| r.tx_per_s).collect());
@@ -861,8 +891,9 @@ fn main() {
             // Transactions whose counts were checked, over all runs.
             let checked: u64 = rs.iter().map(|r| r.committed).sum();
             println!(
-                "| {} | {conc} | {tps:.0} | {ratio} | {msgs:.2} ({}) | {writes:.2} ({}) | {fsyncs:.2} | {checked} |",
+                "| {} | {conc} | {tps:.0} | {} | {ratio} | {msgs:.2} ({}) | {writes:.2} ({}) | {fsyncs:.2} | {checked} |",
                 entry.name,
+                range(rs.iter().map(|r| r.tx_per_s)),
                 entry.costs.msgs(),
                 entry.costs.writes(),
             );
