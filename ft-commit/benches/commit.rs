@@ -192,6 +192,17 @@ fn protocols() -> Vec<Entry> {
     ]
 }
 
+/// Aborts its tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// A node's driver, its counters, and the fdatasyncs of its log.
 struct Node {
     stats: StatsReader,
@@ -231,6 +242,9 @@ where
 
     let mut nodes = Vec::new();
     let mut handles = Vec::new();
+    // Stops every driver and task of this run however it ends (an early
+    // error return included), so that none outlives it.
+    let mut guard = AbortOnDrop(Vec::new());
     for (&id, ch) in ids.iter().zip(channels) {
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
@@ -252,6 +266,7 @@ where
             opened.log,
             DriverConfig::default(),
         );
+        guard.0.push(driver.abort_handle());
         nodes.push(Node {
             stats: handle.stats_reader(),
             syncs,
@@ -263,14 +278,13 @@ where
     let mut coord = handles.next().expect("the coordinator");
 
     // Participants: vote commit at once, count commits.
-    let mut tasks = Vec::new();
     let mut part_commits = Vec::new();
     let trouble = Arc::new(AtomicU64::new(0));
     for mut h in handles {
         let commits = Arc::new(AtomicU64::new(0));
         part_commits.push(commits.clone());
         let trouble = trouble.clone();
-        tasks.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while let Some(ev) = h.next_event().await {
                 match ev {
                     Event::Prepare { tx } => {
@@ -287,7 +301,8 @@ where
                     }
                 }
             }
-        }));
+        });
+        guard.0.push(task.abort_handle());
     }
 
     // The coordinator's closed loop.
@@ -345,9 +360,8 @@ where
     let elapsed = last.duration_since(start).as_secs_f64();
     // Keep reading the coordinator's events (Finished) so that it never
     // waits on a full event queue while it finishes.
-    tasks.push(tokio::spawn(async move {
-        while coord.next_event().await.is_some() {}
-    }));
+    let drain = tokio::spawn(async move { while coord.next_event().await.is_some() {} });
+    guard.0.push(drain.abort_handle());
 
     // Drain: every participant has committed every transaction, then the
     // counters settle (2PC's END after the last ACKs).
@@ -382,9 +396,7 @@ where
 
     let counters: Vec<Counters> = nodes.iter().map(|n| n.stats.counters()).collect();
     let syncs: u64 = nodes.iter().map(|n| n.syncs.load(Ordering::Relaxed)).sum();
-    for t in tasks {
-        t.abort();
-    }
+    drop(guard);
     for n in nodes {
         n.driver.abort();
         let _ = n.driver.await;
