@@ -704,11 +704,7 @@ impl OutcomeWatch {
     /// [`CommitError::Closed`] (executed: Unknown) if the node stopped
     /// first.
     pub async fn decided(&mut self) -> Result<Outcome, CommitError> {
-        match self
-            .rx
-            .wait_for(|o| o.is_some_and(|o| o.is_final()))
-            .await
-        {
+        match self.rx.wait_for(|o| o.is_some_and(|o| o.is_final())).await {
             Ok(o) => Ok(o.expect("waited for Some")),
             Err(_) => Err(CommitError::Closed {
                 executed: Executed::Unknown,

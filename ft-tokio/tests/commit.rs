@@ -35,7 +35,9 @@ impl Cluster {
         drop(socks);
         Cluster {
             addrs,
-            dirs: (0..N).map(|i| TestDir::new(&format!("{tag}-{i}"))).collect(),
+            dirs: (0..N)
+                .map(|i| TestDir::new(&format!("{tag}-{i}")))
+                .collect(),
             resources: (0..N).map(|_| Arc::new(MemResource::new())).collect(),
         }
     }
@@ -147,10 +149,7 @@ async fn a_restart_reports_logged_outcomes_and_reapplies_them() {
             outcome: Some(Vote::Commit)
         }]
     );
-    assert_eq!(
-        coordinator.outcome(&id).current(),
-        Some(Outcome::Committed)
-    );
+    assert_eq!(coordinator.outcome(&id).current(), Some(Outcome::Committed));
     assert_eq!(
         participant.recovered(),
         &[Logged {
@@ -234,7 +233,12 @@ async fn blocked_participants_learn_the_outcome_after_the_coordinator_restarts()
     for (i, p) in participants.iter().enumerate() {
         let mut w = p.outcome(&id);
         let blocked = within(w.wait_blocked()).await;
-        assert_eq!(blocked, Outcome::Blocked { on: NodeId(0) }, "node {}", i + 1);
+        assert_eq!(
+            blocked,
+            Outcome::Blocked { on: NodeId(0) },
+            "node {}",
+            i + 1
+        );
         assert!(p.stats().blocked >= 1);
     }
     assert!(c.resources[3].decide_heuristically(&id, Vote::Commit));
