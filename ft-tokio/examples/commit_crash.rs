@@ -304,8 +304,10 @@ fn watch<C: CommitCore>(node: &Arc<CommitNode<C>>, tx: TxId) {
         let mut last = None;
         loop {
             let now = w.current();
-            if now.is_some() && now != last {
-                say(format_args!("outcome {tx}: {}", now.expect("some")));
+            if let Some(o) = now
+                && now != last
+            {
+                say(format_args!("outcome {tx}: {o}"));
                 last = now;
             }
             if now.is_some_and(|o| o.is_final()) || w.changed().await.is_err() {

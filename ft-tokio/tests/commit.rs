@@ -81,8 +81,8 @@ async fn commits_at_every_participant_and_each_learns_it() {
     t.enlist(NodeId(1)).enlist(NodeId(2)).enlist(NodeId(3));
     let id = t.id().clone();
     assert_eq!(within(t.commit()).await, Ok(Outcome::Committed));
-    for i in 1..N as usize {
-        let outcome = within(nodes[i].outcome(&id).decided()).await;
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let outcome = within(node.outcome(&id).decided()).await;
         assert_eq!(outcome, Ok(Outcome::Committed), "node {i}");
         assert_eq!(c.resources[i].state(&id), Some(MemState::Committed));
         assert_eq!(c.resources[i].calls().prepares, 1);
@@ -105,9 +105,9 @@ async fn one_abort_vote_aborts_everywhere() {
     let mut t = nodes[0].begin_with(id.clone());
     t.enlist(NodeId(1)).enlist(NodeId(2)).enlist(NodeId(3));
     assert_eq!(within(t.commit()).await, Ok(Outcome::Aborted));
-    for i in 1..N as usize {
+    for (i, node) in nodes.iter().enumerate().skip(1) {
         assert_eq!(
-            within(nodes[i].outcome(&id).decided()).await,
+            within(node.outcome(&id).decided()).await,
             Ok(Outcome::Aborted),
             "node {i}"
         );
@@ -129,8 +129,8 @@ async fn a_restart_reports_logged_outcomes_and_reapplies_them() {
     let mut t = nodes[0].begin_with(id.clone());
     t.enlist(NodeId(1)).enlist(NodeId(2));
     assert_eq!(within(t.commit()).await, Ok(Outcome::Committed));
-    for i in 1..3 {
-        within(nodes[i].outcome(&id).decided()).await.unwrap();
+    for node in &nodes[1..3] {
+        within(node.outcome(&id).decided()).await.unwrap();
     }
     let first = nodes[0].incarnation();
     for n in nodes {
@@ -299,9 +299,9 @@ async fn three_phase_commit_runs_through_the_same_api() {
     t.enlist(NodeId(1)).enlist(NodeId(2)).enlist(NodeId(3));
     let id = t.id().clone();
     assert_eq!(within(t.commit()).await, Ok(Outcome::Committed));
-    for i in 1..N as usize {
+    for (i, node) in nodes.iter().enumerate().skip(1) {
         assert_eq!(
-            within(nodes[i].outcome(&id).decided()).await,
+            within(node.outcome(&id).decided()).await,
             Ok(Outcome::Committed)
         );
         assert_eq!(c.resources[i].state(&id), Some(MemState::Committed));
