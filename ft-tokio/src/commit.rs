@@ -398,18 +398,17 @@ where
             next_tx: AtomicU64::new(0),
             counts: Counts::default(),
         });
-        // A coordinator's logged decisions are outcomes now; an undecided
-        // transaction is still this node's (its id is not to be begun
-        // again). A participant's logged outcomes come back as events,
-        // to be applied to the resource again first.
+        // A coordinator's logged decisions are outcomes now (2PC does not
+        // tell them again once every participant acknowledged). A
+        // participant's logged outcomes come back as events, to be applied
+        // to the resource again first. (An id coordinated in an earlier
+        // life is refused by the core itself.)
         for l in &recovered {
-            if l.role == Role::Coordinator {
+            if let (Role::Coordinator, Some(v)) = (l.role, l.outcome) {
                 let mut txs = shared.lock();
-                let e = entry(&mut txs, &l.tx);
-                e.coordinated = true;
-                if let Some(v) = l.outcome {
-                    e.outcome.send_replace(Some(Outcome::of(v)));
-                }
+                entry(&mut txs, &l.tx)
+                    .outcome
+                    .send_replace(Some(Outcome::of(v)));
             }
         }
         let driver_task = tokio::spawn(run);
@@ -736,7 +735,8 @@ enum Call {
 
 struct TxEntry {
     outcome: watch::Sender<Option<Outcome>>,
-    /// Begun here, or found in the log as coordinated here.
+    /// Begun here in this life: a second [`Transaction::commit`] of the
+    /// id is refused before it can take the first one's waiter.
     coordinated: bool,
     /// [`Transaction::commit`] waiting for the decision.
     waiter: Option<oneshot::Sender<Result<Outcome, CommitError>>>,
@@ -932,4 +932,69 @@ fn seed_from_clock() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            me: NodeId(0),
+            incarnation: Incarnation::FIRST,
+            resource: None,
+            voted: Box::new(|_, _| {}),
+            txs: Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            next_tx: AtomicU64::new(0),
+            counts: Counts::default(),
+        })
+    }
+
+    fn current(s: &Shared, tx: &TxId) -> Option<Outcome> {
+        *s.lock()[tx].outcome.borrow()
+    }
+
+    /// A final outcome never goes back to Blocked: a Blocked told late
+    /// (the node coordinates the transaction and takes part in it) is
+    /// ignored.
+    #[test]
+    fn a_final_outcome_is_not_undone_by_a_late_blocked() {
+        let s = shared();
+        let tx = TxId::new(&b"t"[..]).unwrap();
+        s.on_event(Event::Blocked {
+            tx: tx.clone(),
+            coordinator: NodeId(0),
+        });
+        assert_eq!(current(&s, &tx), Some(Outcome::Blocked { on: NodeId(0) }));
+        s.on_event(Event::Decided {
+            tx: tx.clone(),
+            outcome: Vote::Commit,
+        });
+        s.on_event(Event::Blocked {
+            tx: tx.clone(),
+            coordinator: NodeId(0),
+        });
+        assert_eq!(current(&s, &tx), Some(Outcome::Committed));
+        assert_eq!(s.counts.blocked.load(Ordering::Relaxed), 2);
+    }
+
+    /// A heuristic report is the worse news and stays: a decision told
+    /// after it (a coordinator that is its own participant, told the
+    /// decision again after a restart) does not hide it.
+    #[test]
+    fn a_heuristic_report_is_not_hidden_by_a_later_decision() {
+        let s = shared();
+        let tx = TxId::new(&b"t"[..]).unwrap();
+        let heuristic = Outcome::Heuristic {
+            outcome: Vote::Commit,
+            resource: Vote::Abort,
+        };
+        set_final(entry(&mut s.lock(), &tx), heuristic);
+        s.on_event(Event::Decided {
+            tx: tx.clone(),
+            outcome: Vote::Commit,
+        });
+        assert_eq!(current(&s, &tx), Some(heuristic));
+    }
 }

@@ -282,6 +282,92 @@ async fn blocked_participants_learn_the_outcome_after_the_coordinator_restarts()
     }
 }
 
+/// Two commits of one id at once: one runs, the other is refused
+/// (executed: No) and does not take the first one's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_commit_of_the_same_id_is_refused_and_the_first_completes() {
+    let c = Cluster::new("commit-twice");
+    let nodes = c.start_all().await;
+    let id = tx("t-twice");
+    let mut first = nodes[0].begin_with(id.clone());
+    first.enlist(NodeId(1));
+    let mut second = nodes[0].begin_with(id.clone());
+    second.enlist(NodeId(2));
+    let (a, b) = within(async { tokio::join!(first.commit(), second.commit()) }).await;
+    assert_eq!(a, Ok(Outcome::Committed));
+    let refused = b.unwrap_err();
+    assert!(matches!(refused, CommitError::Refused { .. }), "{refused}");
+    assert_eq!(refused.executed(), Executed::No);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A resource whose prepare waits to be released, recording the order of
+/// the calls it gets.
+struct SlowPrepare {
+    release: Notify,
+    calls: std::sync::Mutex<Vec<&'static str>>,
+}
+
+#[async_trait]
+impl ft_commit::Resource for SlowPrepare {
+    async fn prepare(&self, _: &TxId) -> Vote {
+        self.calls.lock().unwrap().push("prepare begins");
+        self.release.notified().await;
+        self.calls.lock().unwrap().push("prepare ends");
+        Vote::Commit
+    }
+    async fn commit(&self, _: &TxId) -> ft_commit::Applied {
+        self.calls.lock().unwrap().push("commit");
+        ft_commit::Applied::Done
+    }
+    async fn abort(&self, _: &TxId) -> ft_commit::Applied {
+        self.calls.lock().unwrap().push("abort");
+        ft_commit::Applied::Done
+    }
+}
+
+/// The participant's INIT timeout aborts while its resource is still
+/// preparing: the abort waits for the prepare, so the resource never ends
+/// up prepared after being told to abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_during_a_prepare_waits_for_it() {
+    let c = Cluster::new("commit-slow-prepare");
+    let slow = Arc::new(SlowPrepare {
+        release: Notify::new(),
+        calls: std::sync::Mutex::new(Vec::new()),
+    });
+    let coordinator = c.builder(0).start().await.unwrap();
+    let participant = c
+        .builder(1)
+        .resource(slow.clone())
+        .configure(|cfg| cfg.prepare_timeout = Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let mut t = coordinator.begin();
+    t.enlist(NodeId(1));
+    let id = t.id().clone();
+    // The participant timed out in INIT, logged ABORT and voted abort.
+    assert_eq!(within(t.commit()).await, Ok(Outcome::Aborted));
+    assert!(
+        !slow.calls.lock().unwrap().contains(&"abort"),
+        "not while the prepare runs"
+    );
+    slow.release.notify_one();
+    assert_eq!(
+        within(participant.outcome(&id).decided()).await,
+        Ok(Outcome::Aborted)
+    );
+    assert_eq!(
+        *slow.calls.lock().unwrap(),
+        vec!["prepare begins", "prepare ends", "abort"]
+    );
+    coordinator.shutdown().await.unwrap();
+    participant.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_phase_commit_runs_through_the_same_api() {
     let c = Cluster::new("commit-3pc");
