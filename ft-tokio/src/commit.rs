@@ -979,6 +979,28 @@ mod tests {
         assert_eq!(s.counts.blocked.load(Ordering::Relaxed), 2);
     }
 
+    /// A transaction's worker ends once its outcome is applied: no idle
+    /// task (and queue) per transaction stays behind.
+    #[tokio::test]
+    async fn the_resource_worker_ends_after_the_outcome() {
+        let s = shared();
+        let tx = TxId::new(&b"t"[..]).unwrap();
+        s.on_event(Event::Prepare { tx: tx.clone() });
+        assert!(s.lock()[&tx].worker.is_some(), "a worker runs");
+        s.on_event(Event::Commit { tx: tx.clone() });
+        // The worker holds the only other reference to the shared state:
+        // it is gone once the count is back to one.
+        let gone = async {
+            while Arc::strong_count(&s) > 1 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), gone)
+            .await
+            .expect("the worker ended");
+        assert_eq!(current(&s, &tx), Some(Outcome::Committed));
+    }
+
     /// A heuristic report is the worse news and stays: a decision told
     /// after it (a coordinator that is its own participant, told the
     /// decision again after a restart) does not hide it.

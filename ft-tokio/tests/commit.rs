@@ -123,7 +123,7 @@ async fn one_abort_vote_aborts_everywhere() {
 /// resource again (here a fresh one: the first life's work is "lost").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_reports_logged_outcomes_and_reapplies_them() {
-    let mut c = Cluster::new("commit-restart");
+    let c = Cluster::new("commit-restart");
     let nodes = c.start_all().await;
     let id = tx("t-restart");
     let mut t = nodes[0].begin_with(id.clone());
@@ -137,9 +137,15 @@ async fn a_restart_reports_logged_outcomes_and_reapplies_them() {
         n.shutdown().await.unwrap();
     }
 
-    c.resources[1] = Arc::new(MemResource::new());
+    // The participant's next life has a resource whose commit waits to be
+    // released: its outcome must not be reported before the resource
+    // applied it.
+    let gated = Arc::new(Gated {
+        mem: MemResource::new(),
+        release: Notify::new(),
+    });
     let coordinator = c.builder(0).start().await.unwrap();
-    let participant = c.builder(1).start().await.unwrap();
+    let participant = c.builder(1).resource(gated.clone()).start().await.unwrap();
     assert!(coordinator.incarnation() > first, "a new life");
     assert_eq!(
         coordinator.recovered(),
@@ -159,11 +165,17 @@ async fn a_restart_reports_logged_outcomes_and_reapplies_them() {
         }]
     );
     assert_eq!(
+        participant.outcome(&id).current(),
+        None,
+        "not before the resource committed"
+    );
+    gated.release.notify_one();
+    assert_eq!(
         within(participant.outcome(&id).decided()).await,
         Ok(Outcome::Committed)
     );
-    assert_eq!(c.resources[1].calls().commits, 1, "applied again");
-    assert_eq!(c.resources[1].state(&id), Some(MemState::Committed));
+    assert_eq!(gated.mem.calls().commits, 1, "applied again");
+    assert_eq!(gated.mem.state(&id), Some(MemState::Committed));
 
     let mut again = coordinator.begin_with(id.clone());
     again.enlist(NodeId(1));
@@ -300,6 +312,26 @@ async fn a_second_commit_of_the_same_id_is_refused_and_the_first_completes() {
     assert_eq!(refused.executed(), Executed::No);
     for n in nodes {
         n.shutdown().await.unwrap();
+    }
+}
+
+/// A MemResource whose commit waits to be released.
+struct Gated {
+    mem: MemResource,
+    release: Notify,
+}
+
+#[async_trait]
+impl ft_commit::Resource for Gated {
+    async fn prepare(&self, tx: &TxId) -> Vote {
+        self.mem.prepare(tx).await
+    }
+    async fn commit(&self, tx: &TxId) -> ft_commit::Applied {
+        self.release.notified().await;
+        self.mem.commit(tx).await
+    }
+    async fn abort(&self, tx: &TxId) -> ft_commit::Applied {
+        self.mem.abort(tx).await
     }
 }
 
