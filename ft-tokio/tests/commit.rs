@@ -15,6 +15,7 @@ use ft_core::{Lsn, NodeId, StableLog, StorageError};
 use ft_rpc::rpc::Executed;
 use ft_storage::FileLog;
 use ft_storage::testdir::TestDir;
+use ft_tokio::Transport;
 use ft_tokio::commit::{CommitError, CommitNode, CommitNodeBuilder, Outcome};
 use tokio::sync::Notify;
 
@@ -91,6 +92,34 @@ async fn commits_at_every_participant_and_each_learns_it() {
     assert_eq!(c.resources[0].calls().prepares, 0);
     assert_eq!(nodes[0].outcome(&id).current(), Some(Outcome::Committed));
     assert_eq!(nodes[0].stats().decided, 1);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_over_tcp_too() {
+    let c = Cluster::new("commit-tcp");
+    let mut nodes = Vec::new();
+    for i in 0..N {
+        nodes.push(
+            c.builder(i)
+                .transport(Transport::Tcp)
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let mut t = nodes[0].begin();
+    t.enlist(NodeId(1)).enlist(NodeId(2)).enlist(NodeId(3));
+    let id = t.id().clone();
+    assert_eq!(within(t.commit()).await, Ok(Outcome::Committed));
+    for node in &nodes[1..] {
+        assert_eq!(
+            within(node.outcome(&id).decided()).await,
+            Ok(Outcome::Committed)
+        );
+    }
     for n in nodes {
         n.shutdown().await.unwrap();
     }
