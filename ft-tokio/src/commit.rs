@@ -21,7 +21,9 @@
 //! The calls on the resource of one transaction are made one after the
 //! other, in the order the core asked for them (an abort that comes while
 //! a prepare is still running waits for it); different transactions run
-//! side by side.
+//! side by side. A call that panics ends its transaction's worker: the
+//! outcome of that transaction stays unknown at this node (later calls
+//! start a new worker) until the next life applies it again.
 //!
 //! # Example
 //!
