@@ -2,11 +2,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod commit_core;
+pub mod resource;
 pub mod snapshot;
 pub mod three_phase;
 pub mod two_phase;
 pub mod wire;
 
+pub use commit_core::{CommitCore, Logged, Role};
+pub use resource::{Applied, Resource};
 pub use three_phase::{
     CoordState3, Message3, PartState3, Record3, ThreePhase, ThreePhaseConfig,
     ThreePhaseConfigError, Timer3,

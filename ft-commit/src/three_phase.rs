@@ -582,6 +582,11 @@ impl ThreePhase {
         self.parts.iter().map(|(t, p)| (t, p.state))
     }
 
+    /// Every transaction this node coordinates, with its state.
+    pub fn coordinated(&self) -> impl Iterator<Item = (&TxId, CoordState3)> {
+        self.coords.iter().map(|(t, c)| (t, c.state))
+    }
+
     /// Whether this node runs termination for `tx` as elected coordinator.
     pub fn is_terminating(&self, tx: &TxId) -> bool {
         self.parts.get(tx).is_some_and(|p| p.term.is_some())

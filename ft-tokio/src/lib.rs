@@ -4,6 +4,7 @@
 
 mod book;
 pub mod clock;
+pub mod commit;
 pub mod durable;
 pub mod node;
 mod spawn;
@@ -11,6 +12,7 @@ pub mod tcp;
 pub mod udp;
 
 pub use clock::TokioClock;
+pub use commit::{CommitError, CommitNode, CommitNodeBuilder, Outcome};
 pub use durable::Opened;
 pub use node::{NodeError, NodeStats, Prepared, RpcNode, RpcNodeBuilder, Transport};
 pub use spawn::{NoLog, spawn, spawn_volatile};
