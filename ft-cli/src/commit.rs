@@ -396,6 +396,15 @@ impl<P: Core> Run<P> {
                     o.node
                 ),
                 Event::Finished { .. } => format!("{} heard every acknowledgement", o.node),
+                Event::Heuristic {
+                    participant,
+                    outcome,
+                    heuristic,
+                    ..
+                } => format!(
+                    "{}: HEURISTIC outcome at {participant}: decided {heuristic:?} by hand, the outcome is {outcome:?}",
+                    o.node
+                ),
                 Event::Refused { reason, .. } => {
                     format!("{} refused the transaction: {reason}", o.node)
                 }
