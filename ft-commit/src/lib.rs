@@ -2,10 +2,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod paxos_commit;
+pub mod paxos_wire;
 pub mod three_phase;
 pub mod two_phase;
 pub mod wire;
 
+pub use paxos_commit::{PaxosCommit, PaxosConfig, PaxosTimer, RmState};
+pub use paxos_wire::{Ballot, PaxosMessage, PaxosRecord, Report, Value};
 pub use three_phase::{
     CoordState3, Message3, PartState3, Record3, ThreePhase, ThreePhaseConfig, Timer3,
 };
