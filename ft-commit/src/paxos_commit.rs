@@ -463,6 +463,11 @@ impl PaxosCommit {
             self.out.cancel_timer(t);
         }
         self.coord_learned(tx, outcome);
+        // A leader that is an RM of `tx` applies the outcome itself.
+        if self.rms.contains_key(tx) {
+            to.retain(|&n| n != self.me);
+            self.rm_outcome(self.me, tx.clone(), outcome);
+        }
         for n in to {
             self.out.send(
                 n,
@@ -944,8 +949,9 @@ impl PaxosCommit {
             );
             return;
         }
-        if self.leads.get(tx).is_some_and(|l| l.decided.is_some()) {
-            return;
+        if let Some(outcome) = self.leads.get(tx).and_then(|l| l.decided) {
+            // Our leader half knows it (the RM half was busy then).
+            return self.rm_outcome(me, tx.clone(), outcome);
         }
         if self.is_leading(tx) {
             // Already leading (its own timer moves it on).
