@@ -52,6 +52,10 @@
 //! one value is chosen per instance, so they cannot disagree; timing only
 //! decides when an outcome is reached.
 //!
+//! A recovered RM in Prepared starts its rounds with the one that elects
+//! itself: it missed what happened while down, and the others have likely
+//! decided and gone quiet.
+//!
 //! An RM in INIT times out ([`PaxosConfig::prepare_timeout`], from
 //! [`Input::Join`] or [`Event::Prepare`]) and votes Aborted. An RM that
 //! voted Aborted knows the outcome at once (no leader may propose
@@ -1329,11 +1333,22 @@ impl Recover for PaxosCommit {
             core.rms.iter().map(|(t, r)| (t.clone(), r.state)).collect();
         for (tx, state) in rms {
             match state {
-                RmState::Prepared => core.out.set_timer_after(
-                    PaxosTimer::Takeover(tx),
-                    now,
-                    core.config.takeover_timeout,
-                ),
+                RmState::Prepared => {
+                    // A recovered RM missed what happened while it was
+                    // down, and the others have likely decided and gone
+                    // quiet: its first round elects itself.
+                    let me = core.me;
+                    if let Some(r) = core.rms.get_mut(&tx) {
+                        let mut sorted = r.participants.clone();
+                        sorted.sort();
+                        r.round = sorted.iter().position(|&p| p == me).unwrap_or(0);
+                    }
+                    core.out.set_timer_after(
+                        PaxosTimer::Takeover(tx),
+                        now,
+                        core.config.takeover_timeout,
+                    )
+                }
                 RmState::Committed => core.out.event(Event::Commit { tx }),
                 RmState::Aborted => core.out.event(Event::Abort { tx }),
                 RmState::Init => {}
