@@ -435,7 +435,9 @@ fn try_points(
     }
     let outcome = match w.run() {
         Ok(o) => o,
-        Err(e) => panic!("{points:?}, abort voter {abort_voter:?}, down for good {for_good:?}: {e}"),
+        Err(e) => {
+            panic!("{points:?}, abort voter {abort_voter:?}, down for good {for_good:?}: {e}")
+        }
     };
     assert_eq!(w.crashed, points.len(), "{points:?} not all reached");
     (w, outcome)
@@ -466,14 +468,30 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
             let c = w.nodes[i].core.as_ref().unwrap().counters();
             (c.persists, c.messages_sent)
         };
-        assert_eq!(cost(0), (2, 6), "coordinator: BEGIN, DECIDED; PREPARE and OUTCOME to each RM");
+        assert_eq!(
+            cost(0),
+            (2, 6),
+            "coordinator: BEGIN, DECIDED; PREPARE and OUTCOME to each RM"
+        );
         for p in 1..=2 {
-            assert_eq!(cost(p), (2, 3), "RM: VOTED, OUTCOME; phase 2a to each acceptor");
+            assert_eq!(
+                cost(p),
+                (2, 3),
+                "RM: VOTED, OUTCOME; phase 2a to each acceptor"
+            );
         }
-        let n3 = if abort_voter.is_some() { (1, 3) } else { (2, 3) };
+        let n3 = if abort_voter.is_some() {
+            (1, 3)
+        } else {
+            (2, 3)
+        };
         assert_eq!(cost(3), n3, "an Aborted voter logs its vote only");
         for a in 4..=6 {
-            assert_eq!(cost(a), (3, 3), "acceptor: ACCEPTED and phase 2b per instance");
+            assert_eq!(
+                cost(a),
+                (3, 3),
+                "acceptor: ACCEPTED and phase 2b per instance"
+            );
         }
         let total: u64 = (0..NODES).map(|i| cost(i).1).sum();
         // 2N + 2NA with N = 3, A = 3.
