@@ -331,7 +331,7 @@ impl PaxosCommit {
         }
     }
 
-    fn to_acceptors(&mut self, msg: PaxosMessage) {
+    fn send_acceptors(&mut self, msg: PaxosMessage) {
         for a in self.config.acceptors.clone() {
             self.out.send(a, msg.clone());
         }
@@ -422,7 +422,7 @@ impl PaxosCommit {
         };
         let ballot = l.ballot;
         self.stats.leader_rounds += 1;
-        self.to_acceptors(PaxosMessage::Phase1a {
+        self.send_acceptors(PaxosMessage::Phase1a {
             tx: tx.clone(),
             ballot,
             rms: asked,
@@ -596,7 +596,7 @@ impl PaxosCommit {
             return self.decide(&tx, o);
         }
         for (rm, value) in proposals {
-            self.to_acceptors(PaxosMessage::Phase2a {
+            self.send_acceptors(PaxosMessage::Phase2a {
                 tx: tx.clone(),
                 rm,
                 ballot,
@@ -990,7 +990,7 @@ impl PaxosCommit {
                 };
                 let ballot = Ballot::zero(r.coordinator);
                 self.out.cancel_timer(PaxosTimer::Prepare(tx.clone()));
-                self.to_acceptors(PaxosMessage::Phase2a {
+                self.send_acceptors(PaxosMessage::Phase2a {
                     tx: tx.clone(),
                     rm: me,
                     ballot,
