@@ -880,3 +880,136 @@ fn bad_input_is_ignored_and_counted() {
     assert_eq!(h.core.stats().wrong_phase, 1);
     assert_eq!(h.core.rm_state(&tx()), Some(RmState::Init));
 }
+
+/// A few cores wired by hand: persists complete at once, messages wait
+/// in a queue until a test delivers them (so it picks the interleaving).
+struct Net {
+    nodes: std::collections::BTreeMap<NodeId, Harness<PaxosCommit>>,
+    queue: Vec<(NodeId, NodeId, PaxosMessage)>,
+    events: Vec<(NodeId, Event)>,
+}
+
+impl Net {
+    fn new(ids: &[NodeId]) -> Net {
+        Net {
+            nodes: ids
+                .iter()
+                .map(|&n| (n, Harness::<PaxosCommit>::new(&cfg(), n)))
+                .collect(),
+            queue: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn settle(&mut self, n: NodeId) {
+        let h = self.nodes.get_mut(&n).unwrap();
+        let mut d = h.drain();
+        while !d.persists.is_empty() {
+            let mut sends = std::mem::take(&mut d.sends);
+            let mut events = std::mem::take(&mut d.events);
+            for (t, _) in &d.persists {
+                h.persisted(*t);
+            }
+            d = h.drain();
+            sends.append(&mut d.sends);
+            events.append(&mut d.events);
+            d.sends = sends;
+            d.events = events;
+        }
+        for (to, m) in d.sends {
+            self.queue.push((n, to, m));
+        }
+        for e in d.events {
+            self.events.push((n, e));
+        }
+    }
+
+    fn input(&mut self, n: NodeId, i: Input) {
+        self.nodes.get_mut(&n).unwrap().input(i);
+        self.settle(n);
+    }
+
+    fn timer(&mut self, n: NodeId, t: PaxosTimer) {
+        self.nodes.get_mut(&n).unwrap().timer(t);
+        self.settle(n);
+    }
+
+    /// Delivers (and answers, and so on) every queued message `pick`
+    /// accepts, until none is left; the others stay queued.
+    fn deliver(&mut self, pick: impl Fn(NodeId, NodeId, &PaxosMessage) -> bool) {
+        loop {
+            let Some(k) = self.queue.iter().position(|(f, t, m)| pick(*f, *t, m)) else {
+                return;
+            };
+            let (from, to, m) = self.queue.remove(k);
+            self.nodes.get_mut(&to).unwrap().message(from, m);
+            self.settle(to);
+        }
+    }
+
+    fn told(&self, e: &Event) -> Vec<NodeId> {
+        self.events
+            .iter()
+            .filter(|(_, x)| x == e)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+/// Two leaders at once, and a ballot-0 vote arriving after a takeover: the
+/// coordinator has P1 and P2 chosen Prepared in ballot 0 and waits for
+/// P3, whose phase 2a messages are slow; P1 takes over, finds nothing
+/// accepted for P3 at A1, A2, proposes Aborted there and aborts. Then
+/// P3's ballot-0 Prepared reaches A2 and A3: A2 promised ballot 1 and
+/// refuses it, so the coordinator (still in ballot 0, P1's outcome not
+/// yet delivered) never sees P3 chosen Prepared and never commits.
+#[test]
+fn a_late_ballot_0_vote_cannot_overturn_a_takeover() {
+    let mut net = Net::new(&[C, P1, P2, P3, A1, A2, A3]);
+    net.input(
+        C,
+        Input::Begin {
+            tx: tx(),
+            participants: parts(),
+        },
+    );
+    net.deliver(|_, _, m| matches!(m, PaxosMessage::Prepare { .. }));
+    for p in parts() {
+        net.input(
+            p,
+            Input::Voted {
+                tx: tx(),
+                vote: Vote::Commit,
+            },
+        );
+    }
+    // P1's and P2's votes are accepted everywhere; P3's are held back.
+    net.deliver(|f, _, m| f != P3 && !matches!(m, PaxosMessage::Outcome { .. }));
+    assert_eq!(net.nodes[&C].core.decided(&tx()), None);
+    // P1 takes over (round 0 elects it); only A1 and A2 hear it.
+    net.timer(P1, PaxosTimer::Takeover(tx()));
+    net.deliver(|f, t, m| {
+        f != P3 && !matches!(m, PaxosMessage::Outcome { .. }) && t != A3 && t != C
+    });
+    assert_eq!(net.told(&Event::Abort { tx: tx() }), vec![P1]);
+    // Now P3's ballot-0 Prepared arrives at A2 and A3, and their 2b at C.
+    net.deliver(|f, t, m| f == P3 && t != A1 && matches!(m, PaxosMessage::Phase2a { .. }));
+    net.deliver(|f, t, m| {
+        (f == A2 || f == A3) && t == C && matches!(m, PaxosMessage::Phase2b { .. })
+    });
+    assert!(
+        net.nodes[&A2].core.stats().stale_ballot > 0,
+        "A2 refused it"
+    );
+    assert_eq!(net.nodes[&C].core.decided(&tx()), None, "C did not commit");
+    // Everything else, in any order: all abort.
+    net.deliver(|_, t, _| t != C);
+    net.deliver(|_, _, _| true);
+    net.timer(C, PaxosTimer::Votes(tx()));
+    net.deliver(|_, _, _| true);
+    assert_eq!(net.nodes[&C].core.decided(&tx()), Some(Vote::Abort));
+    assert!(net.told(&Event::Commit { tx: tx() }).is_empty());
+    for p in parts() {
+        assert_eq!(net.nodes[&p].core.rm_state(&tx()), Some(RmState::Aborted));
+    }
+}
