@@ -3,9 +3,11 @@
 //! participants drawn from all nodes (acceptors and coordinators among
 //! them), on a network that loses, duplicates, reorders and corrupts, with
 //! a partition {n0, n1} | {n2, n3, n4} that heals, while coordinators,
-//! participants and acceptors crash. Two sweeps: every crash temporary;
-//! and one node (any: a coordinator, an RM, an acceptor — at most F = 1
-//! acceptor) down **for good** beside temporary crashes of the others.
+//! participants and acceptors crash. Three sweeps: every crash temporary;
+//! one node (any: a coordinator, an RM, an acceptor) down **for good**
+//! beside temporary crashes of the others; and n0 (coordinator of a fifth
+//! of the transactions, not an acceptor) **and** one acceptor (F = 1) down
+//! for good.
 //!
 //! After every step: **atomicity** (no transaction committed, or decided
 //! commit, at one node and aborted at another) and **validity** (commit
@@ -175,7 +177,16 @@ fn add(t: &mut CommitStats, s: CommitStats) {
     t.leader_rounds += s.leader_rounds;
 }
 
-fn run(seed: u64, permanent: bool, totals: &mut Totals) {
+/// How many nodes stay down for good: none; one (any); or n0 (a
+/// coordinator, not an acceptor) and one acceptor (F = 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ForGood {
+    None,
+    Any,
+    CoordinatorAndAcceptor,
+}
+
+fn run(seed: u64, permanent: ForGood, totals: &mut Totals) {
     let horizon = Duration::from_secs(3);
     let mut x = Xs(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut plan = FaultPlan {
@@ -193,11 +204,15 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
         },
         ..FaultPlan::default()
     };
-    let down_for_good = permanent.then(|| {
-        let n = NodeId(x.next(N));
+    let mut down_for_good: Vec<NodeId> = match permanent {
+        ForGood::None => vec![],
+        ForGood::Any => vec![NodeId(x.next(N))],
+        ForGood::CoordinatorAndAcceptor => vec![NodeId(0), NodeId(1 + x.next(3))],
+    };
+    for &n in &down_for_good {
         plan.crash(n, Duration::from_millis(50 + x.next(1500)), None);
-        n
-    });
+    }
+    down_for_good.sort();
     // Temporary crashes of the other nodes, one at a time, 20–600 ms.
     let mut at = Duration::ZERO;
     loop {
@@ -207,7 +222,7 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
             break;
         }
         let n = NodeId(x.next(N));
-        if Some(n) != down_for_good {
+        if !down_for_good.contains(&n) {
             plan.crash(n, at, Some(down));
         }
         at += down;
@@ -271,7 +286,7 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
         match sim.step() {
             Ok(true) => {}
             Ok(false) => break,
-            Err(f) => panic!("seed {seed} (permanent {permanent}): {f}"),
+            Err(f) => panic!("seed {seed} (permanent {permanent:?}): {f}"),
         }
         let now = sim.now();
         let asks: Vec<(NodeId, u64, TxId)> = sim.world().events()[seen..]
@@ -295,30 +310,30 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
     for &n in w.node_ids() {
         assert_eq!(
             w.is_up(n),
-            Some(n) != down_for_good,
+            !down_for_good.contains(&n),
             "seed {seed}: {n} up or down at the end"
         );
     }
     for (node, core) in w.cores() {
-        if Some(node) == down_for_good {
+        if down_for_good.contains(&node) {
             continue;
         }
         for (tx, o) in core.coordinated() {
             assert!(
                 o.is_some(),
-                "seed {seed} (permanent {permanent}): coordinator {node} has no outcome of {tx}"
+                "seed {seed} (permanent {permanent:?}): coordinator {node} has no outcome of {tx}"
             );
         }
         for (tx, state) in core.participating() {
             assert!(
                 matches!(state, RmState::Committed | RmState::Aborted),
-                "seed {seed} (permanent {permanent}): {node} has {tx} in {state:?} (coordinator {})",
+                "seed {seed} (permanent {permanent:?}): {node} has {tx} in {state:?} (coordinator {})",
                 coordinators[tx]
             );
         }
         add(&mut totals.stats, core.stats());
     }
-    if let Some(d) = down_for_good {
+    for &d in &down_for_good {
         // Transactions the coordinator never learned the outcome of (no
         // DECIDED in its log) though a live participant had voted
         // Prepared: decided by a leader that took over.
@@ -336,7 +351,7 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
                 **coord == d
                     && !decided_at_d.contains(*tx)
                     && c.participants[*tx].iter().any(|&p| {
-                        p != d
+                        !down_for_good.contains(&p)
                             && prepared_durable(w, p, tx)
                             && w.core(p)
                                 .and_then(|core| core.rm_state(tx))
@@ -362,7 +377,7 @@ fn run(seed: u64, permanent: bool, totals: &mut Totals) {
     totals.checks += c.checks;
 }
 
-fn sweep(permanent: bool) -> Totals {
+fn sweep(permanent: ForGood) -> Totals {
     let mut totals = Totals::default();
     let n = seeds(8);
     let t0 = Instant::now();
@@ -373,7 +388,7 @@ fn sweep(permanent: bool) -> Totals {
         run(seed, permanent, &mut totals);
     }
     eprintln!(
-        "{n} seeds (a node down for good: {permanent}) in {:.1?}: {totals:#?}",
+        "{n} seeds (down for good: {permanent:?}) in {:.1?}: {totals:#?}",
         t0.elapsed()
     );
     if std::env::var("COMMIT_SEED").is_err() {
@@ -388,16 +403,24 @@ fn sweep(permanent: bool) -> Totals {
 
 #[test]
 fn paxos_commit_is_atomic_valid_and_terminates_through_crashes_and_partitions() {
-    sweep(false);
+    sweep(ForGood::None);
 }
 
 #[test]
 fn paxos_commit_terminates_with_a_node_down_for_good() {
-    let t = sweep(true);
+    let t = sweep(ForGood::Any);
     if std::env::var("COMMIT_SEED").is_err() {
         assert!(
             t.decided_without_coordinator > 0,
             "no transaction decided while its coordinator stayed down"
         );
+    }
+}
+
+#[test]
+fn paxos_commit_terminates_with_a_coordinator_and_an_acceptor_down_for_good() {
+    let t = sweep(ForGood::CoordinatorAndAcceptor);
+    if std::env::var("COMMIT_SEED").is_err() {
+        assert!(t.decided_without_coordinator > 0);
     }
 }
