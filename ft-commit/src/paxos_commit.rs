@@ -96,6 +96,15 @@
 //! `2N + 2`), in 4 message delays (PREPARE, 2a, 2b, OUTCOME; 2PC: 3 before
 //! the participants know). With F = 0 the message count equals 2PC's.
 //!
+//! # Counters
+//!
+//! [`CommitStats`] as for 2PC, read this way: `vote_timeouts` counts the
+//! coordinator's ballots above 0 started on its vote timeout,
+//! `vote_requests_resent` PREPAREs sent again, `votes_resent` phase 2a
+//! of an RM's vote sent again for a repeated PREPARE; and the Paxos
+//! fields `forged_sender`, `stale_ballot`, `not_acceptor`,
+//! `leader_rounds` (every ballot above 0 started).
+//!
 //! # Bad input
 //!
 //! Messages about unknown transactions, from a sender that may not send

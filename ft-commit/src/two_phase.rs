@@ -283,8 +283,7 @@ pub struct CommitStats {
     pub terminated_cooperatively: u64,
     /// Participant aborts on the INIT timeout.
     pub prepare_timeouts: u64,
-    /// Coordinator aborts on the vote timeout (Paxos Commit: ballots the
-    /// coordinator ran above 0 on it).
+    /// Coordinator aborts on the vote timeout.
     pub vote_timeouts: u64,
     /// Paxos Commit: messages whose sender may not send them (a phase 2a
     /// in ballot 0 not from its RM, a phase 1a / 2a not from its ballot's
