@@ -149,6 +149,8 @@ struct Totals {
     crashes: u64,
     lost: u64,
     duplicated: u64,
+    reordered: u64,
+    corrupted: u64,
     partitioned: u64,
     persists_lost: u64,
     checks: u64,
@@ -372,6 +374,8 @@ fn run(seed: u64, permanent: ForGood, totals: &mut Totals) {
     totals.crashes += st.crashes;
     totals.lost += st.lost;
     totals.duplicated += st.duplicated;
+    totals.reordered += st.reordered;
+    totals.corrupted += st.corrupted_in_transit;
     totals.partitioned += st.partitioned;
     totals.persists_lost += st.persists_lost;
     totals.checks += c.checks;
@@ -394,6 +398,7 @@ fn sweep(permanent: ForGood) -> Totals {
     if std::env::var("COMMIT_SEED").is_err() {
         assert!(totals.crashes >= n);
         assert!(totals.lost > 0 && totals.duplicated > 0 && totals.partitioned > 0);
+        assert!(totals.reordered > 0 && totals.corrupted > 0);
         assert!(totals.committed > 0 && totals.aborted > 0);
         // Leaders above ballot 0 ran (takeovers and coordinator timeouts).
         assert!(totals.stats.leader_rounds > 0);
