@@ -14,7 +14,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 # --target keeps the flags off build scripts and proc macros.
 cargo build --release --locked --target "$triple" --target-dir target/cov
-for t in frame beat segment copy heartbeat om swim rpc reliable records mcast commit; do
+for t in frame beat segment copy heartbeat om swim rpc reliable records mcast commit commit_paxos; do
   mkdir -p "corpus/$t"
   echo "fuzz: $t for ${secs}s"
   rc=0

@@ -3,6 +3,8 @@
 #![deny(missing_docs)]
 
 pub mod commit_core;
+pub mod paxos_commit;
+pub mod paxos_wire;
 pub mod resource;
 pub mod snapshot;
 pub mod three_phase;
@@ -10,6 +12,8 @@ pub mod two_phase;
 pub mod wire;
 
 pub use commit_core::{CommitCore, Logged, Role};
+pub use paxos_commit::{PaxosCommit, PaxosConfig, PaxosTimer, RmState};
+pub use paxos_wire::{Ballot, PaxosMessage, PaxosRecord, Report, Value};
 pub use resource::{Applied, Resource};
 pub use three_phase::{
     CoordState3, Message3, PartState3, Record3, ThreePhase, ThreePhaseConfig,

@@ -471,6 +471,17 @@ pub struct CommitStats {
     /// Finished transactions dropped from memory (and from the next
     /// snapshot) beyond [`TwoPhaseConfig::keep_finished`].
     pub forgotten: u64,
+    /// Paxos Commit: messages whose sender may not send them (a phase 2a
+    /// in ballot 0 not from its RM, a phase 1a / 2a not from its ballot's
+    /// leader, a phase 1b / 2b not from an acceptor).
+    pub forged_sender: u64,
+    /// Paxos Commit: phase 1a / 2a below an acceptor's promise, phase 1b
+    /// for a ballot the leader left.
+    pub stale_ballot: u64,
+    /// Paxos Commit: acceptor messages to a node that is not an acceptor.
+    pub not_acceptor: u64,
+    /// Paxos Commit: ballots above 0 started (takeovers and retries).
+    pub leader_rounds: u64,
 }
 
 #[derive(Debug)]
