@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use ft_commit::{
-    CommitStats, CoordState, CoordState3, Event, Input, PartState, PartState3, ThreePhase,
-    ThreePhaseConfig, TwoPhase, TwoPhaseConfig, TxId, Vote,
+    CommitStats, CoordState, CoordState3, Event, Input, PartState, PartState3, PaxosCommit,
+    PaxosConfig, RmState, ThreePhase, ThreePhaseConfig, TwoPhase, TwoPhaseConfig, TxId, Vote,
 };
 use ft_core::{NodeId, Protocol, Recover};
 use ft_sim::{Delay, FaultPlan, NetworkFaults, Observed, Sim, SimConfig, World};
@@ -54,6 +54,9 @@ pub(crate) enum Proto {
     /// Three-phase commit with termination by an elected participant.
     #[value(name = "3pc")]
     ThreePc,
+    /// Paxos Commit: each participant's vote chosen by Paxos among three
+    /// acceptors (n1, n2, n3, the participants themselves: F = 1).
+    Paxos,
 }
 
 /// Where the fault strikes (`--crash`).
@@ -224,6 +227,40 @@ impl Core for ThreePhase {
     fn commit_stats(&self) -> CommitStats {
         self.stats()
     }
+}
+
+impl Core for PaxosCommit {
+    const NAME: &'static str = "Paxos Commit";
+    fn config() -> PaxosConfig {
+        PaxosConfig::new(PARTICIPANTS.to_vec())
+    }
+    fn participant(&self, tx: &TxId) -> Option<&'static str> {
+        self.rm_state(tx).map(|s| match s {
+            RmState::Init => "INIT",
+            RmState::Prepared => "PREPARED",
+            RmState::Committed => "COMMIT",
+            RmState::Aborted => "ABORT",
+        })
+    }
+    fn coordinator(&self, tx: &TxId) -> Option<&'static str> {
+        // Its coordinator logs nothing it waits for: it knows the outcome
+        // or waits for the acceptors to choose the votes.
+        self.coordinated()
+            .find(|(t, _)| *t == tx)
+            .map(|(_, outcome)| match outcome {
+                None => "WAIT",
+                Some(Vote::Commit) => "COMMIT",
+                Some(Vote::Abort) => "ABORT",
+            })
+    }
+    fn commit_stats(&self) -> CommitStats {
+        self.stats()
+    }
+}
+
+/// READY, or Paxos Commit's PREPARED: voted commit, the outcome unknown.
+fn prepared(state: Option<&str>) -> bool {
+    matches!(state, Some("READY" | "PREPARED"))
 }
 
 fn tx() -> TxId {
@@ -441,14 +478,12 @@ impl<P: Core> Run<P> {
 
     /// Whether the crash point has come.
     fn at_point(&self) -> bool {
-        let all_ready = PARTICIPANTS
-            .iter()
-            .all(|&p| self.participant(p) == Some("READY"));
+        let all_ready = PARTICIPANTS.iter().all(|&p| prepared(self.participant(p)));
         let moved = !matches!(self.coordinator(), None | Some("INIT") | Some("WAIT"));
         match self.args.crash {
             CrashPoint::CoordinatorWaiting => all_ready,
             CrashPoint::None | CrashPoint::CoordinatorDeciding => moved,
-            CrashPoint::ParticipantReady => self.participant(PARTICIPANTS[0]) == Some("READY"),
+            CrashPoint::ParticipantReady => prepared(self.participant(PARTICIPANTS[0])),
         }
     }
 
@@ -617,12 +652,16 @@ fn scenario<P: Core>(args: &SimCommitArgs, indent: &str) -> Result<Outcome, Stri
         stats.decision_requests += s.decision_requests;
         stats.terminated_cooperatively += s.terminated_cooperatively;
         stats.vote_timeouts += s.vote_timeouts;
+        stats.leader_rounds += s.leader_rounds;
     }
     let s = run.sim.stats();
     println!("{indent}at the end: {}", run.states());
     println!(
-        "{indent}termination protocol: questions asked of other nodes {}, outcomes reached through it {}, vote timeouts {}",
-        stats.decision_requests, stats.terminated_cooperatively, stats.vote_timeouts
+        "{indent}termination protocol: questions asked of other nodes {}, outcomes reached through it {}, vote timeouts {}, Paxos ballots above 0 {}",
+        stats.decision_requests,
+        stats.terminated_cooperatively,
+        stats.vote_timeouts,
+        stats.leader_rounds
     );
     println!(
         "{indent}ft-sim: {} messages sent, {} lost, {} duplicated, {} dropped by the partition, {} to a down node; {} crashes, {} restarts",
@@ -653,6 +692,7 @@ fn run_protocol(args: &SimCommitArgs, indent: &str) -> Result<Outcome, String> {
     match args.protocol {
         Proto::TwoPc => scenario::<TwoPhase>(args, indent),
         Proto::ThreePc => scenario::<ThreePhase>(args, indent),
+        Proto::Paxos => scenario::<PaxosCommit>(args, indent),
     }
 }
 
@@ -660,6 +700,7 @@ fn name(p: Proto) -> &'static str {
     match p {
         Proto::TwoPc => TwoPhase::NAME,
         Proto::ThreePc => ThreePhase::NAME,
+        Proto::Paxos => PaxosCommit::NAME,
     }
 }
 
@@ -765,7 +806,19 @@ pub(crate) fn demo(seed: u64) -> Result<(), String> {
     })?;
     println!();
     println!(
-        "4. three-phase commit's limit: n0 sends PREPARE_COMMIT, only n1 gets it, and the network splits {{n0, n1}} | {{n2, n3}} for two minutes"
+        "4. Paxos Commit in the same situation, n0 down for good: n1, n2, n3 are also the acceptors that chose every vote; a participant takes over as leader, learns the chosen votes, and the transaction commits"
+    );
+    let paxos = SimCommitArgs {
+        protocol: Proto::Paxos,
+        ..three.clone()
+    };
+    let o = run_protocol(&paxos, "   ")?;
+    expect(&o, "paxos, coordinator down for good", |o| {
+        o.blocked.is_empty() && o.undecided.is_empty() && o.committed == 3
+    })?;
+    println!();
+    println!(
+        "5. three-phase commit's limit: n0 sends PREPARE_COMMIT, only n1 gets it, and the network splits {{n0, n1}} | {{n2, n3}} for two minutes"
     );
     let split = SimCommitArgs {
         protocol: Proto::ThreePc,
@@ -782,7 +835,7 @@ pub(crate) fn demo(seed: u64) -> Result<(), String> {
     }
     println!();
     println!(
-        "5. two-phase commit in the same partition, with the decision reaching n1 only: n2 and n3 block until it heals, and stay safe"
+        "6. two-phase commit in the same partition, with the decision reaching n1 only: n2 and n3 block until it heals, and stay safe"
     );
     let split2 = SimCommitArgs {
         protocol: Proto::TwoPc,
@@ -792,6 +845,18 @@ pub(crate) fn demo(seed: u64) -> Result<(), String> {
     };
     let o = run_protocol(&split2, "   ")?;
     expect(&o, "2pc under the partition", |o| {
+        o.violation.is_none() && o.undecided.is_empty() && o.committed == 4
+    })?;
+    println!();
+    println!(
+        "7. Paxos Commit in the same partition, with the outcome reaching n1 only: n2 and n3 hold two of the three acceptors, a majority, so they finish the instances on their side and reach the same outcome, with no wait for the heal"
+    );
+    let split3 = SimCommitArgs {
+        protocol: Proto::Paxos,
+        ..split.clone()
+    };
+    let o = run_protocol(&split3, "   ")?;
+    expect(&o, "paxos under the partition", |o| {
         o.violation.is_none() && o.undecided.is_empty() && o.committed == 4
     })?;
     println!();

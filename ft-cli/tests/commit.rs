@@ -74,27 +74,54 @@ fn the_demo_shows_termination_blocking_and_the_limit_of_three_phase_commit() {
     assert_eq!(has(&three, "is BLOCKED"), 0, "{three:#?}");
     assert_eq!(has(&three, "n0 restarts"), 0, "{three:#?}");
 
-    // 4. Under a partition three-phase commit breaks atomicity, and says so.
-    let four = part(&text, "4. three-phase", "5. ");
-    assert_eq!(has(&four, "n1: PRECOMMIT -> COMMIT"), 1, "{four:#?}");
-    assert_eq!(has(&four, "BROKEN"), 1, "{four:#?}");
+    // 4. Paxos Commit commits without n0: a participant took over.
+    let four = part(&text, "4. Paxos Commit", "5. ");
+    assert_eq!(has(&four, "n0 CRASHES (down for good)"), 1, "{four:#?}");
+    assert_eq!(has(&four, ": PREPARED -> COMMIT"), 3, "{four:#?}");
     assert!(
-        number_after(&four, "ft-sim:") > 0 && number_after(&four, "duplicated,") > 0,
-        "the partition dropped messages: {four:#?}"
+        number_after(&four, "Paxos ballots above 0") >= 1,
+        "{four:#?}"
     );
-    // 5. Two-phase commit in the same partition waits it out, and commits.
-    let five = part(&text, "5. two-phase", "more:");
-    assert_eq!(has(&five, "atomicity and validity held"), 1, "{five:#?}");
-    let heal = five
+    assert_eq!(has(&four, "n0 restarts"), 0, "{four:#?}");
+
+    // 5. Under a partition three-phase commit breaks atomicity, and says so.
+    let five = part(&text, "5. three-phase", "6. ");
+    assert_eq!(has(&five, "n1: PRECOMMIT -> COMMIT"), 1, "{five:#?}");
+    assert_eq!(has(&five, "BROKEN"), 1, "{five:#?}");
+    assert!(
+        number_after(&five, "ft-sim:") > 0 && number_after(&five, "duplicated,") > 0,
+        "the partition dropped messages: {five:#?}"
+    );
+    // 6. Two-phase commit in the same partition waits it out, and commits.
+    let six = part(&text, "6. two-phase", "7. ");
+    assert_eq!(has(&six, "atomicity and validity held"), 1, "{six:#?}");
+    assert_eq!(has(&six, "is BLOCKED"), 2, "{six:#?}");
+    let heal = six
         .iter()
         .position(|l| l.contains("the partition heals"))
         .unwrap();
     for p in ["n2", "n3"] {
-        let at = five
+        let at = six
             .iter()
             .position(|l| l.contains(&format!("{p}: READY -> COMMIT")))
-            .unwrap_or_else(|| panic!("{p} commits: {five:#?}"));
-        assert!(at > heal, "{five:#?}");
+            .unwrap_or_else(|| panic!("{p} commits: {six:#?}"));
+        assert!(at > heal, "{six:#?}");
+    }
+    // 7. Paxos Commit in the same partition: the majority side decides the
+    // same outcome before the heal.
+    let seven = part(&text, "7. Paxos", "more:");
+    assert_eq!(has(&seven, "atomicity and validity held"), 1, "{seven:#?}");
+    assert!(number_after(&seven, "duplicated,") > 0, "{seven:#?}");
+    let heal = seven
+        .iter()
+        .position(|l| l.contains("the partition heals"))
+        .unwrap();
+    for p in ["n2", "n3"] {
+        let at = seven
+            .iter()
+            .position(|l| l.contains(&format!("{p}: PREPARED -> COMMIT")))
+            .unwrap_or_else(|| panic!("{p} commits: {seven:#?}"));
+        assert!(at < heal, "{seven:#?}");
     }
 }
 
@@ -147,8 +174,8 @@ fn three_phase_commit_under_a_partition_fails_the_run_with_the_seed() {
 }
 
 #[test]
-fn every_crash_point_of_both_protocols_ends_decided_under_loss() {
-    for protocol in ["2pc", "3pc"] {
+fn every_crash_point_of_every_protocol_ends_decided_under_loss() {
+    for protocol in ["2pc", "3pc", "paxos"] {
         for crash in [
             "none",
             "coordinator-waiting",
@@ -176,10 +203,12 @@ fn every_crash_point_of_both_protocols_ends_decided_under_loss() {
                         &seed,
                     ];
                     let out = quick(&args, &[]);
-                    // Coordinators that crash in WAIT abort when they
-                    // come back; every other point commits (on a lossy
+                    // 2PC and 3PC coordinators that crash in WAIT abort
+                    // (when they come back, or by termination); every
+                    // other point commits (on a lossy
                     // network a vote timeout may abort instead).
-                    let want = if crash == "coordinator-waiting" {
+                    // Paxos Commit's votes were chosen: it commits.
+                    let want = if crash == "coordinator-waiting" && protocol != "paxos" {
                         "outcome: t1 aborted everywhere"
                     } else {
                         "outcome: t1 committed everywhere"
@@ -203,7 +232,7 @@ fn every_crash_point_of_both_protocols_ends_decided_under_loss() {
 
 #[test]
 fn an_abort_vote_aborts_everywhere() {
-    for protocol in ["2pc", "3pc"] {
+    for protocol in ["2pc", "3pc", "paxos"] {
         let out = quick(
             &[
                 "sim",

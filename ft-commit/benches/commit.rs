@@ -81,7 +81,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ft_commit::{Event, Input, ThreePhase, ThreePhaseConfig, TwoPhase, TwoPhaseConfig, TxId, Vote};
+use ft_commit::{
+    Event, Input, PaxosCommit, PaxosConfig, ThreePhase, ThreePhaseConfig, TwoPhase, TwoPhaseConfig,
+    TxId, Vote,
+};
 use ft_core::{Counters, DriverConfig, NodeId, Protocol, Recover, StatsReader};
 use ft_storage::FileLogOptions;
 use ft_tokio::{TcpChannel, TokioClock, durable};
@@ -178,6 +181,18 @@ fn three_phase_config() -> ThreePhaseConfig {
     }
 }
 
+/// Paxos Commit with the participants n1..n3 as its acceptors (F = 1),
+/// timeouts likewise far above a run.
+fn paxos_config() -> PaxosConfig {
+    PaxosConfig {
+        retry: Duration::from_secs(60),
+        vote_timeout: Duration::from_secs(120),
+        prepare_timeout: Duration::from_secs(120),
+        takeover_timeout: Duration::from_secs(180),
+        ..PaxosConfig::new((1..=N).map(NodeId).collect())
+    }
+}
+
 /// The protocols measured, one entry each.
 fn protocols() -> Vec<Entry> {
     vec![
@@ -235,11 +250,23 @@ fn protocols() -> Vec<Entry> {
             },
             run: |c, d, dir| Box::pin(run_ft::<ThreePhase>(three_phase_config(), c, d, dir)),
         },
-        // ---- MERGE HERE: one entry per protocol built on another branch ----
-        // Presumed abort (a TwoPhase configured for it) and Paxos Commit go
-        // here, each with the costs its README section documents, e.g.
-        // Entry { name: "Paxos Commit", costs: Costs { .. },
-        //         run: |c, d, dir| Box::pin(run_ft::<PaxosCommit>(cfg(), c, d, dir)) },
+        Entry {
+            name: "Paxos",
+            // README: the three participants are also the 2F+1 = 3
+            // acceptors. Coordinator: BEGIN and DECIDED (neither waited
+            // for) and PREPARE, OUTCOME to each participant. Participant:
+            // its vote (forced), the acceptance of each of the N instances
+            // (forced), the outcome (not waited for); phase 2a to each of
+            // the 3 acceptors and a phase 2b per instance to the leader.
+            costs: Costs {
+                coord_writes: 2,
+                coord_msgs: 2 * N,
+                part_writes: 2 + N,
+                part_msgs: 3 + N,
+                batched: false,
+            },
+            run: |c, d, dir| Box::pin(run_ft::<PaxosCommit>(paxos_config(), c, d, dir)),
+        },
     ]
 }
 

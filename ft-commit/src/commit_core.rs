@@ -9,6 +9,7 @@
 
 use ft_core::{Protocol, Recover};
 
+use crate::paxos_commit::{PaxosCommit, RmState};
 use crate::three_phase::{CoordState3, PartState3, ThreePhase};
 use crate::two_phase::{CoordState, Event, Input, PartState, TwoPhase};
 use crate::wire::{TxId, Vote};
@@ -94,6 +95,31 @@ impl CommitCore for ThreePhase {
                 PartState3::Commit => Some(Vote::Commit),
                 PartState3::Abort => Some(Vote::Abort),
                 PartState3::Init | PartState3::Ready | PartState3::PreCommit => None,
+            },
+        });
+        coords.chain(parts).collect()
+    }
+}
+
+impl CommitCore for PaxosCommit {
+    const NAME: &'static str = "Paxos Commit";
+
+    fn logged(&self) -> Vec<Logged> {
+        // A coordinator that had not learned the outcome runs a ballot of
+        // its own on recovery; a Prepared participant waits for the outcome
+        // or takes over: both `None` here.
+        let coords = self.coordinated().map(|(tx, outcome)| Logged {
+            tx: tx.clone(),
+            role: Role::Coordinator,
+            outcome,
+        });
+        let parts = self.participating().map(|(tx, state)| Logged {
+            tx: tx.clone(),
+            role: Role::Participant,
+            outcome: match state {
+                RmState::Committed => Some(Vote::Commit),
+                RmState::Aborted => Some(Vote::Abort),
+                RmState::Init | RmState::Prepared => None,
             },
         });
         coords.chain(parts).collect()

@@ -2,8 +2,8 @@
 //! state a log can leave a transaction in, for 2PC and 3PC.
 
 use ft_commit::{
-    CommitCore, CoordState3, LogRecord, Logged, PartState3, Record3, Role, ThreePhase,
-    ThreePhaseConfig, TwoPhase, TwoPhaseConfig, TxId, Vote,
+    CommitCore, CoordState3, LogRecord, Logged, PartState3, PaxosCommit, PaxosConfig, PaxosRecord,
+    Record3, Role, ThreePhase, ThreePhaseConfig, TwoPhase, TwoPhaseConfig, TxId, Value, Vote,
 };
 use ft_core::{NodeId, Recover, harness};
 
@@ -116,6 +116,57 @@ fn three_phase_precommit_is_not_a_decision() {
             logged("p-commit", Role::Participant, Some(Vote::Commit)),
             logged("p-pre", Role::Participant, None),
             logged("p-ready", Role::Participant, None),
+        ]
+    );
+}
+
+#[test]
+fn paxos_commit_reports_learned_outcomes_and_prepared_as_in_doubt() {
+    let ps = vec![NodeId(1), NodeId(2)];
+    let c = NodeId(0);
+    let records = [
+        PaxosRecord::Begin {
+            tx: tx("open"),
+            participants: ps.clone(),
+        },
+        PaxosRecord::Begin {
+            tx: tx("done"),
+            participants: ps.clone(),
+        },
+        PaxosRecord::Decided {
+            tx: tx("done"),
+            outcome: Vote::Abort,
+        },
+        PaxosRecord::Voted {
+            tx: tx("prepared"),
+            coordinator: c,
+            participants: ps.clone(),
+            value: Value::Prepared,
+        },
+        PaxosRecord::Voted {
+            tx: tx("commit"),
+            coordinator: c,
+            participants: ps.clone(),
+            value: Value::Prepared,
+        },
+        PaxosRecord::Outcome {
+            tx: tx("commit"),
+            outcome: Vote::Commit,
+        },
+    ];
+    let mut ctx = harness::context(NodeId(1));
+    ctx.records = records.iter().map(ft_core::record::encode).collect();
+    let config = PaxosConfig::new(vec![NodeId(1), NodeId(2), NodeId(3)]);
+    let core = PaxosCommit::recover(&config, ctx).unwrap();
+    let mut got = core.logged();
+    got.sort_by(|a, b| (a.role, &a.tx).cmp(&(b.role, &b.tx)));
+    assert_eq!(
+        got,
+        vec![
+            logged("done", Role::Coordinator, Some(Vote::Abort)),
+            logged("open", Role::Coordinator, None),
+            logged("commit", Role::Participant, Some(Vote::Commit)),
+            logged("prepared", Role::Participant, None),
         ]
     );
 }

@@ -10,14 +10,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ft_commit::resource::{MemResource, MemState};
-use ft_commit::{Logged, Role, ThreePhase, ThreePhaseConfig, TxId, Vote};
+use ft_commit::{Logged, PaxosCommit, PaxosConfig, Role, ThreePhase, ThreePhaseConfig, TxId, Vote};
 use ft_core::{Lsn, NodeId, StableLog, StorageError};
 use ft_rpc::rpc::Executed;
 use ft_storage::FileLog;
 use ft_storage::testdir::TestDir;
 use ft_tokio::Transport;
 use ft_tokio::commit::{CommitError, CommitNode, CommitNodeBuilder, Outcome};
-use tokio::sync::Notify;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{Notify, Semaphore};
 
 const N: u64 = 4;
 
@@ -486,6 +487,98 @@ async fn three_phase_commit_runs_through_the_same_api() {
     }
     for n in nodes {
         n.shutdown().await.unwrap();
+    }
+}
+
+/// Paxos Commit through the same API, with its promise: the coordinator
+/// is gone before any participant votes (their prepares are held until it
+/// stopped), so no outcome can come from it; the participants, which are
+/// also the three acceptors, choose every vote by Paxos and commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paxos_commit_decides_without_its_coordinator() {
+    let c = Cluster::new("commit-paxos");
+    let config = PaxosConfig::new(vec![NodeId(1), NodeId(2), NodeId(3)]);
+    let held: Vec<Arc<HeldPrepare>> = (0..N)
+        .map(|_| {
+            Arc::new(HeldPrepare {
+                mem: MemResource::new(),
+                go: Semaphore::new(0),
+                asked: AtomicUsize::new(0),
+            })
+        })
+        .collect();
+    let coordinator = c
+        .builder(0)
+        .core::<PaxosCommit>(config.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut participants = Vec::new();
+    for i in 1..N {
+        participants.push(
+            c.builder(i)
+                .resource(held[i as usize].clone())
+                .core::<PaxosCommit>(config.clone())
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let mut t = coordinator.begin();
+    t.enlist(NodeId(1)).enlist(NodeId(2)).enlist(NodeId(3));
+    let id = t.id().clone();
+    let commit = tokio::spawn(t.commit());
+    within(async {
+        while held[1..]
+            .iter()
+            .any(|h| h.asked.load(Ordering::SeqCst) == 0)
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    coordinator.shutdown().await.unwrap();
+    assert_eq!(
+        within(commit).await.unwrap().unwrap_err().executed(),
+        Executed::Unknown
+    );
+    for h in &held[1..] {
+        h.go.add_permits(1);
+    }
+    for (i, p) in participants.iter().enumerate() {
+        assert_eq!(
+            within(p.outcome(&id).decided()).await,
+            Ok(Outcome::Committed),
+            "node {}",
+            i + 1
+        );
+        assert_eq!(held[i + 1].mem.state(&id), Some(MemState::Committed));
+    }
+    for p in participants {
+        p.shutdown().await.unwrap();
+    }
+}
+
+/// A resource whose prepare waits for a permit, counting the prepares
+/// asked.
+struct HeldPrepare {
+    mem: MemResource,
+    go: Semaphore,
+    asked: AtomicUsize,
+}
+
+#[async_trait]
+impl ft_commit::Resource for HeldPrepare {
+    async fn prepare(&self, tx: &TxId) -> Vote {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        self.go.acquire().await.unwrap().forget();
+        self.mem.prepare(tx).await
+    }
+    async fn commit(&self, tx: &TxId) -> ft_commit::Applied {
+        self.mem.commit(tx).await
+    }
+    async fn abort(&self, tx: &TxId) -> ft_commit::Applied {
+        self.mem.abort(tx).await
     }
 }
 
