@@ -1,6 +1,6 @@
 //! The three-phase commit core: [`ThreePhase`], one per node, coordinating
 //! the transactions it begins and taking part in those it is asked to vote
-//! on. First slice: see `STATUS.md` for what is and is not built.
+//! on.
 //!
 //! # The protocol (the subject's 3PC)
 //!
