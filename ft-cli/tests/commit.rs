@@ -52,6 +52,13 @@ fn the_demo_shows_termination_blocking_and_the_limit_of_three_phase_commit() {
         assert!(at < restart, "{p} committed before n0 came back: {one:#?}");
     }
     assert!(number_after(&one, "outcomes reached through it") >= 2);
+    // Back, n0 resends its decision and hears every acknowledgement: the
+    // cut was at the crash only.
+    let finished = one
+        .iter()
+        .position(|l| l.contains("n0 heard every acknowledgement"))
+        .unwrap_or_else(|| panic!("n0 hears every ACK: {one:#?}"));
+    assert!(finished > restart, "{one:#?}");
     assert_eq!(has(&one, "atomicity and validity held"), 1);
 
     // 2. Nobody knows: all three are told they are blocked, and abort when
