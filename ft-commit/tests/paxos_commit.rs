@@ -1013,3 +1013,41 @@ fn a_late_ballot_0_vote_cannot_overturn_a_takeover() {
         assert_eq!(net.nodes[&p].core.rm_state(&tx()), Some(RmState::Aborted));
     }
 }
+
+/// Two-phase commit's read-only vote is a commit vote here (the instance
+/// must still be chosen), and a heuristic decision is refused and counted
+/// (Paxos Commit does not block while a majority of acceptors is up).
+#[test]
+fn a_read_only_vote_is_a_commit_vote_and_heuristics_are_refused() {
+    let mut h = Harness::<PaxosCommit>::new(&cfg(), P1);
+    h.message(
+        C,
+        PaxosMessage::Prepare {
+            tx: tx(),
+            participants: parts(),
+        },
+    )
+    .drain();
+    let d = h.input(Input::VotedReadOnly { tx: tx() }).drain();
+    assert_eq!(
+        d.records::<PaxosRecord>().unwrap(),
+        vec![PaxosRecord::Voted {
+            tx: tx(),
+            coordinator: C,
+            participants: parts(),
+            value: Value::Prepared
+        }]
+    );
+    h.persisted(d.persists[0].0);
+    assert_eq!(h.drain().sends.len(), 3);
+    let before = h.core.stats().wrong_phase;
+    let d = h
+        .input(Input::Heuristic {
+            tx: tx(),
+            outcome: Vote::Commit,
+        })
+        .drain();
+    assert!(d.persists.is_empty() && d.sends.is_empty() && d.events.is_empty());
+    assert_eq!(h.core.stats().wrong_phase, before + 1);
+    assert_eq!(h.core.rm_state(&tx()), Some(RmState::Prepared));
+}
