@@ -76,8 +76,11 @@ pub struct McastConfig {
     /// How long a receiver waits after a delivery before acknowledging it,
     /// so one acknowledgement covers a burst (default 10 ms).
     pub ack_delay: Duration,
-    /// How often a receiver asks again for messages still missing
-    /// (default 40 ms).
+    /// How long a receiver waits before it asks again for messages still
+    /// missing, before it has measured its round trip to the sender
+    /// (default 40 ms); once measured (from its NACKs to the repairs that
+    /// answer them), it waits that round trip's retransmission timeout,
+    /// from 1 ms up to this.
     pub nack_interval: Duration,
 }
 
@@ -90,6 +93,17 @@ impl McastConfig {
             ack_delay: Duration::from_millis(10),
             nack_interval: Duration::from_millis(40),
         }
+    }
+}
+
+/// The round-trip estimator of NACKs to a sender: from 1 ms up to
+/// `nack_interval`, which is also the interval before any sample.
+fn nack_rtt(config: &McastConfig) -> ft_rpc::rtt::RttConfig {
+    ft_rpc::rtt::RttConfig {
+        initial_rto: config.nack_interval,
+        min_rto: Duration::from_millis(1),
+        max_rto: config.nack_interval.max(Duration::from_millis(1)),
+        granularity: Duration::from_millis(1),
     }
 }
 
@@ -746,6 +760,19 @@ impl Multicast {
             }
             Took::Delivered => true,
         };
+        // The repair of the first message the last NACK asked for: a
+        // round-trip sample, unless that NACK was a repeat.
+        if let Some((at, first, repeat)) = s.nacked
+            && seq == first
+            && new
+        {
+            s.nacked = None;
+            if !repeat {
+                s.nack_rtt
+                    .get_or_insert_with(|| ft_rpc::rtt::RttEstimator::new(nack_rtt(&self.config)))
+                    .on_sample(now.saturating_duration_since(at));
+            }
+        }
         if srm {
             s.remember(&self.delivered, window);
             let gap = s.first_gap().is_some();
@@ -988,6 +1015,16 @@ impl Multicast {
             return;
         }
         let life = s.life;
+        let first = ranges[0].0;
+        let repeat = s.nacked.is_some_and(|(_, f, _)| f == first);
+        s.nacked = Some((now, first, repeat));
+        // Asked again after the round trip measured from earlier NACKs
+        // (its RTO, at least 1 ms), or `nack_interval` before any: a lost
+        // NACK or repair stalls everything behind it until then.
+        let again = s
+            .nack_rtt
+            .as_ref()
+            .map_or(self.config.nack_interval, |r| r.rto());
         self.stats.nacks_sent += 1;
         self.out.send(
             from,
@@ -997,11 +1034,8 @@ impl Multicast {
                 ranges,
             },
         );
-        self.out.set_timer_after(
-            McastTimer::Nack(group, from),
-            now,
-            self.config.nack_interval,
-        );
+        self.out
+            .set_timer_after(McastTimer::Nack(group, from), now, again);
     }
 
     fn announce(&mut self, now: Instant, group: GroupId) {
@@ -1451,5 +1485,48 @@ mod tests {
         // acknowledgements once, not at every refusal.
         assert_eq!(send(&mut a, 3), 1);
         assert_eq!(send(&mut a, 4), 0);
+    }
+
+    /// When `m`'s outputs set the NACK timer for node 1's stream.
+    fn nack_timer(m: &mut Multicast) -> Option<Instant> {
+        std::iter::from_fn(|| m.poll_output())
+            .filter_map(|o| match o {
+                Output::SetTimer {
+                    timer: McastTimer::Nack(G, NodeId(1)),
+                    at,
+                } => Some(at),
+                _ => None,
+            })
+            .last()
+    }
+
+    #[test]
+    fn a_nack_is_repeated_after_the_round_trip_its_repairs_measured() {
+        let mut r = node(2, 0, 16);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // A gap at 2: NACKed at once, asked again after nack_interval
+        // (40 ms) while nothing is measured.
+        r.handle_message(t0, NodeId(1), data(0, 1, 1));
+        r.handle_message(t0, NodeId(1), data(0, 3, 1));
+        assert_eq!(nack_timer(&mut r), Some(t0 + ms(40)));
+        // Another message after the gap comes first: no sample (it
+        // answers nothing); the repair comes 2 ms after the NACK: a sample.
+        r.handle_message(t0 + ms(1), NodeId(1), data(0, 4, 1));
+        r.handle_message(t0 + ms(2), NodeId(1), data(0, 2, 1));
+        // The next gap is asked for again after the RTO of that sample:
+        // 2 ms + 4 × 1 ms.
+        let t1 = t0 + ms(10);
+        r.handle_message(t1, NodeId(1), data(0, 6, 1));
+        assert_eq!(nack_timer(&mut r), Some(t1 + ms(6)));
+        // A repeated NACK's answer gives no sample (which NACK did it
+        // answer?): the next interval stays 6 ms, though this repair took
+        // 30 ms.
+        r.handle_timer(t1 + ms(6), McastTimer::Nack(G, NodeId(1)));
+        assert_eq!(nack_timer(&mut r), Some(t1 + ms(12)));
+        r.handle_message(t1 + ms(30), NodeId(1), data(0, 5, 1));
+        let t2 = t1 + ms(40);
+        r.handle_message(t2, NodeId(1), data(0, 8, 1));
+        assert_eq!(nack_timer(&mut r), Some(t2 + ms(6)));
     }
 }

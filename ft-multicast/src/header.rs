@@ -28,6 +28,7 @@ use ft_core::wire::{self, DecodeError};
 use ft_core::{Incarnation, NodeId};
 
 use crate::causal::Order;
+use crate::message::{get_ids, put_ids};
 
 /// The version of the ordering header.
 pub const HEADER_VERSION: u8 = 1;
@@ -86,34 +87,8 @@ fn level_byte(order: Order) -> u8 {
     }
 }
 
-fn put_ids(b: &mut BytesMut, ids: &[MessageId]) {
-    b.put_u32_le(ids.len() as u32);
-    for &(k, life, n) in ids {
-        b.put_u64_le(k.0);
-        b.put_u64_le(life.0);
-        b.put_u64_le(n);
-    }
-}
-
-fn get_ids(b: &mut Bytes, most: usize) -> Result<Vec<MessageId>, DecodeError> {
-    let n = wire::get_u32(b)? as usize;
-    if n > most {
-        return Err(DecodeError::Invalid(
-            "an ordering header with too many entries",
-        ));
-    }
-    // Checked before allocating: a length the bytes cannot back is refused.
-    wire::need(b, n.saturating_mul(24))?;
-    Ok((0..n)
-        .map(|_| {
-            (
-                NodeId(b.get_u64_le()),
-                Incarnation(b.get_u64_le()),
-                b.get_u64_le(),
-            )
-        })
-        .collect())
-}
+/// Why an ordering header's list is refused.
+const TOO_MANY: &str = "an ordering header with too many entries";
 
 /// An application message with its level and causal past, as one core
 /// payload.
@@ -161,8 +136,8 @@ pub fn decode(mut b: Bytes) -> Result<Header, DecodeError> {
         4 => Order::Safe,
         DECISION => {
             let first = wire::get_u64(&mut b)?;
-            let entries = get_ids(&mut b, MAX_DECISIONS)?;
-            let prefix = get_ids(&mut b, usize::MAX)?;
+            let entries = get_ids(&mut b, MAX_DECISIONS, TOO_MANY)?;
+            let prefix = get_ids(&mut b, usize::MAX, TOO_MANY)?;
             if b.has_remaining() {
                 return Err(DecodeError::Invalid("bytes after a decision"));
             }
@@ -179,7 +154,7 @@ pub fn decode(mut b: Bytes) -> Result<Header, DecodeError> {
             });
         }
     };
-    let past = get_ids(&mut b, usize::MAX)?;
+    let past = get_ids(&mut b, usize::MAX, TOO_MANY)?;
     Ok(Header::Message {
         order,
         past,

@@ -50,6 +50,9 @@ const BEACON: u8 = 18;
 /// lists.
 pub const MAX_PREFIX: usize = 4096;
 
+/// Why a list of messages too long for a message is refused.
+const TOO_MANY_IDS: &str = "a list of too many messages";
+
 /// The most time-stamp echoes one session message carries.
 pub const MAX_ECHOES: usize = 16;
 
@@ -553,7 +556,7 @@ impl Wire for McastMessage {
                 buf.put_u32_le(group.0);
                 buf.put_u64_le(life.0);
                 buf.put_u64_le(*upto);
-                put_ids(buf, lacking);
+                put_ids(buf, &lacking[..lacking.len().min(MAX_PREFIX)]);
             }
             McastMessage::Beacon {
                 group,
@@ -569,7 +572,7 @@ impl Wire for McastMessage {
                 buf.put_u64_le(*highest);
                 buf.put_u64_le(*next);
                 buf.put_u64_le(*stable);
-                put_ids(buf, prefix);
+                put_ids(buf, &prefix[..prefix.len().min(MAX_PREFIX)]);
             }
         }
     }
@@ -637,20 +640,20 @@ impl Wire for McastMessage {
                 let highest = wire::get_u64(buf)?;
                 let stamp = wire::get_u64(buf)?;
                 let n = wire::get_u32(buf)? as usize;
-                if n > MAX_ECHOES {
-                    return Err(DecodeError::Invalid(
-                        "a session message with too many echoes",
-                    ));
-                }
-                wire::need(buf, n * 24)?;
-                let mut echoes = Vec::with_capacity(n);
-                for _ in 0..n {
-                    echoes.push((
-                        ft_core::NodeId(wire::get_u64(buf)?),
-                        wire::get_u64(buf)?,
-                        wire::get_u64(buf)?,
-                    ));
-                }
+                let echoes = get_list(
+                    buf,
+                    n,
+                    MAX_ECHOES,
+                    24,
+                    "a session message with too many echoes",
+                    |b| {
+                        Ok((
+                            ft_core::NodeId(wire::get_u64(b)?),
+                            wire::get_u64(b)?,
+                            wire::get_u64(b)?,
+                        ))
+                    },
+                )?;
                 McastMessage::Session {
                     group,
                     life,
@@ -666,16 +669,14 @@ impl Wire for McastMessage {
                 let k = wire::get_u16(buf)?;
                 let index = wire::get_u16(buf)?;
                 let n = wire::get_u16(buf)? as usize;
-                if n > MAX_FEC_K {
-                    return Err(DecodeError::Invalid(
-                        "a parity packet covering too many messages",
-                    ));
-                }
-                wire::need(buf, n * 4)?;
-                let mut lens = Vec::with_capacity(n);
-                for _ in 0..n {
-                    lens.push(wire::get_u32(buf)?);
-                }
+                let lens = get_list(
+                    buf,
+                    n,
+                    MAX_FEC_K,
+                    4,
+                    "a parity packet covering too many messages",
+                    wire::get_u32,
+                )?;
                 McastMessage::Parity {
                     group,
                     origin,
@@ -697,13 +698,13 @@ impl Wire for McastMessage {
                 group,
                 life,
                 upto: wire::get_u64(buf)?,
-                lacking: get_ids(buf)?,
+                lacking: get_ids(buf, MAX_PREFIX, TOO_MANY_IDS)?,
             },
             BEACON => {
                 let highest = wire::get_u64(buf)?;
                 let next = wire::get_u64(buf)?;
                 let stable = wire::get_u64(buf)?;
-                let prefix = get_ids(buf)?;
+                let prefix = get_ids(buf, MAX_PREFIX, TOO_MANY_IDS)?;
                 McastMessage::Beacon {
                     group,
                     life,
@@ -808,46 +809,63 @@ fn put_ranges(buf: &mut BytesMut, ranges: &[(u64, u64)]) {
     }
 }
 
-/// Appends messages named by sender, life and number, at most
-/// [`MAX_PREFIX`] of them.
-fn put_ids(buf: &mut BytesMut, ids: &[(ft_core::NodeId, Incarnation, u64)]) {
-    let n = ids.len().min(MAX_PREFIX);
-    buf.put_u32_le(n as u32);
-    for &(node, life, n) in &ids[..n] {
+/// Appends messages named by sender, life and number (the caller keeps
+/// to the list's limit): the one encoding of such lists, in messages, the
+/// ordering header and the sequencer's records.
+pub(crate) fn put_ids(buf: &mut BytesMut, ids: &[(ft_core::NodeId, Incarnation, u64)]) {
+    buf.put_u32_le(ids.len() as u32);
+    for &(node, life, n) in ids {
         buf.put_u64_le(node.0);
         buf.put_u64_le(life.0);
         buf.put_u64_le(n);
     }
 }
 
-/// At most [`MAX_PREFIX`] messages named by sender, life and number.
-fn get_ids(buf: &mut Bytes) -> Result<Vec<(ft_core::NodeId, Incarnation, u64)>, DecodeError> {
+/// At most `most` messages named by sender, life and number (more is
+/// refused as `too_many`): the one decoding of such lists.
+pub(crate) fn get_ids(
+    buf: &mut Bytes,
+    most: usize,
+    too_many: &'static str,
+) -> Result<Vec<(ft_core::NodeId, Incarnation, u64)>, DecodeError> {
     let n = wire::get_u32(buf)? as usize;
-    if n > MAX_PREFIX {
-        return Err(DecodeError::Invalid("a list of too many messages"));
-    }
-    wire::need(buf, n * 24)?;
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        ids.push((
-            ft_core::NodeId(wire::get_u64(buf)?),
-            Incarnation(wire::get_u64(buf)?),
-            wire::get_u64(buf)?,
-        ));
-    }
-    Ok(ids)
+    get_list(buf, n, most, 24, too_many, |b| {
+        Ok((
+            ft_core::NodeId(wire::get_u64(b)?),
+            Incarnation(wire::get_u64(b)?),
+            wire::get_u64(b)?,
+        ))
+    })
 }
 
 /// A list of at most [`MAX_NACK_RANGES`] inclusive ranges.
 fn get_ranges(buf: &mut Bytes) -> Result<Vec<(u64, u64)>, DecodeError> {
     let n = wire::get_u32(buf)? as usize;
-    if n > MAX_NACK_RANGES {
-        return Err(DecodeError::Invalid("a NACK with too many ranges"));
+    get_list(
+        buf,
+        n,
+        MAX_NACK_RANGES,
+        16,
+        "a NACK with too many ranges",
+        |b| Ok((wire::get_u64(b)?, wire::get_u64(b)?)),
+    )
+}
+
+/// `n` elements of `size` bytes each, read by `get`: more than `max`
+/// (`too_many` says of what) or more than the bytes left can hold are
+/// refused before anything is allocated, so a hostile count costs
+/// nothing.
+fn get_list<T>(
+    buf: &mut Bytes,
+    n: usize,
+    max: usize,
+    size: usize,
+    too_many: &'static str,
+    mut get: impl FnMut(&mut Bytes) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    if n > max {
+        return Err(DecodeError::Invalid(too_many));
     }
-    wire::need(buf, n * 16)?;
-    let mut ranges = Vec::with_capacity(n);
-    for _ in 0..n {
-        ranges.push((wire::get_u64(buf)?, wire::get_u64(buf)?));
-    }
-    Ok(ranges)
+    wire::need(buf, n * size)?;
+    (0..n).map(|_| get(buf)).collect()
 }

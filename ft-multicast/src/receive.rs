@@ -40,6 +40,13 @@ pub(crate) struct Stream {
     /// gaps, or heard another member ask for its first gap: no request
     /// goes out before the repair could have come back.
     pub(crate) asked_at: Option<std::time::Instant>,
+    /// ACK mode: the round trip to the sender, measured from NACKs to the
+    /// repairs that answer them; it sets how soon a NACK is sent again.
+    pub(crate) nack_rtt: Option<ft_rpc::rtt::RttEstimator>,
+    /// ACK mode: the last NACK: when it went, the first number it asked
+    /// for, and whether it asked for that number again (Karn's rule: the
+    /// answer to a repeated NACK gives no sample).
+    pub(crate) nacked: Option<(std::time::Instant, u64, bool)>,
 }
 
 /// What taking a message did.
@@ -71,6 +78,8 @@ impl Stream {
             request_due: false,
             backoff: 0,
             asked_at: None,
+            nack_rtt: None,
+            nacked: None,
         }
     }
 

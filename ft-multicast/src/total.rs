@@ -58,6 +58,7 @@ use ft_core::{Incarnation, NodeId, PersistToken, Record};
 
 use crate::group::GroupId;
 use crate::header::{Decision, MAX_DECISIONS, MessageId};
+use crate::message::{get_ids, put_ids};
 
 /// How many decision records the sequencer appends before it writes a
 /// snapshot and lets the log be compacted up to it.
@@ -94,29 +95,6 @@ pub enum OrderRecord {
 const DECIDED: u8 = 1;
 const SNAPSHOT: u8 = 2;
 
-fn put_ids(buf: &mut BytesMut, ids: &[MessageId]) {
-    buf.put_u32_le(ids.len() as u32);
-    for &(k, life, n) in ids {
-        buf.put_u64_le(k.0);
-        buf.put_u64_le(life.0);
-        buf.put_u64_le(n);
-    }
-}
-
-fn get_ids(buf: &mut Bytes) -> Result<Vec<MessageId>, DecodeError> {
-    let n = wire::get_u32(buf)? as usize;
-    wire::need(buf, n.saturating_mul(24))?;
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        ids.push((
-            NodeId(wire::get_u64(buf)?),
-            Incarnation(wire::get_u64(buf)?),
-            wire::get_u64(buf)?,
-        ));
-    }
-    Ok(ids)
-}
-
 impl Wire for OrderRecord {
     fn encode(&self, buf: &mut BytesMut) {
         match self {
@@ -150,16 +128,16 @@ impl Wire for OrderRecord {
                 GroupId(wire::get_u32(buf)?),
                 Decision {
                     first: wire::get_u64(buf)?,
-                    entries: get_ids(buf)?,
-                    prefix: get_ids(buf)?,
+                    entries: get_ids(buf, usize::MAX, "a record with too many entries")?,
+                    prefix: get_ids(buf, usize::MAX, "a record with too many entries")?,
                 },
             )),
             SNAPSHOT => Ok(OrderRecord::Snapshot {
                 group: GroupId(wire::get_u32(buf)?),
                 next: wire::get_u64(buf)?,
-                prefix: get_ids(buf)?,
+                prefix: get_ids(buf, usize::MAX, "a record with too many entries")?,
                 tail_first: wire::get_u64(buf)?,
-                tail: get_ids(buf)?,
+                tail: get_ids(buf, usize::MAX, "a record with too many entries")?,
             }),
             tag => Err(DecodeError::UnknownTag {
                 what: "OrderRecord",
