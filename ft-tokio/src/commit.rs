@@ -396,6 +396,7 @@ where
             txs: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             next_tx: AtomicU64::new(0),
+            started: seed_from_clock(),
             counts: Counts::default(),
         });
         // A coordinator's logged decisions are outcomes now (2PC does not
@@ -486,12 +487,18 @@ impl<C: CommitCore> CommitNode<C> {
     }
 
     /// A new transaction coordinated by this node, with a fresh id
-    /// (`n<node>.<incarnation>.<count>`: unique across lives, as the
-    /// incarnation is durable and grows). Nothing is sent before
-    /// [`Transaction::commit`].
+    /// (`n<node>.<incarnation>.<start>.<count>`): unique across lives, as
+    /// the incarnation is durable and grows, and across a lost directory,
+    /// which starts the incarnation over: `<start>` is the wall clock's
+    /// nanoseconds when this life started. (A reused id would be taken by
+    /// the participants for the old transaction they still remember.)
+    /// Nothing is sent before [`Transaction::commit`].
     pub fn begin(&self) -> Transaction<C> {
         let n = self.shared.next_tx.fetch_add(1, Ordering::Relaxed);
-        let id = format!("n{}.{}.{n}", self.shared.me.0, self.shared.incarnation.0);
+        let id = format!(
+            "n{}.{}.{:x}.{n}",
+            self.shared.me.0, self.shared.incarnation.0, self.shared.started
+        );
         let tx = TxId::new(id.into_bytes()).expect("a generated id is short");
         self.begin_with(tx)
     }
@@ -782,6 +789,9 @@ struct Shared {
     txs: Mutex<HashMap<TxId, TxEntry>>,
     closed: std::sync::atomic::AtomicBool,
     next_tx: AtomicU64,
+    /// When this life started (wall-clock nanoseconds): part of the ids
+    /// [`CommitNode::begin`] makes.
+    started: u64,
     counts: Counts,
 }
 
@@ -982,6 +992,7 @@ mod tests {
             txs: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             next_tx: AtomicU64::new(0),
+            started: 0,
             counts: Counts::default(),
         })
     }
