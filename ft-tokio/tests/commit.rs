@@ -696,3 +696,28 @@ async fn a_coordinator_with_a_new_directory_never_reuses_an_id() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// Two processes on one directory would interleave two logs: the second
+/// start is refused while the first node runs, and succeeds once it
+/// stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_the_same_directory_is_refused() {
+    let c = Cluster::new("commit-two-on-one-dir");
+    let first = c.builder(1).start().await.unwrap();
+    // Refused by the directory's lock, before any socket is bound.
+    match c.builder(1).start().await {
+        Err(ft_tokio::NodeError::Storage(e)) => assert!(e.to_string().contains("lock"), "{e}"),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a second node started on the same directory"),
+    }
+    let life = first.incarnation();
+    first.shutdown().await.unwrap();
+    let again = loop {
+        match c.builder(1).start().await {
+            Ok(n) => break n,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert!(again.incarnation() > life);
+    again.shutdown().await.unwrap();
+}
