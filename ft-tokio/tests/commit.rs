@@ -721,3 +721,68 @@ async fn a_second_node_on_the_same_directory_is_refused() {
     assert!(again.incarnation() > life);
     again.shutdown().await.unwrap();
 }
+
+/// A full disk: every append fails with ENOSPC.
+struct FullDisk {
+    log: FileLog,
+}
+
+#[async_trait]
+impl StableLog for FullDisk {
+    async fn append(&self, _: &[Bytes]) -> Result<Lsn, StorageError> {
+        Err(StorageError::Io(std::io::Error::from_raw_os_error(28)))
+    }
+    async fn read_from(&self, from: Lsn) -> Result<Vec<(Lsn, Bytes)>, StorageError> {
+        self.log.read_from(from).await
+    }
+    async fn truncate_prefix(&self, upto: Lsn) -> Result<Lsn, StorageError> {
+        self.log.truncate_prefix(upto).await
+    }
+    async fn next_lsn(&self) -> Result<Lsn, StorageError> {
+        self.log.next_lsn().await
+    }
+}
+
+/// A participant whose disk is full cannot log READY, so it never votes
+/// commit: the transaction aborts and nothing is committed anywhere. A
+/// coordinator whose disk is full cannot log BEGIN: its caller learns the
+/// commit did not happen (or may not have: never a false "committed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_never_commits() {
+    let c = Cluster::new("commit-full-disk");
+    let coordinator = c.builder(0).start().await.unwrap();
+    let full = c
+        .builder(1)
+        .wrap_log(|log| Box::new(FullDisk { log }))
+        .start()
+        .await
+        .unwrap();
+    let healthy = c.builder(2).start().await.unwrap();
+    let mut t = coordinator.begin();
+    t.enlist(NodeId(1)).enlist(NodeId(2));
+    let id = t.id().clone();
+    assert_eq!(within(t.commit()).await, Ok(Outcome::Aborted));
+    assert_eq!(
+        within(healthy.outcome(&id).decided()).await,
+        Ok(Outcome::Aborted)
+    );
+    assert_ne!(c.resources[1].state(&id), Some(MemState::Committed));
+    drop(full);
+
+    let stuck = c
+        .builder(3)
+        .wrap_log(|log| Box::new(FullDisk { log }))
+        .start()
+        .await
+        .unwrap();
+    let mut t = stuck.begin();
+    t.enlist(NodeId(2));
+    let id = t.id().clone();
+    match within(t.commit()).await {
+        Ok(o) => assert_eq!(o, Outcome::Aborted),
+        Err(e) => assert_ne!(e.executed(), Executed::Yes, "{e}"),
+    }
+    assert_ne!(c.resources[2].state(&id), Some(MemState::Committed));
+    coordinator.shutdown().await.unwrap();
+    healthy.shutdown().await.unwrap();
+}
