@@ -83,6 +83,62 @@
 //! decision again. A participant in READY or PRECOMMIT starts termination
 //! after its timeout; COMMIT / ABORT are told again (idempotently).
 //!
+//! # Log compaction
+//!
+//! Every [`ThreePhaseConfig::snapshot_every`] records the node cuts a
+//! [`Record3::Snapshot`] ([`Snapshot3`]: every live transaction, with the
+//! records in flight applied, and the last
+//! [`ThreePhaseConfig::keep_finished`] decided ones per role) and, once it
+//! is durable, asks for the log before it to be dropped
+//! ([`Output::Compact`]). Older decided transactions leave memory at that
+//! moment (never between snapshots: a forgotten id met again then gets
+//! records after the snapshot, never beside its old ones), and only those
+//! with no record in flight and no termination running. So the log holds
+//! at most a snapshot and `snapshot_every` records after it, and the tables
+//! `keep_finished` + `snapshot_every` decided transactions per role plus
+//! the live ones, however long the history. A restart tells the
+//! application again only the outcomes logged after the snapshot (each
+//! entry says whether it was `told`), and resends only those decisions.
+//! Snapshots appeared in record version 2; version 1 logs are still read.
+//!
+//! **What a node that forgot says.** Asked by a STATE_REQUEST about a
+//! transaction it does not know, a node normally logs ABORT and answers
+//! INIT: "I cannot have voted commit". Once it has dropped *any* outcome
+//! (`forgotten`, kept in the snapshot) it can no longer tell "never heard
+//! of" from "forgotten", and if the forgotten outcome was COMMIT, INIT
+//! (and the ABORT logged before it) would contradict it: a READY asker
+//! that sees only READY and INIT aborts beside a commit. So it stays
+//! **silent**: no record, no entry, no answer (counted in
+//! [`CommitStats::unknown_tx`]). The same silence covers the original
+//! coordinator: asked about a transaction it still holds it answers as
+//! above (WAIT: logs ABORT; COMMIT / ABORT: its outcome; PRECOMMIT:
+//! nothing); about one it forgot, its coordinator side does not know it
+//! and its participant side is silent. This also bounds a flood of forged
+//! STATE_REQUESTs: each logs an ABORT only until the first of those ABORTs
+//! is forgotten, after which they cost nothing.
+//!
+//! The termination rules still terminate: a silent node counts as
+//! unreachable. The collect timer decides with the answers it has, and
+//! only nodes that answered are sent PREPARE_COMMIT and waited for.
+//!
+//! **What the window assumes.** A node that forgot a transaction looks,
+//! for that transaction, like a crashed one, and 3PC's termination is safe
+//! with crashed nodes only while some node that knows the outcome answers
+//! (the subject's assumption; `tests/three_phase_open_risk.rs` shows what
+//! happens when none does). Most askers are safe alone: one in PRECOMMIT
+//! when the outcome is COMMIT commits, one in READY when it is ABORT
+//! aborts. The exceptions are participants that a termination did not
+//! reach: one still READY beside a COMMIT decided by a termination (it
+//! was down), or still PRECOMMIT beside an ABORT. Such a participant must
+//! come back and ask before the nodes that decided have finished
+//! `keep_finished` later transactions; as in 2PC, transaction ids must be
+//! unique and messages must not outlive the window. 2PC needs no such
+//! bound for a participant that was down, because its coordinator forgets
+//! a decision only once every participant acknowledged it; this 3PC has no
+//! acknowledgements (see above), so no node knows when every participant
+//! holds the outcome. Compaction can be turned off (`snapshot_every` 0):
+//! then nothing is forgotten, and the log grows with history.
+//!
 //! Inputs and events are those of the 2PC core ([`Input`], [`Event`]);
 //! `Blocked`, `Finished` are never told here. Ignored messages are counted
 //! in [`CommitStats`] (`decision_requests` counts STATE_REQUESTs sent,
