@@ -179,6 +179,8 @@ struct Totals {
     compacting_seeds: u64,
     snapshots: u64,
     forgotten: u64,
+    /// Log prefixes the simulator dropped at the cores' request.
+    compactions: u64,
 }
 
 /// One seed. `permanent`: one node crashes for good; otherwise crashes
@@ -306,6 +308,7 @@ fn run(seed: u64, permanent: bool, noisy: bool, totals: &mut Totals) {
     totals.duplicated += sim.stats().duplicated;
     totals.reordered += sim.stats().reordered;
     totals.overtaken += sim.stats().overtaken;
+    totals.compactions += sim.stats().compactions;
     totals.checks += c.checks;
 }
 
@@ -329,7 +332,7 @@ fn sweep(permanent: bool, noisy: bool) {
             assert!(totals.duplicated > 0 && totals.reordered > 0 && totals.overtaken > 0);
         }
         if totals.compacting_seeds > 0 {
-            assert!(totals.snapshots > 0 && totals.forgotten > 0);
+            assert!(totals.snapshots > 0 && totals.forgotten > 0 && totals.compactions > 0);
         }
     }
 }
