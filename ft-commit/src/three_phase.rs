@@ -862,32 +862,22 @@ impl ThreePhase {
     /// [`ThreePhaseConfig::keep_finished`] per role. Only right before a
     /// snapshot is cut (which leaves them out): a transaction forgotten
     /// and met again gets records after that snapshot, never beside its
-    /// old ones. COMMIT and ABORT are final (no record follows them, no
-    /// termination runs), so a decided entry is never in flight; the state
-    /// is checked because an id forgotten and met again may be live under
-    /// an older queue entry.
+    /// old ones. An entry is queued once, when it is decided; COMMIT and
+    /// ABORT are final (no record follows them, no termination runs), and
+    /// entries leave the tables only here, so what is dequeued is decided
+    /// and not in flight.
     fn trim(&mut self) {
         let keep = self.config.keep_finished;
         while self.finished_coords.len() > keep {
             let tx = self.finished_coords.pop_front().expect("non-empty");
-            if self
-                .coords
-                .get(&tx)
-                .is_some_and(|c| matches!(c.state, CoordState3::Commit | CoordState3::Abort))
-            {
-                self.coords.remove(&tx);
+            if self.coords.remove(&tx).is_some() {
                 self.forgotten = true;
                 self.stats.forgotten += 1;
             }
         }
         while self.finished_parts.len() > keep {
             let tx = self.finished_parts.pop_front().expect("non-empty");
-            if self
-                .parts
-                .get(&tx)
-                .is_some_and(|p| matches!(p.state, PartState3::Commit | PartState3::Abort))
-            {
-                self.parts.remove(&tx);
+            if self.parts.remove(&tx).is_some() {
                 self.forgotten = true;
                 self.stats.forgotten += 1;
             }

@@ -456,3 +456,46 @@ fn records_before_a_snapshot_are_superseded_by_it() {
         }
     }
 }
+
+#[test]
+fn a_snapshot_cut_with_a_decision_in_flight_holds_it_untold() {
+    // The coordinator's COMMIT in flight when the snapshot is cut: the
+    // snapshot must say COMMIT, not yet told, so that a restart from it
+    // alone tells the application and sends GLOBAL_COMMIT.
+    let cfg = compacting(1, 1024);
+    let mut h = Harness::<ThreePhase>::new(&cfg, C);
+    h.input(Input::Begin {
+        tx: txn(1),
+        participants: vec![P1, P2, P3],
+    });
+    h.complete_persists();
+    for p in [P1, P2, P3] {
+        h.message(p, Message3::VoteCommit { tx: txn(1) });
+    }
+    h.complete_persists();
+    h.drain();
+    for p in [P1, P2] {
+        h.message(p, Message3::ReadyCommit { tx: txn(1) });
+    }
+    let d = h.message(P3, Message3::ReadyCommit { tx: txn(1) }).drain();
+    let recs = d.records::<Record3>().unwrap();
+    let Record3::Snapshot(snap) = &recs[1] else {
+        panic!("a snapshot after the COMMIT: {recs:?}");
+    };
+    assert_eq!(snap.coords.len(), 1);
+    assert_eq!(snap.coords[0].state, ft_commit::CoordState3::Commit);
+    assert!(!snap.coords[0].told, "COMMIT not durable yet, not told");
+    let mut ctx = harness::context(C);
+    ctx.incarnation = Incarnation(2);
+    ctx.records = vec![d.persists[1].1.clone()];
+    let mut r = Harness::<ThreePhase>::recover(&cfg, ctx).unwrap();
+    let d = r.drain();
+    assert_eq!(
+        d.events,
+        vec![Event::Decided {
+            tx: txn(1),
+            outcome: Vote::Commit
+        }]
+    );
+    assert_eq!(d.sends.len(), 3, "GLOBAL_COMMIT to each participant");
+}
