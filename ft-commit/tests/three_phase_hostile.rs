@@ -164,8 +164,12 @@ impl Run {
                     self.durable.drain(..at);
                 }
                 Output::Send { msg, .. } => match &msg {
+                    // READY, or a later state (a snapshot holds only the
+                    // latest).
                     Message3::VoteCommit { tx } => prop_assert!(
-                        part(tx, PartState3::Ready),
+                        part(tx, PartState3::Ready)
+                            || part(tx, PartState3::PreCommit)
+                            || part(tx, PartState3::Commit),
                         "VOTE_COMMIT on {tx} without READY durable"
                     ),
                     Message3::ReadyCommit { tx } => prop_assert!(
