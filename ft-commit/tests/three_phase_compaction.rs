@@ -499,3 +499,59 @@ fn a_snapshot_cut_with_a_decision_in_flight_holds_it_untold() {
     );
     assert_eq!(d.sends.len(), 3, "GLOBAL_COMMIT to each participant");
 }
+
+#[test]
+fn the_window_limit_a_participant_back_after_its_peers_forgot_decides_alone() {
+    // What the window assumes, shown (see "Log compaction" in the module
+    // docs): P1 and P2 committed t by termination while P3, READY, was
+    // down (so it was never sent PREPARE_COMMIT), then finished more than
+    // `keep_finished` later transactions and forgot t; the coordinator is
+    // gone. P3 comes back READY and terminates: nobody answers, and by the
+    // rule "all READY → abort" it aborts beside their commit. Forgetting
+    // made P1 and P2 look crashed; this is 3PC's known limit when no node
+    // that knows the outcome answers (as `three_phase_open_risk.rs`), here
+    // reached by forgetting. The bound is the window, not the protocol.
+    let cfg = compacting(64, 0);
+    let forgot = Record3::Snapshot(ft_commit::Snapshot3 {
+        forgotten: true,
+        ..Default::default()
+    });
+    let recover = |node: NodeId, records: Vec<Record3>| {
+        let mut ctx = harness::context(node);
+        ctx.incarnation = Incarnation(2);
+        ctx.records = records.iter().map(ft_core::record::encode).collect();
+        Harness::<ThreePhase>::recover(&cfg, ctx).unwrap()
+    };
+    let mut peers = [
+        recover(P1, vec![forgot.clone()]),
+        recover(P2, vec![forgot.clone()]),
+    ];
+    let t = txn(1);
+    let mut p3 = recover(
+        P3,
+        vec![Record3::Part {
+            tx: t.clone(),
+            state: PartState3::Ready,
+            coordinator: C,
+            participants: vec![P1, P2, P3],
+        }],
+    );
+    p3.drain();
+    // Two rounds elect P1, then P2 (silent); the third elects P3.
+    for _ in 0..3 {
+        p3.advance(cfg.decision_timeout);
+        p3.timer(Timer3::Decision(t.clone()));
+    }
+    let asks = p3.drain().sends;
+    assert_eq!(asks.len(), 3, "STATE_REQUEST to P1, P2 and the coordinator");
+    for (to, m) in asks {
+        if let Some(peer) = peers.get_mut((to.0 as usize).wrapping_sub(1)) {
+            let d = peer.message(P3, m).drain();
+            assert!(d.sends.is_empty() && d.persists.is_empty(), "{to} silent");
+        }
+    }
+    p3.advance(cfg.collect);
+    p3.timer(Timer3::Collect(t.clone()));
+    p3.complete_persists();
+    assert_eq!(p3.core.participant_state(&t), Some(PartState3::Abort));
+}
