@@ -85,7 +85,8 @@
 //!
 //! # Log compaction
 //!
-//! Every [`ThreePhaseConfig::snapshot_every`] records the node cuts a
+//! With compaction on (off by default, see below), every
+//! [`ThreePhaseConfig::snapshot_every`] records the node cuts a
 //! [`Record3::Snapshot`] ([`Snapshot3`]: every live transaction, with the
 //! records in flight applied, and the last
 //! [`ThreePhaseConfig::keep_finished`] decided ones per role) and, once it
@@ -131,13 +132,16 @@
 //! reach: one still READY beside a COMMIT decided by a termination (it
 //! was down), or still PRECOMMIT beside an ABORT. Such a participant must
 //! come back and ask before the nodes that decided have finished
-//! `keep_finished` later transactions; as in 2PC, transaction ids must be
-//! unique and messages must not outlive the window. 2PC needs no such
-//! bound for a participant that was down, because its coordinator forgets
-//! a decision only once every participant acknowledged it; this 3PC has no
-//! acknowledgements (see above), so no node knows when every participant
-//! holds the outcome. Compaction can be turned off (`snapshot_every` 0):
-//! then nothing is forgotten, and the log grows with history.
+//! `keep_finished` later transactions (`tests/three_phase_compaction.rs`
+//! shows one that does not, and aborts beside a commit); as in 2PC,
+//! transaction ids must be unique and messages must not outlive the
+//! window. 2PC needs no such bound for a participant that was down,
+//! because its coordinator forgets a decision only once every participant
+//! acknowledged it; this 3PC has no acknowledgements (see above), so no
+//! node knows when every participant holds the outcome. That is why
+//! compaction is **off by default** here (`snapshot_every` 0: nothing is
+//! forgotten, and log and memory grow with history, a flood of forged
+//! STATE_REQUESTs included); turn it on where the window holds.
 //!
 //! Inputs and events are those of the 2PC core ([`Input`], [`Event`]);
 //! `Blocked`, `Finished` are never told here. Ignored messages are counted
@@ -176,8 +180,15 @@ pub struct ThreePhaseConfig {
     pub collect: Duration,
     /// **Log compaction**: after this many records, write a
     /// [`Record3::Snapshot`] of what is still needed and ask for the log
-    /// before it to be dropped. 0 turns compaction off (and with it all
-    /// forgetting: memory and log then grow with history).
+    /// before it to be dropped. 0 (the default) turns compaction off, and
+    /// with it all forgetting: memory and log then grow with history.
+    ///
+    /// Off by default, unlike 2PC's: forgetting in 3PC rests on an extra
+    /// assumption, that a participant left undecided by a termination that
+    /// did not reach it comes back and asks within the window (see [Log
+    /// compaction](self#log-compaction)). Turn it on where that holds:
+    /// `keep_finished` well above the transactions a node finishes while
+    /// a peer may be down.
     pub snapshot_every: u32,
     /// How many finished transactions, per role, a node keeps (in memory
     /// and in its snapshot) to answer late questions about them; older
@@ -248,8 +259,9 @@ impl ThreePhaseConfig {
 
 impl Default for ThreePhaseConfig {
     /// 50 ms retries, 500 ms vote and prepare timeouts, 700 ms per election
-    /// round, 100 ms to collect states; a snapshot every 256 records,
-    /// keeping the last 1024 finished transactions per role (as 2PC). Keep `decision_timeout` above
+    /// round, 100 ms to collect states; compaction off (`snapshot_every`
+    /// 0; `keep_finished` 1024 once it is turned on). Keep
+    /// `decision_timeout` above
     /// `vote_timeout`: a live coordinator then has decided or logged
     /// PRECOMMIT before any participant starts termination (a READY
     /// participant that aborts by termination while the coordinator still
@@ -262,7 +274,7 @@ impl Default for ThreePhaseConfig {
             prepare_timeout: Duration::from_millis(500),
             decision_timeout: Duration::from_millis(700),
             collect: Duration::from_millis(100),
-            snapshot_every: 256,
+            snapshot_every: 0,
             keep_finished: 1024,
         }
     }
