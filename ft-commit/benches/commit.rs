@@ -178,6 +178,7 @@ fn three_phase_config() -> ThreePhaseConfig {
         prepare_timeout: Duration::from_secs(120),
         decision_timeout: Duration::from_secs(180),
         collect: Duration::from_secs(10),
+        ..ThreePhaseConfig::default()
     }
 }
 

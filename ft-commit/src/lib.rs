@@ -16,8 +16,8 @@ pub use paxos_commit::{PaxosCommit, PaxosConfig, PaxosTimer, RmState};
 pub use paxos_wire::{Ballot, PaxosMessage, PaxosRecord, Report, Value};
 pub use resource::{Applied, Resource};
 pub use three_phase::{
-    CoordState3, Message3, PartState3, Record3, ThreePhase, ThreePhaseConfig,
-    ThreePhaseConfigError, Timer3,
+    CoordState3, MAX_SNAPSHOT3_ENTRIES, Message3, PartState3, Record3, Snap3Coord, Snap3Part,
+    Snapshot3, ThreePhase, ThreePhaseConfig, ThreePhaseConfigError, Timer3,
 };
 pub use two_phase::{
     CommitStats, CoordState, Event, Input, PartState, Timer, TwoPhase, TwoPhaseConfig,

@@ -83,12 +83,72 @@
 //! decision again. A participant in READY or PRECOMMIT starts termination
 //! after its timeout; COMMIT / ABORT are told again (idempotently).
 //!
+//! # Log compaction
+//!
+//! With compaction on (off by default, see below), every
+//! [`ThreePhaseConfig::snapshot_every`] records the node cuts a
+//! [`Record3::Snapshot`] ([`Snapshot3`]: every live transaction, with the
+//! records in flight applied, and the last
+//! [`ThreePhaseConfig::keep_finished`] decided ones per role) and, once it
+//! is durable, asks for the log before it to be dropped
+//! ([`Output::Compact`]). Older decided transactions leave memory at that
+//! moment (never between snapshots: a forgotten id met again then gets
+//! records after the snapshot, never beside its old ones), and only those
+//! with no record in flight and no termination running. So the log holds
+//! at most a snapshot and `snapshot_every` records after it, and the tables
+//! `keep_finished` + `snapshot_every` decided transactions per role plus
+//! the live ones, however long the history. A restart tells the
+//! application again only the outcomes logged after the snapshot (each
+//! entry says whether it was `told`), and resends only those decisions.
+//! Snapshots appeared in record version 2; version 1 logs are still read.
+//!
+//! **What a node that forgot says.** Asked by a STATE_REQUEST about a
+//! transaction it does not know, a node normally logs ABORT and answers
+//! INIT: "I cannot have voted commit". Once it has dropped *any* outcome
+//! (`forgotten`, kept in the snapshot) it can no longer tell "never heard
+//! of" from "forgotten", and if the forgotten outcome was COMMIT, INIT
+//! (and the ABORT logged before it) would contradict it: a READY asker
+//! that sees only READY and INIT aborts beside a commit. So it stays
+//! **silent**: no record, no entry, no answer (counted in
+//! [`CommitStats::unknown_tx`]). The same silence covers the original
+//! coordinator: asked about a transaction it still holds it answers as
+//! above (WAIT: logs ABORT; COMMIT / ABORT: its outcome; PRECOMMIT:
+//! nothing); about one it forgot, its coordinator side does not know it
+//! and its participant side is silent. This also bounds a flood of forged
+//! STATE_REQUESTs: each logs an ABORT only until the first of those ABORTs
+//! is forgotten, after which they cost nothing.
+//!
+//! The termination rules still terminate: a silent node counts as
+//! unreachable. The collect timer decides with the answers it has, and
+//! only nodes that answered are sent PREPARE_COMMIT and waited for.
+//!
+//! **What the window assumes.** A node that forgot a transaction looks,
+//! for that transaction, like a crashed one, and 3PC's termination is safe
+//! with crashed nodes only while some node that knows the outcome answers
+//! (the subject's assumption; `tests/three_phase_open_risk.rs` shows what
+//! happens when none does). Most askers are safe alone: one in PRECOMMIT
+//! when the outcome is COMMIT commits, one in READY when it is ABORT
+//! aborts. The exceptions are participants that a termination did not
+//! reach: one still READY beside a COMMIT decided by a termination (it
+//! was down), or still PRECOMMIT beside an ABORT. Such a participant must
+//! come back and ask before the nodes that decided have finished
+//! `keep_finished` later transactions (`tests/three_phase_compaction.rs`
+//! shows one that does not, and aborts beside a commit); as in 2PC,
+//! transaction ids must be unique and messages must not outlive the
+//! window. 2PC needs no such bound for a participant that was down,
+//! because its coordinator forgets a decision only once every participant
+//! acknowledged it; this 3PC has no acknowledgements (see above), so no
+//! node knows when every participant holds the outcome. That is why
+//! compaction is **off by default** here (`snapshot_every` 0: nothing is
+//! forgotten, and log and memory grow with history, a flood of forged
+//! STATE_REQUESTs included); turn it on where the window holds.
+//!
 //! Inputs and events are those of the 2PC core ([`Input`], [`Event`]);
 //! `Blocked`, `Finished` are never told here. Ignored messages are counted
 //! in [`CommitStats`] (`decision_requests` counts STATE_REQUESTs sent,
 //! `terminated_cooperatively` the transactions decided by termination).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -118,6 +178,23 @@ pub struct ThreePhaseConfig {
     /// Termination coordinator: how long it collects states. Must be
     /// shorter than `decision_timeout`.
     pub collect: Duration,
+    /// **Log compaction**: after this many records, write a
+    /// [`Record3::Snapshot`] of what is still needed and ask for the log
+    /// before it to be dropped. 0 (the default) turns compaction off, and
+    /// with it all forgetting: memory and log then grow with history.
+    ///
+    /// Off by default, unlike 2PC's: forgetting in 3PC rests on an extra
+    /// assumption, that a participant left undecided by a termination that
+    /// did not reach it comes back and asks within the window (see [Log
+    /// compaction](self#log-compaction)). Turn it on where that holds:
+    /// `keep_finished` well above the transactions a node finishes while
+    /// a peer may be down.
+    pub snapshot_every: u32,
+    /// How many finished transactions, per role, a node keeps (in memory
+    /// and in its snapshot) to answer late questions about them; older
+    /// ones are dropped when a snapshot is cut. See [Log
+    /// compaction](self#log-compaction) for what this window assumes.
+    pub keep_finished: usize,
 }
 
 /// Why a [`ThreePhaseConfig`] is refused ([`ThreePhaseConfig::validate`];
@@ -182,7 +259,9 @@ impl ThreePhaseConfig {
 
 impl Default for ThreePhaseConfig {
     /// 50 ms retries, 500 ms vote and prepare timeouts, 700 ms per election
-    /// round, 100 ms to collect states. Keep `decision_timeout` above
+    /// round, 100 ms to collect states; compaction off (`snapshot_every`
+    /// 0; `keep_finished` 1024 once it is turned on). Keep
+    /// `decision_timeout` above
     /// `vote_timeout`: a live coordinator then has decided or logged
     /// PRECOMMIT before any participant starts termination (a READY
     /// participant that aborts by termination while the coordinator still
@@ -195,6 +274,8 @@ impl Default for ThreePhaseConfig {
             prepare_timeout: Duration::from_millis(500),
             decision_timeout: Duration::from_millis(700),
             collect: Duration::from_millis(100),
+            snapshot_every: 0,
+            keep_finished: 1024,
         }
     }
 }
@@ -432,6 +513,9 @@ pub enum Record3 {
         /// Its participants (empty if unknown).
         participants: Vec<NodeId>,
     },
+    /// Log compaction: everything the node still needs; every record
+    /// before it can be dropped (written from record version 2 on).
+    Snapshot(Snapshot3),
 }
 
 impl Wire for Record3 {
@@ -459,6 +543,10 @@ impl Wire for Record3 {
                 coordinator.encode(buf);
                 put_nodes(buf, participants);
             }
+            Record3::Snapshot(snap) => {
+                buf.put_u8(3);
+                snap.encode(buf);
+            }
         }
     }
 
@@ -475,6 +563,7 @@ impl Wire for Record3 {
                 coordinator: NodeId::decode(buf)?,
                 participants: get_nodes(buf)?,
             }),
+            3 => Ok(Record3::Snapshot(Snapshot3::decode(buf)?)),
             tag => Err(DecodeError::UnknownTag {
                 what: "Record3",
                 tag,
@@ -484,7 +573,146 @@ impl Wire for Record3 {
 }
 
 impl Record for Record3 {
-    const VERSION: u8 = 1;
+    /// 2 added [`Record3::Snapshot`]; the other records are encoded as in
+    /// version 1, which is still read.
+    const VERSION: u8 = 2;
+
+    fn reads(version: u8) -> bool {
+        version == 1 || version == 2
+    }
+}
+
+/// The most entries (per role) a [`Snapshot3`] may hold: bounds what a
+/// corrupt record can make recovery allocate.
+pub const MAX_SNAPSHOT3_ENTRIES: usize = 1 << 20;
+
+/// A coordinator's transaction in a [`Snapshot3`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snap3Coord {
+    /// The transaction.
+    pub tx: TxId,
+    /// WAIT, PRECOMMIT, COMMIT or ABORT (never INIT: nothing logged).
+    pub state: CoordState3,
+    /// Its participants.
+    pub participants: Vec<NodeId>,
+    /// The application was told the decision before the snapshot was
+    /// written: a restart does not tell it again.
+    pub told: bool,
+}
+
+/// A participant's transaction in a [`Snapshot3`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snap3Part {
+    /// The transaction.
+    pub tx: TxId,
+    /// READY, PRECOMMIT, COMMIT or ABORT (never INIT: nothing logged).
+    pub state: PartState3,
+    /// Its coordinator.
+    pub coordinator: NodeId,
+    /// Its participants (empty if unknown).
+    pub participants: Vec<NodeId>,
+    /// The application was told the outcome before the snapshot was
+    /// written: a restart does not tell it again.
+    pub told: bool,
+}
+
+/// What a [`ThreePhase`] node still needs of its log
+/// ([`Record3::Snapshot`]): every live transaction and the last
+/// [`ThreePhaseConfig::keep_finished`] finished ones per role. See [Log
+/// compaction](self#log-compaction).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot3 {
+    /// Coordinator side.
+    pub coords: Vec<Snap3Coord>,
+    /// Participant side.
+    pub parts: Vec<Snap3Part>,
+    /// Some outcome was dropped: do not answer a STATE_REQUEST about an
+    /// unknown transaction.
+    pub forgotten: bool,
+}
+
+fn get_bool(buf: &mut Bytes) -> Result<bool, DecodeError> {
+    match wire::get_u8(buf)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        tag => Err(DecodeError::UnknownTag { what: "bool", tag }),
+    }
+}
+
+fn get_len(buf: &mut Bytes, min_entry: usize) -> Result<usize, DecodeError> {
+    let len = wire::get_u32(buf)? as usize;
+    if len > MAX_SNAPSHOT3_ENTRIES {
+        return Err(DecodeError::Oversized {
+            len,
+            max: MAX_SNAPSHOT3_ENTRIES,
+        });
+    }
+    // Each entry takes at least `min_entry` bytes: a short buffer fails
+    // here, before anything is allocated.
+    wire::need(buf, len * min_entry)?;
+    Ok(len)
+}
+
+impl Wire for Snapshot3 {
+    fn encode(&self, buf: &mut BytesMut) {
+        buf.put_u8(u8::from(self.forgotten));
+        buf.put_u32_le(self.coords.len() as u32);
+        for c in &self.coords {
+            c.tx.encode(buf);
+            buf.put_u8(c.state.tag());
+            put_nodes(buf, &c.participants);
+            buf.put_u8(u8::from(c.told));
+        }
+        buf.put_u32_le(self.parts.len() as u32);
+        for p in &self.parts {
+            p.tx.encode(buf);
+            buf.put_u8(p.state.tag());
+            p.coordinator.encode(buf);
+            put_nodes(buf, &p.participants);
+            buf.put_u8(u8::from(p.told));
+        }
+    }
+
+    fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        let forgotten = get_bool(buf)?;
+        let n = get_len(buf, 5)?;
+        let mut coords = Vec::with_capacity(n);
+        for _ in 0..n {
+            coords.push(Snap3Coord {
+                tx: TxId::decode(buf)?,
+                state: CoordState3::from_tag(wire::get_u8(buf)?)?,
+                participants: get_nodes(buf)?,
+                told: get_bool(buf)?,
+            });
+        }
+        let n = get_len(buf, 13)?;
+        let mut parts = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tx = TxId::decode(buf)?;
+            let state = match wire::get_u8(buf)? {
+                // INIT is never logged, so never in a snapshot.
+                0 => {
+                    return Err(DecodeError::UnknownTag {
+                        what: "Snap3Part state",
+                        tag: 0,
+                    });
+                }
+                tag => PartState3::from_tag(tag)?,
+            };
+            parts.push(Snap3Part {
+                tx,
+                state,
+                coordinator: NodeId::decode(buf)?,
+                participants: get_nodes(buf)?,
+                told: get_bool(buf)?,
+            });
+        }
+        Ok(Snapshot3 {
+            coords,
+            parts,
+            forgotten,
+        })
+    }
 }
 
 /// The named timers of a [`ThreePhase`] node.
@@ -542,6 +770,7 @@ struct Part {
 enum Pending {
     Coord(TxId, CoordState3),
     Part(TxId, PartState3, Vec<(NodeId, Message3)>),
+    Snapshot,
 }
 
 /// A three-phase commit node. See the [module docs](self).
@@ -554,6 +783,15 @@ pub struct ThreePhase {
     pending: BTreeMap<PersistToken, Pending>,
     stats: CommitStats,
     out: Outbox<ThreePhase>,
+    /// Decided transactions per role, oldest first: what
+    /// [`ThreePhaseConfig::keep_finished`] bounds.
+    finished_coords: VecDeque<TxId>,
+    finished_parts: VecDeque<TxId>,
+    /// Some outcome was dropped: unknown transactions get no answer.
+    forgotten: bool,
+    /// Records written since the last snapshot.
+    since_snapshot: u32,
+    snapshot_in_flight: bool,
 }
 
 impl ThreePhase {
@@ -608,6 +846,7 @@ impl ThreePhase {
             participants: c.participants.clone(),
         };
         let token = self.out.persist(&record);
+        self.since_snapshot = self.since_snapshot.saturating_add(1);
         self.pending
             .insert(token, Pending::Coord(tx.clone(), state));
     }
@@ -624,8 +863,107 @@ impl ThreePhase {
             participants: p.participants.clone(),
         };
         let token = self.out.persist(&record);
+        self.since_snapshot = self.since_snapshot.saturating_add(1);
         self.pending
             .insert(token, Pending::Part(tx.clone(), state, sends));
+    }
+
+    // ---- bounded history and compaction ----
+
+    /// Drops the oldest decided transactions beyond
+    /// [`ThreePhaseConfig::keep_finished`] per role. Only right before a
+    /// snapshot is cut (which leaves them out): a transaction forgotten
+    /// and met again gets records after that snapshot, never beside its
+    /// old ones. An entry is queued once, when it is decided; COMMIT and
+    /// ABORT are final (no record follows them, no termination runs), and
+    /// entries leave the tables only here, so what is dequeued is decided
+    /// and not in flight.
+    fn trim(&mut self) {
+        let keep = self.config.keep_finished;
+        while self.finished_coords.len() > keep {
+            let tx = self.finished_coords.pop_front().expect("non-empty");
+            if self.coords.remove(&tx).is_some() {
+                self.forgotten = true;
+                self.stats.forgotten += 1;
+            }
+        }
+        while self.finished_parts.len() > keep {
+            let tx = self.finished_parts.pop_front().expect("non-empty");
+            if self.parts.remove(&tx).is_some() {
+                self.forgotten = true;
+                self.stats.forgotten += 1;
+            }
+        }
+    }
+
+    /// Writes a snapshot if enough records were written since the last
+    /// one. Called at the end of every `handle_*`, when the state is
+    /// whole.
+    fn maybe_snapshot(&mut self) {
+        let every = self.config.snapshot_every;
+        if every == 0 || self.snapshot_in_flight || self.since_snapshot < every {
+            return;
+        }
+        self.trim();
+        let snap = self.snapshot();
+        self.stats.snapshots += 1;
+        self.snapshot_in_flight = true;
+        let token = self.out.persist(&Record3::Snapshot(snap));
+        self.pending.insert(token, Pending::Snapshot);
+        self.since_snapshot = 0;
+    }
+
+    /// What the log says now: the state of every transaction, with the
+    /// records in flight applied (they come before the snapshot in the
+    /// log, and the snapshot replaces them).
+    fn snapshot(&self) -> Snapshot3 {
+        let mut coord_next: BTreeMap<&TxId, CoordState3> = BTreeMap::new();
+        let mut part_next: BTreeMap<&TxId, PartState3> = BTreeMap::new();
+        // In token order: the last record in flight wins.
+        for what in self.pending.values() {
+            match what {
+                Pending::Coord(tx, s) => {
+                    coord_next.insert(tx, *s);
+                }
+                Pending::Part(tx, s, _) => {
+                    part_next.insert(tx, *s);
+                }
+                Pending::Snapshot => {}
+            }
+        }
+        let mut snap = Snapshot3 {
+            forgotten: self.forgotten,
+            ..Snapshot3::default()
+        };
+        for (tx, c) in &self.coords {
+            let next = coord_next.get(tx).copied();
+            let state = next.unwrap_or(c.state);
+            if state == CoordState3::Init {
+                continue;
+            }
+            snap.coords.push(Snap3Coord {
+                tx: tx.clone(),
+                state,
+                participants: c.participants.clone(),
+                told: next.is_none() && matches!(c.state, CoordState3::Commit | CoordState3::Abort),
+            });
+        }
+        for (tx, p) in &self.parts {
+            let next = part_next.get(tx).copied();
+            let state = next.unwrap_or(p.state);
+            if state == PartState3::Init {
+                // Not voted: nothing logged.
+                continue;
+            }
+            snap.parts.push(Snap3Part {
+                tx: tx.clone(),
+                state,
+                coordinator: p.coordinator,
+                participants: p.participants.clone(),
+                told: next.is_none() && matches!(p.state, PartState3::Commit | PartState3::Abort),
+            });
+        }
+        snap
     }
 
     fn others(&self, p: &Part) -> Vec<NodeId> {
@@ -815,6 +1153,7 @@ impl ThreePhase {
                 for n in to {
                     self.out.send(n, Message3::global(&tx, outcome));
                 }
+                self.finished_coords.push_back(tx.clone());
                 self.out.event(Event::Decided { tx, outcome });
             }
         }
@@ -851,6 +1190,13 @@ impl ThreePhase {
         if let Message3::StateRequest { coordinator, .. } = &msg
             && !self.parts.contains_key(&tx)
         {
+            if self.forgotten {
+                // It may be an outcome we dropped (a COMMIT, say): INIT
+                // (and the ABORT logged before it) could contradict it.
+                // Silence: the asker counts us as unreachable. See "Log
+                // compaction" in the module docs.
+                return self.ignore(|s| &mut s.unknown_tx);
+            }
             // Never heard of it: abort first, then answer INIT.
             self.stats.unknown_tx += 1;
             self.parts.insert(
@@ -1137,6 +1483,9 @@ impl ThreePhase {
             }
             PartState3::Commit | PartState3::Abort => {
                 p.term = None;
+                if before != state {
+                    self.finished_parts.push_back(tx.clone());
+                }
                 self.out.cancel_timer(Timer3::Prepare(tx.clone()));
                 self.out.cancel_timer(Timer3::Decision(tx.clone()));
                 self.out.cancel_timer(Timer3::Collect(tx.clone()));
@@ -1173,13 +1522,8 @@ impl ThreePhase {
     }
 }
 
-impl Protocol for ThreePhase {
-    type Message = Message3;
-    type Input = Input;
-    type Event = Event;
-    type Timer = Timer3;
-
-    fn handle_message(&mut self, now: Instant, from: NodeId, msg: Message3) {
+impl ThreePhase {
+    fn on_message(&mut self, now: Instant, from: NodeId, msg: Message3) {
         self.out.received();
         let tx = msg.tx().clone();
         let terminating = self.is_terminating(&tx);
@@ -1209,7 +1553,7 @@ impl Protocol for ThreePhase {
         }
     }
 
-    fn handle_input(&mut self, now: Instant, input: Input) {
+    fn on_input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Begin { tx, participants } => self.begin(tx, participants),
             Input::Join { tx, coordinator } => {
@@ -1241,7 +1585,7 @@ impl Protocol for ThreePhase {
         }
     }
 
-    fn handle_timer(&mut self, now: Instant, timer: Timer3) {
+    fn on_timer(&mut self, now: Instant, timer: Timer3) {
         self.out.timer_fired();
         match timer {
             Timer3::Votes(tx) => {
@@ -1312,15 +1656,47 @@ impl Protocol for ThreePhase {
         }
     }
 
-    fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
+    fn on_persisted(&mut self, now: Instant, token: PersistToken) {
         let Persisted::Own(token) = self.out.persisted(token) else {
             return;
         };
         match self.pending.remove(&token) {
             Some(Pending::Coord(tx, state)) => self.coord_durable(now, tx, state),
             Some(Pending::Part(tx, state, sends)) => self.part_durable(now, tx, state, sends),
+            Some(Pending::Snapshot) => {
+                // Everything before it is in it: drop it.
+                self.snapshot_in_flight = false;
+                self.out.compact(token);
+            }
             None => {}
         }
+    }
+}
+
+impl Protocol for ThreePhase {
+    type Message = Message3;
+    type Input = Input;
+    type Event = Event;
+    type Timer = Timer3;
+
+    fn handle_message(&mut self, now: Instant, from: NodeId, msg: Message3) {
+        self.on_message(now, from, msg);
+        self.maybe_snapshot();
+    }
+
+    fn handle_input(&mut self, now: Instant, input: Input) {
+        self.on_input(now, input);
+        self.maybe_snapshot();
+    }
+
+    fn handle_timer(&mut self, now: Instant, timer: Timer3) {
+        self.on_timer(now, timer);
+        self.maybe_snapshot();
+    }
+
+    fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
+        self.on_persisted(now, token);
+        self.maybe_snapshot();
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
@@ -1370,7 +1746,16 @@ impl Recover for ThreePhase {
             pending: BTreeMap::new(),
             stats: CommitStats::default(),
             out: Outbox::recovered(&ctx),
+            finished_coords: VecDeque::new(),
+            finished_parts: VecDeque::new(),
+            forgotten: false,
+            since_snapshot: 0,
+            snapshot_in_flight: false,
         };
+        // Outcomes the application was told before the last snapshot: not
+        // told again.
+        let mut told_coords: BTreeSet<TxId> = BTreeSet::new();
+        let mut told_parts: BTreeSet<TxId> = BTreeSet::new();
         let bad = |tx: &TxId, what: &str| RecoveryError::Inconsistent(format!("{tx}: {what}"));
         for r in records {
             match r {
@@ -1389,6 +1774,12 @@ impl Recover for ThreePhase {
                     });
                     if !coord_step_ok(c.state, state) || c.participants != participants {
                         return Err(bad(&tx, "coordinator records out of order"));
+                    }
+                    if c.state != state {
+                        told_coords.remove(&tx);
+                        if matches!(state, CoordState3::Commit | CoordState3::Abort) {
+                            core.finished_coords.push_back(tx.clone());
+                        }
                     }
                     c.state = state;
                 }
@@ -1413,7 +1804,62 @@ impl Recover for ThreePhase {
                     if p.participants.is_empty() {
                         p.participants = participants;
                     }
+                    if p.state != state {
+                        told_parts.remove(&tx);
+                        if matches!(state, PartState3::Commit | PartState3::Abort) {
+                            core.finished_parts.push_back(tx.clone());
+                        }
+                    }
                     p.state = state;
+                }
+                Record3::Snapshot(snap) => {
+                    // Everything before it is in it.
+                    core.coords.clear();
+                    core.parts.clear();
+                    core.finished_coords.clear();
+                    core.finished_parts.clear();
+                    told_coords.clear();
+                    told_parts.clear();
+                    core.forgotten = snap.forgotten;
+                    for s in snap.coords {
+                        if matches!(s.state, CoordState3::Commit | CoordState3::Abort) {
+                            core.finished_coords.push_back(s.tx.clone());
+                            if s.told {
+                                told_coords.insert(s.tx.clone());
+                            }
+                        }
+                        core.coords.insert(
+                            s.tx,
+                            Coord {
+                                state: s.state,
+                                participants: s.participants,
+                                votes: BTreeSet::new(),
+                                readies: BTreeSet::new(),
+                                pending: false,
+                                asking: false,
+                            },
+                        );
+                    }
+                    for s in snap.parts {
+                        if matches!(s.state, PartState3::Commit | PartState3::Abort) {
+                            core.finished_parts.push_back(s.tx.clone());
+                            if s.told {
+                                told_parts.insert(s.tx.clone());
+                            }
+                        }
+                        core.parts.insert(
+                            s.tx,
+                            Part {
+                                state: s.state,
+                                coordinator: s.coordinator,
+                                participants: s.participants,
+                                pending: false,
+                                asked: false,
+                                round: 0,
+                                term: None,
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -1455,6 +1901,11 @@ impl Recover for ThreePhase {
                     } else {
                         Vote::Abort
                     };
+                    if told_coords.contains(&tx) {
+                        // Told and sent before the snapshot: a participant
+                        // that missed it asks (termination), and we answer.
+                        continue;
+                    }
                     core.out.event(Event::Decided {
                         tx: tx.clone(),
                         outcome,
@@ -1478,6 +1929,7 @@ impl Recover for ThreePhase {
                     now,
                     core.config.decision_timeout,
                 ),
+                _ if told_parts.contains(&tx) => {}
                 PartState3::Commit => core.out.event(Event::Commit { tx }),
                 PartState3::Abort => core.out.event(Event::Abort { tx }),
                 PartState3::Init => {}

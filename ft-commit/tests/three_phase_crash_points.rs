@@ -20,6 +20,11 @@
 //! participant voted commit, with its READY durable). At the end:
 //! termination (every node that is up holds the outcome).
 //!
+//! All of it once more with **log compaction** at its most eager (a
+//! snapshot after every record, the log before it dropped as soon as it is
+//! durable): every crash point then meets a log that starts with a
+//! snapshot, or a snapshot in flight.
+//!
 //! The network is reliable and ordered (1 ms per message, 1 ms per
 //! persist): the synchrony 3PC assumes; what is tried is the crash.
 
@@ -66,6 +71,9 @@ struct Node {
     core: Option<ThreePhase>,
     life: u64,
     durable: Vec<Bytes>,
+    /// The life and token of each record in `durable` (to apply
+    /// compactions).
+    tokens: Vec<(u64, PersistToken)>,
     /// Actions (persists and sends) of each life so far, numbered.
     actions: Vec<usize>,
     timers: BTreeMap<Timer3, u64>,
@@ -78,6 +86,10 @@ struct World {
     queue: BTreeMap<(u64, u64), Ev>,
     nodes: Vec<Node>,
     crash: Vec<CrashPoint>,
+    config: ThreePhaseConfig,
+    /// Nodes whose READY (or a snapshot holding READY or later) was ever
+    /// durable.
+    ever_ready: BTreeSet<NodeId>,
     /// How many of `crash` happened.
     crashed: usize,
     abort_voter: Option<NodeId>,
@@ -100,7 +112,12 @@ fn participants() -> Vec<NodeId> {
 }
 
 impl World {
-    fn new(crash: Vec<CrashPoint>, abort_voter: Option<NodeId>, forever: bool) -> World {
+    fn new(
+        crash: Vec<CrashPoint>,
+        abort_voter: Option<NodeId>,
+        forever: bool,
+        compact: bool,
+    ) -> World {
         let base = Instant::now();
         let mut w = World {
             base,
@@ -109,6 +126,11 @@ impl World {
             queue: BTreeMap::new(),
             nodes: Vec::new(),
             crash,
+            config: ThreePhaseConfig {
+                snapshot_every: u32::from(compact),
+                ..ThreePhaseConfig::default()
+            },
+            ever_ready: BTreeSet::new(),
             crashed: 0,
             abort_voter,
             forever,
@@ -123,6 +145,7 @@ impl World {
                 core: None,
                 life: 0,
                 durable: Vec::new(),
+                tokens: Vec::new(),
                 actions: Vec::new(),
                 timers: BTreeMap::new(),
             });
@@ -152,7 +175,7 @@ impl World {
             seed: 1,
             now: self.base + Duration::from_micros(self.now),
         };
-        n.core = Some(ThreePhase::recover(&ThreePhaseConfig::default(), ctx).expect("recovers"));
+        n.core = Some(ThreePhase::recover(&self.config, ctx).expect("recovers"));
         self.pump(i);
     }
 
@@ -220,7 +243,16 @@ impl World {
                 Output::CancelTimer { timer } => {
                     self.nodes[i].timers.remove(&timer);
                 }
-                Output::Compact { .. } => {}
+                Output::Compact { before } => {
+                    let n = &mut self.nodes[i];
+                    let at = n
+                        .tokens
+                        .iter()
+                        .position(|&t| t == (life, before))
+                        .expect("compacts before a durable record of this life");
+                    n.tokens.drain(..at);
+                    n.durable.drain(..at);
+                }
                 Output::Event(e) => {
                     if let Event::Prepare { tx } = &e {
                         let me = NodeId(i as u64);
@@ -275,7 +307,21 @@ impl World {
             }
             Ev::Persisted(i, life, token, record, a) => {
                 if self.up(i, life) {
+                    let ready = match ft_core::record::decode::<Record3>(record.clone()) {
+                        Ok(Record3::Part { state, .. }) => state != PartState3::Abort,
+                        Ok(Record3::Snapshot(s)) => s.parts.iter().any(|p| {
+                            matches!(
+                                p.state,
+                                PartState3::Ready | PartState3::PreCommit | PartState3::Commit
+                            )
+                        }),
+                        _ => false,
+                    };
+                    if ready {
+                        self.ever_ready.insert(NodeId(i as u64));
+                    }
                     self.nodes[i].durable.push(record);
+                    self.nodes[i].tokens.push((life, token));
                     if !self.crash_here(i, a, When::After) {
                         self.nodes[i]
                             .core
@@ -302,15 +348,7 @@ impl World {
     }
 
     fn ready_durable(&self, p: NodeId) -> bool {
-        self.nodes[p.0 as usize].durable.iter().any(|r| {
-            matches!(
-                ft_core::record::decode::<Record3>(r.clone()),
-                Ok(Record3::Part {
-                    state: PartState3::Ready,
-                    ..
-                })
-            )
-        })
+        self.ever_ready.contains(&p)
     }
 
     /// Atomicity and validity over the events since `seen`.
@@ -424,10 +462,17 @@ impl World {
 }
 
 /// Runs with `points`; panics with them on a violation.
-fn try_points(points: Vec<CrashPoint>, abort_voter: Option<NodeId>, forever: bool) -> World {
-    let mut w = World::new(points.clone(), abort_voter, forever);
+fn try_points(
+    points: Vec<CrashPoint>,
+    abort_voter: Option<NodeId>,
+    forever: bool,
+    compact: bool,
+) -> World {
+    let mut w = World::new(points.clone(), abort_voter, forever, compact);
     if let Err(e) = w.run() {
-        panic!("{points:?}, abort voter {abort_voter:?}, down for good {forever}: {e}");
+        panic!(
+            "{points:?}, abort voter {abort_voter:?}, down for good {forever}, compaction              {compact}: {e}"
+        );
     }
     assert_eq!(w.crashed, points.len(), "{points:?} not all reached");
     w
@@ -461,6 +506,15 @@ impl Tally {
 
 #[test]
 fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
+    crash_points(false);
+}
+
+#[test]
+fn every_crash_point_with_a_snapshot_after_every_record() {
+    crash_points(true);
+}
+
+fn crash_points(compact: bool) {
     let mut once = Tally::default();
     let mut twice = Tally::default();
     let mut forever = Tally::default();
@@ -468,11 +522,25 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
     for abort_voter in [None, Some(NodeId(3))] {
         // The crash-free run: it commits (or aborts) and numbers the
         // actions.
-        let mut w = World::new(Vec::new(), abort_voter, false);
+        let mut w = World::new(Vec::new(), abort_voter, false, compact);
         let outcome = w.run().expect("crash-free run");
+        if compact {
+            // A snapshot follows the records; each node's log ends up
+            // holding a snapshot and what came after it, at most.
+            for (i, n) in w.nodes.iter().enumerate() {
+                let c = n.core.as_ref().unwrap();
+                assert!(c.stats().snapshots > 0, "n{i} cut no snapshot");
+                assert!(n.durable.len() <= 2, "n{i}: {} records", n.durable.len());
+                assert!(matches!(
+                    ft_core::record::decode::<Record3>(n.durable[0].clone()),
+                    Ok(Record3::Snapshot(_))
+                ));
+            }
+        }
         let counts: Vec<usize> = w.nodes.iter().map(|n| n.actions[0]).collect();
-        // The costs the README documents, for 3 participants.
-        if abort_voter.is_none() {
+        // The costs the README documents, for 3 participants (compaction
+        // adds its snapshots).
+        if !compact && abort_voter.is_none() {
             assert_eq!(outcome, Vote::Commit);
             assert_eq!(
                 cost(&w, 0),
@@ -487,7 +555,7 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
                     "participant: READY, PRECOMMIT, COMMIT; VOTE_COMMIT, READY_COMMIT"
                 );
             }
-        } else {
+        } else if !compact {
             assert_eq!(outcome, Vote::Abort);
             assert_eq!(
                 cost(&w, 0),
@@ -509,7 +577,7 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
                         action,
                         when,
                     };
-                    let w = try_points(vec![first], abort_voter, false);
+                    let w = try_points(vec![first], abort_voter, false, compact);
                     once.add(&w);
                     // Then crash it again at each action of its recovery
                     // (its second life).
@@ -522,12 +590,17 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
                                 action,
                                 when,
                             };
-                            twice.add(&try_points(vec![first, second], abort_voter, false));
+                            twice.add(&try_points(
+                                vec![first, second],
+                                abort_voter,
+                                false,
+                                compact,
+                            ));
                         }
                     }
                     // 3PC's promise: the coordinator down for good.
                     if node == 0 {
-                        let w = try_points(vec![first], abort_voter, true);
+                        let w = try_points(vec![first], abort_voter, true, compact);
                         forever.add(&w);
                         // And a second failure: n1 (elected first by the
                         // termination) crashes too, before and after each
@@ -540,7 +613,12 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
                                     action,
                                     when,
                                 };
-                                elected.add(&try_points(vec![first, n1], abort_voter, true));
+                                elected.add(&try_points(
+                                    vec![first, n1],
+                                    abort_voter,
+                                    true,
+                                    compact,
+                                ));
                             }
                         }
                     }
@@ -550,7 +628,7 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
         eprintln!("abort voter {abort_voter:?}: actions per node (n0..n3) {counts:?}");
     }
     eprintln!(
-        "3PC: {} crash points tried (before and after each persist and send of each node, \
+        "3PC (compaction {compact}): {} crash points tried (before and after each persist and send of each node, \
          2 vote patterns): {once:?}; {} runs crashing the same node again at each persist and \
          send of its recovery: {twice:?}; {} runs with the coordinator down for good from each \
          of its points: {forever:?}; {} runs with the coordinator down for good and n1 \

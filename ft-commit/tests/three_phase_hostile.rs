@@ -8,6 +8,13 @@
 //! outcome); never both Commit and Abort told for one transaction; memory
 //! bounded by the transaction ids seen; the node always recovers from what
 //! it logged, which holds one outcome per transaction and role.
+//!
+//! Each case draws a compaction setting (off, or a snapshot every 1–3
+//! records keeping 0–2 finished transactions per role) and its log applies
+//! the compactions asked for: with three transaction ids, nodes forget and
+//! meet forgotten ids again. A forgotten transaction met again is a new one
+//! (ids are unique in real use), so the checks of told outcomes and of the
+//! log start afresh for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -88,16 +95,19 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 struct Run {
+    config: ThreePhaseConfig,
     core: ThreePhase,
     life: u64,
     durable: Vec<Bytes>,
+    /// The life and token of each record in `durable`.
+    tokens: Vec<(u64, PersistToken)>,
     in_flight: Vec<(PersistToken, Bytes)>,
     committed: BTreeSet<TxId>,
     aborted: BTreeSet<TxId>,
 }
 
 impl Run {
-    fn recover(life: u64, durable: &[Bytes]) -> ThreePhase {
+    fn recover(config: &ThreePhaseConfig, life: u64, durable: &[Bytes]) -> ThreePhase {
         let ctx = RecoveryContext {
             node: ME,
             incarnation: Incarnation(life),
@@ -105,7 +115,7 @@ impl Run {
             seed: 0,
             now: std::time::Instant::now(),
         };
-        ThreePhase::recover(&ThreePhaseConfig::default(), ctx).expect("recovers from its own log")
+        ThreePhase::recover(config, ctx).expect("recovers from its own log")
     }
 
     fn durable_records(&self) -> Vec<Record3> {
@@ -116,23 +126,50 @@ impl Run {
     }
 
     fn drain(&mut self) -> Result<(), TestCaseError> {
+        // Outcomes of transactions the node forgot: a new transaction
+        // under that id may end otherwise.
+        let core = &self.core;
+        let known =
+            |t: &TxId| core.participant_state(t).is_some() || core.coordinator_state(t).is_some();
+        self.committed.retain(known);
+        self.aborted.retain(known);
         while let Some(o) = self.core.poll_output() {
             let logged = self.durable_records();
             let part = |tx: &TxId, s: PartState3| {
-                logged.iter().any(
-                    |r| matches!(r, Record3::Part { tx: t, state, .. } if t == tx && *state == s),
-                )
+                logged.iter().any(|r| match r {
+                    Record3::Part { tx: t, state, .. } => t == tx && *state == s,
+                    Record3::Snapshot(snap) => {
+                        snap.parts.iter().any(|p| &p.tx == tx && p.state == s)
+                    }
+                    _ => false,
+                })
             };
             let coord = |tx: &TxId, s: CoordState3| {
-                logged.iter().any(
-                    |r| matches!(r, Record3::Coord { tx: t, state, .. } if t == tx && *state == s),
-                )
+                logged.iter().any(|r| match r {
+                    Record3::Coord { tx: t, state, .. } => t == tx && *state == s,
+                    Record3::Snapshot(snap) => {
+                        snap.coords.iter().any(|c| &c.tx == tx && c.state == s)
+                    }
+                    _ => false,
+                })
             };
             match o {
                 Output::Persist { record, token } => self.in_flight.push((token, record)),
+                Output::Compact { before } => {
+                    let life = self.life;
+                    let at = self.tokens.iter().position(|&t| t == (life, before));
+                    prop_assert!(at.is_some(), "compacts before a durable record");
+                    let at = at.unwrap();
+                    self.tokens.drain(..at);
+                    self.durable.drain(..at);
+                }
                 Output::Send { msg, .. } => match &msg {
+                    // READY, or a later state (a snapshot holds only the
+                    // latest).
                     Message3::VoteCommit { tx } => prop_assert!(
-                        part(tx, PartState3::Ready),
+                        part(tx, PartState3::Ready)
+                            || part(tx, PartState3::PreCommit)
+                            || part(tx, PartState3::Commit),
                         "VOTE_COMMIT on {tx} without READY durable"
                     ),
                     Message3::ReadyCommit { tx } => prop_assert!(
@@ -195,12 +232,20 @@ proptest! {
 
     #[test]
     fn hostile_sequences_never_break_a_three_phase_node(
-        steps in proptest::collection::vec(step(), 0..60)
+        steps in proptest::collection::vec(step(), 0..60),
+        compaction in prop::option::of((1u32..4, 0usize..3)),
     ) {
+        let mut config = ThreePhaseConfig::default();
+        if let Some((every, keep)) = compaction {
+            config.snapshot_every = every;
+            config.keep_finished = keep;
+        }
         let mut run = Run {
-            core: Run::recover(1, &[]),
+            core: Run::recover(&config, 1, &[]),
+            config,
             life: 1,
             durable: Vec::new(),
+            tokens: Vec::new(),
             in_flight: Vec::new(),
             committed: BTreeSet::new(),
             aborted: BTreeSet::new(),
@@ -216,22 +261,37 @@ proptest! {
                     if !run.in_flight.is_empty() {
                         let (token, record) = run.in_flight.remove(0);
                         run.durable.push(record);
+                        run.tokens.push((run.life, token));
                         run.core.handle_persisted(now, token);
                     }
                 }
                 Step::Restart => {
                     run.in_flight.clear();
                     run.life += 1;
-                    run.core = Run::recover(run.life, &run.durable);
+                    run.core = Run::recover(&run.config, run.life, &run.durable);
                 }
             }
             run.drain()?;
         }
         // Whatever was logged reads back, and says one outcome per
-        // transaction and role.
+        // transaction and role (a snapshot restates what it keeps).
         let mut outcome: BTreeMap<(TxId, bool), bool> = BTreeMap::new();
         for r in run.durable_records() {
             let (key, commit) = match r {
+                Record3::Snapshot(snap) => {
+                    outcome.clear();
+                    for c in snap.coords {
+                        if matches!(c.state, CoordState3::Commit | CoordState3::Abort) {
+                            outcome.insert((c.tx, true), c.state == CoordState3::Commit);
+                        }
+                    }
+                    for p in snap.parts {
+                        if matches!(p.state, PartState3::Commit | PartState3::Abort) {
+                            outcome.insert((p.tx, false), p.state == PartState3::Commit);
+                        }
+                    }
+                    continue;
+                }
                 Record3::Part { tx, state: PartState3::Commit, .. } => ((tx, false), true),
                 Record3::Part { tx, state: PartState3::Abort, .. } => ((tx, false), false),
                 Record3::Coord { tx, state: CoordState3::Commit, .. } => ((tx, true), true),

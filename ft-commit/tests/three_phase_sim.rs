@@ -13,6 +13,11 @@
 //! crashed **for good** early on (then every participant that is up still
 //! decides: termination while the coordinator stays down).
 //!
+//! Odd seeds run with **log compaction** drawn per seed (a snapshot
+//! every 4–19 records, keeping 4–11 finished transactions per role, so
+//! nodes forget and the logs are cut many times per run); the totals show
+//! it happened (snapshots cut, outcomes forgotten).
+//!
 //! `FT_COMMIT_SEEDS=n` runs n seeds (default 8); `COMMIT_SEED=k` runs seed
 //! k alone.
 
@@ -78,14 +83,36 @@ struct Checker {
     participants: BTreeMap<TxId, Vec<NodeId>>,
     committed: BTreeMap<TxId, BTreeSet<NodeId>>,
     aborted: BTreeMap<TxId, BTreeSet<NodeId>>,
+    /// (participant, transaction) whose READY was seen durable: checked
+    /// once, at the first commit (later the log may have forgotten it).
+    ready: BTreeSet<(NodeId, TxId)>,
     checks: u64,
 }
 
+/// The configuration of `seed`: compaction on for odd seeds.
+fn config_of(seed: u64) -> ThreePhaseConfig {
+    let mut x = Xs(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+    let mut c = ThreePhaseConfig::default();
+    if seed % 2 == 1 {
+        c.snapshot_every = 4 + x.next(16) as u32;
+        c.keep_finished = 4 + x.next(8) as usize;
+    }
+    c
+}
+
+/// Whether `node`'s log holds its READY on `tx` (the record, or a snapshot
+/// holding the transaction in READY or later).
 fn ready_durable(w: &World<ThreePhase>, node: NodeId, tx: &TxId) -> bool {
-    w.durable_records(node).into_iter().any(|r| {
-        matches!(ft_core::record::decode::<Record3>(r),
-            Ok(Record3::Part { tx: t, state: PartState3::Ready, .. }) if &t == tx)
-    })
+    w.durable_records(node)
+        .into_iter()
+        .any(|r| match ft_core::record::decode::<Record3>(r) {
+            Ok(Record3::Part { tx: t, state, .. }) => &t == tx && state != PartState3::Abort,
+            Ok(Record3::Snapshot(s)) => s
+                .parts
+                .iter()
+                .any(|p| &p.tx == tx && p.state != PartState3::Abort),
+            _ => false,
+        })
 }
 
 impl Checker {
@@ -123,8 +150,11 @@ impl Checker {
                     if vote_of(self.seed, p, tx) != Vote::Commit {
                         return Err(format!("validity: {tx} committed, {p} votes abort"));
                     }
-                    if !ready_durable(w, p, tx) {
-                        return Err(format!("validity: {tx} committed, {p} has no READY"));
+                    if !self.ready.contains(&(p, tx.clone())) {
+                        if !ready_durable(w, p, tx) {
+                            return Err(format!("validity: {tx} committed, {p} has no READY"));
+                        }
+                        self.ready.insert((p, tx.clone()));
                     }
                 }
             }
@@ -146,6 +176,11 @@ struct Totals {
     checks: u64,
     terminated: u64,
     undecided_at_down_nodes: u64,
+    compacting_seeds: u64,
+    snapshots: u64,
+    forgotten: u64,
+    /// Log prefixes the simulator dropped at the cores' request.
+    compactions: u64,
 }
 
 /// One seed. `permanent`: one node crashes for good; otherwise crashes
@@ -186,11 +221,9 @@ fn run(seed: u64, permanent: bool, noisy: bool, totals: &mut Totals) {
             at += down;
         }
     }
-    let mut sim = Sim::<ThreePhase>::new(
-        SimConfig::new(seed, N as usize),
-        ThreePhaseConfig::default(),
-        plan,
-    );
+    let config = config_of(seed);
+    totals.compacting_seeds += u64::from(config.keep_finished < 1024);
+    let mut sim = Sim::<ThreePhase>::new(SimConfig::new(seed, N as usize), config, plan);
     let checker = Rc::new(RefCell::new(Checker {
         seed,
         ..Checker::default()
@@ -266,6 +299,8 @@ fn run(seed: u64, permanent: bool, noisy: bool, totals: &mut Totals) {
             );
         }
         totals.terminated += core.stats().terminated_cooperatively;
+        totals.snapshots += core.stats().snapshots;
+        totals.forgotten += core.stats().forgotten;
     }
     totals.committed += c.committed.len() as u64;
     totals.aborted += c.aborted.len() as u64;
@@ -273,6 +308,7 @@ fn run(seed: u64, permanent: bool, noisy: bool, totals: &mut Totals) {
     totals.duplicated += sim.stats().duplicated;
     totals.reordered += sim.stats().reordered;
     totals.overtaken += sim.stats().overtaken;
+    totals.compactions += sim.stats().compactions;
     totals.checks += c.checks;
 }
 
@@ -294,6 +330,9 @@ fn sweep(permanent: bool, noisy: bool) {
         assert!(totals.committed > 0 && totals.aborted > 0);
         if noisy {
             assert!(totals.duplicated > 0 && totals.reordered > 0 && totals.overtaken > 0);
+        }
+        if totals.compacting_seeds > 0 {
+            assert!(totals.snapshots > 0 && totals.forgotten > 0 && totals.compactions > 0);
         }
     }
 }

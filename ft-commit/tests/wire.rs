@@ -4,8 +4,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use ft_commit::snapshot::{MAX_SNAPSHOT_ENTRIES, SnapCoord, SnapPart, Snapshot};
 use ft_commit::{
-    CoordState3, DecisionEntry, LogRecord, MAX_BATCH, MAX_PARTICIPANTS, MAX_TX_ID, Message,
-    Message3, PartState3, PeerState, Record3, TxId, Vote,
+    CoordState3, DecisionEntry, LogRecord, MAX_BATCH, MAX_PARTICIPANTS, MAX_SNAPSHOT3_ENTRIES,
+    MAX_TX_ID, Message, Message3, PartState3, PeerState, Record3, Snap3Coord, Snap3Part, Snapshot3,
+    TxId, Vote,
 };
 use ft_core::NodeId;
 use ft_core::wire::{DecodeError, Wire};
@@ -296,15 +297,56 @@ fn message3() -> impl Strategy<Value = Message3> {
     ]
 }
 
-fn record3() -> impl Strategy<Value = Record3> {
+fn coord_state3() -> impl Strategy<Value = CoordState3> {
     // A coordinator record holds WAIT, PRECOMMIT, COMMIT or ABORT (never
     // INIT: nothing is logged in INIT).
-    let coord = prop_oneof![
+    prop_oneof![
         Just(CoordState3::Wait),
         Just(CoordState3::PreCommit),
         Just(CoordState3::Commit),
         Just(CoordState3::Abort)
+    ]
+}
+
+fn snapshot3() -> impl Strategy<Value = Snapshot3> {
+    // A participant in a snapshot is never in INIT (nothing logged).
+    let part_state = prop_oneof![
+        Just(PartState3::Ready),
+        Just(PartState3::PreCommit),
+        Just(PartState3::Commit),
+        Just(PartState3::Abort)
     ];
+    let coord = (tx(), coord_state3(), nodes(), any::<bool>()).prop_map(
+        |(tx, state, participants, told)| Snap3Coord {
+            tx,
+            state,
+            participants,
+            told,
+        },
+    );
+    let part = (tx(), part_state, any::<u64>(), nodes(), any::<bool>()).prop_map(
+        |(tx, state, c, participants, told)| Snap3Part {
+            tx,
+            state,
+            coordinator: NodeId(c),
+            participants,
+            told,
+        },
+    );
+    (
+        proptest::collection::vec(coord, 0..4),
+        proptest::collection::vec(part, 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|(coords, parts, forgotten)| Snapshot3 {
+            coords,
+            parts,
+            forgotten,
+        })
+}
+
+fn record3() -> impl Strategy<Value = Record3> {
+    let coord = coord_state3();
     prop_oneof![
         (tx(), coord, nodes()).prop_map(|(tx, state, participants)| Record3::Coord {
             tx,
@@ -319,6 +361,7 @@ fn record3() -> impl Strategy<Value = Record3> {
                 participants,
             }
         }),
+        snapshot3().prop_map(Record3::Snapshot),
     ]
 }
 
@@ -421,7 +464,18 @@ fn three_phase_limits_and_unknown_tags_are_typed_errors() {
     }
     for (bytes, what, tag) in [
         (&[0u8][..], "Record3", 0),
-        (&[3], "Record3", 3),
+        (&[4], "Record3", 4),
+        // A snapshot: a bad `forgotten` flag; INIT in a participant entry
+        // (never logged); a bad `told` flag.
+        (&[3, 2], "bool", 2),
+        (
+            &[
+                3, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ][..],
+            "Snap3Part state",
+            0,
+        ),
+        (&[3, 0, 1, 0, 0, 0, 0, 1, 0, 0, 9], "bool", 9),
         // INIT is never logged by a coordinator.
         (&[1, 0, 0], "CoordState3", 0),
         (&[1, 0, 5], "CoordState3", 5),
@@ -434,5 +488,52 @@ fn three_phase_limits_and_unknown_tags_are_typed_errors() {
             ),
             "{bytes:?}"
         );
+    }
+}
+
+#[test]
+fn a_forged_snapshot3_entry_count_is_refused_before_allocating() {
+    for prefix in [&[3u8, 0][..], &[3, 0, 0, 0, 0, 0]] {
+        let mut b = BytesMut::new();
+        b.put_slice(prefix);
+        b.put_u32_le(MAX_SNAPSHOT3_ENTRIES as u32 + 1);
+        assert_eq!(
+            Record3::from_bytes(b.freeze()),
+            Err(DecodeError::Oversized {
+                len: MAX_SNAPSHOT3_ENTRIES + 1,
+                max: MAX_SNAPSHOT3_ENTRIES
+            }),
+            "{prefix:?}"
+        );
+        // A count within the limit but beyond the bytes there: an error
+        // before anything is allocated.
+        let mut b = BytesMut::new();
+        b.put_slice(prefix);
+        b.put_u32_le(MAX_SNAPSHOT3_ENTRIES as u32);
+        // (The whole claimed size is asked for at once.)
+        assert!(matches!(
+            Record3::from_bytes(b.freeze()),
+            Err(DecodeError::Truncated { needed, .. }) if needed >= MAX_SNAPSHOT3_ENTRIES
+        ));
+    }
+}
+
+#[test]
+fn record3_version_1_is_still_read_and_version_3_is_refused() {
+    let r = Record3::Part {
+        tx: TxId::new(&b"t"[..]).unwrap(),
+        state: PartState3::Ready,
+        coordinator: NodeId(1),
+        participants: vec![NodeId(2)],
+    };
+    let bytes = ft_core::record::encode(&r);
+    // The header: component, then version.
+    let at = 1;
+    assert_eq!(bytes[at], 2);
+    for (version, ok) in [(1u8, true), (2, true), (3, false)] {
+        let mut b = bytes.to_vec();
+        b[at] = version;
+        let got = ft_core::record::decode::<Record3>(Bytes::from(b));
+        assert_eq!(got.is_ok(), ok, "version {version}: {got:?}");
     }
 }
