@@ -96,6 +96,39 @@
 //! `2N + 2`), in 4 message delays (PREPARE, 2a, 2b, OUTCOME; 2PC: 3 before
 //! the participants know). With F = 0 the message count equals 2PC's.
 //!
+//! The table above is with compaction off (`snapshot_every: 0`). With it
+//! on, the leader also sends OUTCOME to every acceptor it did not tell
+//! already (`+A` messages with all roles on distinct nodes, 0 when the
+//! acceptors are the participants), and every node writes one snapshot
+//! record per [`PaxosConfig::snapshot_every`] records.
+//!
+//! # Log compaction
+//!
+//! Every [`PaxosConfig::snapshot_every`] records (default 256) a node cuts
+//! a [`PaxosRecord::Snapshot`] (its live transactions, with the records in
+//! flight applied, and the last [`PaxosConfig::keep_finished`] outcomes it
+//! learned, default 1024) and, once it is durable, asks for the log
+//! before it to be dropped ([`Output::Compact`]). Logs and tables (the
+//! coordinator's, the RM's, the acceptor's, the leader's) then stay
+//! bounded however many transactions went by; a restart tells the
+//! application again only what it was not told before the snapshot.
+//!
+//! Paxos' safety rests on acceptors never forgetting what they promised or
+//! accepted, so an acceptor forgets an instance only once the outcome of
+//! its transaction is known at the node; while the outcome is in the
+//! window, it answers phase 1a and phase 2a about the transaction with
+//! OUTCOME (no promise, no acceptance); once it forgot any outcome, it
+//! stays silent about transactions it does not know, except a phase 2a in
+//! ballot 0 from the RM itself (a new transaction's vote). An RM that
+//! missed OUTCOME and takes over after the acceptors compacted is thus
+//! told COMMIT, or met with silence, never a promise "accepted nothing"
+//! that would let it propose Aborted where Prepared was chosen. The full
+//! argument, what the window assumes (unique ids, messages that do not
+//! outlive it) and what silence costs (liveness in two corners) are in
+//! [`crate::paxos_snapshot`]. Open acceptor transactions (outcome not
+//! known) are capped by [`PaxosConfig::max_open`] (default 4096), which
+//! bounds what floods of forged phase 1a / 2a can make an acceptor hold.
+//!
 //! # Counters
 //!
 //! [`CommitStats`] as for 2PC, read this way: `vote_timeouts` counts the
@@ -103,7 +136,9 @@
 //! `vote_requests_resent` PREPAREs sent again, `votes_resent` phase 2a
 //! of an RM's vote sent again for a repeated PREPARE; and the Paxos
 //! fields `forged_sender`, `stale_ballot`, `not_acceptor`,
-//! `leader_rounds` (every ballot above 0 started).
+//! `leader_rounds` (every ballot above 0 started); with compaction
+//! `snapshots`, `forgotten` (outcomes that left the window),
+//! `outcome_answers`, `silent_unknown` and `acceptor_full`.
 //!
 //! # Bad input
 //!
@@ -113,7 +148,8 @@
 //! acceptor's promise, for an old ballot, duplicated, or to a node that is
 //! not an acceptor are ignored and counted in [`CommitStats`]; never a
 //! panic. Acceptors keep state per instance they are told about, as any
-//! Paxos acceptor must (bounded per message by [`MAX_PARTICIPANTS`]).
+//! Paxos acceptor must (bounded per message by [`MAX_PARTICIPANTS`], and
+//! with compaction in all by [`PaxosConfig::max_open`] transactions).
 //!
 //! # Method groups and poll order
 //!
@@ -515,8 +551,9 @@ impl PaxosCommit {
     fn snapshot(&self) -> PaxosSnapshot {
         let mut voted: BTreeMap<&TxId, Value> = BTreeMap::new();
         let mut rm_next: BTreeMap<&TxId, Vote> = BTreeMap::new();
-        let mut acc_next: BTreeMap<(TxId, NodeId), (Option<Ballot>, Option<(Ballot, Value)>)> =
-            BTreeMap::new();
+        // Per instance: (promise, acceptance) of the records in flight.
+        type AccNext = (Option<Ballot>, Option<(Ballot, Value)>);
+        let mut acc_next: BTreeMap<(TxId, NodeId), AccNext> = BTreeMap::new();
         for what in self.pending.values() {
             match what {
                 Pending::Voted(tx, v) => {

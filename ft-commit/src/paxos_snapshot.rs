@@ -70,6 +70,16 @@
 //! is silent about it. Both are liveness, never atomicity; a larger
 //! `keep_finished` makes the first rarer.
 //!
+//! # Limit: acceptors learn outcomes once
+//!
+//! An acceptor that is neither a participant nor the coordinator learns
+//! an outcome only from the OUTCOME its leader sends once (no ACK, no
+//! retry). If that message is lost, the transaction stays open at that
+//! acceptor (its instances are kept, safely) and counts against
+//! [`PaxosConfig::max_open`]: over a long lossy run such an acceptor fills
+//! up and then acts as down for new transactions. A query for the
+//! outcome of old open transactions would close this; it is not built.
+//!
 //! # Size
 //!
 //! About (live + `keep_finished`) × (id + 8 bytes per participant) for

@@ -390,7 +390,7 @@ fn run(seed: u64, permanent: ForGood, totals: &mut Totals) {
         let decided_at_d: BTreeSet<TxId> = w
             .durable_records(d)
             .into_iter()
-            .map(|r| match ft_core::record::decode::<PaxosRecord>(r) {
+            .flat_map(|r| match ft_core::record::decode::<PaxosRecord>(r) {
                 Ok(PaxosRecord::Decided { tx, .. }) => vec![tx],
                 Ok(PaxosRecord::Snapshot(s)) => s
                     .begun
@@ -400,7 +400,6 @@ fn run(seed: u64, permanent: ForGood, totals: &mut Totals) {
                     .collect(),
                 _ => vec![],
             })
-            .flatten()
             .collect();
         totals.decided_without_coordinator += coordinators
             .iter()
