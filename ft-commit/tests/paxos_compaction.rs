@@ -483,3 +483,58 @@ fn a_lagging_rm_taking_over_after_the_window_never_aborts() {
         .sum();
     assert!(silent > 0, "the acceptors stayed silent");
 }
+
+#[test]
+fn a_snapshot_cut_while_an_acceptance_is_in_flight_keeps_it() {
+    // A snapshot after every record: the one cut right after an ACCEPTED
+    // (still in flight) must hold the acceptance, since the compaction it
+    // asks for drops the ACCEPTED record.
+    let mut net = Net::new(config(1, 8));
+    let a = ACCEPTORS[0];
+    let t = tx(0);
+    net.msgs.push_back((
+        RMS[0],
+        a,
+        PaxosMessage::Phase2a {
+            tx: t.clone(),
+            rm: RMS[0],
+            ballot: Ballot::zero(C),
+            value: Value::Prepared,
+        },
+    ));
+    net.quiet();
+    assert!(starts_with_snapshot(&net, a), "compacted");
+    assert!(
+        !net.logs[&a].iter().any(|r| matches!(
+            ft_core::record::decode::<PaxosRecord>(r.clone()),
+            Ok(PaxosRecord::Accepted { .. })
+        )),
+        "the ACCEPTED record was compacted away"
+    );
+    net.restart(a);
+    assert_eq!(
+        net.core(a).accepted(&t, RMS[0]),
+        Some((Ballot::zero(C), Value::Prepared))
+    );
+}
+
+#[test]
+fn a_window_of_zero_still_tells_every_outcome_once() {
+    // The coordinator is also an RM: it learns the outcome while its RM's
+    // OUTCOME record is in flight, and a snapshot cut then must not forget
+    // the transaction before the application is told.
+    let mut net = Net::new(config(1, 0));
+    for i in 0..5 {
+        net.begin(tx(i), vec![C, RMS[0], RMS[1]]);
+    }
+    for i in 0..5 {
+        for id in [C, RMS[0], RMS[1]] {
+            assert_eq!(
+                net.told(id, &tx(i)),
+                vec![&Event::Commit { tx: tx(i) }],
+                "{id} on t{i}"
+            );
+        }
+    }
+    assert!(net.core(C).stats().forgotten > 0);
+}
