@@ -303,6 +303,14 @@ fn logs_and_tables_stay_bounded_over_thousands_of_transactions() {
         .count();
     eprintln!("retold after a restart of the RMs: {retold}");
     assert!(retold <= RMS.len() * every as usize / 2, "retold {retold}");
+    // Likewise the coordinator (BEGIN, DECIDED per transaction).
+    let seen = net.events.len();
+    net.restart(C);
+    let retold = net.events[seen..]
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Decided { .. }))
+        .count();
+    assert!(retold <= every as usize / 2, "coordinator retold {retold}");
 
     // Without compaction every record stays.
     let mut off = Net::new(config(0, keep));
@@ -537,4 +545,42 @@ fn a_window_of_zero_still_tells_every_outcome_once() {
         }
     }
     assert!(net.core(C).stats().forgotten > 0);
+}
+
+#[test]
+fn a_snapshot_cut_while_a_promise_is_in_flight_keeps_it() {
+    let mut net = Net::new(config(1, 8));
+    let a = ACCEPTORS[0];
+    let t = tx(0);
+    let b = |round| Ballot {
+        round,
+        incarnation: 1,
+        leader: RMS[0],
+    };
+    net.msgs.push_back((
+        RMS[0],
+        a,
+        PaxosMessage::Phase1a {
+            tx: t.clone(),
+            ballot: b(2),
+            rms: vec![RMS[0]],
+        },
+    ));
+    net.quiet();
+    assert!(starts_with_snapshot(&net, a), "compacted");
+    net.restart(a);
+    // Below the promise: refused, also after the restart.
+    net.msgs.push_back((
+        RMS[0],
+        a,
+        PaxosMessage::Phase2a {
+            tx: t.clone(),
+            rm: RMS[0],
+            ballot: b(1),
+            value: Value::Aborted,
+        },
+    ));
+    net.quiet();
+    assert_eq!(net.core(a).stats().stale_ballot, 1);
+    assert_eq!(net.core(a).accepted(&t, RMS[0]), None);
 }
