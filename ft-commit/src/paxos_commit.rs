@@ -125,7 +125,10 @@
 //! that would let it propose Aborted where Prepared was chosen. The full
 //! argument, what the window assumes (unique ids, messages that do not
 //! outlive it) and what silence costs (liveness in two corners) are in
-//! [`crate::paxos_snapshot`]. Open acceptor transactions (outcome not
+//! [`crate::paxos_snapshot`]. An acceptor whose OUTCOME was lost sends
+//! its phase 2b again on its [`PaxosTimer::Learn`] timer, and a leader
+//! that decided answers a repeated phase 2b with OUTCOME. Open acceptor
+//! transactions (outcome not
 //! known) are capped by [`PaxosConfig::max_open`] (default 4096), which
 //! bounds what floods of forged phase 1a / 2a can make an acceptor hold.
 //!
@@ -255,6 +258,10 @@ pub enum PaxosTimer {
     Prepare(TxId),
     /// RM: Prepared without an outcome; next election round.
     Takeover(TxId),
+    /// Acceptor, with compaction: the outcome of a transaction it accepted
+    /// in is still unknown (OUTCOME lost); send its phase 2b again, which
+    /// a leader that decided answers with OUTCOME.
+    Learn(TxId),
 }
 
 /// An RM's state for one transaction.
@@ -522,6 +529,7 @@ impl PaxosCommit {
                 PaxosTimer::Lead(tx.clone()),
                 PaxosTimer::Prepare(tx.clone()),
                 PaxosTimer::Takeover(tx.clone()),
+                PaxosTimer::Learn(tx.clone()),
             ] {
                 self.out.cancel_timer(t);
             }
@@ -867,8 +875,20 @@ impl PaxosCommit {
         if !l.participants.contains(&rm) {
             return self.ignore(|s| &mut s.not_participant);
         }
-        if l.decided.is_some() {
-            return self.ignore(|s| &mut s.late);
+        if let Some(outcome) = l.decided {
+            // A repeated phase 2b after the decision: the acceptor has not
+            // learned the outcome (its OUTCOME was lost); tell it again.
+            let (_, set) = l
+                .tallies
+                .entry((rm, ballot))
+                .or_insert((value, BTreeSet::new()));
+            if set.insert(from) || !self.config.compacting() {
+                return self.ignore(|s| &mut s.late);
+            }
+            self.stats.outcome_answers += 1;
+            self.out
+                .retransmit(from, 0, PaxosMessage::Outcome { tx, outcome });
+            return;
         }
         let (v, set) = l
             .tallies
@@ -1409,6 +1429,13 @@ impl PaxosCommit {
                 a.pending = false;
                 a.promised = a.promised.max(Some(ballot));
                 a.accepted = Some((ballot, value));
+                if self.config.compacting() {
+                    self.out.set_timer_after(
+                        PaxosTimer::Learn(tx.clone()),
+                        now,
+                        self.config.takeover_timeout * 2,
+                    );
+                }
                 self.out.send(
                     ballot.leader,
                     PaxosMessage::Phase2b {
@@ -1424,6 +1451,38 @@ impl PaxosCommit {
                 self.snapshot_in_flight = false;
             }
         }
+    }
+
+    /// Learn timer: the transaction is still open here; send the phase 2b
+    /// of every instance accepted again, and try again later.
+    fn learn(&mut self, now: Instant, tx: TxId) {
+        if !self.config.compacting() || self.outcomes.contains_key(&tx) {
+            return;
+        }
+        let sends: Vec<(NodeId, PaxosMessage)> = self
+            .instance_keys(&tx)
+            .into_iter()
+            .filter_map(|k| {
+                let (ballot, value) = self.accs[&k].accepted?;
+                Some((
+                    ballot.leader,
+                    PaxosMessage::Phase2b {
+                        tx: tx.clone(),
+                        rm: k.1,
+                        ballot,
+                        value,
+                    },
+                ))
+            })
+            .collect();
+        if sends.is_empty() {
+            return;
+        }
+        for (to, msg) in sends {
+            self.out.retransmit(to, 0, msg);
+        }
+        self.out
+            .set_timer_after(PaxosTimer::Learn(tx), now, self.config.takeover_timeout * 2);
     }
 
     /// OUTCOME at an acceptor that knows `tx`: from the leader of a ballot
@@ -1572,6 +1631,7 @@ impl Protocol for PaxosCommit {
                 }
             }
             PaxosTimer::Takeover(tx) => self.election_round(now, &tx),
+            PaxosTimer::Learn(tx) => self.learn(now, tx),
         }
         self.maybe_snapshot();
     }
@@ -1807,6 +1867,22 @@ impl Recover for PaxosCommit {
                     );
                     core.start_ballot(now, &tx);
                 }
+            }
+        }
+        // Acceptor: open transactions ask their leaders for the outcome.
+        if core.config.compacting() {
+            let open: Vec<TxId> = core
+                .acc_txs
+                .iter()
+                .filter(|t| !core.outcomes.contains_key(*t))
+                .cloned()
+                .collect();
+            for tx in open {
+                core.out.set_timer_after(
+                    PaxosTimer::Learn(tx),
+                    now,
+                    core.config.takeover_timeout * 2,
+                );
             }
         }
         // RM: Prepared waits a takeover round; outcomes are told again.

@@ -70,15 +70,15 @@
 //! is silent about it. Both are liveness, never atomicity; a larger
 //! `keep_finished` makes the first rarer.
 //!
-//! # Limit: acceptors learn outcomes once
+//! # How acceptors learn outcomes
 //!
 //! An acceptor that is neither a participant nor the coordinator learns
-//! an outcome only from the OUTCOME its leader sends once (no ACK, no
-//! retry). If that message is lost, the transaction stays open at that
-//! acceptor (its instances are kept, safely) and counts against
-//! [`PaxosConfig::max_open`]: over a long lossy run such an acceptor fills
-//! up and then acts as down for new transactions. A query for the
-//! outcome of old open transactions would close this; it is not built.
+//! an outcome from the OUTCOME its leader sends it on deciding. If that
+//! is lost, the acceptor's `Learn` timer (every two takeover rounds, while
+//! the transaction is open there) sends its phase 2b again, and a leader
+//! that decided answers a repeated phase 2b with OUTCOME. A leader that
+//! has itself forgotten the transaction cannot answer: the instances then
+//! stay (safely) and count against [`PaxosConfig::max_open`].
 //!
 //! # Size
 //!

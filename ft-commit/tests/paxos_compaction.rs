@@ -584,3 +584,19 @@ fn a_snapshot_cut_while_a_promise_is_in_flight_keeps_it() {
     assert_eq!(net.core(a).stats().stale_ballot, 1);
     assert_eq!(net.core(a).accepted(&t, RMS[0]), None);
 }
+
+#[test]
+fn an_acceptor_that_missed_outcome_asks_again_and_closes_the_transaction() {
+    let mut net = Net::new(config(4, 8));
+    let a = ACCEPTORS[0];
+    net.cut.push(a);
+    net.begin(tx(0), RMS.to_vec());
+    assert_eq!(net.core(C).decided(&tx(0)), Some(Vote::Commit));
+    assert_eq!(net.core(a).known_outcome(&tx(0)), None);
+    assert_eq!(net.core(a).table_sizes().2, 3, "open: three instances");
+    net.cut.clear();
+    net.advance(Duration::from_secs(3));
+    assert_eq!(net.core(a).known_outcome(&tx(0)), Some(Vote::Commit));
+    assert_eq!(net.core(a).table_sizes().2, 0, "closed");
+    assert!(net.core(C).stats().outcome_answers > 0);
+}
