@@ -587,6 +587,15 @@ fn a_snapshot_cut_while_a_promise_is_in_flight_keeps_it() {
 
 #[test]
 fn an_acceptor_that_missed_outcome_asks_again_and_closes_the_transaction() {
+    missed_outcome(false);
+}
+
+#[test]
+fn an_acceptor_that_missed_outcome_asks_again_after_a_restart() {
+    missed_outcome(true);
+}
+
+fn missed_outcome(restart: bool) {
     let mut net = Net::new(config(4, 8));
     let a = ACCEPTORS[0];
     net.cut.push(a);
@@ -594,6 +603,10 @@ fn an_acceptor_that_missed_outcome_asks_again_and_closes_the_transaction() {
     assert_eq!(net.core(C).decided(&tx(0)), Some(Vote::Commit));
     assert_eq!(net.core(a).known_outcome(&tx(0)), None);
     assert_eq!(net.core(a).table_sizes().2, 3, "open: three instances");
+    if restart {
+        net.restart(a);
+        assert_eq!(net.core(a).table_sizes().2, 3, "still open");
+    }
     net.cut.clear();
     net.advance(Duration::from_secs(3));
     assert_eq!(net.core(a).known_outcome(&tx(0)), Some(Vote::Commit));

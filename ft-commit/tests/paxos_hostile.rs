@@ -116,6 +116,7 @@ fn step() -> impl Strategy<Value = Step> {
         t.clone().prop_map(PaxosTimer::Lead),
         t.clone().prop_map(PaxosTimer::Prepare),
         t.clone().prop_map(PaxosTimer::Takeover),
+        t.clone().prop_map(PaxosTimer::Learn),
     ];
     prop_oneof![
         5 => (0u64..5, msg).prop_map(|(f, m)| Step::Message(f, m)),
