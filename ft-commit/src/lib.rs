@@ -4,6 +4,7 @@
 
 pub mod commit_core;
 pub mod paxos_commit;
+pub mod paxos_snapshot;
 pub mod paxos_wire;
 pub mod resource;
 pub mod snapshot;
@@ -13,6 +14,7 @@ pub mod wire;
 
 pub use commit_core::{CommitCore, Logged, Role};
 pub use paxos_commit::{PaxosCommit, PaxosConfig, PaxosTimer, RmState};
+pub use paxos_snapshot::{PaxosSnapshot, SnapBegun, SnapInstance, SnapRm};
 pub use paxos_wire::{Ballot, PaxosMessage, PaxosRecord, Report, Value};
 pub use resource::{Applied, Resource};
 pub use three_phase::{

@@ -96,6 +96,42 @@
 //! `2N + 2`), in 4 message delays (PREPARE, 2a, 2b, OUTCOME; 2PC: 3 before
 //! the participants know). With F = 0 the message count equals 2PC's.
 //!
+//! The table above is with compaction off (`snapshot_every: 0`). With it
+//! on, the leader also sends OUTCOME to every acceptor it did not tell
+//! already (`+A` messages with all roles on distinct nodes, 0 when the
+//! acceptors are the participants), and every node writes one snapshot
+//! record per [`PaxosConfig::snapshot_every`] records.
+//!
+//! # Log compaction
+//!
+//! Every [`PaxosConfig::snapshot_every`] records (default 256) a node cuts
+//! a [`PaxosRecord::Snapshot`] (its live transactions, with the records in
+//! flight applied, and the last [`PaxosConfig::keep_finished`] outcomes it
+//! learned, default 1024) and, once it is durable, asks for the log
+//! before it to be dropped ([`Output::Compact`]). Logs and tables (the
+//! coordinator's, the RM's, the acceptor's, the leader's) then stay
+//! bounded however many transactions went by; a restart tells the
+//! application again only what it was not told before the snapshot.
+//!
+//! Paxos' safety rests on acceptors never forgetting what they promised or
+//! accepted, so an acceptor forgets an instance only once the outcome of
+//! its transaction is known at the node; while the outcome is in the
+//! window, it answers phase 1a and phase 2a about the transaction with
+//! OUTCOME (no promise, no acceptance); once it forgot any outcome, it
+//! stays silent about transactions it does not know, except a phase 2a in
+//! ballot 0 from the RM itself (a new transaction's vote). An RM that
+//! missed OUTCOME and takes over after the acceptors compacted is thus
+//! told COMMIT, or met with silence, never a promise "accepted nothing"
+//! that would let it propose Aborted where Prepared was chosen. The full
+//! argument, what the window assumes (unique ids, messages that do not
+//! outlive it) and what silence costs (liveness in two corners) are in
+//! [`crate::paxos_snapshot`]. An acceptor whose OUTCOME was lost sends
+//! its phase 2b again on its [`PaxosTimer::Learn`] timer, and a leader
+//! that decided answers a repeated phase 2b with OUTCOME. Open acceptor
+//! transactions (outcome not
+//! known) are capped by [`PaxosConfig::max_open`] (default 4096), which
+//! bounds what floods of forged phase 1a / 2a can make an acceptor hold.
+//!
 //! # Counters
 //!
 //! [`CommitStats`] as for 2PC, read this way: `vote_timeouts` counts the
@@ -103,7 +139,9 @@
 //! `vote_requests_resent` PREPAREs sent again, `votes_resent` phase 2a
 //! of an RM's vote sent again for a repeated PREPARE; and the Paxos
 //! fields `forged_sender`, `stale_ballot`, `not_acceptor`,
-//! `leader_rounds` (every ballot above 0 started).
+//! `leader_rounds` (every ballot above 0 started); with compaction
+//! `snapshots`, `forgotten` (outcomes that left the window),
+//! `outcome_answers`, `silent_unknown` and `acceptor_full`.
 //!
 //! # Bad input
 //!
@@ -113,7 +151,8 @@
 //! acceptor's promise, for an old ballot, duplicated, or to a node that is
 //! not an acceptor are ignored and counted in [`CommitStats`]; never a
 //! panic. Acceptors keep state per instance they are told about, as any
-//! Paxos acceptor must (bounded per message by [`MAX_PARTICIPANTS`]).
+//! Paxos acceptor must (bounded per message by [`MAX_PARTICIPANTS`], and
+//! with compaction in all by [`PaxosConfig::max_open`] transactions).
 //!
 //! # Method groups and poll order
 //!
@@ -125,7 +164,7 @@
 //! a send or event that depends on a forced record is only emitted from
 //! `handle_persisted` of that record.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ft_core::{
@@ -133,6 +172,7 @@ use ft_core::{
     RecoveryContext, RecoveryError,
 };
 
+use crate::paxos_snapshot::{PaxosSnapshot, SnapBegun, SnapInstance, SnapRm};
 use crate::paxos_wire::{Ballot, PaxosMessage, PaxosRecord, Report, Value};
 use crate::two_phase::{CommitStats, Event, Input};
 use crate::wire::{MAX_PARTICIPANTS, TxId, Vote};
@@ -157,6 +197,23 @@ pub struct PaxosConfig {
     /// RM Prepared without an outcome: time per election round; a leader
     /// without an outcome: time before its next, higher ballot.
     pub takeover_timeout: Duration,
+    /// **Log compaction**: after this many records, write a
+    /// [`PaxosRecord::Snapshot`] and, once durable, allow every record
+    /// before it to be dropped. 0 turns compaction off (and with it the
+    /// window, the OUTCOME answers of acceptors and [`Self::max_open`]).
+    pub snapshot_every: u32,
+    /// With compaction: how many outcomes a node keeps (in memory and in
+    /// its snapshot) to answer late questions with; older ones are
+    /// forgotten when a snapshot is cut. See [`crate::paxos_snapshot`]
+    /// for why this is safe and what it assumes.
+    pub keep_finished: usize,
+    /// With compaction: the most transactions an acceptor keeps open
+    /// (instances whose outcome it does not know). A phase 1a / 2a about
+    /// a further one is ignored and counted
+    /// ([`CommitStats::acceptor_full`]): bounds what a flood of forged
+    /// messages can make an acceptor hold, at the price of acting as down
+    /// for new transactions while full.
+    pub max_open: usize,
 }
 
 impl PaxosConfig {
@@ -172,7 +229,14 @@ impl PaxosConfig {
             vote_timeout: Duration::from_millis(500),
             prepare_timeout: Duration::from_millis(500),
             takeover_timeout: Duration::from_millis(600),
+            snapshot_every: 256,
+            keep_finished: 1024,
+            max_open: 4096,
         }
+    }
+
+    fn compacting(&self) -> bool {
+        self.snapshot_every > 0
     }
 
     /// F + 1: how many acceptors make a majority.
@@ -194,6 +258,10 @@ pub enum PaxosTimer {
     Prepare(TxId),
     /// RM: Prepared without an outcome; next election round.
     Takeover(TxId),
+    /// Acceptor, with compaction: the outcome of a transaction it accepted
+    /// in is still unknown (OUTCOME lost); send its phase 2b again, which
+    /// a leader that decided answers with OUTCOME.
+    Learn(TxId),
 }
 
 /// An RM's state for one transaction.
@@ -258,6 +326,7 @@ enum Pending {
     RmOutcome(TxId, Vote),
     Promised(TxId, Ballot, Vec<NodeId>, Vec<NodeId>),
     Accepted(TxId, NodeId, Ballot, Value),
+    Snapshot,
 }
 
 /// A Paxos Commit node: RM, coordinator, leader and acceptor. See the
@@ -273,9 +342,19 @@ pub struct PaxosCommit {
     leads: BTreeMap<TxId, Lead>,
     rms: BTreeMap<TxId, Rm>,
     accs: BTreeMap<(TxId, NodeId), Acc>,
+    /// Transactions with acceptor instances here.
+    acc_txs: BTreeSet<TxId>,
     pending: BTreeMap<PersistToken, Pending>,
     stats: CommitStats,
     out: Outbox<PaxosCommit>,
+    /// With compaction: the window of outcomes known here (any role),
+    /// and the order they were learned in.
+    outcomes: BTreeMap<TxId, Vote>,
+    finished: VecDeque<TxId>,
+    /// Some outcome left the window (see [`crate::paxos_snapshot`]).
+    forgotten: bool,
+    since_snapshot: u32,
+    snapshot_in_flight: bool,
 }
 
 impl PaxosCommit {
@@ -318,6 +397,40 @@ impl PaxosCommit {
         self.accs.get(&(tx.clone(), rm)).and_then(|a| a.accepted)
     }
 
+    /// With compaction: the outcome of `tx` known here (in any role), while
+    /// it is in the window.
+    pub fn known_outcome(&self, tx: &TxId) -> Option<Vote> {
+        self.outcomes.get(tx).copied()
+    }
+
+    /// Sizes of the node's tables: (coordinator entries, RM entries,
+    /// acceptor instances, outcomes in the window, leader entries). With
+    /// compaction on they stay bounded by the live transactions and
+    /// [`PaxosConfig::keep_finished`].
+    pub fn table_sizes(&self) -> (usize, usize, usize, usize, usize) {
+        (
+            self.coords.len(),
+            self.rms.len(),
+            self.accs.len(),
+            self.outcomes.len(),
+            self.leads.len(),
+        )
+    }
+
+    /// Whether this node, as an acceptor, would answer a phase 1a about
+    /// `tx`: it is an acceptor and knows `tx` (instances or outcome), or
+    /// has forgotten nothing (see [`crate::paxos_snapshot`]).
+    pub fn would_answer(&self, tx: &TxId) -> bool {
+        self.acceptor
+            && (!self.forgotten || self.acc_txs.contains(tx) || self.outcomes.contains_key(tx))
+    }
+
+    /// Whether this node has forgotten some outcome (and so stays silent
+    /// about transactions it does not know).
+    pub fn has_forgotten(&self) -> bool {
+        self.forgotten
+    }
+
     /// Whether this node leads a ballot above 0 for `tx` and has no
     /// outcome yet.
     pub fn is_leading(&self, tx: &TxId) -> bool {
@@ -338,6 +451,228 @@ impl PaxosCommit {
         if let Some(p) = then {
             self.pending.insert(token, p);
         }
+        self.since_snapshot = self.since_snapshot.saturating_add(1);
+    }
+
+    // ---- compaction ----
+
+    fn acc_mut(&mut self, tx: &TxId, rm: NodeId) -> &mut Acc {
+        if !self.acc_txs.contains(tx) {
+            self.acc_txs.insert(tx.clone());
+        }
+        self.accs.entry((tx.clone(), rm)).or_default()
+    }
+
+    fn instance_keys(&self, tx: &TxId) -> Vec<(TxId, NodeId)> {
+        self.accs
+            .range((tx.clone(), NodeId(0))..=(tx.clone(), NodeId(u64::MAX)))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Drops the acceptor instances of `tx` (its outcome is known here:
+    /// phase 1a / 2a about it are answered with OUTCOME), unless a record
+    /// of one is in flight.
+    fn drop_instances(&mut self, tx: &TxId) -> bool {
+        let keys = self.instance_keys(tx);
+        if keys.iter().any(|k| self.accs[k].pending) {
+            return false;
+        }
+        for k in keys {
+            self.accs.remove(&k);
+        }
+        self.acc_txs.remove(tx);
+        true
+    }
+
+    /// The outcome of `tx` is known here (any role): keep it in the
+    /// window, and let the acceptor drop its instances.
+    fn learned(&mut self, tx: &TxId, outcome: Vote) {
+        if !self.config.compacting() || self.outcomes.contains_key(tx) {
+            return;
+        }
+        self.outcomes.insert(tx.clone(), outcome);
+        self.finished.push_back(tx.clone());
+        self.drop_instances(tx);
+    }
+
+    /// Whether every role is done with `tx` (nothing in flight).
+    fn settled(&self, tx: &TxId) -> bool {
+        let rm_done = self
+            .rms
+            .get(tx)
+            .is_none_or(|r| !r.pending && matches!(r.state, RmState::Committed | RmState::Aborted));
+        let lead_done = self.leads.get(tx).is_none_or(|l| l.decided.is_some());
+        let coord_done = self.coords.get(tx).is_none_or(|c| c.is_some());
+        rm_done && lead_done && coord_done
+    }
+
+    /// Forgets the oldest outcomes beyond the window, with every table
+    /// entry of their transactions. Only right before a snapshot is cut
+    /// (which leaves them out): a forgotten transaction's records are gone
+    /// from the log once the snapshot is durable.
+    fn trim(&mut self) {
+        while self.finished.len() > self.config.keep_finished {
+            let tx = self.finished.front().expect("non-empty").clone();
+            if !self.settled(&tx) || !self.drop_instances(&tx) {
+                // Something is in flight: try again at the next snapshot.
+                break;
+            }
+            self.finished.pop_front();
+            self.outcomes.remove(&tx);
+            self.rms.remove(&tx);
+            self.leads.remove(&tx);
+            self.coords.remove(&tx);
+            for t in [
+                PaxosTimer::Votes(tx.clone()),
+                PaxosTimer::Resend(tx.clone()),
+                PaxosTimer::Lead(tx.clone()),
+                PaxosTimer::Prepare(tx.clone()),
+                PaxosTimer::Takeover(tx.clone()),
+                PaxosTimer::Learn(tx.clone()),
+            ] {
+                self.out.cancel_timer(t);
+            }
+            self.forgotten = true;
+            self.stats.forgotten += 1;
+        }
+    }
+
+    /// Writes a snapshot if enough records were written since the last
+    /// one. Called at the end of every `handle_*`, when the state is whole.
+    fn maybe_snapshot(&mut self) {
+        let every = self.config.snapshot_every;
+        if every == 0 || self.snapshot_in_flight || self.since_snapshot < every {
+            return;
+        }
+        self.trim();
+        let snap = self.snapshot();
+        self.stats.snapshots += 1;
+        self.snapshot_in_flight = true;
+        self.log(PaxosRecord::Snapshot(snap), Some(Pending::Snapshot));
+        self.since_snapshot = 0;
+    }
+
+    /// What the log says now: every table, with the records in flight
+    /// applied (they come before the snapshot in the log, which replaces
+    /// them).
+    fn snapshot(&self) -> PaxosSnapshot {
+        let mut voted: BTreeMap<&TxId, Value> = BTreeMap::new();
+        let mut rm_next: BTreeMap<&TxId, Vote> = BTreeMap::new();
+        // Per instance: (promise, acceptance) of the records in flight.
+        type AccNext = (Option<Ballot>, Option<(Ballot, Value)>);
+        let mut acc_next: BTreeMap<(TxId, NodeId), AccNext> = BTreeMap::new();
+        for what in self.pending.values() {
+            match what {
+                Pending::Voted(tx, v) => {
+                    voted.insert(tx, *v);
+                }
+                Pending::RmOutcome(tx, o) => {
+                    rm_next.insert(tx, *o);
+                }
+                Pending::Promised(tx, ballot, need, _) => {
+                    for &rm in need {
+                        let e = acc_next.entry((tx.clone(), rm)).or_default();
+                        e.0 = e.0.max(Some(*ballot));
+                    }
+                }
+                Pending::Accepted(tx, rm, ballot, value) => {
+                    let e = acc_next.entry((tx.clone(), *rm)).or_default();
+                    e.0 = e.0.max(Some(*ballot));
+                    e.1 = Some((*ballot, *value));
+                }
+                Pending::Snapshot => {}
+            }
+        }
+        let mut snap = PaxosSnapshot {
+            forgotten: self.forgotten,
+            outcomes: self
+                .finished
+                .iter()
+                .map(|t| (t.clone(), self.outcomes[t]))
+                .collect(),
+            ..PaxosSnapshot::default()
+        };
+        for (tx, outcome) in &self.coords {
+            snap.begun.push(SnapBegun {
+                tx: tx.clone(),
+                participants: self
+                    .leads
+                    .get(tx)
+                    .map(|l| l.participants.clone())
+                    .unwrap_or_default(),
+                outcome: *outcome,
+                // Told when learned (the record is not forced).
+                told: outcome.is_some(),
+            });
+        }
+        for (tx, r) in &self.rms {
+            let (vote, outcome, told) = match r.state {
+                RmState::Init => match voted.get(tx) {
+                    Some(&v) => (v, None, false),
+                    None => continue,
+                },
+                RmState::Prepared => (Value::Prepared, rm_next.get(tx).copied(), false),
+                RmState::Committed => (Value::Prepared, Some(Vote::Commit), !r.pending),
+                RmState::Aborted => (Value::Aborted, Some(Vote::Abort), !r.pending),
+            };
+            snap.rms.push(SnapRm {
+                tx: tx.clone(),
+                coordinator: r.coordinator,
+                participants: r.participants.clone(),
+                vote,
+                outcome,
+                told,
+            });
+        }
+        for ((tx, rm), a) in &self.accs {
+            let next = acc_next.get(&(tx.clone(), *rm));
+            let promised = a.promised.max(next.and_then(|n| n.0));
+            let accepted = next.and_then(|n| n.1).or(a.accepted);
+            if promised.is_none() && accepted.is_none() {
+                continue;
+            }
+            snap.instances.push(SnapInstance {
+                tx: tx.clone(),
+                rm: *rm,
+                promised,
+                accepted,
+            });
+        }
+        snap
+    }
+
+    /// Acceptor, before a phase 1a / 2a about `tx` (`new_ok`: a ballot-0
+    /// phase 2a from the RM itself): whether to go on. Answers OUTCOME if
+    /// the outcome is known here; stays silent about an unknown
+    /// transaction once outcomes were forgotten, or when full.
+    fn acceptor_gate(&mut self, from: NodeId, tx: &TxId, new_ok: bool) -> bool {
+        if !self.config.compacting() {
+            return true;
+        }
+        if let Some(&outcome) = self.outcomes.get(tx) {
+            self.stats.outcome_answers += 1;
+            self.out.send(
+                from,
+                PaxosMessage::Outcome {
+                    tx: tx.clone(),
+                    outcome,
+                },
+            );
+            return false;
+        }
+        if self.acc_txs.contains(tx) {
+            return true;
+        }
+        if self.forgotten && !new_ok {
+            self.ignore(|s| &mut s.silent_unknown);
+            return false;
+        }
+        if self.acc_txs.len() >= self.config.max_open {
+            self.ignore(|s| &mut s.acceptor_full);
+            return false;
+        }
+        true
     }
 
     fn send_acceptors(&mut self, msg: PaxosMessage) {
@@ -476,6 +811,16 @@ impl PaxosCommit {
             self.out.cancel_timer(t);
         }
         self.coord_learned(tx, outcome);
+        self.learned(tx, outcome);
+        // With compaction the acceptors learn the outcome too, so that
+        // they may drop the instances (see crate::paxos_snapshot).
+        if self.config.compacting() {
+            for a in self.config.acceptors.clone() {
+                if !to.contains(&a) && a != self.me {
+                    to.push(a);
+                }
+            }
+        }
         // A leader that is an RM of `tx` applies the outcome itself.
         if self.rms.contains_key(tx) {
             to.retain(|&n| n != self.me);
@@ -530,8 +875,20 @@ impl PaxosCommit {
         if !l.participants.contains(&rm) {
             return self.ignore(|s| &mut s.not_participant);
         }
-        if l.decided.is_some() {
-            return self.ignore(|s| &mut s.late);
+        if let Some(outcome) = l.decided {
+            // A repeated phase 2b after the decision: the acceptor has not
+            // learned the outcome (its OUTCOME was lost); tell it again.
+            let (_, set) = l
+                .tallies
+                .entry((rm, ballot))
+                .or_insert((value, BTreeSet::new()));
+            if set.insert(from) || !self.config.compacting() {
+                return self.ignore(|s| &mut s.late);
+            }
+            self.stats.outcome_answers += 1;
+            self.out
+                .retransmit(from, 0, PaxosMessage::Outcome { tx, outcome });
+            return;
         }
         let (v, set) = l
             .tallies
@@ -618,7 +975,11 @@ impl PaxosCommit {
         let Some(l) = self.leads.get(tx) else {
             return;
         };
-        if !l.participants.contains(&from) && from != l.coordinator && from != self.me {
+        if !l.participants.contains(&from)
+            && from != l.coordinator
+            && from != self.me
+            && !self.config.acceptors.contains(&from)
+        {
             return self.ignore(|s| &mut s.not_participant);
         }
         if l.decided.is_some() {
@@ -636,6 +997,7 @@ impl PaxosCommit {
             self.out.cancel_timer(t);
         }
         self.coord_learned(tx, outcome);
+        self.learned(tx, outcome);
     }
 
     fn resend(&mut self, now: Instant, tx: &TxId) {
@@ -720,7 +1082,12 @@ impl PaxosCommit {
         if !sender_ok {
             return self.ignore(|s| &mut s.forged_sender);
         }
-        let a = self.accs.entry((tx.clone(), rm)).or_default();
+        // Only a ballot-0 phase 2a (the RM's own vote) may be about a
+        // transaction an acceptor that forgot outcomes does not know.
+        if !self.acceptor_gate(from, &tx, ballot.round == 0) {
+            return;
+        }
+        let a = self.acc_mut(&tx, rm);
         if a.pending {
             return self.ignore(|s| &mut s.busy);
         }
@@ -769,6 +1136,9 @@ impl PaxosCommit {
         if distinct.len() != rms.len() || rms.is_empty() {
             return self.ignore(|s| &mut s.not_participant);
         }
+        if !self.acceptor_gate(from, &tx, false) {
+            return;
+        }
         let mut need = Vec::new();
         for &rm in &rms {
             let a = self.accs.get(&(tx.clone(), rm));
@@ -797,7 +1167,7 @@ impl PaxosCommit {
             return;
         }
         for &rm in &need {
-            self.accs.entry((tx.clone(), rm)).or_default().pending = true;
+            self.acc_mut(&tx, rm).pending = true;
         }
         self.log(
             PaxosRecord::Promised {
@@ -910,7 +1280,10 @@ impl PaxosCommit {
         let Some(r) = self.rms.get_mut(&tx) else {
             return self.ignore(|s| &mut s.unknown_tx);
         };
-        if from != r.coordinator && !r.participants.contains(&from) {
+        if from != r.coordinator
+            && !r.participants.contains(&from)
+            && !self.config.acceptors.contains(&from)
+        {
             return self.ignore(|s| &mut s.not_participant);
         }
         if r.pending {
@@ -1011,8 +1384,12 @@ impl PaxosCommit {
                         now,
                         self.config.takeover_timeout,
                     ),
-                    Value::Aborted if tell => self.out.event(Event::Abort { tx }),
-                    Value::Aborted => {}
+                    Value::Aborted => {
+                        self.learned(&tx, Vote::Abort);
+                        if tell {
+                            self.out.event(Event::Abort { tx });
+                        }
+                    }
                 }
             }
             Pending::RmOutcome(tx, outcome) => {
@@ -1020,21 +1397,20 @@ impl PaxosCommit {
                     return;
                 };
                 r.pending = false;
+                r.state = match outcome {
+                    Vote::Commit => RmState::Committed,
+                    Vote::Abort => RmState::Aborted,
+                };
                 self.out.cancel_timer(PaxosTimer::Takeover(tx.clone()));
+                self.learned(&tx, outcome);
                 match outcome {
-                    Vote::Commit => {
-                        r.state = RmState::Committed;
-                        self.out.event(Event::Commit { tx });
-                    }
-                    Vote::Abort => {
-                        r.state = RmState::Aborted;
-                        self.out.event(Event::Abort { tx });
-                    }
+                    Vote::Commit => self.out.event(Event::Commit { tx }),
+                    Vote::Abort => self.out.event(Event::Abort { tx }),
                 }
             }
             Pending::Promised(tx, ballot, need, rms) => {
                 for rm in need {
-                    let a = self.accs.entry((tx.clone(), rm)).or_default();
+                    let a = self.acc_mut(&tx, rm);
                     a.pending = false;
                     a.promised = a.promised.max(Some(ballot));
                 }
@@ -1049,10 +1425,17 @@ impl PaxosCommit {
                 );
             }
             Pending::Accepted(tx, rm, ballot, value) => {
-                let a = self.accs.entry((tx.clone(), rm)).or_default();
+                let a = self.acc_mut(&tx, rm);
                 a.pending = false;
                 a.promised = a.promised.max(Some(ballot));
                 a.accepted = Some((ballot, value));
+                if self.config.compacting() {
+                    self.out.set_timer_after(
+                        PaxosTimer::Learn(tx.clone()),
+                        now,
+                        self.config.takeover_timeout * 2,
+                    );
+                }
                 self.out.send(
                     ballot.leader,
                     PaxosMessage::Phase2b {
@@ -1063,7 +1446,60 @@ impl PaxosCommit {
                     },
                 );
             }
+            Pending::Snapshot => {
+                // Everything before it is in it.
+                self.snapshot_in_flight = false;
+            }
         }
+    }
+
+    /// Learn timer: the transaction is still open here; send the phase 2b
+    /// of every instance accepted again, and try again later.
+    fn learn(&mut self, now: Instant, tx: TxId) {
+        if !self.config.compacting() || self.outcomes.contains_key(&tx) {
+            return;
+        }
+        let sends: Vec<(NodeId, PaxosMessage)> = self
+            .instance_keys(&tx)
+            .into_iter()
+            .filter_map(|k| {
+                let (ballot, value) = self.accs[&k].accepted?;
+                Some((
+                    ballot.leader,
+                    PaxosMessage::Phase2b {
+                        tx: tx.clone(),
+                        rm: k.1,
+                        ballot,
+                        value,
+                    },
+                ))
+            })
+            .collect();
+        if sends.is_empty() {
+            return;
+        }
+        for (to, msg) in sends {
+            self.out.retransmit(to, 0, msg);
+        }
+        self.out
+            .set_timer_after(PaxosTimer::Learn(tx), now, self.config.takeover_timeout * 2);
+    }
+
+    /// OUTCOME at an acceptor that knows `tx`: from the leader of a ballot
+    /// it promised or accepted in (ballot 0's is the coordinator).
+    fn acceptor_outcome(&mut self, from: NodeId, tx: &TxId, outcome: Vote) -> bool {
+        if !self.acceptor || !self.config.compacting() || !self.acc_txs.contains(tx) {
+            return false;
+        }
+        let leader = self.instance_keys(tx).iter().any(|k| {
+            let a = &self.accs[k];
+            a.promised.is_some_and(|b| b.leader == from)
+                || a.accepted.is_some_and(|(b, _)| b.leader == from)
+        });
+        if leader {
+            self.learned(tx, outcome);
+        }
+        leader
     }
 }
 
@@ -1098,16 +1534,18 @@ impl Protocol for PaxosCommit {
             PaxosMessage::Outcome { tx, outcome } => {
                 let lead = self.leads.contains_key(&tx);
                 let rm = self.rms.contains_key(&tx);
+                let acc = self.acceptor_outcome(from, &tx, outcome);
                 if lead {
                     self.coord_outcome(from, &tx, outcome);
                 }
                 if rm {
                     self.rm_outcome(from, tx, outcome);
-                } else if !lead {
+                } else if !lead && !acc {
                     self.ignore(|s| &mut s.unknown_tx);
                 }
             }
         }
+        self.maybe_snapshot();
     }
 
     fn handle_input(&mut self, now: Instant, input: Input) {
@@ -1162,6 +1600,7 @@ impl Protocol for PaxosCommit {
             // up, so it takes no heuristic decisions: refused and counted.
             Input::Heuristic { .. } => self.stats.wrong_phase += 1,
         }
+        self.maybe_snapshot();
     }
 
     fn handle_timer(&mut self, now: Instant, timer: PaxosTimer) {
@@ -1192,7 +1631,9 @@ impl Protocol for PaxosCommit {
                 }
             }
             PaxosTimer::Takeover(tx) => self.election_round(now, &tx),
+            PaxosTimer::Learn(tx) => self.learn(now, tx),
         }
+        self.maybe_snapshot();
     }
 
     fn handle_persisted(&mut self, now: Instant, token: PersistToken) {
@@ -1200,8 +1641,13 @@ impl Protocol for PaxosCommit {
             return;
         };
         if let Some(what) = self.pending.remove(&token) {
+            let snapshot = matches!(what, Pending::Snapshot);
             self.durable(now, what);
+            if snapshot {
+                self.out.compact(token);
+            }
         }
+        self.maybe_snapshot();
     }
 
     fn poll_output(&mut self) -> Option<Output<Self>> {
@@ -1233,10 +1679,19 @@ impl Recover for PaxosCommit {
             leads: BTreeMap::new(),
             rms: BTreeMap::new(),
             accs: BTreeMap::new(),
+            acc_txs: BTreeSet::new(),
             pending: BTreeMap::new(),
             stats: CommitStats::default(),
             out: Outbox::recovered(&ctx),
+            outcomes: BTreeMap::new(),
+            finished: VecDeque::new(),
+            forgotten: false,
+            since_snapshot: 0,
+            snapshot_in_flight: false,
         };
+        // Outcomes the application was told before the last snapshot: not
+        // told again.
+        let mut told: BTreeSet<TxId> = BTreeSet::new();
         let bad = |tx: &TxId, what: &str| RecoveryError::Inconsistent(format!("{tx}: {what}"));
         let mut begun: BTreeMap<TxId, Vec<NodeId>> = BTreeMap::new();
         for r in records {
@@ -1247,11 +1702,14 @@ impl Recover for PaxosCommit {
                     }
                     core.coords.insert(tx, None);
                 }
-                PaxosRecord::Decided { tx, outcome } => match core.coords.get_mut(&tx) {
-                    Some(slot) if slot.is_none_or(|o| o == outcome) => *slot = Some(outcome),
-                    Some(_) => return Err(bad(&tx, "two outcomes decided")),
-                    None => return Err(bad(&tx, "DECIDED without BEGIN")),
-                },
+                PaxosRecord::Decided { tx, outcome } => {
+                    match core.coords.get_mut(&tx) {
+                        Some(slot) if slot.is_none_or(|o| o == outcome) => *slot = Some(outcome),
+                        Some(_) => return Err(bad(&tx, "two outcomes decided")),
+                        None => return Err(bad(&tx, "DECIDED without BEGIN")),
+                    }
+                    core.learned(&tx, outcome);
+                }
                 PaxosRecord::Voted {
                     tx,
                     coordinator,
@@ -1260,6 +1718,9 @@ impl Recover for PaxosCommit {
                 } => {
                     if core.rms.contains_key(&tx) {
                         return Err(bad(&tx, "an RM voted twice"));
+                    }
+                    if value == Value::Aborted {
+                        core.learned(&tx, Vote::Abort);
                     }
                     core.rms.insert(
                         tx,
@@ -1288,10 +1749,11 @@ impl Recover for PaxosCommit {
                         (RmState::Prepared | RmState::Aborted, Vote::Abort) => RmState::Aborted,
                         _ => return Err(bad(&tx, "an outcome contradicting the RM's state")),
                     };
+                    core.learned(&tx, outcome);
                 }
                 PaxosRecord::Promised { tx, ballot, rms } => {
                     for rm in rms {
-                        let a = core.accs.entry((tx.clone(), rm)).or_default();
+                        let a = core.acc_mut(&tx, rm);
                         a.promised = a.promised.max(Some(ballot));
                     }
                 }
@@ -1301,12 +1763,67 @@ impl Recover for PaxosCommit {
                     ballot,
                     value,
                 } => {
-                    let a = core.accs.entry((tx.clone(), rm)).or_default();
+                    let a = core.acc_mut(&tx, rm);
                     if a.accepted.is_some_and(|(b, v)| b == ballot && v != value) {
                         return Err(bad(&tx, "two values accepted in one ballot"));
                     }
                     a.promised = a.promised.max(Some(ballot));
                     a.accepted = Some((ballot, value));
+                }
+                PaxosRecord::Snapshot(snap) => {
+                    // Everything before it is in it.
+                    begun.clear();
+                    told.clear();
+                    core.coords.clear();
+                    core.rms.clear();
+                    core.accs.clear();
+                    core.acc_txs.clear();
+                    core.outcomes.clear();
+                    core.finished.clear();
+                    core.forgotten = snap.forgotten;
+                    for (tx, outcome) in snap.outcomes {
+                        if core.outcomes.insert(tx.clone(), outcome).is_some() {
+                            return Err(bad(&tx, "an outcome twice in a snapshot"));
+                        }
+                        core.finished.push_back(tx);
+                    }
+                    for b in snap.begun {
+                        if b.told {
+                            told.insert(b.tx.clone());
+                        }
+                        core.coords.insert(b.tx.clone(), b.outcome);
+                        begun.insert(b.tx, b.participants);
+                    }
+                    for r in snap.rms {
+                        let state = match (r.vote, r.outcome) {
+                            (Value::Prepared, None) => RmState::Prepared,
+                            (_, Some(Vote::Abort)) | (Value::Aborted, None) => RmState::Aborted,
+                            (Value::Prepared, Some(Vote::Commit)) => RmState::Committed,
+                            (Value::Aborted, Some(Vote::Commit)) => {
+                                return Err(bad(&r.tx, "committed after voting Aborted"));
+                            }
+                        };
+                        if r.told {
+                            told.insert(r.tx.clone());
+                        }
+                        core.rms.insert(
+                            r.tx,
+                            Rm {
+                                state,
+                                coordinator: r.coordinator,
+                                participants: r.participants,
+                                pending: false,
+                                asked: false,
+                                joined: false,
+                                round: 0,
+                            },
+                        );
+                    }
+                    for i in snap.instances {
+                        let a = core.acc_mut(&i.tx, i.rm);
+                        a.promised = i.promised;
+                        a.accepted = i.accepted;
+                    }
                 }
             }
         }
@@ -1316,10 +1833,12 @@ impl Recover for PaxosCommit {
         for (tx, participants) in begun {
             match core.coords[&tx] {
                 Some(outcome) => {
-                    core.out.event(Event::Decided {
-                        tx: tx.clone(),
-                        outcome,
-                    });
+                    if !told.contains(&tx) {
+                        core.out.event(Event::Decided {
+                            tx: tx.clone(),
+                            outcome,
+                        });
+                    }
                     core.leads.insert(
                         tx,
                         Lead {
@@ -1350,6 +1869,22 @@ impl Recover for PaxosCommit {
                 }
             }
         }
+        // Acceptor: open transactions ask their leaders for the outcome.
+        if core.config.compacting() {
+            let open: Vec<TxId> = core
+                .acc_txs
+                .iter()
+                .filter(|t| !core.outcomes.contains_key(*t))
+                .cloned()
+                .collect();
+            for tx in open {
+                core.out.set_timer_after(
+                    PaxosTimer::Learn(tx),
+                    now,
+                    core.config.takeover_timeout * 2,
+                );
+            }
+        }
         // RM: Prepared waits a takeover round; outcomes are told again.
         let rms: Vec<(TxId, RmState)> =
             core.rms.iter().map(|(t, r)| (t.clone(), r.state)).collect();
@@ -1371,6 +1906,7 @@ impl Recover for PaxosCommit {
                         core.config.takeover_timeout,
                     )
                 }
+                _ if told.contains(&tx) => {}
                 RmState::Committed => core.out.event(Event::Commit { tx }),
                 RmState::Aborted => core.out.event(Event::Abort { tx }),
                 RmState::Init => {}

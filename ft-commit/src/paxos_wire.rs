@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ft_core::wire::{self, DecodeError, Wire};
 use ft_core::{NodeId, Record};
 
+use crate::paxos_snapshot::PaxosSnapshot;
 use crate::wire::{MAX_PARTICIPANTS, TxId, Vote, get_nodes, put_nodes};
 
 /// The value of one Paxos instance: the vote of one resource manager (RM)
@@ -385,6 +386,11 @@ pub enum PaxosRecord {
         /// The value.
         value: Value,
     },
+    /// Any role: what the node still needs (live transactions and the
+    /// window of outcomes); every record before it may be dropped. Written
+    /// every [`PaxosConfig::snapshot_every`](crate::PaxosConfig::snapshot_every)
+    /// records; see [`paxos_snapshot`](crate::paxos_snapshot).
+    Snapshot(PaxosSnapshot),
 }
 
 impl Wire for PaxosRecord {
@@ -435,11 +441,18 @@ impl Wire for PaxosRecord {
                 ballot.encode(buf);
                 buf.put_u8(value.tag());
             }
+            PaxosRecord::Snapshot(snap) => {
+                buf.put_u8(7);
+                snap.encode(buf);
+            }
         }
     }
 
     fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
         let tag = wire::get_u8(buf)?;
+        if tag == 7 {
+            return Ok(PaxosRecord::Snapshot(PaxosSnapshot::decode(buf)?));
+        }
         if !(1..=6).contains(&tag) {
             return Err(DecodeError::UnknownTag {
                 what: "PaxosRecord",

@@ -482,6 +482,17 @@ pub struct CommitStats {
     pub not_acceptor: u64,
     /// Paxos Commit: ballots above 0 started (takeovers and retries).
     pub leader_rounds: u64,
+    /// Paxos Commit with compaction: phase 1a / 2a about a transaction an
+    /// acceptor does not know, ignored because it has forgotten outcomes
+    /// (see [`crate::paxos_snapshot`]).
+    pub silent_unknown: u64,
+    /// Paxos Commit with compaction: phase 1a / 2a answered with OUTCOME
+    /// (the transaction's outcome is known here).
+    pub outcome_answers: u64,
+    /// Paxos Commit: phase 1a / 2a about a new transaction refused because
+    /// the acceptor holds [`PaxosConfig::max_open`](crate::PaxosConfig::max_open)
+    /// open transactions already.
+    pub acceptor_full: u64,
 }
 
 #[derive(Debug)]

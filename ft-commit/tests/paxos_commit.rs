@@ -23,8 +23,13 @@ fn tx() -> TxId {
     TxId::new(&b"t1"[..]).unwrap()
 }
 
+/// Compaction off: these tests count every record and message
+/// (tests/paxos_compaction.rs tests it).
 fn cfg() -> PaxosConfig {
-    PaxosConfig::new(vec![A1, A2, A3])
+    PaxosConfig {
+        snapshot_every: 0,
+        ..PaxosConfig::new(vec![A1, A2, A3])
+    }
 }
 
 fn parts() -> Vec<NodeId> {

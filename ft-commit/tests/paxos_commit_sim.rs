@@ -41,8 +41,15 @@ fn seeds(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn config() -> PaxosConfig {
-    PaxosConfig::new(vec![NodeId(1), NodeId(2), NodeId(3)])
+/// Compaction is drawn per seed: off, or a snapshot every 1, 4 or 32
+/// records, keeping the last 1024 or only 16 outcomes (fewer than the
+/// transactions of a run: outcomes are forgotten mid-run).
+fn config(seed: u64) -> PaxosConfig {
+    PaxosConfig {
+        snapshot_every: [0, 1, 4, 32][(seed % 4) as usize],
+        keep_finished: [1024, 16][((seed / 4) % 2) as usize],
+        ..PaxosConfig::new(vec![NodeId(1), NodeId(2), NodeId(3)])
+    }
 }
 
 struct Xs(u64);
@@ -86,13 +93,28 @@ struct Checker {
     participants: BTreeMap<TxId, Vec<NodeId>>,
     committed: BTreeMap<TxId, BTreeSet<NodeId>>,
     aborted: BTreeMap<TxId, BTreeSet<NodeId>>,
+    /// Commits whose validity was checked (at their first commit event,
+    /// while every vote is still in the logs: compaction may drop it once
+    /// the outcome is known everywhere).
+    validated: BTreeSet<TxId>,
     checks: u64,
 }
 
 fn prepared_durable(w: &World<PaxosCommit>, node: NodeId, tx: &TxId) -> bool {
     w.durable_records(node).into_iter().any(|r| {
-        matches!(ft_core::record::decode::<PaxosRecord>(r),
-            Ok(PaxosRecord::Voted { tx: t, value: Value::Prepared, .. }) if &t == tx)
+        match ft_core::record::decode::<PaxosRecord>(r) {
+            Ok(PaxosRecord::Voted {
+                tx: t,
+                value: Value::Prepared,
+                ..
+            }) => &t == tx,
+            // After compaction the vote lives in the snapshot.
+            Ok(PaxosRecord::Snapshot(s)) => s
+                .rms
+                .iter()
+                .any(|r| &r.tx == tx && r.vote == Value::Prepared),
+            _ => false,
+        }
     })
 }
 
@@ -125,7 +147,7 @@ impl Checker {
                 ));
             }
             mine.entry(tx.clone()).or_default().insert(o.node);
-            if commit {
+            if commit && self.validated.insert(tx.clone()) {
                 for &p in &self.participants[tx] {
                     if vote_of(self.seed, p, tx) != Vote::Commit {
                         return Err(format!("validity: {tx} committed, {p} votes abort"));
@@ -159,6 +181,9 @@ struct Totals {
     decided_without_coordinator: u64,
     /// Of those, committed.
     committed_without_coordinator: u64,
+    /// Undecided at the end because fewer than F + 1 live acceptors
+    /// would answer about them (compaction's liveness cost).
+    silenced: u64,
     stats: CommitStats,
 }
 
@@ -177,6 +202,10 @@ fn add(t: &mut CommitStats, s: CommitStats) {
     t.stale_ballot += s.stale_ballot;
     t.not_acceptor += s.not_acceptor;
     t.leader_rounds += s.leader_rounds;
+    t.snapshots += s.snapshots;
+    t.forgotten += s.forgotten;
+    t.outcome_answers += s.outcome_answers;
+    t.silent_unknown += s.silent_unknown;
 }
 
 /// How many nodes stay down for good: none; one (any); or n0 (a
@@ -238,7 +267,7 @@ fn run(seed: u64, permanent: ForGood, totals: &mut Totals) {
         cut,
         cut + Duration::from_millis(300 + x.next(400)),
     );
-    let mut sim = Sim::<PaxosCommit>::new(SimConfig::new(seed, N as usize), config(), plan);
+    let mut sim = Sim::<PaxosCommit>::new(SimConfig::new(seed, N as usize), config(seed), plan);
     let checker = Rc::new(RefCell::new(Checker {
         seed,
         ..Checker::default()
@@ -320,13 +349,32 @@ fn run(seed: u64, permanent: ForGood, totals: &mut Totals) {
         if down_for_good.contains(&node) {
             continue;
         }
+        // The one liveness cost of compaction (crate::paxos_snapshot):
+        // fewer than F + 1 acceptors up that would answer a phase 1a about
+        // the transaction (the others forgot outcomes and never heard of
+        // it, or it left their window).
+        let silenced = |tx: &TxId| {
+            w.cores()
+                .filter(|(n, _)| !down_for_good.contains(n))
+                .filter(|(_, c)| c.would_answer(tx))
+                .count()
+                < 2
+        };
         for (tx, o) in core.coordinated() {
+            if o.is_none() && silenced(tx) {
+                totals.silenced += 1;
+                continue;
+            }
             assert!(
                 o.is_some(),
                 "seed {seed} (permanent {permanent:?}): coordinator {node} has no outcome of {tx}"
             );
         }
         for (tx, state) in core.participating() {
+            if state == RmState::Prepared && silenced(tx) {
+                totals.silenced += 1;
+                continue;
+            }
             assert!(
                 matches!(state, RmState::Committed | RmState::Aborted),
                 "seed {seed} (permanent {permanent:?}): {node} has {tx} in {state:?} (coordinator {})",
@@ -342,9 +390,15 @@ fn run(seed: u64, permanent: ForGood, totals: &mut Totals) {
         let decided_at_d: BTreeSet<TxId> = w
             .durable_records(d)
             .into_iter()
-            .filter_map(|r| match ft_core::record::decode::<PaxosRecord>(r) {
-                Ok(PaxosRecord::Decided { tx, .. }) => Some(tx),
-                _ => None,
+            .flat_map(|r| match ft_core::record::decode::<PaxosRecord>(r) {
+                Ok(PaxosRecord::Decided { tx, .. }) => vec![tx],
+                Ok(PaxosRecord::Snapshot(s)) => s
+                    .begun
+                    .into_iter()
+                    .filter(|b| b.outcome.is_some())
+                    .map(|b| b.tx)
+                    .collect(),
+                _ => vec![],
             })
             .collect();
         totals.decided_without_coordinator += coordinators
@@ -402,6 +456,10 @@ fn sweep(permanent: ForGood) -> Totals {
         assert!(totals.committed > 0 && totals.aborted > 0);
         // Leaders above ballot 0 ran (takeovers and coordinator timeouts).
         assert!(totals.stats.leader_rounds > 0);
+        // Compaction happened, and outcomes were forgotten mid-run.
+        if n >= 8 {
+            assert!(totals.stats.snapshots > 0 && totals.stats.forgotten > 0);
+        }
     }
     totals
 }

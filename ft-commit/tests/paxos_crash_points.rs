@@ -87,6 +87,8 @@ struct World {
     committed: BTreeSet<usize>,
     aborted: BTreeSet<usize>,
     blocked: usize,
+    /// Compactions carried out.
+    compactions: u64,
 }
 
 fn tx() -> TxId {
@@ -97,8 +99,17 @@ fn participants() -> Vec<NodeId> {
     vec![NodeId(1), NodeId(2), NodeId(3)]
 }
 
+thread_local! {
+    /// Compaction of the runs on this thread: off (the cost assertions
+    /// count every record), or a snapshot after every record.
+    static SNAPSHOT_EVERY: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 fn config() -> PaxosConfig {
-    PaxosConfig::new(vec![NodeId(4), NodeId(5), NodeId(6)])
+    PaxosConfig {
+        snapshot_every: SNAPSHOT_EVERY.with(|c| c.get()),
+        ..PaxosConfig::new(vec![NodeId(4), NodeId(5), NodeId(6)])
+    }
 }
 
 impl World {
@@ -117,6 +128,7 @@ impl World {
             committed: BTreeSet::new(),
             aborted: BTreeSet::new(),
             blocked: 0,
+            compactions: 0,
         };
         for i in 0..NODES {
             w.nodes.push(Node {
@@ -221,7 +233,20 @@ impl World {
                 Output::CancelTimer { timer } => {
                     self.nodes[i].timers.remove(&timer);
                 }
-                Output::Compact { .. } => {}
+                Output::Compact { .. } => {
+                    // Honoured: the log keeps the last snapshot (durable:
+                    // the core asks only then) and what follows it.
+                    let d = &mut self.nodes[i].durable;
+                    let last = d.iter().rposition(|r| {
+                        matches!(
+                            ft_core::record::decode::<PaxosRecord>(r.clone()),
+                            Ok(PaxosRecord::Snapshot(_))
+                        )
+                    });
+                    let last = last.expect("compaction asked after a durable snapshot");
+                    d.drain(..last);
+                    self.compactions += 1;
+                }
                 Output::Event(e) => {
                     if let Event::Prepare { tx } = &e {
                         let me = NodeId(i as u64);
@@ -310,6 +335,9 @@ impl World {
                     value: Value::Prepared,
                     ..
                 })
+            ) || matches!(
+                ft_core::record::decode::<PaxosRecord>(r.clone()),
+                Ok(PaxosRecord::Snapshot(s)) if s.rms.iter().any(|r| r.vote == Value::Prepared)
             )
         })
     }
@@ -445,6 +473,20 @@ fn try_points(
 
 #[test]
 fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
+    crash_points(0);
+}
+
+/// The same with a snapshot after every record (and the log compacted to
+/// it): every crash point now also falls between a snapshot and the
+/// records it replaces, and recovery starts from snapshots.
+#[test]
+fn every_crash_point_with_a_snapshot_after_every_record() {
+    crash_points(1);
+}
+
+fn crash_points(snapshot_every: u32) {
+    SNAPSHOT_EVERY.with(|c| c.set(snapshot_every));
+    let mut compactions = 0;
     let mut tried = 0;
     let mut twice = 0;
     let mut for_good_runs = 0;
@@ -462,40 +504,45 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
             })
         );
         let counts: Vec<usize> = w.nodes.iter().map(|n| n.actions[0]).collect();
+        if snapshot_every > 0 {
+            assert!(w.compactions > 0, "no compaction in the crash-free run");
+        }
         // The costs the module docs and the README state, for N = 3 RMs
         // and A = 3 acceptors: (log writes, messages sent).
         let cost = |i: usize| {
             let c = w.nodes[i].core.as_ref().unwrap().counters();
             (c.persists, c.messages_sent)
         };
-        assert_eq!(
-            cost(0),
-            (2, 6),
-            "coordinator: BEGIN, DECIDED; PREPARE and OUTCOME to each RM"
-        );
-        for p in 1..=2 {
+        if snapshot_every == 0 {
             assert_eq!(
-                cost(p),
-                (2, 3),
-                "RM: VOTED, OUTCOME; phase 2a to each acceptor"
+                cost(0),
+                (2, 6),
+                "coordinator: BEGIN, DECIDED; PREPARE and OUTCOME to each RM"
             );
+            for p in 1..=2 {
+                assert_eq!(
+                    cost(p),
+                    (2, 3),
+                    "RM: VOTED, OUTCOME; phase 2a to each acceptor"
+                );
+            }
+            let n3 = if abort_voter.is_some() {
+                (1, 3)
+            } else {
+                (2, 3)
+            };
+            assert_eq!(cost(3), n3, "an Aborted voter logs its vote only");
+            for a in 4..=6 {
+                assert_eq!(
+                    cost(a),
+                    (3, 3),
+                    "acceptor: ACCEPTED and phase 2b per instance"
+                );
+            }
+            let total: u64 = (0..NODES).map(|i| cost(i).1).sum();
+            // 2N + 2NA with N = 3, A = 3.
+            assert_eq!(total, 2 * 3 + 2 * 3 * 3);
         }
-        let n3 = if abort_voter.is_some() {
-            (1, 3)
-        } else {
-            (2, 3)
-        };
-        assert_eq!(cost(3), n3, "an Aborted voter logs its vote only");
-        for a in 4..=6 {
-            assert_eq!(
-                cost(a),
-                (3, 3),
-                "acceptor: ACCEPTED and phase 2b per instance"
-            );
-        }
-        let total: u64 = (0..NODES).map(|i| cost(i).1).sum();
-        // 2N + 2NA with N = 3, A = 3.
-        assert_eq!(total, 2 * 3 + 2 * 3 * 3);
         for (node, &count) in counts.iter().enumerate() {
             for action in 0..count {
                 for when in [When::Before, When::After] {
@@ -506,6 +553,7 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
                         when,
                     };
                     let (w, o) = try_points(vec![first], abort_voter, &[]);
+                    compactions += w.compactions;
                     tried += 1;
                     *outcomes.entry((abort_voter.is_some(), o)).or_default() += 1;
                     takeovers += w
@@ -548,5 +596,6 @@ fn every_crash_point_of_every_node_keeps_atomicity_validity_and_termination() {
          {takeovers} ballots above 0 in the single-crash runs"
     );
     assert!(tried > 100 && twice > tried && for_good_runs > 0);
+    assert_eq!(compactions > 0, snapshot_every > 0);
     assert!(takeovers > 0, "no leader ever took over");
 }

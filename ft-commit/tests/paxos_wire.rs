@@ -3,8 +3,10 @@
 //! arbitrary bytes never panic, limits and unknown tags are typed errors.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ft_commit::snapshot::MAX_SNAPSHOT_ENTRIES;
 use ft_commit::{
-    Ballot, MAX_PARTICIPANTS, MAX_TX_ID, PaxosMessage, PaxosRecord, Report, TxId, Value, Vote,
+    Ballot, MAX_PARTICIPANTS, MAX_TX_ID, PaxosMessage, PaxosRecord, PaxosSnapshot, Report,
+    SnapBegun, SnapInstance, SnapRm, TxId, Value, Vote,
 };
 use ft_core::NodeId;
 use ft_core::wire::{DecodeError, Wire};
@@ -101,7 +103,65 @@ fn record() -> impl Strategy<Value = PaxosRecord> {
                 value,
             }
         }),
+        snapshot().prop_map(PaxosRecord::Snapshot),
     ]
+}
+
+fn snapshot() -> impl Strategy<Value = PaxosSnapshot> {
+    let begun = (tx(), nodes(), proptest::option::of(vote()), any::<bool>()).prop_map(
+        |(tx, participants, outcome, told)| SnapBegun {
+            tx,
+            participants,
+            outcome,
+            told,
+        },
+    );
+    let rm = (
+        tx(),
+        node(),
+        nodes(),
+        value(),
+        proptest::option::of(vote()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(tx, coordinator, participants, vote, outcome, told)| SnapRm {
+                tx,
+                coordinator,
+                participants,
+                vote,
+                outcome,
+                told,
+            },
+        );
+    let instance = (
+        tx(),
+        node(),
+        proptest::option::of(ballot()),
+        proptest::option::of((ballot(), value())),
+    )
+        .prop_map(|(tx, rm, promised, accepted)| SnapInstance {
+            tx,
+            rm,
+            promised,
+            accepted,
+        });
+    (
+        any::<bool>(),
+        proptest::collection::vec((tx(), vote()), 0..4),
+        proptest::collection::vec(begun, 0..3),
+        proptest::collection::vec(rm, 0..3),
+        proptest::collection::vec(instance, 0..3),
+    )
+        .prop_map(
+            |(forgotten, outcomes, begun, rms, instances)| PaxosSnapshot {
+                forgotten,
+                outcomes,
+                begun,
+                rms,
+                instances,
+            },
+        )
 }
 
 fn round_trip_and_truncations<W: Wire + PartialEq + std::fmt::Debug>(v: &W) {
@@ -246,4 +306,50 @@ fn limits_and_unknown_tags_are_typed_errors() {
     .to_vec();
     raw[1] = 2;
     assert!(ft_core::record::decode::<PaxosRecord>(Bytes::from(raw)).is_err());
+}
+
+#[test]
+fn snapshot_limits_are_checked_before_allocating() {
+    // An unknown snapshot version.
+    unknown_snapshot(&[7, 2, 0], "PaxosSnapshot version", 2);
+    // A bad forgotten flag.
+    unknown_snapshot(&[7, 1, 2], "bool", 2);
+    // A forged entry count above the limit: refused before allocating.
+    let mut b = BytesMut::new();
+    b.put_u8(7);
+    b.put_u8(1);
+    b.put_u8(0);
+    b.put_u32_le(MAX_SNAPSHOT_ENTRIES as u32 + 1);
+    assert_eq!(
+        PaxosRecord::from_bytes(b.freeze()),
+        Err(DecodeError::Oversized {
+            len: MAX_SNAPSHOT_ENTRIES + 1,
+            max: MAX_SNAPSHOT_ENTRIES
+        })
+    );
+    // A count within the limit but larger than the bytes that follow:
+    // truncated, before allocating.
+    for lists_before in 0..4 {
+        let mut b = BytesMut::new();
+        b.put_u8(7);
+        b.put_u8(1);
+        b.put_u8(0);
+        for _ in 0..lists_before {
+            b.put_u32_le(0);
+        }
+        b.put_u32_le(MAX_SNAPSHOT_ENTRIES as u32);
+        b.put_slice(&[0; 64]);
+        assert!(
+            matches!(
+                PaxosRecord::from_bytes(b.freeze()),
+                Err(DecodeError::Truncated { .. })
+            ),
+            "list {lists_before}"
+        );
+    }
+}
+
+fn unknown_snapshot(bytes: &'static [u8], what: &'static str, tag: u8) {
+    let r = PaxosRecord::from_bytes(Bytes::from_static(bytes));
+    assert_eq!(r, Err(DecodeError::UnknownTag { what, tag }), "{bytes:?}");
 }

@@ -1,5 +1,5 @@
 //! Paxos Commit's decoders (ft-commit's `PaxosMessage`, and `PaxosRecord`
-//! through ft-core's record header) on hostile bytes: never panic, and
+//! through ft-core's record header, snapshots included) on hostile bytes: never panic, and
 //! what they accept re-encodes to the bytes it came from.
 #![no_main]
 
