@@ -183,13 +183,16 @@ fn three_phase_config() -> ThreePhaseConfig {
 }
 
 /// Paxos Commit with the participants n1..n3 as its acceptors (F = 1),
-/// timeouts likewise far above a run.
+/// timeouts likewise far above a run, compaction off.
 fn paxos_config() -> PaxosConfig {
     PaxosConfig {
         retry: Duration::from_secs(60),
         vote_timeout: Duration::from_secs(120),
         prepare_timeout: Duration::from_secs(120),
         takeover_timeout: Duration::from_secs(180),
+        // Compaction off, as for 2PC: its snapshots belong to no
+        // transaction.
+        snapshot_every: 0,
         ..PaxosConfig::new((1..=N).map(NodeId).collect())
     }
 }

@@ -104,7 +104,10 @@
 //!
 //! # Log compaction
 //!
-//! Every [`PaxosConfig::snapshot_every`] records (default 256) a node cuts
+//! Off by default (its silence about forgotten transactions costs
+//! liveness in two corners, below; turn it on where a log that grows with
+//! history is the greater harm, with e.g. `snapshot_every: 256`). Every
+//! [`PaxosConfig::snapshot_every`] records a node cuts
 //! a [`PaxosRecord::Snapshot`] (its live transactions, with the records in
 //! flight applied, and the last [`PaxosConfig::keep_finished`] outcomes it
 //! learned, default 1024) and, once it is durable, asks for the log
@@ -199,7 +202,7 @@ pub struct PaxosConfig {
     pub takeover_timeout: Duration,
     /// **Log compaction**: after this many records, write a
     /// [`PaxosRecord::Snapshot`] and, once durable, allow every record
-    /// before it to be dropped. 0 turns compaction off (and with it the
+    /// before it to be dropped. 0 (the default) turns compaction off (and with it the
     /// window, the OUTCOME answers of acceptors and [`Self::max_open`]).
     pub snapshot_every: u32,
     /// With compaction: how many outcomes a node keeps (in memory and in
@@ -218,7 +221,9 @@ pub struct PaxosConfig {
 
 impl PaxosConfig {
     /// Acceptors `acceptors` and the default timeouts: 50 ms retries,
-    /// 500 ms vote and prepare timeouts, 600 ms per takeover round. The
+    /// 500 ms vote and prepare timeouts, 600 ms per takeover round;
+    /// compaction off (`keep_finished` 1024 and `max_open` 4096 once it is
+    /// turned on). The
     /// takeover round outlasts the vote timeout so that a live
     /// coordinator usually finishes before an RM takes over: for fewer
     /// needless aborts, not for safety, which needs no timing.
@@ -229,7 +234,10 @@ impl PaxosConfig {
             vote_timeout: Duration::from_millis(500),
             prepare_timeout: Duration::from_millis(500),
             takeover_timeout: Duration::from_millis(600),
-            snapshot_every: 256,
+            // Off by default: silence about forgotten transactions costs
+            // liveness in two corners (crate::paxos_snapshot), and the
+            // promise of this protocol is not to block.
+            snapshot_every: 0,
             keep_finished: 1024,
             max_open: 4096,
         }
