@@ -648,11 +648,7 @@ fn scenario<P: Core>(args: &SimCommitArgs, indent: &str) -> Result<Outcome, Stri
         .collect();
     let mut stats = CommitStats::default();
     for (_, c) in w.cores() {
-        let s = c.commit_stats();
-        stats.decision_requests += s.decision_requests;
-        stats.terminated_cooperatively += s.terminated_cooperatively;
-        stats.vote_timeouts += s.vote_timeouts;
-        stats.leader_rounds += s.leader_rounds;
+        stats += c.commit_stats();
     }
     let s = run.sim.stats();
     println!("{indent}at the end: {}", run.states());

@@ -495,6 +495,80 @@ pub struct CommitStats {
     pub acceptor_full: u64,
 }
 
+/// Sums the counters of several nodes (or lives): `total += node.stats()`.
+impl std::ops::AddAssign for CommitStats {
+    fn add_assign(&mut self, other: CommitStats) {
+        // Destructured so that a counter added to the struct and forgotten
+        // here fails to compile.
+        let CommitStats {
+            unknown_tx: _,
+            wrong_coordinator: _,
+            not_participant: _,
+            wrong_phase: _,
+            duplicates: _,
+            late: _,
+            busy: _,
+            refused: _,
+            vote_requests_resent: _,
+            votes_resent: _,
+            decisions_resent: _,
+            decision_requests: _,
+            blocked: _,
+            terminated_cooperatively: _,
+            prepare_timeouts: _,
+            vote_timeouts: _,
+            presumed_aborts: _,
+            lazy_writes: _,
+            read_only_votes: _,
+            decision_batches: _,
+            decisions_batched: _,
+            heuristic_decisions: _,
+            heuristic_outcomes: _,
+            snapshots: _,
+            forgotten: _,
+            forged_sender: _,
+            stale_ballot: _,
+            not_acceptor: _,
+            leader_rounds: _,
+            silent_unknown: _,
+            outcome_answers: _,
+            acceptor_full: _,
+        } = other;
+        self.unknown_tx += other.unknown_tx;
+        self.wrong_coordinator += other.wrong_coordinator;
+        self.not_participant += other.not_participant;
+        self.wrong_phase += other.wrong_phase;
+        self.duplicates += other.duplicates;
+        self.late += other.late;
+        self.busy += other.busy;
+        self.refused += other.refused;
+        self.vote_requests_resent += other.vote_requests_resent;
+        self.votes_resent += other.votes_resent;
+        self.decisions_resent += other.decisions_resent;
+        self.decision_requests += other.decision_requests;
+        self.blocked += other.blocked;
+        self.terminated_cooperatively += other.terminated_cooperatively;
+        self.prepare_timeouts += other.prepare_timeouts;
+        self.vote_timeouts += other.vote_timeouts;
+        self.presumed_aborts += other.presumed_aborts;
+        self.lazy_writes += other.lazy_writes;
+        self.read_only_votes += other.read_only_votes;
+        self.decision_batches += other.decision_batches;
+        self.decisions_batched += other.decisions_batched;
+        self.heuristic_decisions += other.heuristic_decisions;
+        self.heuristic_outcomes += other.heuristic_outcomes;
+        self.snapshots += other.snapshots;
+        self.forgotten += other.forgotten;
+        self.forged_sender += other.forged_sender;
+        self.stale_ballot += other.stale_ballot;
+        self.not_acceptor += other.not_acceptor;
+        self.leader_rounds += other.leader_rounds;
+        self.silent_unknown += other.silent_unknown;
+        self.outcome_answers += other.outcome_answers;
+        self.acceptor_full += other.acceptor_full;
+    }
+}
+
 #[derive(Debug)]
 struct Coord {
     state: CoordState,

@@ -20,6 +20,9 @@
 //! `FT_COMMIT_SEEDS=n` runs n seeds (default 8); `COMMIT_SEED=k` runs seed
 //! k alone.
 
+mod common;
+
+use common::{Xs, answer_delay, seeds, vote_of};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -34,13 +37,6 @@ use ft_sim::{Delay, FaultPlan, NetworkFaults, Sim, SimConfig, World};
 const N: u64 = 5;
 const TXS: u64 = 24;
 
-fn seeds(default: u64) -> u64 {
-    std::env::var("FT_COMMIT_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Compaction is drawn per seed: off, or a snapshot every 1, 4 or 32
 /// records, keeping the last 1024 or only 16 outcomes (fewer than the
 /// transactions of a run: outcomes are forgotten mid-run).
@@ -50,40 +46,6 @@ fn config(seed: u64) -> PaxosConfig {
         keep_finished: [1024, 16][((seed / 4) % 2) as usize],
         ..PaxosConfig::new(vec![NodeId(1), NodeId(2), NodeId(3)])
     }
-}
-
-struct Xs(u64);
-impl Xs {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
-
-fn hash(seed: u64, node: NodeId, tx: &TxId) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in node.0.to_le_bytes().iter().chain(tx.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
-/// One vote in eight aborts.
-fn vote_of(seed: u64, node: NodeId, tx: &TxId) -> Vote {
-    if hash(seed, node, tx).is_multiple_of(8) {
-        Vote::Abort
-    } else {
-        Vote::Commit
-    }
-}
-
-/// One prepare in sixteen is never answered (the INIT timeout aborts).
-fn answer_delay(seed: u64, node: NodeId, tx: &TxId, life: u64) -> Option<Duration> {
-    let h = hash(seed ^ life.wrapping_mul(0x9E37_79B9), node, tx) >> 8;
-    (!h.is_multiple_of(16)).then(|| Duration::from_millis(h % 40))
 }
 
 #[derive(Default)]
@@ -185,27 +147,6 @@ struct Totals {
     /// would answer about them (compaction's liveness cost).
     silenced: u64,
     stats: CommitStats,
-}
-
-fn add(t: &mut CommitStats, s: CommitStats) {
-    t.unknown_tx += s.unknown_tx;
-    t.not_participant += s.not_participant;
-    t.wrong_phase += s.wrong_phase;
-    t.duplicates += s.duplicates;
-    t.late += s.late;
-    t.busy += s.busy;
-    t.vote_requests_resent += s.vote_requests_resent;
-    t.votes_resent += s.votes_resent;
-    t.prepare_timeouts += s.prepare_timeouts;
-    t.vote_timeouts += s.vote_timeouts;
-    t.forged_sender += s.forged_sender;
-    t.stale_ballot += s.stale_ballot;
-    t.not_acceptor += s.not_acceptor;
-    t.leader_rounds += s.leader_rounds;
-    t.snapshots += s.snapshots;
-    t.forgotten += s.forgotten;
-    t.outcome_answers += s.outcome_answers;
-    t.silent_unknown += s.silent_unknown;
 }
 
 /// How many nodes stay down for good: none; one (any); or n0 (a
@@ -381,7 +322,7 @@ fn run(seed: u64, permanent: ForGood, totals: &mut Totals) {
                 coordinators[tx]
             );
         }
-        add(&mut totals.stats, core.stats());
+        totals.stats += core.stats();
     }
     for &d in &down_for_good {
         // Transactions the coordinator never learned the outcome of (no
@@ -440,7 +381,7 @@ fn sweep(permanent: ForGood) -> Totals {
     let n = seeds(8);
     let t0 = Instant::now();
     for seed in 0..n {
-        if std::env::var("COMMIT_SEED").is_ok_and(|s| s != seed.to_string()) {
+        if common::skipped(seed) {
             continue;
         }
         run(seed, permanent, &mut totals);

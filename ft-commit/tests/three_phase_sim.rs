@@ -21,6 +21,9 @@
 //! `FT_COMMIT_SEEDS=n` runs n seeds (default 8); `COMMIT_SEED=k` runs seed
 //! k alone.
 
+mod common;
+
+use common::{Xs, answer_delay, seeds, vote_of};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -32,49 +35,6 @@ use ft_sim::{Delay, FaultPlan, NetworkFaults, Sim, SimConfig, World};
 
 const N: u64 = 4;
 const TXS: u64 = 24;
-
-fn seeds(default: u64) -> u64 {
-    std::env::var("FT_COMMIT_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A small generator of our own, for what is fixed before the run.
-struct Xs(u64);
-impl Xs {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
-
-fn hash(seed: u64, node: NodeId, tx: &TxId) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in node.0.to_le_bytes().iter().chain(tx.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
-/// The application's vote at `node` on `tx`: one in eight abort.
-fn vote_of(seed: u64, node: NodeId, tx: &TxId) -> Vote {
-    if hash(seed, node, tx).is_multiple_of(8) {
-        Vote::Abort
-    } else {
-        Vote::Commit
-    }
-}
-
-/// Whether the application at `node` answers a prepare of `tx`, and after
-/// how long: one in sixteen never answers (the INIT timeout then aborts).
-fn answer_delay(seed: u64, node: NodeId, tx: &TxId, life: u64) -> Option<Duration> {
-    let h = hash(seed ^ life.wrapping_mul(0x9E37_79B9), node, tx) >> 8;
-    (!h.is_multiple_of(16)).then(|| Duration::from_millis(h % 40))
-}
 
 #[derive(Default)]
 struct Checker {
@@ -316,7 +276,7 @@ fn sweep(permanent: bool, noisy: bool) {
     let mut totals = Totals::default();
     let n = seeds(8);
     for seed in 0..n {
-        if std::env::var("COMMIT_SEED").is_ok_and(|s| s != seed.to_string()) {
+        if common::skipped(seed) {
             continue;
         }
         run(seed, permanent, noisy, &mut totals);

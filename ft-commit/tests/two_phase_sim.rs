@@ -26,6 +26,9 @@
 //! `FT_COMMIT_SEEDS=n` runs n seeds (default 8); `COMMIT_SEED=k` runs seed
 //! k alone.
 
+mod common;
+
+use common::{Xs, answer_delay, hash, seeds, vote_of};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -40,42 +43,6 @@ use ft_sim::{Delay, FaultPlan, NetworkFaults, Sim, SimConfig, World};
 
 const N: u64 = 4;
 const TXS: u64 = 24;
-
-fn seeds(default: u64) -> u64 {
-    std::env::var("FT_COMMIT_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A small generator of our own, for what is fixed before the run.
-struct Xs(u64);
-impl Xs {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
-
-fn hash(seed: u64, node: NodeId, tx: &TxId) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in node.0.to_le_bytes().iter().chain(tx.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
-/// The application's vote at `node` on `tx`: one in eight abort.
-fn vote_of(seed: u64, node: NodeId, tx: &TxId) -> Vote {
-    if hash(seed, node, tx).is_multiple_of(8) {
-        Vote::Abort
-    } else {
-        Vote::Commit
-    }
-}
 
 /// With read-only on: one commit vote in 7 is read-only instead.
 fn read_only_vote(seed: u64, node: NodeId, tx: &TxId) -> bool {
@@ -101,13 +68,6 @@ fn config_of(seed: u64) -> TwoPhaseConfig {
 /// Whether blocked resources of `seed` decide on their own.
 fn heuristics_of(seed: u64) -> bool {
     Xs(seed.wrapping_mul(0xA24B_AED4_963E_E407) | 1).next(2) == 1
-}
-
-/// Whether the application at `node` answers a prepare of `tx`, and after
-/// how long: one in sixteen never answers (the INIT timeout then aborts).
-fn answer_delay(seed: u64, node: NodeId, tx: &TxId, life: u64) -> Option<Duration> {
-    let h = hash(seed ^ life.wrapping_mul(0x9E37_79B9), node, tx) >> 8;
-    (!h.is_multiple_of(16)).then(|| Duration::from_millis(h % 40))
 }
 
 #[derive(Default)]
@@ -210,33 +170,6 @@ struct Totals {
     heuristics: u64,
     heuristic_mixed: u64,
     heuristic_reported: u64,
-}
-
-fn add(t: &mut CommitStats, s: CommitStats) {
-    t.unknown_tx += s.unknown_tx;
-    t.wrong_coordinator += s.wrong_coordinator;
-    t.not_participant += s.not_participant;
-    t.wrong_phase += s.wrong_phase;
-    t.duplicates += s.duplicates;
-    t.late += s.late;
-    t.busy += s.busy;
-    t.vote_requests_resent += s.vote_requests_resent;
-    t.votes_resent += s.votes_resent;
-    t.decisions_resent += s.decisions_resent;
-    t.decision_requests += s.decision_requests;
-    t.blocked += s.blocked;
-    t.terminated_cooperatively += s.terminated_cooperatively;
-    t.prepare_timeouts += s.prepare_timeouts;
-    t.vote_timeouts += s.vote_timeouts;
-    t.presumed_aborts += s.presumed_aborts;
-    t.lazy_writes += s.lazy_writes;
-    t.read_only_votes += s.read_only_votes;
-    t.decision_batches += s.decision_batches;
-    t.decisions_batched += s.decisions_batched;
-    t.heuristic_decisions += s.heuristic_decisions;
-    t.heuristic_outcomes += s.heuristic_outcomes;
-    t.snapshots += s.snapshots;
-    t.forgotten += s.forgotten;
 }
 
 fn run(seed: u64, totals: &mut Totals) {
@@ -430,7 +363,7 @@ fn run(seed: u64, totals: &mut Totals) {
             };
             assert_eq!(state, want, "seed {seed}: {node} has {tx} in {state:?}");
         }
-        add(&mut totals.stats, core.stats());
+        totals.stats += core.stats();
     }
     // Heuristic outcomes: never hidden.
     let told = |node: NodeId, tx: &TxId, participant: NodeId, o: Vote, h: Vote| {
@@ -515,7 +448,7 @@ fn two_phase_commit_is_atomic_valid_and_terminates_through_crashes() {
     let mut totals = Totals::default();
     let n = seeds(8);
     for seed in 0..n {
-        if std::env::var("COMMIT_SEED").is_ok_and(|s| s != seed.to_string()) {
+        if common::skipped(seed) {
             continue;
         }
         run(seed, &mut totals);
