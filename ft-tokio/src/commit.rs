@@ -361,7 +361,7 @@ where
         let dir = self.data_dir.clone().ok_or_else(|| {
             NodeError::Config("a commit node logs before it speaks: it needs a data_dir".into())
         })?;
-        let seed = self.seed.unwrap_or_else(seed_from_clock);
+        let seed = self.seed.unwrap_or_else(crate::node::clock_nanos);
         let opened = durable::open::<C>(&self.config, self.me, &dir, seed).await?;
         let bind_err = |source| NodeError::Bind { addr, source };
         let channel: Box<dyn Channel> = match self.transport {
@@ -396,7 +396,7 @@ where
             txs: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             next_tx: AtomicU64::new(0),
-            started: seed_from_clock(),
+            started: crate::node::clock_nanos(),
             counts: Counts::default(),
         });
         // A coordinator's logged decisions are outcomes now (2PC does not
@@ -971,12 +971,6 @@ async fn event_loop<C: CommitCore>(
         }
     }
     shared.close();
-}
-
-fn seed_from_clock() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

@@ -559,7 +559,9 @@ pub fn ephemeral_incarnation() -> Incarnation {
     Incarnation(clock_nanos().max(1))
 }
 
-fn clock_nanos() -> u64 {
+/// The wall clock in nanoseconds since the Unix epoch (0 before it): seeds
+/// and per-life nonces of the nodes here.
+pub(crate) fn clock_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
