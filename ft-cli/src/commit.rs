@@ -131,9 +131,9 @@ impl SimCommitArgs {
             .unwrap_or_default();
         format!(
             "ft sim commit --protocol {} --crash {} --faults {} --down-ms {} --partition-ms {}{voter} --seed {}",
-            value(self.protocol),
-            value(self.crash),
-            value(self.faults),
+            crate::value_name(self.protocol),
+            crate::value_name(self.crash),
+            crate::value_name(self.faults),
             self.down_ms,
             self.partition_ms,
             self.seed
@@ -151,13 +151,6 @@ impl SimCommitArgs {
             CrashPoint::ParticipantReady => Some(PARTICIPANTS[0]),
         }
     }
-}
-
-/// The name clap gives `v` on the command line.
-fn value(v: impl ValueEnum) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_string())
-        .unwrap_or_default()
 }
 
 /// What the scenario needs of a commit core beyond [`Protocol`]: every ft
@@ -551,7 +544,7 @@ fn scenario<P: Core>(args: &SimCommitArgs, indent: &str) -> Result<Outcome, Stri
     let Some(point) = point else {
         return Err(format!(
             "the crash point {} never came in a run without faults (states at the end: {})",
-            value(args.crash),
+            crate::value_name(args.crash),
             probe.states()
         ));
     };
@@ -705,8 +698,8 @@ pub(crate) fn sim_commit(args: &SimCommitArgs) -> ExitCode {
     println!(
         "ft sim commit: {}, n0 coordinates t1 among n1, n2, n3; crash point {}, faults {}, seed {}",
         name(args.protocol),
-        value(args.crash),
-        value(args.faults),
+        crate::value_name(args.crash),
+        crate::value_name(args.faults),
         args.seed
     );
     let o = match run_protocol(args, "  ") {

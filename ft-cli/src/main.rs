@@ -63,6 +63,12 @@ enum SimScenario {
     Commit(commit::SimCommitArgs),
 }
 
+/// The name of a `--flag` value, as it is given on the command line.
+fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string())
+}
+
 /// The usage of the deepest subcommand named by `words`.
 fn usage(cmd: &mut clap::Command, words: &[String]) -> clap::builder::StyledStr {
     match words.iter().position(|w| cmd.find_subcommand(w).is_some()) {

@@ -219,12 +219,12 @@ impl SimMcastArgs {
     fn reproduce(&self) -> String {
         format!(
             "ft sim multicast --strategy {} --receivers {} --senders {} --messages {} --loss {} --order {}{} --seed {}",
-            name(self.strategy),
+            crate::value_name(self.strategy),
             self.receivers,
             self.senders,
             self.messages,
             self.loss,
-            name(self.order),
+            crate::value_name(self.order),
             if self.drop_message > 0 {
                 format!(" --drop-message {}", self.drop_message)
             } else {
@@ -243,12 +243,6 @@ fn max_messages(strategy: Strategy, senders: u64, members: u64) -> u64 {
         Strategy::Ack | Strategy::Tree => members,
     };
     (BUDGET / (senders * per_message).max(1)).min(MAX_MESSAGES)
-}
-
-/// The name of a `--flag` value.
-fn name(v: impl ValueEnum) -> String {
-    v.to_possible_value()
-        .map_or_else(String::new, |v| v.get_name().to_string())
 }
 
 /// The routers between the members: n0 at the root, the receivers at the
@@ -800,8 +794,8 @@ pub(crate) fn sim_multicast(args: &SimMcastArgs) -> ExitCode {
     let started = Instant::now();
     println!(
         "ft sim multicast: {} feedback, {} order, {} sender{} × {} messages (one every 10 ms) to a group of {} (n0 and {} receivers), {:.1}% loss{}, seed {}",
-        name(args.strategy),
-        name(args.order),
+        crate::value_name(args.strategy),
+        crate::value_name(args.order),
         args.senders,
         if args.senders == 1 { "" } else { "s" },
         args.messages,
