@@ -34,7 +34,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&encode(&r)[..], data);
     }
     if let Ok(r) = decode::<Record3>(bytes.clone()) {
-        assert_eq!(&encode(&r)[..], data);
+        // Records of an older version still read, and are written back
+        // in the current one: the record survives, not its bytes.
+        assert_eq!(decode::<Record3>(encode(&r)).as_ref(), Ok(&r));
         let mut ctx = ctx(Instant::now());
         ctx.records = vec![encode(&r)];
         if let Ok(mut core) = ThreePhase::recover(&ThreePhaseConfig::default(), ctx) {
