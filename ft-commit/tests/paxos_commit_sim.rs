@@ -22,14 +22,14 @@
 
 mod common;
 
-use common::{Xs, answer_delay, seeds, vote_of};
+use common::{Xs, answer_delay, outcome_of, prepares, seeds, vote_of};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ft_commit::{
-    CommitStats, Event, Input, PaxosCommit, PaxosConfig, PaxosRecord, RmState, TxId, Value, Vote,
+    CommitStats, Input, PaxosCommit, PaxosConfig, PaxosRecord, RmState, TxId, Value, Vote,
 };
 use ft_core::NodeId;
 use ft_sim::{Delay, FaultPlan, NetworkFaults, Sim, SimConfig, World};
@@ -83,18 +83,8 @@ fn prepared_durable(w: &World<PaxosCommit>, node: NodeId, tx: &TxId) -> bool {
 impl Checker {
     fn check(&mut self, w: &World<PaxosCommit>) -> Result<(), String> {
         for o in &w.events()[self.seen..] {
-            let (tx, commit) = match &o.event {
-                Event::Commit { tx }
-                | Event::Decided {
-                    tx,
-                    outcome: Vote::Commit,
-                } => (tx, true),
-                Event::Abort { tx }
-                | Event::Decided {
-                    tx,
-                    outcome: Vote::Abort,
-                } => (tx, false),
-                _ => continue,
+            let Some((tx, commit)) = outcome_of(&o.event) else {
+                continue;
             };
             let (mine, other) = if commit {
                 (&mut self.committed, &self.aborted)
@@ -261,15 +251,7 @@ fn run(seed: u64, permanent: ForGood, totals: &mut Totals) {
             Err(f) => panic!("seed {seed} (permanent {permanent:?}): {f}"),
         }
         let now = sim.now();
-        let asks: Vec<(NodeId, u64, TxId)> = sim.world().events()[seen..]
-            .iter()
-            .filter_map(|o| match &o.event {
-                Event::Prepare { tx } => Some((o.node, o.incarnation.0, tx.clone())),
-                _ => None,
-            })
-            .collect();
-        seen = sim.world().events().len();
-        for (node, life, tx) in asks {
+        for (node, life, tx) in prepares(sim.world(), &mut seen) {
             if let Some(d) = answer_delay(seed, node, &tx, life) {
                 let vote = vote_of(seed, node, &tx);
                 sim.input(now + d, node, Input::Voted { tx, vote });

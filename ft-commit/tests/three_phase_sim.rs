@@ -23,13 +23,13 @@
 
 mod common;
 
-use common::{Xs, answer_delay, seeds, vote_of};
+use common::{Xs, answer_delay, outcome_of, prepares, seeds, vote_of};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use ft_commit::{Event, Input, PartState3, Record3, ThreePhase, ThreePhaseConfig, TxId, Vote};
+use ft_commit::{Input, PartState3, Record3, ThreePhase, ThreePhaseConfig, TxId, Vote};
 use ft_core::NodeId;
 use ft_sim::{Delay, FaultPlan, NetworkFaults, Sim, SimConfig, World};
 
@@ -78,18 +78,8 @@ fn ready_durable(w: &World<ThreePhase>, node: NodeId, tx: &TxId) -> bool {
 impl Checker {
     fn check(&mut self, w: &World<ThreePhase>) -> Result<(), String> {
         for o in &w.events()[self.seen..] {
-            let (tx, commit) = match &o.event {
-                Event::Commit { tx }
-                | Event::Decided {
-                    tx,
-                    outcome: Vote::Commit,
-                } => (tx, true),
-                Event::Abort { tx }
-                | Event::Decided {
-                    tx,
-                    outcome: Vote::Abort,
-                } => (tx, false),
-                _ => continue,
+            let Some((tx, commit)) = outcome_of(&o.event) else {
+                continue;
             };
             let (mine, other) = if commit {
                 (&mut self.committed, &self.aborted)
@@ -225,15 +215,7 @@ fn run(seed: u64, permanent: bool, noisy: bool, totals: &mut Totals) {
             Err(f) => panic!("seed {seed} (permanent {permanent}, noisy {noisy}): {f}"),
         }
         let now = sim.now();
-        let asks: Vec<(NodeId, u64, TxId)> = sim.world().events()[seen..]
-            .iter()
-            .filter_map(|o| match &o.event {
-                Event::Prepare { tx } => Some((o.node, o.incarnation.0, tx.clone())),
-                _ => None,
-            })
-            .collect();
-        seen = sim.world().events().len();
-        for (node, life, tx) in asks {
+        for (node, life, tx) in prepares(sim.world(), &mut seen) {
             if let Some(d) = answer_delay(seed, node, &tx, life) {
                 let vote = vote_of(seed, node, &tx);
                 sim.input(now + d, node, Input::Voted { tx, vote });

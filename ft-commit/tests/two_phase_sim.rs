@@ -28,7 +28,7 @@
 
 mod common;
 
-use common::{Xs, answer_delay, hash, seeds, vote_of};
+use common::{Xs, answer_delay, hash, outcome_of, prepares, seeds, vote_of};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -100,18 +100,8 @@ fn ready_durable(w: &World<TwoPhase>, node: NodeId, tx: &TxId) -> bool {
 impl Checker {
     fn check(&mut self, w: &World<TwoPhase>) -> Result<(), String> {
         for o in &w.events()[self.seen..] {
-            let (tx, commit) = match &o.event {
-                Event::Commit { tx }
-                | Event::Decided {
-                    tx,
-                    outcome: Vote::Commit,
-                } => (tx, true),
-                Event::Abort { tx }
-                | Event::Decided {
-                    tx,
-                    outcome: Vote::Abort,
-                } => (tx, false),
-                _ => continue,
+            let Some((tx, commit)) = outcome_of(&o.event) else {
+                continue;
             };
             let (mine, other) = if commit {
                 (&mut self.committed, &self.aborted)
@@ -303,15 +293,7 @@ fn run(seed: u64, totals: &mut Totals) {
                 Input::Heuristic { tx, outcome },
             );
         }
-        let asks: Vec<(NodeId, u64, TxId)> = sim.world().events()[seen..]
-            .iter()
-            .filter_map(|o| match &o.event {
-                Event::Prepare { tx } => Some((o.node, o.incarnation.0, tx.clone())),
-                _ => None,
-            })
-            .collect();
-        seen = sim.world().events().len();
-        for (node, life, tx) in asks {
+        for (node, life, tx) in prepares(sim.world(), &mut seen) {
             if let Some(d) = answer_delay(seed, node, &tx, life) {
                 let vote = vote_of(seed, node, &tx);
                 let input = if config.read_only

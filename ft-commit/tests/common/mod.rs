@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
-use ft_commit::{TxId, Vote};
+use ft_commit::{Event, TxId, Vote};
 use ft_core::NodeId;
+use ft_sim::World;
 
 /// How many seeds a sweep runs: `FT_COMMIT_SEEDS`, or `default`.
 pub(crate) fn seeds(default: u64) -> u64 {
@@ -62,4 +63,39 @@ pub(crate) fn vote_of(seed: u64, node: NodeId, tx: &TxId) -> Vote {
 pub(crate) fn answer_delay(seed: u64, node: NodeId, tx: &TxId, life: u64) -> Option<Duration> {
     let h = hash(seed ^ life.wrapping_mul(0x9E37_79B9), node, tx) >> 8;
     (!h.is_multiple_of(16)).then(|| Duration::from_millis(h % 40))
+}
+
+/// The prepares told since `*seen`: (node, its life, transaction), for
+/// the applications to answer; moves `*seen` past them.
+pub(crate) fn prepares<P>(w: &World<P>, seen: &mut usize) -> Vec<(NodeId, u64, TxId)>
+where
+    P: ft_core::Protocol<Event = Event>,
+{
+    let asks = w.events()[*seen..]
+        .iter()
+        .filter_map(|o| match &o.event {
+            Event::Prepare { tx } => Some((o.node, o.incarnation.0, tx.clone())),
+            _ => None,
+        })
+        .collect();
+    *seen = w.events().len();
+    asks
+}
+
+/// The outcome an event tells, if any: a participant's COMMIT or ABORT,
+/// or a coordinator's decision (`true` for commit).
+pub(crate) fn outcome_of(event: &Event) -> Option<(&TxId, bool)> {
+    match event {
+        Event::Commit { tx }
+        | Event::Decided {
+            tx,
+            outcome: Vote::Commit,
+        } => Some((tx, true)),
+        Event::Abort { tx }
+        | Event::Decided {
+            tx,
+            outcome: Vote::Abort,
+        } => Some((tx, false)),
+        _ => None,
+    }
 }
